@@ -1,0 +1,214 @@
+"""Backend references -> clusters: where a route rule's traffic goes, as `ClusterIR`.
+
+Cluster names are keyed by the backend (never by route or rule index) so that reordering or editing rules never
+replaces a cluster Envoy is using. A rule with several weighted or prioritised backendRefs gets one cluster per
+distinct combination, named by a hash of its members, with one locality per backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from translators.ir import AddressKind, ClusterIR, Discovery, Endpoint, EndpointGroup, PoolBalancing, PoolIR
+from translators.loader import ResourceSet
+from translators.resources import AIServiceBackend, Backend, InferencePool, Pod, Service
+from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP
+from translators.resources.inference import INFERENCE_GROUP
+
+CLUSTER_LOCAL_SUFFIX = ".svc.cluster.local"
+
+
+class Unresolved(Exception):
+    """A reference that cannot be followed; `reason` is a Gateway API ResolvedRefs reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class WeightedCluster:
+    """One backendRef, resolved: its own cluster plus the weight and priority the rule gives it."""
+
+    cluster: ClusterIR
+    weight: int
+    priority: int
+
+
+def discovery_for(groups: Sequence[EndpointGroup]) -> Discovery:
+    endpoints = [e for g in groups for e in g.endpoints]
+    if any(e.kind is AddressKind.DNS for e in endpoints):
+        if any(e.kind is AddressKind.UNIX for e in endpoints):
+            raise Unresolved("UnsupportedValue", "unix socket backends cannot be combined with DNS backends")
+        return Discovery.STRICT_DNS
+    return Discovery.EDS if any(g.dynamic for g in groups) else Discovery.STATIC
+
+
+class BackendResolver:
+    """Follows references within one ResourceSet. Cross-namespace references are refused (no ReferenceGrant)."""
+
+    def __init__(self, resources: ResourceSet, resolve_cluster_local: bool) -> None:
+        self._resources = resources
+        self._resolve_cluster_local = resolve_cluster_local
+        self._ready_pods: dict[str, list[Pod]] = {}
+        for pod in resources.of_kind(Pod):
+            if pod.is_ready:
+                self._ready_pods.setdefault(pod.namespace, []).append(pod)
+
+    def _pods(self, namespace: str, labels: dict[str, str]) -> list[Pod]:
+        if not labels:  # a selector-less Service has no automatic endpoints
+            return []
+        pods = self._ready_pods.get(namespace, [])
+        return [p for p in pods if all(p.metadata.labels.get(k) == v for k, v in labels.items())]
+
+    @staticmethod
+    def _same_namespace(kind: str, namespace: str, ref_namespace: str | None) -> None:
+        if ref_namespace not in (None, namespace):
+            raise Unresolved("RefNotPermitted", f"{kind} in namespace {ref_namespace} needs a ReferenceGrant")
+
+    def service_endpoints(self, namespace: str, name: str, port: int) -> tuple[Endpoint, ...]:
+        service = self._resources.get(Service, namespace, name)
+        if service is None:
+            raise Unresolved("BackendNotFound", f"Service {namespace}/{name} not found")
+        service_port = next((p for p in service.spec.ports if p.port == port), None)
+        if service_port is None:
+            raise Unresolved("BackendNotFound", f"Service {namespace}/{name} has no port {port}")
+        target = service_port.target_port if service_port.target_port is not None else service_port.port
+        endpoints = set()
+        for pod in self._pods(namespace, service.spec.selector):
+            pod_port = target if isinstance(target, int) else pod.container_port(target)
+            if pod_port is not None and pod.status.pod_ip:
+                endpoints.add(Endpoint(pod.status.pod_ip, pod_port))
+        return tuple(sorted(endpoints))
+
+    def service_cluster(self, namespace: str, name: str, port: int | None) -> ClusterIR:
+        if port is None:
+            raise Unresolved("UnsupportedValue", f"backendRef to Service {namespace}/{name} needs a port")
+        group = EndpointGroup(
+            f"service/{namespace}/{name}/{port}", self.service_endpoints(namespace, name, port), dynamic=True
+        )
+        return ClusterIR(group.backend, Discovery.EDS, (group,))
+
+    def _backend_group(self, namespace: str, name: str, identity: str) -> EndpointGroup:
+        backend = self._resources.get(Backend, namespace, name)
+        if backend is None:
+            raise Unresolved("BackendNotFound", f"Backend {namespace}/{name} not found")
+        endpoints: list[Endpoint] = []
+        dynamic = False
+        for item in backend.spec.endpoints:
+            if item.ip is not None:
+                endpoints.append(Endpoint(item.ip.address, item.ip.port))
+            elif item.unix is not None:
+                endpoints.append(Endpoint(item.unix.path, 0, AddressKind.UNIX))
+            elif item.fqdn is not None:
+                pods = self._cluster_local(item.fqdn.hostname, item.fqdn.port)
+                if pods is None:
+                    endpoints.append(Endpoint(item.fqdn.hostname, item.fqdn.port, AddressKind.DNS))
+                else:
+                    endpoints.extend(pods)
+                    dynamic = True
+        return EndpointGroup(identity, tuple(sorted(set(endpoints))), dynamic=dynamic)
+
+    def _cluster_local(self, hostname: str, port: int) -> tuple[Endpoint, ...] | None:
+        """The resolver hook: `<svc>.<ns>.svc.cluster.local` -> that Service's pods, when enabled and known."""
+        if not (self._resolve_cluster_local and hostname.endswith(CLUSTER_LOCAL_SUFFIX)):
+            return None
+        parts = hostname.removesuffix(CLUSTER_LOCAL_SUFFIX).split(".")
+        if len(parts) != 2 or self._resources.get(Service, parts[1], parts[0]) is None:
+            return None
+        try:
+            return self.service_endpoints(parts[1], parts[0], port)
+        except Unresolved:
+            return None
+
+    def backend_cluster(self, namespace: str, name: str) -> ClusterIR:
+        group = self._backend_group(namespace, name, f"backend/{namespace}/{name}")
+        return ClusterIR(group.backend, discovery_for([group]), (group,))
+
+    def ai_service_backend_cluster(self, namespace: str, name: str) -> ClusterIR:
+        ai_backend = self._resources.get(AIServiceBackend, namespace, name)
+        if ai_backend is None:
+            raise Unresolved("BackendNotFound", f"AIServiceBackend {namespace}/{name} not found")
+        ref = ai_backend.spec.backend_ref
+        self._same_namespace(ref.kind or "Backend", namespace, ref.namespace)
+        identity = f"aiservicebackend/{namespace}/{name}"
+        if (ref.group or "", ref.kind or "Service") == ("", "Service"):
+            if ref.port is None:
+                raise Unresolved("UnsupportedValue", f"AIServiceBackend {namespace}/{name}: Service ref needs a port")
+            endpoints = self.service_endpoints(namespace, ref.name, ref.port)
+            group = EndpointGroup(identity, endpoints, dynamic=True)
+        elif (ref.group, ref.kind) == (ENVOY_GATEWAY_GROUP, "Backend"):
+            group = self._backend_group(namespace, ref.name, identity)
+        else:
+            raise Unresolved("InvalidKind", f"AIServiceBackend {namespace}/{name}: cannot reference {ref.kind}")
+        return ClusterIR(identity, discovery_for([group]), (group,))
+
+    def pool(self, pool: InferencePool) -> PoolIR:
+        endpoints = {
+            Endpoint(pod.status.pod_ip or "", port.number)
+            for pod in self._pods(pool.namespace, pool.spec.selector.match_labels)
+            for port in pool.spec.target_ports
+        }
+        picker = pool.spec.endpoint_picker_ref
+        return PoolIR(
+            namespace=pool.namespace,
+            name=pool.name,
+            endpoints=tuple(sorted(endpoints)),
+            fail_open=picker is not None and picker.failure_mode == "FailOpen",
+            picker_service=picker.name if picker is not None and picker.kind == "Service" else None,
+        )
+
+    def pool_cluster(self, namespace: str, name: str) -> tuple[ClusterIR, PoolIR]:
+        pool = self._resources.get(InferencePool, namespace, name)
+        if pool is None:
+            raise Unresolved("BackendNotFound", f"InferencePool {namespace}/{name} not found")
+        pool_ir = self.pool(pool)
+        group = EndpointGroup(f"inferencepool/{namespace}/{name}", pool_ir.endpoints, dynamic=True)
+        cluster = ClusterIR(
+            group.backend,
+            Discovery.EDS,
+            (group,),
+            pool=PoolBalancing(fail_open=pool_ir.fail_open),
+            http2=pool.spec.app_protocol == "kubernetes.io/h2c",
+        )
+        return cluster, pool_ir
+
+    def resolve(self, route_namespace: str, group: str, kind: str, name: str, namespace: str | None,
+                port: int | None) -> ClusterIR:
+        """One backendRef (HTTPRoute or AIGatewayRoute shape, defaults already applied) -> its cluster."""
+        self._same_namespace(kind, route_namespace, namespace)
+        if (group, kind) == (INFERENCE_GROUP, "InferencePool"):
+            return self.pool_cluster(route_namespace, name)[0]
+        if (group, kind) == ("", "Service"):
+            return self.service_cluster(route_namespace, name, port)
+        if (group, kind) == (ENVOY_GATEWAY_GROUP, "Backend"):
+            return self.backend_cluster(route_namespace, name)
+        if kind == "AIServiceBackend":
+            return self.ai_service_backend_cluster(route_namespace, name)
+        raise Unresolved("InvalidKind", f"backendRef kind {group}/{kind} is not supported")
+
+
+def combine(refs: Sequence[WeightedCluster]) -> ClusterIR:
+    """The cluster a rule routes to: the single backend's own cluster, or one locality per weighted backend."""
+    live = [ref for ref in refs if ref.weight > 0]
+    if not live:
+        raise Unresolved("UnsupportedValue", "every backendRef of the rule has weight 0")
+    if len(live) == 1:
+        return live[0].cluster
+    if any(ref.cluster.pool is not None for ref in live):
+        raise Unresolved("UnsupportedValue", "an InferencePool cannot share a rule with other backends")
+    # Envoy wants priorities 0..N without gaps; keep their order, drop the gaps.
+    rank = {p: i for i, p in enumerate(sorted({ref.priority for ref in live}))}
+    groups = tuple(
+        replace(group, priority=rank[ref.priority], weight=ref.weight)
+        for ref in live
+        for group in ref.cluster.groups
+    )
+    members = sorted([g.backend, g.priority, g.weight] for g in groups)
+    digest = hashlib.sha256(json.dumps(members).encode()).hexdigest()[:16]
+    ordered = tuple(sorted(groups, key=lambda g: (g.priority, g.backend)))
+    return ClusterIR(f"weighted/{digest}", discovery_for(ordered), ordered, http2=False)

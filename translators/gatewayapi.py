@@ -1,0 +1,336 @@
+"""Resources -> IR: Gateways, their listeners, the routes attached to them and the clusters they use.
+
+Deterministic by construction: every collection is walked in key order, never in document order, and route
+precedence follows the Gateway API rules with the route's namespace/name as the final tie-breaker.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from translators.backends import BackendResolver, Unresolved, WeightedCluster, combine
+from translators.hostnames import effective_hostnames
+from translators.ir import (
+    ClusterIR,
+    Condition,
+    DirectAction,
+    ForwardAction,
+    GatewayIR,
+    HeaderMatchIR,
+    ListenerIR,
+    ObjectStatus,
+    PathMatchIR,
+    RouteIR,
+    TranslateOptions,
+    Translation,
+    VirtualHostIR,
+)
+from translators.loader import ResourceSet
+from translators.resources import (
+    AIGatewayRoute,
+    Gateway,
+    GatewayClass,
+    HTTPRoute,
+    InferencePool,
+    Namespace,
+    parse_duration_ms,
+)
+from translators.resources.aigateway import AIGatewayRouteBackendRef
+from translators.resources.gateway_api import (
+    GATEWAY_API_GROUP,
+    HeaderMatch,
+    HTTPBackendRef,
+    Listener,
+    ParentReference,
+)
+from translators.resources.inference import INFERENCE_GROUP
+
+# GatewayClass controllers this project serves: Envoy Gateway's (the tutorial uses it) and its own.
+CONTROLLER_NAMES = frozenset({"gateway.envoyproxy.io/gatewayclass-controller", "xds-server.dev/gateway-controller"})
+MODEL_HEADER = "x-ai-eg-model"
+AI_DEFAULT_TIMEOUT_MS = 60_000
+
+Route = HTTPRoute | AIGatewayRoute
+
+
+@dataclass(frozen=True)
+class _RuleRoutes:
+    """The Envoy routes one rule produces (one per match), with their precedence keys, and its clusters."""
+
+    routes: tuple[tuple[tuple[object, ...], RouteIR], ...]
+    clusters: tuple[ClusterIR, ...]
+
+
+@dataclass
+class _StatusBook:
+    conditions: dict[tuple[str, str, str], list[Condition]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, kind: str, namespace: str, name: str, condition: Condition) -> None:
+        self.conditions[(kind, namespace, name)].append(condition)
+
+    def statuses(self) -> tuple[ObjectStatus, ...]:
+        return tuple(
+            ObjectStatus(kind, ns, name, tuple(conds)) for (kind, ns, name), conds in sorted(self.conditions.items())
+        )
+
+
+def _condition(type_: str, ok: bool, reason: str, message: str, parent: str = "") -> Condition:
+    return Condition(type_, "True" if ok else "False", reason, message, parent)
+
+
+def _headers(matches: list[HeaderMatch]) -> tuple[HeaderMatchIR, ...]:
+    return tuple(HeaderMatchIR(h.name.lower(), h.value, h.type == "RegularExpression") for h in matches)
+
+
+def _precedence(route: Route, path: PathMatchIR, method: str | None, headers: int, rule: int, match: int) -> tuple[
+    object, ...
+]:
+    """Gateway API precedence: exact path, longer prefix, method, more headers; then the route's identity."""
+    path_rank = {"exact": 0, "prefix": 1, "regex": 2}[path.kind]
+    return (path_rank, -len(path.value), method is None, -headers,
+            route.metadata.creation_timestamp or "", route.namespace, route.name, rule, match)
+
+
+class _Translator:
+    def __init__(self, resources: ResourceSet, options: TranslateOptions) -> None:
+        self.resources = resources
+        self.options = options
+        self.backends = BackendResolver(resources, options.resolve_cluster_local)
+        self.book = _StatusBook()
+        self.namespace_labels = {ns.name: ns.metadata.labels for ns in resources.of_kind(Namespace)}
+
+    # --- routes -> Envoy routes, computed once per route and shared by every Gateway it attaches to ---
+
+    @staticmethod
+    def _forward(refs: list[WeightedCluster], timeout_ms: int | None,
+                 per_try_ms: int | None) -> tuple[ForwardAction, tuple[ClusterIR, ...], str | None, bool]:
+        cluster = combine(refs)
+        pool_name = cluster.name.removeprefix("inferencepool/") if cluster.pool is not None else None
+        fail_open = cluster.pool.fail_open if cluster.pool is not None else False
+        action = ForwardAction(cluster.name, timeout_ms, per_try_ms, host_rewrite=cluster.discovery == "STRICT_DNS")
+        members = tuple({ref.cluster.name: ref.cluster for ref in refs if ref.cluster.name != cluster.name}.values())
+        return action, (cluster, *members), pool_name, fail_open
+
+    def _rule_routes(self, route: Route, rule_index: int) -> _RuleRoutes:
+        is_ai = isinstance(route, AIGatewayRoute)
+        rule = route.spec.rules[rule_index]
+        rule_id = f"{route.kind.lower()}/{route.namespace}/{route.name}/rule/{rule_index}"
+        timeouts = rule.timeouts
+        timeout_ms = parse_duration_ms(timeouts.request) if timeouts and timeouts.request else None
+        if is_ai and timeout_ms is None:
+            timeout_ms = AI_DEFAULT_TIMEOUT_MS
+        per_try_ms = parse_duration_ms(timeouts.backend_request) if timeouts and timeouts.backend_request else None
+        clusters: tuple[ClusterIR, ...] = ()
+        pool: str | None = None
+        fail_open = False
+        action: ForwardAction | DirectAction
+        try:
+            if not rule.backend_refs:
+                raise Unresolved("BackendNotFound", "the rule has no backendRefs")
+            refs = [self._weighted(route, ref) for ref in rule.backend_refs]
+            action, clusters, pool, fail_open = self._forward(refs, timeout_ms, per_try_ms)
+        except Unresolved as exc:
+            self.book.add(route.kind, route.namespace, route.name,
+                          _condition("ResolvedRefs", False, exc.reason, f"rule {rule_index}: {exc.message}"))
+            action = DirectAction(500, f"{rule_id}: {exc.message}", "server_error", "backend_unavailable")
+        if isinstance(route, AIGatewayRoute):
+            matches = [(PathMatchIR("prefix", "/"), _headers(m.headers), None) for m in route.spec.rules[
+                rule_index].matches] or [(PathMatchIR("prefix", "/"), (), None)]
+        else:
+            matches = [
+                (PathMatchIR({"Exact": "exact", "PathPrefix": "prefix", "RegularExpression": "regex"}[m.path.type],
+                             m.path.value), _headers(m.headers), m.method)
+                for m in route.spec.rules[rule_index].matches
+            ]
+        routes = tuple(
+            (
+                _precedence(route, path, method, len(headers), rule_index, match_index),
+                RouteIR(
+                    name=f"{rule_id}/match/{match_index}",
+                    path=path,
+                    headers=headers,
+                    method=method,
+                    action=action,
+                    model_router=is_ai,
+                    pool=pool,
+                    pool_fail_open=fail_open,
+                    rule=rule_id,
+                ),
+            )
+            for match_index, (path, headers, method) in enumerate(matches)
+        )
+        return _RuleRoutes(routes, clusters)
+
+    def _weighted(self, route: Route, ref: AIGatewayRouteBackendRef | HTTPBackendRef) -> WeightedCluster:
+        if isinstance(ref, AIGatewayRouteBackendRef):
+            group = ref.group if ref.group is not None else (INFERENCE_GROUP if ref.is_inference_pool else "")
+            kind = ref.kind or "AIServiceBackend"
+            cluster = self.backends.resolve(route.namespace, group, kind, ref.name, ref.namespace, None)
+            return WeightedCluster(cluster, ref.weight, ref.priority)
+        cluster = self.backends.resolve(route.namespace, ref.group, ref.kind, ref.name, ref.namespace, ref.port)
+        return WeightedCluster(cluster, ref.weight, 0)
+
+    # --- attachment of routes to Gateway listeners ---
+
+    def _allows(self, gateway: Gateway, listener: Listener, route: Route) -> bool:
+        namespaces = listener.allowed_routes.namespaces
+        if namespaces.from_ == "All":
+            return True
+        if namespaces.from_ == "Same":
+            return route.namespace == gateway.namespace
+        selector = namespaces.selector
+        labels = self.namespace_labels.get(route.namespace)
+        return selector is not None and labels is not None and selector.matches(labels)
+
+    def _attach(self, gateway: Gateway, route: Route, parent: ParentReference,
+                listeners: list[Listener]) -> list[tuple[Listener, list[str]]]:
+        """The listeners a parentRef attaches the route to, each with the route's domains there."""
+        parent_name = f"{gateway.namespace}/{gateway.name}" + (f"/{parent.section_name}" if parent.section_name else "")
+        candidates = [
+            lis for lis in listeners
+            if (parent.section_name in (None, lis.name)) and (parent.port in (None, lis.port))
+        ]
+        if not candidates:
+            self.book.add(route.kind, route.namespace, route.name, _condition(
+                "Accepted", False, "NoMatchingParent", "no listener matches sectionName/port", parent_name))
+            return []
+        allowed = [lis for lis in candidates if self._allows(gateway, lis, route)]
+        if not allowed:
+            self.book.add(route.kind, route.namespace, route.name, _condition(
+                "Accepted", False, "NotAllowedByListeners", "the listener does not admit routes from namespace "
+                f"{route.namespace}", parent_name))
+            return []
+        attached = [(lis, effective_hostnames(lis.hostname, route.spec.hostnames)) for lis in allowed]
+        attached = [(lis, hosts) for lis, hosts in attached if hosts]
+        if not attached:
+            self.book.add(route.kind, route.namespace, route.name, _condition(
+                "Accepted", False, "NoMatchingListenerHostname", "no hostname is shared with the listener",
+                parent_name))
+            return []
+        self.book.add(route.kind, route.namespace, route.name,
+                      _condition("Accepted", True, "Accepted", "attached to the Gateway", parent_name))
+        return attached
+
+    def _gateway_listeners(self, gateway: Gateway) -> list[Listener]:
+        usable: list[Listener] = []
+        seen: dict[tuple[int, str | None], str] = {}
+        for listener in gateway.spec.listeners:
+            if listener.protocol != "HTTP":
+                self.book.add(gateway.kind, gateway.namespace, gateway.name, _condition(
+                    "Accepted", False, "UnsupportedProtocol",
+                    f"listener {listener.name}: protocol {listener.protocol} is not supported (HTTP only)"))
+                continue
+            clash = seen.get((listener.port, listener.hostname))
+            if clash is not None:
+                self.book.add(gateway.kind, gateway.namespace, gateway.name, _condition(
+                    "Accepted", False, "HostnameConflict",
+                    f"listener {listener.name}: same port and hostname as listener {clash}"))
+                continue
+            seen[(listener.port, listener.hostname)] = listener.name
+            usable.append(listener)
+        return usable
+
+    def _envoy_port(self, port: int) -> int:
+        return port + self.options.privileged_port_offset if port < 1024 else port
+
+    def translate(self) -> Translation:
+        classes = {gc.name: gc for gc in self.resources.of_kind(GatewayClass)}
+        gateways: list[Gateway] = []
+        for gateway in self.resources.of_kind(Gateway):
+            gateway_class = classes.get(gateway.spec.gateway_class_name)
+            if gateway_class is None:
+                self.book.add(gateway.kind, gateway.namespace, gateway.name, _condition(
+                    "Accepted", False, "InvalidGatewayClass",
+                    f"GatewayClass {gateway.spec.gateway_class_name} not found"))
+            elif gateway_class.spec.controller_name in CONTROLLER_NAMES:
+                gateways.append(gateway)
+        routes: list[Route] = [*self.resources.of_kind(AIGatewayRoute), *self.resources.of_kind(HTTPRoute)]
+        rule_cache: dict[tuple[str, str, str, int], _RuleRoutes] = {}
+
+        def rules_of(route: Route) -> list[_RuleRoutes]:
+            found = []
+            for index in range(len(route.spec.rules)):
+                key = (route.kind, route.namespace, route.name, index)
+                if key not in rule_cache:
+                    rule_cache[key] = self._rule_routes(route, index)
+                found.append(rule_cache[key])
+            return found
+
+        by_gateway: dict[tuple[str, str], list[tuple[Route, ParentReference]]] = defaultdict(list)
+        known = {(g.namespace, g.name) for g in gateways}
+        for route in routes:
+            for parent in route.spec.parent_refs:
+                key = (parent.namespace or route.namespace, parent.name)
+                if parent.group == GATEWAY_API_GROUP and parent.kind == "Gateway" and key in known:
+                    by_gateway[key].append((route, parent))
+                else:
+                    self.book.add(route.kind, route.namespace, route.name, _condition(
+                        "Accepted", False, "NoMatchingParent", f"Gateway {key[0]}/{key[1]} not found",
+                        f"{key[0]}/{key[1]}"))
+
+        gateway_irs = []
+        for gateway in gateways:
+            listeners = self._gateway_listeners(gateway)
+            # (port, domain) -> precedence-keyed routes; Gateway listeners sharing a port share an Envoy listener.
+            vhosts: dict[int, dict[str, list[tuple[tuple[object, ...], RouteIR]]]] = defaultdict(dict)
+            for listener in listeners:
+                vhosts[self._envoy_port(listener.port)]  # noqa: B018 -- a listener with no routes still listens
+            clusters: dict[str, ClusterIR] = {}
+            for route, parent in by_gateway[(gateway.namespace, gateway.name)]:
+                for listener, domains in self._attach(gateway, route, parent, listeners):
+                    port_vhosts = vhosts[self._envoy_port(listener.port)]
+                    for rule in rules_of(route):
+                        for cluster in rule.clusters:
+                            clusters[cluster.name] = cluster
+                        for domain in domains:
+                            port_vhosts.setdefault(domain, []).extend(rule.routes)
+            gateway_irs.append(self._gateway_ir(gateway, vhosts, clusters))
+            self.book.add(gateway.kind, gateway.namespace, gateway.name,
+                          _condition("Programmed", True, "Programmed", f"{len(vhosts)} Envoy listener(s)"))
+        for route in routes:
+            rules_of(route)  # routes attached nowhere still report their unresolved references
+        for route in routes:
+            if not any(c.type == "ResolvedRefs" for c in self.book.conditions.get(
+                    (route.kind, route.namespace, route.name), [])):
+                self.book.add(route.kind, route.namespace, route.name,
+                              _condition("ResolvedRefs", True, "ResolvedRefs", "every backendRef resolved"))
+        pools = tuple(self.backends.pool(p) for p in self.resources.of_kind(InferencePool))
+        return Translation(tuple(gateway_irs), self.book.statuses(), pools)
+
+    def _gateway_ir(self, gateway: Gateway, vhosts: dict[int, dict[str, list[tuple[tuple[object, ...], RouteIR]]]],
+                    clusters: dict[str, ClusterIR]) -> GatewayIR:
+        listeners = []
+        for port, domains in sorted(vhosts.items()):
+            name = f"{gateway.namespace}/{gateway.name}/{port}"
+            virtual_hosts = []
+            for domain, keyed in sorted(domains.items()):
+                ordered = [route for _, route in sorted(keyed, key=lambda item: item[0])]
+                vhost_name = f"{name}/{domain}"
+                if any(r.model_router for r in ordered):
+                    ordered.append(_route_not_found(vhost_name))
+                virtual_hosts.append(VirtualHostIR(vhost_name, (domain,), tuple(ordered)))
+            listeners.append(ListenerIR(name, self.options.listener_address, port, tuple(virtual_hosts)))
+        return GatewayIR(gateway.namespace, gateway.name, tuple(listeners),
+                         tuple(cluster for _, cluster in sorted(clusters.items())))
+
+
+def _route_not_found(vhost_name: str) -> RouteIR:
+    """Last route of an AI virtual host: the router ext_proc runs here too, then unknown models get a JSON 404."""
+    return RouteIR(
+        name=f"{vhost_name}/route-not-found",
+        path=PathMatchIR("prefix", "/"),
+        headers=(),
+        action=DirectAction(
+            404,
+            f"model '%REQ({MODEL_HEADER})%' is not served by this gateway: no route matches it",
+            "invalid_request_error",
+            "model_not_found",
+        ),
+        model_router=True,
+    )
+
+
+def translate(resources: ResourceSet, options: TranslateOptions | None = None) -> Translation:
+    """Resources -> one GatewayIR per Gateway this project controls, plus conditions for every object involved."""
+    return _Translator(resources, options or TranslateOptions()).translate()

@@ -1,0 +1,180 @@
+"""The intermediate representation between resources and Envoy protobufs.
+
+One `GatewayIR` per Gateway: what Envoy must listen on, how requests are matched, and where they go, with no
+trace of Gateway API shapes left and no Envoy types yet. Frozen dataclasses, so an IR can be hashed, compared
+and shared between threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Discovery(StrEnum):
+    """How Envoy learns a cluster's endpoints."""
+
+    STATIC = "STATIC"  # IP or unix socket endpoints inline in the cluster
+    STRICT_DNS = "STRICT_DNS"  # hostnames inline, resolved by Envoy
+    EDS = "EDS"  # endpoints served by the control plane (pods), so pod changes never touch the cluster
+
+
+class AddressKind(StrEnum):
+    IP = "ip"
+    DNS = "dns"
+    UNIX = "unix"
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    address: str  # IP, hostname or unix socket path
+    port: int  # 0 for unix sockets
+    kind: AddressKind = AddressKind.IP
+
+
+@dataclass(frozen=True)
+class EndpointGroup:
+    """Endpoints of one backend inside a cluster: an Envoy locality with its own priority and weight."""
+
+    backend: str  # stable identity, e.g. "aiservicebackend/default/openai"
+    endpoints: tuple[Endpoint, ...]
+    priority: int = 0
+    weight: int = 1
+    dynamic: bool = False  # endpoints are pods: they change without the configuration changing
+
+
+@dataclass(frozen=True)
+class PoolBalancing:
+    """An InferencePool cluster: the picker's choice (header, then metadata) decides the host."""
+
+    fail_open: bool  # when no valid choice arrives, round-robin over the pool instead of failing
+
+
+@dataclass(frozen=True)
+class ClusterIR:
+    name: str
+    discovery: Discovery
+    groups: tuple[EndpointGroup, ...]
+    pool: PoolBalancing | None = None
+    http2: bool = False
+
+
+@dataclass(frozen=True)
+class HeaderMatchIR:
+    name: str
+    value: str
+    regex: bool = False
+
+
+@dataclass(frozen=True)
+class PathMatchIR:
+    kind: str  # "exact" | "prefix" | "regex"
+    value: str
+
+
+@dataclass(frozen=True)
+class ForwardAction:
+    cluster: str
+    timeout_ms: int | None  # None: Envoy's default
+    per_try_timeout_ms: int | None = None
+    host_rewrite: bool = False  # rewrite Host to the upstream's hostname (DNS backends)
+
+
+@dataclass(frozen=True)
+class DirectAction:
+    status: int
+    message: str  # may contain Envoy substitution commands such as %REQ(x-ai-eg-model)%
+    error_type: str
+    code: str
+
+
+@dataclass(frozen=True)
+class RouteIR:
+    name: str
+    path: PathMatchIR
+    headers: tuple[HeaderMatchIR, ...]
+    action: ForwardAction | DirectAction
+    method: str | None = None
+    model_router: bool = False  # the router ext_proc runs on this route (AI routes and their catch-all)
+    pool: str | None = None  # "<ns>/<name>" of the InferencePool whose picker runs on this route
+    pool_fail_open: bool = False
+    rule: str = ""  # "<kind>/<ns>/<name>/rule/<i>": which resource rule produced it
+
+
+@dataclass(frozen=True)
+class VirtualHostIR:
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[RouteIR, ...]
+
+
+@dataclass(frozen=True)
+class ListenerIR:
+    name: str  # also the name of its RouteConfiguration
+    address: str
+    port: int
+    virtual_hosts: tuple[VirtualHostIR, ...]
+
+    @property
+    def routes(self) -> tuple[RouteIR, ...]:
+        return tuple(route for vhost in self.virtual_hosts for route in vhost.routes)
+
+
+@dataclass(frozen=True)
+class GatewayIR:
+    namespace: str
+    name: str
+    listeners: tuple[ListenerIR, ...]
+    clusters: tuple[ClusterIR, ...]
+
+    @property
+    def key(self) -> str:
+        """The snapshot key: Envoy's node.cluster for this Gateway."""
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A Kubernetes-style condition; `parent` names the Gateway (or listener) a route condition is about."""
+
+    type: str
+    status: str  # "True" | "False"
+    reason: str
+    message: str
+    parent: str = ""
+
+
+@dataclass(frozen=True)
+class ObjectStatus:
+    kind: str
+    namespace: str
+    name: str
+    conditions: tuple[Condition, ...]
+
+
+@dataclass(frozen=True)
+class PoolIR:
+    """An InferencePool as the picker needs it."""
+
+    namespace: str
+    name: str
+    endpoints: tuple[Endpoint, ...]
+    fail_open: bool
+    picker_service: str | None  # endpointPickerRef Service name, if any
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    listener_address: str = "127.0.0.1"  # loopback unless told otherwise
+    privileged_port_offset: int = 0  # `up` maps port P < 1024 to P + 10000
+    extproc_host: str = "127.0.0.1"
+    extproc_port: int = 1063
+    resolve_cluster_local: bool = False  # map <svc>.<ns>.svc.cluster.local Backends to the Service's pods
+    buffer_limit_bytes: int = 50 * 1024 * 1024  # buffered ext_proc bodies need room: 32 KiB is Envoy's default
+
+
+@dataclass(frozen=True)
+class Translation:
+    gateways: tuple[GatewayIR, ...]
+    statuses: tuple[ObjectStatus, ...]
+    pools: tuple[PoolIR, ...]

@@ -1,0 +1,206 @@
+"""Loads Kubernetes-style YAML with `kubectl apply -f` semantics into typed, validated objects.
+
+Files are read in name order and documents in order; a later object with the same kind/namespace/name replaces
+the earlier one. An invalid document becomes a `LoadError` (file, document, kind/namespace/name, field, reason)
+and leaves every other object, including an earlier valid version of the same object, in place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import ValidationError
+
+from translators.resources import MODELS, Resource, split_api_version
+
+log = logging.getLogger(__name__)
+
+_YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+DEFAULT_NAMESPACE = "default"
+
+R = TypeVar("R", bound=Resource)
+
+
+@dataclass(frozen=True, order=True)
+class ObjectKey:
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an object came from: a file and the 1-based number of the document in it."""
+
+    file: str
+    document: int
+
+
+@dataclass(frozen=True)
+class LoadError:
+    origin: Origin
+    kind: str
+    namespace: str
+    name: str
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        who = "/".join(part for part in (self.kind or "?", self.namespace, self.name or "?") if part)
+        where = f" field {self.field}:" if self.field else ""
+        return f"{self.origin.file} document {self.origin.document}: {who}:{where} {self.reason}"
+
+
+@dataclass(frozen=True)
+class UnknownObject:
+    """A document of a kind the project does not read (RBAC, ServiceAccount, ...), kept for reporting."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+    origin: Origin
+
+
+@dataclass(frozen=True)
+class ResourceSet:
+    objects: Mapping[ObjectKey, Resource] = field(default_factory=dict)
+    origins: Mapping[ObjectKey, Origin] = field(default_factory=dict)
+    unknown: tuple[UnknownObject, ...] = ()
+    errors: tuple[LoadError, ...] = ()
+
+    def of_kind(self, model: type[R]) -> list[R]:
+        """Every object of one kind, in key order (namespace, name), never in document order."""
+        found = [obj for key, obj in sorted(self.objects.items()) if key.kind == model.kind]
+        return [obj for obj in found if isinstance(obj, model)]
+
+    def get(self, model: type[R], namespace: str, name: str) -> R | None:
+        obj = self.objects.get(ObjectKey(model.kind, namespace if model.namespaced else "", name))
+        return obj if isinstance(obj, model) else None
+
+
+def object_key(obj: Resource) -> ObjectKey:
+    return ObjectKey(obj.kind, obj.namespace, obj.name)
+
+
+def parse_document(raw: Any, origin: Origin) -> Resource | UnknownObject | list[LoadError]:
+    """One decoded YAML document -> a validated object, an unknown object, or its errors."""
+    if not isinstance(raw, dict):
+        return [LoadError(origin, "", "", "", "", f"document is a {type(raw).__name__}, not a mapping")]
+    kind = raw.get("kind")
+    api_version = raw.get("apiVersion")
+    metadata = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    name = str(metadata.get("name") or "")
+    namespace = str(metadata.get("namespace") or "")
+
+    def error(path: str, reason: str) -> list[LoadError]:
+        return [LoadError(origin, str(kind or ""), namespace, name, path, reason)]
+
+    if not isinstance(kind, str) or not kind:
+        return error("kind", "kind is required")
+    if not isinstance(api_version, str) or not api_version:
+        return error("apiVersion", "apiVersion is required")
+    group, version = split_api_version(api_version)
+    model = MODELS.get((group, kind))
+    if model is None:
+        log.debug("keeping aside object of unknown kind", extra={"kind": kind, "apiVersion": api_version})
+        return UnknownObject(api_version, kind, namespace, name, origin)
+    if version not in model.versions:
+        return error("apiVersion", f"version {version} of {kind} is not supported (use {', '.join(model.versions)})")
+    try:
+        obj = model.model_validate(raw)
+    except ValidationError as exc:
+        return [
+            LoadError(origin, kind, namespace or "", name, _field_path(err["loc"]), _reason(err["msg"]))
+            for err in exc.errors()
+        ]
+    return _with_namespace(obj)
+
+
+def _with_namespace(obj: R) -> R:
+    wanted = (obj.metadata.namespace or DEFAULT_NAMESPACE) if obj.namespaced else None
+    if obj.metadata.namespace == wanted:
+        return obj
+    return obj.model_copy(update={"metadata": obj.metadata.model_copy(update={"namespace": wanted})})
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _reason(message: str) -> str:
+    return message.removeprefix("Value error, ")
+
+
+def _documents(text: str, file: str) -> Iterator[tuple[Any, Origin] | LoadError]:
+    number = 0
+    try:
+        for number, raw in enumerate(yaml.load_all(text, Loader=_YamlLoader), start=1):  # noqa: B007
+            if raw is None:  # an empty document, e.g. a leading or doubled `---`
+                continue
+            if isinstance(raw, dict) and raw.get("kind") == "List" and isinstance(raw.get("items"), list):
+                for item in raw["items"]:
+                    yield item, Origin(file, number)
+                continue
+            yield raw, Origin(file, number)
+    except yaml.YAMLError as exc:
+        yield LoadError(Origin(file, number + 1), "", "", "", "", f"invalid YAML: {exc}".replace("\n", " "))
+
+
+def load_texts(sources: Iterable[tuple[str, str]]) -> ResourceSet:
+    """(file name, text) pairs, already in apply order, -> a ResourceSet."""
+    objects: dict[ObjectKey, Resource] = {}
+    origins: dict[ObjectKey, Origin] = {}
+    unknown: list[UnknownObject] = []
+    errors: list[LoadError] = []
+    for file, text in sources:
+        for item in _documents(text, file):
+            if isinstance(item, LoadError):
+                errors.append(item)
+                continue
+            parsed = parse_document(*item)
+            if isinstance(parsed, list):
+                errors.extend(parsed)
+            elif isinstance(parsed, UnknownObject):
+                unknown.append(parsed)
+            else:
+                key = object_key(parsed)
+                objects[key] = parsed
+                origins[key] = item[1]
+    return ResourceSet(objects, origins, tuple(unknown), tuple(errors))
+
+
+def manifest_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Files named on the command line, plus each directory's manifests in name order (like `kubectl -f DIR`)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix in MANIFEST_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+def load_paths(paths: Sequence[str | Path]) -> ResourceSet:
+    """Reads files and directories; a file that cannot be read becomes an error, the rest still load."""
+    sources: list[tuple[str, str]] = []
+    unreadable: list[LoadError] = []
+    for file in manifest_files(paths):
+        try:
+            sources.append((str(file), file.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            unreadable.append(LoadError(Origin(str(file), 0), "", "", "", "", f"cannot read file: {exc}"))
+    loaded = load_texts(sources)
+    return ResourceSet(loaded.objects, loaded.origins, loaded.unknown, (*unreadable, *loaded.errors))

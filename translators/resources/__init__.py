@@ -1,0 +1,63 @@
+"""Typed models of every kind the project reads, and the registry that maps apiVersion/kind to a model."""
+
+from __future__ import annotations
+
+from translators.resources.aigateway import AIGatewayRoute, AIServiceBackend, BackendSecurityPolicy
+from translators.resources.base import Resource, parse_duration_ms
+from translators.resources.core import ConfigMap, Deployment, Pod, Secret, Service
+from translators.resources.envoy_gateway import Backend, EnvoyProxy
+from translators.resources.gateway_api import Gateway, GatewayClass, HTTPRoute, Namespace
+from translators.resources.inference import InferenceObjective, InferencePool
+
+KINDS: tuple[type[Resource], ...] = (
+    GatewayClass,
+    Gateway,
+    HTTPRoute,
+    Namespace,
+    AIGatewayRoute,
+    AIServiceBackend,
+    BackendSecurityPolicy,
+    Backend,
+    EnvoyProxy,
+    InferencePool,
+    InferenceObjective,
+    Service,
+    Pod,
+    Deployment,
+    ConfigMap,
+    Secret,
+)
+
+# (group, kind) -> model; the version is checked separately so an unsupported version gets a clear error.
+MODELS: dict[tuple[str, str], type[Resource]] = {(model.group, model.kind): model for model in KINDS}
+
+
+def split_api_version(api_version: str) -> tuple[str, str]:
+    """"apps/v1" -> ("apps", "v1"); "v1" -> ("", "v1")."""
+    group, _, version = api_version.rpartition("/")
+    return group, version
+
+
+__all__ = [
+    "KINDS",
+    "MODELS",
+    "AIGatewayRoute",
+    "AIServiceBackend",
+    "Backend",
+    "BackendSecurityPolicy",
+    "ConfigMap",
+    "Deployment",
+    "EnvoyProxy",
+    "Gateway",
+    "GatewayClass",
+    "HTTPRoute",
+    "InferenceObjective",
+    "InferencePool",
+    "Namespace",
+    "Pod",
+    "Resource",
+    "Secret",
+    "Service",
+    "parse_duration_ms",
+    "split_api_version",
+]

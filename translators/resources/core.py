@@ -1,0 +1,132 @@
+"""Core and apps kinds the translator reads: Service, Pod, Deployment, ConfigMap, Secret."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from translators.resources.base import K8sModel, LabelSelector, PortNumber, Resource
+
+
+class ServicePort(K8sModel):
+    name: str | None = None
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+    port: PortNumber
+    target_port: int | str | None = None
+    app_protocol: str | None = None
+
+
+class ServiceSpec(K8sModel):
+    selector: dict[str, str] = Field(default_factory=dict)
+    ports: list[ServicePort] = Field(default_factory=list)
+    cluster_ip: str | None = Field(default=None, alias="clusterIP")
+    type: str = "ClusterIP"
+
+
+class Service(Resource):
+    group = ""
+    kind = "Service"
+    versions = ("v1",)
+
+    spec: ServiceSpec = Field(default_factory=ServiceSpec)
+
+
+class ContainerPort(K8sModel):
+    name: str | None = None
+    container_port: PortNumber
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+
+
+class Container(K8sModel):
+    name: str
+    image: str | None = None
+    command: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+    env: list[dict[str, Any]] = Field(default_factory=list)
+    ports: list[ContainerPort] = Field(default_factory=list)
+    readiness_probe: dict[str, Any] | None = None
+    volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class PodSpec(K8sModel):
+    containers: list[Container] = Field(min_length=1)
+    volumes: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class PodCondition(K8sModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+
+
+class PodStatus(K8sModel):
+    phase: str | None = None
+    pod_ip: str | None = Field(default=None, alias="podIP")
+    conditions: list[PodCondition] = Field(default_factory=list)
+
+
+class Pod(Resource):
+    group = ""
+    kind = "Pod"
+    versions = ("v1",)
+
+    spec: PodSpec
+    status: PodStatus = Field(default_factory=PodStatus)
+
+    @property
+    def is_ready(self) -> bool:
+        """Serving traffic: has an IP, is not terminating, and its Ready condition is True."""
+        ready = any(c.type == "Ready" and c.status == "True" for c in self.status.conditions)
+        return ready and bool(self.status.pod_ip) and self.metadata.deletion_timestamp is None
+
+    def container_port(self, name: str) -> int | None:
+        for container in self.spec.containers:
+            for port in container.ports:
+                if port.name == name:
+                    return port.container_port
+        return None
+
+
+class TemplateMeta(K8sModel):
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class PodTemplate(K8sModel):
+    metadata: TemplateMeta = Field(default_factory=TemplateMeta)
+    spec: PodSpec
+
+
+class DeploymentSpec(K8sModel):
+    replicas: int = Field(default=1, ge=0)
+    selector: LabelSelector
+    template: PodTemplate
+
+
+class Deployment(Resource):
+    group = "apps"
+    kind = "Deployment"
+    versions = ("v1",)
+
+    spec: DeploymentSpec
+
+
+class ConfigMap(Resource):
+    group = ""
+    kind = "ConfigMap"
+    versions = ("v1",)
+
+    data: dict[str, str] = Field(default_factory=dict)
+
+
+class Secret(Resource):
+    """Values are excluded from repr so a logged object never shows them."""
+
+    group = ""
+    kind = "Secret"
+    versions = ("v1",)
+
+    type: str = "Opaque"
+    data: dict[str, str] = Field(default_factory=dict, repr=False)
+    string_data: dict[str, str] = Field(default_factory=dict, repr=False)
+

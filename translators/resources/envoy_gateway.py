@@ -1,0 +1,73 @@
+"""Envoy Gateway kinds (gateway.envoyproxy.io v1alpha1): Backend and EnvoyProxy."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from translators.resources.base import K8sModel, PortNumber, Resource
+
+ENVOY_GATEWAY_GROUP = "gateway.envoyproxy.io"
+
+
+class FQDNEndpoint(K8sModel):
+    hostname: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?$")
+    port: PortNumber
+
+
+class IPEndpoint(K8sModel):
+    address: str
+    port: PortNumber
+
+    @field_validator("address")
+    @classmethod
+    def _is_ip(cls, value: str) -> str:
+        ipaddress.ip_address(value)  # raises ValueError naming the bad address
+        return value
+
+
+class UnixSocket(K8sModel):
+    path: str = Field(min_length=1)
+
+
+class BackendEndpoint(K8sModel):
+    fqdn: FQDNEndpoint | None = None
+    ip: IPEndpoint | None = None
+    unix: UnixSocket | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BackendEndpoint:
+        if sum(x is not None for x in (self.fqdn, self.ip, self.unix)) != 1:
+            raise ValueError("an endpoint needs exactly one of fqdn, ip or unix")
+        return self
+
+
+class BackendSpec(K8sModel):
+    endpoints: list[BackendEndpoint] = Field(min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _unix_alone(self) -> BackendSpec:
+        kinds = {"unix" if e.unix else "network" for e in self.endpoints}
+        if len(kinds) > 1:
+            raise ValueError("unix socket endpoints cannot be mixed with fqdn or ip endpoints")
+        return self
+
+
+class Backend(Resource):
+    group = ENVOY_GATEWAY_GROUP
+    kind = "Backend"
+    versions = ("v1alpha1",)
+
+    spec: BackendSpec
+
+
+class EnvoyProxy(Resource):
+    """Kept for reference from GatewayClass parametersRef; its provider settings do not change the xDS."""
+
+    group = ENVOY_GATEWAY_GROUP
+    kind = "EnvoyProxy"
+    versions = ("v1alpha1",)
+
+    spec: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,139 @@
+"""Gateway API kinds (gateway.networking.k8s.io): GatewayClass, Gateway, HTTPRoute."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from translators.resources.base import (
+    Duration,
+    K8sModel,
+    LabelSelector,
+    ObjectName,
+    PortNumber,
+    Resource,
+)
+
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+
+
+class ParametersRef(K8sModel):
+    group: str
+    kind: str
+    name: str
+    namespace: str | None = None
+
+
+class GatewayClassSpec(K8sModel):
+    controller_name: str
+    parameters_ref: ParametersRef | None = None
+
+
+class GatewayClass(Resource):
+    group = GATEWAY_API_GROUP
+    kind = "GatewayClass"
+    versions = ("v1", "v1beta1")
+    namespaced = False
+
+    spec: GatewayClassSpec
+
+
+class RouteNamespaces(K8sModel):
+    from_: Literal["Same", "All", "Selector"] = Field(default="Same", alias="from")
+    selector: LabelSelector | None = None
+
+
+class AllowedRoutes(K8sModel):
+    namespaces: RouteNamespaces = Field(default_factory=RouteNamespaces)
+
+
+class Listener(K8sModel):
+    name: ObjectName
+    hostname: str | None = None
+    port: PortNumber
+    protocol: str
+    allowed_routes: AllowedRoutes = Field(default_factory=AllowedRoutes)
+
+
+class GatewaySpec(K8sModel):
+    gateway_class_name: ObjectName
+    listeners: list[Listener] = Field(min_length=1, max_length=64)
+
+
+class Gateway(Resource):
+    group = GATEWAY_API_GROUP
+    kind = "Gateway"
+    versions = ("v1", "v1beta1")
+
+    spec: GatewaySpec
+
+
+class ParentReference(K8sModel):
+    group: str = GATEWAY_API_GROUP
+    kind: str = "Gateway"
+    namespace: ObjectName | None = None
+    name: ObjectName
+    section_name: str | None = None
+    port: PortNumber | None = None
+
+
+class HeaderMatch(K8sModel):
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
+    value: str = Field(max_length=4096)
+
+
+class PathMatch(K8sModel):
+    type: Literal["Exact", "PathPrefix", "RegularExpression"] = "PathPrefix"
+    value: str = Field(default="/", max_length=1024)
+
+
+class HTTPRouteMatch(K8sModel):
+    path: PathMatch = Field(default_factory=PathMatch)
+    headers: list[HeaderMatch] = Field(default_factory=list, max_length=16)
+    method: str | None = None
+
+
+class HTTPRouteTimeouts(K8sModel):
+    request: Duration | None = None
+    backend_request: Duration | None = None
+
+
+class HTTPBackendRef(K8sModel):
+    group: str = ""
+    kind: str = "Service"
+    name: ObjectName
+    namespace: ObjectName | None = None
+    port: PortNumber | None = None
+    weight: int = Field(default=1, ge=0, le=1_000_000)
+
+
+class HTTPRouteRule(K8sModel):
+    name: str | None = None
+    matches: list[HTTPRouteMatch] = Field(default_factory=lambda: [HTTPRouteMatch()], max_length=64)
+    backend_refs: list[HTTPBackendRef] = Field(default_factory=list)
+    timeouts: HTTPRouteTimeouts | None = None
+
+
+class HTTPRouteSpec(K8sModel):
+    parent_refs: list[ParentReference] = Field(default_factory=list, max_length=32)
+    hostnames: list[str] = Field(default_factory=list, max_length=16)
+    rules: list[HTTPRouteRule] = Field(default_factory=lambda: [HTTPRouteRule()], max_length=16)
+
+
+class HTTPRoute(Resource):
+    group = GATEWAY_API_GROUP
+    kind = "HTTPRoute"
+    versions = ("v1", "v1beta1")
+
+    spec: HTTPRouteSpec
+
+
+class Namespace(Resource):
+    """Only its labels matter here: listeners may admit routes by a namespace selector."""
+
+    group = ""
+    kind = "Namespace"
+    versions = ("v1",)
+    namespaced = False

@@ -1,0 +1,49 @@
+"""IR -> Envoy xDS protobufs: the four resource types of one Gateway's snapshot, each sorted by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+
+from translators.ir import Discovery, GatewayIR, TranslateOptions
+from translators.xds.clusters import cluster, extproc_cluster, load_assignment
+from translators.xds.listeners import listener, uses_extproc
+from translators.xds.routes import route_configuration
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+
+@dataclass(frozen=True)
+class XdsResources:
+    """One Gateway's resources, by type, each tuple sorted by resource name."""
+
+    gateway: str  # "<ns>/<name>", Envoy's node.cluster
+    listeners: tuple[listener_pb2.Listener, ...]
+    routes: tuple[route_pb2.RouteConfiguration, ...]
+    clusters: tuple[cluster_pb2.Cluster, ...]
+    endpoints: tuple[endpoint_pb2.ClusterLoadAssignment, ...]
+
+
+def gateway_resources(gateway: GatewayIR, options: TranslateOptions) -> XdsResources:
+    clusters = [cluster(c) for c in gateway.clusters]
+    if any(uses_extproc(lis) for lis in gateway.listeners):
+        clusters.append(extproc_cluster(options))
+    return XdsResources(
+        gateway=gateway.key,
+        listeners=tuple(sorted((listener(lis, options) for lis in gateway.listeners), key=lambda r: r.name)),
+        routes=tuple(sorted((route_configuration(lis) for lis in gateway.listeners), key=lambda r: r.name)),
+        clusters=tuple(sorted(clusters, key=lambda r: r.name)),
+        endpoints=tuple(
+            sorted(
+                (load_assignment(c) for c in gateway.clusters if c.discovery is Discovery.EDS),
+                key=lambda r: r.cluster_name,
+            )
+        ),
+    )

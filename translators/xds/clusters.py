@@ -1,0 +1,156 @@
+"""ClusterIR -> Envoy Cluster (and ClusterLoadAssignment for EDS clusters)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, extension_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.load_balancing_policies.override_host.v3 import override_host_pb2
+from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
+from envoy.extensions.load_balancing_policies.subset.v3 import subset_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.metadata.v3 import metadata_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
+
+from translators.ir import AddressKind, ClusterIR, Discovery, Endpoint, EndpointGroup, TranslateOptions
+from translators.xds.names import (
+    DESTINATION_HEADER,
+    EXTPROC_CLUSTER,
+    LB_METADATA_NAMESPACE,
+    XDS_METADATA_NAMESPACE,
+    pack,
+)
+
+CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def ads_config_source() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
+    )
+
+
+def _address(endpoint: Endpoint) -> address_pb2.Address:
+    if endpoint.kind is AddressKind.UNIX:
+        return address_pb2.Address(pipe=address_pb2.Pipe(path=endpoint.address))
+    return address_pb2.Address(
+        socket_address=address_pb2.SocketAddress(address=endpoint.address, port_value=endpoint.port)
+    )
+
+
+def _lb_endpoint(endpoint: Endpoint, backend: str) -> endpoint_components_pb2.LbEndpoint:
+    metadata = base_pb2.Metadata()
+    metadata.filter_metadata[XDS_METADATA_NAMESPACE].update({"backend": backend})
+    return endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(address=_address(endpoint)), metadata=metadata
+    )
+
+
+def _locality(group: EndpointGroup, weighted: bool) -> endpoint_components_pb2.LocalityLbEndpoints:
+    locality = endpoint_components_pb2.LocalityLbEndpoints(
+        locality=base_pb2.Locality(sub_zone=group.backend),
+        lb_endpoints=[_lb_endpoint(e, group.backend) for e in group.endpoints],
+        priority=group.priority,
+    )
+    if weighted:
+        locality.load_balancing_weight.value = group.weight
+    return locality
+
+
+def load_assignment(cluster: ClusterIR) -> endpoint_pb2.ClusterLoadAssignment:
+    weighted = len(cluster.groups) > 1
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=cluster.name, endpoints=[_locality(g, weighted) for g in cluster.groups]
+    )
+
+
+def _http2_options() -> http_protocol_options_pb2.HttpProtocolOptions:
+    return http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    )
+
+
+def _policy(name: str, config: object) -> cluster_pb2.LoadBalancingPolicy.Policy:
+    return cluster_pb2.LoadBalancingPolicy.Policy(
+        typed_extension_config=extension_pb2.TypedExtensionConfig(name=name, typed_config=pack(config))  # type: ignore[arg-type]
+    )
+
+
+def _round_robin() -> cluster_pb2.LoadBalancingPolicy:
+    return cluster_pb2.LoadBalancingPolicy(
+        policies=[_policy("envoy.load_balancing_policies.round_robin", round_robin_pb2.RoundRobin())]
+    )
+
+
+def _pool_policy(fail_open: bool) -> cluster_pb2.LoadBalancingPolicy:
+    """Envoy takes the picker's endpoint (header, then `envoy.lb` metadata); only pool endpoints can be reached.
+
+    FailOpen falls back to round robin over the pool. FailClose falls back to a subset policy whose empty
+    selection picks no host, so a missing or unknown choice is a 503, never a pod the picker did not choose
+    (Envoy requires some fallback policy, hence this instead of none).
+    """
+    if fail_open:
+        fallback = _round_robin()
+    else:
+        fallback = cluster_pb2.LoadBalancingPolicy(
+            policies=[
+                _policy(
+                    "envoy.load_balancing_policies.subset",
+                    subset_pb2.Subset(fallback_policy=subset_pb2.Subset.NO_FALLBACK, subset_lb_policy=_round_robin()),
+                )
+            ]
+        )
+    override = override_host_pb2.OverrideHost(
+        override_host_sources=[
+            override_host_pb2.OverrideHost.OverrideHostSource(header=DESTINATION_HEADER),
+            override_host_pb2.OverrideHost.OverrideHostSource(
+                metadata=metadata_pb2.MetadataKey(
+                    key=LB_METADATA_NAMESPACE,
+                    path=[metadata_pb2.MetadataKey.PathSegment(key=DESTINATION_HEADER)],
+                )
+            ),
+        ],
+        fallback_policy=fallback,
+    )
+    return cluster_pb2.LoadBalancingPolicy(policies=[_policy("envoy.load_balancing_policies.override_host", override)])
+
+
+def cluster(ir: ClusterIR) -> cluster_pb2.Cluster:
+    built = cluster_pb2.Cluster(name=ir.name, connect_timeout=CONNECT_TIMEOUT)
+    if ir.discovery is Discovery.EDS:
+        built.type = cluster_pb2.Cluster.EDS
+        built.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
+    else:
+        built.type = cluster_pb2.Cluster.STATIC if ir.discovery is Discovery.STATIC else cluster_pb2.Cluster.STRICT_DNS
+        built.load_assignment.CopyFrom(load_assignment(ir))
+    if len(ir.groups) > 1:
+        built.common_lb_config.locality_weighted_lb_config.SetInParent()
+    if ir.pool is not None:
+        built.load_balancing_policy.CopyFrom(_pool_policy(ir.pool.fail_open))
+    if ir.http2:
+        built.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(pack(_http2_options()))
+    return built
+
+
+def extproc_cluster(options: TranslateOptions) -> cluster_pb2.Cluster:
+    """The control plane's ext_proc server (model router and picker on one gRPC server), over HTTP/2."""
+    try:
+        ipaddress.ip_address(options.extproc_host)
+        kind = AddressKind.IP
+    except ValueError:
+        kind = AddressKind.DNS
+    ir = ClusterIR(
+        EXTPROC_CLUSTER,
+        Discovery.STATIC if kind is AddressKind.IP else Discovery.STRICT_DNS,
+        (EndpointGroup(EXTPROC_CLUSTER, (Endpoint(options.extproc_host, options.extproc_port, kind),)),),
+        http2=True,
+    )
+    built = cluster(ir)
+    built.per_connection_buffer_limit_bytes.CopyFrom(wrappers_pb2.UInt32Value(value=options.buffer_limit_bytes))
+    return built
+

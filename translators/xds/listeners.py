@@ -1,0 +1,138 @@
+"""ListenerIR -> Listener with an HTTP connection manager: RDS for routes, and the filter chain of DESIGN.md 2-4.
+
+Filter order: strip client-supplied internal headers -> model router ext_proc (AI routes) -> picker ext_proc
+(InferencePool routes) -> router. Both ext_proc filters are disabled here and enabled per route, so plain
+routes never pay for a gRPC round trip.
+"""
+
+from __future__ import annotations
+
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
+from envoy.config.core.v3 import address_pb2, grpc_service_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.type.matcher.v3 import string_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
+
+from translators.ir import ListenerIR, TranslateOptions
+from translators.xds.clusters import ads_config_source
+from translators.xds.names import (
+    EXTPROC_CLUSTER,
+    INTERNAL_HEADER_PREFIXES,
+    LB_METADATA_NAMESPACE,
+    MODEL_ROUTER_FILTER,
+    PICKER_FILTER,
+    ROUTER_FILTER,
+    ROUTER_METADATA_NAMESPACE,
+    STRIP_HEADERS_FILTER,
+    pack,
+)
+
+Mode = processing_mode_pb2.ProcessingMode
+EXTPROC_MESSAGE_TIMEOUT = duration_pb2.Duration(seconds=10)
+
+
+def _strip_internal_headers() -> hcm_pb2.HttpFilter:
+    mutations = [
+        mutation_rules_pb2.HeaderMutation(
+            remove_on_match=mutation_rules_pb2.HeaderMutation.RemoveOnMatch(
+                key_matcher=string_pb2.StringMatcher(prefix=prefix)
+            )
+        )
+        for prefix in INTERNAL_HEADER_PREFIXES
+    ]
+    config = header_mutation_pb2.HeaderMutation(mutations=header_mutation_pb2.Mutations(request_mutations=mutations))
+    return hcm_pb2.HttpFilter(name=STRIP_HEADERS_FILTER, typed_config=pack(config))
+
+
+def _extproc(mode: processing_mode_pb2.ProcessingMode, receive: list[str], forward: list[str],
+             allow_mode_override: bool) -> ext_proc_pb2.ExternalProcessor:
+    config = ext_proc_pb2.ExternalProcessor(
+        grpc_service=grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=EXTPROC_CLUSTER)
+        ),
+        processing_mode=mode,
+        message_timeout=EXTPROC_MESSAGE_TIMEOUT,
+        failure_mode_allow=False,
+        allow_mode_override=allow_mode_override,
+    )
+    if receive:
+        config.metadata_options.receiving_namespaces.untyped.extend(receive)
+    if forward:
+        config.metadata_options.forwarding_namespaces.untyped.extend(forward)
+    return config
+
+
+def model_router_filter() -> hcm_pb2.HttpFilter:
+    """Reads `model` from the buffered body and sets x-ai-eg-model; the response mode is chosen per response."""
+    mode = Mode(
+        request_header_mode=Mode.SEND,
+        request_body_mode=Mode.BUFFERED,
+        request_trailer_mode=Mode.SKIP,
+        response_header_mode=Mode.SEND,
+        response_body_mode=Mode.NONE,
+        response_trailer_mode=Mode.SKIP,
+    )
+    config = _extproc(mode, [ROUTER_METADATA_NAMESPACE], [], allow_mode_override=True)
+    return hcm_pb2.HttpFilter(name=MODEL_ROUTER_FILTER, typed_config=pack(config), disabled=True)
+
+
+def picker_filter() -> hcm_pb2.HttpFilter:
+    """Picks the pool endpoint; the route names the pool (gRPC metadata) and may fail open.
+
+    It may write `envoy.lb` dynamic metadata (the pick) and receives `envoy.lb` (subset hint, served endpoint).
+    """
+    mode = Mode(
+        request_header_mode=Mode.SEND,
+        request_body_mode=Mode.BUFFERED,
+        request_trailer_mode=Mode.SKIP,
+        response_header_mode=Mode.SEND,
+        response_body_mode=Mode.NONE,
+        response_trailer_mode=Mode.SKIP,
+    )
+    config = _extproc(mode, [LB_METADATA_NAMESPACE], [LB_METADATA_NAMESPACE], allow_mode_override=False)
+    return hcm_pb2.HttpFilter(name=PICKER_FILTER, typed_config=pack(config), disabled=True)
+
+
+def _router() -> hcm_pb2.HttpFilter:
+    return hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=pack(router_pb2.Router()))
+
+
+def http_filters(listener: ListenerIR) -> list[hcm_pb2.HttpFilter]:
+    routes = listener.routes
+    filters = [_strip_internal_headers()]
+    if any(r.model_router for r in routes):
+        filters.append(model_router_filter())
+    if any(r.pool is not None for r in routes):
+        filters.append(picker_filter())
+    filters.append(_router())
+    return filters
+
+
+def uses_extproc(listener: ListenerIR) -> bool:
+    return any(r.model_router or r.pool is not None for r in listener.routes)
+
+
+def listener(ir: ListenerIR, options: TranslateOptions) -> listener_pb2.Listener:
+    manager = hcm_pb2.HttpConnectionManager(
+        stat_prefix=ir.name.replace("/", "_"),
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=ir.name),
+        http_filters=http_filters(ir),
+        use_remote_address=wrappers_pb2.BoolValue(value=True),
+        normalize_path=wrappers_pb2.BoolValue(value=True),
+        merge_slashes=True,
+        strip_any_host_port=True,
+    )
+    network_filter = listener_components_pb2.Filter(
+        name="envoy.filters.network.http_connection_manager", typed_config=pack(manager)
+    )
+    return listener_pb2.Listener(
+        name=ir.name,
+        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=ir.address, port_value=ir.port)),
+        per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=options.buffer_limit_bytes),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[network_filter])],
+    )

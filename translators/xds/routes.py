@@ -1,0 +1,117 @@
+"""ListenerIR -> RouteConfiguration: virtual hosts, header matches, forward and direct-response actions."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
+
+from translators.ir import DirectAction, ForwardAction, HeaderMatchIR, ListenerIR, RouteIR
+from translators.xds.names import (
+    MODEL_ROUTER_FILTER,
+    PICKER_FILTER,
+    PICKER_POOL_METADATA,
+    XDS_METADATA_NAMESPACE,
+    pack,
+)
+
+
+def _duration(ms: int) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
+
+
+def _string_match(value: str, regex: bool) -> string_pb2.StringMatcher:
+    if regex:
+        return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=value))
+    return string_pb2.StringMatcher(exact=value)
+
+
+def _header(match: HeaderMatchIR) -> route_components_pb2.HeaderMatcher:
+    return route_components_pb2.HeaderMatcher(name=match.name, string_match=_string_match(match.value, match.regex))
+
+
+def _match(route: RouteIR) -> route_components_pb2.RouteMatch:
+    match = route_components_pb2.RouteMatch(headers=[_header(h) for h in route.headers])
+    if route.path.kind == "exact":
+        match.path = route.path.value
+    elif route.path.kind == "prefix":
+        match.prefix = route.path.value
+    else:
+        match.safe_regex.regex = route.path.value
+    if route.method:
+        match.headers.append(_header(HeaderMatchIR(":method", route.method)))
+    return match
+
+
+def json_error_body(status_message: str, error_type: str, code: str) -> substitution_format_string_pb2.SubstitutionFormatString:
+    """An OpenAI-style error body; Envoy fills in %...% commands and escapes them as JSON."""
+    body = struct_pb2.Struct()
+    body.update({"error": {"message": status_message, "type": error_type, "code": code}})
+    return substitution_format_string_pb2.SubstitutionFormatString(json_format=body)
+
+
+def _direct(action: DirectAction) -> route_components_pb2.DirectResponseAction:
+    return route_components_pb2.DirectResponseAction(
+        status=action.status, body_format=json_error_body(action.message, action.error_type, action.code)
+    )
+
+
+def _forward(action: ForwardAction) -> route_components_pb2.RouteAction:
+    built = route_components_pb2.RouteAction(cluster=action.cluster)
+    if action.timeout_ms is not None:
+        built.timeout.CopyFrom(_duration(action.timeout_ms))
+    if action.per_try_timeout_ms is not None:
+        built.retry_policy.per_try_timeout.CopyFrom(_duration(action.per_try_timeout_ms))
+    if action.host_rewrite:
+        built.auto_host_rewrite.value = True
+    return built
+
+
+def _enable(config: ext_proc_pb2.ExtProcPerRoute) -> route_components_pb2.FilterConfig:
+    """Turns on, for one route, a filter that is disabled at the HTTP connection manager.
+
+    Envoy rejects a FilterConfig without a config, so a route that changes nothing passes empty overrides.
+    """
+    return route_components_pb2.FilterConfig(config=pack(config))
+
+
+def _no_overrides() -> ext_proc_pb2.ExtProcPerRoute:
+    config = ext_proc_pb2.ExtProcPerRoute()
+    config.overrides.SetInParent()
+    return config
+
+
+def _picker_config(pool: str, fail_open: bool) -> ext_proc_pb2.ExtProcPerRoute:
+    return ext_proc_pb2.ExtProcPerRoute(
+        overrides=ext_proc_pb2.ExtProcOverrides(
+            grpc_initial_metadata=[base_pb2.HeaderValue(key=PICKER_POOL_METADATA, value=pool)],
+            failure_mode_allow=wrappers_pb2.BoolValue(value=fail_open),
+        )
+    )
+
+
+def route(ir: RouteIR) -> route_components_pb2.Route:
+    built = route_components_pb2.Route(name=ir.name, match=_match(ir))
+    if isinstance(ir.action, DirectAction):
+        built.direct_response.CopyFrom(_direct(ir.action))
+    else:
+        built.route.CopyFrom(_forward(ir.action))
+    if ir.model_router:
+        built.typed_per_filter_config[MODEL_ROUTER_FILTER].CopyFrom(pack(_enable(_no_overrides())))
+    if ir.pool is not None:
+        built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(_picker_config(ir.pool, ir.pool_fail_open))))
+    if ir.rule:
+        built.metadata.filter_metadata[XDS_METADATA_NAMESPACE].update({"rule": ir.rule})
+    return built
+
+
+def route_configuration(listener: ListenerIR) -> route_pb2.RouteConfiguration:
+    return route_pb2.RouteConfiguration(
+        name=listener.name,
+        virtual_hosts=[
+            route_components_pb2.VirtualHost(name=v.name, domains=list(v.domains), routes=[route(r) for r in v.routes])
+            for v in listener.virtual_hosts
+        ],
+    )
