@@ -52,6 +52,8 @@ MODEL_HEADER = "x-ai-eg-model"
 AI_DEFAULT_TIMEOUT_MS = 60_000
 
 Route = HTTPRoute | AIGatewayRoute
+# A route placed on a virtual host: (Gateway listener name, precedence key, route).
+_Entry = tuple[str, tuple[object, ...], RouteIR]
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,24 @@ class _StatusBook:
 
     def statuses(self) -> tuple[ObjectStatus, ...]:
         return tuple(
-            ObjectStatus(kind, ns, name, tuple(conds)) for (kind, ns, name), conds in sorted(self.conditions.items())
+            ObjectStatus(kind, ns, name, _merge(conds)) for (kind, ns, name), conds in sorted(self.conditions.items())
         )
+
+
+def _merge(conditions: list[Condition]) -> tuple[Condition, ...]:
+    """One condition per type and parent, as Kubernetes has it: any False wins and carries every False message."""
+    grouped: dict[tuple[str, str], list[Condition]] = {}
+    for condition in conditions:
+        grouped.setdefault((condition.type, condition.parent), []).append(condition)
+    merged = []
+    for same in grouped.values():
+        failed = [c for c in same if c.status == "False"]
+        if failed:
+            message = "; ".join(dict.fromkeys(c.message for c in failed))
+            merged.append(Condition(failed[0].type, "False", failed[0].reason, message, failed[0].parent))
+        else:
+            merged.append(same[0])
+    return tuple(merged)
 
 
 def _condition(type_: str, ok: bool, reason: str, message: str, parent: str = "") -> Condition:
@@ -109,8 +127,7 @@ class _Translator:
         pool_name = cluster.name.removeprefix("inferencepool/") if cluster.pool is not None else None
         fail_open = cluster.pool.fail_open if cluster.pool is not None else False
         action = ForwardAction(cluster.name, timeout_ms, per_try_ms, host_rewrite=cluster.discovery == "STRICT_DNS")
-        members = tuple({ref.cluster.name: ref.cluster for ref in refs if ref.cluster.name != cluster.name}.values())
-        return action, (cluster, *members), pool_name, fail_open
+        return action, (cluster,), pool_name, fail_open
 
     def _rule_routes(self, route: Route, rule_index: int) -> _RuleRoutes:
         is_ai = isinstance(route, AIGatewayRoute)
@@ -133,7 +150,8 @@ class _Translator:
         except Unresolved as exc:
             self.book.add(route.kind, route.namespace, route.name,
                           _condition("ResolvedRefs", False, exc.reason, f"rule {rule_index}: {exc.message}"))
-            action = DirectAction(500, f"{rule_id}: {exc.message}", "server_error", "backend_unavailable")
+            # The client learns which rule failed, not why: the reason is in the route's status for the operator.
+            action = DirectAction(500, f"{rule_id} has no usable backend", "server_error", "backend_unavailable")
         if isinstance(route, AIGatewayRoute):
             matches = [(PathMatchIR("prefix", "/"), _headers(m.headers), None) for m in route.spec.rules[
                 rule_index].matches] or [(PathMatchIR("prefix", "/"), (), None)]
@@ -273,7 +291,7 @@ class _Translator:
         for gateway in gateways:
             listeners = self._gateway_listeners(gateway)
             # (port, domain) -> precedence-keyed routes; Gateway listeners sharing a port share an Envoy listener.
-            vhosts: dict[int, dict[str, list[tuple[tuple[object, ...], RouteIR]]]] = defaultdict(dict)
+            vhosts: dict[int, dict[str, list[_Entry]]] = defaultdict(dict)
             for listener in listeners:
                 vhosts[self._envoy_port(listener.port)]  # noqa: B018 -- a listener with no routes still listens
             clusters: dict[str, ClusterIR] = {}
@@ -284,7 +302,9 @@ class _Translator:
                         for cluster in rule.clusters:
                             clusters[cluster.name] = cluster
                         for domain in domains:
-                            port_vhosts.setdefault(domain, []).extend(rule.routes)
+                            port_vhosts.setdefault(domain, []).extend(
+                                (listener.name, key, r) for key, r in rule.routes
+                            )
             gateway_irs.append(self._gateway_ir(gateway, vhosts, clusters))
             self.book.add(gateway.kind, gateway.namespace, gateway.name,
                           _condition("Programmed", True, "Programmed", f"{len(vhosts)} Envoy listener(s)"))
@@ -298,21 +318,48 @@ class _Translator:
         pools = tuple(self.backends.pool(p) for p in self.resources.of_kind(InferencePool))
         return Translation(tuple(gateway_irs), self.book.statuses(), pools)
 
-    def _gateway_ir(self, gateway: Gateway, vhosts: dict[int, dict[str, list[tuple[tuple[object, ...], RouteIR]]]],
+    def _gateway_ir(self, gateway: Gateway, vhosts: dict[int, dict[str, list[_Entry]]],
                     clusters: dict[str, ClusterIR]) -> GatewayIR:
         listeners = []
         for port, domains in sorted(vhosts.items()):
             name = f"{gateway.namespace}/{gateway.name}/{port}"
             virtual_hosts = []
-            for domain, keyed in sorted(domains.items()):
-                ordered = [route for _, route in sorted(keyed, key=lambda item: item[0])]
+            for domain in sorted(domains):
                 vhost_name = f"{name}/{domain}"
+                ordered = _virtual_host_routes(domain, domains)
                 if any(r.model_router for r in ordered):
                     ordered.append(_route_not_found(vhost_name))
                 virtual_hosts.append(VirtualHostIR(vhost_name, (domain,), tuple(ordered)))
             listeners.append(ListenerIR(name, self.options.listener_address, port, tuple(virtual_hosts)))
         return GatewayIR(gateway.namespace, gateway.name, tuple(listeners),
                          tuple(cluster for _, cluster in sorted(clusters.items())))
+
+
+def _covers(wildcard: str, domain: str) -> bool:
+    if wildcard == domain:
+        return False
+    return wildcard == "*" or (wildcard.startswith("*.") and domain.endswith(wildcard[1:]))
+
+
+def _virtual_host_routes(domain: str, domains: dict[str, list[_Entry]]) -> list[RouteIR]:
+    """Routes for requests to `domain`: its own first, then those of wildcard domains that also match it.
+
+    Envoy picks one virtual host per request, while Gateway API merges every route whose hostname matches,
+    ranking a more specific hostname first. Only routes of the same Gateway listeners are merged: a request
+    belongs to the listener with the most specific hostname, never to its neighbours on the same port.
+    """
+    own = domains[domain]
+    listeners = {listener for listener, _, _ in own}
+    covering = sorted((w for w in domains if _covers(w, domain)), key=lambda w: (w == "*", -len(w), w))
+    ordered: list[RouteIR] = []
+    seen: set[str] = set()
+    for source in (domain, *covering):
+        entries = [e for e in domains[source] if e[0] in listeners]
+        for _, _, route in sorted(entries, key=lambda e: e[1]):
+            if route.name not in seen:
+                seen.add(route.name)
+                ordered.append(route)
+    return ordered
 
 
 def _route_not_found(vhost_name: str) -> RouteIR:

@@ -114,13 +114,16 @@ def parse_document(raw: Any, origin: Origin) -> Resource | UnknownObject | list[
     if model is None:
         log.debug("keeping aside object of unknown kind", extra={"kind": kind, "apiVersion": api_version})
         return UnknownObject(api_version, kind, namespace, name, origin)
+    if model.namespaced and not namespace:
+        namespace = DEFAULT_NAMESPACE
     if version not in model.versions:
         return error("apiVersion", f"version {version} of {kind} is not supported (use {', '.join(model.versions)})")
     try:
         obj = model.model_validate(raw)
     except ValidationError as exc:
         return [
-            LoadError(origin, kind, namespace or "", name, _field_path(err["loc"]), _reason(err["msg"]))
+            LoadError(origin, kind, namespace if model.namespaced else "", name, _field_path(err["loc"]),
+                      _reason(err["msg"]))
             for err in exc.errors()
         ]
     return _with_namespace(obj)

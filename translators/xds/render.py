@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import json
+from dataclasses import asdict
 
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 
-from translators.xds import XdsResources
+from translators.ir import ObjectStatus, TranslateOptions, Translation
+from translators.loader import LoadError
+from translators.xds import XdsResources, gateway_resources
 
 
 def message_dict(message: Message) -> dict[str, Any]:
@@ -25,4 +28,38 @@ def resources_dict(resources: XdsResources) -> dict[str, Any]:
         "routes": [message_dict(m) for m in resources.routes],
         "clusters": [message_dict(m) for m in resources.clusters],
         "endpoints": [message_dict(m) for m in resources.endpoints],
+    }
+
+
+def status_dict(status: ObjectStatus) -> dict[str, Any]:
+    return {
+        "kind": status.kind,
+        "namespace": status.namespace,
+        "name": status.name,
+        "conditions": [
+            {k: v for k, v in asdict(c).items() if v != "" or k in ("status", "reason")} for c in status.conditions
+        ],
+    }
+
+
+def error_dict(error: LoadError) -> dict[str, Any]:
+    return {
+        "file": error.origin.file,
+        "document": error.origin.document,
+        "kind": error.kind,
+        "namespace": error.namespace,
+        "name": error.name,
+        "field": error.field,
+        "reason": error.reason,
+    }
+
+
+def translation_dict(translation: Translation, errors: tuple[LoadError, ...], options: TranslateOptions) -> dict[
+    str, Any
+]:
+    """Everything `xds-server translate` prints: per-Gateway resources, object conditions, load errors."""
+    return {
+        "gateways": [resources_dict(gateway_resources(g, options)) for g in translation.gateways],
+        "status": [status_dict(s) for s in translation.statuses],
+        "errors": [error_dict(e) for e in errors],
     }

@@ -1,0 +1,79 @@
+"""`xds-server` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+from translators.gatewayapi import translate
+from translators.ir import TranslateOptions
+from translators.loader import load_paths
+from translators.xds.render import translation_dict
+
+
+def host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def add_translate_options(parser: argparse.ArgumentParser) -> None:
+    """Options that shape the generated configuration; shared by every command that translates."""
+    parser.add_argument("--listener-address", default="127.0.0.1",
+                        help="address Envoy listeners bind (default 127.0.0.1; 0.0.0.0 in a cluster)")
+    parser.add_argument("--extproc-address", type=host_port, default=("127.0.0.1", 1063),
+                        help="HOST:PORT of the control plane's ext_proc server as Envoy reaches it")
+    parser.add_argument("--resolve-cluster-local", action="store_true",
+                        help="route Backend FQDNs <svc>.<ns>.svc.cluster.local to that Service's pods")
+
+
+def translate_options(args: argparse.Namespace) -> TranslateOptions:
+    return TranslateOptions(
+        listener_address=args.listener_address,
+        extproc_host=args.extproc_address[0],
+        extproc_port=args.extproc_address[1],
+        resolve_cluster_local=args.resolve_cluster_local,
+    )
+
+
+def run_translate(args: argparse.Namespace) -> int:
+    resources = load_paths(args.paths)
+    options = translate_options(args)
+    document = translation_dict(translate(resources, options), resources.errors, options)
+    errors = document.pop("errors")
+    if args.output == "json":
+        json.dump(document, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        yaml.safe_dump(document, sys.stdout, sort_keys=False)
+    for error in resources.errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xds-server", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    translate_cmd = commands.add_parser(
+        "translate", help="print the Envoy resources (per Gateway) and conditions that manifests translate to"
+    )
+    translate_cmd.add_argument("paths", nargs="+", metavar="PATH", help="YAML files or directories")
+    translate_cmd.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    add_translate_options(translate_cmd)
+    translate_cmd.set_defaults(run=run_translate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
