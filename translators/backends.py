@@ -177,8 +177,9 @@ class BackendResolver:
         )
         return cluster, pool_ir
 
-    def resolve(self, route_namespace: str, group: str, kind: str, name: str, namespace: str | None,
-                port: int | None) -> ClusterIR:
+    def resolve(
+        self, route_namespace: str, group: str, kind: str, name: str, namespace: str | None, port: int | None
+    ) -> ClusterIR:
         """One backendRef (HTTPRoute or AIGatewayRoute shape, defaults already applied) -> its cluster."""
         self._same_namespace(kind, route_namespace, namespace)
         if (group, kind) == (INFERENCE_GROUP, "InferencePool"):
@@ -204,9 +205,7 @@ def combine(refs: Sequence[WeightedCluster]) -> ClusterIR:
     # Envoy wants priorities 0..N without gaps; keep their order, drop the gaps.
     rank = {p: i for i, p in enumerate(sorted({ref.priority for ref in live}))}
     groups = tuple(
-        replace(group, priority=rank[ref.priority], weight=ref.weight)
-        for ref in live
-        for group in ref.cluster.groups
+        replace(group, priority=rank[ref.priority], weight=ref.weight) for ref in live for group in ref.cluster.groups
     )
     members = sorted([g.backend, g.priority, g.weight] for g in groups)
     digest = hashlib.sha256(json.dumps(members).encode()).hexdigest()[:16]

@@ -101,13 +101,22 @@ def _headers(matches: list[HeaderMatch]) -> tuple[HeaderMatchIR, ...]:
     return tuple(HeaderMatchIR(h.name.lower(), h.value, h.type == "RegularExpression") for h in matches)
 
 
-def _precedence(route: Route, path: PathMatchIR, method: str | None, headers: int, rule: int, match: int) -> tuple[
-    object, ...
-]:
+def _precedence(
+    route: Route, path: PathMatchIR, method: str | None, headers: int, rule: int, match: int
+) -> tuple[object, ...]:
     """Gateway API precedence: exact path, longer prefix, method, more headers; then the route's identity."""
     path_rank = {"exact": 0, "prefix": 1, "regex": 2}[path.kind]
-    return (path_rank, -len(path.value), method is None, -headers,
-            route.metadata.creation_timestamp or "", route.namespace, route.name, rule, match)
+    return (
+        path_rank,
+        -len(path.value),
+        method is None,
+        -headers,
+        route.metadata.creation_timestamp or "",
+        route.namespace,
+        route.name,
+        rule,
+        match,
+    )
 
 
 class _Translator:
@@ -121,8 +130,9 @@ class _Translator:
     # --- routes -> Envoy routes, computed once per route and shared by every Gateway it attaches to ---
 
     @staticmethod
-    def _forward(refs: list[WeightedCluster], timeout_ms: int | None,
-                 per_try_ms: int | None) -> tuple[ForwardAction, tuple[ClusterIR, ...], str | None, bool]:
+    def _forward(
+        refs: list[WeightedCluster], timeout_ms: int | None, per_try_ms: int | None
+    ) -> tuple[ForwardAction, tuple[ClusterIR, ...], str | None, bool]:
         cluster = combine(refs)
         pool_name = cluster.name.removeprefix("inferencepool/") if cluster.pool is not None else None
         fail_open = cluster.pool.fail_open if cluster.pool is not None else False
@@ -148,17 +158,29 @@ class _Translator:
             refs = [self._weighted(route, ref) for ref in rule.backend_refs]
             action, clusters, pool, fail_open = self._forward(refs, timeout_ms, per_try_ms)
         except Unresolved as exc:
-            self.book.add(route.kind, route.namespace, route.name,
-                          _condition("ResolvedRefs", False, exc.reason, f"rule {rule_index}: {exc.message}"))
+            self.book.add(
+                route.kind,
+                route.namespace,
+                route.name,
+                _condition("ResolvedRefs", False, exc.reason, f"rule {rule_index}: {exc.message}"),
+            )
             # The client learns which rule failed, not why: the reason is in the route's status for the operator.
             action = DirectAction(500, f"{rule_id} has no usable backend", "server_error", "backend_unavailable")
+        matches: list[tuple[PathMatchIR, tuple[HeaderMatchIR, ...], str | None]]
         if isinstance(route, AIGatewayRoute):
-            matches = [(PathMatchIR("prefix", "/"), _headers(m.headers), None) for m in route.spec.rules[
-                rule_index].matches] or [(PathMatchIR("prefix", "/"), (), None)]
+            matches = [
+                (PathMatchIR("prefix", "/"), _headers(m.headers), None) for m in route.spec.rules[rule_index].matches
+            ] or [(PathMatchIR("prefix", "/"), (), None)]
         else:
             matches = [
-                (PathMatchIR({"Exact": "exact", "PathPrefix": "prefix", "RegularExpression": "regex"}[m.path.type],
-                             m.path.value), _headers(m.headers), m.method)
+                (
+                    PathMatchIR(
+                        {"Exact": "exact", "PathPrefix": "prefix", "RegularExpression": "regex"}[m.path.type],
+                        m.path.value,
+                    ),
+                    _headers(m.headers),
+                    m.method,
+                )
                 for m in route.spec.rules[rule_index].matches
             ]
         routes = tuple(
@@ -201,33 +223,59 @@ class _Translator:
         labels = self.namespace_labels.get(route.namespace)
         return selector is not None and labels is not None and selector.matches(labels)
 
-    def _attach(self, gateway: Gateway, route: Route, parent: ParentReference,
-                listeners: list[Listener]) -> list[tuple[Listener, list[str]]]:
+    def _attach(
+        self, gateway: Gateway, route: Route, parent: ParentReference, listeners: list[Listener]
+    ) -> list[tuple[Listener, list[str]]]:
         """The listeners a parentRef attaches the route to, each with the route's domains there."""
         parent_name = f"{gateway.namespace}/{gateway.name}" + (f"/{parent.section_name}" if parent.section_name else "")
         candidates = [
-            lis for lis in listeners
-            if (parent.section_name in (None, lis.name)) and (parent.port in (None, lis.port))
+            lis for lis in listeners if (parent.section_name in (None, lis.name)) and (parent.port in (None, lis.port))
         ]
         if not candidates:
-            self.book.add(route.kind, route.namespace, route.name, _condition(
-                "Accepted", False, "NoMatchingParent", "no listener matches sectionName/port", parent_name))
+            self.book.add(
+                route.kind,
+                route.namespace,
+                route.name,
+                _condition("Accepted", False, "NoMatchingParent", "no listener matches sectionName/port", parent_name),
+            )
             return []
         allowed = [lis for lis in candidates if self._allows(gateway, lis, route)]
         if not allowed:
-            self.book.add(route.kind, route.namespace, route.name, _condition(
-                "Accepted", False, "NotAllowedByListeners", "the listener does not admit routes from namespace "
-                f"{route.namespace}", parent_name))
+            self.book.add(
+                route.kind,
+                route.namespace,
+                route.name,
+                _condition(
+                    "Accepted",
+                    False,
+                    "NotAllowedByListeners",
+                    f"the listener does not admit routes from namespace {route.namespace}",
+                    parent_name,
+                ),
+            )
             return []
         attached = [(lis, effective_hostnames(lis.hostname, route.spec.hostnames)) for lis in allowed]
         attached = [(lis, hosts) for lis, hosts in attached if hosts]
         if not attached:
-            self.book.add(route.kind, route.namespace, route.name, _condition(
-                "Accepted", False, "NoMatchingListenerHostname", "no hostname is shared with the listener",
-                parent_name))
+            self.book.add(
+                route.kind,
+                route.namespace,
+                route.name,
+                _condition(
+                    "Accepted",
+                    False,
+                    "NoMatchingListenerHostname",
+                    "no hostname is shared with the listener",
+                    parent_name,
+                ),
+            )
             return []
-        self.book.add(route.kind, route.namespace, route.name,
-                      _condition("Accepted", True, "Accepted", "attached to the Gateway", parent_name))
+        self.book.add(
+            route.kind,
+            route.namespace,
+            route.name,
+            _condition("Accepted", True, "Accepted", "attached to the Gateway", parent_name),
+        )
         return attached
 
     def _gateway_listeners(self, gateway: Gateway) -> list[Listener]:
@@ -235,15 +283,31 @@ class _Translator:
         seen: dict[tuple[int, str | None], str] = {}
         for listener in gateway.spec.listeners:
             if listener.protocol != "HTTP":
-                self.book.add(gateway.kind, gateway.namespace, gateway.name, _condition(
-                    "Accepted", False, "UnsupportedProtocol",
-                    f"listener {listener.name}: protocol {listener.protocol} is not supported (HTTP only)"))
+                self.book.add(
+                    gateway.kind,
+                    gateway.namespace,
+                    gateway.name,
+                    _condition(
+                        "Accepted",
+                        False,
+                        "UnsupportedProtocol",
+                        f"listener {listener.name}: protocol {listener.protocol} is not supported (HTTP only)",
+                    ),
+                )
                 continue
             clash = seen.get((listener.port, listener.hostname))
             if clash is not None:
-                self.book.add(gateway.kind, gateway.namespace, gateway.name, _condition(
-                    "Accepted", False, "HostnameConflict",
-                    f"listener {listener.name}: same port and hostname as listener {clash}"))
+                self.book.add(
+                    gateway.kind,
+                    gateway.namespace,
+                    gateway.name,
+                    _condition(
+                        "Accepted",
+                        False,
+                        "HostnameConflict",
+                        f"listener {listener.name}: same port and hostname as listener {clash}",
+                    ),
+                )
                 continue
             seen[(listener.port, listener.hostname)] = listener.name
             usable.append(listener)
@@ -258,9 +322,17 @@ class _Translator:
         for gateway in self.resources.of_kind(Gateway):
             gateway_class = classes.get(gateway.spec.gateway_class_name)
             if gateway_class is None:
-                self.book.add(gateway.kind, gateway.namespace, gateway.name, _condition(
-                    "Accepted", False, "InvalidGatewayClass",
-                    f"GatewayClass {gateway.spec.gateway_class_name} not found"))
+                self.book.add(
+                    gateway.kind,
+                    gateway.namespace,
+                    gateway.name,
+                    _condition(
+                        "Accepted",
+                        False,
+                        "InvalidGatewayClass",
+                        f"GatewayClass {gateway.spec.gateway_class_name} not found",
+                    ),
+                )
             elif gateway_class.spec.controller_name in CONTROLLER_NAMES:
                 gateways.append(gateway)
         routes: list[Route] = [*self.resources.of_kind(AIGatewayRoute), *self.resources.of_kind(HTTPRoute)]
@@ -283,9 +355,18 @@ class _Translator:
                 if parent.group == GATEWAY_API_GROUP and parent.kind == "Gateway" and key in known:
                     by_gateway[key].append((route, parent))
                 else:
-                    self.book.add(route.kind, route.namespace, route.name, _condition(
-                        "Accepted", False, "NoMatchingParent", f"Gateway {key[0]}/{key[1]} not found",
-                        f"{key[0]}/{key[1]}"))
+                    self.book.add(
+                        route.kind,
+                        route.namespace,
+                        route.name,
+                        _condition(
+                            "Accepted",
+                            False,
+                            "NoMatchingParent",
+                            f"Gateway {key[0]}/{key[1]} not found",
+                            f"{key[0]}/{key[1]}",
+                        ),
+                    )
 
         gateway_irs = []
         for gateway in gateways:
@@ -293,7 +374,7 @@ class _Translator:
             # (port, domain) -> precedence-keyed routes; Gateway listeners sharing a port share an Envoy listener.
             vhosts: dict[int, dict[str, list[_Entry]]] = defaultdict(dict)
             for listener in listeners:
-                vhosts[self._envoy_port(listener.port)]  # noqa: B018 -- a listener with no routes still listens
+                vhosts[self._envoy_port(listener.port)]
             clusters: dict[str, ClusterIR] = {}
             for route, parent in by_gateway[(gateway.namespace, gateway.name)]:
                 for listener, domains in self._attach(gateway, route, parent, listeners):
@@ -302,24 +383,33 @@ class _Translator:
                         for cluster in rule.clusters:
                             clusters[cluster.name] = cluster
                         for domain in domains:
-                            port_vhosts.setdefault(domain, []).extend(
-                                (listener.name, key, r) for key, r in rule.routes
-                            )
+                            port_vhosts.setdefault(domain, []).extend((listener.name, key, r) for key, r in rule.routes)
             gateway_irs.append(self._gateway_ir(gateway, vhosts, clusters))
-            self.book.add(gateway.kind, gateway.namespace, gateway.name,
-                          _condition("Programmed", True, "Programmed", f"{len(vhosts)} Envoy listener(s)"))
+            self.book.add(
+                gateway.kind,
+                gateway.namespace,
+                gateway.name,
+                _condition("Programmed", True, "Programmed", f"{len(vhosts)} Envoy listener(s)"),
+            )
         for route in routes:
             rules_of(route)  # routes attached nowhere still report their unresolved references
         for route in routes:
-            if not any(c.type == "ResolvedRefs" for c in self.book.conditions.get(
-                    (route.kind, route.namespace, route.name), [])):
-                self.book.add(route.kind, route.namespace, route.name,
-                              _condition("ResolvedRefs", True, "ResolvedRefs", "every backendRef resolved"))
+            if not any(
+                c.type == "ResolvedRefs"
+                for c in self.book.conditions.get((route.kind, route.namespace, route.name), [])
+            ):
+                self.book.add(
+                    route.kind,
+                    route.namespace,
+                    route.name,
+                    _condition("ResolvedRefs", True, "ResolvedRefs", "every backendRef resolved"),
+                )
         pools = tuple(self.backends.pool(p) for p in self.resources.of_kind(InferencePool))
         return Translation(tuple(gateway_irs), self.book.statuses(), pools)
 
-    def _gateway_ir(self, gateway: Gateway, vhosts: dict[int, dict[str, list[_Entry]]],
-                    clusters: dict[str, ClusterIR]) -> GatewayIR:
+    def _gateway_ir(
+        self, gateway: Gateway, vhosts: dict[int, dict[str, list[_Entry]]], clusters: dict[str, ClusterIR]
+    ) -> GatewayIR:
         listeners = []
         for port, domains in sorted(vhosts.items()):
             name = f"{gateway.namespace}/{gateway.name}/{port}"
@@ -331,8 +421,12 @@ class _Translator:
                     ordered.append(_route_not_found(vhost_name))
                 virtual_hosts.append(VirtualHostIR(vhost_name, (domain,), tuple(ordered)))
             listeners.append(ListenerIR(name, self.options.listener_address, port, tuple(virtual_hosts)))
-        return GatewayIR(gateway.namespace, gateway.name, tuple(listeners),
-                         tuple(cluster for _, cluster in sorted(clusters.items())))
+        return GatewayIR(
+            gateway.namespace,
+            gateway.name,
+            tuple(listeners),
+            tuple(cluster for _, cluster in sorted(clusters.items())),
+        )
 
 
 def _covers(wildcard: str, domain: str) -> bool:

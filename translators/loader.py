@@ -98,7 +98,7 @@ def parse_document(raw: Any, origin: Origin) -> Resource | UnknownObject | list[
         return [LoadError(origin, "", "", "", "", f"document is a {type(raw).__name__}, not a mapping")]
     kind = raw.get("kind")
     api_version = raw.get("apiVersion")
-    metadata = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    metadata: dict[str, Any] = raw["metadata"] if isinstance(raw.get("metadata"), dict) else {}
     name = str(metadata.get("name") or "")
     namespace = str(metadata.get("namespace") or "")
 
@@ -122,8 +122,14 @@ def parse_document(raw: Any, origin: Origin) -> Resource | UnknownObject | list[
         obj = model.model_validate(raw)
     except ValidationError as exc:
         return [
-            LoadError(origin, kind, namespace if model.namespaced else "", name, _field_path(err["loc"]),
-                      _reason(err["msg"]))
+            LoadError(
+                origin,
+                kind,
+                namespace if model.namespaced else "",
+                name,
+                _field_path(err["loc"]),
+                _reason(err["msg"]),
+            )
             for err in exc.errors()
         ]
     return _with_namespace(obj)
@@ -150,7 +156,7 @@ def _reason(message: str) -> str:
 def _documents(text: str, file: str) -> Iterator[tuple[Any, Origin] | LoadError]:
     number = 0
     try:
-        for number, raw in enumerate(yaml.load_all(text, Loader=_YamlLoader), start=1):  # noqa: B007
+        for number, raw in enumerate(yaml.load_all(text, Loader=_YamlLoader), start=1):
             if raw is None:  # an empty document, e.g. a leading or doubled `---`
                 continue
             if isinstance(raw, dict) and raw.get("kind") == "List" and isinstance(raw.get("items"), list):
@@ -166,7 +172,7 @@ def load_texts(sources: Iterable[tuple[str, str]]) -> ResourceSet:
     """(file name, text) pairs, already in apply order, -> a ResourceSet."""
     objects: dict[ObjectKey, Resource] = {}
     origins: dict[ObjectKey, Origin] = {}
-    unknown: list[UnknownObject] = []
+    unknown: dict[tuple[str, str, str], UnknownObject] = {}
     errors: list[LoadError] = []
     for file, text in sources:
         for item in _documents(text, file):
@@ -177,12 +183,12 @@ def load_texts(sources: Iterable[tuple[str, str]]) -> ResourceSet:
             if isinstance(parsed, list):
                 errors.extend(parsed)
             elif isinstance(parsed, UnknownObject):
-                unknown.append(parsed)
+                unknown[(parsed.kind, parsed.namespace, parsed.name)] = parsed
             else:
                 key = object_key(parsed)
                 objects[key] = parsed
                 origins[key] = item[1]
-    return ResourceSet(objects, origins, tuple(unknown), tuple(errors))
+    return ResourceSet(objects, origins, tuple(unknown.values()), tuple(errors))
 
 
 def manifest_files(paths: Sequence[str | Path]) -> list[Path]:

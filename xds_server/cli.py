@@ -24,12 +24,22 @@ def host_port(value: str) -> tuple[str, int]:
 
 def add_translate_options(parser: argparse.ArgumentParser) -> None:
     """Options that shape the generated configuration; shared by every command that translates."""
-    parser.add_argument("--listener-address", default="127.0.0.1",
-                        help="address Envoy listeners bind (default 127.0.0.1; 0.0.0.0 in a cluster)")
-    parser.add_argument("--extproc-address", type=host_port, default=("127.0.0.1", 1063),
-                        help="HOST:PORT of the control plane's ext_proc server as Envoy reaches it")
-    parser.add_argument("--resolve-cluster-local", action="store_true",
-                        help="route Backend FQDNs <svc>.<ns>.svc.cluster.local to that Service's pods")
+    parser.add_argument(
+        "--listener-address",
+        default="127.0.0.1",
+        help="address Envoy listeners bind (default 127.0.0.1; 0.0.0.0 in a cluster)",
+    )
+    parser.add_argument(
+        "--extproc-address",
+        type=host_port,
+        default=("127.0.0.1", 1063),
+        help="HOST:PORT of the control plane's ext_proc server as Envoy reaches it",
+    )
+    parser.add_argument(
+        "--resolve-cluster-local",
+        action="store_true",
+        help="route Backend FQDNs <svc>.<ns>.svc.cluster.local to that Service's pods",
+    )
 
 
 def translate_options(args: argparse.Namespace) -> TranslateOptions:

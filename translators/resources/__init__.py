@@ -33,7 +33,7 @@ MODELS: dict[tuple[str, str], type[Resource]] = {(model.group, model.kind): mode
 
 
 def split_api_version(api_version: str) -> tuple[str, str]:
-    """"apps/v1" -> ("apps", "v1"); "v1" -> ("", "v1")."""
+    """ "apps/v1" -> ("apps", "v1"); "v1" -> ("", "v1")."""
     group, _, version = api_version.rpartition("/")
     return group, version
 

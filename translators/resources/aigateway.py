@@ -124,9 +124,7 @@ class PolicyTargetRef(K8sModel):
 
 class BackendSecurityPolicySpec(K8sModel):
     target_refs: list[PolicyTargetRef] = Field(default_factory=list)
-    type: Literal[
-        "APIKey", "AzureAPIKey", "AnthropicAPIKey", "AWSCredentials", "AzureCredentials", "GCPCredentials"
-    ]
+    type: Literal["APIKey", "AzureAPIKey", "AnthropicAPIKey", "AWSCredentials", "AzureCredentials", "GCPCredentials"]
     api_key: APIKeyAuth | None = None
 
     @model_validator(mode="after")

@@ -129,4 +129,3 @@ class Secret(Resource):
     type: str = "Opaque"
     data: dict[str, str] = Field(default_factory=dict, repr=False)
     string_data: dict[str, str] = Field(default_factory=dict, repr=False)
-

@@ -153,4 +153,3 @@ def extproc_cluster(options: TranslateOptions) -> cluster_pb2.Cluster:
     built = cluster(ir)
     built.per_connection_buffer_limit_bytes.CopyFrom(wrappers_pb2.UInt32Value(value=options.buffer_limit_bytes))
     return built
-

@@ -48,8 +48,12 @@ def _strip_internal_headers() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=STRIP_HEADERS_FILTER, typed_config=pack(config))
 
 
-def _extproc(mode: processing_mode_pb2.ProcessingMode, receive: list[str], forward: list[str],
-             allow_mode_override: bool) -> ext_proc_pb2.ExternalProcessor:
+def _extproc(
+    mode: processing_mode_pb2.ProcessingMode,
+    receive: list[str],
+    forward: list[str],
+    allow_mode_override: bool,
+) -> ext_proc_pb2.ExternalProcessor:
     config = ext_proc_pb2.ExternalProcessor(
         grpc_service=grpc_service_pb2.GrpcService(
             envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=EXTPROC_CLUSTER)

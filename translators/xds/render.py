@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 from dataclasses import asdict
+from typing import Any
 
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
@@ -15,9 +14,22 @@ from translators.loader import LoadError
 from translators.xds import XdsResources, gateway_resources
 
 
+_FIRST_KEYS = {"@type": 0, "name": 1}
+
+
+def _canonical(value: Any) -> Any:
+    """Protobuf maps and Structs come out in hash order; sort keys (type and name first) for stable output."""
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda k: (_FIRST_KEYS.get(k, 2), k))
+        return {k: _canonical(value[k]) for k in keys}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def message_dict(message: Message) -> dict[str, Any]:
-    """Proto field names (snake_case, as in Envoy's YAML docs); plain dicts, never OrderedDicts."""
-    result: dict[str, Any] = json.loads(MessageToJson(message, preserving_proto_field_name=True, indent=None))
+    """Proto field names (snake_case, as in Envoy's YAML docs), keys in a stable order."""
+    result: dict[str, Any] = _canonical(json.loads(MessageToJson(message, preserving_proto_field_name=True)))
     return result
 
 
@@ -54,9 +66,9 @@ def error_dict(error: LoadError) -> dict[str, Any]:
     }
 
 
-def translation_dict(translation: Translation, errors: tuple[LoadError, ...], options: TranslateOptions) -> dict[
-    str, Any
-]:
+def translation_dict(
+    translation: Translation, errors: tuple[LoadError, ...], options: TranslateOptions
+) -> dict[str, Any]:
     """Everything `xds-server translate` prints: per-Gateway resources, object conditions, load errors."""
     return {
         "gateways": [resources_dict(gateway_resources(g, options)) for g in translation.gateways],

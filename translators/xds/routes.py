@@ -45,7 +45,9 @@ def _match(route: RouteIR) -> route_components_pb2.RouteMatch:
     return match
 
 
-def json_error_body(status_message: str, error_type: str, code: str) -> substitution_format_string_pb2.SubstitutionFormatString:
+def json_error_body(
+    status_message: str, error_type: str, code: str
+) -> substitution_format_string_pb2.SubstitutionFormatString:
     """An OpenAI-style error body; Envoy fills in %...% commands and escapes them as JSON."""
     body = struct_pb2.Struct()
     body.update({"error": {"message": status_message, "type": error_type, "code": code}})

@@ -1,0 +1,74 @@
+"""`xds-server translate` as a user runs it: a real subprocess, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.golden import TESTDATA, TUTORIAL
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "xds_server.cli", *args], capture_output=True, text=True, check=False)
+
+
+def test_invalid_objects_print_what_translated_and_exit_1() -> None:
+    result = run("translate", str(TESTDATA / "invalid-objects" / "input.yaml"))
+    assert result.returncode == 1
+    document = yaml.safe_load(result.stdout)
+    assert [g["gateway"] for g in document["gateways"]] == ["default/gw"]
+    assert "errors" not in document  # errors go to stderr, one line each
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 5 and all(line.startswith("error: ") for line in lines)
+    assert any(
+        "AIGatewayRoute/default/bogus-match: field spec.rules[0].matches[0].headers[0].type" in ln for ln in lines
+    )
+
+
+def test_json_output_and_options() -> None:
+    result = run(
+        "translate",
+        str(TUTORIAL),
+        "-o",
+        "json",
+        "--listener-address",
+        "0.0.0.0",
+        "--extproc-address",
+        "cp.internal:2000",
+    )
+    assert result.returncode == 0, result.stderr
+    [gateway] = json.loads(result.stdout)["gateways"]
+    assert gateway["listeners"][0]["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 80}
+    extproc = next(c for c in gateway["clusters"] if c["name"] == "xds-server/extproc")
+    assert extproc["type"] == "STRICT_DNS"
+    address = extproc["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"] == {"address": "cp.internal", "port_value": 2000}
+
+
+def test_resolver_hook_maps_cluster_local_fqdn_to_service_pods(tmp_path: Path) -> None:
+    pod = """
+apiVersion: v1
+kind: Pod
+metadata: {name: basic-0, labels: {app: envoy-ai-gateway-basic-testupstream}}
+spec: {containers: [{name: c, ports: [{containerPort: 8080}]}]}
+status: {podIP: 127.0.1.7, phase: Running, conditions: [{type: Ready, status: "True"}]}
+"""
+    (tmp_path / "pod.yaml").write_text(pod)
+    files = [str(p) for p in sorted(TUTORIAL.glob("*.yaml"))] + [str(tmp_path / "pod.yaml")]
+    without = yaml.safe_load(run("translate", *files).stdout)["gateways"][0]
+    with_hook = yaml.safe_load(run("translate", *files, "--resolve-cluster-local").stdout)["gateways"][0]
+    name = "aiservicebackend/default/envoy-ai-gateway-basic-testupstream"
+    assert next(c for c in without["clusters"] if c["name"] == name)["type"] == "STRICT_DNS"
+    assert next(c for c in with_hook["clusters"] if c["name"] == name)["type"] == "EDS"
+    [assignment] = [a for a in with_hook["endpoints"] if a["cluster_name"] == name]
+    address = assignment["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert address == {"address": "127.0.1.7", "port_value": 8080}  # Service port 80 -> targetPort 8080
+
+
+def test_bad_option_is_a_usage_error() -> None:
+    result = run("translate", str(TUTORIAL), "--extproc-address", "no-port")
+    assert result.returncode == 2 and "HOST:PORT" in result.stderr

@@ -1,0 +1,169 @@
+"""The resource loader: kubectl apply semantics, typed validation, and errors that name what is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from translators.loader import ObjectKey, load_paths, load_texts
+from translators.resources import ConfigMap, InferencePool, Secret, parse_duration_ms
+
+GATEWAY_CLASS = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: eg, namespace: ignored-for-cluster-scope}
+spec: {controllerName: gateway.envoyproxy.io/gatewayclass-controller}
+"""
+
+
+def config_map(name: str, value: str, namespace: str | None = None) -> str:
+    ns = f", namespace: {namespace}" if namespace else ""
+    return f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}{ns}}}\ndata: {{k: {value}}}\n"
+
+
+def test_later_object_replaces_earlier_and_namespace_defaults() -> None:
+    loaded = load_texts(
+        [
+            ("a.yaml", config_map("cm", "first") + "---\n" + GATEWAY_CLASS),
+            ("b.yaml", config_map("cm", "second")),
+        ]
+    )
+    assert loaded.errors == ()
+    cm = loaded.get(ConfigMap, "default", "cm")
+    assert cm is not None and cm.data == {"k": "second"}
+    assert loaded.origins[ObjectKey("ConfigMap", "default", "cm")].file == "b.yaml"
+    # Cluster-scoped kinds have no namespace, whatever the manifest says.
+    assert ObjectKey("GatewayClass", "", "eg") in loaded.objects
+
+
+def test_same_name_in_two_namespaces_are_two_objects() -> None:
+    loaded = load_texts([("a.yaml", config_map("cm", "x") + "---\n" + config_map("cm", "y", "other"))])
+    assert {c.namespace for c in loaded.of_kind(ConfigMap)} == {"default", "other"}
+
+
+def test_invalid_object_is_reported_with_file_document_object_and_field() -> None:
+    text = """
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {name: pool}
+spec:
+  selector: {matchLabels: {app: x}}
+  targetPorts: [{number: 8000}]
+  endpointPickerRef: {name: epp, port: {number: 9002}, failureMode: Sometimes}
+"""
+    loaded = load_texts([("pools.yaml", config_map("ok", "v") + "---\n" + text)])
+    [error] = loaded.errors
+    assert (error.origin.file, error.origin.document) == ("pools.yaml", 2)
+    assert (error.kind, error.namespace, error.name) == ("InferencePool", "default", "pool")
+    assert error.field == "spec.endpointPickerRef.failureMode"
+    assert "FailOpen" in error.reason and "FailClose" in error.reason
+    assert str(error).startswith("pools.yaml document 2: InferencePool/default/pool: field spec.endpointPickerRef")
+    assert loaded.get(ConfigMap, "default", "ok") is not None  # the valid neighbour is kept
+
+
+def test_broken_edit_keeps_the_earlier_valid_version() -> None:
+    pool = """
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {{name: pool}}
+spec: {{selector: {{matchLabels: {{app: x}}}}, targetPorts: [{{number: {port}}}]}}
+"""
+    loaded = load_texts([("a.yaml", pool.format(port=8000)), ("b.yaml", pool.format(port=99999))])
+    [error] = loaded.errors
+    assert error.field == "spec.targetPorts[0].number"
+    kept = loaded.get(InferencePool, "default", "pool")
+    assert kept is not None and kept.spec.target_ports[0].number == 8000
+
+
+@pytest.mark.parametrize(
+    ("document", "field", "reason"),
+    [
+        ("just a string", "", "document is a str, not a mapping"),
+        ("apiVersion: v1\nmetadata: {name: x}", "kind", "kind is required"),
+        ("kind: ConfigMap\nmetadata: {name: x}", "apiVersion", "apiVersion is required"),
+        (
+            "apiVersion: apps/v2\nkind: Deployment\nmetadata: {name: x}",
+            "apiVersion",
+            "version v2 of Deployment",
+        ),
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: Not_A_Name}",
+            "metadata.name",
+            "not a valid name",
+        ),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {}", "metadata.name", "Field required"),
+        (
+            "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: Backend\nmetadata: {name: b}\n"
+            "spec: {endpoints: [{ip: {address: 10.0.0.300, port: 80}}]}",
+            "spec.endpoints[0].ip.address",
+            "does not appear to be an IPv4 or IPv6 address",
+        ),
+        (
+            "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: Backend\nmetadata: {name: b}\n"
+            "spec: {endpoints: [{ip: {address: 10.0.0.3, port: 80}, fqdn: {hostname: a.b, port: 80}}]}",
+            "spec.endpoints[0]",
+            "exactly one of fqdn, ip or unix",
+        ),
+        (
+            "apiVersion: aigateway.envoyproxy.io/v1beta1\nkind: AIGatewayRoute\nmetadata: {name: r}\n"
+            "spec: {rules: [{backendRefs: [{name: p, kind: InferencePool, group: inference.networking.k8s.io},"
+            " {name: b}]}]}",
+            "spec.rules[0]",
+            "an InferencePool must be the only backendRef",
+        ),
+        (
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\n"
+            "spec: {rules: [{timeouts: {request: soon}}]}",
+            "spec.rules[0].timeouts.request",
+            "is not a duration",
+        ),
+    ],
+)
+def test_error_table(document: str, field: str, reason: str) -> None:
+    [error] = load_texts([("f.yaml", document)]).errors
+    assert error.field == field
+    assert reason in error.reason
+
+
+def test_yaml_syntax_error_keeps_documents_before_it() -> None:
+    loaded = load_texts([("f.yaml", config_map("before", "v") + "---\nkey: [unclosed\n")])
+    [error] = loaded.errors
+    assert error.origin.document == 2 and error.reason.startswith("invalid YAML")
+    assert loaded.get(ConfigMap, "default", "before") is not None
+
+
+def test_unknown_kinds_are_kept_aside_once_per_object() -> None:
+    role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: r}\n"
+    loaded = load_texts([("a.yaml", role), ("b.yaml", role)])
+    assert loaded.errors == () and loaded.objects == {}
+    [unknown] = loaded.unknown
+    assert (unknown.kind, unknown.name, unknown.origin.file) == ("Role", "r", "b.yaml")
+
+
+def test_list_kind_is_expanded() -> None:
+    text = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: a}}\n"
+    assert load_texts([("l.yaml", text)]).get(ConfigMap, "default", "a") is not None
+
+
+def test_directory_files_load_in_name_order(tmp_path: Path) -> None:
+    (tmp_path / "b.yaml").write_text(config_map("cm", "from-b"))
+    (tmp_path / "a.yml").write_text(config_map("cm", "from-a"))
+    (tmp_path / "notes.txt").write_text("not a manifest: [")
+    loaded = load_paths([tmp_path, tmp_path / "missing.yaml"])
+    cm = loaded.get(ConfigMap, "default", "cm")
+    assert cm is not None and cm.data == {"k": "from-b"}
+    [error] = loaded.errors
+    assert error.origin.file.endswith("missing.yaml") and "cannot read file" in error.reason
+
+
+def test_secret_values_never_appear_in_repr() -> None:
+    text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {apiKey: sk-very-secret}\n"
+    secret = load_texts([("s.yaml", text)]).get(Secret, "default", "s")
+    assert secret is not None and secret.string_data == {"apiKey": "sk-very-secret"}
+    assert "sk-very-secret" not in repr(secret)
+
+
+@pytest.mark.parametrize(("text", "ms"), [("10s", 10_000), ("500ms", 500), ("1h30m", 5_400_000), ("1m1s", 61_000)])
+def test_durations(text: str, ms: int) -> None:
+    assert parse_duration_ms(text) == ms
