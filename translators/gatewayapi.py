@@ -15,6 +15,7 @@ from translators.ir import (
     ClusterIR,
     Condition,
     DirectAction,
+    Discovery,
     ForwardAction,
     GatewayIR,
     HeaderMatchIR,
@@ -34,6 +35,7 @@ from translators.resources import (
     HTTPRoute,
     InferencePool,
     Namespace,
+    Resource,
     parse_duration_ms,
 )
 from translators.resources.aigateway import AIGatewayRouteBackendRef
@@ -68,8 +70,12 @@ class _RuleRoutes:
 class _StatusBook:
     conditions: dict[tuple[str, str, str], list[Condition]] = field(default_factory=lambda: defaultdict(list))
 
-    def add(self, kind: str, namespace: str, name: str, condition: Condition) -> None:
-        self.conditions[(kind, namespace, name)].append(condition)
+    def report(self, obj: Resource, type_: str, ok: bool, reason: str, message: str, parent: str = "") -> None:
+        condition = Condition(type_, "True" if ok else "False", reason, message, parent)
+        self.conditions[(obj.kind, obj.namespace, obj.name)].append(condition)
+
+    def has(self, obj: Resource, type_: str) -> bool:
+        return any(c.type == type_ for c in self.conditions.get((obj.kind, obj.namespace, obj.name), []))
 
     def statuses(self) -> tuple[ObjectStatus, ...]:
         return tuple(
@@ -91,10 +97,6 @@ def _merge(conditions: list[Condition]) -> tuple[Condition, ...]:
         else:
             merged.append(same[0])
     return tuple(merged)
-
-
-def _condition(type_: str, ok: bool, reason: str, message: str, parent: str = "") -> Condition:
-    return Condition(type_, "True" if ok else "False", reason, message, parent)
 
 
 def _headers(matches: list[HeaderMatch]) -> tuple[HeaderMatchIR, ...]:
@@ -136,7 +138,9 @@ class _Translator:
         cluster = combine(refs)
         pool_name = cluster.name.removeprefix("inferencepool/") if cluster.pool is not None else None
         fail_open = cluster.pool.fail_open if cluster.pool is not None else False
-        action = ForwardAction(cluster.name, timeout_ms, per_try_ms, host_rewrite=cluster.discovery == "STRICT_DNS")
+        action = ForwardAction(
+            cluster.name, timeout_ms, per_try_ms, host_rewrite=cluster.discovery is Discovery.STRICT_DNS
+        )
         return action, (cluster,), pool_name, fail_open
 
     def _rule_routes(self, route: Route, rule_index: int) -> _RuleRoutes:
@@ -158,12 +162,7 @@ class _Translator:
             refs = [self._weighted(route, ref) for ref in rule.backend_refs]
             action, clusters, pool, fail_open = self._forward(refs, timeout_ms, per_try_ms)
         except Unresolved as exc:
-            self.book.add(
-                route.kind,
-                route.namespace,
-                route.name,
-                _condition("ResolvedRefs", False, exc.reason, f"rule {rule_index}: {exc.message}"),
-            )
+            self.book.report(route, "ResolvedRefs", False, exc.reason, f"rule {rule_index}: {exc.message}")
             # The client learns which rule failed, not why: the reason is in the route's status for the operator.
             action = DirectAction(500, f"{rule_id} has no usable backend", "server_error", "backend_unavailable")
         matches: list[tuple[PathMatchIR, tuple[HeaderMatchIR, ...], str | None]]
@@ -232,50 +231,34 @@ class _Translator:
             lis for lis in listeners if (parent.section_name in (None, lis.name)) and (parent.port in (None, lis.port))
         ]
         if not candidates:
-            self.book.add(
-                route.kind,
-                route.namespace,
-                route.name,
-                _condition("Accepted", False, "NoMatchingParent", "no listener matches sectionName/port", parent_name),
+            self.book.report(
+                route, "Accepted", False, "NoMatchingParent", "no listener matches sectionName/port", parent_name
             )
             return []
         allowed = [lis for lis in candidates if self._allows(gateway, lis, route)]
         if not allowed:
-            self.book.add(
-                route.kind,
-                route.namespace,
-                route.name,
-                _condition(
-                    "Accepted",
-                    False,
-                    "NotAllowedByListeners",
-                    f"the listener does not admit routes from namespace {route.namespace}",
-                    parent_name,
-                ),
+            self.book.report(
+                route,
+                "Accepted",
+                False,
+                "NotAllowedByListeners",
+                f"the listener does not admit routes from namespace {route.namespace}",
+                parent_name,
             )
             return []
         attached = [(lis, effective_hostnames(lis.hostname, route.spec.hostnames)) for lis in allowed]
         attached = [(lis, hosts) for lis, hosts in attached if hosts]
         if not attached:
-            self.book.add(
-                route.kind,
-                route.namespace,
-                route.name,
-                _condition(
-                    "Accepted",
-                    False,
-                    "NoMatchingListenerHostname",
-                    "no hostname is shared with the listener",
-                    parent_name,
-                ),
+            self.book.report(
+                route,
+                "Accepted",
+                False,
+                "NoMatchingListenerHostname",
+                "no hostname is shared with the listener",
+                parent_name,
             )
             return []
-        self.book.add(
-            route.kind,
-            route.namespace,
-            route.name,
-            _condition("Accepted", True, "Accepted", "attached to the Gateway", parent_name),
-        )
+        self.book.report(route, "Accepted", True, "Accepted", "attached to the Gateway", parent_name)
         return attached
 
     def _gateway_listeners(self, gateway: Gateway) -> list[Listener]:
@@ -283,30 +266,22 @@ class _Translator:
         seen: dict[tuple[int, str | None], str] = {}
         for listener in gateway.spec.listeners:
             if listener.protocol != "HTTP":
-                self.book.add(
-                    gateway.kind,
-                    gateway.namespace,
-                    gateway.name,
-                    _condition(
-                        "Accepted",
-                        False,
-                        "UnsupportedProtocol",
-                        f"listener {listener.name}: protocol {listener.protocol} is not supported (HTTP only)",
-                    ),
+                self.book.report(
+                    gateway,
+                    "Accepted",
+                    False,
+                    "UnsupportedProtocol",
+                    f"listener {listener.name}: protocol {listener.protocol} is not supported (HTTP only)",
                 )
                 continue
             clash = seen.get((listener.port, listener.hostname))
             if clash is not None:
-                self.book.add(
-                    gateway.kind,
-                    gateway.namespace,
-                    gateway.name,
-                    _condition(
-                        "Accepted",
-                        False,
-                        "HostnameConflict",
-                        f"listener {listener.name}: same port and hostname as listener {clash}",
-                    ),
+                self.book.report(
+                    gateway,
+                    "Accepted",
+                    False,
+                    "HostnameConflict",
+                    f"listener {listener.name}: same port and hostname as listener {clash}",
                 )
                 continue
             seen[(listener.port, listener.hostname)] = listener.name
@@ -322,16 +297,12 @@ class _Translator:
         for gateway in self.resources.of_kind(Gateway):
             gateway_class = classes.get(gateway.spec.gateway_class_name)
             if gateway_class is None:
-                self.book.add(
-                    gateway.kind,
-                    gateway.namespace,
-                    gateway.name,
-                    _condition(
-                        "Accepted",
-                        False,
-                        "InvalidGatewayClass",
-                        f"GatewayClass {gateway.spec.gateway_class_name} not found",
-                    ),
+                self.book.report(
+                    gateway,
+                    "Accepted",
+                    False,
+                    "InvalidGatewayClass",
+                    f"GatewayClass {gateway.spec.gateway_class_name} not found",
                 )
             elif gateway_class.spec.controller_name in CONTROLLER_NAMES:
                 gateways.append(gateway)
@@ -355,17 +326,13 @@ class _Translator:
                 if parent.group == GATEWAY_API_GROUP and parent.kind == "Gateway" and key in known:
                     by_gateway[key].append((route, parent))
                 else:
-                    self.book.add(
-                        route.kind,
-                        route.namespace,
-                        route.name,
-                        _condition(
-                            "Accepted",
-                            False,
-                            "NoMatchingParent",
-                            f"Gateway {key[0]}/{key[1]} not found",
-                            f"{key[0]}/{key[1]}",
-                        ),
+                    self.book.report(
+                        route,
+                        "Accepted",
+                        False,
+                        "NoMatchingParent",
+                        f"Gateway {key[0]}/{key[1]} not found",
+                        f"{key[0]}/{key[1]}",
                     )
 
         gateway_irs = []
@@ -373,8 +340,8 @@ class _Translator:
             listeners = self._gateway_listeners(gateway)
             # (port, domain) -> precedence-keyed routes; Gateway listeners sharing a port share an Envoy listener.
             vhosts: dict[int, dict[str, list[_Entry]]] = defaultdict(dict)
-            for listener in listeners:
-                vhosts[self._envoy_port(listener.port)]
+            for listener in listeners:  # a listener with no routes still listens
+                vhosts.setdefault(self._envoy_port(listener.port), {})
             clusters: dict[str, ClusterIR] = {}
             for route, parent in by_gateway[(gateway.namespace, gateway.name)]:
                 for listener, domains in self._attach(gateway, route, parent, listeners):
@@ -385,25 +352,13 @@ class _Translator:
                         for domain in domains:
                             port_vhosts.setdefault(domain, []).extend((listener.name, key, r) for key, r in rule.routes)
             gateway_irs.append(self._gateway_ir(gateway, vhosts, clusters))
-            self.book.add(
-                gateway.kind,
-                gateway.namespace,
-                gateway.name,
-                _condition("Programmed", True, "Programmed", f"{len(vhosts)} Envoy listener(s)"),
-            )
+            self.book.report(gateway, "Accepted", True, "Accepted", "served by this controller")
+            self.book.report(gateway, "Programmed", True, "Programmed", f"{len(vhosts)} Envoy listener(s)")
         for route in routes:
             rules_of(route)  # routes attached nowhere still report their unresolved references
         for route in routes:
-            if not any(
-                c.type == "ResolvedRefs"
-                for c in self.book.conditions.get((route.kind, route.namespace, route.name), [])
-            ):
-                self.book.add(
-                    route.kind,
-                    route.namespace,
-                    route.name,
-                    _condition("ResolvedRefs", True, "ResolvedRefs", "every backendRef resolved"),
-                )
+            if not self.book.has(route, "ResolvedRefs"):
+                self.book.report(route, "ResolvedRefs", True, "ResolvedRefs", "every backendRef resolved")
         pools = tuple(self.backends.pool(p) for p in self.resources.of_kind(InferencePool))
         return Translation(tuple(gateway_irs), self.book.statuses(), pools)
 

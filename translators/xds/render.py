@@ -13,7 +13,6 @@ from translators.ir import ObjectStatus, TranslateOptions, Translation
 from translators.loader import LoadError
 from translators.xds import XdsResources, gateway_resources
 
-
 _FIRST_KEYS = {"@type": 0, "name": 1}
 
 
