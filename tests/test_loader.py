@@ -134,11 +134,11 @@ def test_yaml_syntax_error_keeps_documents_before_it() -> None:
 
 
 def test_unknown_kinds_are_kept_aside_once_per_object() -> None:
-    role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: r}\n"
-    loaded = load_texts([("a.yaml", role), ("b.yaml", role)])
+    policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: r}\n"
+    loaded = load_texts([("a.yaml", policy), ("b.yaml", policy)])
     assert loaded.errors == () and loaded.objects == {}
     [unknown] = loaded.unknown
-    assert (unknown.kind, unknown.name, unknown.origin.file) == ("Role", "r", "b.yaml")
+    assert (unknown.kind, unknown.name, unknown.origin.file) == ("NetworkPolicy", "r", "b.yaml")
 
 
 def test_list_kind_is_expanded() -> None:

@@ -86,12 +86,9 @@ def test_seed_applies_like_kubectl() -> None:
     # 03 and 04 both define ConfigMap default/plugins-config: the later file wins.
     origin = resources.origins[ObjectKey("ConfigMap", "default", "plugins-config")]
     assert Path(origin.file).name == "04-mistral-inference-deploy.yaml"
-    # RBAC and ServiceAccounts are not read, only kept aside.
-    assert {u.kind for u in resources.unknown} == {
-        "ServiceAccount",
-        "Role",
-        "RoleBinding",
-        "ClusterRole",
-        "ClusterRoleBinding",
-    }
+    # Every kind in the seed is typed; RBAC objects defined twice are applied twice, the later one kept.
+    assert resources.unknown == ()
+    role = resources.origins[ObjectKey("Role", "default", "pod-read")]
+    assert Path(role.file).name == "04-mistral-inference-deploy.yaml"
+    assert ObjectKey("ClusterRole", "", "auth-reviewer") in resources.objects
     assert resources.objects[ObjectKey("InferencePool", "default", "mistral")].namespace == "default"

@@ -8,6 +8,7 @@ from translators.resources.core import ConfigMap, Deployment, Pod, Secret, Servi
 from translators.resources.envoy_gateway import Backend, EnvoyProxy
 from translators.resources.gateway_api import Gateway, GatewayClass, HTTPRoute, Namespace
 from translators.resources.inference import InferenceObjective, InferencePool
+from translators.resources.rbac import ClusterRole, ClusterRoleBinding, Role, RoleBinding, ServiceAccount
 
 KINDS: tuple[type[Resource], ...] = (
     GatewayClass,
@@ -26,6 +27,11 @@ KINDS: tuple[type[Resource], ...] = (
     Deployment,
     ConfigMap,
     Secret,
+    ServiceAccount,
+    Role,
+    RoleBinding,
+    ClusterRole,
+    ClusterRoleBinding,
 )
 
 # (group, kind) -> model; the version is checked separately so an unsupported version gets a clear error.
