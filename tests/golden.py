@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from translators.xds.render import translation_dict
 ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = ROOT / "testdata"
 TUTORIAL = ROOT / "examples" / "tutorial"
-SEED = Path(__file__).resolve().parents[2] / "shared" / "seed"
+# The verbatim tutorial, kept beside the repository (../shared/seed); XDS_SERVER_SEED points elsewhere.
+SEED = Path(os.environ.get("XDS_SERVER_SEED", ROOT.parent / "shared" / "seed"))
 # Cases whose manifests live elsewhere: the tutorial is the project's own example, kept runnable.
 INPUT_DIRS = {"tutorial": TUTORIAL}
 OPTIONS = TranslateOptions()
