@@ -164,8 +164,9 @@ def _documents(text: str, file: str) -> Iterator[tuple[Any, Origin] | LoadError]
                     yield item, Origin(file, number)
                 continue
             yield raw, Origin(file, number)
-    except yaml.YAMLError as exc:
-        yield LoadError(Origin(file, number + 1), "", "", "", "", f"invalid YAML: {exc}".replace("\n", " "))
+    except Exception as exc:  # PyYAML constructors raise ValueError, KeyError, ... on bad scalars, not only YAMLError
+        reason = f"invalid YAML: {exc}".replace("\n", " ")
+        yield LoadError(Origin(file, number + 1), "", "", "", "", reason)
 
 
 def load_texts(sources: Iterable[tuple[str, str]]) -> ResourceSet:

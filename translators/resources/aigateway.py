@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from translators.resources.base import K8sModel, ObjectName, PortNumber, Resource
+from translators.resources.base import Hostname, K8sModel, ObjectName, PortNumber, Resource
 from translators.resources.gateway_api import HeaderMatch, HTTPRouteTimeouts, ParentReference
 
 AIGATEWAY_GROUP = "aigateway.envoyproxy.io"
@@ -47,7 +47,7 @@ class AIGatewayRouteRule(K8sModel):
 
 class AIGatewayRouteSpec(K8sModel):
     parent_refs: list[ParentReference] = Field(default_factory=list, max_length=16)
-    hostnames: list[str] = Field(default_factory=list, max_length=16)
+    hostnames: list[Hostname] = Field(default_factory=list, max_length=16)
     rules: list[AIGatewayRouteRule] = Field(min_length=1, max_length=15)
 
     @model_validator(mode="after")

@@ -11,7 +11,10 @@ from pydantic.alias_generators import to_camel
 # RFC 1123 subdomain, the rule Kubernetes applies to most object names.
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DURATION_PART = re.compile(r"(\d+)(h|ms|m|s)")
-_DURATION = re.compile(r"^(\d+(h|ms|m|s))+$")
+# Gateway API Duration: at most four parts of at most five digits each, so it always fits Envoy's Duration.
+_DURATION = re.compile(r"^([0-9]{1,5}(h|ms|m|s)){1,4}$")
+# Gateway API Hostname: lowercase, optionally one leading wildcard label.
+_HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _UNIT_MS = {"h": 3_600_000, "m": 60_000, "s": 1_000, "ms": 1}
 
 
@@ -34,7 +37,7 @@ PortNumber = Annotated[int, Field(ge=1, le=65535)]
 def parse_duration_ms(value: str) -> int:
     """Gateway API duration ("1h30m", "500ms", "10s") in milliseconds."""
     if not _DURATION.match(value):
-        raise ValueError(f"{value!r} is not a duration like 10s, 500ms or 1h30m")
+        raise ValueError(f"{value!r} is not a duration like 10s, 500ms or 1h30m (at most 5 digits per unit)")
     return sum(int(n) * _UNIT_MS[unit] for n, unit in _DURATION_PART.findall(value))
 
 
@@ -44,6 +47,15 @@ def _check_duration(value: str) -> str:
 
 
 Duration = Annotated[str, AfterValidator(_check_duration)]
+
+
+def _check_hostname(value: str) -> str:
+    if len(value) > 253 or not _HOSTNAME.match(value):
+        raise ValueError(f"{value!r} is not a valid hostname (lowercase, optionally starting with '*.')")
+    return value
+
+
+Hostname = Annotated[str, AfterValidator(_check_hostname)]
 
 
 class ObjectMeta(K8sModel):

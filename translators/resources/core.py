@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from translators.resources.base import K8sModel, LabelSelector, PortNumber, Resource
+
+_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _check_target_port(value: int | str) -> int | str:
+    """A port number, or the name of a container port (IANA service name: at most 15 characters)."""
+    if isinstance(value, int) and not 1 <= value <= 65535:
+        raise ValueError(f"{value} is not a port number (1-65535)")
+    if isinstance(value, str) and (len(value) > 15 or not _PORT_NAME.match(value)):
+        raise ValueError(f"{value!r} is not a port name")
+    return value
+
+
+TargetPort = Annotated[int | str, AfterValidator(_check_target_port)]
 
 
 class ServicePort(K8sModel):
     name: str | None = None
     protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
     port: PortNumber
-    target_port: int | str | None = None
+    target_port: TargetPort | None = None
     app_protocol: str | None = None
 
 

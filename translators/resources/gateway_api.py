@@ -8,6 +8,7 @@ from pydantic import Field
 
 from translators.resources.base import (
     Duration,
+    Hostname,
     K8sModel,
     LabelSelector,
     ObjectName,
@@ -50,7 +51,7 @@ class AllowedRoutes(K8sModel):
 
 class Listener(K8sModel):
     name: ObjectName
-    hostname: str | None = None
+    hostname: Hostname | None = None
     port: PortNumber
     protocol: str
     allowed_routes: AllowedRoutes = Field(default_factory=AllowedRoutes)
@@ -118,7 +119,7 @@ class HTTPRouteRule(K8sModel):
 
 class HTTPRouteSpec(K8sModel):
     parent_refs: list[ParentReference] = Field(default_factory=list, max_length=32)
-    hostnames: list[str] = Field(default_factory=list, max_length=16)
+    hostnames: list[Hostname] = Field(default_factory=list, max_length=16)
     rules: list[HTTPRouteRule] = Field(default_factory=lambda: [HTTPRouteRule()], max_length=16)
 
 
