@@ -215,18 +215,25 @@ def ai_rule(draw: st.DrawFn) -> Doc:
 
 
 @st.composite
-def ai_gateway_routes(draw: st.DrawFn, gateway_keys: Sequence[tuple[str, str]]) -> list[Doc]:
+def routes(
+    draw: st.DrawFn,
+    gateway_keys: Sequence[tuple[str, str]],
+    api: str,
+    kind: str,
+    rule: st.SearchStrategy[Doc],
+    count: tuple[int, int],
+    max_rules: int,
+) -> list[Doc]:
+    """AIGatewayRoutes or HTTPRoutes: parentRefs to existing or missing Gateways, optional hostnames, rules."""
     docs = []
-    for index in range(draw(st.integers(1, 4))):
+    for index in range(draw(st.integers(*count))):
         namespace = draw(st.sampled_from(NAMESPACE_CHOICES))
         spec: Doc = {"parentRefs": draw(parent_refs(namespace, gateway_keys))}
         hostnames = draw(st.lists(st.sampled_from(HOSTNAMES), max_size=2, unique=True))
         if hostnames:
             spec["hostnames"] = hostnames
-        spec["rules"] = draw(st.lists(ai_rule(), min_size=1, max_size=4))
-        docs.append(
-            route_metadata(draw, resource(AIGATEWAY_API, "AIGatewayRoute", f"route-{index}", namespace, spec=spec))
-        )
+        spec["rules"] = draw(st.lists(rule, min_size=1, max_size=max_rules))
+        docs.append(route_metadata(draw, resource(api, kind, f"{kind.lower()}-{index}", namespace, spec=spec)))
     return docs
 
 
@@ -261,20 +268,6 @@ def http_rule(draw: st.DrawFn) -> Doc:
             put(ref, "weight", draw(maybe(st.integers(0, 10))))
             refs.append(ref)
     return {"matches": matches, "backendRefs": refs}
-
-
-@st.composite
-def http_routes(draw: st.DrawFn, gateway_keys: Sequence[tuple[str, str]]) -> list[Doc]:
-    docs = []
-    for index in range(draw(st.integers(0, 2))):
-        namespace = draw(st.sampled_from(NAMESPACE_CHOICES))
-        spec: Doc = {"parentRefs": draw(parent_refs(namespace, gateway_keys))}
-        hostnames = draw(st.lists(st.sampled_from(HOSTNAMES), max_size=2, unique=True))
-        if hostnames:
-            spec["hostnames"] = hostnames
-        spec["rules"] = draw(st.lists(http_rule(), min_size=1, max_size=2))
-        docs.append(route_metadata(draw, resource(GATEWAY_API, "HTTPRoute", f"http-{index}", namespace, spec=spec)))
-    return docs
 
 
 @st.composite
@@ -373,8 +366,8 @@ def valid_sets(draw: st.DrawFn) -> list[Doc]:
     gateway_docs = draw(gateways())
     keys = [(g["metadata"]["namespace"], g["metadata"]["name"]) for g in gateway_docs]
     docs += gateway_docs
-    docs += draw(ai_gateway_routes(keys))
-    docs += draw(http_routes(keys))
+    docs += draw(routes(keys, AIGATEWAY_API, "AIGatewayRoute", ai_rule(), (1, 4), 4))
+    docs += draw(routes(keys, GATEWAY_API, "HTTPRoute", http_rule(), (0, 2), 2))
     for ns_index, namespace in enumerate(NAMESPACES):
         docs += draw(backends(namespace, ns_index))
         docs += draw(workloads(namespace, ns_index))

@@ -34,37 +34,34 @@ class ServiceAccount(Resource):
     versions = ("v1",)
 
 
-class Role(Resource):
+class _RoleKind(Resource):
     group = RBAC_GROUP
+    versions = ("v1",)
+
+    rules: list[PolicyRule] = Field(default_factory=list)
+
+
+class Role(_RoleKind):
     kind = "Role"
-    versions = ("v1",)
-
-    rules: list[PolicyRule] = Field(default_factory=list)
 
 
-class ClusterRole(Resource):
-    group = RBAC_GROUP
+class ClusterRole(_RoleKind):
     kind = "ClusterRole"
-    versions = ("v1",)
     namespaced = False
 
-    rules: list[PolicyRule] = Field(default_factory=list)
 
-
-class RoleBinding(Resource):
+class _BindingKind(Resource):
     group = RBAC_GROUP
+    versions = ("v1",)
+
+    subjects: list[Subject] = Field(default_factory=list)
+    role_ref: RoleRef
+
+
+class RoleBinding(_BindingKind):
     kind = "RoleBinding"
-    versions = ("v1",)
-
-    subjects: list[Subject] = Field(default_factory=list)
-    role_ref: RoleRef
 
 
-class ClusterRoleBinding(Resource):
-    group = RBAC_GROUP
+class ClusterRoleBinding(_BindingKind):
     kind = "ClusterRoleBinding"
-    versions = ("v1",)
     namespaced = False
-
-    subjects: list[Subject] = Field(default_factory=list)
-    role_ref: RoleRef
