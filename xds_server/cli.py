@@ -13,6 +13,7 @@ from translators.gatewayapi import translate
 from translators.ir import TranslateOptions
 from translators.loader import load_paths
 from translators.xds.render import translation_dict
+from xds_server.bootstrap import bootstrap
 
 
 def host_port(value: str) -> tuple[str, int]:
@@ -66,6 +67,16 @@ def run_translate(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def run_bootstrap(args: argparse.Namespace) -> int:
+    namespace, _, name = args.gateway.partition("/")
+    if not namespace or not name:
+        print("error: --gateway must be NAMESPACE/NAME", file=sys.stderr)
+        return 2
+    node_id = args.node_id or f"{namespace}-{name}"
+    yaml.safe_dump(bootstrap(args.gateway, node_id, args.xds_address, args.admin_address), sys.stdout, sort_keys=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xds-server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     translate_cmd.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
     add_translate_options(translate_cmd)
     translate_cmd.set_defaults(run=run_translate)
+    bootstrap_cmd = commands.add_parser("bootstrap", help="print an Envoy bootstrap that fetches a Gateway over ADS")
+    bootstrap_cmd.add_argument("--gateway", required=True, metavar="NS/NAME", help="the Gateway this Envoy serves")
+    bootstrap_cmd.add_argument("--xds-address", type=host_port, default=("127.0.0.1", 18000), metavar="HOST:PORT")
+    bootstrap_cmd.add_argument("--admin-address", type=host_port, default=("127.0.0.1", 19901), metavar="HOST:PORT")
+    bootstrap_cmd.add_argument("--node-id", help="Envoy node id (default NS-NAME)")
+    bootstrap_cmd.set_defaults(run=run_bootstrap)
     return parser
 
 
