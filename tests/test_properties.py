@@ -716,18 +716,22 @@ def test_raw_text_junk_never_raises(valid: list[Doc], text: str, first: bool) ->
 # --- 5. weighted and prioritised backends ---
 
 
+# One GatewayClass and Gateway (HTTP :80) for the focused tests below.
+GATEWAY_DOCS = [
+    resource(GATEWAY_API, "GatewayClass", "eg", spec={"controllerName": CONTROLLER}),
+    resource(
+        GATEWAY_API,
+        "Gateway",
+        "gw",
+        spec={"gatewayClassName": "eg", "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]},
+    ),
+]
+
+
 @st.composite
 def weighted_rule(draw: st.DrawFn) -> tuple[list[Doc], list[tuple[str, int, int, str]]]:
     """One Gateway, one AIGatewayRoute rule with 2-5 AIServiceBackends: (name, weight, priority, kind) each."""
-    docs = [
-        resource(GATEWAY_API, "GatewayClass", "eg", spec={"controllerName": CONTROLLER}),
-        resource(
-            GATEWAY_API,
-            "Gateway",
-            "gw",
-            spec={"gatewayClassName": "eg", "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]},
-        ),
-    ]
+    docs = copy.deepcopy(GATEWAY_DOCS)
     members = []
     for index in range(draw(st.integers(2, 5))):
         name = f"backend-{index}"
@@ -805,16 +809,6 @@ def test_weighted_backends_become_localities_with_dense_priorities(
 
 
 # --- regressions: inputs the properties once found to crash the loader or produce config Envoy rejects ---
-
-GATEWAY_DOCS = [
-    resource(GATEWAY_API, "GatewayClass", "eg", spec={"controllerName": CONTROLLER}),
-    resource(
-        GATEWAY_API,
-        "Gateway",
-        "gw",
-        spec={"gatewayClassName": "eg", "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]},
-    ),
-]
 
 
 @pytest.mark.parametrize(
