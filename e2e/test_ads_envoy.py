@@ -22,7 +22,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from translators.gatewayapi import translate
 from translators.ir import TranslateOptions
 from translators.loader import load_texts
-from translators.xds import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, gateway_resources
+from translators.xds import gateway_resources
 from xds_server.ads_sotw import SotwAds
 from xds_server.bootstrap import bootstrap
 from xds_server.cache import Snapshot, SnapshotCache
@@ -96,10 +96,7 @@ def snapshot_for(text: str) -> Snapshot:
     resources = load_texts([("m.yaml", text)])
     assert resources.errors == ()
     [gateway] = translate(resources, TranslateOptions()).gateways
-    xds = gateway_resources(gateway, TranslateOptions())
-    return Snapshot.build(
-        {CLUSTER_TYPE: xds.clusters, ENDPOINT_TYPE: xds.endpoints, LISTENER_TYPE: xds.listeners, ROUTE_TYPE: xds.routes}
-    )
+    return Snapshot.build(gateway_resources(gateway, TranslateOptions()).by_type())
 
 
 def http_get(url: str) -> tuple[int, str]:

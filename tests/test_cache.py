@@ -21,12 +21,8 @@ def tutorial_resources() -> XdsResources:
 
 
 def by_type(xds: XdsResources) -> dict[str, list[object]]:
-    return {
-        CLUSTER_TYPE: list(xds.clusters),
-        ENDPOINT_TYPE: list(xds.endpoints),
-        LISTENER_TYPE: list(xds.listeners),
-        ROUTE_TYPE: list(xds.routes),
-    }
+    """Mutable lists, so tests can break a snapshot on purpose."""
+    return {type_url: list(resources) for type_url, resources in xds.by_type().items()}
 
 
 def build(resources: dict[str, list[object]]) -> Snapshot:

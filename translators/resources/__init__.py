@@ -39,7 +39,7 @@ MODELS: dict[tuple[str, str], type[Resource]] = {(model.group, model.kind): mode
 
 
 def split_api_version(api_version: str) -> tuple[str, str]:
-    """ "apps/v1" -> ("apps", "v1"); "v1" -> ("", "v1")."""
+    """Splits an apiVersion: `apps/v1` gives ("apps", "v1"), and the core group's `v1` gives ("", "v1")."""
     group, _, version = api_version.rpartition("/")
     return group, version
 

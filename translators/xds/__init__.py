@@ -8,6 +8,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from google.protobuf.message import Message
 
 from translators.ir import Discovery, GatewayIR, TranslateOptions
 from translators.xds.clusters import cluster, extproc_cluster, load_assignment
@@ -29,6 +30,15 @@ class XdsResources:
     routes: tuple[route_pb2.RouteConfiguration, ...]
     clusters: tuple[cluster_pb2.Cluster, ...]
     endpoints: tuple[endpoint_pb2.ClusterLoadAssignment, ...]
+
+    def by_type(self) -> dict[str, tuple[Message, ...]]:
+        """The resources keyed by xDS type URL, the shape a snapshot is built from."""
+        return {
+            CLUSTER_TYPE: self.clusters,
+            ENDPOINT_TYPE: self.endpoints,
+            LISTENER_TYPE: self.listeners,
+            ROUTE_TYPE: self.routes,
+        }
 
 
 def gateway_resources(gateway: GatewayIR, options: TranslateOptions) -> XdsResources:
