@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -77,6 +78,19 @@ def run_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+SIMULATORS = {
+    "testupstream": "xds_server.sim.testupstream",
+    "vllm": "xds_server.sim.vllm",
+}
+
+
+def run_sim(args: argparse.Namespace) -> int:
+    """Hand the remaining arguments to the simulator's own parser, so each simulator owns its flags."""
+    module = importlib.import_module(SIMULATORS[args.simulator])
+    result: int = module.main(args.sim_args)
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xds-server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap_cmd.add_argument("--admin-address", type=host_port, default=("127.0.0.1", 19901), metavar="HOST:PORT")
     bootstrap_cmd.add_argument("--node-id", help="Envoy node id (default NS-NAME)")
     bootstrap_cmd.set_defaults(run=run_bootstrap)
+    sim_cmd = commands.add_parser("sim", help="run a test or demo backend (see `xds-server sim NAME --help`)")
+    sim_cmd.add_argument("simulator", choices=sorted(SIMULATORS))
+    sim_cmd.add_argument("sim_args", nargs=argparse.REMAINDER, help="the simulator's own flags")
+    sim_cmd.set_defaults(run=run_sim)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Test and demo backends: `xds-server sim testupstream|vllm`."""
