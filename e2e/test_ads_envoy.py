@@ -26,6 +26,7 @@ from translators.xds import gateway_resources
 from xds_server.ads_sotw import SotwAds
 from xds_server.bootstrap import bootstrap
 from xds_server.cache import Snapshot, SnapshotCache
+from xds_server.clients import ClientRegistry
 from xds_server.envoy import envoy_binary
 
 GATEWAY = "default/gw"
@@ -123,7 +124,7 @@ async def wait_for(url: str, want: tuple[int, str], seconds: float = 15.0) -> tu
 async def control_plane() -> AsyncIterator[tuple[SnapshotCache, int]]:
     cache = SnapshotCache()
     server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(SotwAds(cache), server)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(SotwAds(cache, ClientRegistry()), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     yield cache, port

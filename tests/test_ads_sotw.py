@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import grpc
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from tests.test_cache import build, by_type, tutorial_resources
-from translators.xds import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
-from xds_server.ads_sotw import Nack, SotwAds
+from translators.xds import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from xds_server.ads_sotw import SotwAds
+from xds_server.clients import ClientRegistry, Nack
 from xds_server.cache import SnapshotCache
 
 KEY = "default/inference-pool-with-aigwroute"
+M = TypeVar("M", bound=Message)
 
 
 class Client:
@@ -61,8 +68,10 @@ NODE = base_pb2.Node(id="envoy-1", cluster=KEY)
 async def setup() -> AsyncIterator[tuple[SnapshotCache, list[Nack], Client]]:
     cache = SnapshotCache()
     nacks: list[Nack] = []
+    clients = ClientRegistry()
+    clients.add_nack_listener(nacks.append)
     server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(SotwAds(cache, nacks.append), server)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(SotwAds(cache, clients), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     cache.set(KEY, build(by_type(tutorial_resources())))
@@ -148,3 +157,71 @@ async def test_equal_content_is_never_pushed_again(setup: tuple[SnapshotCache, l
     await client.send(type_url=CLUSTER_TYPE, version_info=first.version_info, response_nonce=first.nonce)
     cache.set(KEY, build(by_type(tutorial_resources())))
     assert await client.silent()
+
+
+def pointed_at(cluster_name: str) -> dict[str, list[object]]:
+    """One EDS cluster with one endpoint, and one route configuration whose only route goes to it."""
+    cluster = cluster_pb2.Cluster(name=cluster_name, type=cluster_pb2.Cluster.EDS)
+    cluster.eds_cluster_config.eds_config.ads.SetInParent()
+    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
+    assignment.endpoints.add().lb_endpoints.add().endpoint.address.socket_address.address = "127.0.3.9"
+    routes = route_pb2.RouteConfiguration(name="routes")
+    route = routes.virtual_hosts.add(name="all", domains=["*"]).routes.add(name="to-" + cluster_name)
+    route.match.prefix = "/"
+    route.route.cluster = cluster_name
+    return {CLUSTER_TYPE: [cluster], ENDPOINT_TYPE: [assignment], ROUTE_TYPE: [routes]}
+
+
+async def ack(client: Client, response: discovery_pb2.DiscoveryResponse, names: list[str] | None = None) -> None:
+    await client.send(
+        type_url=response.type_url,
+        version_info=response.version_info,
+        response_nonce=response.nonce,
+        resource_names=names or [],
+    )
+
+
+async def test_clusters_a_push_removes_stay_until_its_routes_are_acked(
+    setup: tuple[SnapshotCache, list[Nack], Client],
+) -> None:
+    cache, _, client = setup
+    cache.set(KEY, build(pointed_at("old")))
+    await client.send(node=NODE, type_url=CLUSTER_TYPE)
+    await ack(client, await client.receive())
+    await client.send(type_url=ENDPOINT_TYPE, resource_names=["old"])
+    await ack(client, await client.receive(), ["old"])
+    await client.send(type_url=ROUTE_TYPE, resource_names=["routes"])
+    await ack(client, await client.receive(), ["routes"])
+    assert await client.silent()
+
+    cache.set(KEY, build(pointed_at("new")))  # the route moves from "old" to "new" in one snapshot
+    clusters, assignments, routes = [await client.receive() for _ in range(3)]
+    assert [r.type_url for r in (clusters, assignments, routes)] == [CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE]
+    assert names_of(clusters) == ["new", "old"]  # make before break: "old" is still there
+    assert names_of(assignments) == ["old"]  # the client's current subscription, still answered with the real CLA
+    assert unpacked(assignments, endpoint_pb2.ClusterLoadAssignment)[0].endpoints
+    await ack(client, clusters)
+    await ack(client, assignments, ["new", "old"])  # Envoy subscribes to the new cluster's CLA
+    both = await client.receive()
+    assert names_of(both) == ["new", "old"]
+    await ack(client, both, ["new", "old"])
+    assert await client.silent()  # routes not ACKed yet: "old" stays
+    await ack(client, routes, ["routes"])
+    final = await client.receive()
+    assert final.type_url == CLUSTER_TYPE and names_of(final) == ["new"]
+    assert final.version_info == cache.get(KEY).version(CLUSTER_TYPE)  # type: ignore[union-attr]
+
+
+def unpacked(response: discovery_pb2.DiscoveryResponse, message_type: type[M]) -> list[M]:
+    messages = []
+    for resource in response.resources:
+        message = message_type()
+        resource.Unpack(message)
+        messages.append(message)
+    return messages
+
+
+def names_of(response: discovery_pb2.DiscoveryResponse) -> list[str]:
+    if response.type_url == ENDPOINT_TYPE:
+        return [a.cluster_name for a in unpacked(response, endpoint_pb2.ClusterLoadAssignment)]
+    return [c.name for c in unpacked(response, cluster_pb2.Cluster)]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from translators.loader import ObjectKey, load_paths, load_texts
+from translators.loader import ObjectKey, keep_last_good, load_paths, load_texts
 from translators.resources import ConfigMap, InferencePool, Secret, parse_duration_ms
 
 GATEWAY_CLASS = """
@@ -167,3 +167,27 @@ def test_secret_values_never_appear_in_repr() -> None:
 @pytest.mark.parametrize(("text", "ms"), [("10s", 10_000), ("500ms", 500), ("1h30m", 5_400_000), ("1m1s", 61_000)])
 def test_durations(text: str, ms: int) -> None:
     assert parse_duration_ms(text) == ms
+
+
+def test_reload_keeps_the_last_good_version_of_an_object_an_edit_broke() -> None:
+    before = load_texts([("a.yaml", config_map("one", "v1") + "---\n" + config_map("two", "v2"))])
+    broken_two = config_map("one", "v10") + "---\n" + config_map("two", "v2").replace("data: {k: v2}", "data: [2]")
+    after = keep_last_good(before, load_texts([("a.yaml", broken_two)]))
+    assert after.errors and after.errors[0].name == "two"
+    assert after.objects[ObjectKey("ConfigMap", "default", "one")].data == {"k": "v10"}  # type: ignore[attr-defined]
+    assert after.objects[ObjectKey("ConfigMap", "default", "two")].data == {"k": "v2"}  # type: ignore[attr-defined]
+
+
+def test_reload_of_a_file_that_no_longer_parses_keeps_its_objects_but_not_other_files_deletions() -> None:
+    before = load_texts([("a.yaml", config_map("one", "v1")), ("b.yaml", config_map("gone", "v1"))])
+    after = keep_last_good(before, load_texts([("a.yaml", "kind: [unclosed")]))
+    assert after.errors and "invalid YAML" in after.errors[0].reason
+    assert ObjectKey("ConfigMap", "default", "one") in after.objects
+    assert ObjectKey("ConfigMap", "default", "gone") not in after.objects  # b.yaml was deleted: its objects go
+
+
+def test_reload_removes_an_object_whose_document_was_deleted() -> None:
+    before = load_texts([("a.yaml", config_map("one", "v1") + "---\n" + config_map("two", "v2"))])
+    after = keep_last_good(before, load_texts([("a.yaml", config_map("one", "v1"))]))
+    assert not after.errors
+    assert list(after.objects) == [ObjectKey("ConfigMap", "default", "one")]

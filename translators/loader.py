@@ -214,3 +214,28 @@ def load_paths(paths: Sequence[str | Path]) -> ResourceSet:
             unreadable.append(LoadError(Origin(str(file), 0), "", "", "", "", f"cannot read file: {exc}"))
     loaded = load_texts(sources)
     return ResourceSet(loaded.objects, loaded.origins, loaded.unknown, (*unreadable, *loaded.errors))
+
+
+def keep_last_good(previous: ResourceSet, current: ResourceSet) -> ResourceSet:
+    """`current`, plus the previous version of every object an edit broke, so a bad edit never drops a served object.
+
+    An object whose document now fails validation keeps its previous version; a file that no longer parses keeps
+    every previous object of it that did not load again. An object whose document was removed is gone.
+    """
+    kept: dict[ObjectKey, Resource] = dict(current.objects)
+    origins: dict[ObjectKey, Origin] = dict(current.origins)
+    broken_files = {error.origin.file for error in current.errors if not error.kind}
+    broken_objects = [error for error in current.errors if error.kind]
+
+    def broken(key: ObjectKey, origin: Origin) -> bool:
+        return origin.file in broken_files or any(
+            error.kind == key.kind and error.name == key.name and error.namespace in ("", key.namespace)
+            for error in broken_objects
+        )
+
+    for key, obj in previous.objects.items():
+        origin = previous.origins[key]
+        if key not in kept and broken(key, origin):
+            kept[key] = obj
+            origins[key] = origin
+    return ResourceSet(kept, origins, current.unknown, current.errors)

@@ -3,6 +3,10 @@
 Per stream: the node from the first request, and per type the last nonce and version sent, the subscribed
 names and the last ACKed version. Responses go out only when something changed; ACKs and stale nonces get no
 answer; a NACK is recorded and never answered with the version it rejected.
+
+Make before break: a push that removes clusters while it also changes listeners or routes first sends CDS with
+the removed clusters still in it (and their CLAs on EDS); the final CDS follows once the client has ACKed that
+push's listeners and routes, so no route Envoy still holds points at a cluster it no longer has.
 """
 
 from __future__ import annotations
@@ -10,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
 import grpc
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -19,43 +22,19 @@ from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 
-from translators.xds import ENDPOINT_TYPE, ROUTE_TYPE
-from xds_server.cache import PUSH_ORDER, Snapshot, SnapshotCache
+from translators.xds import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from xds_server import metrics
+from xds_server.cache import PUSH_ORDER, CachedResource, Snapshot, SnapshotCache
+from xds_server.clients import ClientRegistry, ClientStream, short_type
 
 log = logging.getLogger(__name__)
 WILDCARD_TYPES = frozenset(PUSH_ORDER) - {ENDPOINT_TYPE, ROUTE_TYPE}  # LDS and CDS: always the full state
 
 
-@dataclass
-class TypeState:
-    nonce: str = ""  # of the last response sent
-    sent_version: str | None = None
-    names: frozenset[str] | None = None  # None: wildcard
-    acked_version: str = ""
-    nacked_version: str = ""
-    last_error: str = ""
-
-
-@dataclass
-class Nack:
-    key: str
-    node_id: str
-    type_url: str
-    version: str
-    message: str
-
-
-@dataclass
-class _Stream:
-    node_id: str = ""
-    key: str = ""
-    types: dict[str, TypeState] = field(default_factory=dict)
-
-
 class SotwAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, cache: SnapshotCache, on_nack: Callable[[Nack], None] | None = None) -> None:
+    def __init__(self, cache: SnapshotCache, clients: ClientRegistry) -> None:
         self._cache = cache
-        self._on_nack = on_nack
+        self._clients = clients
         self._nonces = itertools.count(1)
         self._wakeups: dict[str, set[asyncio.Queue[object]]] = {}
         cache.add_listener(self._snapshot_changed)
@@ -67,8 +46,10 @@ class SotwAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        # Requests and snapshot changes arrive on one queue, so each stream handles them in order, on its own: a
+        # slow client only fills its own gRPC send buffer.
         events: asyncio.Queue[object] = asyncio.Queue()
-        stream = _Stream()
+        stream = self._clients.open("sotw")
 
         async def read() -> None:
             async for request in request_iterator:
@@ -87,7 +68,7 @@ class SotwAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[
                             await context.abort(
                                 grpc.StatusCode.INVALID_ARGUMENT, "first request needs node id and cluster"
                             )
-                        stream.node_id, stream.key = event.node.id, event.node.cluster
+                        self._clients.identified(stream, event.node.id, event.node.cluster)
                         self._wakeups.setdefault(stream.key, set()).add(events)
                     responses = self._on_request(stream, event)
                 else:
@@ -97,67 +78,102 @@ class SotwAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[
         finally:
             reader.cancel()
             self._wakeups.get(stream.key, set()).discard(events)
+            self._clients.close(stream)
 
     def _on_request(
-        self, stream: _Stream, request: discovery_pb2.DiscoveryRequest
+        self, stream: ClientStream, request: discovery_pb2.DiscoveryRequest
     ) -> list[discovery_pb2.DiscoveryResponse]:
-        state = stream.types.setdefault(request.type_url, TypeState())
+        type_url = request.type_url
+        state = stream.state(type_url)
         if request.response_nonce and request.response_nonce != state.nonce:
             return []  # stale: superseded by a response the client has not processed yet
-        names = None if request.type_url in WILDCARD_TYPES else frozenset(request.resource_names)
+        names = None if type_url in WILDCARD_TYPES else frozenset(request.resource_names)
         subscription_changed = state.sent_version is not None and names != state.names
         state.names = names
         if request.HasField("error_detail"):
-            state.nacked_version = state.sent_version or ""
-            state.last_error = request.error_detail.message
+            version = state.sent_version or ""
             log.warning(
                 "NACK from %s for %s version %s: %s",
                 stream.node_id,
-                request.type_url,
-                state.nacked_version,
-                state.last_error,
+                short_type(type_url),
+                version,
+                request.error_detail.message,
             )
-            if self._on_nack is not None:
-                self._on_nack(
-                    Nack(stream.key, stream.node_id, request.type_url, state.nacked_version, state.last_error)
-                )
+            self._clients.nacked(stream, type_url, version, request.error_detail.message)
         elif request.response_nonce:
-            state.acked_version = request.version_info
+            self._clients.acked(stream, type_url, request.version_info)
         snapshot = self._cache.get(stream.key)
-        if snapshot is None:
+        if snapshot is None or type_url not in snapshot.types:
             return []
-        current = snapshot.version(request.type_url) if request.type_url in snapshot.types else None
-        needs = (
-            state.sent_version is None
-            or subscription_changed
-            or (current != state.sent_version and current != state.nacked_version)
-        )
-        return [self._response(stream, request.type_url, snapshot)] if needs and current is not None else []
+        responses = []
+        if self._release_due(stream):
+            stream.retained.clear()
+            stream.release_after.clear()
+            responses.append(self._response(stream, CLUSTER_TYPE, snapshot))
+        answered = bool(responses) and type_url == CLUSTER_TYPE
+        if not answered and (
+            state.sent_version is None or subscription_changed or snapshot.version(type_url) != state.built_from
+        ):
+            responses.append(self._response(stream, type_url, snapshot))
+        return responses
 
-    def _on_change(self, stream: _Stream) -> list[discovery_pb2.DiscoveryResponse]:
+    def _on_change(self, stream: ClientStream) -> list[discovery_pb2.DiscoveryResponse]:
         """A new snapshot: every type the client subscribed to whose version moved, in push order."""
         snapshot = self._cache.get(stream.key)
         if snapshot is None:
             return []
-        return [
-            self._response(stream, type_url, snapshot)
+        pending = [
+            type_url
             for type_url in PUSH_ORDER
-            if type_url in stream.types
-            and snapshot.version(type_url)
-            not in (stream.types[type_url].sent_version, stream.types[type_url].nacked_version)
+            if type_url in stream.types and snapshot.version(type_url) != stream.types[type_url].built_from
         ]
+        if CLUSTER_TYPE in pending and (LISTENER_TYPE in pending or ROUTE_TYPE in pending):
+            self._retain_removed_clusters(stream, snapshot)
+        return [self._response(stream, type_url, snapshot) for type_url in pending]
 
-    def _response(self, stream: _Stream, type_url: str, snapshot: Snapshot) -> discovery_pb2.DiscoveryResponse:
-        state = stream.types[type_url]
+    @staticmethod
+    def _retain_removed_clusters(stream: ClientStream, snapshot: Snapshot) -> None:
+        current = snapshot.resources(CLUSTER_TYPE)
+        removed = {name: cached for name, cached in stream.state(CLUSTER_TYPE).sent.items() if name not in current}
+        if not removed:
+            return
+        sent_assignments = stream.state(ENDPOINT_TYPE).sent
+        stream.retained.setdefault(CLUSTER_TYPE, {}).update(removed)
+        stream.retained.setdefault(ENDPOINT_TYPE, {}).update(
+            {name: sent_assignments[name] for name in removed if name in sent_assignments}
+        )
+        stream.release_after = {
+            type_url: snapshot.version(type_url) for type_url in (LISTENER_TYPE, ROUTE_TYPE) if type_url in stream.types
+        }
+
+    @staticmethod
+    def _release_due(stream: ClientStream) -> bool:
+        """Retained clusters can go once the client holds the listeners and routes that stopped using them."""
+        return bool(stream.retained) and all(
+            stream.state(type_url).acked_version == version for type_url, version in stream.release_after.items()
+        )
+
+    def _response(self, stream: ClientStream, type_url: str, snapshot: Snapshot) -> discovery_pb2.DiscoveryResponse:
+        state = stream.state(type_url)
         available = snapshot.resources(type_url)
-        wanted = sorted(available) if state.names is None else sorted(state.names)
+        retained = stream.retained.get(type_url, {})
+        wanted = sorted(available.keys() | retained.keys()) if state.names is None else sorted(state.names)
+        sent: dict[str, CachedResource] = {}
         resources = []
         for name in wanted:
-            cached = available.get(name)
+            cached = available.get(name) or retained.get(name)
+            if cached is not None:
+                sent[name] = cached
             value = cached.serialized if cached is not None else _empty(type_url, name)
             resources.append(any_pb2.Any(type_url=type_url, value=value))
+        version = snapshot.version(type_url)
+        state.built_from = version
+        # A full-state response that still carries retained resources is not the snapshot's state: its own version.
+        state.sent_version = f"{version}+retained{len(retained)}" if retained and state.names is None else version
         state.nonce = str(next(self._nonces))
-        state.sent_version = snapshot.version(type_url)
+        state.sent = sent
+        metrics.PUSHES.labels(stream.key, short_type(type_url), "sotw").inc()
+        metrics.PUSH_BYTES.labels(short_type(type_url), "sotw").inc(sum(len(r.value) for r in resources))
         return discovery_pb2.DiscoveryResponse(
             version_info=state.sent_version, resources=resources, type_url=type_url, nonce=state.nonce
         )
