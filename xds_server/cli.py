@@ -74,7 +74,8 @@ def run_bootstrap(args: argparse.Namespace) -> int:
         print("error: --gateway must be NAMESPACE/NAME", file=sys.stderr)
         return 2
     node_id = args.node_id or f"{namespace}-{name}"
-    yaml.safe_dump(bootstrap(args.gateway, node_id, args.xds_address, args.admin_address), sys.stdout, sort_keys=False)
+    config = bootstrap(args.gateway, node_id, args.xds_address, args.admin_address, delta=args.delta)
+    yaml.safe_dump(config, sys.stdout, sort_keys=False)
     return 0
 
 
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap_cmd.add_argument("--xds-address", type=host_port, default=("127.0.0.1", 18000), metavar="HOST:PORT")
     bootstrap_cmd.add_argument("--admin-address", type=host_port, default=("127.0.0.1", 19901), metavar="HOST:PORT")
     bootstrap_cmd.add_argument("--node-id", help="Envoy node id (default NS-NAME)")
+    bootstrap_cmd.add_argument("--delta", action="store_true", help="use incremental (Delta) ADS")
     bootstrap_cmd.set_defaults(run=run_bootstrap)
     sim_cmd = commands.add_parser("sim", help="run a test or demo backend (see `xds-server sim NAME --help`)")
     sim_cmd.add_argument("simulator", choices=sorted(SIMULATORS))

@@ -1,0 +1,135 @@
+"""Pieces every e2e test uses: free ports, small HTTP upstreams, HTTP polling, and a real Envoy process."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import socket
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xds_server.bootstrap import bootstrap
+from xds_server.envoy import envoy_binary
+
+# Envoy's --base-id picks its shared-memory region: unique per Envoy so tests (and xdist workers) run side by side.
+_base_ids = itertools.count(10_000 + (os.getpid() % 5_000) * 8)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def upstream(host: str, answer: str) -> Iterator[int]:
+    """A tiny threaded HTTP server on `host` that answers every GET with `answer`; yields its port."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            body = answer.encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """(status, body); status 0 with the error text when the connection fails."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError as error:
+        return 0, str(error)
+
+
+async def wait_for(url: str, want: tuple[int, str], seconds: float = 15.0) -> tuple[int, str]:
+    """Polls `url` every 50 ms until it answers `want`; returns the last answer (compare it to `want`)."""
+    last: tuple[int, str] = (0, "")
+    for _ in range(int(seconds / 0.05)):
+        last = await asyncio.to_thread(http_get, url)
+        if last == want:
+            return last
+        await asyncio.sleep(0.05)
+    return last
+
+
+class Envoy:
+    """A real Envoy bootstrapped against an ADS server, with its admin on a free loopback port."""
+
+    def __init__(self, tmp_path: Path, gateway: str, xds_port: int, node_id: str = "e2e", delta: bool = False) -> None:
+        self.admin_port = free_port()
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        config = tmp_path / f"bootstrap-{node_id}.yaml"
+        config.write_text(
+            yaml.safe_dump(bootstrap(gateway, node_id, ("127.0.0.1", xds_port), ("127.0.0.1", self.admin_port), delta))
+        )
+        self.log = tmp_path / f"envoy-{node_id}.log"
+        command = [str(envoy_binary()), "-c", str(config), "--base-id", str(next(_base_ids))]
+        command += ["-l", "warning", "--drain-time-s", "1", "--log-path", str(self.log)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def wait_live(self) -> None:
+        answer = await wait_for(f"{self.admin}/ready", (200, "LIVE\n"))
+        assert answer == (200, "LIVE\n"), f"Envoy not LIVE: {answer}; log: {self.log_tail()}"
+
+    async def get(self, path: str) -> tuple[int, str]:
+        return await asyncio.to_thread(http_get, self.admin + path)
+
+    async def stat(self, name: str) -> int:
+        """One counter or gauge from /stats (0 when Envoy does not have it yet)."""
+        _, text = await self.get(f"/stats?filter=^{name}$")
+        for line in text.splitlines():
+            stat, _, value = line.partition(": ")
+            if stat == name:
+                return int(value)
+        return 0
+
+    async def config_dump(self) -> dict[str, Any]:
+        status, text = await self.get("/config_dump?include_eds")
+        assert status == 200, text
+        dump: dict[str, Any] = json.loads(text)
+        return dump
+
+    async def cluster_names(self) -> set[str]:
+        _, text = await self.get("/clusters")
+        return {line.split("::", 1)[0] for line in text.splitlines() if "::" in line}
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
