@@ -20,8 +20,8 @@ from google.rpc import status_pb2
 from tests.test_cache import build, by_type, tutorial_resources
 from translators.xds import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from xds_server.ads_sotw import SotwAds
-from xds_server.clients import ClientRegistry, Nack
 from xds_server.cache import SnapshotCache
+from xds_server.clients import ClientRegistry, Nack
 
 KEY = "default/inference-pool-with-aigwroute"
 M = TypeVar("M", bound=Message)

@@ -137,7 +137,8 @@ class SotwAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[
         removed = {name: cached for name, cached in stream.state(CLUSTER_TYPE).sent.items() if name not in current}
         if not removed:
             return
-        sent_assignments = stream.state(ENDPOINT_TYPE).sent
+        assignments = stream.types.get(ENDPOINT_TYPE)
+        sent_assignments = assignments.sent if assignments is not None else {}
         stream.retained.setdefault(CLUSTER_TYPE, {}).update(removed)
         stream.retained.setdefault(ENDPOINT_TYPE, {}).update(
             {name: sent_assignments[name] for name in removed if name in sent_assignments}

@@ -141,7 +141,7 @@ class SnapshotCache:
     def get(self, key: str) -> Snapshot | None:
         return self._snapshots.get(key)
 
-    def keys(self) -> list[str]:
+    def snapshot_keys(self) -> list[str]:
         return sorted(self._snapshots)
 
     def add_listener(self, listener: Listener) -> None:

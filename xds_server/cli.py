@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import json
 import sys
@@ -79,6 +80,14 @@ def run_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    from xds_server.logs import configure
+    from xds_server.serve import serve
+
+    configure(json=args.log_format == "json")
+    return asyncio.run(serve(args.resources, translate_options(args), args.xds_address, args.admin_address))
+
+
 SIMULATORS = {
     "testupstream": "xds_server.sim.testupstream",
     "vllm": "xds_server.sim.vllm",
@@ -109,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap_cmd.add_argument("--node-id", help="Envoy node id (default NS-NAME)")
     bootstrap_cmd.add_argument("--delta", action="store_true", help="use incremental (Delta) ADS")
     bootstrap_cmd.set_defaults(run=run_bootstrap)
+    serve_cmd = commands.add_parser(
+        "serve", help="serve manifests to Envoy over ADS, following every change of the files"
+    )
+    serve_cmd.add_argument(
+        "--resources", nargs="+", required=True, metavar="PATH", help="YAML files or directories, watched"
+    )
+    serve_cmd.add_argument("--xds-address", type=host_port, default=("127.0.0.1", 18000), metavar="HOST:PORT")
+    serve_cmd.add_argument("--admin-address", type=host_port, default=("127.0.0.1", 19000), metavar="HOST:PORT")
+    serve_cmd.add_argument("--log-format", choices=("json", "console"), default="json")
+    add_translate_options(serve_cmd)
+    serve_cmd.set_defaults(run=run_serve)
     sim_cmd = commands.add_parser("sim", help="run a test or demo backend (see `xds-server sim NAME --help`)")
     sim_cmd.add_argument("simulator", choices=sorted(SIMULATORS))
     sim_cmd.add_argument("sim_args", nargs=argparse.REMAINDER, help="the simulator's own flags")

@@ -16,7 +16,7 @@ PUSH_BYTES = Counter(
 NACKS = Counter("xds_server_nacks_total", "xDS responses an Envoy rejected, per gateway and type", ["gateway", "type"])
 TRANSLATION_SECONDS = Histogram(
     "xds_server_translation_seconds",
-    "load, translation and snapshot build time of one reload",
+    "translation and snapshot build time of one reload",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 RELOADS = Counter("xds_server_reloads_total", "reloads of the resource sources, by result", ["result"])

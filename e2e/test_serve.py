@@ -1,0 +1,255 @@
+"""`xds-server serve` as a process, real Envoy bootstrapped against it, manifests edited while both run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.harness import Envoy, free_port, http_get, upstream, wait_for
+
+GATEWAY = "default/gw"
+
+
+@pytest.fixture
+def upstreams() -> Iterator[dict[str, int]]:
+    a, b = upstream("127.0.4.1", "from-a"), upstream("127.0.4.2", "from-b")
+    ports = {"127.0.4.1": next(a), "127.0.4.2": next(b)}
+    yield ports
+    for server in (a, b):
+        next(server, None)
+
+
+def gateway(listen_ports: list[int]) -> str:
+    listeners = ", ".join(f"{{name: l{p}, protocol: HTTP, port: {p}}}" for p in listen_ports)
+    return f"""
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: eg}}
+spec: {{controllerName: gateway.envoyproxy.io/gatewayclass-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec: {{gatewayClassName: eg, listeners: [{listeners}]}}
+"""
+
+
+def backend_route(name: str, address: str, port: int, path: str = "/") -> str:
+    return f"""
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {{name: {name}}}
+spec: {{endpoints: [{{ip: {{address: {address}, port: {port}}}}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]
+    backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: {name}}}]
+"""
+
+
+class Serve:
+    """`xds-server serve` in its own process."""
+
+    def __init__(self, manifests: Path, xds_port: int, admin_port: int, log: Path) -> None:
+        self.admin = f"http://127.0.0.1:{admin_port}"
+        self.log = log
+        command = [sys.executable, "-m", "xds_server.cli", "serve", "--resources", str(manifests)]
+        command += ["--xds-address", f"127.0.0.1:{xds_port}", "--admin-address", f"127.0.0.1:{admin_port}"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("a"))
+
+    async def ready(self) -> None:
+        answer = await wait_for(f"{self.admin}/readyz", (200, "ready\n"))
+        assert answer == (200, "ready\n"), self.log.read_text()[-3000:]
+
+    async def document(self, path: str) -> Any:
+        status, text = await asyncio.to_thread(http_get, self.admin + path)
+        assert status == 200, text
+        return json.loads(text)
+
+    async def metric(self, line_start: str) -> float:
+        _, text = await asyncio.to_thread(http_get, self.admin + "/metrics")
+        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
+        return sum(values)
+
+    def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=10)
+
+
+@pytest.fixture
+async def running(tmp_path: Path, upstreams: dict[str, int]) -> AsyncIterator[tuple[Path, Serve, Envoy, int]]:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    listen_port = free_port()
+    (manifests / "10-gateway.yaml").write_text(gateway([listen_port]))
+    (manifests / "20-web.yaml").write_text(backend_route("web", "127.0.4.1", upstreams["127.0.4.1"]))
+    xds_port, admin_port = free_port(), free_port()
+    serve = Serve(manifests, xds_port, admin_port, tmp_path / "serve.log")
+    envoy = Envoy(tmp_path, GATEWAY, xds_port)
+    try:
+        await serve.ready()
+        await envoy.wait_live()
+        yield manifests, serve, envoy, listen_port
+    finally:
+        envoy.stop()
+        if serve.process.poll() is None:
+            serve.process.kill()
+            serve.process.wait()
+
+
+async def synced(serve: Serve) -> list[dict[str, Any]]:
+    """Waits until every connected Envoy has ACKed the latest version of every type; returns /debug/clients."""
+    clients: list[dict[str, Any]] = []
+    for _ in range(200):
+        clients = await serve.document("/debug/clients")
+        if clients and all(t["state"] == "SYNCED" for c in clients for t in c["types"].values()):
+            return clients
+        await asyncio.sleep(0.05)
+    return clients
+
+
+async def test_envoy_serves_the_files_and_follows_edits_additions_and_deletions(
+    running: tuple[Path, Serve, Envoy, int], upstreams: dict[str, int]
+) -> None:
+    manifests, serve, envoy, listen_port = running
+    url = f"http://127.0.0.1:{listen_port}"
+    assert await wait_for(f"{url}/", (200, "from-a")) == (200, "from-a")
+    dump = json.dumps(await envoy.config_dump())
+    assert f'"default/gw/{listen_port}"' in dump and '"backend/default/web"' in dump
+
+    (manifests / "20-web.yaml").write_text(backend_route("web", "127.0.4.2", upstreams["127.0.4.2"]))
+    assert await wait_for(f"{url}/", (200, "from-b")) == (200, "from-b")
+
+    (manifests / "30-extra.yaml").write_text(backend_route("extra", "127.0.4.1", upstreams["127.0.4.1"], "/extra"))
+    assert await wait_for(f"{url}/extra", (200, "from-a")) == (200, "from-a")
+    assert "backend/default/extra" in await envoy.cluster_names()
+    (manifests / "30-extra.yaml").unlink()
+    assert await wait_for(f"{url}/extra", (200, "from-b")) == (200, "from-b")  # the "/" route answers again
+    for _ in range(100):  # the cluster goes too (make before break: after the routes stopped using it)
+        if "backend/default/extra" not in await envoy.cluster_names():
+            break
+        await asyncio.sleep(0.05)
+    assert "backend/default/extra" not in await envoy.cluster_names()
+
+    [client] = await synced(serve)
+    snapshots = await serve.document("/debug/snapshots")
+    assert client["node"] == "e2e" and client["gateway"] == GATEWAY and client["protocol"] == "sotw"
+    # No EDS cluster in this Gateway: Envoy subscribes to the three other types and holds their latest versions.
+    assert {name: t["acked"] for name, t in client["types"].items()} == {
+        name: t["version"] for name, t in snapshots[GATEWAY].items() if name != "ClusterLoadAssignment"
+    }
+    assert await serve.metric(f'xds_server_connected_envoys{{gateway="{GATEWAY}"}}') == 1.0
+    assert await envoy.stat("cluster_manager.cds.update_rejected") == 0
+    assert await envoy.stat("listener_manager.lds.update_rejected") == 0
+
+
+async def test_a_broken_edit_keeps_the_last_good_object_and_is_reported(
+    running: tuple[Path, Serve, Envoy, int], upstreams: dict[str, int]
+) -> None:
+    manifests, serve, _, listen_port = running
+    url = f"http://127.0.0.1:{listen_port}/"
+    assert await wait_for(url, (200, "from-a")) == (200, "from-a")
+    (manifests / "20-web.yaml").write_text(backend_route("web", "127.0.4.2", 99999))
+    errors: list[dict[str, Any]] = []
+    for _ in range(100):
+        errors = (await serve.document("/debug/status"))["errors"]
+        if errors:
+            break
+        await asyncio.sleep(0.05)
+    assert [(e["kind"], e["name"], e["field"]) for e in errors] == [("Backend", "web", "spec.endpoints[0].ip.port")], (
+        errors
+    )
+    assert errors[0]["file"].endswith("20-web.yaml")
+    assert await asyncio.to_thread(http_get, url) == (200, "from-a")  # the last good Backend is still served
+    assert await serve.metric("xds_server_load_errors") == 1.0
+
+
+async def test_a_rejected_config_is_a_gateway_condition_never_resent_and_recovers(
+    running: tuple[Path, Serve, Envoy, int], tmp_path: Path
+) -> None:
+    manifests, serve, envoy, listen_port = running
+    occupied = free_port()
+    blocker = __import__("socket").socket()
+    blocker.bind(("127.0.0.1", occupied))
+    blocker.listen()
+    try:
+        (manifests / "10-gateway.yaml").write_text(gateway([listen_port, occupied]))
+        for _ in range(200):
+            if await envoy.stat("listener_manager.lds.update_rejected") >= 1:
+                break
+            await asyncio.sleep(0.05)
+        assert await envoy.stat("listener_manager.lds.update_rejected") == 1, envoy.log_tail()
+        await asyncio.sleep(1.0)  # room for a resend loop to show
+        assert await envoy.stat("listener_manager.lds.update_rejected") == 1
+        [client] = await serve.document("/debug/clients")
+        assert client["types"]["Listener"]["state"] == "NACKED"
+        assert str(occupied) in client["types"]["Listener"]["last_error"]
+        statuses = (await serve.document("/debug/status"))["status"]
+        programmed = [
+            c
+            for s in statuses
+            if (s["kind"], s["name"]) == ("Gateway", "gw")
+            for c in s["conditions"]
+            if c["type"] == "Programmed"
+        ]
+        assert programmed and programmed[0]["status"] == "False" and "rejected Listener" in programmed[0]["message"]
+        assert await serve.metric(f'xds_server_nacks_total{{gateway="{GATEWAY}",type="Listener"}}') == 1.0
+    finally:
+        blocker.close()
+    (manifests / "10-gateway.yaml").write_text(gateway([listen_port]))
+    [client] = await synced(serve)
+    assert client["types"]["Listener"]["state"] == "SYNCED"
+    statuses = (await serve.document("/debug/status"))["status"]
+    assert not [
+        s
+        for s in statuses
+        if s["kind"] == "Gateway"
+        and s["name"] == "gw"
+        and any(c["type"] == "Programmed" and c["status"] == "False" for c in s["conditions"])
+    ]
+
+
+async def test_envoy_keeps_serving_while_the_control_plane_restarts_and_resyncs(
+    running: tuple[Path, Serve, Envoy, int], tmp_path: Path
+) -> None:
+    manifests, serve, envoy, listen_port = running
+    url = f"http://127.0.0.1:{listen_port}/"
+    assert await wait_for(url, (200, "from-a")) == (200, "from-a")
+    before = await synced(serve)
+    assert serve.terminate() == 0  # clean shutdown on SIGTERM
+    for _ in range(10):
+        assert await asyncio.to_thread(http_get, url) == (200, "from-a")  # Envoy keeps its last config
+        await asyncio.sleep(0.05)
+    xds_port = int(serve_port(serve, "--xds-address"))
+    again = Serve(manifests, xds_port, int(serve.admin.rsplit(":", 1)[1]), tmp_path / "serve2.log")
+    try:
+        await again.ready()
+        after = await synced(again)
+        assert after and after[0]["node"] == "e2e"  # Envoy reconnected by itself
+        assert await envoy.stat("control_plane.connected_state") == 1
+        assert {n: t["acked"] for n, t in after[0]["types"].items()} == {
+            n: t["acked"] for n, t in before[0]["types"].items()
+        }  # content-hash versions: the same versions after a restart
+        assert await again.metric("xds_server_pushes_total") <= 4  # one answer per type, no re-push storm
+        assert await asyncio.to_thread(http_get, url) == (200, "from-a")
+    finally:
+        again.terminate()
+
+
+def serve_port(serve: Serve, flag: str) -> str:
+    args = serve.process.args
+    assert isinstance(args, list)
+    return str(args[args.index(flag) + 1]).rsplit(":", 1)[1]

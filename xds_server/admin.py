@@ -1,0 +1,48 @@
+"""Admin HTTP (loopback by default): health, readiness, Prometheus metrics and the /debug views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from xds_server.control_plane import ControlPlane
+
+
+def _json(document: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(document, option=orjson.OPT_INDENT_2), content_type="application/json")
+
+
+def admin_app(control_plane: ControlPlane) -> web.Application:
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_request: web.Request) -> web.Response:
+        if control_plane.ready:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready: resources not loaded yet\n")
+
+    async def prometheus(_request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def snapshots(_request: web.Request) -> web.Response:
+        return _json(control_plane.snapshots_document())
+
+    async def clients(_request: web.Request) -> web.Response:
+        return _json(control_plane.clients_document())
+
+    async def status(_request: web.Request) -> web.Response:
+        return _json(control_plane.status_document())
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/debug/snapshots", snapshots)
+    app.router.add_get("/debug/clients", clients)
+    app.router.add_get("/debug/status", status)
+    return app

@@ -1,0 +1,158 @@
+"""From loaded resources to published snapshots, and the conditions that go back to the user.
+
+`build()` is the CPU part (translation and snapshot building, pure, safe in a worker thread); `ControlPlane.apply()`
+publishes its result on the event loop, where the ADS streams listen. NACKs reported by the ADS servicers become
+a condition on the Gateway whose snapshot was rejected, until that Envoy ACKs a newer version.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from translators.gatewayapi import translate
+from translators.ir import Condition, ObjectStatus, TranslateOptions, Translation
+from translators.loader import ResourceSet
+from translators.xds import gateway_resources
+from translators.xds.render import error_dict, status_dict
+from xds_server import metrics
+from xds_server.cache import PUSH_ORDER, InconsistentSnapshot, Snapshot, SnapshotCache
+from xds_server.clients import ClientRegistry, ClientStream, Nack, short_type
+
+log = logging.getLogger(__name__)
+
+EMPTY_SNAPSHOT = Snapshot.build({})  # what a deleted Gateway's Envoys are served: no listeners, no clusters
+
+
+@dataclass(frozen=True)
+class Build:
+    resources: ResourceSet
+    translation: Translation
+    snapshots: dict[str, Snapshot]
+    refused: dict[str, str]  # gateway key -> why its snapshot was not published (the previous one stays)
+    seconds: float
+
+
+def build(resources: ResourceSet, options: TranslateOptions) -> Build:
+    started = time.perf_counter()
+    translation = translate(resources, options)
+    snapshots: dict[str, Snapshot] = {}
+    refused: dict[str, str] = {}
+    for gateway in translation.gateways:
+        try:
+            snapshots[gateway.key] = Snapshot.build(gateway_resources(gateway, options).by_type())
+        except InconsistentSnapshot as error:
+            refused[gateway.key] = str(error)
+    return Build(resources, translation, snapshots, refused, time.perf_counter() - started)
+
+
+@dataclass
+class ControlPlane:
+    cache: SnapshotCache
+    clients: ClientRegistry
+    options: TranslateOptions = field(default_factory=TranslateOptions)
+    current: Build | None = None
+    rejected: dict[str, Nack] = field(default_factory=dict)  # gateway key -> latest NACK not yet superseded
+
+    def __post_init__(self) -> None:
+        self.clients.add_nack_listener(self._nacked)
+        self.clients.add_ack_listener(self._acked)
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    def apply(self, built: Build) -> None:
+        """Publishes a build: changed snapshots go out, gateways that disappeared are emptied."""
+        previous = set(self.cache.snapshot_keys())
+        for key, snapshot in built.snapshots.items():
+            changed = self.cache.set(key, snapshot)
+            if changed:
+                log.info("published %s: %s", key, ", ".join(short_type(t) for t in changed))
+        for key, reason in built.refused.items():
+            log.error("not publishing %s, its previous snapshot stays: %s", key, reason)
+        for key in previous - built.snapshots.keys() - built.refused.keys():
+            self.cache.set(key, EMPTY_SNAPSHOT)
+        self.current = built
+        metrics.TRANSLATION_SECONDS.observe(built.seconds)
+        metrics.LOAD_ERRORS.set(len(built.resources.errors))
+        for error in built.resources.errors:
+            log.error("invalid object: %s", error)
+
+    def _nacked(self, nack: Nack) -> None:
+        self.rejected[nack.key] = nack
+
+    def _acked(self, stream: ClientStream, type_url: str, version: str) -> None:
+        nack = self.rejected.get(stream.key)
+        if nack is not None and nack.node_id == stream.node_id and nack.type_url == type_url:
+            del self.rejected[stream.key]  # that Envoy took a newer version of what it had rejected
+
+    def statuses(self) -> list[ObjectStatus]:
+        """Translation conditions, plus Programmed=False on Gateways whose config an Envoy rejected."""
+        if self.current is None:
+            return []
+        statuses = list(self.current.translation.statuses)
+        problems: dict[str, list[str]] = {}
+        for key, nack in self.rejected.items():
+            problems.setdefault(key, []).append(
+                f"Envoy {nack.node_id} rejected {short_type(nack.type_url)} version {nack.version}: {nack.message}"
+            )
+        for key, reason in self.current.refused.items():
+            problems.setdefault(key, []).append(f"configuration not published: {reason}")
+        for key, messages in sorted(problems.items()):
+            namespace, _, name = key.partition("/")
+            rejected = Condition("Programmed", "False", "Invalid", "; ".join(messages))
+            index = next(
+                (i for i, s in enumerate(statuses) if (s.kind, s.namespace, s.name) == ("Gateway", namespace, name)),
+                None,
+            )
+            if index is None:
+                statuses.append(ObjectStatus("Gateway", namespace, name, (rejected,)))
+            else:  # replaces the translation's Programmed=True: what Envoy said wins
+                kept = tuple(c for c in statuses[index].conditions if c.type != "Programmed")
+                statuses[index] = replace(statuses[index], conditions=(*kept, rejected))
+        return statuses
+
+    def status_document(self) -> dict[str, Any]:
+        errors = self.current.resources.errors if self.current else ()
+        return {"status": [status_dict(s) for s in self.statuses()], "errors": [error_dict(e) for e in errors]}
+
+    def snapshots_document(self) -> dict[str, Any]:
+        """`/debug/snapshots`: per Gateway, the version and resource names of each type."""
+        document: dict[str, Any] = {}
+        for key in self.cache.snapshot_keys():
+            snapshot = self.cache.get(key)
+            assert snapshot is not None
+            document[key] = {
+                short_type(type_url): {
+                    "version": snapshot.version(type_url),
+                    "resources": {name: cached.version for name, cached in snapshot.resources(type_url).items()},
+                }
+                for type_url in PUSH_ORDER
+            }
+        return document
+
+    def clients_document(self) -> list[dict[str, Any]]:
+        """`/debug/clients`: each connected Envoy, with what it was sent, what it ACKed and its last NACK."""
+        return [
+            {
+                "node": stream.node_id,
+                "gateway": stream.key,
+                "protocol": stream.protocol,
+                "connected_at": stream.connected_at,
+                "types": {
+                    short_type(type_url): {
+                        "sent": state.sent_version,
+                        "acked": state.acked_version,
+                        "state": state.sync_state(),
+                        "nacked": state.nacked_version,
+                        "last_error": state.last_error,
+                    }
+                    for type_url, state in sorted(stream.types.items())
+                },
+            }
+            for stream in self.clients.streams()
+            if stream.key
+        ]

@@ -1,0 +1,1 @@
+"""Where resources come from: watched files today; a Kubernetes API server later."""
