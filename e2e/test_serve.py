@@ -152,6 +152,11 @@ async def test_envoy_serves_the_files_and_follows_edits_additions_and_deletions(
         name: t["version"] for name, t in snapshots[GATEWAY].items() if name != "ClusterLoadAssignment"
     }
     assert await serve.metric(f'xds_server_connected_envoys{{gateway="{GATEWAY}"}}') == 1.0
+    status = await asyncio.to_thread(xds_server_status, serve)
+    header, row = status.splitlines()
+    assert header.split() == ["GATEWAY", "NODE", "PROTOCOL", "CDS", "EDS", "LDS", "RDS"]
+    assert row.split()[:3] == [GATEWAY, "e2e", "sotw"]
+    assert f"SYNCED ({client['types']['RouteConfiguration']['acked']})" in row and row.count("SYNCED") == 3
     assert await envoy.stat("cluster_manager.cds.update_rejected") == 0
     assert await envoy.stat("listener_manager.lds.update_rejected") == 0
 
@@ -206,6 +211,8 @@ async def test_a_rejected_config_is_a_gateway_condition_never_resent_and_recover
             if c["type"] == "Programmed"
         ]
         assert programmed and programmed[0]["status"] == "False" and "rejected Listener" in programmed[0]["message"]
+        status = await asyncio.to_thread(xds_server_status, serve)
+        assert "NACKED" in status and "rejected: e2e Listener" in status and str(occupied) in status
         assert await serve.metric(f'xds_server_nacks_total{{gateway="{GATEWAY}",type="Listener"}}') == 1.0
     finally:
         blocker.close()
@@ -247,6 +254,20 @@ async def test_envoy_keeps_serving_while_the_control_plane_restarts_and_resyncs(
         assert await asyncio.to_thread(http_get, url) == (200, "from-a")
     finally:
         again.terminate()
+
+
+def xds_server_status(serve: Serve) -> str:
+    """`xds-server status` as a user runs it, against the serve process's gRPC admin API."""
+    command = [
+        sys.executable,
+        "-m",
+        "xds_server.cli",
+        "status",
+        "--xds-address",
+        f"127.0.0.1:{serve_port(serve, '--xds-address')}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
+    return result.stdout
 
 
 def serve_port(serve: Serve, flag: str) -> str:

@@ -88,6 +88,25 @@ def run_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(args.resources, translate_options(args), args.xds_address, args.admin_address))
 
 
+def run_status(args: argparse.Namespace) -> int:
+    import grpc
+
+    from xds_server.admin_grpc import status_table
+    from xds_server.api import admin_pb2, admin_pb2_grpc
+
+    host, port = args.xds_address
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        try:
+            response = admin_pb2_grpc.AdminStub(channel).ListClients(
+                admin_pb2.ListClientsRequest(gateway=args.gateway or ""), timeout=5
+            )
+        except grpc.RpcError as error:
+            print(f"error: cannot reach the control plane at {host}:{port}: {error.details()}", file=sys.stderr)
+            return 1
+    sys.stdout.write(status_table(response))
+    return 0
+
+
 SIMULATORS = {
     "testupstream": "xds_server.sim.testupstream",
     "vllm": "xds_server.sim.vllm",
@@ -129,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--log-format", choices=("json", "console"), default="json")
     add_translate_options(serve_cmd)
     serve_cmd.set_defaults(run=run_serve)
+    status_cmd = commands.add_parser("status", help="show each connected Envoy's sync state per resource type")
+    status_cmd.add_argument("--xds-address", type=host_port, default=("127.0.0.1", 18000), metavar="HOST:PORT")
+    status_cmd.add_argument("--gateway", metavar="NS/NAME", help="only Envoys of this Gateway")
+    status_cmd.set_defaults(run=run_status)
     sim_cmd = commands.add_parser("sim", help="run a test or demo backend (see `xds-server sim NAME --help`)")
     sim_cmd.add_argument("simulator", choices=sorted(SIMULATORS))
     sim_cmd.add_argument("sim_args", nargs=argparse.REMAINDER, help="the simulator's own flags")

@@ -16,7 +16,9 @@ from translators.ir import TranslateOptions
 from translators.loader import ResourceSet
 from xds_server import metrics
 from xds_server.admin import admin_app
+from xds_server.admin_grpc import AdminService
 from xds_server.ads_sotw import SotwAds
+from xds_server.api import admin_pb2_grpc
 from xds_server.cache import SnapshotCache
 from xds_server.clients import ClientRegistry
 from xds_server.control_plane import ControlPlane, build
@@ -48,6 +50,7 @@ async def serve(
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
         SotwAds(control_plane.cache, control_plane.clients), server
     )
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(control_plane), server)
     server.add_insecure_port(f"{xds_address[0]}:{xds_address[1]}")
     await server.start()
     runner = web.AppRunner(admin_app(control_plane), access_log=None)

@@ -1,0 +1,65 @@
+"""The gRPC admin API (protos/xds_server/api/admin.proto), served beside ADS: what `xds-server status` reads."""
+
+from __future__ import annotations
+
+import grpc
+
+from xds_server.api import admin_pb2, admin_pb2_grpc
+from xds_server.clients import short_type
+from xds_server.control_plane import ControlPlane
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
+    def __init__(self, control_plane: ControlPlane) -> None:
+        self._control_plane = control_plane
+
+    async def ListClients(
+        self, request: admin_pb2.ListClientsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListClientsResponse:
+        cache = self._control_plane.cache
+        response = admin_pb2.ListClientsResponse()
+        for stream in self._control_plane.clients.streams():
+            if not stream.key or (request.gateway and stream.key != request.gateway):
+                continue
+            snapshot = cache.get(stream.key)
+            client = response.clients.add(
+                node_id=stream.node_id, gateway=stream.key, protocol=stream.protocol, connected_at=stream.connected_at
+            )
+            for type_url, state in sorted(stream.types.items()):
+                latest = snapshot.version(type_url) if snapshot is not None and type_url in snapshot.types else ""
+                sync = state.sync_state()
+                if sync == "SYNCED" and state.built_from != latest:
+                    sync = "STALE"  # ACKed, but a newer snapshot has not gone out to it yet
+                client.types.add(
+                    type=short_type(type_url),
+                    snapshot_version=latest,
+                    sent_version=state.sent_version or "",
+                    acked_version=state.acked_version,
+                    state=sync,
+                    nacked_version=state.nacked_version,
+                    last_error=state.last_error,
+                )
+        return response
+
+
+COLUMNS = {"Cluster": "CDS", "ClusterLoadAssignment": "EDS", "Listener": "LDS", "RouteConfiguration": "RDS"}
+
+
+def status_table(response: admin_pb2.ListClientsResponse) -> str:
+    """One line per Envoy, like `istioctl proxy-status`: gateway, node, protocol and the state of each type."""
+    rows = [["GATEWAY", "NODE", "PROTOCOL", *COLUMNS.values()]]
+    errors = []
+    for client in response.clients:
+        states = {t.type: t for t in client.types}
+        row = [client.gateway, client.node_id, client.protocol]
+        for type_name in COLUMNS:
+            status = states.get(type_name)
+            row.append(f"{status.state} ({status.acked_version or '-'})" if status else "-")
+            if status and status.state == "NACKED":
+                errors.append(f"{client.node_id} {type_name} {status.nacked_version}: {status.last_error}")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    if len(rows) == 1:
+        lines.append("no Envoy connected")
+    return "\n".join([*lines, *(f"rejected: {error}" for error in errors)]) + "\n"

@@ -1,0 +1,1 @@
+"""The admin API, generated from protos/xds_server/api/*.proto at install (never edited, never committed)."""
