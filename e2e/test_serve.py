@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from e2e.harness import Envoy, free_port, http_get, upstream, wait_for
+from e2e.harness import Envoy, Serve, free_port, http_get, serve_port, synced, upstream, wait_for, xds_server_status
 
 GATEWAY = "default/gw"
 
@@ -60,35 +57,6 @@ spec:
 """
 
 
-class Serve:
-    """`xds-server serve` in its own process."""
-
-    def __init__(self, manifests: Path, xds_port: int, admin_port: int, log: Path) -> None:
-        self.admin = f"http://127.0.0.1:{admin_port}"
-        self.log = log
-        command = [sys.executable, "-m", "xds_server.cli", "serve", "--resources", str(manifests)]
-        command += ["--xds-address", f"127.0.0.1:{xds_port}", "--admin-address", f"127.0.0.1:{admin_port}"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("a"))
-
-    async def ready(self) -> None:
-        answer = await wait_for(f"{self.admin}/readyz", (200, "ready\n"))
-        assert answer == (200, "ready\n"), self.log.read_text()[-3000:]
-
-    async def document(self, path: str) -> Any:
-        status, text = await asyncio.to_thread(http_get, self.admin + path)
-        assert status == 200, text
-        return json.loads(text)
-
-    async def metric(self, line_start: str) -> float:
-        _, text = await asyncio.to_thread(http_get, self.admin + "/metrics")
-        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)]
-        return sum(values)
-
-    def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=10)
-
-
 @pytest.fixture
 async def running(tmp_path: Path, upstreams: dict[str, int]) -> AsyncIterator[tuple[Path, Serve, Envoy, int]]:
     manifests = tmp_path / "manifests"
@@ -108,17 +76,6 @@ async def running(tmp_path: Path, upstreams: dict[str, int]) -> AsyncIterator[tu
         if serve.process.poll() is None:
             serve.process.kill()
             serve.process.wait()
-
-
-async def synced(serve: Serve) -> list[dict[str, Any]]:
-    """Waits until every connected Envoy has ACKed the latest version of every type; returns /debug/clients."""
-    clients: list[dict[str, Any]] = []
-    for _ in range(200):
-        clients = await serve.document("/debug/clients")
-        if clients and all(t["state"] == "SYNCED" for c in clients for t in c["types"].values()):
-            return clients
-        await asyncio.sleep(0.05)
-    return clients
 
 
 async def test_envoy_serves_the_files_and_follows_edits_additions_and_deletions(
@@ -254,23 +211,3 @@ async def test_envoy_keeps_serving_while_the_control_plane_restarts_and_resyncs(
         assert await asyncio.to_thread(http_get, url) == (200, "from-a")
     finally:
         again.terminate()
-
-
-def xds_server_status(serve: Serve) -> str:
-    """`xds-server status` as a user runs it, against the serve process's gRPC admin API."""
-    command = [
-        sys.executable,
-        "-m",
-        "xds_server.cli",
-        "status",
-        "--xds-address",
-        f"127.0.0.1:{serve_port(serve, '--xds-address')}",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
-    return result.stdout
-
-
-def serve_port(serve: Serve, flag: str) -> str:
-    args = serve.process.args
-    assert isinstance(args, list)
-    return str(args[args.index(flag) + 1]).rsplit(":", 1)[1]
