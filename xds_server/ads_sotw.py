@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from typing import cast
 
 import grpc
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -115,6 +117,11 @@ class SotwAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[
             state.sent_version is None or subscription_changed or snapshot.version(type_url) != state.built_from
         ):
             responses.append(self._response(stream, type_url, snapshot))
+        if type_url == ENDPOINT_TYPE and not self._clusters_warming(stream):  # the CLAs they waited for went out
+            responses += [
+                self._response(stream, t, snapshot)
+                for t in self._pending(stream, snapshot, (LISTENER_TYPE, ROUTE_TYPE))
+            ]
         return responses
 
     def _on_change(self, stream: ClientStream) -> list[discovery_pb2.DiscoveryResponse]:
@@ -122,14 +129,36 @@ class SotwAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[
         snapshot = self._cache.get(stream.key)
         if snapshot is None:
             return []
-        pending = [
-            type_url
-            for type_url in PUSH_ORDER
-            if type_url in stream.types and snapshot.version(type_url) != stream.types[type_url].built_from
-        ]
+        pending = self._pending(stream, snapshot, PUSH_ORDER)
         if CLUSTER_TYPE in pending and (LISTENER_TYPE in pending or ROUTE_TYPE in pending):
             self._retain_removed_clusters(stream, snapshot)
-        return [self._response(stream, type_url, snapshot) for type_url in pending]
+        responses = []
+        for type_url in pending:
+            if type_url in (LISTENER_TYPE, ROUTE_TYPE) and self._clusters_warming(stream):
+                break  # sent once the client has the new clusters' CLAs (see _on_request)
+            responses.append(self._response(stream, type_url, snapshot))
+        return responses
+
+    @staticmethod
+    def _pending(stream: ClientStream, snapshot: Snapshot, types: Iterable[str]) -> list[str]:
+        """The subscribed types among `types` whose latest snapshot version has not been sent."""
+        return [
+            type_url
+            for type_url in types
+            if type_url in stream.types and snapshot.version(type_url) != stream.types[type_url].built_from
+        ]
+
+    @staticmethod
+    def _clusters_warming(stream: ClientStream) -> bool:
+        """Sent EDS clusters whose CLA the client has not been sent yet: Envoy keeps them warming, and a route to a
+        warming cluster fails, so listeners and routes wait until the client has subscribed to and got every CLA."""
+        clusters, assignments = stream.types.get(CLUSTER_TYPE), stream.types.get(ENDPOINT_TYPE)
+        if clusters is None or assignments is None or clusters.sync_state() == "NACKED":
+            return False
+        return any(
+            name not in assignments.sent and cast(cluster_pb2.Cluster, cached.message).type == cluster_pb2.Cluster.EDS
+            for name, cached in clusters.sent.items()
+        )
 
     @staticmethod
     def _retain_removed_clusters(stream: ClientStream, snapshot: Snapshot) -> None:
