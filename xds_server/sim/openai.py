@@ -133,6 +133,18 @@ def text_completion_chunk(
     return chunk
 
 
+def text_completion_usage_chunk(completion_id: str, model: str, chunk_usage: JsonObject) -> JsonObject:
+    """The last `text_completion` chunk of a stream with stream_options.include_usage: usage and no choices."""
+    return {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [],
+        "usage": chunk_usage,
+    }
+
+
 def embeddings(model: str, inputs: Sequence[str], dimensions: int, rng: random.Random) -> JsonObject:
     prompt_tokens = sum(len(text.split()) for text in inputs)
     return {
