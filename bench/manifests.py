@@ -1,0 +1,77 @@
+"""Generated manifests for the benchmarks: a Gateway with many routes and backends, sized by a count."""
+
+from __future__ import annotations
+
+GATEWAY = """apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: eg}}
+spec: {{controllerName: gateway.envoyproxy.io/gatewayclass-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec: {{gatewayClassName: eg, listeners: [{{name: http, protocol: HTTP, port: {port}}}]}}
+"""
+
+
+def http_routes(count: int, address: str, port: int, prefix: str = "r") -> str:
+    """`count` HTTPRoutes, each with its own path and its own Backend (so as many clusters as routes)."""
+    documents = []
+    for index in range(count):
+        name = f"{prefix}{index}"
+        documents.append(
+            f"""apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {{name: {name}}}
+spec: {{endpoints: [{{ip: {{address: {address}, port: {port}}}}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /{name}/}}}}]
+    backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: {name}}}]
+"""
+        )
+    return "---\n".join(documents)
+
+
+def ai_gateway_routes(rules: int, rules_per_route: int = 15) -> str:
+    """AIGatewayRoutes with `rules` model rules in all (15 per object, the CRD's maximum), one backend per rule."""
+    documents = []
+    for route_index in range((rules + rules_per_route - 1) // rules_per_route):
+        first = route_index * rules_per_route
+        names = range(first, min(first + rules_per_route, rules))
+        rule_text = "".join(
+            f"""  - matches: [{{headers: [{{type: Exact, name: x-ai-eg-model, value: model-{i}}}]}}]
+    backendRefs: [{{name: backend-{i}}}]
+"""
+            for i in names
+        )
+        documents.append(
+            f"""apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: AIGatewayRoute
+metadata: {{name: route-{route_index}}}
+spec:
+  parentRefs: [{{name: gw, kind: Gateway, group: gateway.networking.k8s.io}}]
+  rules:
+{rule_text}"""
+        )
+        for i in names:
+            documents.append(
+                f"""apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: AIServiceBackend
+metadata: {{name: backend-{i}}}
+spec:
+  schema: {{name: OpenAI}}
+  backendRef: {{name: backend-{i}, kind: Backend, group: gateway.envoyproxy.io}}
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {{name: backend-{i}}}
+spec: {{endpoints: [{{fqdn: {{hostname: model-{i}.example.com, port: 443}}}}]}}
+"""
+            )
+    return "---\n".join(documents)
