@@ -174,27 +174,48 @@ def _documents(text: str, file: str) -> Iterator[tuple[Any, Origin] | LoadError]
         yield LoadError(Origin(file, number + 1), "", "", "", "", reason)
 
 
-def load_texts(sources: Iterable[tuple[str, str]]) -> ResourceSet:
-    """(file name, text) pairs, already in apply order, -> a ResourceSet."""
+Parsed = tuple[Resource, Origin] | UnknownObject | LoadError
+
+
+def parse_text(file: str, text: str) -> tuple[Parsed, ...]:
+    """One file's documents, parsed and validated, in order: the unit a file watcher can cache."""
+    results: list[Parsed] = []
+    for item in _documents(text, file):
+        if isinstance(item, LoadError):
+            results.append(item)
+            continue
+        parsed = parse_document(*item)
+        if isinstance(parsed, list):
+            results.extend(parsed)
+        elif isinstance(parsed, UnknownObject):
+            results.append(parsed)
+        else:
+            results.append((parsed, item[1]))
+    return tuple(results)
+
+
+def combine(parsed_files: Iterable[Sequence[Parsed]]) -> ResourceSet:
+    """Parsed files, in apply order, -> a ResourceSet (a later object with the same key replaces the earlier)."""
     objects: dict[ObjectKey, Resource] = {}
     origins: dict[ObjectKey, Origin] = {}
     unknown: dict[tuple[str, str, str], UnknownObject] = {}
     errors: list[LoadError] = []
-    for file, text in sources:
-        for item in _documents(text, file):
+    for parsed_file in parsed_files:
+        for item in parsed_file:
             if isinstance(item, LoadError):
                 errors.append(item)
-                continue
-            parsed = parse_document(*item)
-            if isinstance(parsed, list):
-                errors.extend(parsed)
-            elif isinstance(parsed, UnknownObject):
-                unknown[(parsed.kind, parsed.namespace, parsed.name)] = parsed
+            elif isinstance(item, UnknownObject):
+                unknown[(item.kind, item.namespace, item.name)] = item
             else:
-                key = object_key(parsed)
-                objects[key] = parsed
+                key = object_key(item[0])
+                objects[key] = item[0]
                 origins[key] = item[1]
     return ResourceSet(objects, origins, tuple(unknown.values()), tuple(errors))
+
+
+def load_texts(sources: Iterable[tuple[str, str]]) -> ResourceSet:
+    """(file name, text) pairs, already in apply order, -> a ResourceSet."""
+    return combine(parse_text(file, text) for file, text in sources)
 
 
 def manifest_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -208,17 +229,18 @@ def manifest_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def parse_file(file: Path) -> tuple[Parsed, ...]:
+    """Reads and parses one file; a file that cannot be read is one error."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return (LoadError(Origin(str(file), 0), "", "", "", "", f"cannot read file: {exc}"),)
+    return parse_text(str(file), text)
+
+
 def load_paths(paths: Sequence[str | Path]) -> ResourceSet:
     """Reads files and directories; a file that cannot be read becomes an error, the rest still load."""
-    sources: list[tuple[str, str]] = []
-    unreadable: list[LoadError] = []
-    for file in manifest_files(paths):
-        try:
-            sources.append((str(file), file.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as exc:
-            unreadable.append(LoadError(Origin(str(file), 0), "", "", "", "", f"cannot read file: {exc}"))
-    loaded = load_texts(sources)
-    return ResourceSet(loaded.objects, loaded.origins, loaded.unknown, (*unreadable, *loaded.errors))
+    return combine(parse_file(file) for file in manifest_files(paths))
 
 
 def keep_last_good(previous: ResourceSet, current: ResourceSet) -> ResourceSet:

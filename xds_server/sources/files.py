@@ -9,7 +9,15 @@ from pathlib import Path
 
 import watchfiles
 
-from translators.loader import MANIFEST_SUFFIXES, ResourceSet, keep_last_good, load_paths
+from translators.loader import (
+    MANIFEST_SUFFIXES,
+    Parsed,
+    ResourceSet,
+    combine,
+    keep_last_good,
+    manifest_files,
+    parse_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +28,23 @@ class FileSource:
     def __init__(self, paths: Sequence[str | Path]) -> None:
         self.paths = [Path(p).resolve() for p in paths]
         self.loaded = ResourceSet()
+        # Parsing is most of a reload: a file whose modification time and size did not change is not read again.
+        self._parsed: dict[Path, tuple[tuple[int, int], tuple[Parsed, ...]]] = {}
 
     def load(self) -> ResourceSet:
-        """Reads every path again (blocking I/O and parsing: run it in a thread)."""
-        self.loaded = keep_last_good(self.loaded, load_paths(self.paths))
+        """Loads every path (blocking I/O and parsing: run it in a thread)."""
+        parsed: dict[Path, tuple[tuple[int, int], tuple[Parsed, ...]]] = {}
+        for file in manifest_files(self.paths):
+            try:
+                stat = file.stat()
+            except OSError:
+                parsed[file] = ((0, 0), parse_file(file))  # reports it as unreadable
+                continue
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            cached = self._parsed.get(file)
+            parsed[file] = cached if cached is not None and cached[0] == stamp else (stamp, parse_file(file))
+        self._parsed = parsed
+        self.loaded = keep_last_good(self.loaded, combine(results for _, results in parsed.values()))
         return self.loaded
 
     def _relevant(self, _change: watchfiles.Change, path: str) -> bool:
