@@ -13,7 +13,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -83,13 +83,24 @@ async def wait_for(url: str, want: tuple[int, str], seconds: float = 15.0) -> tu
 class Envoy:
     """A real Envoy bootstrapped against an ADS server, with its admin on a free loopback port."""
 
-    def __init__(self, tmp_path: Path, gateway: str, xds_port: int, node_id: str = "e2e", delta: bool = False) -> None:
-        self.admin_port = free_port()
-        self.admin = f"http://127.0.0.1:{self.admin_port}"
+    def __init__(
+        self,
+        tmp_path: Path,
+        gateway: str,
+        xds_port: int,
+        node_id: str = "e2e",
+        delta: bool = False,
+        printed_bootstrap: tuple[str, int] | None = None,  # (bootstrap YAML, its admin port), as a user has them
+    ) -> None:
         config = tmp_path / f"bootstrap-{node_id}.yaml"
-        config.write_text(
-            yaml.safe_dump(bootstrap(gateway, node_id, ("127.0.0.1", xds_port), ("127.0.0.1", self.admin_port), delta))
-        )
+        if printed_bootstrap is None:
+            self.admin_port = free_port()
+            admin = ("127.0.0.1", self.admin_port)
+            config.write_text(yaml.safe_dump(bootstrap(gateway, node_id, ("127.0.0.1", xds_port), admin, delta)))
+        else:
+            config.write_text(printed_bootstrap[0])
+            self.admin_port = printed_bootstrap[1]
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.log = tmp_path / f"envoy-{node_id}.log"
         command = [str(envoy_binary()), "-c", str(config), "--base-id", str(next(_base_ids))]
         command += ["-l", "warning", "--drain-time-s", "1", "--log-path", str(self.log)]
@@ -140,11 +151,11 @@ class Envoy:
 class Serve:
     """`xds-server serve` in its own process."""
 
-    def __init__(self, manifests: Path, xds_port: int, admin_port: int, log: Path) -> None:
+    def __init__(self, manifests: Path, xds_port: int, admin_port: int, log: Path, extra: Sequence[str] = ()) -> None:
         self.admin = f"http://127.0.0.1:{admin_port}"
         self.log = log
         command = [sys.executable, "-m", "xds_server.cli", "serve", "--resources", str(manifests)]
-        command += ["--xds-address", f"127.0.0.1:{xds_port}", "--admin-address", f"127.0.0.1:{admin_port}"]
+        command += ["--xds-address", f"127.0.0.1:{xds_port}", "--admin-address", f"127.0.0.1:{admin_port}", *extra]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("a"))
 
     async def ready(self) -> None:

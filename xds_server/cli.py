@@ -39,6 +39,13 @@ def add_translate_options(parser: argparse.ArgumentParser) -> None:
         help="HOST:PORT of the control plane's ext_proc server as Envoy reaches it",
     )
     parser.add_argument(
+        "--privileged-port-offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="listen on P+N for a Gateway port P below 1024, to run without privileges (e.g. 10000: 80 -> 10080)",
+    )
+    parser.add_argument(
         "--resolve-cluster-local",
         action="store_true",
         help="route Backend FQDNs <svc>.<ns>.svc.cluster.local to that Service's pods",
@@ -51,6 +58,7 @@ def translate_options(args: argparse.Namespace) -> TranslateOptions:
         extproc_host=args.extproc_address[0],
         extproc_port=args.extproc_address[1],
         resolve_cluster_local=args.resolve_cluster_local,
+        privileged_port_offset=args.privileged_port_offset,
     )
 
 
