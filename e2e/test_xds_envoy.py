@@ -101,15 +101,16 @@ class RequestLoop:
         return self.answers
 
 
+@pytest.mark.parametrize("protocol", ["sotw", "delta"])
 async def test_no_failed_request_while_backends_are_added_repointed_and_removed(
-    control_plane: tuple[Path, Serve, int], pod_servers: dict[str, int], tmp_path: Path
+    control_plane: tuple[Path, Serve, int], pod_servers: dict[str, int], tmp_path: Path, protocol: str
 ) -> None:
     manifests, serve, xds_port = control_plane
     listen_port = free_port()
     base = f"http://127.0.0.1:{listen_port}"
     (manifests / "10-gateway.yaml").write_text(gateway([listen_port]))
     (manifests / "20-app.yaml").write_text(service("svc-a", "a", pod_servers["a"]) + route("app", "svc-a", "/"))
-    envoy = Envoy(tmp_path, "default/gw", xds_port)
+    envoy = Envoy(tmp_path, "default/gw", xds_port, delta=protocol == "delta")
     try:
         await envoy.wait_live()
         assert await wait_for(f"{base}/", (200, "from-a")) == (200, "from-a")
@@ -212,15 +213,16 @@ spec:
     return "---\n".join(documents)
 
 
+@pytest.mark.parametrize("protocol", ["sotw", "delta"])
 async def test_a_config_over_4_mib_is_delivered(
-    control_plane: tuple[Path, Serve, int], pod_servers: dict[str, int], tmp_path: Path
+    control_plane: tuple[Path, Serve, int], pod_servers: dict[str, int], tmp_path: Path, protocol: str
 ) -> None:
     manifests, serve, xds_port = control_plane
     listen_port = free_port()
     (manifests / "10-gateway.yaml").write_text(gateway([listen_port]))
     (manifests / "20-svc.yaml").write_text(service("svc-a", "a", pod_servers["a"]))
     (manifests / "30-routes.yaml").write_text(many_routes(1500, 3000))
-    envoy = Envoy(tmp_path, "default/gw", xds_port)
+    envoy = Envoy(tmp_path, "default/gw", xds_port, delta=protocol == "delta")
     try:
         await envoy.wait_live()
         request = f"http://127.0.0.1:{listen_port}/r1499/"
@@ -233,7 +235,7 @@ async def test_a_config_over_4_mib_is_delivered(
         assert answer == (200, "from-a")
         snapshots = await serve.document("/debug/snapshots")
         assert len(snapshots["default/gw"]["RouteConfiguration"]["resources"]) == 1  # one RouteConfiguration...
-        sent = await serve.metric('xds_server_push_bytes_total{protocol="sotw",type="RouteConfiguration"}')
+        sent = await serve.metric(f'xds_server_push_bytes_total{{protocol="{protocol}",type="RouteConfiguration"}}')
         assert sent > 4 * 2**20  # ...of more than 4 MiB, in one response
         assert await envoy.stat(f"http.rds.default/gw/{listen_port}.update_rejected") == 0
     finally:

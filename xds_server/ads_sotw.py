@@ -12,21 +12,16 @@ push's listeners and routes, so no route Envoy still holds points at a cluster i
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import AsyncIterator, Iterable
-from typing import cast
 
 import grpc
-from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 
 from translators.xds import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from xds_server import metrics
-from xds_server.cache import PUSH_ORDER, CachedResource, Snapshot, SnapshotCache
+from xds_server.cache import PUSH_ORDER, CachedResource, Snapshot, SnapshotCache, empty_resource
 from xds_server.clients import ClientRegistry, ClientStream, short_type
 
 log = logging.getLogger(__name__)
@@ -37,7 +32,7 @@ class SotwAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[
     def __init__(self, cache: SnapshotCache, clients: ClientRegistry) -> None:
         self._cache = cache
         self._clients = clients
-        self._nonces = itertools.count(1)
+        self._nonce = 0  # the last one issued: nonces grow, so "sent after" is a comparison
         self._wakeups: dict[str, set[asyncio.Queue[object]]] = {}
         cache.add_listener(self._snapshot_changed)
 
@@ -117,7 +112,7 @@ class SotwAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[
             state.sent_version is None or subscription_changed or snapshot.version(type_url) != state.built_from
         ):
             responses.append(self._response(stream, type_url, snapshot))
-        if type_url == ENDPOINT_TYPE and not self._clusters_warming(stream):  # the CLAs they waited for went out
+        if type_url == ENDPOINT_TYPE and not stream.clusters_warming():  # the CLAs they waited for went out
             responses += [
                 self._response(stream, t, snapshot)
                 for t in self._pending(stream, snapshot, (LISTENER_TYPE, ROUTE_TYPE))
@@ -130,11 +125,12 @@ class SotwAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[
         if snapshot is None:
             return []
         pending = self._pending(stream, snapshot, PUSH_ORDER)
-        if CLUSTER_TYPE in pending and (LISTENER_TYPE in pending or ROUTE_TYPE in pending):
-            self._retain_removed_clusters(stream, snapshot)
+        routing = [type_url for type_url in pending if type_url in (LISTENER_TYPE, ROUTE_TYPE)]
+        if CLUSTER_TYPE in pending and routing:
+            self._retain_removed_clusters(stream, snapshot, routing)
         responses = []
         for type_url in pending:
-            if type_url in (LISTENER_TYPE, ROUTE_TYPE) and self._clusters_warming(stream):
+            if type_url in routing and stream.clusters_warming():
                 break  # sent once the client has the new clusters' CLAs (see _on_request)
             responses.append(self._response(stream, type_url, snapshot))
         return responses
@@ -148,20 +144,7 @@ class SotwAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[
             if type_url in stream.types and snapshot.version(type_url) != stream.types[type_url].built_from
         ]
 
-    @staticmethod
-    def _clusters_warming(stream: ClientStream) -> bool:
-        """Sent EDS clusters whose CLA the client has not been sent yet: Envoy keeps them warming, and a route to a
-        warming cluster fails, so listeners and routes wait until the client has subscribed to and got every CLA."""
-        clusters, assignments = stream.types.get(CLUSTER_TYPE), stream.types.get(ENDPOINT_TYPE)
-        if clusters is None or assignments is None or clusters.sync_state() == "NACKED":
-            return False
-        return any(
-            name not in assignments.sent and cast(cluster_pb2.Cluster, cached.message).type == cluster_pb2.Cluster.EDS
-            for name, cached in clusters.sent.items()
-        )
-
-    @staticmethod
-    def _retain_removed_clusters(stream: ClientStream, snapshot: Snapshot) -> None:
+    def _retain_removed_clusters(self, stream: ClientStream, snapshot: Snapshot, routing: list[str]) -> None:
         current = snapshot.resources(CLUSTER_TYPE)
         removed = {name: cached for name, cached in stream.state(CLUSTER_TYPE).sent.items() if name not in current}
         if not removed:
@@ -172,15 +155,15 @@ class SotwAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[
         stream.retained.setdefault(ENDPOINT_TYPE, {}).update(
             {name: sent_assignments[name] for name in removed if name in sent_assignments}
         )
-        stream.release_after = {
-            type_url: snapshot.version(type_url) for type_url in (LISTENER_TYPE, ROUTE_TYPE) if type_url in stream.types
-        }
+        # Released by an ACK of a listener or route response sent from now on (a NACK keeps them).
+        stream.release_after = {type_url: str(self._nonce) for type_url in routing}
 
     @staticmethod
     def _release_due(stream: ClientStream) -> bool:
         """Retained clusters can go once the client holds the listeners and routes that stopped using them."""
         return bool(stream.retained) and all(
-            stream.state(type_url).acked_version == version for type_url, version in stream.release_after.items()
+            stream.state(type_url).answer == "ACK" and int(stream.state(type_url).nonce) > int(nonce)
+            for type_url, nonce in stream.release_after.items()
         )
 
     def _response(self, stream: ClientStream, type_url: str, snapshot: Snapshot) -> discovery_pb2.DiscoveryResponse:
@@ -191,28 +174,21 @@ class SotwAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[
         sent: dict[str, CachedResource] = {}
         resources = []
         for name in wanted:
-            cached = available.get(name) or retained.get(name)
-            if cached is not None:
+            cached = available.get(name) or retained.get(name) or empty_resource(type_url, name)
+            if cached is None:
+                raise ValueError(f"no empty form for {type_url}")
+            if name in available or name in retained:
                 sent[name] = cached
-            value = cached.serialized if cached is not None else _empty(type_url, name)
-            resources.append(any_pb2.Any(type_url=type_url, value=value))
+            resources.append(any_pb2.Any(type_url=type_url, value=cached.serialized))
         version = snapshot.version(type_url)
         state.built_from = version
         # A full-state response that still carries retained resources is not the snapshot's state: its own version.
         state.sent_version = f"{version}+retained{len(retained)}" if retained and state.names is None else version
-        state.nonce = str(next(self._nonces))
+        self._nonce += 1
+        state.nonce, state.answer = str(self._nonce), ""
         state.sent = sent
         metrics.PUSHES.labels(stream.key, short_type(type_url), "sotw").inc()
         metrics.PUSH_BYTES.labels(short_type(type_url), "sotw").inc(sum(len(r.value) for r in resources))
         return discovery_pb2.DiscoveryResponse(
             version_info=state.sent_version, resources=resources, type_url=type_url, nonce=state.nonce
         )
-
-
-def _empty(type_url: str, name: str) -> bytes:
-    """A requested EDS/RDS name the snapshot lacks is still answered, so Envoy never waits on it."""
-    if type_url == ENDPOINT_TYPE:
-        return endpoint_pb2.ClusterLoadAssignment(cluster_name=name).SerializeToString()
-    if type_url == ROUTE_TYPE:
-        return route_pb2.RouteConfiguration(name=name).SerializeToString()
-    raise ValueError(f"no empty form for {type_url}")

@@ -68,6 +68,18 @@ def type_snapshot(type_url: str, messages: Iterable[Message]) -> TypeSnapshot:
     return TypeSnapshot(_digest(joined.encode()), MappingProxyType(resources))
 
 
+def empty_resource(type_url: str, name: str) -> CachedResource | None:
+    """What answers a subscribed EDS/RDS name a snapshot lacks, so Envoy never waits on it; None for other types."""
+    message: Message
+    if type_url == ENDPOINT_TYPE:
+        message = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    elif type_url == ROUTE_TYPE:
+        message = route_pb2.RouteConfiguration(name=name)
+    else:
+        return None
+    return type_snapshot(type_url, [message]).resources[name]
+
+
 @dataclass(frozen=True)
 class Snapshot:
     types: Mapping[str, TypeSnapshot]

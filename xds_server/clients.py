@@ -11,6 +11,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from envoy.config.cluster.v3 import cluster_pb2
+
+from translators.xds import CLUSTER_TYPE, ENDPOINT_TYPE
 from xds_server import metrics
 from xds_server.cache import CachedResource
 
@@ -24,16 +27,15 @@ class TypeState:
     acked_version: str = ""
     nacked_version: str = ""
     last_error: str = ""
+    answer: str = ""  # to the latest response: "ACK", "NACK", or "" while none came yet
     # What the client holds of this type, as last sent: the old versions make-before-break keeps alive.
     sent: dict[str, CachedResource] = field(default_factory=dict)
 
     def sync_state(self) -> str:
-        """Like istioctl proxy-status: SYNCED when the latest sent version is ACKed, NACKED when rejected."""
+        """Like istioctl proxy-status: SYNCED when the latest response is ACKed, NACKED when it was rejected."""
         if self.sent_version is None:
             return "NOT SENT"
-        if self.nacked_version and self.nacked_version == self.sent_version:
-            return "NACKED"
-        return "SYNCED" if self.acked_version == self.sent_version else "STALE"
+        return {"ACK": "SYNCED", "NACK": "NACKED"}.get(self.answer, "STALE")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,21 @@ class ClientStream:
 
     def state(self, type_url: str) -> TypeState:
         return self.types.setdefault(type_url, TypeState())
+
+    def clusters_warming(self) -> bool:
+        """Whether the client holds EDS clusters it has not been sent a CLA for: Envoy keeps those warming, and a
+        route to a warming cluster fails, so listeners and routes should wait until every CLA has gone out."""
+        clusters, assignments = self.types.get(CLUSTER_TYPE), self.types.get(ENDPOINT_TYPE)
+        if clusters is None or assignments is None or clusters.answer == "NACK":
+            return False
+        for name, cached in clusters.sent.items():
+            cluster = cached.message
+            assert isinstance(cluster, cluster_pb2.Cluster)
+            if cluster.type == cluster_pb2.Cluster.EDS and (cluster.eds_cluster_config.service_name or name) not in (
+                assignments.sent
+            ):
+                return True
+        return False
 
 
 NackListener = Callable[[Nack], None]
@@ -96,13 +113,14 @@ class ClientRegistry:
         self._ack_listeners.append(listener)
 
     def acked(self, stream: ClientStream, type_url: str, version: str) -> None:
-        stream.state(type_url).acked_version = version
+        state = stream.state(type_url)
+        state.acked_version, state.answer = version, "ACK"
         for listener in self._ack_listeners:
             listener(stream, type_url, version)
 
     def nacked(self, stream: ClientStream, type_url: str, version: str, message: str) -> None:
         state = stream.state(type_url)
-        state.nacked_version, state.last_error = version, message
+        state.nacked_version, state.last_error, state.answer = version, message, "NACK"
         metrics.NACKS.labels(stream.key, short_type(type_url)).inc()
         nack = Nack(stream.key, stream.node_id, type_url, version, message)
         for listener in self._nack_listeners:

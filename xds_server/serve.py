@@ -17,7 +17,7 @@ from translators.loader import ResourceSet
 from xds_server import metrics
 from xds_server.admin import admin_app
 from xds_server.admin_grpc import AdminService
-from xds_server.ads_sotw import SotwAds
+from xds_server.ads import Ads
 from xds_server.api import admin_pb2_grpc
 from xds_server.cache import SnapshotCache
 from xds_server.clients import ClientRegistry
@@ -48,7 +48,7 @@ async def serve(
 
     server = grpc.aio.server(options=GRPC_OPTIONS)
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        SotwAds(control_plane.cache, control_plane.clients), server
+        Ads(control_plane.cache, control_plane.clients), server
     )
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(control_plane), server)
     server.add_insecure_port(f"{xds_address[0]}:{xds_address[1]}")
