@@ -1,0 +1,531 @@
+"""A throwaway Kubernetes control plane on loopback: real etcd and kube-apiserver, no controllers, no nodes.
+
+The binaries come from build-binaries.sh (pinned in gomod/, cached by version). `running_cluster` starts etcd and
+kube-apiserver on random free 127.0.0.1 ports with a fresh CA, serving certificate, service-account key and a
+`system:masters` token, applies the CRDs, and stops both processes on the way out, whatever happened inside.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import datetime
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+KUBE_DIR = Path(__file__).resolve().parent
+ROOT = KUBE_DIR.parent.parent
+BUILD_SCRIPT = KUBE_DIR / "build-binaries.sh"
+# Upstream CRDs are kept beside the repository (../shared/crds), as the seed is; XDS_SERVER_CRDS points elsewhere.
+CRDS = Path(os.environ.get("XDS_SERVER_CRDS", ROOT.parent / "shared" / "crds"))
+
+# Generous: on the 2 shared cores a cold kube-apiserver takes several seconds to run its post-start hooks, and a
+# loaded CI machine can take much longer. These bound a hang; nothing asserts on how fast things are.
+ETCD_READY_TIMEOUT = 60.0
+APISERVER_READY_TIMEOUT = 180.0
+CRD_ESTABLISHED_TIMEOUT = 120.0
+STOP_TIMEOUT = 15.0
+LOG_TAIL_LINES = 40
+
+
+class ClusterStartError(RuntimeError):
+    """Startup failed; the message carries the tail of the process logs."""
+
+
+@dataclass(frozen=True)
+class KubeCluster:
+    """What a test needs to talk to the cluster (and, for compaction, to etcd underneath it)."""
+
+    kubeconfig: Path
+    api_client: k8s.ApiClient
+    server: str
+    token: str
+    ca_file: Path
+    etcd_url: str
+    workdir: Path
+
+    def compact_etcd(self, revision: int) -> None:
+        """Compact etcd's history up to `revision` through its JSON gRPC gateway.
+
+        kube-apiserver resource versions are etcd revisions, so after this a watch from an older resourceVersion
+        can no longer be served. physical=true waits until the compaction is applied to the backend.
+        """
+        body = json.dumps({"revision": str(revision), "physical": True}).encode()
+        request = urllib.request.Request(
+            f"{self.etcd_url}/v3/kv/compaction", data=body, headers={"Content-Type": "application/json"}
+        )
+        with _open(request, timeout=30) as response:
+            response.read()
+
+
+# --- binaries -----------------------------------------------------------------------------------------------------
+
+
+def binary_dir() -> Path:
+    """Where build-binaries.sh puts (or has put) the pinned binaries; asks the script so the path rule lives there."""
+    out = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), "--print-dir"], check=True, capture_output=True, text=True, timeout=60
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def binaries_present(directory: Path) -> bool:
+    return all(os.access(directory / name, os.X_OK) for name in ("etcd", "kube-apiserver"))
+
+
+def build_binaries() -> Path:
+    """Run the build script (a no-op when cached). Its progress goes to our stderr: a cold build takes minutes."""
+    out = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, stdout=subprocess.PIPE, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+# --- certificates and credentials ---------------------------------------------------------------------------------
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    path.write_bytes(pem)
+    path.chmod(0o600)
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _make_pki(directory: Path) -> dict[str, Path]:
+    """A CA, a serving certificate for 127.0.0.1/localhost signed by it, and a service-account signing key.
+
+    EC P-256 throughout: generating it is instant (RSA would add noticeable startup time) and both kube-apiserver's
+    TLS stack and its service-account token signer (ES256) accept it.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    # Backdated a little so a clock step on a shared machine cannot make the certificate "not yet valid".
+    not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=1)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "xds-server-test-ca")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    serving_key = ec.generate_private_key(ec.SECP256R1())
+    serving_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_name)
+        .public_key(serving_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
+                    x509.DNSName("localhost"),
+                    # The in-cluster names, so a client configured the in-cluster way still verifies the server.
+                    x509.DNSName("kubernetes"),
+                    x509.DNSName("kubernetes.default"),
+                    x509.DNSName("kubernetes.default.svc"),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    paths = {
+        "ca": directory / "ca.crt",
+        "serving_cert": directory / "apiserver.crt",
+        "serving_key": directory / "apiserver.key",
+        "sa_key": directory / "service-account.key",
+        "sa_pub": directory / "service-account.pub",
+    }
+    _write_cert(paths["ca"], ca_cert)
+    _write_cert(paths["serving_cert"], serving_cert)
+    _write_key(paths["serving_key"], serving_key)
+    sa_key = ec.generate_private_key(ec.SECP256R1())
+    _write_key(paths["sa_key"], sa_key)
+    # The verifying side wants the public half on its own: kube-apiserver does not derive it from a PKCS#8 file.
+    paths["sa_pub"].write_bytes(
+        sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return paths
+
+
+def _write_kubeconfig(path: Path, server: str, ca_file: Path, token: str) -> None:
+    # CA embedded as data so the kubeconfig stays valid if it is copied out of the work dir for debugging.
+    ca_data = base64.b64encode(ca_file.read_bytes()).decode()
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {"server": server, "certificate-authority-data": ca_data}}],
+        "users": [{"name": "admin", "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin", "namespace": "default"}}],
+        "current-context": "test",
+    }
+    path.write_text(yaml.safe_dump(kubeconfig, sort_keys=False))
+    path.chmod(0o600)
+
+
+# --- processes ----------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port the kernel just handed out on loopback. Another process could take it before etcd or the API server
+    binds it; with ephemeral ports that is rare enough not to retry, and the startup error would show it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if pytest is killed outright (no teardown), the kernel kills the child too, so
+    no etcd or kube-apiserver outlives the test run. SIGKILL, not SIGTERM: both would get SIGTERM at the same moment,
+    and etcd's graceful stop then waits for the API server's open watches while the API server waits for etcd."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"({path} unreadable)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class _Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def failure(self, what: str) -> ClusterStartError:
+        return ClusterStartError(f"{self.name} {what}; last lines of {self.log}:\n{log_tail(self.log)}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time; always reaps the process."""
+        if self.popen.poll() is not None:
+            return
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=STOP_TIMEOUT)
+
+
+def _start(name: str, argv: list[str], log: Path, started: list[_Process]) -> _Process:
+    """Start a process and record it in `started` at once, so it is stopped even if waiting for it fails."""
+    with log.open("wb") as out:
+        # The child keeps its own copy of the descriptor; ours can close at once.
+        # A session of its own: Ctrl-C in the terminal then reaches only pytest, whose teardown stops the API
+        # server before etcd, instead of interrupting both at once.
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    process = _Process(name, popen, log)
+    started.append(process)
+    return process
+
+
+def _wait_until(process: _Process, timeout: float, what: str, probe: Callable[[], bool]) -> None:
+    """Poll `probe` until it returns True; fail early, with the log tail, if the process exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.popen.poll() is not None:
+            raise process.failure(f"exited with status {process.popen.returncode} before it was {what}")
+        with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
+            if probe():
+                return
+        if time.monotonic() > deadline:
+            raise process.failure(f"was not {what} after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def _open(request: urllib.request.Request, timeout: float, context: ssl.SSLContext | None = None) -> Any:
+    """urlopen that ignores *_proxy environment variables: everything here is on loopback."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers).open(request, timeout=timeout)
+
+
+def _get(url: str, context: ssl.SSLContext | None = None, token: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with _open(request, timeout=5, context=context) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        # /readyz answers 500 with the failing checks while post-start hooks run: "not yet", not an error.
+        return err.code, err.read()
+
+
+def _start_etcd(etcd: Path, data_dir: Path, log: Path, started: list[_Process]) -> tuple[_Process, str]:
+    client_port, peer_port = free_port(), free_port()
+    client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    argv = [
+        str(etcd),
+        "--name=test",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client_url}",
+        f"--advertise-client-urls={client_url}",
+        f"--listen-peer-urls={peer_url}",
+        f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster=test={peer_url}",
+        "--initial-cluster-state=new",
+        # Throwaway data on a disk shared with other jobs: fsync would only make the tests slower.
+        "--unsafe-no-fsync",
+        "--log-level=warn",
+    ]
+    process = _start("etcd", argv, log, started)
+
+    def healthy() -> bool:
+        status, body = _get(f"{client_url}/health")
+        return status == 200 and json.loads(body).get("health") == "true"
+
+    _wait_until(process, ETCD_READY_TIMEOUT, "healthy", healthy)
+    return process, client_url
+
+
+def _start_apiserver(
+    apiserver: Path,
+    etcd_url: str,
+    pki: dict[str, Path],
+    token_file: Path,
+    token: str,
+    workdir: Path,
+    started: list[_Process],
+) -> tuple[_Process, str]:
+    port = free_port()
+    server = f"https://127.0.0.1:{port}"
+    argv = [
+        str(apiserver),
+        f"--etcd-servers={etcd_url}",
+        "--bind-address=127.0.0.1",
+        # Without it the API server looks for a non-loopback interface to advertise, which a sandbox may not have.
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={port}",
+        # Unused with explicit certificates, but otherwise it defaults to /var/run/kubernetes.
+        f"--cert-dir={workdir / 'apiserver-certs'}",
+        f"--tls-cert-file={pki['serving_cert']}",
+        f"--tls-private-key-file={pki['serving_key']}",
+        f"--token-auth-file={token_file}",
+        "--authorization-mode=RBAC",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki['sa_pub']}",
+        f"--service-account-signing-key-file={pki['sa_key']}",
+        # Only allocates ClusterIPs to Services written to this API server; no traffic goes there.
+        "--service-cluster-ip-range=10.0.0.0/24",
+        # The `kubernetes` Service's endpoints would be 127.0.0.1, which endpoint validation rejects; nothing here
+        # needs them.
+        "--endpoint-reconciler-type=none",
+        # Serve lists and watches from etcd, not from the API server's watch cache: the cache keeps serving a
+        # resourceVersion for a while after etcd compacted it, so with it a test could not force "410 Gone" on
+        # demand. Informers behave the same either way.
+        "--watch-cache=false",
+    ]
+    process = _start("kube-apiserver", argv, workdir / "kube-apiserver.log", started)
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+
+    def ready() -> bool:
+        status, _ = _get(f"{server}/readyz", context, token)
+        return status == 200
+
+    _wait_until(process, APISERVER_READY_TIMEOUT, "ready (/readyz)", ready)
+    return process, server
+
+
+# --- CRDs ---------------------------------------------------------------------------------------------------------
+
+
+def crd_documents(directory: Path) -> list[dict[str, Any]]:
+    if not directory.is_dir():
+        raise ClusterStartError(f"CRD directory {directory} not found (set XDS_SERVER_CRDS to the shared/crds folder)")
+    documents = [
+        doc
+        for path in sorted(directory.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition"
+    ]
+    if not documents:
+        raise ClusterStartError(f"no CustomResourceDefinition in {directory}")
+    return documents
+
+
+def read_json(response: Any) -> Any:
+    """Body of a `_preload_content=False` response, read to the end before the connection goes back to the pool
+    (an unread body would be taken for the next response's status line)."""
+    try:
+        return json.loads(response.data)
+    finally:
+        response.release_conn()
+
+
+def _condition_true(crd: dict[str, Any], kind: str) -> bool:
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == kind and c.get("status") == "True" for c in conditions)
+
+
+def apply_crds(api_client: k8s.ApiClient, documents: list[dict[str, Any]]) -> None:
+    """Create every CRD, then wait until each is Established and its versions are in discovery.
+
+    Established means the API server serves the resource; discovery can trail it a little, and clients that resolve
+    kinds through discovery (kubectl, the dynamic client) would otherwise race it.
+    """
+    api = k8s.ApiextensionsV1Api(api_client)
+    for doc in documents:
+        # The raw dict goes through as-is; _preload_content=False skips the typed model, whose validation of CRD
+        # status fields is stricter than the API server's.
+        read_json(api.create_custom_resource_definition(body=doc, _preload_content=False))  # type: ignore[arg-type]
+
+    deadline = time.monotonic() + CRD_ESTABLISHED_TIMEOUT
+    pending = {doc["metadata"]["name"]: doc for doc in documents}
+    while pending:
+        for name in list(pending):
+            crd = read_json(api.read_custom_resource_definition(name, _preload_content=False))
+            if _condition_true(crd, "Established") and _served_in_discovery(api_client, crd):
+                del pending[name]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise ClusterStartError(f"CRDs not established after {CRD_ESTABLISHED_TIMEOUT:.0f} s: {sorted(pending)}")
+        time.sleep(0.2)
+
+
+def _served_in_discovery(api_client: k8s.ApiClient, crd: dict[str, Any]) -> bool:
+    spec = crd["spec"]
+    for version in spec["versions"]:
+        if not version.get("served"):
+            continue
+        try:
+            group_version = read_json(
+                k8s.CustomObjectsApi(api_client).get_api_resources(
+                    spec["group"], version["name"], _preload_content=False
+                )
+            )
+        except k8s.ApiException:
+            return False
+        resources = group_version.get("resources", [])
+        if not any(r.get("name") == spec["names"]["plural"] for r in resources):
+            return False
+    return True
+
+
+# --- the whole thing ----------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_cluster(workdir: Path, bin_dir: Path, crds: Path = CRDS) -> Iterator[KubeCluster]:
+    """etcd + kube-apiserver with the CRDs applied, for the duration of the `with` block.
+
+    `workdir` receives certificates, the kubeconfig and the process logs (kept for post-mortems); etcd's data dir
+    inside it is removed on exit. Both processes are stopped and reaped on exit, on success or failure alike.
+    """
+    documents = crd_documents(crds)
+    workdir.mkdir(parents=True, exist_ok=True)
+    pki = _make_pki(workdir / "pki")
+    token = secrets.token_urlsafe(32)
+    token_file = workdir / "tokens.csv"
+    # token,user,uid,"groups": system:masters is bound to cluster-admin by the API server's bootstrap RBAC policy.
+    token_file.write_text(f'{token},xds-server-test,xds-server-test,"system:masters"\n')
+    token_file.chmod(0o600)
+    data_dir = workdir / "etcd-data"
+    processes: list[_Process] = []
+    api_client: k8s.ApiClient | None = None
+    try:
+        _, etcd_url = _start_etcd(bin_dir / "etcd", data_dir, workdir / "etcd.log", processes)
+        apiserver, server = _start_apiserver(
+            bin_dir / "kube-apiserver", etcd_url, pki, token_file, token, workdir, processes
+        )
+
+        kubeconfig = workdir / "kubeconfig"
+        _write_kubeconfig(kubeconfig, server, pki["ca"], token)
+        # Built from the kubeconfig, not by hand, so every test also proves the kubeconfig is usable as written.
+        api_client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
+        try:
+            apply_crds(api_client, documents)
+        except (ClusterStartError, k8s.ApiException) as err:
+            raise ClusterStartError(f"{err}\nlast lines of {apiserver.log}:\n{log_tail(apiserver.log)}") from err
+
+        yield KubeCluster(
+            kubeconfig=kubeconfig,
+            api_client=api_client,
+            server=server,
+            token=token,
+            ca_file=pki["ca"],
+            etcd_url=etcd_url,
+            workdir=workdir,
+        )
+    finally:
+        if api_client is not None:
+            api_client.close()
+        # The API server first: stopping etcd under it only produces a burst of reconnect errors in its log.
+        for process in reversed(processes):
+            process.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
