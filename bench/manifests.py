@@ -75,3 +75,37 @@ spec: {{endpoints: [{{fqdn: {{hostname: model-{i}.example.com, port: 443}}}}]}}
 """
             )
     return "---\n".join(documents)
+
+
+def service_routes(count: int, changed: int | None = None) -> str:
+    """`count` HTTPRoutes, each to its own Service with one ready Pod: `count` EDS clusters. Pod `changed` (if
+    given) gets another IP, a one-endpoint change."""
+    documents = []
+    for index in range(count):
+        octet = 200 if index == changed else 1
+        documents.append(
+            f"""apiVersion: v1
+kind: Service
+metadata: {{name: s{index}}}
+spec: {{selector: {{app: s{index}}}, ports: [{{port: 80, targetPort: 8080}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: s{index}-pod, labels: {{app: s{index}}}}}
+spec: {{containers: [{{name: c, image: x}}]}}
+status:
+  podIP: 10.{index // 250}.{index % 250}.{octet}
+  phase: Running
+  conditions: [{{type: Ready, status: "True"}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: s{index}}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /s{index}/}}}}]
+    backendRefs: [{{name: s{index}, port: 80}}]
+"""
+        )
+    return "---\n".join(documents)

@@ -56,12 +56,19 @@ def _name(type_url: str, message: Message) -> str:
     return name
 
 
-def type_snapshot(type_url: str, messages: Iterable[Message]) -> TypeSnapshot:
+def type_snapshot(
+    type_url: str, messages: Iterable[Message], previous: Mapping[str, CachedResource] | None = None
+) -> TypeSnapshot:
+    """`previous` resources whose message is the very same object (a reused one) are not serialized again."""
     resources: dict[str, CachedResource] = {}
     for message in messages:
         name = _name(type_url, message)
         if name in resources:
             raise InconsistentSnapshot(f"duplicate {type_url.rsplit('.', 1)[-1]} {name!r}")
+        earlier = previous.get(name) if previous is not None else None
+        if earlier is not None and earlier.message is message:
+            resources[name] = earlier
+            continue
         serialized = message.SerializeToString(deterministic=True)
         resources[name] = CachedResource(name, message, serialized, _digest(serialized))
     joined = "\n".join(f"{name} {resources[name].version}" for name in sorted(resources))
@@ -85,9 +92,16 @@ class Snapshot:
     types: Mapping[str, TypeSnapshot]
 
     @classmethod
-    def build(cls, resources: Mapping[str, Iterable[Message]]) -> Snapshot:
+    def build(cls, resources: Mapping[str, Iterable[Message]], previous: Snapshot | None = None) -> Snapshot:
         """Resources by type URL -> a checked snapshot; raises InconsistentSnapshot rather than publish a broken one."""
-        snapshot = cls(MappingProxyType({t: type_snapshot(t, resources.get(t, ())) for t in PUSH_ORDER}))
+        snapshot = cls(
+            MappingProxyType(
+                {
+                    t: type_snapshot(t, resources.get(t, ()), previous.resources(t) if previous else None)
+                    for t in PUSH_ORDER
+                }
+            )
+        )
         snapshot.check()
         return snapshot
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,6 +18,7 @@ from translators.gatewayapi import translate
 from translators.ir import Condition, ObjectStatus, TranslateOptions, Translation
 from translators.loader import ResourceSet
 from translators.xds import gateway_resources
+from translators.xds.memo import Memo
 from translators.xds.render import error_dict, status_dict
 from xds_server import metrics
 from xds_server.cache import PUSH_ORDER, InconsistentSnapshot, Snapshot, SnapshotCache
@@ -36,19 +38,28 @@ class Build:
     seconds: float
 
 
-def build(resources: ResourceSet, options: TranslateOptions) -> Build:
+def build(
+    resources: ResourceSet,
+    options: TranslateOptions,
+    memo: Memo | None = None,
+    previous: Mapping[str, Snapshot] | None = None,
+) -> Build:
+    """`memo` and the `previous` snapshots let a reload reuse the messages and bytes of what did not change."""
     started = time.perf_counter()
     # Translation allocates hundreds of thousands of short-lived objects and makes no reference cycles worth
     # chasing: the cyclic collector's full scans of the (large) loaded object graph would double its time.
     collecting = gc.isenabled()
     gc.disable()
+    if memo is not None:
+        memo.next_build()
     try:
         translation = translate(resources, options)
         snapshots: dict[str, Snapshot] = {}
         refused: dict[str, str] = {}
         for gateway in translation.gateways:
             try:
-                snapshots[gateway.key] = Snapshot.build(gateway_resources(gateway, options).by_type())
+                xds = gateway_resources(gateway, options, memo)
+                snapshots[gateway.key] = Snapshot.build(xds.by_type(), (previous or {}).get(gateway.key))
             except InconsistentSnapshot as error:
                 refused[gateway.key] = str(error)
     finally:
@@ -63,11 +74,17 @@ class ControlPlane:
     clients: ClientRegistry
     options: TranslateOptions = field(default_factory=TranslateOptions)
     current: Build | None = None
+    memo: Memo = field(default_factory=Memo)  # used by one build at a time (builds are sequential)
     rejected: dict[str, Nack] = field(default_factory=dict)  # gateway key -> latest NACK not yet superseded
 
     def __post_init__(self) -> None:
         self.clients.add_nack_listener(self._nacked)
         self.clients.add_ack_listener(self._acked)
+
+    def build(self, resources: ResourceSet) -> Build:
+        """The CPU part of a reload (run it in a worker thread; `apply` its result on the event loop)."""
+        previous = {key: snapshot for key in self.cache.snapshot_keys() if (snapshot := self.cache.get(key))}
+        return build(resources, self.options, self.memo, previous)
 
     @property
     def ready(self) -> bool:

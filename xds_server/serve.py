@@ -21,7 +21,7 @@ from xds_server.ads import Ads
 from xds_server.api import admin_pb2_grpc
 from xds_server.cache import SnapshotCache
 from xds_server.clients import ClientRegistry
-from xds_server.control_plane import ControlPlane, build
+from xds_server.control_plane import ControlPlane
 from xds_server.sources.files import FileSource
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ async def serve(
     source = FileSource(paths)
 
     async def publish(resources: ResourceSet) -> None:
-        built = await asyncio.to_thread(build, resources, options)
+        built = await asyncio.to_thread(control_plane.build, resources)
         control_plane.apply(built)
         metrics.RELOADS.labels("errors" if resources.errors or built.refused else "ok").inc()
 

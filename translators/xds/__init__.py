@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 from translators.ir import Discovery, GatewayIR, TranslateOptions
 from translators.xds.clusters import cluster, extproc_cluster, load_assignment
 from translators.xds.listeners import listener, uses_extproc
+from translators.xds.memo import Memo
 from translators.xds.routes import route_configuration
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -41,19 +42,21 @@ class XdsResources:
         }
 
 
-def gateway_resources(gateway: GatewayIR, options: TranslateOptions) -> XdsResources:
-    clusters = [cluster(c) for c in gateway.clusters]
+def gateway_resources(gateway: GatewayIR, options: TranslateOptions, memo: Memo | None = None) -> XdsResources:
+    """`memo` (kept by a caller that translates again and again) reuses the messages of unchanged IR values."""
+    memo = memo or Memo()
+    clusters = [memo.get(("cluster", c), lambda c=c: cluster(c)) for c in gateway.clusters]  # type: ignore[misc]
     if any(uses_extproc(lis) for lis in gateway.listeners):
         clusters.append(extproc_cluster(options))
+    assignments = [
+        memo.get(("load_assignment", c), lambda c=c: load_assignment(c))  # type: ignore[misc]
+        for c in gateway.clusters
+        if c.discovery is Discovery.EDS
+    ]
     return XdsResources(
         gateway=gateway.key,
         listeners=tuple(sorted((listener(lis, options) for lis in gateway.listeners), key=lambda r: r.name)),
-        routes=tuple(sorted((route_configuration(lis) for lis in gateway.listeners), key=lambda r: r.name)),
+        routes=tuple(sorted((route_configuration(lis, memo) for lis in gateway.listeners), key=lambda r: r.name)),
         clusters=tuple(sorted(clusters, key=lambda r: r.name)),
-        endpoints=tuple(
-            sorted(
-                (load_assignment(c) for c in gateway.clusters if c.discovery is Discovery.EDS),
-                key=lambda r: r.cluster_name,
-            )
-        ),
+        endpoints=tuple(sorted(assignments, key=lambda r: r.cluster_name)),
     )

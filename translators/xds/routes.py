@@ -9,6 +9,7 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
 from translators.ir import DirectAction, ForwardAction, HeaderMatchIR, ListenerIR, RouteIR
+from translators.xds.memo import Memo
 from translators.xds.names import (
     MODEL_ROUTER_FILTER,
     PICKER_FILTER,
@@ -109,11 +110,15 @@ def route(ir: RouteIR) -> route_components_pb2.Route:
     return built
 
 
-def route_configuration(listener: ListenerIR) -> route_pb2.RouteConfiguration:
+def route_configuration(listener: ListenerIR, memo: Memo) -> route_pb2.RouteConfiguration:
     return route_pb2.RouteConfiguration(
         name=listener.name,
         virtual_hosts=[
-            route_components_pb2.VirtualHost(name=v.name, domains=list(v.domains), routes=[route(r) for r in v.routes])
+            route_components_pb2.VirtualHost(
+                name=v.name,
+                domains=list(v.domains),
+                routes=[memo.get(("route", r), lambda r=r: route(r)) for r in v.routes],  # type: ignore[misc]
+            )
             for v in listener.virtual_hosts
         ],
     )
