@@ -101,6 +101,18 @@ async def test_envoy_serves_the_files_and_follows_edits_additions_and_deletions(
         await asyncio.sleep(0.05)
     assert "backend/default/extra" not in await envoy.cluster_names()
 
+    # A listener added to the Gateway appears in Envoy, and goes when it is removed (LDS is full state).
+    second_port = free_port()
+    (manifests / "10-gateway.yaml").write_text(gateway([listen_port, second_port]))
+    assert await wait_for(f"http://127.0.0.1:{second_port}/", (200, "from-b")) == (200, "from-b")
+    (manifests / "10-gateway.yaml").write_text(gateway([listen_port]))
+    for _ in range(100):
+        _, listeners = await envoy.get("/listeners")
+        if str(second_port) not in listeners:
+            break
+        await asyncio.sleep(0.05)
+    assert listeners.strip() == f"default/gw/{listen_port}::127.0.0.1:{listen_port}"
+
     [client] = await synced(serve)
     snapshots = await serve.document("/debug/snapshots")
     assert client["node"] == "e2e" and client["gateway"] == GATEWAY and client["protocol"] == "sotw"
