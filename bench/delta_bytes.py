@@ -14,7 +14,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from bench.manifests import GATEWAY, service_routes
+from bench.manifests import gateway, service_routes
 from e2e.harness import Envoy, Serve, free_port, serve_port, synced
 
 
@@ -27,7 +27,7 @@ async def measure(clusters: int) -> dict[str, float]:
         directory = Path(tmp)
         manifests = directory / "manifests"
         manifests.mkdir()
-        (manifests / "00-gateway.yaml").write_text(GATEWAY.format(port=free_port()))
+        (manifests / "00-gateway.yaml").write_text(gateway([free_port()]))
         (manifests / "10-services.yaml").write_text(service_routes(clusters))
         serve = Serve(manifests, free_port(), free_port(), directory / "serve.log")
         xds_port = int(serve_port(serve, "--xds-address"))

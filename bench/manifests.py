@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-GATEWAY = """apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: eg}}
-spec: {{controllerName: gateway.envoyproxy.io/gatewayclass-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw}}
-spec: {{gatewayClassName: eg, listeners: [{{name: http, protocol: HTTP, port: {port}}}]}}
-"""
+from e2e.manifests import backend_route, gateway
+
+__all__ = ["ai_gateway_routes", "gateway", "http_routes", "service_routes"]
 
 
 def http_routes(count: int, address: str, port: int, prefix: str = "r") -> str:
     """`count` HTTPRoutes, each with its own path and its own Backend (so as many clusters as routes)."""
-    documents = []
-    for index in range(count):
-        name = f"{prefix}{index}"
-        documents.append(
-            f"""apiVersion: gateway.envoyproxy.io/v1alpha1
-kind: Backend
-metadata: {{name: {name}}}
-spec: {{endpoints: [{{ip: {{address: {address}, port: {port}}}}}]}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: {name}}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
-  - matches: [{{path: {{type: PathPrefix, value: /{name}/}}}}]
-    backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: {name}}}]
-"""
-        )
-    return "---\n".join(documents)
+    return "---".join(backend_route(f"{prefix}{i}", address, port, f"/{prefix}{i}/") for i in range(count))
 
 
 def ai_gateway_routes(rules: int, rules_per_route: int = 15) -> str:

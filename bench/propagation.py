@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.manifests import GATEWAY, http_routes
+from bench.manifests import gateway, http_routes
 from e2e.harness import Envoy, Serve, free_port, serve_port, synced, upstream
 
 UPSTREAM_HOST = "127.0.6.1"
@@ -53,7 +53,7 @@ async def measure(routes: int, samples: int, delta: bool, upstream_port: int) ->
         manifests = directory / "manifests"
         manifests.mkdir()
         listen_port = free_port()
-        (manifests / "00-gateway.yaml").write_text(GATEWAY.format(port=listen_port))
+        (manifests / "00-gateway.yaml").write_text(gateway([listen_port]))
         (manifests / "10-routes.yaml").write_text(http_routes(routes, UPSTREAM_HOST, upstream_port))
         serve = Serve(manifests, free_port(), free_port(), directory / "serve.log")
         envoy = Envoy(directory, "default/gw", int(serve_port(serve, "--xds-address")), delta=delta)
@@ -75,7 +75,7 @@ async def measure(routes: int, samples: int, delta: bool, upstream_port: int) ->
             return {
                 "build_ms": build_ms,
                 "p50_ms": statistics.median(times) * 1000,
-                "p90_ms": statistics.quantiles(times, n=10)[-1] * 1000 if len(times) > 1 else times[0] * 1000,
+                "p90_ms": statistics.quantiles(times, n=10, method="inclusive")[-1] * 1000 if len(times) > 1 else times[0] * 1000,
                 "max_ms": max(times) * 1000,
                 "rss_mib": memory,
             }

@@ -8,14 +8,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench.manifests import GATEWAY, ai_gateway_routes
+from bench.manifests import ai_gateway_routes, gateway
 from translators.ir import TranslateOptions
 from translators.loader import load_texts
 from xds_server.control_plane import build
 
 
 def measure(rules: int) -> dict[str, float]:
-    text = GATEWAY.format(port=10080) + "---\n" + ai_gateway_routes(rules)
+    text = gateway([10080]) + "---\n" + ai_gateway_routes(rules)
     options = TranslateOptions()
     started = time.perf_counter()
     resources = load_texts([("bench.yaml", text)])

@@ -13,6 +13,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import REGISTRY
 
 from e2e.harness import Envoy, free_port, upstream, wait_for
+from e2e.manifests import backend_route, gateway
 from e2e.test_ads_envoy import snapshot_for
 from translators.xds import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from xds_server.ads import Ads
@@ -64,35 +65,8 @@ def upstreams() -> Iterator[dict[str, tuple[str, int]]]:
 
 def manifests(listen_port: int, backends: dict[str, tuple[str, int]]) -> str:
     """A Gateway with one Backend and one HTTPRoute (path prefix /<name>) per entry of `backends`."""
-    text = f"""
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: eg}}
-spec: {{controllerName: gateway.envoyproxy.io/gatewayclass-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw-delta}}
-spec: {{gatewayClassName: eg, listeners: [{{name: http, protocol: HTTP, port: {listen_port}}}]}}
-"""
-    for name, (address, port) in backends.items():
-        text += f"""
----
-apiVersion: gateway.envoyproxy.io/v1alpha1
-kind: Backend
-metadata: {{name: {name}}}
-spec: {{endpoints: [{{ip: {{address: {address}, port: {port}}}}}]}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: {name}}}
-spec:
-  parentRefs: [{{name: gw-delta}}]
-  rules:
-  - matches: [{{path: {{type: PathPrefix, value: /{name}}}}}]
-    backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: {name}}}]
-"""
-    return text
+    routes = (backend_route(name, a, p, f"/{name}", "gw-delta") for name, (a, p) in backends.items())
+    return gateway([listen_port], "gw-delta") + "".join("---" + route for route in routes)
 
 
 async def no_update_rejected(envoy: Envoy) -> None:

@@ -11,6 +11,7 @@ import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from e2e.harness import Envoy, free_port, upstream, wait_for
+from e2e.manifests import backend_route, gateway
 from translators.gatewayapi import translate
 from translators.ir import TranslateOptions
 from translators.loader import load_texts
@@ -33,29 +34,7 @@ def upstream_b() -> Iterator[int]:
 
 
 def manifests(listen_port: int, address: str, port: int) -> str:
-    return f"""
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: eg}}
-spec: {{controllerName: gateway.envoyproxy.io/gatewayclass-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw}}
-spec: {{gatewayClassName: eg, listeners: [{{name: http, protocol: HTTP, port: {listen_port}}}]}}
----
-apiVersion: gateway.envoyproxy.io/v1alpha1
-kind: Backend
-metadata: {{name: web}}
-spec: {{endpoints: [{{ip: {{address: {address}, port: {port}}}}}]}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: web}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules: [{{backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: web}}]}}]
-"""
+    return gateway([listen_port]) + "---" + backend_route("web", address, port)
 
 
 def snapshot_for(text: str) -> Snapshot:

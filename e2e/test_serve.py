@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from e2e.harness import Envoy, Serve, free_port, http_get, serve_port, synced, upstream, wait_for, xds_server_status
+from e2e.manifests import backend_route, gateway
 
 GATEWAY = "default/gw"
 
@@ -22,39 +23,6 @@ def upstreams() -> Iterator[dict[str, int]]:
     yield ports
     for server in (a, b):
         next(server, None)
-
-
-def gateway(listen_ports: list[int]) -> str:
-    listeners = ", ".join(f"{{name: l{p}, protocol: HTTP, port: {p}}}" for p in listen_ports)
-    return f"""
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: eg}}
-spec: {{controllerName: gateway.envoyproxy.io/gatewayclass-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw}}
-spec: {{gatewayClassName: eg, listeners: [{listeners}]}}
-"""
-
-
-def backend_route(name: str, address: str, port: int, path: str = "/") -> str:
-    return f"""
-apiVersion: gateway.envoyproxy.io/v1alpha1
-kind: Backend
-metadata: {{name: {name}}}
-spec: {{endpoints: [{{ip: {{address: {address}, port: {port}}}}}]}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: {name}}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
-  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]
-    backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: {name}}}]
-"""
 
 
 @pytest.fixture

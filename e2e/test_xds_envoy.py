@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from e2e.harness import Envoy, Serve, free_port, http_get, synced, upstream, wait_for
-from e2e.test_serve import gateway
+from e2e.manifests import gateway
 
 PODS = {"a": "127.0.5.1", "b": "127.0.5.2", "c": "127.0.5.3"}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.manifests import GATEWAY, http_routes
+from bench.manifests import gateway, http_routes
 from translators.ir import TranslateOptions
 from translators.loader import load_texts
 from translators.xds import CLUSTER_TYPE, ROUTE_TYPE
@@ -10,7 +10,7 @@ from xds_server.cache import SnapshotCache
 from xds_server.clients import ClientRegistry
 from xds_server.control_plane import ControlPlane, build
 
-BASE = [("gw.yaml", GATEWAY.format(port=10080)), ("routes.yaml", http_routes(20, "127.0.6.1", 8080))]
+BASE = [("gw.yaml", gateway([10080])), ("routes.yaml", http_routes(20, "127.0.6.1", 8080))]
 
 
 def test_a_reload_reuses_unchanged_messages_and_builds_exactly_what_a_fresh_build_would() -> None:

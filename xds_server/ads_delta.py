@@ -40,6 +40,7 @@ from google.protobuf import any_pb2
 from translators.xds import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from xds_server import metrics
 from xds_server.ads_sotw import WILDCARD_TYPES
+from xds_server.ads_stream import run_stream, wake
 from xds_server.cache import PUSH_ORDER, CachedResource, Snapshot, SnapshotCache, empty_resource
 from xds_server.clients import ClientRegistry, ClientStream, short_type
 
@@ -63,48 +64,21 @@ class DeltaAds:
         cache.add_listener(self._delta_snapshot_changed)
 
     def _delta_snapshot_changed(self, key: str, _snapshot: Snapshot) -> None:
-        for queue in self._delta_wakeups.get(key, ()):
-            queue.put_nowait(None)
+        wake(self._delta_wakeups, key)
 
     async def DeltaAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        # As in SotwAds: requests and snapshot changes share one queue per stream, handled in order by this stream
-        # alone, so a slow client only fills its own gRPC send buffer.
-        events: asyncio.Queue[object] = asyncio.Queue()
-        stream = self._delta_clients.open("delta")
-        session = _Session(stream, self._delta_cache, self._delta_clients, self._delta_nonces)
+        # An async generator itself: grpc.aio tells stream handlers from unary ones by that.
+        async for response in run_stream(
+            request_iterator, context, self._delta_clients, "delta", self._delta_wakeups, self._delta_session
+        ):
+            yield response
 
-        async def read() -> None:
-            async for request in request_iterator:
-                await events.put(request)
-            await events.put(StopAsyncIteration())
-
-        reader = asyncio.create_task(read())
-        try:
-            while True:
-                event = await events.get()
-                if isinstance(event, StopAsyncIteration):
-                    return
-                if isinstance(event, discovery_pb2.DeltaDiscoveryRequest):
-                    if not stream.key:
-                        if not event.node.id or not event.node.cluster:
-                            await context.abort(
-                                grpc.StatusCode.INVALID_ARGUMENT, "first request needs node id and cluster"
-                            )
-                        self._delta_clients.identified(stream, event.node.id, event.node.cluster)
-                        self._delta_wakeups.setdefault(stream.key, set()).add(events)
-                    responses = session.on_request(event)
-                else:
-                    responses = session.on_change()
-                for response in responses:
-                    yield response
-        finally:
-            reader.cancel()
-            self._delta_wakeups.get(stream.key, set()).discard(events)
-            self._delta_clients.close(stream)
+    def _delta_session(self, stream: ClientStream) -> _Session:
+        return _Session(stream, self._delta_cache, self._delta_clients, self._delta_nonces)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -21,11 +22,26 @@ from google.protobuf import any_pb2
 
 from translators.xds import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from xds_server import metrics
+from xds_server.ads_stream import run_stream, wake
 from xds_server.cache import PUSH_ORDER, CachedResource, Snapshot, SnapshotCache, empty_resource
 from xds_server.clients import ClientRegistry, ClientStream, short_type
 
 log = logging.getLogger(__name__)
 WILDCARD_TYPES = frozenset(PUSH_ORDER) - {ENDPOINT_TYPE, ROUTE_TYPE}  # LDS and CDS: always the full state
+
+
+@dataclass(frozen=True)
+class _SotwStream:
+    """The StreamHandler of one SotW stream: the servicer's logic, bound to the stream."""
+
+    servicer: SotwAds
+    stream: ClientStream
+
+    def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[discovery_pb2.DiscoveryResponse]:
+        return self.servicer._on_request(self.stream, request)
+
+    def on_change(self) -> list[discovery_pb2.DiscoveryResponse]:
+        return self.servicer._on_change(self.stream)
 
 
 class SotwAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
@@ -37,45 +53,19 @@ class SotwAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[
         cache.add_listener(self._snapshot_changed)
 
     def _snapshot_changed(self, key: str, _snapshot: Snapshot) -> None:
-        for queue in self._wakeups.get(key, ()):
-            queue.put_nowait(None)
+        wake(self._wakeups, key)
 
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        # Requests and snapshot changes arrive on one queue, so each stream handles them in order, on its own: a
-        # slow client only fills its own gRPC send buffer.
-        events: asyncio.Queue[object] = asyncio.Queue()
-        stream = self._clients.open("sotw")
+        # An async generator itself: grpc.aio tells stream handlers from unary ones by that.
+        async for response in run_stream(
+            request_iterator, context, self._clients, "sotw", self._wakeups, self._handler
+        ):
+            yield response
 
-        async def read() -> None:
-            async for request in request_iterator:
-                await events.put(request)
-            await events.put(StopAsyncIteration())
-
-        reader = asyncio.create_task(read())
-        try:
-            while True:
-                event = await events.get()
-                if isinstance(event, StopAsyncIteration):
-                    return
-                if isinstance(event, discovery_pb2.DiscoveryRequest):
-                    if not stream.key:
-                        if not event.node.id or not event.node.cluster:
-                            await context.abort(
-                                grpc.StatusCode.INVALID_ARGUMENT, "first request needs node id and cluster"
-                            )
-                        self._clients.identified(stream, event.node.id, event.node.cluster)
-                        self._wakeups.setdefault(stream.key, set()).add(events)
-                    responses = self._on_request(stream, event)
-                else:
-                    responses = self._on_change(stream)
-                for response in responses:
-                    yield response
-        finally:
-            reader.cancel()
-            self._wakeups.get(stream.key, set()).discard(events)
-            self._clients.close(stream)
+    def _handler(self, stream: ClientStream) -> _SotwStream:
+        return _SotwStream(self, stream)
 
     def _on_request(
         self, stream: ClientStream, request: discovery_pb2.DiscoveryRequest
