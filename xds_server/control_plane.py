@@ -19,6 +19,7 @@ from translators.ir import Condition, ObjectStatus, TranslateOptions, Translatio
 from translators.loader import ResourceSet
 from translators.xds import gateway_resources
 from translators.xds.memo import Memo
+from translators.xds.names import objects_named_in
 from translators.xds.render import error_dict, status_dict
 from xds_server import metrics
 from xds_server.cache import PUSH_ORDER, InconsistentSnapshot, Snapshot, SnapshotCache
@@ -116,27 +117,31 @@ class ControlPlane:
             del self.rejected[stream.key]  # that Envoy took a newer version of what it had rejected
 
     def statuses(self) -> list[ObjectStatus]:
-        """Translation conditions, plus Programmed=False on Gateways whose config an Envoy rejected."""
+        """Translation conditions, plus Programmed=False on what an Envoy rejected: the Gateway whose configuration
+        it was, and every route or backend whose resource the error names."""
         if self.current is None:
             return []
         statuses = list(self.current.translation.statuses)
-        problems: dict[str, list[str]] = {}
+        problems: dict[tuple[str, str, str], list[str]] = {}
         for key, nack in self.rejected.items():
-            problems.setdefault(key, []).append(
+            message = (
                 f"Envoy {nack.node_id} rejected {short_type(nack.type_url)} version {nack.version}: {nack.message}"
             )
-        for key, reason in self.current.refused.items():
-            problems.setdefault(key, []).append(f"configuration not published: {reason}")
-        for key, messages in sorted(problems.items()):
             namespace, _, name = key.partition("/")
+            for named in [("Gateway", namespace, name), *objects_named_in(nack.message)]:
+                problems.setdefault(named, []).append(message)
+        for key, reason in self.current.refused.items():
+            namespace, _, name = key.partition("/")
+            problems.setdefault(("Gateway", namespace, name), []).append(f"configuration not published: {reason}")
+        for (kind, namespace, name), messages in sorted(problems.items()):
             rejected = Condition("Programmed", "False", "Invalid", "; ".join(messages))
             index = next(
-                (i for i, s in enumerate(statuses) if (s.kind, s.namespace, s.name) == ("Gateway", namespace, name)),
+                (i for i, s in enumerate(statuses) if (s.kind, s.namespace, s.name) == (kind, namespace, name)),
                 None,
             )
             if index is None:
-                statuses.append(ObjectStatus("Gateway", namespace, name, (rejected,)))
-            else:  # replaces the translation's Programmed=True: what Envoy said wins
+                statuses.append(ObjectStatus(kind, namespace, name, (rejected,)))
+            else:  # replaces a translation's Programmed=True: what Envoy said wins
                 kept = tuple(c for c in statuses[index].conditions if c.type != "Programmed")
                 statuses[index] = replace(statuses[index], conditions=(*kept, rejected))
         return statuses

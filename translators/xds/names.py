@@ -1,5 +1,7 @@
 """Names shared by the generated configuration and the ext_proc services that read it."""
 
+import re
+
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -11,12 +13,20 @@ EXTPROC_CLUSTER = "xds-server/extproc"
 
 # gRPC metadata on the picker's ext_proc stream naming the pool ("<ns>/<name>") the route targets.
 PICKER_POOL_METADATA = "x-inference-pool"
+# gRPC metadata on the model router's ext_proc stream naming the Gateway ("<ns>/<name>") of the listener.
+ROUTER_GATEWAY_METADATA = "x-ai-eg-gateway"
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 LB_METADATA_NAMESPACE = "envoy.lb"
 # xDS metadata (routes, endpoints) read back through ext_proc request attributes.
 XDS_METADATA_NAMESPACE = "aigateway.envoy.io"
 # Dynamic metadata the model router writes for access logs.
 ROUTER_METADATA_NAMESPACE = "io.envoy.ai_gateway"
+# Ext_proc response attributes (CEL) the model router asks for: which backend answered, through which cluster.
+# Endpoint metadata names the backend even inside a weighted cluster; the cluster alone is the fallback.
+BACKEND_ATTRIBUTE = f"xds.upstream_host_metadata.filter_metadata['{XDS_METADATA_NAMESPACE}']['backend']"
+CLUSTER_ATTRIBUTE = "xds.cluster_name"
+# Envoy puts ext_proc attributes in ProcessingRequest.attributes under the filter's canonical name.
+EXTPROC_ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
 # Client-supplied headers that could steer routing; removed before any filter reads them.
 INTERNAL_HEADER_PREFIXES = ("x-ai-eg-", DESTINATION_HEADER)
 
@@ -25,3 +35,26 @@ def pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
+
+
+# Resource names start with the kind of the object they come from: `<kind>/<namespace>/<name>[/...]`, so an error
+# Envoy reports about a resource can be put on that object.
+_KINDS_BY_PREFIX = {
+    "aiservicebackend": "AIServiceBackend",
+    "backend": "Backend",
+    "service": "Service",
+    "inferencepool": "InferencePool",
+    "httproute": "HTTPRoute",
+    "aigatewayroute": "AIGatewayRoute",
+}
+_OBJECT_IN_TEXT = re.compile(r"\b(" + "|".join(_KINDS_BY_PREFIX) + r")/([a-z0-9][a-z0-9.-]*)/([a-z0-9][a-z0-9.-]*)")
+
+
+def objects_named_in(text: str) -> list[tuple[str, str, str]]:
+    """(kind, namespace, name) of every object whose resource name appears in `text`, in order of appearance."""
+    found: list[tuple[str, str, str]] = []
+    for match in _OBJECT_IN_TEXT.finditer(text):
+        named = (_KINDS_BY_PREFIX[match.group(1)], match.group(2), match.group(3))
+        if named not in found:
+            found.append(named)
+    return found

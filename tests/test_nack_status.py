@@ -1,0 +1,47 @@
+"""A rejection by Envoy becomes a condition on the Gateway and on every object its error message names."""
+
+from __future__ import annotations
+
+from bench.manifests import gateway, http_routes
+from translators.ir import TranslateOptions
+from translators.loader import load_texts
+from translators.xds import CLUSTER_TYPE
+from translators.xds.names import objects_named_in
+from xds_server.cache import SnapshotCache
+from xds_server.clients import ClientRegistry
+from xds_server.control_plane import ControlPlane
+
+
+def test_object_names_are_read_back_from_resource_names_in_an_error() -> None:
+    text = (
+        "Error adding/updating cluster(s) backend/default/r1: bad; aiservicebackend/team/openai: worse; "
+        "route aigatewayroute/default/models/rule/0/match/1 and backend/default/r1 again; weighted/abc123"
+    )
+    assert objects_named_in(text) == [
+        ("Backend", "default", "r1"),
+        ("AIServiceBackend", "team", "openai"),
+        ("AIGatewayRoute", "default", "models"),
+    ]
+
+
+def test_a_nack_marks_the_gateway_and_the_named_backend_until_a_newer_version_is_acked() -> None:
+    clients = ClientRegistry()
+    control_plane = ControlPlane(SnapshotCache(), clients, TranslateOptions())
+    control_plane.apply(
+        control_plane.build(load_texts([("m.yaml", gateway([10080]) + "---" + http_routes(2, "127.0.6.1", 80))]))
+    )
+    stream = clients.open("sotw")
+    clients.identified(stream, "envoy-1", "default/gw")
+    clients.nacked(stream, CLUSTER_TYPE, "v1", "Error adding/updating cluster(s) backend/default/r1: invalid")
+
+    def programmed() -> dict[tuple[str, str], str]:
+        return {
+            (s.kind, s.name): c.status for s in control_plane.statuses() for c in s.conditions if c.type == "Programmed"
+        }
+
+    assert programmed()[("Gateway", "gw")] == "False"
+    assert programmed()[("Backend", "r1")] == "False"
+    assert ("Backend", "r0") not in programmed()
+    clients.acked(stream, CLUSTER_TYPE, "v2")
+    assert programmed()[("Gateway", "gw")] == "True" and ("Backend", "r1") not in programmed()
+    clients.close(stream)
