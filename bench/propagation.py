@@ -75,7 +75,9 @@ async def measure(routes: int, samples: int, delta: bool, upstream_port: int) ->
             return {
                 "build_ms": build_ms,
                 "p50_ms": statistics.median(times) * 1000,
-                "p90_ms": statistics.quantiles(times, n=10, method="inclusive")[-1] * 1000 if len(times) > 1 else times[0] * 1000,
+                "p90_ms": statistics.quantiles(times, n=10, method="inclusive")[-1] * 1000
+                if len(times) > 1
+                else times[0] * 1000,
                 "max_ms": max(times) * 1000,
                 "rss_mib": memory,
             }
