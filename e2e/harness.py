@@ -102,9 +102,12 @@ class Envoy:
             self.admin_port = printed_bootstrap[1]
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.log = tmp_path / f"envoy-{node_id}.log"
+        self.access_log = tmp_path / f"envoy-{node_id}.stdout"  # access logs of AI listeners go to stdout
         command = [str(envoy_binary()), "-c", str(config), "--base-id", str(next(_base_ids))]
         command += ["-l", "warning", "--drain-time-s", "1", "--log-path", str(self.log)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command += ["--file-flush-interval-msec", "100"]  # logs readable at once, not after Envoy's default 10 s
+        with self.access_log.open("ab") as stdout:
+            self.process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.DEVNULL)
 
     async def wait_live(self) -> None:
         answer = await wait_for(f"{self.admin}/ready", (200, "LIVE\n"))
@@ -156,6 +159,8 @@ class Serve:
         self.log = log
         command = [sys.executable, "-m", "xds_server.cli", "serve", "--resources", str(manifests)]
         command += ["--xds-address", f"127.0.0.1:{xds_port}", "--admin-address", f"127.0.0.1:{admin_port}", *extra]
+        if "--extproc-address" not in extra:  # serve listens there: never the shared default port 1063
+            command += ["--extproc-address", f"127.0.0.1:{free_port()}"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("a"))
 
     async def ready(self) -> None:

@@ -36,3 +36,39 @@ spec:
   - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]
     backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: {name}}}]
 """
+
+
+def ai_service_backend(name: str, address: str, port: int) -> str:
+    """An OpenAI-schema AIServiceBackend `name` in front of a Backend at address:port."""
+    return f"""
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: AIServiceBackend
+metadata: {{name: {name}}}
+spec: {{schema: {{name: OpenAI}}, backendRef: {{group: gateway.envoyproxy.io, kind: Backend, name: {name}}}}}
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {{name: {name}}}
+spec: {{endpoints: [{{ip: {{address: {address}, port: {port}}}}}]}}
+"""
+
+
+def ai_gateway_route(
+    name: str, models: dict[str, str], hostnames: tuple[str, ...] = (), gateway_name: str = "gw"
+) -> str:
+    """An AIGatewayRoute with one rule per model (exact x-ai-eg-model match) to the AIServiceBackend named beside it."""
+    rules = "".join(
+        f"""
+  - matches: [{{headers: [{{type: Exact, name: x-ai-eg-model, value: {model}}}]}}]
+    backendRefs: [{{name: {backend}}}]"""
+        for model, backend in models.items()
+    )
+    return f"""
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: AIGatewayRoute
+metadata: {{name: {name}}}
+spec:
+  parentRefs: [{{name: {gateway_name}}}]
+  hostnames: [{", ".join(f'"{h}"' for h in hostnames)}]
+  rules:{rules}
+"""

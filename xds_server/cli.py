@@ -46,6 +46,13 @@ def add_translate_options(parser: argparse.ArgumentParser) -> None:
         help="listen on P+N for a Gateway port P below 1024, to run without privileges (e.g. 10000: 80 -> 10080)",
     )
     parser.add_argument(
+        "--buffer-limit-bytes",
+        type=int,
+        default=TranslateOptions.buffer_limit_bytes,
+        metavar="N",
+        help="Envoy's per-connection buffer: the largest request body AI routes accept (413 above it); default 50 MiB",
+    )
+    parser.add_argument(
         "--resolve-cluster-local",
         action="store_true",
         help="route Backend FQDNs <svc>.<ns>.svc.cluster.local to that Service's pods",
@@ -59,6 +66,7 @@ def translate_options(args: argparse.Namespace) -> TranslateOptions:
         extproc_port=args.extproc_address[1],
         resolve_cluster_local=args.resolve_cluster_local,
         privileged_port_offset=args.privileged_port_offset,
+        buffer_limit_bytes=args.buffer_limit_bytes,
     )
 
 

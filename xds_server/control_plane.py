@@ -24,6 +24,7 @@ from translators.xds.render import error_dict, status_dict
 from xds_server import metrics
 from xds_server.cache import PUSH_ORDER, InconsistentSnapshot, Snapshot, SnapshotCache
 from xds_server.clients import ClientRegistry, ClientStream, Nack, short_type
+from xds_server.extproc.tables import RouterTables, router_tables
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class Build:
     snapshots: dict[str, Snapshot]
     refused: dict[str, str]  # gateway key -> why its snapshot was not published (the previous one stays)
     seconds: float
+    router: RouterTables  # the model router's lookups for this translation
 
 
 def build(
@@ -63,10 +65,11 @@ def build(
                 snapshots[gateway.key] = Snapshot.build(xds.by_type(), (previous or {}).get(gateway.key))
             except InconsistentSnapshot as error:
                 refused[gateway.key] = str(error)
+        router = router_tables(translation, resources)
     finally:
         if collecting:
             gc.enable()
-    return Build(resources, translation, snapshots, refused, time.perf_counter() - started)
+    return Build(resources, translation, snapshots, refused, time.perf_counter() - started, router)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from xds_server.api import admin_pb2_grpc
 from xds_server.cache import SnapshotCache
 from xds_server.clients import ClientRegistry
 from xds_server.control_plane import ControlPlane
+from xds_server.extproc import server as extproc
 from xds_server.sources.files import FileSource
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ async def serve(
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(control_plane), server)
     server.add_insecure_port(f"{xds_address[0]}:{xds_address[1]}")
     await server.start()
+    extproc_server = await extproc.start(control_plane, options)
     runner = web.AppRunner(admin_app(control_plane), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, admin_address[0], admin_address[1]).start()
@@ -67,5 +69,6 @@ async def serve(
     log.info("shutting down")
     watcher.cancel()
     await server.stop(grace=1.0)
+    await extproc_server.stop(grace=1.0)
     await runner.cleanup()
     return 0

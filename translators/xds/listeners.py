@@ -2,13 +2,14 @@
 
 Filter order: strip client-supplied internal headers -> model router ext_proc (AI routes) -> picker ext_proc
 (InferencePool routes) -> router. Both ext_proc filters are disabled here and enabled per route, so plain
-routes never pay for a gRPC round trip.
+routes never pay for a gRPC round trip. Listeners with such routes also get JSON local replies and, with AI
+routes, an access log (`ai_listener`).
 """
 
 from __future__ import annotations
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
-from envoy.config.core.v3 import address_pb2, grpc_service_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, grpc_service_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
@@ -18,14 +19,18 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from translators.ir import ListenerIR, TranslateOptions
+from translators.xds.ai_listener import ai_access_log, local_reply_config
 from translators.xds.clusters import ads_config_source
 from translators.xds.names import (
+    BACKEND_ATTRIBUTE,
+    CLUSTER_ATTRIBUTE,
     EXTPROC_CLUSTER,
     INTERNAL_HEADER_PREFIXES,
     LB_METADATA_NAMESPACE,
     MODEL_ROUTER_FILTER,
     PICKER_FILTER,
     ROUTER_FILTER,
+    ROUTER_GATEWAY_METADATA,
     ROUTER_METADATA_NAMESPACE,
     STRIP_HEADERS_FILTER,
     pack,
@@ -33,6 +38,9 @@ from translators.xds.names import (
 
 Mode = processing_mode_pb2.ProcessingMode
 EXTPROC_MESSAGE_TIMEOUT = duration_pb2.Duration(seconds=10)
+# The router answers each message in well under a millisecond; when it is gone or stuck, clients should get a 503
+# quickly instead of waiting (streams are held per message, so a stuck router would stall every AI request).
+ROUTER_MESSAGE_TIMEOUT = duration_pb2.Duration(seconds=2)
 
 
 def _strip_internal_headers() -> hcm_pb2.HttpFilter:
@@ -53,13 +61,14 @@ def _extproc(
     receive: list[str],
     forward: list[str],
     allow_mode_override: bool,
+    message_timeout: duration_pb2.Duration = EXTPROC_MESSAGE_TIMEOUT,
 ) -> ext_proc_pb2.ExternalProcessor:
     config = ext_proc_pb2.ExternalProcessor(
         grpc_service=grpc_service_pb2.GrpcService(
             envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=EXTPROC_CLUSTER)
         ),
         processing_mode=mode,
-        message_timeout=EXTPROC_MESSAGE_TIMEOUT,
+        message_timeout=message_timeout,
         failure_mode_allow=False,
         allow_mode_override=allow_mode_override,
     )
@@ -70,8 +79,12 @@ def _extproc(
     return config
 
 
-def model_router_filter() -> hcm_pb2.HttpFilter:
-    """Reads `model` from the buffered body and sets x-ai-eg-model; the response mode is chosen per response."""
+def model_router_filter(gateway: str) -> hcm_pb2.HttpFilter:
+    """Reads `model` from the buffered body and sets x-ai-eg-model; the response mode is chosen per response.
+
+    The stream's gRPC metadata names the Gateway (its model list answers /v1/models); the response attributes
+    name the backend that answered, for the token metrics.
+    """
     mode = Mode(
         request_header_mode=Mode.SEND,
         request_body_mode=Mode.BUFFERED,
@@ -80,7 +93,11 @@ def model_router_filter() -> hcm_pb2.HttpFilter:
         response_body_mode=Mode.NONE,
         response_trailer_mode=Mode.SKIP,
     )
-    config = _extproc(mode, [ROUTER_METADATA_NAMESPACE], [], allow_mode_override=True)
+    config = _extproc(
+        mode, [ROUTER_METADATA_NAMESPACE], [], allow_mode_override=True, message_timeout=ROUTER_MESSAGE_TIMEOUT
+    )
+    config.grpc_service.initial_metadata.append(base_pb2.HeaderValue(key=ROUTER_GATEWAY_METADATA, value=gateway))
+    config.response_attributes.extend([CLUSTER_ATTRIBUTE, BACKEND_ATTRIBUTE])
     return hcm_pb2.HttpFilter(name=MODEL_ROUTER_FILTER, typed_config=pack(config), disabled=True)
 
 
@@ -105,11 +122,11 @@ def _router() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=pack(router_pb2.Router()))
 
 
-def http_filters(listener: ListenerIR) -> list[hcm_pb2.HttpFilter]:
+def http_filters(listener: ListenerIR, gateway: str) -> list[hcm_pb2.HttpFilter]:
     routes = listener.routes
     filters = [_strip_internal_headers()]
-    if any(r.model_router for r in routes):
-        filters.append(model_router_filter())
+    if uses_model_router(listener):
+        filters.append(model_router_filter(gateway))
     if any(r.pool is not None for r in routes):
         filters.append(picker_filter())
     filters.append(_router())
@@ -120,17 +137,26 @@ def uses_extproc(listener: ListenerIR) -> bool:
     return any(r.model_router or r.pool is not None for r in listener.routes)
 
 
-def listener(ir: ListenerIR, options: TranslateOptions) -> listener_pb2.Listener:
+def uses_model_router(listener: ListenerIR) -> bool:
+    return any(r.model_router for r in listener.routes)
+
+
+def listener(ir: ListenerIR, options: TranslateOptions, gateway: str) -> listener_pb2.Listener:
+    """`gateway` is the "<ns>/<name>" of the Gateway the listener belongs to."""
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=ir.name.replace("/", "_"),
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=ir.name),
-        http_filters=http_filters(ir),
+        http_filters=http_filters(ir, gateway),
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
         strip_any_host_port=True,
     )
+    if uses_extproc(ir):
+        manager.local_reply_config.CopyFrom(local_reply_config(options.buffer_limit_bytes))
+    if uses_model_router(ir):
+        manager.access_log.append(ai_access_log())
     network_filter = listener_components_pb2.Filter(
         name="envoy.filters.network.http_connection_manager", typed_config=pack(manager)
     )

@@ -32,8 +32,9 @@ INTERNAL_HEADER_PREFIXES = ("x-ai-eg-", DESTINATION_HEADER)
 
 
 def pack(message: Message) -> any_pb2.Any:
+    """Deterministic, so a map inside (a Struct, say) packs to the same bytes in every process: versions are hashes."""
     packed = any_pb2.Any()
-    packed.Pack(message)
+    packed.Pack(message, deterministic=True)
     return packed
 
 

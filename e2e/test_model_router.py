@@ -1,0 +1,345 @@
+"""The model router with real Envoy, `xds-server serve` and testupstream processes on their own loopback addresses.
+
+Requests are routed by the `model` in their body alone; every error of the contract is JSON; `/v1/models`
+lists the Gateway's models per host; streamed and buffered answers are counted in tokens (metrics, access log);
+the official `openai` SDK works through the gateway; Envoy answers 503 JSON while ext_proc is away and recovers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from e2e.harness import Envoy, Serve, free_port, http_get
+from e2e.manifests import ai_gateway_route, ai_service_backend, gateway
+
+UPSTREAMS = {"a": "127.0.7.1", "b": "127.0.7.2"}
+BUFFER_LIMIT = 1024 * 1024
+SECONDS = 20.0  # how long anything may take to become true on a loaded machine; never a timing assertion
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@dataclass
+class Response:
+    status_code: int
+    headers: Message
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def request(
+    url: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    """One HTTP/1.1 request with the standard library (no client-side retries, no added headers but Host)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=SECONDS)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        answer = connection.getresponse()
+        return Response(answer.status, answer.headers, answer.read())
+    finally:
+        connection.close()
+
+
+def eventually(check: Any, what: str) -> Any:
+    """Polls `check()` until it returns something truthy."""
+    deadline = time.monotonic() + SECONDS
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            assert result, f"not reached: {what}"
+            return result
+        time.sleep(0.05)
+
+
+class UpstreamProcess:
+    def __init__(self, upstream_id: str, host: str, log: Path) -> None:
+        self.port = free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        command = [sys.executable, "-m", "xds_server.cli", "sim", "testupstream", "--host", host]
+        command += ["--port", str(self.port), "--id", upstream_id, "--sse-gap-ms", "0"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("a"))
+        eventually(lambda: http_get(f"{self.url}/health")[0] == 200, f"testupstream {upstream_id} up")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+class AiGateway:
+    """Two testupstreams, `serve` with the manifests, and an Envoy for the Gateway, ready to route."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.upstreams = {
+            name: UpstreamProcess(name, host, tmp_path / f"{name}.log") for name, host in UPSTREAMS.items()
+        }
+        self.listen_port = free_port()
+        self.url = f"http://127.0.0.1:{self.listen_port}"
+        manifests = tmp_path / "manifests"
+        manifests.mkdir()
+        documents = [
+            gateway([self.listen_port]),
+            ai_gateway_route("models", {"model-a": "a", "model-b": "b"}),
+            ai_gateway_route("team", {"model-t": "b"}, hostnames=("*.team.example",)),
+            *(ai_service_backend(name, UPSTREAMS[name], u.port) for name, u in self.upstreams.items()),
+        ]
+        (manifests / "gateway.yaml").write_text("---".join(documents))
+        self.manifests = manifests
+        self.xds_port, self.admin_port, self.extproc_port = free_port(), free_port(), free_port()
+        self.serve = self.start_serve("serve.log")
+        self.envoy = Envoy(tmp_path, "default/gw", self.xds_port)
+        asyncio.run(self.envoy.wait_live())
+        eventually(lambda: self.chat("model-a").status_code == 200, "routes served")
+
+    def start_serve(self, log: str) -> Serve:
+        extra = ["--extproc-address", f"127.0.0.1:{self.extproc_port}", "--buffer-limit-bytes", str(BUFFER_LIMIT)]
+        serve = Serve(self.manifests, self.xds_port, self.admin_port, self.tmp_path / log, extra)
+        asyncio.run(serve.ready())
+        return serve
+
+    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> Response:
+        return request(self.url, "POST", path, body, headers)
+
+    def chat(self, model: str, headers: dict[str, str] | None = None, query: str = "") -> Response:
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        return self.post("/v1/chat/completions" + query, body, headers)
+
+    def metrics(self) -> str:
+        status, text = http_get(f"http://127.0.0.1:{self.admin_port}/metrics")
+        assert status == 200
+        return text
+
+    def access_log(self, path: str) -> dict[str, Any] | None:
+        """The access log entry of the request to `path` (Envoy writes its stdout in batches)."""
+        for line in self.envoy.access_log.read_text().splitlines():
+            entry: dict[str, Any] = json.loads(line)
+            if entry.get("path") == path:
+                return entry
+        return None
+
+    def close(self) -> None:
+        self.envoy.stop()
+        if self.serve.process.poll() is None:
+            self.serve.terminate()
+        for upstream in self.upstreams.values():
+            upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def ai(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AiGateway]:
+    environment = AiGateway(tmp_path_factory.mktemp("model-router"))
+    try:
+        yield environment
+    finally:
+        environment.close()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text `text`, 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            found = dict(pair.split("=", 1) for pair in line[len(name) + 1 : line.rindex("}")].split(","))
+            if all(found.get(k) == json.dumps(v) for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+# --- routing by body ---
+
+
+def test_each_model_lands_on_its_own_upstream_by_the_body_alone(ai: AiGateway) -> None:
+    for model, upstream in (("model-a", "a"), ("model-b", "b"), ("model-t", "b")):
+        expected = {"x-expected-testupstream-id": upstream, "x-expected-headers": b64(f"x-ai-eg-model:{model}")}
+        host = {"host": "one.team.example"} if model == "model-t" else {}
+        response = ai.chat(model, {**expected, **host})
+        assert response.status_code == 200, response.text
+        assert response.headers["x-testupstream-id"] == upstream
+        assert response.json()["model"] == model
+
+
+def test_a_client_routing_header_loses_to_the_body_model(ai: AiGateway) -> None:
+    check = {"x-expected-headers": b64("x-ai-eg-model:model-b")}  # one value, the body's: no copy of the client's
+    response = ai.chat("model-b", {"x-ai-eg-model": "model-a", "x-ai-eg-anything": "1", **check})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-testupstream-id"] == "b"
+
+
+def test_a_destination_endpoint_header_never_reaches_its_address(ai: AiGateway) -> None:
+    admin = f"127.0.0.1:{ai.admin_port}"  # a real HTTP server the header would point the request at
+    headers = {
+        "x-gateway-destination-endpoint": admin,
+        "x-gateway-destination-endpoint-subset": admin,
+        "x-non-expected-request-headers": b64("x-gateway-destination-endpoint,x-gateway-destination-endpoint-subset"),
+    }
+    response = ai.chat("model-a", headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-testupstream-id"] == "a"
+
+
+# --- the error contract ---
+
+
+def error_of(response: Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error: dict[str, Any] = response.json()["error"]
+    assert set(error) == {"message", "type", "code"} and error["message"]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b'{"model": "model-a", "messages": [', 400, "invalid_json"),
+        (b'"model-a"', 400, "invalid_json"),
+        (b'{"messages": []}', 400, "missing_model"),
+        (b'{"model": ""}', 400, "missing_model"),
+        (b'{"model": 42}', 400, "invalid_model"),
+        (b'{"model": "no-such-model"}', 404, "model_not_found"),
+        (b'{"model": "model-a", "pad": "' + b"x" * (BUFFER_LIMIT + 1) + b'"}', 413, "request_too_large"),
+    ],
+)
+def test_errors_are_openai_json(ai: AiGateway, body: bytes, status: int, code: str) -> None:
+    error = error_of(ai.post("/v1/chat/completions", body), status)
+    assert error["code"] == code
+    if code == "model_not_found":
+        assert "'no-such-model'" in error["message"]
+
+
+def test_a_body_just_under_the_limit_is_routed(ai: AiGateway) -> None:
+    body = b'{"model": "model-b", "pad": "' + b"x" * (BUFFER_LIMIT - 1024) + b'"}'
+    response = ai.post("/v1/chat/completions", body)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-testupstream-id"] == "b"
+
+
+def test_paths_the_router_does_not_serve_are_404_json(ai: AiGateway) -> None:
+    error = error_of(ai.post("/v1/assistants", b'{"model": "model-a"}'), 404)
+    assert error["code"] == "unsupported_path" and "/v1/assistants" in error["message"]
+
+
+# --- /v1/models ---
+
+
+def test_models_lists_the_gateway_models_for_the_requested_host(ai: AiGateway) -> None:
+    def listed(host: str) -> list[str]:
+        response = request(ai.url, "GET", "/v1/models", headers={"host": host})
+        assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+        body = response.json()
+        assert body["object"] == "list" and all(m["object"] == "model" for m in body["data"])
+        return [m["id"] for m in body["data"]]
+
+    assert listed("gateway.local") == ["model-a", "model-b"]
+    assert listed("one.team.example") == ["model-t", "model-a", "model-b"]
+
+
+# --- usage: metrics and access log ---
+
+
+def test_streamed_usage_reaches_the_metrics_and_the_access_log(ai: AiGateway) -> None:
+    labels = {"gen_ai_request_model": "model-b", "backend": "aiservicebackend/default/b", "gen_ai_token_type": "output"}
+    before = metric(ai.metrics(), "gen_ai_client_token_usage_sum", **labels)
+    ttft_before = metric(ai.metrics(), "gen_ai_server_time_to_first_token_count", gen_ai_request_model="model-b")
+    path = "/v1/chat/completions?case=streamed-usage"
+    body = json.dumps({"model": "model-b", "stream": True, "messages": []}).encode()
+    answer = ai.post(path, body, {"x-sse-gap-ms": "0"})
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+    events = [line for line in answer.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]" and json.loads(events[-2][6:])["usage"]["completion_tokens"] == 100
+    eventually(lambda: metric(ai.metrics(), "gen_ai_client_token_usage_sum", **labels) == before + 100, "tokens")
+    text = ai.metrics()
+    assert metric(text, "gen_ai_server_time_to_first_token_count", gen_ai_request_model="model-b") == ttft_before + 1
+    assert metric(text, "gen_ai_server_time_per_output_token_count", gen_ai_request_model="model-b") >= 1
+    entry = eventually(lambda: ai.access_log(path), "access log entry")
+    assert entry["status"] == 200 and entry["model"] == "model-b" and entry["response_model"] == "model-b"
+    assert entry["backend"] == "aiservicebackend/default/b"
+    assert (entry["input_tokens"], entry["output_tokens"], entry["total_tokens"]) == (1, 100, 101)
+
+
+def test_buffered_usage_reaches_the_access_log(ai: AiGateway) -> None:
+    path = "/v1/chat/completions?case=buffered-usage"
+    assert ai.chat("model-a", query="?case=buffered-usage").status_code == 200
+    entry = eventually(lambda: ai.access_log(path), "access log entry")
+    assert (entry["model"], entry["backend"], entry["total_tokens"]) == ("model-a", "aiservicebackend/default/a", 101)
+    labels = {"gen_ai_operation_name": "chat", "gen_ai_request_model": "model-a", "error_type": ""}
+    assert metric(ai.metrics(), "gen_ai_server_request_duration_count", **labels) >= 1
+
+
+# --- the official SDK ---
+
+
+def test_the_openai_sdk_completes_streams_and_reads_errors(ai: AiGateway) -> None:
+    client = openai.OpenAI(base_url=ai.url + "/v1", api_key="not-checked", max_retries=0, timeout=SECONDS)
+    completion = client.chat.completions.create(model="model-b", messages=[{"role": "user", "content": "hi"}])
+    assert completion.model == "model-b" and completion.choices[0].message.content
+    assert completion.usage is not None and completion.usage.total_tokens == 101
+
+    stream = client.chat.completions.create(
+        model="model-a",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"x-sse-gap-ms": "0"},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 100
+
+    assert [m.id for m in client.models.list()] == ["model-a", "model-b"]
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.chat.completions.create(model="gpt-404", messages=[{"role": "user", "content": "hi"}])
+    assert raised.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.embeddings.create(model="", input="hi")
+    assert bad.value.code == "missing_model"
+
+
+# --- ext_proc away ---
+
+
+def test_envoy_answers_503_json_while_ext_proc_is_away_and_recovers(tmp_path: Path) -> None:
+    environment = AiGateway(tmp_path)
+    try:
+        # Stuck: the process holds its sockets but answers nothing, so Envoy's message timeout fires.
+        os.kill(environment.serve.process.pid, signal.SIGSTOP)
+        try:
+            error = error_of(environment.chat("model-a"), 503)
+        finally:
+            os.kill(environment.serve.process.pid, signal.SIGCONT)
+        assert error["code"] == "service_unavailable" and error["type"] == "server_error"
+        eventually(lambda: environment.chat("model-a").status_code == 200, "recovered after a stall")
+
+        # Gone: connections are refused.
+        assert environment.serve.terminate() == 0
+        error = error_of(environment.chat("model-b"), 503)
+        assert error["code"] == "service_unavailable"
+        environment.serve = environment.start_serve("serve-again.log")
+        response = eventually(lambda: (r := environment.chat("model-b")).status_code == 200 and r, "recovered")
+        assert response.headers["x-testupstream-id"] == "b"
+    finally:
+        environment.close()

@@ -1,0 +1,87 @@
+"""The ext_proc gRPC server: one `ExternalProcessor` service, each stream handed to the service it is meant for.
+
+Envoy opens one stream per request and ext_proc filter. The filters say whose stream it is through its initial
+metadata: the picker's routes add `x-inference-pool`, everything else belongs to the model router. Handlers are
+registered by metadata key, so the Endpoint Picker plugs in without touching the router.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Protocol, TypeAlias
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+
+from translators.ir import TranslateOptions
+from translators.xds.names import PICKER_POOL_METADATA
+from xds_server.control_plane import ControlPlane
+from xds_server.extproc.responses import PASS_THROUGH, ProcessingResponse
+from xds_server.extproc.router import ModelRouter
+from xds_server.extproc.tables import RouterTables
+
+log = logging.getLogger(__name__)
+
+ProcessingRequest: TypeAlias = ext_proc_pb2.ProcessingRequest
+Context: TypeAlias = "grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse]"
+# Room for a body as large as Envoy may buffer, plus the message around it.
+MESSAGE_OVERHEAD_BYTES = 1024 * 1024
+
+
+class StreamHandler(Protocol):
+    async def handle(self, context: Context, metadata: Mapping[str, str]) -> None:
+        """Reads the stream's requests with `context.read()` and answers each with `context.write()`."""
+
+
+class PassThrough:
+    """Answers every message with "continue unchanged", so Envoy's request goes on as if no service were there.
+
+    Stands in for the Endpoint Picker until it exists: with no pick, the pool cluster's fallback decides (round
+    robin for FailOpen pools, 503 for FailClose ones).
+    """
+
+    async def handle(self, context: Context, metadata: Mapping[str, str]) -> None:
+        while (request := await context.read()) is not grpc.aio.EOF:
+            await context.write(PASS_THROUGH[request.WhichOneof("request")])
+
+
+class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc,unused-ignore]
+    def __init__(self, default: StreamHandler) -> None:
+        self._default = default
+        self._by_metadata: dict[str, StreamHandler] = {}
+
+    def register(self, metadata_key: str, handler: StreamHandler) -> None:
+        """Streams whose initial metadata has `metadata_key` go to `handler`."""
+        self._by_metadata[metadata_key] = handler
+
+    async def Process(self, request_iterator: object, context: Context) -> None:  # gRPC's method name
+        # Read and written through `context`: one coroutine per stream, no iterator or generator between.
+        metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        handler = next((h for key, h in self._by_metadata.items() if key in metadata), self._default)
+        await handler.handle(context, metadata)
+
+
+async def start(control_plane: ControlPlane, options: TranslateOptions) -> grpc.aio.Server:
+    """Serves ext_proc on the address Envoy is told (`--extproc-address`); the router reads the current build."""
+
+    def tables() -> RouterTables:
+        current = control_plane.current
+        return current.router if current is not None else RouterTables()
+
+    processor = ExternalProcessor(default=ModelRouter(tables))
+    processor.register(PICKER_POOL_METADATA, PassThrough())
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", options.buffer_limit_bytes + MESSAGE_OVERHEAD_BYTES),
+            # A second control plane on the same port must fail, not silently share Envoy's streams with this one.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(processor, server)
+    address = f"{options.extproc_host}:{options.extproc_port}"
+    server.add_insecure_port(address)
+    await server.start()
+    log.info("ext_proc (model router) on %s", address)
+    return server
