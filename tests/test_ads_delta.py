@@ -3,7 +3,6 @@ against real Envoy in e2e/test_ads_delta_envoy.py)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 from prometheus_client import REGISTRY
 
+from tests.ads_client import AdsClient
 from tests.test_ads_sotw import pointed_at
 from tests.test_cache import build, by_type, tutorial_resources
 from translators.xds import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
@@ -33,45 +33,12 @@ class Servicer(DeltaAds, ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # ty
     """DeltaAds first: the generated servicer's UNIMPLEMENTED stub must not shadow its method."""
 
 
-class DeltaClient:
-    """A delta ADS client stream; responses are read in the background (cancelling a gRPC read cancels the call)."""
-
+class DeltaClient(AdsClient[discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse]):
     def __init__(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub) -> None:
-        self.requests: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest] = asyncio.Queue()
-        self.responses: asyncio.Queue[discovery_pb2.DeltaDiscoveryResponse | grpc.aio.AioRpcError] = asyncio.Queue()
-        self.call = stub.DeltaAggregatedResources(self._requests())
-        self.reader = asyncio.create_task(self._read())
-
-    async def _requests(self) -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
-        while True:
-            yield await self.requests.get()
-
-    async def _read(self) -> None:
-        try:
-            async for response in self.call:
-                await self.responses.put(response)
-        except grpc.aio.AioRpcError as error:
-            await self.responses.put(error)
-
-    async def send(self, **fields: object) -> None:
-        await self.requests.put(discovery_pb2.DeltaDiscoveryRequest(**fields))  # type: ignore[arg-type]
-
-    async def receive(self, timeout: float = 2.0) -> discovery_pb2.DeltaDiscoveryResponse:
-        item = await asyncio.wait_for(self.responses.get(), timeout)
-        if isinstance(item, grpc.aio.AioRpcError):
-            raise item
-        return item
+        super().__init__(stub.DeltaAggregatedResources, discovery_pb2.DeltaDiscoveryRequest)
 
     async def ack(self, response: discovery_pb2.DeltaDiscoveryResponse, **fields: object) -> None:
         await self.send(type_url=response.type_url, response_nonce=response.nonce, **fields)
-
-    async def silent(self, seconds: float = 0.3) -> bool:
-        await asyncio.sleep(seconds)
-        return self.responses.empty()
-
-    def close(self) -> None:
-        self.call.cancel()
-        self.reader.cancel()
 
 
 @dataclass

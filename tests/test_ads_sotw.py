@@ -3,7 +3,6 @@ to produce on demand; the same rules are exercised with real Envoy in e2e/)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
@@ -17,6 +16,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
+from tests.ads_client import AdsClient
 from tests.test_cache import build, by_type, tutorial_resources
 from translators.xds import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from xds_server.ads_sotw import SotwAds
@@ -27,38 +27,9 @@ KEY = "default/inference-pool-with-aigwroute"
 M = TypeVar("M", bound=Message)
 
 
-class Client:
-    """An ADS client stream; responses are read in the background (cancelling a gRPC read cancels the call)."""
-
+class Client(AdsClient[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse]):
     def __init__(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub) -> None:
-        self.requests: asyncio.Queue[discovery_pb2.DiscoveryRequest] = asyncio.Queue()
-        self.responses: asyncio.Queue[discovery_pb2.DiscoveryResponse | grpc.aio.AioRpcError] = asyncio.Queue()
-        self.call = stub.StreamAggregatedResources(self._requests())
-        self.reader = asyncio.create_task(self._read())
-
-    async def _requests(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
-        while True:
-            yield await self.requests.get()
-
-    async def _read(self) -> None:
-        try:
-            async for response in self.call:
-                await self.responses.put(response)
-        except grpc.aio.AioRpcError as error:
-            await self.responses.put(error)
-
-    async def send(self, **fields: object) -> None:
-        await self.requests.put(discovery_pb2.DiscoveryRequest(**fields))  # type: ignore[arg-type]
-
-    async def receive(self, timeout: float = 2.0) -> discovery_pb2.DiscoveryResponse:
-        item = await asyncio.wait_for(self.responses.get(), timeout)
-        if isinstance(item, grpc.aio.AioRpcError):
-            raise item
-        return item
-
-    async def silent(self, seconds: float = 0.3) -> bool:
-        await asyncio.sleep(seconds)
-        return self.responses.empty()
+        super().__init__(stub.StreamAggregatedResources, discovery_pb2.DiscoveryRequest)
 
 
 NODE = base_pb2.Node(id="envoy-1", cluster=KEY)
@@ -78,9 +49,7 @@ async def setup() -> AsyncIterator[tuple[SnapshotCache, list[Nack], Client]]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         client = Client(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel))
         yield cache, nacks, client
-        client.call.cancel()
-        client.reader.cancel()
-    await server.stop(None)
+        client.close()
 
 
 async def test_first_request_gets_everything_and_an_ack_gets_silence(
