@@ -6,14 +6,17 @@ import asyncio
 import itertools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -211,3 +214,46 @@ def serve_port(serve: Serve, flag: str) -> str:
     args = serve.process.args
     assert isinstance(args, list)
     return str(args[args.index(flag) + 1]).rsplit(":", 1)[1]
+
+
+def loopback_address() -> tuple[str, int]:
+    """A random 127.x.y.z of the kind `up` gives pods (never 127.0.0.1), and a port free on it."""
+    host = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
+    return host, free_port(host)
+
+
+@dataclass(frozen=True)
+class SimProcess:
+    """`xds-server sim NAME` as a process, listening on its own loopback address."""
+
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_sim(
+    name: str, args: Sequence[str], host: str, port: int, log: Path, env: dict[str, str] | None = None
+) -> SimProcess:
+    """Starts `xds-server sim NAME ARGS...` (the args place it on host:port) and waits until /health answers 200."""
+    command = [sys.executable, "-m", "xds_server.cli", "sim", name, *args]
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    sim = SimProcess(host, port, process, log)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        if http_get(f"{sim.url}/health", timeout=1)[0] == 200:
+            return sim
+        time.sleep(0.05)
+    sim.kill()
+    raise AssertionError(f"sim {name} did not become healthy:\n{log.read_text()}")

@@ -13,8 +13,6 @@ import http.client
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from typing import Any
 import openai
 import pytest
 
-from e2e.harness import Envoy, Serve, free_port, http_get
+from e2e.harness import Envoy, Serve, SimProcess, free_port, http_get, start_sim
 from e2e.manifests import ai_gateway_route, ai_service_backend, gateway
 
 UPSTREAMS = {"a": "127.0.7.1", "b": "127.0.7.2"}
@@ -76,18 +74,10 @@ def eventually(check: Any, what: str) -> Any:
         time.sleep(0.05)
 
 
-class UpstreamProcess:
-    def __init__(self, upstream_id: str, host: str, log: Path) -> None:
-        self.port = free_port(host)
-        self.url = f"http://{host}:{self.port}"
-        command = [sys.executable, "-m", "xds_server.cli", "sim", "testupstream", "--host", host]
-        command += ["--port", str(self.port), "--id", upstream_id, "--sse-gap-ms", "0"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("a"))
-        eventually(lambda: http_get(f"{self.url}/health")[0] == 200, f"testupstream {upstream_id} up")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+def start_testupstream(upstream_id: str, host: str, log: Path) -> SimProcess:
+    port = free_port(host)
+    args = ["--host", host, "--port", str(port), "--id", upstream_id, "--sse-gap-ms", "0"]
+    return start_sim("testupstream", args, host, port, log)
 
 
 class AiGateway:
@@ -96,7 +86,7 @@ class AiGateway:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.upstreams = {
-            name: UpstreamProcess(name, host, tmp_path / f"{name}.log") for name, host in UPSTREAMS.items()
+            name: start_testupstream(name, host, tmp_path / f"{name}.log") for name, host in UPSTREAMS.items()
         }
         self.listen_port = free_port()
         self.url = f"http://127.0.0.1:{self.listen_port}"
@@ -147,7 +137,7 @@ class AiGateway:
         if self.serve.process.poll() is None:
             self.serve.terminate()
         for upstream in self.upstreams.values():
-            upstream.stop()
+            upstream.kill()
 
 
 @pytest.fixture(scope="module")

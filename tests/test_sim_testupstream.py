@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
-import os
-import random
 import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -24,21 +18,14 @@ import pytest
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from e2e.harness import SimProcess, loopback_address, start_sim
+
 UPSTREAM_ID = "tu-1"
 POD_NAME = "pod-1"
 MODELS = ["m-a", "m-b"]
 
 
-@dataclass(frozen=True)
-class Upstream:
-    host: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+Upstream = SimProcess
 
 
 @dataclass(frozen=True)
@@ -56,47 +43,18 @@ def b64(value: str | bytes) -> str:
     return base64.b64encode(value.encode() if isinstance(value, str) else value).decode()
 
 
-def free_loopback_address() -> tuple[str, int]:
-    """A random 127.x.y.z like the ones `up` gives pods, and a port free on it."""
-    host = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-    return host, port
-
-
 def start_upstream(log: Path, args: list[str], env: dict[str, str], host: str, port: int) -> Upstream:
-    command = [sys.executable, "-m", "xds_server.cli", "sim", "testupstream", *args]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
-    upstream = Upstream(host, port, process, log)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            with urllib.request.urlopen(f"{upstream.url}/health", timeout=1) as response:
-                if response.status == 200:
-                    return upstream
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError(f"testupstream did not become healthy:\n{log.read_text()}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    return start_sim("testupstream", args, host, port, log, env)
 
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
-    host, port = free_loopback_address()
+    host, port = loopback_address()
     args = ["--host", host, "--port", str(port), *(f"--model={model}" for model in MODELS), "--sse-gap-ms", "1"]
     env = {"TESTUPSTREAM_ID": UPSTREAM_ID, "POD_NAME": POD_NAME}
     started = start_upstream(tmp_path_factory.mktemp("testupstream") / "log", args, env, host, port)
     yield started
-    stop(started.process)
+    started.kill()
 
 
 async def fetch(
@@ -432,7 +390,7 @@ async def test_large_fake_response(upstream: Upstream) -> None:
 
 
 def test_id_flag_listener_port_env_and_sigterm(tmp_path: Path) -> None:
-    host, port = free_loopback_address()
+    host, port = loopback_address()
     env = {"LISTENER_PORT": str(port), "TESTUPSTREAM_ID": "from-env", "POD_NAME": ""}
     second = start_upstream(tmp_path / "log", ["--host", host, "--id", "from-flag"], env, host, port)
     try:
@@ -442,4 +400,4 @@ def test_id_flag_listener_port_env_and_sigterm(tmp_path: Path) -> None:
         second.process.send_signal(signal.SIGTERM)
         assert second.process.wait(timeout=10) == 0
     finally:
-        stop(second.process)
+        second.kill()

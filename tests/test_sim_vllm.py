@@ -6,17 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import random
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +19,8 @@ import aiohttp
 import orjson
 import pytest
 
+from e2e.harness import SimProcess, loopback_address
+from e2e.harness import start_sim as start_sim_process
 from xds_server.sim.vllm import api
 from xds_server.sim.vllm.config import duration, parse_args
 from xds_server.sim.vllm.engine import Engine, EngineConfig, Generation, GenerationRequest, LatencyModel, QueueFull
@@ -318,48 +315,12 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 LORA = "food-review-1"
 
 
-@dataclass(frozen=True)
-class Sim:
-    host: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-
-def loopback_address() -> tuple[str, int]:
-    """A 127.x.y.z of the kind `up` gives pods (never 127.0.0.1), and a port free on it."""
-    host = f"127.0.{random.randint(1, 254)}.{random.randint(1, 254)}"
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-    return host, port
+Sim = SimProcess
 
 
 def start_sim(log: Path, *args: str, pod: str = "sim-pod-0") -> Sim:
     host, port = loopback_address()
-    command = [sys.executable, "-m", "xds_server.cli", "sim", "vllm", "--host", host, "--port", str(port), *args]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "POD_NAME": pod})
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return Sim(host, port, process, log)
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError(f"the simulator did not start listening:\n{log.read_text()}")
-
-
-def kill(sim: Sim) -> None:
-    if sim.process.poll() is None:
-        sim.process.kill()
-        sim.process.wait()
+    return start_sim_process("vllm", ["--host", host, "--port", str(port), *args], host, port, log, {"POD_NAME": pod})
 
 
 @pytest.fixture(scope="module")
@@ -371,7 +332,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
         *("--fake-metrics", '{"running-requests": 10}', "--time-scale", "0.01", "--seed", "7"),
     )
     yield started
-    kill(started)
+    started.kill()
 
 
 async def post(url: str, body: dict[str, Any]) -> tuple[int, Mapping[str, str], bytes]:
@@ -537,7 +498,7 @@ async def test_metrics_show_queueing_under_load_and_recover_when_clients_leave(t
         sim.process.send_signal(signal.SIGINT)
         assert sim.process.wait(timeout=10) == 0
     finally:
-        kill(sim)
+        sim.kill()
 
 
 async def wait_for_metrics(
@@ -571,7 +532,7 @@ async def test_lora_info_reports_running_adapters(tmp_path: Path) -> None:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
     finally:
-        kill(sim)
+        sim.kill()
 
 
 def test_sigterm_exits_cleanly(sim: Sim) -> None:
