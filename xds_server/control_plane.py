@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -80,6 +80,8 @@ class ControlPlane:
     current: Build | None = None
     memo: Memo = field(default_factory=Memo)  # used by one build at a time (builds are sequential)
     rejected: dict[str, Nack] = field(default_factory=dict)  # gateway key -> latest NACK not yet superseded
+    # Called on the event loop with every applied build (the Endpoint Picker follows pools this way).
+    build_listeners: list[Callable[[Build], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.clients.add_nack_listener(self._nacked)
@@ -106,6 +108,8 @@ class ControlPlane:
         for key in previous - built.snapshots.keys() - built.refused.keys():
             self.cache.set(key, EMPTY_SNAPSHOT)
         self.current = built
+        for listener in self.build_listeners:
+            listener(built)
         metrics.TRANSLATION_SECONDS.observe(built.seconds)
         metrics.LOAD_ERRORS.set(len(built.resources.errors))
         for error in built.resources.errors:
