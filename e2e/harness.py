@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import itertools
 import json
 import os
@@ -17,6 +18,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -257,3 +259,115 @@ def start_sim(
         time.sleep(0.05)
     sim.kill()
     raise AssertionError(f"sim {name} did not become healthy:\n{log.read_text()}")
+
+
+SECONDS = 20.0  # how long anything may take to become true on a loaded machine; never a timing assertion
+
+
+@dataclass
+class Response:
+    status_code: int
+    headers: Message
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def request(
+    url: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    """One HTTP/1.1 request with the standard library (no client-side retries, no added headers but Host)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=SECONDS)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        answer = connection.getresponse()
+        return Response(answer.status, answer.headers, answer.read())
+    finally:
+        connection.close()
+
+
+def eventually(check: Any, what: str) -> Any:
+    """Polls `check()` until it returns something truthy."""
+    deadline = time.monotonic() + SECONDS
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            assert result, f"not reached: {what}"
+            return result
+        time.sleep(0.05)
+
+
+class Up:
+    """`xds-server up` as a user runs it, in its own process: random free control-plane ports, the Gateways on a
+    loopback address of their own (so runs side by side never share a listener), output and logs under `directory`."""
+
+    def __init__(self, paths: Sequence[Path], directory: Path) -> None:
+        self.directory = directory
+        self.ready_file = directory / "ready.json"
+        self.output = directory / "up.out"
+        self.listen_host = loopback_address()[0]
+        command = [sys.executable, "-m", "xds_server.cli", "up", *map(str, paths), "--free-ports"]
+        command += ["--listen-host", self.listen_host, "--ready-file", str(self.ready_file)]
+        command += ["--log-dir", str(directory / "logs")]
+        with self.output.open("ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        self.document: dict[str, Any] = {}
+
+    def ready(self, seconds: float = 60.0) -> dict[str, Any]:
+        """The ready file's document, once `up` has written it."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"up exited with {self.process.returncode}:\n{self.tail()}"
+            if self.ready_file.exists():
+                self.document = json.loads(self.ready_file.read_text())
+                return self.document
+            time.sleep(0.05)
+        raise AssertionError(f"up was not ready after {seconds}s:\n{self.tail()}")
+
+    def refresh(self) -> dict[str, Any]:
+        """The ready file again: `up` rewrites it when Gateways or pods change."""
+        self.document = json.loads(self.ready_file.read_text())
+        return self.document
+
+    @property
+    def url(self) -> str:
+        url: str = self.document["gateways"][0]["url"]
+        return url
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.output.read_text(errors="replace").splitlines()[-lines:])
+
+    def processes(self) -> list[int]:
+        """Every live process of this run (the children carry the run's id in their environment)."""
+        return run_processes(self.document["run_id"]) if self.document else []
+
+    def stop(self, signum: int = signal.SIGTERM, seconds: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        try:
+            return self.process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+
+def run_processes(run_id: str) -> list[int]:
+    """Live processes whose environment has `XDS_SERVER_UP_RUN=<run_id>` (zombies, already dead, are left out)."""
+    marker = f"XDS_SERVER_UP_RUN={run_id}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0") and " Z " not in (proc / "stat").read_text():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found

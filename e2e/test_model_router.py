@@ -9,69 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import http.client
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from e2e.harness import Envoy, Serve, SimProcess, free_port, http_get, start_sim
+from e2e.harness import SECONDS, Envoy, Response, Serve, SimProcess, eventually, free_port, http_get, request, start_sim
 from e2e.manifests import ai_gateway_route, ai_service_backend, gateway
 
 UPSTREAMS = {"a": "127.0.7.1", "b": "127.0.7.2"}
 BUFFER_LIMIT = 1024 * 1024
-SECONDS = 20.0  # how long anything may take to become true on a loaded machine; never a timing assertion
 
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
-
-
-@dataclass
-class Response:
-    status_code: int
-    headers: Message
-    content: bytes
-
-    @property
-    def text(self) -> str:
-        return self.content.decode(errors="replace")
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-
-def request(
-    url: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-) -> Response:
-    """One HTTP/1.1 request with the standard library (no client-side retries, no added headers but Host)."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    connection = http.client.HTTPConnection(host, int(port), timeout=SECONDS)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        answer = connection.getresponse()
-        return Response(answer.status, answer.headers, answer.read())
-    finally:
-        connection.close()
-
-
-def eventually(check: Any, what: str) -> Any:
-    """Polls `check()` until it returns something truthy."""
-    deadline = time.monotonic() + SECONDS
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            assert result, f"not reached: {what}"
-            return result
-        time.sleep(0.05)
 
 
 def start_testupstream(upstream_id: str, host: str, log: Path) -> SimProcess:

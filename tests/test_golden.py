@@ -18,6 +18,7 @@ REQUIRED_CASES = {
     "failopen-failclose",
     "model-name-override",
     "invalid-objects",
+    "inferencepool-picker",
 }
 
 

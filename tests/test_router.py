@@ -405,9 +405,10 @@ async def channel() -> AsyncIterator[grpc.aio.Channel]:
     control_plane = ControlPlane(SnapshotCache(), ClientRegistry())
     resources = load_texts([("manifests.yaml", MANIFESTS)])
     control_plane.apply(control_plane.build(resources))
-    server = await extproc.start(control_plane, TranslateOptions(extproc_port=port))
+    server, picker = await extproc.start(control_plane, TranslateOptions(extproc_port=port))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield channel
+    await picker.scraper.close()
     await server.stop(grace=None)
 
 
@@ -421,13 +422,8 @@ async def test_streams_are_dispatched_by_their_initial_metadata(channel: grpc.ai
     [answer] = [r async for r in stub.Process(requests(models), metadata=(("x-ai-eg-gateway", GATEWAY),))]
     assert [m["id"] for m in immediate(answer)[1]["data"]] == ["model-a"]  # type: ignore[attr-defined]
 
-    picker = (
-        request_headers("/v1/models"),
-        request_body(b'{"model": "x"}'),
-        response_headers(200, "application/json"),
-        response_body(b"{}", True),
-    )
+    # The picker's stream: headers pass, and the body is answered by the picker (this pool is unknown to it).
+    picker = (request_headers("/v1/chat/completions"), request_body(b'{"model": "x", "prompt": "hi"}'))
     answers = [r async for r in stub.Process(requests(*picker), metadata=((PICKER_POOL_METADATA, "default/pool"),))]
-    assert answers == [PASS_THROUGH[kind] for kind in ("request_headers", "request_body", "response_headers")] + [
-        PASS_THROUGH["response_body"]
-    ]
+    assert answers[0] == PASS_THROUGH["request_headers"]
+    assert answers[1].immediate_response.details == "endpoint_picker_unknown_pool"

@@ -14,7 +14,9 @@ from dataclasses import dataclass, replace
 
 from translators.ir import AddressKind, ClusterIR, Discovery, Endpoint, EndpointGroup, PoolBalancing, PoolIR
 from translators.loader import ResourceSet
-from translators.resources import AIServiceBackend, Backend, InferencePool, Pod, Service
+from translators.picker_config import PickerConfigFinder
+from translators.pools import pool_members, pool_objectives
+from translators.resources import AIServiceBackend, Backend, InferenceObjective, InferencePool, Pod, Service
 from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP
 from translators.resources.inference import INFERENCE_GROUP
 
@@ -58,6 +60,11 @@ class BackendResolver:
         for pod in resources.of_kind(Pod):
             if pod.is_ready:
                 self._ready_pods.setdefault(pod.namespace, []).append(pod)
+        self._objectives: dict[str, list[InferenceObjective]] = {}
+        for objective in resources.of_kind(InferenceObjective):
+            self._objectives.setdefault(objective.namespace, []).append(objective)
+        self._picker_configs = PickerConfigFinder(resources)
+        self._pools: dict[tuple[str, str], PoolIR] = {}  # every rule routing to a pool needs it: build it once
 
     def _pods(self, namespace: str, labels: dict[str, str]) -> list[Pod]:
         if not labels:  # a selector-less Service has no automatic endpoints
@@ -148,18 +155,23 @@ class BackendResolver:
         return ClusterIR(identity, discovery_for([group]), (group,))
 
     def pool(self, pool: InferencePool) -> PoolIR:
-        endpoints = {
-            Endpoint(pod.status.pod_ip or "", port.number)
-            for pod in self._pods(pool.namespace, pool.spec.selector.match_labels)
-            for port in pool.spec.target_ports
-        }
+        key = (pool.namespace, pool.name)
+        if key not in self._pools:
+            self._pools[key] = self._build_pool(pool)
+        return self._pools[key]
+
+    def _build_pool(self, pool: InferencePool) -> PoolIR:
+        members = pool_members(pool, self._pods(pool.namespace, pool.spec.selector.match_labels))
         picker = pool.spec.endpoint_picker_ref
         return PoolIR(
             namespace=pool.namespace,
             name=pool.name,
-            endpoints=tuple(sorted(endpoints)),
+            endpoints=tuple(sorted({Endpoint(m.address, m.port) for m in members})),
             fail_open=picker is not None and picker.failure_mode == "FailOpen",
             picker_service=picker.name if picker is not None and picker.kind == "Service" else None,
+            members=members,
+            objectives=pool_objectives(pool, self._objectives.get(pool.namespace, [])),
+            picker_config=self._picker_configs.find(pool),
         )
 
     def pool_cluster(self, namespace: str, name: str) -> tuple[ClusterIR, PoolIR]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from translators.backends import BackendResolver, Unresolved, WeightedCluster, combine
 from translators.hostnames import effective_hostnames
 from translators.ir import (
+    PICKER_BODY_MODES,
     ClusterIR,
     Condition,
     DirectAction,
@@ -52,6 +53,9 @@ from translators.resources.inference import INFERENCE_GROUP
 CONTROLLER_NAMES = frozenset({"gateway.envoyproxy.io/gatewayclass-controller", "xds-server.dev/gateway-controller"})
 MODEL_HEADER = "x-ai-eg-model"
 AI_DEFAULT_TIMEOUT_MS = 60_000
+# On an HTTPRoute or AIGatewayRoute: how the picker of its InferencePool rules gets the request body.
+PICKER_BODY_MODE_ANNOTATION = "xds-server.io/picker-body-mode"
+PICKER_BODY_MODE_CONDITION = "xds-server.io/PickerBodyMode"
 
 Route = HTTPRoute | AIGatewayRoute
 # A route placed on a virtual host: (Gateway listener name, precedence key, route).
@@ -128,6 +132,7 @@ class _Translator:
         self.backends = BackendResolver(resources, options.resolve_cluster_local)
         self.book = _StatusBook()
         self.namespace_labels = {ns.name: ns.metadata.labels for ns in resources.of_kind(Namespace)}
+        self.body_modes: dict[tuple[str, str, str], str] = {}
 
     # --- routes -> Envoy routes, computed once per route and shared by every Gateway it attaches to ---
 
@@ -152,6 +157,7 @@ class _Translator:
         if is_ai and timeout_ms is None:
             timeout_ms = AI_DEFAULT_TIMEOUT_MS
         per_try_ms = parse_duration_ms(timeouts.backend_request) if timeouts and timeouts.backend_request else None
+        body_mode = self._body_mode(route)
         clusters: tuple[ClusterIR, ...] = ()
         pool: str | None = None
         fail_open = False
@@ -194,6 +200,7 @@ class _Translator:
                     model_router=is_ai,
                     pool=pool,
                     pool_fail_open=fail_open,
+                    pool_body_mode=body_mode if pool is not None else PICKER_BODY_MODES[0],
                     rule=rule_id,
                 ),
             )
@@ -209,6 +216,24 @@ class _Translator:
             return WeightedCluster(cluster, ref.weight, ref.priority)
         cluster = self.backends.resolve(route.namespace, ref.group, ref.kind, ref.name, ref.namespace, ref.port)
         return WeightedCluster(cluster, ref.weight, 0)
+
+    def _body_mode(self, route: Route) -> str:
+        """The route's picker body mode; an invalid annotation is reported once and means the default."""
+        key = (route.kind, route.namespace, route.name)
+        if key not in self.body_modes:
+            value = route.metadata.annotations.get(PICKER_BODY_MODE_ANNOTATION, PICKER_BODY_MODES[0])
+            if value not in PICKER_BODY_MODES:
+                self.book.report(
+                    route,
+                    PICKER_BODY_MODE_CONDITION,
+                    False,
+                    "InvalidAnnotation",
+                    f"annotation {PICKER_BODY_MODE_ANNOTATION}: {value!r} is not one of "
+                    f"{', '.join(PICKER_BODY_MODES)}; using {PICKER_BODY_MODES[0]}",
+                )
+                value = PICKER_BODY_MODES[0]
+            self.body_modes[key] = value
+        return self.body_modes[key]
 
     # --- attachment of routes to Gateway listeners ---
 

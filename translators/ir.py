@@ -72,6 +72,10 @@ class PathMatchIR:
     value: str
 
 
+# How the picker's ext_proc filter sends it the request body (route annotation xds-server.io/picker-body-mode).
+PICKER_BODY_MODES = ("BUFFERED", "FULL_DUPLEX_STREAMED")
+
+
 @dataclass(frozen=True)
 class ForwardAction:
     cluster: str
@@ -98,6 +102,7 @@ class RouteIR:
     model_router: bool = False  # the router ext_proc runs on this route (AI routes and their catch-all)
     pool: str | None = None  # "<ns>/<name>" of the InferencePool whose picker runs on this route
     pool_fail_open: bool = False
+    pool_body_mode: str = "BUFFERED"  # how the picker gets the request body: one of PICKER_BODY_MODES
     rule: str = ""  # "<kind>/<ns>/<name>/rule/<i>": which resource rule produced it
 
 
@@ -118,6 +123,11 @@ class ListenerIR:
     @property
     def routes(self) -> tuple[RouteIR, ...]:
         return tuple(route for vhost in self.virtual_hosts for route in vhost.routes)
+
+    @property
+    def runs_picker(self) -> bool:
+        """Some route goes to an InferencePool, so the listener's filter chain has the Endpoint Picker."""
+        return any(route.pool is not None for route in self.routes)
 
 
 @dataclass(frozen=True)
@@ -152,15 +162,48 @@ class ObjectStatus:
     conditions: tuple[Condition, ...]
 
 
+@dataclass(frozen=True, order=True)
+class PoolMember:
+    """One endpoint of a pool: a (pod, targetPort) pair the picker can choose."""
+
+    address: str  # pod IP
+    port: int  # one of the pool's targetPorts, active on this pod
+    pod: str  # pod name
+    engine: str  # the pod's model-server engine (label inference.networking.k8s.io/engine-type), default "vllm"
+
+
+@dataclass(frozen=True)
+class ObjectiveIR:
+    """An InferenceObjective of the pool: requests name it in x-gateway-inference-objective."""
+
+    name: str
+    priority: int  # higher is more important, negative is sheddable; unset is 0
+
+
+@dataclass(frozen=True)
+class PickerConfigIR:
+    """The EndpointPickerConfig the pool's picker runs with."""
+
+    text: str | None  # the EndpointPickerConfig YAML; None: the default profile (or `error`)
+    origin: str  # where it came from, for errors and /debug
+    error: str | None = None  # why a configured --config-file could not be read; `text` is None then
+
+
+DEFAULT_PICKER_CONFIG = PickerConfigIR(None, "default profile")
+
+
 @dataclass(frozen=True)
 class PoolIR:
     """An InferencePool as the picker needs it."""
 
     namespace: str
     name: str
-    endpoints: tuple[Endpoint, ...]
+    endpoints: tuple[Endpoint, ...]  # the (address, port) of every member: the pool cluster's EDS endpoints
     fail_open: bool
     picker_service: str | None  # endpointPickerRef Service name, if any
+    members: tuple[PoolMember, ...] = ()
+    objectives: tuple[ObjectiveIR, ...] = ()  # sorted by name
+    picker_config: PickerConfigIR = DEFAULT_PICKER_CONFIG
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,16 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from xds_server.control_plane import ControlPlane
+from xds_server.epp.picker import EndpointPicker
 
 
-def _json(document: Any) -> web.Response:
-    return web.Response(body=orjson.dumps(document, option=orjson.OPT_INDENT_2), content_type="application/json")
+def _json(document: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(document, option=orjson.OPT_INDENT_2), status=status, content_type="application/json"
+    )
 
 
-def admin_app(control_plane: ControlPlane) -> web.Application:
+def admin_app(control_plane: ControlPlane, picker: EndpointPicker | None = None) -> web.Application:
     async def healthz(_request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
@@ -38,6 +41,15 @@ def admin_app(control_plane: ControlPlane) -> web.Application:
     async def status(_request: web.Request) -> web.Response:
         return _json(control_plane.status_document())
 
+    async def pools(_request: web.Request) -> web.Response:
+        return _json(picker.pools_document() if picker is not None else [])
+
+    async def pool(request: web.Request) -> web.Response:
+        key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+        if picker is None or key not in picker.pools:
+            return _json({"error": f"no InferencePool {key}"}, status=404)
+        return _json(picker.pool_document(key))
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -45,4 +57,6 @@ def admin_app(control_plane: ControlPlane) -> web.Application:
     app.router.add_get("/debug/snapshots", snapshots)
     app.router.add_get("/debug/clients", clients)
     app.router.add_get("/debug/status", status)
+    app.router.add_get("/debug/pools", pools)
+    app.router.add_get("/debug/pools/{namespace}/{name}", pool)
     return app

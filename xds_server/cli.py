@@ -6,8 +6,10 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import yaml
 
@@ -104,6 +106,25 @@ def run_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(args.resources, translate_options(args), args.xds_address, args.admin_address))
 
 
+def run_up(args: argparse.Namespace) -> int:
+    # `up` forks its children from a process with gRPC threads; they exec at once, so gRPC's fork handlers have
+    # nothing to protect and would only log "skipping fork() handlers" (read when gRPC is first imported).
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+    from xds_server.up.runner import UpConfig, up
+
+    config = UpConfig(
+        paths=[Path(p) for p in args.paths],
+        listen_host=args.listen_host,
+        privileged_port_offset=args.privileged_port_offset,
+        buffer_limit_bytes=args.buffer_limit_bytes,
+        ready_file=args.ready_file,
+        log_dir=args.log_dir,
+        free_ports=args.free_ports,
+        wait_seconds=args.wait,
+    )
+    return asyncio.run(up(config))
+
+
 def run_status(args: argparse.Namespace) -> int:
     import grpc
 
@@ -164,6 +185,36 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--log-format", choices=("json", "console"), default="json")
     add_translate_options(serve_cmd)
     serve_cmd.set_defaults(run=run_serve)
+    up_cmd = commands.add_parser(
+        "up", help="run manifests on this machine: control plane, one Envoy per Gateway, local pods for Deployments"
+    )
+    up_cmd.add_argument("paths", nargs="+", metavar="PATH", help="YAML files or directories, watched")
+    up_cmd.add_argument("--listen-host", default="127.0.0.1", help="address the Gateways' listeners bind")
+    up_cmd.add_argument(
+        "--privileged-port-offset",
+        type=int,
+        default=10000,
+        metavar="N",
+        help="a Gateway port P below 1024 listens on P+N (default 10000: 80 -> 10080)",
+    )
+    up_cmd.add_argument(
+        "--buffer-limit-bytes",
+        type=int,
+        default=TranslateOptions.buffer_limit_bytes,
+        metavar="N",
+        help=argparse.SUPPRESS,
+    )
+    up_cmd.add_argument("--ready-file", type=Path, metavar="FILE", help="write the ready Gateways' URLs here as JSON")
+    up_cmd.add_argument("--log-dir", type=Path, metavar="DIR", help="where process logs go (default: a new temp dir)")
+    up_cmd.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="ADS, ext_proc, admin and Envoy admin on random free ports instead of 18000, 1063, 19000 and 19901+",
+    )
+    up_cmd.add_argument(
+        "--wait", type=float, default=120.0, metavar="SECONDS", help="longest wait for pods and Envoys at startup"
+    )
+    up_cmd.set_defaults(run=run_up)
     status_cmd = commands.add_parser("status", help="show each connected Envoy's sync state per resource type")
     status_cmd.add_argument("--xds-address", type=host_port, default=("127.0.0.1", 18000), metavar="HOST:PORT")
     status_cmd.add_argument("--gateway", metavar="NS/NAME", help="only Envoys of this Gateway")

@@ -1,4 +1,8 @@
-"""`xds-server serve`: watched manifests -> translation -> snapshots -> ADS, with the admin HTTP server beside it."""
+"""`xds-server serve`: watched manifests -> translation -> snapshots -> ADS, with the admin HTTP server beside it.
+
+`ControlPlaneService` is the part `xds-server up` shares: the same servers and the same build/apply path, fed
+with the manifests plus the pods `up` runs.
+"""
 
 from __future__ import annotations
 
@@ -22,13 +26,77 @@ from xds_server.api import admin_pb2_grpc
 from xds_server.cache import SnapshotCache
 from xds_server.clients import ClientRegistry
 from xds_server.control_plane import ControlPlane
+from xds_server.epp.picker import EndpointPicker
 from xds_server.extproc import server as extproc
 from xds_server.sources.files import FileSource
 
 log = logging.getLogger(__name__)
 
-# Envoy's own receive limit is unlimited; ours must not cut a large config (the gRPC default is 4 MiB).
-GRPC_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+# Envoy's own receive limit is unlimited; ours must not cut a large config (the gRPC default is 4 MiB). A second
+# control plane on the same port must fail, not silently share the Envoys' streams with this one (SO_REUSEPORT).
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class ControlPlaneService:
+    """A `ControlPlane` and its servers: ADS and the gRPC admin API, ext_proc (router and picker), admin HTTP."""
+
+    def __init__(self, options: TranslateOptions, xds_address: tuple[str, int], admin_address: tuple[str, int]) -> None:
+        self.control_plane = ControlPlane(SnapshotCache(), ClientRegistry(), options)
+        self.options = options
+        self.xds_address = xds_address
+        self.admin_address = admin_address
+        # Builds share the control plane's memo, so they must not overlap even when several sources publish.
+        self._building = asyncio.Lock()
+        self._grpc: grpc.aio.Server | None = None
+        self._extproc: grpc.aio.Server | None = None
+        self.picker: EndpointPicker | None = None
+        self._admin: web.AppRunner | None = None
+
+    async def publish(self, resources: ResourceSet) -> None:
+        """Translates in a worker thread, then publishes on the event loop (where the ADS streams listen)."""
+        async with self._building:
+            built = await asyncio.to_thread(self.control_plane.build, resources)
+            self.control_plane.apply(built)
+        metrics.RELOADS.labels("errors" if resources.errors or built.refused else "ok").inc()
+
+    async def start(self) -> None:
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+            Ads(self.control_plane.cache, self.control_plane.clients), server
+        )
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.control_plane), server)
+        server.add_insecure_port(f"{self.xds_address[0]}:{self.xds_address[1]}")
+        await server.start()
+        self._grpc = server
+        self._extproc, self.picker = await extproc.start(self.control_plane, self.options)
+        runner = web.AppRunner(admin_app(self.control_plane, self.picker), access_log=None)
+        await runner.setup()
+        self._admin = runner
+        await web.TCPSite(runner, self.admin_address[0], self.admin_address[1]).start()
+        log.info("ADS on %s:%d, admin on http://%s:%d", *self.xds_address, *self.admin_address)
+
+    async def stop(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        if self._extproc is not None:
+            await self._extproc.stop(grace=1.0)
+        if self.picker is not None:
+            await self.picker.scraper.close()
+        if self._admin is not None:
+            await self._admin.cleanup()
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or Ctrl-C (SIGINT), so the caller shuts down in order instead of being killed."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
 
 
 async def serve(
@@ -37,38 +105,14 @@ async def serve(
     xds_address: tuple[str, int],
     admin_address: tuple[str, int],
 ) -> int:
-    control_plane = ControlPlane(SnapshotCache(), ClientRegistry(), options)
+    service = ControlPlaneService(options, xds_address, admin_address)
     source = FileSource(paths)
-
-    async def publish(resources: ResourceSet) -> None:
-        built = await asyncio.to_thread(control_plane.build, resources)
-        control_plane.apply(built)
-        metrics.RELOADS.labels("errors" if resources.errors or built.refused else "ok").inc()
-
-    await publish(await asyncio.to_thread(source.load))
-
-    server = grpc.aio.server(options=GRPC_OPTIONS)
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        Ads(control_plane.cache, control_plane.clients), server
-    )
-    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(control_plane), server)
-    server.add_insecure_port(f"{xds_address[0]}:{xds_address[1]}")
-    await server.start()
-    extproc_server = await extproc.start(control_plane, options)
-    runner = web.AppRunner(admin_app(control_plane), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, admin_address[0], admin_address[1]).start()
-    log.info("ADS on %s:%d, admin on http://%s:%d", *xds_address, *admin_address)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    watcher = asyncio.create_task(source.watch(publish, stop))
+    await service.publish(await asyncio.to_thread(source.load))
+    await service.start()
+    stop = stop_on_signals()
+    watcher = asyncio.create_task(source.watch(service.publish, stop))
     await stop.wait()
     log.info("shutting down")
     watcher.cancel()
-    await server.stop(grace=1.0)
-    await extproc_server.stop(grace=1.0)
-    await runner.cleanup()
+    await service.stop()
     return 0

@@ -53,6 +53,29 @@ class ContainerPort(K8sModel):
     protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
 
 
+class VolumeMount(K8sModel):
+    name: str
+    mount_path: str
+    sub_path: str | None = None  # a path inside the volume mounted at mount_path instead of its root
+
+
+class KeyToPath(K8sModel):
+    key: str
+    path: str  # relative path of the key's file inside the volume
+
+
+class ConfigMapVolumeSource(K8sModel):
+    name: str
+    items: list[KeyToPath] = Field(default_factory=list)  # when set, only these keys, at these paths
+
+
+class Volume(K8sModel):
+    """Only ConfigMap volumes are read (the picker's config); other sources are kept as a name."""
+
+    name: str
+    config_map: ConfigMapVolumeSource | None = None
+
+
 class Container(K8sModel):
     name: str
     image: str | None = None
@@ -61,12 +84,12 @@ class Container(K8sModel):
     env: list[dict[str, Any]] = Field(default_factory=list)
     ports: list[ContainerPort] = Field(default_factory=list)
     readiness_probe: dict[str, Any] | None = None
-    volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
+    volume_mounts: list[VolumeMount] = Field(default_factory=list)
 
 
 class PodSpec(K8sModel):
     containers: list[Container] = Field(min_length=1)
-    volumes: list[dict[str, Any]] = Field(default_factory=list)
+    volumes: list[Volume] = Field(default_factory=list)
 
 
 class PodCondition(K8sModel):

@@ -19,9 +19,11 @@ from translators.xds.names import (
     DESTINATION_HEADER,
     EXTPROC_CLUSTER,
     LB_METADATA_NAMESPACE,
+    SERVED_ENDPOINT_KEY,
     XDS_METADATA_NAMESPACE,
     pack,
 )
+from translators.xds.override_host import with_selected_host_key
 
 CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -87,6 +89,10 @@ def _round_robin() -> cluster_pb2.LoadBalancingPolicy:
     )
 
 
+def _lb_key(key: str) -> metadata_pb2.MetadataKey:
+    return metadata_pb2.MetadataKey(key=LB_METADATA_NAMESPACE, path=[metadata_pb2.MetadataKey.PathSegment(key=key)])
+
+
 def _pool_policy(fail_open: bool) -> cluster_pb2.LoadBalancingPolicy:
     """Envoy takes the picker's endpoint (header, then `envoy.lb` metadata); only pool endpoints can be reached.
 
@@ -108,15 +114,12 @@ def _pool_policy(fail_open: bool) -> cluster_pb2.LoadBalancingPolicy:
     override = override_host_pb2.OverrideHost(
         override_host_sources=[
             override_host_pb2.OverrideHost.OverrideHostSource(header=DESTINATION_HEADER),
-            override_host_pb2.OverrideHost.OverrideHostSource(
-                metadata=metadata_pb2.MetadataKey(
-                    key=LB_METADATA_NAMESPACE,
-                    path=[metadata_pb2.MetadataKey.PathSegment(key=DESTINATION_HEADER)],
-                )
-            ),
+            override_host_pb2.OverrideHost.OverrideHostSource(metadata=_lb_key(DESTINATION_HEADER)),
         ],
         fallback_policy=fallback,
     )
+    # Envoy reports the endpoint that served (after retries) to the picker in `envoy.lb` metadata.
+    override = with_selected_host_key(override, _lb_key(SERVED_ENDPOINT_KEY))
     return cluster_pb2.LoadBalancingPolicy(policies=[_policy("envoy.load_balancing_policies.override_host", override)])
 
 

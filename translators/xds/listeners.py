@@ -29,15 +29,16 @@ from translators.xds.names import (
     LB_METADATA_NAMESPACE,
     MODEL_ROUTER_FILTER,
     PICKER_FILTER,
+    PICKER_MESSAGE_TIMEOUT_SECONDS,
     ROUTER_FILTER,
     ROUTER_GATEWAY_METADATA,
     ROUTER_METADATA_NAMESPACE,
     STRIP_HEADERS_FILTER,
+    SUBSET_HINT_NAMESPACE,
     pack,
 )
 
 Mode = processing_mode_pb2.ProcessingMode
-EXTPROC_MESSAGE_TIMEOUT = duration_pb2.Duration(seconds=10)
 # The router answers each message in well under a millisecond; when it is gone or stuck, clients should get a 503
 # quickly instead of waiting (streams are held per message, so a stuck router would stall every AI request).
 ROUTER_MESSAGE_TIMEOUT = duration_pb2.Duration(seconds=2)
@@ -61,7 +62,7 @@ def _extproc(
     receive: list[str],
     forward: list[str],
     allow_mode_override: bool,
-    message_timeout: duration_pb2.Duration = EXTPROC_MESSAGE_TIMEOUT,
+    message_timeout: duration_pb2.Duration,
 ) -> ext_proc_pb2.ExternalProcessor:
     config = ext_proc_pb2.ExternalProcessor(
         grpc_service=grpc_service_pb2.GrpcService(
@@ -102,9 +103,11 @@ def model_router_filter(gateway: str) -> hcm_pb2.HttpFilter:
 
 
 def picker_filter() -> hcm_pb2.HttpFilter:
-    """Picks the pool endpoint; the route names the pool (gRPC metadata) and may fail open.
+    """Picks the pool endpoint; the route names the pool (gRPC metadata), may fail open and may stream the body.
 
-    It may write `envoy.lb` dynamic metadata (the pick) and receives `envoy.lb` (subset hint, served endpoint).
+    It may write `envoy.lb` dynamic metadata (the pick). It receives `envoy.lb.subset_hint` (endpoints another
+    filter allows) and, with the response headers, `envoy.lb` (the endpoint that served, which the pool cluster's
+    override_host policy writes there).
     """
     mode = Mode(
         request_header_mode=Mode.SEND,
@@ -114,7 +117,13 @@ def picker_filter() -> hcm_pb2.HttpFilter:
         response_body_mode=Mode.NONE,
         response_trailer_mode=Mode.SKIP,
     )
-    config = _extproc(mode, [LB_METADATA_NAMESPACE], [LB_METADATA_NAMESPACE], allow_mode_override=False)
+    config = _extproc(
+        mode,
+        [LB_METADATA_NAMESPACE],
+        [LB_METADATA_NAMESPACE, SUBSET_HINT_NAMESPACE],
+        allow_mode_override=False,
+        message_timeout=duration_pb2.Duration(seconds=PICKER_MESSAGE_TIMEOUT_SECONDS),
+    )
     return hcm_pb2.HttpFilter(name=PICKER_FILTER, typed_config=pack(config), disabled=True)
 
 
@@ -123,11 +132,10 @@ def _router() -> hcm_pb2.HttpFilter:
 
 
 def http_filters(listener: ListenerIR, gateway: str) -> list[hcm_pb2.HttpFilter]:
-    routes = listener.routes
     filters = [_strip_internal_headers()]
     if uses_model_router(listener):
         filters.append(model_router_filter(gateway))
-    if any(r.pool is not None for r in routes):
+    if listener.runs_picker:
         filters.append(picker_filter())
     filters.append(_router())
     return filters

@@ -16,7 +16,17 @@ PICKER_POOL_METADATA = "x-inference-pool"
 # gRPC metadata on the model router's ext_proc stream naming the Gateway ("<ns>/<name>") of the listener.
 ROUTER_GATEWAY_METADATA = "x-ai-eg-gateway"
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
+# Where Envoy's override_host policy reports the endpoint that served the request (in `envoy.lb` metadata); the
+# picker filter forwards that namespace, so the picker learns it with the response headers.
+SERVED_ENDPOINT_KEY = "x-gateway-destination-endpoint-served"
+# How long Envoy waits for the picker's answer to one message. In FULL_DUPLEX_STREAMED mode the picker answers
+# the request headers only after the whole body has arrived, so the wait covers the client's upload as well as
+# the pick: Envoy's 200 ms default would fail any large or slow upload. Past it the request fails (or, with
+# FailOpen, goes to the pool's round robin).
+PICKER_MESSAGE_TIMEOUT_SECONDS = 10
 LB_METADATA_NAMESPACE = "envoy.lb"
+# Dynamic metadata a data plane filter may set to restrict the picker to some endpoints (Endpoint Picker protocol).
+SUBSET_HINT_NAMESPACE = "envoy.lb.subset_hint"
 # xDS metadata (routes, endpoints) read back through ext_proc request attributes.
 XDS_METADATA_NAMESPACE = "aigateway.envoy.io"
 # Dynamic metadata the model router writes for access logs.

@@ -9,9 +9,10 @@ from typing import Any
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 
-from translators.ir import ObjectStatus, TranslateOptions, Translation
+from translators.ir import ObjectStatus, PoolIR, TranslateOptions, Translation
 from translators.loader import LoadError
 from translators.xds import XdsResources, gateway_resources
+from translators.xds.override_host import json_descriptor_pool
 
 _FIRST_KEYS = {"@type": 0, "name": 1}
 
@@ -27,8 +28,12 @@ def _canonical(value: Any) -> Any:
 
 
 def message_dict(message: Message) -> dict[str, Any]:
-    """Proto field names (snake_case, as in Envoy's YAML docs), keys in a stable order."""
-    result: dict[str, Any] = _canonical(json.loads(MessageToJson(message, preserving_proto_field_name=True)))
+    """Proto field names (snake_case, as in Envoy's YAML docs), keys in a stable order.
+
+    Packed configs are read with descriptors that know the fields Envoy has and xds-protos lacks (`override_host`).
+    """
+    text = MessageToJson(message, preserving_proto_field_name=True, descriptor_pool=json_descriptor_pool())
+    result: dict[str, Any] = _canonical(json.loads(text))
     return result
 
 
@@ -53,6 +58,27 @@ def status_dict(status: ObjectStatus) -> dict[str, Any]:
     }
 
 
+def pool_dict(pool: PoolIR) -> dict[str, Any]:
+    """What the pool's picker is given; the endpoints are left out, they are the members' addresses and ports.
+
+    The picker config's text is shown line by line, which YAML prints far more readably than one long string.
+    """
+    config: dict[str, Any] = {"origin": pool.picker_config.origin}
+    if pool.picker_config.error is not None:
+        config["error"] = pool.picker_config.error
+    if pool.picker_config.text is not None:
+        config["text_lines"] = pool.picker_config.text.splitlines()
+    return {
+        "namespace": pool.namespace,
+        "name": pool.name,
+        "fail_open": pool.fail_open,
+        "picker_service": pool.picker_service,
+        "members": [asdict(m) for m in pool.members],
+        "objectives": [asdict(o) for o in pool.objectives],
+        "picker_config": config,
+    }
+
+
 def error_dict(error: LoadError) -> dict[str, Any]:
     return {
         "file": error.origin.file,
@@ -68,9 +94,10 @@ def error_dict(error: LoadError) -> dict[str, Any]:
 def translation_dict(
     translation: Translation, errors: tuple[LoadError, ...], options: TranslateOptions
 ) -> dict[str, Any]:
-    """Everything `xds-server translate` prints: per-Gateway resources, object conditions, load errors."""
+    """Everything `xds-server translate` prints: per-Gateway resources, pools, object conditions, load errors."""
     return {
         "gateways": [resources_dict(gateway_resources(g, options)) for g in translation.gateways],
+        "pools": [pool_dict(p) for p in translation.pools],
         "status": [status_dict(s) for s in translation.statuses],
         "errors": [error_dict(e) for e in errors],
     }

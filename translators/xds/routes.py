@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
@@ -17,6 +17,8 @@ from translators.xds.names import (
     XDS_METADATA_NAMESPACE,
     pack,
 )
+
+Mode = processing_mode_pb2.ProcessingMode
 
 
 def _duration(ms: int) -> duration_pb2.Duration:
@@ -86,16 +88,44 @@ def _no_overrides() -> ext_proc_pb2.ExtProcPerRoute:
     return config
 
 
-def _picker_config(pool: str, fail_open: bool) -> ext_proc_pb2.ExtProcPerRoute:
-    return ext_proc_pb2.ExtProcPerRoute(
-        overrides=ext_proc_pb2.ExtProcOverrides(
-            grpc_initial_metadata=[base_pb2.HeaderValue(key=PICKER_POOL_METADATA, value=pool)],
-            failure_mode_allow=wrappers_pb2.BoolValue(value=fail_open),
-        )
+def _full_duplex_mode() -> processing_mode_pb2.ProcessingMode:
+    """The picker reads the body as it streams in and answers the headers once it has all of it.
+
+    Envoy requires trailers to be sent in full-duplex mode (the picker's end of body when the request has none).
+    """
+    return Mode(
+        request_header_mode=Mode.SEND,
+        request_body_mode=Mode.FULL_DUPLEX_STREAMED,
+        request_trailer_mode=Mode.SEND,
+        response_header_mode=Mode.SEND,
+        response_body_mode=Mode.NONE,
+        response_trailer_mode=Mode.SKIP,
     )
 
 
-def route(ir: RouteIR) -> route_components_pb2.Route:
+def _picker_config(pool: str, fail_open: bool, body_mode: str) -> ext_proc_pb2.ExtProcPerRoute:
+    """The filter's own processing mode buffers the body; FULL_DUPLEX_STREAMED routes override it."""
+    overrides = ext_proc_pb2.ExtProcOverrides(
+        grpc_initial_metadata=[base_pb2.HeaderValue(key=PICKER_POOL_METADATA, value=pool)],
+        failure_mode_allow=wrappers_pb2.BoolValue(value=fail_open),
+    )
+    if body_mode == "FULL_DUPLEX_STREAMED":
+        overrides.processing_mode.CopyFrom(_full_duplex_mode())
+    return ext_proc_pb2.ExtProcPerRoute(overrides=overrides)
+
+
+def _picker_off() -> ext_proc_pb2.ExtProcPerRoute:
+    return ext_proc_pb2.ExtProcPerRoute(disabled=True)
+
+
+def route(ir: RouteIR, picker_in_chain: bool = False) -> route_components_pb2.Route:
+    """`picker_in_chain`: the listener runs the picker filter (some route of it goes to a pool).
+
+    Envoy decides which disabled-by-default filters run from the route a request matches when it starts. An AI
+    request starts on the catch-all (its model header is not set yet) and only reaches its pool route after the
+    model router clears the route cache, so every model-router route puts the picker in the chain; the picker
+    reads its per-route config later, from the final route, which turns it off again where there is no pool.
+    """
     built = route_components_pb2.Route(name=ir.name, match=_match(ir))
     if isinstance(ir.action, DirectAction):
         built.direct_response.CopyFrom(_direct(ir.action))
@@ -104,20 +134,27 @@ def route(ir: RouteIR) -> route_components_pb2.Route:
     if ir.model_router:
         built.typed_per_filter_config[MODEL_ROUTER_FILTER].CopyFrom(pack(_enable(_no_overrides())))
     if ir.pool is not None:
-        built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(_picker_config(ir.pool, ir.pool_fail_open))))
+        picker = _picker_config(ir.pool, ir.pool_fail_open, ir.pool_body_mode)
+        built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(picker)))
+    elif ir.model_router and picker_in_chain:
+        built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(_picker_off())))
     if ir.rule:
         built.metadata.filter_metadata[XDS_METADATA_NAMESPACE].update({"rule": ir.rule})
     return built
 
 
 def route_configuration(listener: ListenerIR, memo: Memo) -> route_pb2.RouteConfiguration:
+    picker = listener.runs_picker
     return route_pb2.RouteConfiguration(
         name=listener.name,
         virtual_hosts=[
             route_components_pb2.VirtualHost(
                 name=v.name,
                 domains=list(v.domains),
-                routes=[memo.get(("route", r), lambda r=r: route(r)) for r in v.routes],  # type: ignore[misc]
+                routes=[
+                    memo.get(("route", r, picker), lambda r=r: route(r, picker))  # type: ignore[misc]
+                    for r in v.routes
+                ],
             )
             for v in listener.virtual_hosts
         ],

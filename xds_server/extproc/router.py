@@ -43,7 +43,7 @@ MODELS_PATH = b"/v1/models"
 _NOT_A_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def _headers(headers: ext_proc_pb2.HttpHeaders, wanted: frozenset[str]) -> dict[str, bytes]:
+def header_values(headers: ext_proc_pb2.HttpHeaders, wanted: frozenset[str]) -> dict[str, bytes]:
     """The wanted headers' values (Envoy sends raw_value; `value` is the older form)."""
     found: dict[str, bytes] = {}
     for header in headers.headers.headers:
@@ -108,7 +108,7 @@ class RouterStream:
 
     def request_headers(self, headers: ext_proc_pb2.HttpHeaders) -> ProcessingResponse:
         self.started = self.clock()
-        found = _headers(headers, _REQUEST_HEADERS)
+        found = header_values(headers, _REQUEST_HEADERS)
         path = found.get(":path", b"").partition(b"?")[0]
         if path == MODELS_PATH:
             return self.tables.models_answer(self.gateway, found.get(":authority", b"").decode("latin-1"))
@@ -140,7 +140,7 @@ class RouterStream:
     def response_headers(
         self, headers: ext_proc_pb2.HttpHeaders, attributes: Mapping[str, struct_pb2.Struct]
     ) -> ProcessingResponse:
-        found = _headers(headers, _RESPONSE_HEADERS)
+        found = header_values(headers, _RESPONSE_HEADERS)
         status = found.get(":status", b"0")
         self.status = int(status) if status.isdigit() else 0
         self.backend = _attribute(attributes, BACKEND_ATTRIBUTE) or _attribute(attributes, CLUSTER_ATTRIBUTE)

@@ -2,7 +2,8 @@
 
 Envoy opens one stream per request and ext_proc filter. The filters say whose stream it is through its initial
 metadata: the picker's routes add `x-inference-pool`, everything else belongs to the model router. Handlers are
-registered by metadata key, so the Endpoint Picker plugs in without touching the router.
+registered by metadata key, so the Endpoint Picker plugs in without touching the router. The same server answers
+`grpc.health.v1` for the services a gateway may probe (the Endpoint Picker protocol's names among them).
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from typing import Protocol, TypeAlias
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from translators.ir import TranslateOptions
 from translators.xds.names import PICKER_POOL_METADATA
-from xds_server.control_plane import ControlPlane
-from xds_server.extproc.responses import PASS_THROUGH, ProcessingResponse
+from xds_server.control_plane import Build, ControlPlane
+from xds_server.epp.picker import EndpointPicker
+from xds_server.epp.scrape import Scraper
+from xds_server.extproc.responses import ProcessingResponse
 from xds_server.extproc.router import ModelRouter
 from xds_server.extproc.tables import RouterTables
 
@@ -35,16 +39,7 @@ class StreamHandler(Protocol):
         """Reads the stream's requests with `context.read()` and answers each with `context.write()`."""
 
 
-class PassThrough:
-    """Answers every message with "continue unchanged", so Envoy's request goes on as if no service were there.
-
-    Stands in for the Endpoint Picker until it exists: with no pick, the pool cluster's fallback decides (round
-    robin for FailOpen pools, 503 for FailClose ones).
-    """
-
-    async def handle(self, context: Context, metadata: Mapping[str, str]) -> None:
-        while (request := await context.read()) is not grpc.aio.EOF:
-            await context.write(PASS_THROUGH[request.WhichOneof("request")])
+HEALTH_SERVICES = ("", "liveness", "readiness", "inference-extension", "envoy.service.ext_proc.v3.ExternalProcessor")
 
 
 class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc,unused-ignore]
@@ -63,15 +58,26 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
         await handler.handle(context, metadata)
 
 
-async def start(control_plane: ControlPlane, options: TranslateOptions) -> grpc.aio.Server:
-    """Serves ext_proc on the address Envoy is told (`--extproc-address`); the router reads the current build."""
+async def start(
+    control_plane: ControlPlane, options: TranslateOptions, scrape_interval: float = 0.05
+) -> tuple[grpc.aio.Server, EndpointPicker]:
+    """Serves ext_proc on the address Envoy is told (`--extproc-address`): the router reads the current build, the
+    picker follows every build's pools. Stop the scraper with `picker.scraper.close()`."""
 
     def tables() -> RouterTables:
         current = control_plane.current
         return current.router if current is not None else RouterTables()
 
+    picker = EndpointPicker(Scraper(interval=scrape_interval))
+
+    def follow(built: Build) -> None:
+        picker.follow(built.translation)
+
+    control_plane.build_listeners.append(follow)
+    if control_plane.current is not None:
+        follow(control_plane.current)
     processor = ExternalProcessor(default=ModelRouter(tables))
-    processor.register(PICKER_POOL_METADATA, PassThrough())
+    processor.register(PICKER_POOL_METADATA, picker)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", options.buffer_limit_bytes + MESSAGE_OVERHEAD_BYTES),
@@ -80,8 +86,12 @@ async def start(control_plane: ControlPlane, options: TranslateOptions) -> grpc.
         ]
     )
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(processor, server)
+    health_servicer = health.aio.HealthServicer()
+    for service in HEALTH_SERVICES:
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{options.extproc_host}:{options.extproc_port}"
     server.add_insecure_port(address)
     await server.start()
-    log.info("ext_proc (model router) on %s", address)
-    return server
+    log.info("ext_proc (model router, endpoint picker) on %s", address)
+    return server, picker

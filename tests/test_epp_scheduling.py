@@ -1,0 +1,259 @@
+"""The picker's config loading, plugins and scheduling decisions, on candidates with chosen metrics."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from translators.ir import PickerConfigIR, PoolIR, PoolMember
+from xds_server.epp.config import load_config
+from xds_server.epp.metrics import EndpointMetrics
+from xds_server.epp.plugins import (
+    Candidate,
+    HeaderSelectionFilter,
+    KVCacheScorer,
+    LoraAffinityScorer,
+    MaxScorePicker,
+    PickerConfigError,
+    PickRequest,
+    PrefixCacheScorer,
+    QueueScorer,
+    SaturationDetector,
+    WeightedRandomPicker,
+)
+from xds_server.epp.pools import PoolState
+from xds_server.epp.prefix import PrefixIndex, prefix_hashes
+from xds_server.epp.scheduler import SchedulingError, restrict, schedule
+
+NOW = 1000.0
+TUTORIAL_CONFIG = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+  - pluginRef: kv-cache-utilization-scorer
+  - pluginRef: prefix-cache-scorer
+"""
+
+
+def endpoint(index: int, waiting: int = 0, kv: float = 0.0, age: float = 0.0, **more: object) -> Candidate:
+    metrics = EndpointMetrics(waiting=waiting, kv_usage=kv, updated=NOW - age, **more)  # type: ignore[arg-type]
+    return Candidate(f"10.0.0.{index}:8000", f"10.0.0.{index}", 8000, f"pod-{index}", metrics)
+
+
+def request(prompt: str = "hello", priority: int = 0, **headers: str) -> PickRequest:
+    return PickRequest("llama", prompt, {k.replace("_", "-"): v for k, v in headers.items()}, priority)
+
+
+def test_tutorial_config_gives_three_scorers_of_weight_one_and_a_max_score_picker() -> None:
+    config = load_config(TUTORIAL_CONFIG, "test")
+    assert [(type(s), w) for s, w in config.profile.scorers] == [
+        (QueueScorer, 1.0),
+        (KVCacheScorer, 1.0),
+        (PrefixCacheScorer, 1.0),
+    ]
+    assert isinstance(config.profile.picker, MaxScorePicker) and config.profile.picker.max_endpoints == 1
+    prefix = config.profile.scorers[2][0]
+    assert isinstance(prefix, PrefixCacheScorer)
+    assert (prefix.block_chars, prefix.max_blocks, prefix.index.capacity) == (64, 256, 31250)
+
+
+def test_default_profile_weights_queue_and_kv_two_and_prefix_three() -> None:
+    config = load_config(None, "default profile")
+    assert [(s.name, w) for s, w in config.profile.scorers] == [
+        ("queue-scorer", 2.0),
+        ("kv-cache-utilization-scorer", 2.0),
+        ("prefix-cache-scorer", 3.0),
+    ]
+
+
+def test_no_profiles_means_one_profile_with_every_listed_plugin() -> None:
+    config = load_config("plugins: [{type: kv-cache-utilization-scorer}, {type: random-picker, name: r}]", "t")
+    assert [s.name for s, _ in config.profile.scorers] == ["kv-cache-utilization-scorer"]
+    assert config.profile.picker.name == "r"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("plugins: [{type: prefix-cache-scorer, parameters: {hashBlockSize: -3}}]", "hashBlockSize"),
+        ("plugins: [{type: prefix-cache-scorer, parameters: {blockSize: 16}}]", "unknown parameter blockSize"),
+        ("plugins: [{type: max-score-picker, name: p, parameters: {maxNumOfEndpoints: two}}]", "plugin p"),
+        ("plugins: [{type: no-such-scorer}]", "unknown type 'no-such-scorer'"),
+        ("plugins: [{type: queue-scorer}]\nschedulingProfiles: [{name: d, plugins: [{pluginRef: q}]}]", "'q'"),
+        (
+            "plugins: [{type: queue-scorer}]\nschedulingProfiles: [{name: d, plugins: "
+            "[{pluginRef: queue-scorer, weight: -1}]}]",
+            "weight",
+        ),
+        (
+            "plugins: [{type: utilization-detector, parameters: {metricsStalenessThreshold: soon}}]",
+            "metricsStalenessThreshold",
+        ),
+        ("plugins: [{type: queue-scorer}]\nflowControl: {maxBytes: 1}", "flowControl"),
+        ("plugins: [{type: queue-scorer}, {type: queue-scorer}]", "defined twice"),
+    ],
+)
+def test_a_bad_config_names_the_plugin_and_parameter(text: str, message: str) -> None:
+    with pytest.raises(PickerConfigError, match=message.replace("(", r"\(")):
+        load_config(text, "test")
+
+
+def test_saturation_thresholds_are_configurable() -> None:
+    config = load_config(
+        "plugins: [{type: queue-scorer}, {type: utilization-detector, name: u, parameters: "
+        "{queueDepthThreshold: 2, kvCacheUtilThreshold: 0.5, metricsStalenessThreshold: 1s}}]\n"
+        "saturationDetector: {pluginRef: u}",
+        "t",
+    )
+    assert config.saturation == SaturationDetector(queue_depth=2, kv_usage=0.5, staleness=1.0)
+
+
+def test_queue_scorer_scales_between_shortest_and_longest_queue() -> None:
+    scores = QueueScorer("q").score(
+        request(), [endpoint(1, waiting=0), endpoint(2, waiting=5), endpoint(3, waiting=10)]
+    )
+    assert scores == [1.0, 0.5, 0.0]
+    assert QueueScorer("q").score(request(), [endpoint(1, waiting=3), endpoint(2, waiting=3)]) == [1.0, 1.0]
+
+
+def test_lora_affinity_prefers_a_running_adapter_then_a_free_slot() -> None:
+    running = endpoint(1, active_models=frozenset({"llama"}), max_models=2)
+    free_slot = endpoint(2, active_models=frozenset({"other"}), max_models=2)
+    waiting = endpoint(3, active_models=frozenset({"a"}), waiting_models=frozenset({"llama"}), max_models=2)
+    full = endpoint(4, active_models=frozenset({"a", "b"}), max_models=2)
+    assert LoraAffinityScorer("l").score(request(), [running, free_slot, waiting, full]) == [1.0, 0.8, 0.6, 0.0]
+
+
+def test_the_least_loaded_endpoint_wins_and_ties_are_shared() -> None:
+    config = load_config(TUTORIAL_CONFIG, "t")
+    busy, idle = endpoint(1, waiting=8, kv=0.9), endpoint(2, waiting=0, kv=0.1)
+    picks = {schedule(config, request(), [busy, idle], NOW).targets[0].key for _ in range(20)}
+    assert picks == {idle.key}
+    equal = [endpoint(i) for i in range(1, 4)]
+    shared = Counter(
+        schedule(load_config(TUTORIAL_CONFIG, "t"), request(), equal, NOW).targets[0].key for _ in range(90)
+    )
+    assert len(shared) == 3  # random tie-break, not always the first
+
+
+def test_requests_sharing_a_prefix_follow_the_first_pick() -> None:
+    config = load_config(TUTORIAL_CONFIG, "t")
+    candidates = [endpoint(i) for i in range(1, 5)]
+    system = "You are a helpful assistant that answers questions about the tutorial. " * 20
+    first = schedule(config, request(system + "question one"), candidates, NOW).targets[0]
+    for question in ("two", "three", "four"):
+        decision = schedule(config, request(system + question), candidates, NOW)
+        assert decision.targets[0] == first
+        assert dict(zip([c.key for c in candidates], decision.scores[2][2], strict=True))[first.key] == 1.0
+
+
+def test_max_score_picker_returns_fallbacks_in_score_order() -> None:
+    picker = MaxScorePicker("p", max_endpoints=3)
+    candidates = [endpoint(i) for i in range(1, 5)]
+    assert [c.key for c in picker.pick(candidates, [0.1, 0.9, 0.5, 0.7])] == [
+        candidates[1].key,
+        candidates[3].key,
+        candidates[2].key,
+    ]
+
+
+def test_weighted_random_picker_follows_the_scores() -> None:
+    random.seed(7)
+    candidates = [endpoint(1), endpoint(2)]
+    counts = Counter(WeightedRandomPicker("w").pick(candidates, [0.9, 0.1])[0].key for _ in range(2000))
+    assert counts[candidates[0].key] > counts[candidates[1].key] * 3
+
+
+def test_sheddable_requests_are_refused_only_on_a_saturated_pool() -> None:
+    config = load_config(TUTORIAL_CONFIG, "t")
+    saturated = [endpoint(1, waiting=9), endpoint(2, kv=0.95)]
+    with pytest.raises(SchedulingError) as refused:
+        schedule(config, request(priority=-1), saturated, NOW)
+    assert refused.value.status == 429
+    assert schedule(config, request(priority=0), saturated, NOW).targets  # not sheddable: still scheduled
+    stale = [endpoint(1, age=5.0)]
+    with pytest.raises(SchedulingError):
+        schedule(config, request(priority=-1), stale, NOW)
+    assert schedule(config, request(priority=-1), [endpoint(1), *saturated], NOW).targets[0].key == "10.0.0.1:8000"
+
+
+def test_no_candidates_is_503_and_a_filter_leaving_none_is_429() -> None:
+    config = load_config(TUTORIAL_CONFIG, "t")
+    with pytest.raises(SchedulingError) as empty:
+        schedule(config, request(), [], NOW)
+    assert empty.value.status == 503
+    conformance = load_config("plugins: [{type: header-based-testing-filter}, {type: max-score-picker}]", "t")
+    with pytest.raises(SchedulingError) as filtered:
+        schedule(conformance, request(), [endpoint(1)], NOW)
+    assert filtered.value.status == 429
+
+
+def test_header_selection_filter_keeps_listed_ips_or_endpoints() -> None:
+    candidates = [endpoint(1), endpoint(2), endpoint(3)]
+    kept = HeaderSelectionFilter("h").filter(
+        request(test_epp_endpoint_selection="10.0.0.1, 10.0.0.3:8000,10.0.0.2:9999"), candidates
+    )
+    assert [c.key for c in kept] == ["10.0.0.1:8000", "10.0.0.3:8000"]
+
+
+def test_subset_hint_matches_ip_or_ip_and_port() -> None:
+    candidates = [endpoint(1), endpoint(2), endpoint(3)]
+    assert [c.pod for c in restrict(candidates, ["10.0.0.2"])] == ["pod-2"]
+    assert [c.pod for c in restrict(candidates, ["10.0.0.1:8000,10.0.0.3:8000"])] == ["pod-1", "pod-3"]
+    assert restrict(candidates, ["10.0.0.1:9000"]) == []
+
+
+def test_prefix_hashes_chain_blocks_and_depend_on_the_model() -> None:
+    text = "a" * 64 + "b" * 64 + "c" * 10
+    hashes = prefix_hashes("m", text, 64, 256)
+    assert len(hashes) == 2  # the partial block is left out
+    assert prefix_hashes("m", "a" * 64 + "x" * 64, 64, 256)[0] == hashes[0]
+    assert prefix_hashes("m", "a" * 64 + "x" * 64, 64, 256)[1] != hashes[1]
+    assert prefix_hashes("other", text, 64, 256)[0] != hashes[0]
+    assert prefix_hashes("m", "é" * 130, 64, 256) == prefix_hashes("m", "é" * 128, 64, 256)
+    assert len(prefix_hashes("m", "z" * 64 * 10, 64, 3)) == 3
+
+
+def test_prefix_index_evicts_least_recently_used_and_forgets_departed_endpoints() -> None:
+    index = PrefixIndex(capacity=2)
+    index.add("a", [1, 2])
+    index.add("a", [1])  # 1 is now the most recent
+    index.add("a", [3])  # evicts 2
+    assert index.match([1]) == {"a": 1}
+    assert index.match([2]) == {}
+    index.add("b", [1, 5])
+    assert index.match([1, 5]) == {"a": 1, "b": 2}
+    index.remove_endpoints({"b"})
+    assert index.match([1, 3]) == {"b": 1}
+    assert index.size("a") == 0
+
+
+def test_pool_state_keeps_candidates_and_reads_unknown_engines_with_vllm_names() -> None:
+    members = (PoolMember("10.0.0.1", 8000, "a", "vllm"), PoolMember("10.0.0.2", 8000, "b", "triton-tensorrt-llm"))
+    state = PoolState("default/p")
+    state.update(PoolIR("default", "p", (), False, None, members=members))
+    first = state.candidates[0]
+    assert state.engines == {"10.0.0.1:8000": "vllm", "10.0.0.2:8000": "vllm"}
+    state.update(PoolIR("default", "p", (), False, None, members=members[:1]))
+    assert state.candidates == [first] and state.candidates[0] is first
+
+
+def test_a_refused_config_keeps_the_last_good_one() -> None:
+    state = PoolState("default/p")
+    good = PickerConfigIR("plugins: [{type: random-picker}]", "ConfigMap default/x key a")
+    state.update(PoolIR("default", "p", (), False, None, picker_config=good))
+    bad = PickerConfigIR(
+        "plugins: [{type: random-picker, parameters: {maxNumOfEndpoints: 0}}]", "ConfigMap default/x key a"
+    )
+    state.update(PoolIR("default", "p", (), False, None, picker_config=bad))
+    assert state.config.profile.picker.name == "random-picker"
+    assert state.config_error is not None and "maxNumOfEndpoints" in state.config_error

@@ -1,0 +1,253 @@
+"""The embedded Endpoint Picker: one ext_proc stream per request to an InferencePool route.
+
+Envoy's picker filter names the pool in the stream's gRPC metadata (`x-inference-pool: <ns>/<name>`), and the
+route chooses how the request body arrives (the first message's `protocol_config` says which):
+- BUFFERED: request headers (answered at once, unchanged), then the whole body; the body's reply carries the
+  pick as a header mutation plus dynamic metadata, with `clear_route_cache`.
+- FULL_DUPLEX_STREAMED: headers (not answered yet), body chunks until end of stream; then the reply to the
+  headers carries the pick and the body goes back in chunks of at most 62,000 bytes.
+Then the response headers arrive with the endpoint that served the request (`envoy.lb` metadata, written by the
+pool cluster's override_host policy); response plugins and the debug header answer there.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeAlias
+
+import grpc
+import orjson
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
+from prometheus_client import Counter, Gauge, Histogram
+
+from translators.ir import Translation
+from translators.xds.names import PICKER_POOL_METADATA
+from xds_server.epp import protocol
+from xds_server.epp.metrics import EndpointMetrics
+from xds_server.epp.plugins import TEST_SELECTION_HEADER, Candidate, PickRequest
+from xds_server.epp.pools import PoolState
+from xds_server.epp.protocol import BadRequest
+from xds_server.epp.scheduler import Decision, SchedulingError, restrict, schedule
+from xds_server.epp.scrape import Scraper, Target
+from xds_server.extproc.responses import CONTINUE_REQUEST_HEADERS, PASS_THROUGH, ProcessingResponse
+from xds_server.extproc.router import header_values
+
+log = logging.getLogger(__name__)
+
+ProcessingRequest: TypeAlias = ext_proc_pb2.ProcessingRequest
+Context: TypeAlias = "grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse]"
+FULL_DUPLEX = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
+NEVER_SCRAPED = EndpointMetrics()  # updated 0.0: as stale as can be
+
+_CONTROL_HEADERS = frozenset(
+    {
+        protocol.OBJECTIVE_HEADER,
+        protocol.MODEL_REWRITE_HEADER,
+        protocol.DEBUG_HEADER,
+        TEST_SELECTION_HEADER,
+    }
+)
+
+PICKS = Counter(
+    "inference_extension_scheduler_attempts_total", "Scheduling attempts by pool and outcome.", ["pool", "status"]
+)
+PICK_SECONDS = Histogram(
+    "inference_extension_scheduler_e2e_duration_seconds",
+    "Time to pick an endpoint, from the complete request body to the decision.",
+    ["pool"],
+    buckets=(0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01),
+)
+READY_ENDPOINTS = Gauge("inference_pool_ready_pods", "Ready endpoints of each pool.", ["name"])
+
+
+class EndpointPicker:
+    def __init__(self, scraper: Scraper, clock: Callable[[], float] = time.monotonic) -> None:
+        self.scraper = scraper
+        self.clock = clock
+        self.pools: dict[str, PoolState] = {}
+
+    # --- the datastore follows the control plane --------------------------------------------------------------
+
+    def follow(self, translation: Translation) -> None:
+        """Called with each applied build: pools, endpoints, objectives, configs and scrape targets."""
+        seen = set()
+        targets: dict[str, Target] = {}
+        for pool in translation.pools:
+            key = f"{pool.namespace}/{pool.name}"
+            seen.add(key)
+            state = self.pools.get(key)
+            if state is None:
+                state = self.pools[key] = PoolState(key)
+            state.update(pool)
+            READY_ENDPOINTS.labels(key).set(len(state.candidates))
+            for candidate in state.candidates:
+                targets[candidate.key] = Target(candidate.address, candidate.port, state.engines[candidate.key])
+        for gone in set(self.pools) - seen:
+            del self.pools[gone]
+            READY_ENDPOINTS.remove(gone)
+        self.scraper.set_targets(targets)
+
+    # --- one request ------------------------------------------------------------------------------------------
+
+    async def handle(self, context: Context, metadata: Mapping[str, str]) -> None:
+        stream = PickerStream(self, metadata.get(PICKER_POOL_METADATA, ""))
+        while (request := await context.read()) is not grpc.aio.EOF:
+            for reply in stream.process(request):
+                await context.write(reply)
+
+    def candidates(self, pool: PoolState) -> list[Candidate]:
+        """The pool's endpoints with their latest metrics attached (a dictionary lookup each, no copies)."""
+        get = self.scraper.get
+        for candidate in pool.candidates:
+            sample = get(candidate.key)
+            candidate.metrics = sample if sample is not None else NEVER_SCRAPED
+        return pool.candidates
+
+    # --- /debug ---------------------------------------------------------------------------------------------
+
+    def pools_document(self) -> list[dict[str, Any]]:
+        return [self.pool_document(key) for key in sorted(self.pools)]
+
+    def pool_document(self, key: str) -> dict[str, Any]:
+        pool = self.pools[key]
+        now = self.clock()
+        metrics = {}
+        for candidate in pool.candidates:
+            sample = self.scraper.get(candidate.key)
+            entry: dict[str, Any] = {"scrapeError": self.scraper.errors(candidate.key)}
+            if sample is not None:
+                entry.update(
+                    waiting=sample.waiting,
+                    running=sample.running,
+                    kvCacheUsage=sample.kv_usage,
+                    activeModels=sorted(sample.active_models),
+                    ageSeconds=round(now - sample.updated, 3),
+                )
+            metrics[candidate.key] = entry
+        return pool.document(metrics)
+
+
+class PickerStream:
+    """One request's state. `process` returns the replies to one message (none, one, or several)."""
+
+    __slots__ = ("body", "decision", "full_duplex", "headers", "picker", "pool", "pool_key", "subset")
+
+    def __init__(self, picker: EndpointPicker, pool_key: str) -> None:
+        self.picker = picker
+        self.pool_key = pool_key
+        self.pool = picker.pools.get(pool_key)
+        self.full_duplex = False
+        self.headers: dict[str, str] = {}
+        self.subset: list[str] | None = None
+        self.body: list[bytes] = []
+        self.decision: Decision | None = None
+
+    def process(self, request: ProcessingRequest) -> Iterable[ProcessingResponse]:
+        kind = request.WhichOneof("request")
+        if kind == "request_headers":
+            return self.request_headers(request)
+        if kind == "request_body":
+            self.body.append(request.request_body.body)
+            if not request.request_body.end_of_stream:
+                return ()  # buffered mode sends the body whole; full duplex waits for the rest before answering
+            return self.pick(end_of_stream=True)
+        if kind == "request_trailers":  # full duplex: trailers end the body
+            replies = list(self.pick(end_of_stream=False)) if self.decision is None else []
+            return [*replies, PASS_THROUGH[kind]]
+        if kind == "response_headers":
+            return (self.response_headers(request),)
+        return (PASS_THROUGH[kind],)
+
+    def request_headers(self, request: ProcessingRequest) -> Iterable[ProcessingResponse]:
+        if request.HasField("protocol_config"):
+            self.full_duplex = request.protocol_config.request_body_mode == FULL_DUPLEX
+        self.headers = {
+            k: v.decode("latin-1") for k, v in header_values(request.request_headers, _CONTROL_HEADERS).items()
+        }
+        self.subset = protocol.subset_hint(request)
+        if request.request_headers.end_of_stream:  # no body to read: any candidate will do
+            return (self.pick_without_body(),)
+        return () if self.full_duplex else (CONTINUE_REQUEST_HEADERS,)
+
+    def _candidates(self) -> list[Candidate]:
+        if self.pool is None:
+            raise SchedulingError(503, "unknown_pool", f"InferencePool {self.pool_key} is not known to the picker")
+        candidates = self.picker.candidates(self.pool)
+        if self.subset is not None:
+            candidates = restrict(candidates, self.subset)
+            if not candidates:
+                raise SchedulingError(503, "no_endpoints", "no endpoint of the pool is in the data plane's subset hint")
+        return candidates
+
+    def pick_without_body(self) -> ProcessingResponse:
+        try:
+            candidates = self._candidates()
+            if not candidates:
+                raise SchedulingError(503, "no_endpoints", "no ready endpoint in the pool")
+        except SchedulingError as error:
+            return self._refuse(error)
+        return protocol.routed(random.choice(candidates).key, "request_headers")
+
+    def pick(self, end_of_stream: bool) -> Iterable[ProcessingResponse]:
+        started = time.perf_counter()
+        body = b"".join(self.body)
+        self.body = []
+        try:
+            request, rewritten = self._parse(body)
+            candidates = self._candidates()
+            decision = schedule(self.pool.config, request, candidates, self.picker.clock())  # type: ignore[union-attr]
+        except BadRequest as error:
+            return (protocol.refusal(400, str(error), "invalid_request"),)
+        except SchedulingError as error:
+            return (self._refuse(error),)
+        self.decision = decision
+        pool = self.pool
+        assert pool is not None
+        pool.last_decision = decision
+        PICK_SECONDS.labels(self.pool_key).observe(time.perf_counter() - started)
+        PICKS.labels(self.pool_key, "success").inc()
+        destination = ",".join(target.key for target in decision.targets)
+        if not self.full_duplex:
+            return (protocol.routed(destination, "request_body", rewritten),)
+        return [
+            protocol.routed(destination, "request_headers"),
+            *protocol.streamed_body(rewritten if rewritten is not None else body, end_of_stream),
+        ]
+
+    def _parse(self, body: bytes) -> tuple[PickRequest, bytes | None]:
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as error:
+            raise BadRequest(f"the request body is not valid JSON: {error}") from None
+        if not isinstance(payload, dict):
+            raise BadRequest("the request body must be a JSON object")
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("'model' is required: name the model to use")
+        rewritten = None
+        target = self.headers.get(protocol.MODEL_REWRITE_HEADER)
+        if target and target != model:
+            payload["model"] = model = target
+            rewritten = orjson.dumps(payload)
+        objective = self.headers.get(protocol.OBJECTIVE_HEADER)
+        priority = self.pool.objectives.get(objective, 0) if self.pool is not None and objective else 0
+        return PickRequest(model, protocol.prompt_of(payload), self.headers, priority), rewritten
+
+    def _refuse(self, error: SchedulingError) -> ProcessingResponse:
+        PICKS.labels(self.pool_key, error.code).inc()
+        log.debug("pool %s: %s", self.pool_key, error.message)
+        return protocol.refusal(error.status, error.message, error.code)
+
+    def response_headers(self, request: ProcessingRequest) -> ProcessingResponse:
+        added: list[tuple[str, str]] = []
+        if self.pool is not None:
+            served = protocol.served_endpoint(request)
+            for plugin in self.pool.config.response_plugins:
+                added.extend(plugin.response_headers(served))
+        if self.decision is not None and self.headers.get(protocol.DEBUG_HEADER) == "true":
+            added.append((protocol.SCORES_HEADER, orjson.dumps(self.decision.explain()).decode()))
+        return protocol.response_headers(added) if added else PASS_THROUGH["response_headers"]

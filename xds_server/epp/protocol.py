@@ -1,0 +1,116 @@
+"""The Endpoint Picker protocol's messages: reading a request's body and control headers, and the replies.
+
+The pick goes to Envoy twice, with the same value: as the request header `x-gateway-destination-endpoint` and as
+dynamic metadata `envoy.lb/x-gateway-destination-endpoint`. The pool cluster's override_host policy reads the
+header, then the metadata; it only ever connects to endpoints of the pool, whatever the value says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
+from google.protobuf import struct_pb2
+
+from translators.xds.names import DESTINATION_HEADER, LB_METADATA_NAMESPACE, SUBSET_HINT_NAMESPACE
+from xds_server.extproc.responses import ProcessingResponse, error_body, immediate_json, set_header
+
+BODY_CHUNK_BYTES = 62_000  # some Envoy builds cap a streamed body message at 64 KiB
+SUBSET_HINT_KEY = "x-gateway-destination-endpoint-subset"
+SERVED_KEY = "x-gateway-destination-endpoint-served"
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
+MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
+DEBUG_HEADER = "x-gateway-picker-debug"  # request: "true" asks for the scores of this pick in the response
+SCORES_HEADER = "x-gateway-picker-scores"
+
+
+class BadRequest(Exception):
+    pass
+
+
+def prompt_of(payload: dict[str, Any]) -> str:
+    """The text the prefix index hashes: chat messages flattened in a chat-template shape, else the prompt."""
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        parts = []
+        for message in messages:
+            if not isinstance(message, dict):
+                raise BadRequest("every entry of 'messages' must be an object")
+            content = message.get("content")
+            if isinstance(content, list):  # content parts: only text counts
+                content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            parts.append(f"<|im_start|>{message.get('role', '')}\n{content or ''}<|im_end|>\n")
+        return "".join(parts)
+    prompt = payload.get("prompt", payload.get("input"))
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
+        return "".join(prompt)
+    raise BadRequest("no prompt found: the body needs 'messages' or 'prompt'")
+
+
+def subset_hint(request: ext_proc_pb2.ProcessingRequest) -> list[str] | None:
+    """The endpoints the data plane allows, when it says (None: no restriction)."""
+    namespace = request.metadata_context.filter_metadata.get(SUBSET_HINT_NAMESPACE)
+    if namespace is None or SUBSET_HINT_KEY not in namespace.fields:
+        return None
+    value = namespace.fields[SUBSET_HINT_KEY]
+    if value.HasField("list_value"):
+        return [v.string_value for v in value.list_value.values]
+    return [value.string_value]
+
+
+def served_endpoint(request: ext_proc_pb2.ProcessingRequest) -> str | None:
+    namespace = request.metadata_context.filter_metadata.get(LB_METADATA_NAMESPACE)
+    if namespace is None or SERVED_KEY not in namespace.fields:
+        return None
+    return str(namespace.fields[SERVED_KEY].string_value)
+
+
+def _pick_metadata(destination: str) -> struct_pb2.Struct:
+    metadata = struct_pb2.Struct()
+    metadata.fields[LB_METADATA_NAMESPACE].struct_value.fields[DESTINATION_HEADER].string_value = destination
+    return metadata
+
+
+def routed(destination: str, phase: str, body: bytes | None = None) -> ProcessingResponse:
+    """The reply that sends the request to `destination` ("ip:port[,ip:port...]"), answering `phase`
+    (`request_headers` in full-duplex mode and for bodiless requests, `request_body` when buffered).
+    `body` replaces a buffered body (a model rewrite)."""
+    headers = [set_header(DESTINATION_HEADER, destination.encode())]
+    common = ext_proc_pb2.CommonResponse(clear_route_cache=True)
+    if body is not None:
+        headers.append(set_header("content-length", str(len(body)).encode()))
+        common.body_mutation.body = body
+    common.header_mutation.set_headers.extend(headers)
+    response = ProcessingResponse(dynamic_metadata=_pick_metadata(destination))
+    getattr(response, phase).response.CopyFrom(common)
+    return response
+
+
+def streamed_body(body: bytes, end_of_stream: bool) -> list[ProcessingResponse]:
+    """A full-duplex request body sent back to Envoy, in chunks it accepts (an empty body is one empty chunk)."""
+    chunks = [body[i : i + BODY_CHUNK_BYTES] for i in range(0, len(body), BODY_CHUNK_BYTES)] or [b""]
+    replies = []
+    for index, chunk in enumerate(chunks):
+        last = end_of_stream and index == len(chunks) - 1
+        common = ext_proc_pb2.CommonResponse()
+        common.body_mutation.streamed_response.body = chunk
+        common.body_mutation.streamed_response.end_of_stream = last
+        replies.append(ProcessingResponse(request_body=ext_proc_pb2.BodyResponse(response=common)))
+    return replies
+
+
+def response_headers(headers: Sequence[tuple[str, str]]) -> ProcessingResponse:
+    mutation = ext_proc_pb2.HeaderMutation(set_headers=[set_header(k, v.encode()) for k, v in headers])
+    return ProcessingResponse(
+        response_headers=ext_proc_pb2.HeadersResponse(response=ext_proc_pb2.CommonResponse(header_mutation=mutation))
+    )
+
+
+def refusal(status: int, message: str, code: str) -> ProcessingResponse:
+    error_type = "invalid_request_error" if status < 500 else "server_error"
+    if status == 429:
+        error_type = "rate_limit_error"
+    return immediate_json(status, error_body(message, error_type, code), f"endpoint_picker_{code}")

@@ -1,0 +1,83 @@
+"""One scheduling decision: candidates -> admission -> filters -> weighted scores -> picker -> what scorers learn.
+
+Errors map to the Endpoint Picker protocol's statuses: no candidate at all is 503 (nothing to send it to), a
+sheddable request on a saturated pool and a profile that filters everything out are 429 (try again later).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from xds_server.epp.config import PickerConfig
+from xds_server.epp.plugins import Candidate, PickRequest
+
+
+class SchedulingError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True)
+class Decision:
+    """The targets in order (the first is primary; the rest are fallbacks for retries) and how they were scored."""
+
+    targets: list[Candidate]
+    candidates: list[Candidate]
+    scores: list[tuple[str, float, list[float]]]  # (scorer name, weight, one score per candidate)
+    totals: list[float]
+
+    def explain(self) -> dict[str, Any]:
+        """Per-endpoint scores, for the debug header and /debug/pools."""
+        endpoints = {}
+        for index, candidate in enumerate(self.candidates):
+            endpoints[candidate.key] = {
+                "pod": candidate.pod,
+                "scores": {name: round(values[index], 4) for name, _, values in self.scores},
+                "total": round(self.totals[index], 4),
+            }
+        return {
+            "picked": [t.key for t in self.targets],
+            "weights": {name: weight for name, weight, _ in self.scores},
+            "endpoints": endpoints,
+        }
+
+
+def schedule(config: PickerConfig, request: PickRequest, candidates: list[Candidate], now: float) -> Decision:
+    if not candidates:
+        raise SchedulingError(503, "no_endpoints", "no ready endpoint in the pool")
+    if request.priority < 0 and config.saturation.saturated(candidates, now):
+        raise SchedulingError(429, "pool_saturated", "the pool is saturated and the request is sheddable")
+    profile = config.profile
+    remaining = candidates
+    for plugin in profile.filters:
+        remaining = plugin.filter(request, remaining)
+        if not remaining:
+            raise SchedulingError(429, "no_endpoint_fits", f"filter {plugin.name} left no endpoint")
+    totals: list[float] | None = None
+    scores: list[tuple[str, float, list[float]]] = []
+    for scorer, weight in profile.scorers:
+        values = scorer.score(request, remaining)  # each in [0, 1]: the scorers' contract (no clamping pass here)
+        scores.append((scorer.name, weight, values))
+        if totals is None:
+            totals = [value * weight for value in values]
+        elif weight:
+            totals = [total + value * weight for total, value in zip(totals, values, strict=True)]
+    if totals is None:
+        totals = [0.0] * len(remaining)
+    targets = profile.picker.pick(remaining, totals)
+    if not targets:
+        raise SchedulingError(429, "no_endpoint_picked", f"picker {profile.picker.name} chose no endpoint")
+    for scorer, _ in profile.scorers:
+        scorer.picked(request, targets[0])
+    return Decision(targets, remaining, scores, totals)
+
+
+def restrict(candidates: Sequence[Candidate], allowed: Sequence[str]) -> list[Candidate]:
+    """The data plane's subset hint: entries are "ip" (any port of that pod) or "ip:port"."""
+    wanted = {item.strip() for entry in allowed for item in entry.split(",") if item.strip()}
+    return [c for c in candidates if c.key in wanted or c.address in wanted]

@@ -1,0 +1,46 @@
+"""Loopback addresses for pods: 127.0.x.y (x >= 1, so never 127.0.0.1), one per pod, never reused within a run.
+
+Linux routes all of 127.0.0.0/8 to the loopback interface, so each pod can listen on its manifest's container
+port at its own address, like pods on a cluster network. The third octet starts at a random value per run, so two
+runs side by side (parallel tests) rarely meet, and an address whose ports are taken is skipped.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Sequence
+
+FIRST_HOST = 1
+LAST_HOST = 254
+
+
+def port_free(address: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+class LoopbackAddresses:
+    def __init__(self, rng: random.Random) -> None:
+        self._subnet = rng.randint(1, 255)
+        self._host = FIRST_HOST
+
+    def _next(self) -> str:
+        address = f"127.0.{self._subnet}.{self._host}"
+        self._host += 1
+        if self._host > LAST_HOST:
+            self._host = FIRST_HOST
+            self._subnet = self._subnet % 255 + 1
+        return address
+
+    def allocate(self, ports: Sequence[int]) -> str:
+        """The next address on which every one of `ports` can be bound now."""
+        for _ in range(255 * LAST_HOST):
+            address = self._next()
+            if all(port_free(address, port) for port in ports):
+                return address
+        raise RuntimeError(f"no loopback address 127.0.x.y has ports {list(ports)} free")

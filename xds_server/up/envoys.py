@@ -1,0 +1,118 @@
+"""One Envoy per Gateway, from the bundled binary and a generated bootstrap, supervised like the pods."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+
+import yaml
+
+from xds_server.bootstrap import bootstrap
+from xds_server.control_plane import ControlPlane
+from xds_server.envoy import envoy_binary
+from xds_server.up.addresses import port_free
+from xds_server.up.processes import Supervised
+from xds_server.up.readiness import Probe, probe_once
+from xds_server.up.workloads import RunContext
+
+ADMIN_HOST = "127.0.0.1"
+
+
+class GatewayEnvoy:
+    def __init__(self, key: str, run: RunContext, xds: tuple[str, int], admin_port: int) -> None:
+        self.key = key
+        self.run = run
+        self.admin_port = admin_port
+        self.live = False
+        stem = "envoy_" + key.replace("/", "_")
+        self.log = run.directory / f"{stem}.log"
+        config = run.directory / f"{stem}.yaml"
+        node_id = f"up-{key.replace('/', '-')}"
+        config.write_text(yaml.safe_dump(bootstrap(key, node_id, xds, (ADMIN_HOST, admin_port)), sort_keys=False))
+        argv = [str(envoy_binary()), "-c", str(config), "--log-level", "info", "--drain-time-s", "1"]
+        # A base id of its own, so this Envoy's shared memory never meets another's (other runs, other tests).
+        argv += ["--use-dynamic-base-id", "--base-id-path", str(run.directory / f"{stem}.base-id")]
+        self.process = Supervised(argv, run.child_env({}), self.log, self._started, self._exited)
+
+    @property
+    def admin(self) -> str:
+        return f"http://{ADMIN_HOST}:{self.admin_port}"
+
+    def _started(self, _pid: int) -> None:
+        self.live = False
+
+    def _exited(self, code: int, restart_in: float) -> None:
+        self.live = False
+        self.run.reporter.info(
+            f"envoy for gateway {self.key} exited with code {code}; restarting in {restart_in:.0f}s; log {self.log}"
+        )
+
+    async def poll(self) -> bool:
+        """Whether Envoy is LIVE (its admin /ready answers 200)."""
+        self.live = await probe_once(Probe("httpGet", self.admin_port, path="/ready", timeout=1.0), ADMIN_HOST)
+        return self.live
+
+
+class Envoys:
+    def __init__(self, run: RunContext, xds: tuple[str, int], admin_port: Callable[[], int]) -> None:
+        self.run = run
+        self.xds = xds
+        self._admin_port = admin_port
+        self.by_gateway: dict[str, GatewayEnvoy] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    def reconcile(self, gateways: Mapping[str, Sequence[tuple[str, int]]]) -> None:
+        """An Envoy for every Gateway served (given with its listeners' addresses), none for one that went away.
+
+        Envoy binds listeners with SO_REUSEPORT, so a port another Envoy (another run) listens on would be shared
+        with it silently, each getting part of the connections: such a Gateway gets no Envoy until its ports are free.
+        """
+        wanted = set(gateways)
+        for key in sorted(wanted - self.by_gateway.keys()):
+            taken = [f"{host}:{port}" for host, port in gateways[key] if not port_free(host, port)]
+            if taken:
+                self.run.reporter.warn(
+                    f"gateway {key}: {', '.join(taken)} already in use (another `xds-server up`?), so no Envoy runs "
+                    "for it; --listen-host or --privileged-port-offset choose other addresses"
+                )
+                continue
+            envoy = GatewayEnvoy(key, self.run, self.xds, self._admin_port())
+            self.by_gateway[key] = envoy
+            envoy.process.start()
+        for key in sorted(self.by_gateway.keys() - wanted):
+            self.run.reporter.info(f"gateway {key} removed: stopping its Envoy")
+            task = asyncio.create_task(self.by_gateway.pop(key).process.stop())
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+
+    async def poll(self) -> None:
+        await asyncio.gather(*(envoy.poll() for envoy in self.by_gateway.values()))
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(envoy.process.stop() for envoy in self.by_gateway.values()), *self._stopping)
+
+
+def synced(control_plane: ControlPlane, gateway: str) -> bool:
+    """Whether an Envoy of `gateway` is connected and has ACKed the latest snapshot of every type it asked for."""
+    snapshot = control_plane.cache.get(gateway)
+    streams = [s for s in control_plane.clients.streams() if s.key == gateway]
+    if snapshot is None or not streams:
+        return False
+    for stream in streams:
+        for type_url, state in stream.types.items():
+            if type_url in snapshot.types and (
+                state.sync_state() != "SYNCED" or state.built_from != snapshot.version(type_url)
+            ):
+                return False
+    return bool(streams[0].types)
+
+
+def rejections(control_plane: ControlPlane, gateway: str) -> list[str]:
+    """What the Envoys of `gateway` rejected (a listener port in use, for one)."""
+    return [
+        f"{type_url.rsplit('.', 1)[-1]}: {state.last_error}"
+        for stream in control_plane.clients.streams()
+        if stream.key == gateway
+        for type_url, state in stream.types.items()
+        if state.sync_state() == "NACKED"
+    ]
