@@ -24,6 +24,7 @@ import orjson
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
+from e2e.manifests import TUTORIAL_PICKER_CONFIG
 from translators.ir import PickerConfigIR, PoolIR, PoolMember, Translation
 from xds_server.epp.config import load_config
 from xds_server.epp.metrics import EndpointMetrics
@@ -33,12 +34,6 @@ from xds_server.epp.protocol import prompt_of
 from xds_server.epp.scheduler import schedule
 from xds_server.epp.scrape import Scraper
 
-TUTORIAL_CONFIG = """
-plugins: [{type: queue-scorer}, {type: kv-cache-utilization-scorer}, {type: prefix-cache-scorer}]
-schedulingProfiles:
-- name: default
-  plugins: [{pluginRef: queue-scorer}, {pluginRef: kv-cache-utilization-scorer}, {pluginRef: prefix-cache-scorer}]
-"""
 SYSTEM_PROMPTS = [f"System prompt {g}: " + "you answer questions about the manual, politely. " * 40 for g in range(50)]
 
 
@@ -71,7 +66,7 @@ def picker_with(endpoints: int) -> EndpointPicker:
         for m in members
     }
     picker = EndpointPicker(FixedMetrics(samples), clock=lambda: now)
-    config = PickerConfigIR(TUTORIAL_CONFIG, "bench")
+    config = PickerConfigIR(TUTORIAL_PICKER_CONFIG, "bench")
     pool = PoolIR("default", "bench", (), False, None, members=members, picker_config=config)
     picker.follow(Translation((), (), (pool,)))
     return picker
@@ -101,7 +96,7 @@ def measure(endpoints: int, requests: int) -> tuple[list[float], list[float]]:
     """(schedule µs, whole request µs) per batch."""
     picker = picker_with(endpoints)
     pool = picker.pools["default/bench"]
-    config = load_config(TUTORIAL_CONFIG, "bench")
+    config = load_config(TUTORIAL_PICKER_CONFIG, "bench")
     bodies = [chat_body(i) for i in range(requests)]
     messages = [request_messages(i) for i in range(requests)]
 

@@ -224,6 +224,19 @@ def loopback_address() -> tuple[str, int]:
     return host, free_port(host)
 
 
+def port_free_on(hosts: list[str]) -> int:
+    """One port that is free on every host (pods of a pool share their targetPort)."""
+    while True:
+        port = free_port(hosts[0])
+        try:
+            for host in hosts[1:]:
+                with socket.socket() as probe:
+                    probe.bind((host, port))
+            return port
+        except OSError:
+            continue
+
+
 @dataclass(frozen=True)
 class SimProcess:
     """`xds-server sim NAME` as a process, listening on its own loopback address."""

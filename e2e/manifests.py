@@ -153,3 +153,29 @@ spec:
   rules:
   - backendRefs: [{{group: inference.networking.k8s.io, kind: InferencePool, name: {pool_name}}}]
 """
+
+
+# The tutorial's picker config (seed 03-inferencepool-resources.yaml, ConfigMap plugins-config).
+TUTORIAL_PICKER_CONFIG = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+  - pluginRef: kv-cache-utilization-scorer
+  - pluginRef: prefix-cache-scorer
+"""
+# The Inference Extension's conformance picker: only listed endpoints, and the served endpoint echoed back.
+CONFORMANCE_PICKER_CONFIG = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: header-based-testing-filter
+- type: destination-endpoint-served-verifier
+- type: max-score-picker
+"""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,18 +25,21 @@ from typing import Any
 
 import pytest
 
-from e2e.harness import Envoy, Response, Serve, SimProcess, eventually, free_port, http_get, request, start_sim
-from e2e.manifests import gateway, inference_objective, inference_pool, pod, pool_route
+from e2e.harness import (
+    Envoy,
+    Response,
+    Serve,
+    SimProcess,
+    eventually,
+    free_port,
+    http_get,
+    port_free_on,
+    request,
+    start_sim,
+)
+from e2e.manifests import CONFORMANCE_PICKER_CONFIG, gateway, inference_objective, inference_pool, pod, pool_route
 
 POOLS = ("llama", "duplex", "conformance")
-CONFORMANCE_CONFIG = """
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: header-based-testing-filter
-- type: destination-endpoint-served-verifier
-- type: max-score-picker
-"""
 TINY_CONFIG = """
 apiVersion: inference.networking.x-k8s.io/v1alpha1
 kind: EndpointPickerConfig
@@ -60,19 +62,6 @@ spec:
   - matches: [{headers: [{type: Exact, name: x-ai-eg-model, value: llama}]}]
     backendRefs: [{group: inference.networking.k8s.io, kind: InferencePool, name: llama}]
 """
-
-
-def port_free_on(hosts: list[str]) -> int:
-    """One port that is free on every host (pods of a pool share their targetPort)."""
-    while True:
-        port = free_port(hosts[0])
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as probe:
-                    probe.bind((host, port))
-            return port
-        except OSError:
-            continue
 
 
 def start_vllm(name: str, host: str, port: int, log: Path, *more: str) -> SimProcess:
@@ -112,7 +101,7 @@ class PickerGateway:
             gateway([self.listen_port]),
             inference_pool("llama", self.port),
             inference_pool("duplex", self.port),
-            inference_pool("conformance", self.port, failure_mode="FailOpen", config=CONFORMANCE_CONFIG),
+            inference_pool("conformance", self.port, failure_mode="FailOpen", config=CONFORMANCE_PICKER_CONFIG),
             inference_pool("tiny", self.port, config=TINY_CONFIG),
             inference_pool("empty", self.port),
             inference_objective("batch", "tiny", -1),

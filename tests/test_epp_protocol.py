@@ -19,7 +19,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from e2e.harness import free_port
-from e2e.manifests import inference_objective, inference_pool, pod
+from e2e.manifests import CONFORMANCE_PICKER_CONFIG, inference_objective, inference_pool, pod
 from translators.ir import TranslateOptions
 from translators.loader import load_texts
 from xds_server.cache import SnapshotCache
@@ -30,14 +30,6 @@ from xds_server.extproc import server as extproc
 
 Mode = processing_mode_pb2.ProcessingMode
 POD_IPS = ("127.0.61.1", "127.0.61.2", "127.0.61.3")
-CONFORMANCE_CONFIG = """
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: header-based-testing-filter
-- type: destination-endpoint-served-verifier
-- type: max-score-picker
-"""
 
 
 def manifests() -> str:
@@ -49,7 +41,7 @@ def manifests() -> str:
             pods,
             inference_objective("batch", "llama", -1),
             inference_objective("interactive", "llama", 5),
-            inference_pool("conformance", 3000, config=CONFORMANCE_CONFIG),
+            inference_pool("conformance", 3000, config=CONFORMANCE_PICKER_CONFIG),
             conformance_pods,
             inference_pool("empty", 8000),
         ]

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from e2e.manifests import TUTORIAL_PICKER_CONFIG
 from translators.ir import PickerConfigIR, PoolIR, PoolMember
 from xds_server.epp.config import load_config
 from xds_server.epp.metrics import EndpointMetrics
@@ -28,20 +29,6 @@ from xds_server.epp.prefix import PrefixIndex, prefix_hashes
 from xds_server.epp.scheduler import SchedulingError, restrict, schedule
 
 NOW = 1000.0
-TUTORIAL_CONFIG = """
-apiVersion: inference.networking.x-k8s.io/v1alpha1
-kind: EndpointPickerConfig
-plugins:
-- type: queue-scorer
-- type: kv-cache-utilization-scorer
-- type: prefix-cache-scorer
-schedulingProfiles:
-- name: default
-  plugins:
-  - pluginRef: queue-scorer
-  - pluginRef: kv-cache-utilization-scorer
-  - pluginRef: prefix-cache-scorer
-"""
 
 
 def endpoint(index: int, waiting: int = 0, kv: float = 0.0, age: float = 0.0, **more: object) -> Candidate:
@@ -54,7 +41,7 @@ def request(prompt: str = "hello", priority: int = 0, **headers: str) -> PickReq
 
 
 def test_tutorial_config_gives_three_scorers_of_weight_one_and_a_max_score_picker() -> None:
-    config = load_config(TUTORIAL_CONFIG, "test")
+    config = load_config(TUTORIAL_PICKER_CONFIG, "test")
     assert [(type(s), w) for s, w in config.profile.scorers] == [
         (QueueScorer, 1.0),
         (KVCacheScorer, 1.0),
@@ -134,19 +121,19 @@ def test_lora_affinity_prefers_a_running_adapter_then_a_free_slot() -> None:
 
 
 def test_the_least_loaded_endpoint_wins_and_ties_are_shared() -> None:
-    config = load_config(TUTORIAL_CONFIG, "t")
+    config = load_config(TUTORIAL_PICKER_CONFIG, "t")
     busy, idle = endpoint(1, waiting=8, kv=0.9), endpoint(2, waiting=0, kv=0.1)
     picks = {schedule(config, request(), [busy, idle], NOW).targets[0].key for _ in range(20)}
     assert picks == {idle.key}
     equal = [endpoint(i) for i in range(1, 4)]
     shared = Counter(
-        schedule(load_config(TUTORIAL_CONFIG, "t"), request(), equal, NOW).targets[0].key for _ in range(90)
+        schedule(load_config(TUTORIAL_PICKER_CONFIG, "t"), request(), equal, NOW).targets[0].key for _ in range(90)
     )
     assert len(shared) == 3  # random tie-break, not always the first
 
 
 def test_requests_sharing_a_prefix_follow_the_first_pick() -> None:
-    config = load_config(TUTORIAL_CONFIG, "t")
+    config = load_config(TUTORIAL_PICKER_CONFIG, "t")
     candidates = [endpoint(i) for i in range(1, 5)]
     system = "You are a helpful assistant that answers questions about the tutorial. " * 20
     first = schedule(config, request(system + "question one"), candidates, NOW).targets[0]
@@ -174,7 +161,7 @@ def test_weighted_random_picker_follows_the_scores() -> None:
 
 
 def test_sheddable_requests_are_refused_only_on_a_saturated_pool() -> None:
-    config = load_config(TUTORIAL_CONFIG, "t")
+    config = load_config(TUTORIAL_PICKER_CONFIG, "t")
     saturated = [endpoint(1, waiting=9), endpoint(2, kv=0.95)]
     with pytest.raises(SchedulingError) as refused:
         schedule(config, request(priority=-1), saturated, NOW)
@@ -187,7 +174,7 @@ def test_sheddable_requests_are_refused_only_on_a_saturated_pool() -> None:
 
 
 def test_no_candidates_is_503_and_a_filter_leaving_none_is_429() -> None:
-    config = load_config(TUTORIAL_CONFIG, "t")
+    config = load_config(TUTORIAL_PICKER_CONFIG, "t")
     with pytest.raises(SchedulingError) as empty:
         schedule(config, request(), [], NOW)
     assert empty.value.status == 503
