@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from e2e.manifests import backend_route, gateway
 
-__all__ = ["ai_gateway_routes", "gateway", "http_routes", "service_routes"]
+__all__ = ["ai_gateway_routes", "gateway", "header_route", "http_routes", "service_routes"]
 
 
 def http_routes(count: int, address: str, port: int, prefix: str = "r") -> str:
@@ -83,3 +83,18 @@ spec:
 """
         )
     return "---\n".join(documents)
+
+
+def header_route(name: str, hostname: str, header: str, value: str, backend: str, gateway_name: str = "gw") -> str:
+    """An HTTPRoute on `hostname` sending requests whose `header` equals `value` to the existing Backend `backend`."""
+    return f"""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}}}
+spec:
+  parentRefs: [{{name: {gateway_name}}}]
+  hostnames: ["{hostname}"]
+  rules:
+  - matches: [{{headers: [{{type: Exact, name: {header}, value: {value}}}]}}]
+    backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: {backend}}}]
+"""
