@@ -23,10 +23,11 @@ from xds_server.epp.plugins import (
     QueueScorer,
     SaturationDetector,
     WeightedRandomPicker,
+    restrict,
 )
 from xds_server.epp.pools import PoolState
 from xds_server.epp.prefix import PrefixIndex, prefix_hashes
-from xds_server.epp.scheduler import SchedulingError, restrict, schedule
+from xds_server.epp.scheduler import SchedulingError, schedule
 
 NOW = 1000.0
 

@@ -28,10 +28,10 @@ from translators.ir import Translation
 from translators.xds.names import PICKER_POOL_METADATA
 from xds_server.epp import protocol
 from xds_server.epp.metrics import EndpointMetrics
-from xds_server.epp.plugins import TEST_SELECTION_HEADER, Candidate, PickRequest
+from xds_server.epp.plugins import TEST_SELECTION_HEADER, Candidate, PickRequest, restrict
 from xds_server.epp.pools import PoolState
 from xds_server.epp.protocol import BadRequest
-from xds_server.epp.scheduler import Decision, SchedulingError, restrict, schedule
+from xds_server.epp.scheduler import Decision, SchedulingError, schedule
 from xds_server.epp.scrape import Scraper, Target
 from xds_server.extproc.responses import CONTINUE_REQUEST_HEADERS, PASS_THROUGH, ProcessingResponse
 from xds_server.extproc.router import header_values

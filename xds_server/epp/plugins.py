@@ -46,6 +46,13 @@ class PickRequest:
     hashes: list[int] | None = None  # prefix hashes, computed by the prefix scorer, reused when it learns
 
 
+def restrict(candidates: Sequence[Candidate], allowed: Sequence[str]) -> list[Candidate]:
+    """Candidates named in `allowed`: entries (each possibly a comma list) are "ip" (any port) or "ip:port".
+    Both the data plane's subset hint and the conformance header use this form."""
+    wanted = {item.strip() for entry in allowed for item in entry.split(",") if item.strip()}
+    return [c for c in candidates if c.key in wanted or c.address in wanted]
+
+
 class Parameters:
     """Reads a plugin's `parameters` mapping, refusing unknown names and wrong types with the plugin named."""
 
@@ -229,8 +236,7 @@ class HeaderSelectionFilter(Filter):
     type_name = "header-based-testing-filter"
 
     def filter(self, request: PickRequest, candidates: list[Candidate]) -> list[Candidate]:
-        listed = {item.strip() for item in request.headers.get(TEST_SELECTION_HEADER, "").split(",") if item.strip()}
-        return [c for c in candidates if c.address in listed or c.key in listed]
+        return restrict(candidates, [request.headers.get(TEST_SELECTION_HEADER, "")])
 
 
 # --- pickers -------------------------------------------------------------------------------------------------------

@@ -22,27 +22,16 @@ def prefix_hashes(model: str, prompt: str, block_chars: int, max_blocks: int) ->
     """The chained hash of each whole block of the prompt's first `max_blocks` blocks (a partial block is not
     cached by a model server either, so it is left out)."""
     blocks = min(len(prompt) // block_chars, max_blocks)
-    if blocks == 0:
-        return []
     data = prompt[: blocks * block_chars].encode()
-    # Characters, not bytes, decide the block edges; for ASCII they coincide, which is the common and fast case.
-    if len(data) != blocks * block_chars:
-        return _hashes_by_chars(model, prompt, block_chars, blocks)
+    if len(data) == blocks * block_chars:  # ASCII, the common case: byte and character edges coincide
+        chunks = [data[start : start + block_chars] for start in range(0, len(data), block_chars)]
+    else:  # characters, not bytes, decide the block edges
+        chunks = [prompt[i * block_chars : (i + 1) * block_chars].encode() for i in range(blocks)]
     hashes = []
     previous = xxhash.xxh64_intdigest(model.encode())
     pack = _UINT64.pack
-    for start in range(0, len(data), block_chars):
-        previous = xxhash.xxh64_intdigest(data[start : start + block_chars] + pack(previous))
-        hashes.append(previous)
-    return hashes
-
-
-def _hashes_by_chars(model: str, prompt: str, block_chars: int, blocks: int) -> list[int]:
-    hashes = []
-    previous = xxhash.xxh64_intdigest(model.encode())
-    for index in range(blocks):
-        block = prompt[index * block_chars : (index + 1) * block_chars].encode()
-        previous = xxhash.xxh64_intdigest(block + _UINT64.pack(previous))
+    for chunk in chunks:
+        previous = xxhash.xxh64_intdigest(chunk + pack(previous))
         hashes.append(previous)
     return hashes
 

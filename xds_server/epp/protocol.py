@@ -14,7 +14,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from google.protobuf import struct_pb2
 
 from translators.xds.names import DESTINATION_HEADER, LB_METADATA_NAMESPACE, SUBSET_HINT_NAMESPACE
-from xds_server.extproc.responses import ProcessingResponse, error_body, immediate_json, set_header
+from xds_server.extproc.responses import ProcessingResponse, error, set_header
 
 BODY_CHUNK_BYTES = 62_000  # some Envoy builds cap a streamed body message at 64 KiB
 SUBSET_HINT_KEY = "x-gateway-destination-endpoint-subset"
@@ -110,7 +110,4 @@ def response_headers(headers: Sequence[tuple[str, str]]) -> ProcessingResponse:
 
 
 def refusal(status: int, message: str, code: str) -> ProcessingResponse:
-    error_type = "invalid_request_error" if status < 500 else "server_error"
-    if status == 429:
-        error_type = "rate_limit_error"
-    return immediate_json(status, error_body(message, error_type, code), f"endpoint_picker_{code}")
+    return error(status, message, code, "endpoint_picker")

@@ -6,7 +6,6 @@ sheddable request on a saturated pool and a profile that filters everything out 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,9 +74,3 @@ def schedule(config: PickerConfig, request: PickRequest, candidates: list[Candid
     for scorer, _ in profile.scorers:
         scorer.picked(request, targets[0])
     return Decision(targets, remaining, scores, totals)
-
-
-def restrict(candidates: Sequence[Candidate], allowed: Sequence[str]) -> list[Candidate]:
-    """The data plane's subset hint: entries are "ip" (any port of that pod) or "ip:port"."""
-    wanted = {item.strip() for entry in allowed for item in entry.split(",") if item.strip()}
-    return [c for c in candidates if c.key in wanted or c.address in wanted]
