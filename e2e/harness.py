@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
 import itertools
 import json
@@ -129,6 +130,16 @@ class Envoy:
             if stat == name:
                 return int(value)
         return 0
+
+    async def stat_total(self, suffix: str) -> int:
+        """The sum of every counter whose name ends with `.suffix` (e.g. one per cluster)."""
+        _, text = await self.get(f"/stats?filter=\\.{suffix}$")
+        total = 0
+        for line in text.splitlines():
+            stat, _, value = line.partition(": ")
+            if stat.endswith("." + suffix) and value.isdigit():
+                total += int(value)
+        return total
 
     async def config_dump(self) -> dict[str, Any]:
         status, text = await self.get("/config_dump?include_eds")
@@ -272,6 +283,28 @@ def start_sim(
         time.sleep(0.05)
     sim.kill()
     raise AssertionError(f"sim {name} did not become healthy:\n{log.read_text()}")
+
+
+def start_testupstream(upstream_id: str, host: str, log: Path) -> SimProcess:
+    """A testupstream answering at once (no gaps between SSE events) on its own address."""
+    port = free_port(host)
+    args = ["--host", host, "--port", str(port), "--id", upstream_id, "--sse-gap-ms", "0"]
+    return start_sim("testupstream", args, host, port, log)
+
+
+def b64(text: str | bytes) -> str:
+    """Base64 for the testupstream's x-expected-* and x-response-* headers."""
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text `text`, 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            found = dict(pair.split("=", 1) for pair in line[len(name) + 1 : line.rindex("}")].split(","))
+            if all(found.get(k) == json.dumps(v) for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 SECONDS = 20.0  # how long anything may take to become true on a loaded machine; never a timing assertion

@@ -8,7 +8,6 @@ the official `openai` SDK works through the gateway; Envoy answers 503 JSON whil
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import signal
@@ -19,21 +18,23 @@ from typing import Any
 import openai
 import pytest
 
-from e2e.harness import SECONDS, Envoy, Response, Serve, SimProcess, eventually, free_port, http_get, request, start_sim
+from e2e.harness import (
+    SECONDS,
+    Envoy,
+    Response,
+    Serve,
+    b64,
+    eventually,
+    free_port,
+    http_get,
+    metric,
+    request,
+    start_testupstream,
+)
 from e2e.manifests import ai_gateway_route, ai_service_backend, gateway
 
 UPSTREAMS = {"a": "127.0.7.1", "b": "127.0.7.2"}
 BUFFER_LIMIT = 1024 * 1024
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def start_testupstream(upstream_id: str, host: str, log: Path) -> SimProcess:
-    port = free_port(host)
-    args = ["--host", host, "--port", str(port), "--id", upstream_id, "--sse-gap-ms", "0"]
-    return start_sim("testupstream", args, host, port, log)
 
 
 class AiGateway:
@@ -103,16 +104,6 @@ def ai(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AiGateway]:
         yield environment
     finally:
         environment.close()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of the Prometheus text `text`, 0 when absent."""
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            found = dict(pair.split("=", 1) for pair in line[len(name) + 1 : line.rindex("}")].split(","))
-            if all(found.get(k) == json.dumps(v) for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 # --- routing by body ---

@@ -353,7 +353,7 @@ def test_pool_cluster_reports_the_served_endpoint_deterministically() -> None:
     ir = ClusterIR(
         "inferencepool/default/p", Discovery.EDS, (EndpointGroup("p", (), dynamic=True),), pool=PoolBalancing(False)
     )
-    first, second = cluster(ir), cluster(ir)
+    first, second = cluster(ir, 1024), cluster(ir, 1024)
     assert first.SerializeToString(deterministic=True) == second.SerializeToString(deterministic=True)
     override = override_host_pb2.OverrideHost()
     first.load_balancing_policy.policies[0].typed_extension_config.typed_config.Unpack(override)

@@ -23,6 +23,11 @@ from translators.resources.inference import INFERENCE_GROUP
 CLUSTER_LOCAL_SUFFIX = ".svc.cluster.local"
 
 
+def ai_backend_id(namespace: str, name: str) -> str:
+    """An AIServiceBackend's identity: its cluster's name, its endpoints' `backend` metadata, its settings' key."""
+    return f"aiservicebackend/{namespace}/{name}"
+
+
 class Unresolved(Exception):
     """A reference that cannot be followed; `reason` is a Gateway API ResolvedRefs reason."""
 
@@ -53,9 +58,15 @@ def discovery_for(groups: Sequence[EndpointGroup]) -> Discovery:
 class BackendResolver:
     """Follows references within one ResourceSet. Cross-namespace references are refused (no ReferenceGrant)."""
 
-    def __init__(self, resources: ResourceSet, resolve_cluster_local: bool) -> None:
+    def __init__(
+        self,
+        resources: ResourceSet,
+        resolve_cluster_local: bool,
+        upstream_backends: frozenset[tuple[str, str]] = frozenset(),
+    ) -> None:
         self._resources = resources
         self._resolve_cluster_local = resolve_cluster_local
+        self._upstream_backends = upstream_backends  # (ns, name) of AIServiceBackends with upstream-phase settings
         self._ready_pods: dict[str, list[Pod]] = {}
         for pod in resources.of_kind(Pod):
             if pod.is_ready:
@@ -142,7 +153,7 @@ class BackendResolver:
             raise Unresolved("BackendNotFound", f"AIServiceBackend {namespace}/{name} not found")
         ref = ai_backend.spec.backend_ref
         self._same_namespace(ref.kind or "Backend", namespace, ref.namespace)
-        identity = f"aiservicebackend/{namespace}/{name}"
+        identity = ai_backend_id(namespace, name)
         if (ref.group or "", ref.kind or "Service") == ("", "Service"):
             if ref.port is None:
                 raise Unresolved("UnsupportedValue", f"AIServiceBackend {namespace}/{name}: Service ref needs a port")
@@ -152,7 +163,8 @@ class BackendResolver:
             group = self._backend_group(namespace, ref.name, identity)
         else:
             raise Unresolved("InvalidKind", f"AIServiceBackend {namespace}/{name}: cannot reference {ref.kind}")
-        return ClusterIR(identity, discovery_for([group]), (group,))
+        upstream = (namespace, name) in self._upstream_backends
+        return ClusterIR(identity, discovery_for([group]), (group,), upstream_settings=upstream)
 
     def pool(self, pool: InferencePool) -> PoolIR:
         key = (pool.namespace, pool.name)
@@ -222,4 +234,5 @@ def combine(refs: Sequence[WeightedCluster]) -> ClusterIR:
     members = sorted([g.backend, g.priority, g.weight] for g in groups)
     digest = hashlib.sha256(json.dumps(members).encode()).hexdigest()[:16]
     ordered = tuple(sorted(groups, key=lambda g: (g.priority, g.backend)))
-    return ClusterIR(f"weighted/{digest}", discovery_for(ordered), ordered, http2=False)
+    upstream = any(ref.cluster.upstream_settings for ref in live)
+    return ClusterIR(f"weighted/{digest}", discovery_for(ordered), ordered, http2=False, upstream_settings=upstream)

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from translators.backends import BackendResolver, Unresolved, WeightedCluster, combine
+from translators.backends import BackendResolver, Unresolved, WeightedCluster, ai_backend_id, combine
 from translators.hostnames import effective_hostnames
 from translators.ir import (
     PICKER_BODY_MODES,
+    BackendSettingsIR,
     ClusterIR,
     Condition,
     DirectAction,
@@ -48,6 +49,7 @@ from translators.resources.gateway_api import (
     ParentReference,
 )
 from translators.resources.inference import INFERENCE_GROUP
+from translators.upstream import UpstreamSettings, isolate_attempts
 
 # GatewayClass controllers this project serves: Envoy Gateway's (the tutorial uses it) and its own.
 CONTROLLER_NAMES = frozenset({"gateway.envoyproxy.io/gatewayclass-controller", "xds-server.dev/gateway-controller"})
@@ -68,6 +70,7 @@ class _RuleRoutes:
 
     routes: tuple[tuple[tuple[object, ...], RouteIR], ...]
     clusters: tuple[ClusterIR, ...]
+    settings: tuple[BackendSettingsIR, ...] = ()
 
 
 @dataclass
@@ -129,8 +132,9 @@ class _Translator:
     def __init__(self, resources: ResourceSet, options: TranslateOptions) -> None:
         self.resources = resources
         self.options = options
-        self.backends = BackendResolver(resources, options.resolve_cluster_local)
         self.book = _StatusBook()
+        self.upstream = UpstreamSettings(resources, self.book.report)
+        self.backends = BackendResolver(resources, options.resolve_cluster_local, frozenset(self.upstream.backends))
         self.namespace_labels = {ns.name: ns.metadata.labels for ns in resources.of_kind(Namespace)}
         self.body_modes: dict[tuple[str, str, str], str] = {}
 
@@ -144,7 +148,11 @@ class _Translator:
         pool_name = cluster.name.removeprefix("inferencepool/") if cluster.pool is not None else None
         fail_open = cluster.pool.fail_open if cluster.pool is not None else False
         action = ForwardAction(
-            cluster.name, timeout_ms, per_try_ms, host_rewrite=cluster.discovery is Discovery.STRICT_DNS
+            cluster.name,
+            timeout_ms,
+            per_try_ms,
+            host_rewrite=cluster.discovery is Discovery.STRICT_DNS,
+            fallback_retries=max((g.priority for g in cluster.groups), default=0),
         )
         return action, (cluster,), pool_name, fail_open
 
@@ -159,6 +167,7 @@ class _Translator:
         per_try_ms = parse_duration_ms(timeouts.backend_request) if timeouts and timeouts.backend_request else None
         body_mode = self._body_mode(route)
         clusters: tuple[ClusterIR, ...] = ()
+        settings: tuple[BackendSettingsIR, ...] = ()
         pool: str | None = None
         fail_open = False
         action: ForwardAction | DirectAction
@@ -167,6 +176,8 @@ class _Translator:
                 raise Unresolved("BackendNotFound", "the rule has no backendRefs")
             refs = [self._weighted(route, ref) for ref in rule.backend_refs]
             action, clusters, pool, fail_open = self._forward(refs, timeout_ms, per_try_ms)
+            if isinstance(route, AIGatewayRoute):
+                settings = self._settings(route, rule_id, route.spec.rules[rule_index].backend_refs)
         except Unresolved as exc:
             self.book.report(route, "ResolvedRefs", False, exc.reason, f"rule {rule_index}: {exc.message}")
             # The client learns which rule failed, not why: the reason is in the route's status for the operator.
@@ -206,7 +217,23 @@ class _Translator:
             )
             for match_index, (path, headers, method) in enumerate(matches)
         )
-        return _RuleRoutes(routes, clusters)
+        return _RuleRoutes(routes, clusters, settings)
+
+    def _settings(
+        self, route: AIGatewayRoute, rule_id: str, refs: list[AIGatewayRouteBackendRef]
+    ) -> tuple[BackendSettingsIR, ...]:
+        """The upstream-phase settings of the rule's AIServiceBackends (the first ref wins a repeated backend)."""
+        backends: dict[str, None] = {}
+        found: dict[str, BackendSettingsIR] = {}
+        for ref in refs:
+            if ref.is_inference_pool or ref.weight == 0:
+                continue
+            namespace = ref.namespace or route.namespace
+            backends.setdefault(ai_backend_id(namespace, ref.name))
+            settings = self.upstream.settings(rule_id, namespace, ref)
+            if settings is not None:
+                found.setdefault(settings.backend, settings)
+        return isolate_attempts(rule_id, list(backends), found)
 
     def _weighted(self, route: Route, ref: AIGatewayRouteBackendRef | HTTPBackendRef) -> WeightedCluster:
         if isinstance(ref, AIGatewayRouteBackendRef):
@@ -385,7 +412,8 @@ class _Translator:
             if not self.book.has(route, "ResolvedRefs"):
                 self.book.report(route, "ResolvedRefs", True, "ResolvedRefs", "every backendRef resolved")
         pools = tuple(self.backends.pool(p) for p in self.resources.of_kind(InferencePool))
-        return Translation(tuple(gateway_irs), self.book.statuses(), pools)
+        settings = sorted((s for rule in rule_cache.values() for s in rule.settings), key=lambda s: (s.rule, s.backend))
+        return Translation(tuple(gateway_irs), self.book.statuses(), pools, tuple(settings))
 
     def _gateway_ir(
         self, gateway: Gateway, vhosts: dict[int, dict[str, list[_Entry]]], clusters: dict[str, ClusterIR]

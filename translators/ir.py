@@ -7,7 +7,7 @@ and shared between threads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -57,6 +57,38 @@ class ClusterIR:
     groups: tuple[EndpointGroup, ...]
     pool: PoolBalancing | None = None
     http2: bool = False
+    upstream_settings: bool = False  # some backend of it has BackendSettingsIR: the upstream ext_proc filter runs
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A backend's credential: the request header it goes in, and the header's value. Never shown in a repr."""
+
+    header: str
+    value: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class BackendSettingsIR:
+    """What the upstream phase does to a request that one route rule sends to one backend, on every attempt.
+
+    Keyed by (rule, backend): the route's `rule` metadata and the endpoint's `backend` metadata, which Envoy hands
+    the upstream ext_proc filter with each attempt, so a retry on another backend gets that backend's settings.
+    """
+
+    rule: str  # RouteIR.rule
+    backend: str  # EndpointGroup.backend
+    model_name_override: str | None = None
+    set_headers: tuple[tuple[str, str], ...] = ()  # (lowercase name, value), overwriting
+    remove_headers: tuple[str, ...] = ()  # lowercase names
+    set_fields: tuple[tuple[str, str], ...] = ()  # (top-level body field, JSON text)
+    remove_fields: tuple[str, ...] = ()
+    api_key: ApiKey | None = None
+    credential_error: str | None = None  # the backend's security policy is unusable: its requests are refused
+
+    @property
+    def changes_body(self) -> bool:
+        return self.model_name_override is not None or bool(self.set_fields) or bool(self.remove_fields)
 
 
 @dataclass(frozen=True)
@@ -82,6 +114,7 @@ class ForwardAction:
     timeout_ms: int | None  # None: Envoy's default
     per_try_timeout_ms: int | None = None
     host_rewrite: bool = False  # rewrite Host to the upstream's hostname (DNS backends)
+    fallback_retries: int = 0  # backends at lower priorities: a failed attempt retries on the next priority
 
 
 @dataclass(frozen=True)
@@ -221,3 +254,4 @@ class Translation:
     gateways: tuple[GatewayIR, ...]
     statuses: tuple[ObjectStatus, ...]
     pools: tuple[PoolIR, ...]
+    backend_settings: tuple[BackendSettingsIR, ...] = ()  # sorted by (rule, backend)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from translators.resources.base import Hostname, K8sModel, ObjectName, PortNumber, Resource
 from translators.resources.gateway_api import HeaderMatch, HTTPRouteTimeouts, ParentReference
@@ -17,6 +18,46 @@ class AIGatewayRouteMatch(K8sModel):
     headers: list[HeaderMatch] = Field(default_factory=list, max_length=16)
 
 
+class HTTPHeader(K8sModel):
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
+    value: str = Field(max_length=4096)
+
+
+class HTTPHeaderMutation(K8sModel):
+    """Headers set (overwritten) and removed on the request to the backend."""
+
+    set: list[HTTPHeader] = Field(default_factory=list, max_length=16)
+    remove: list[str] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="after")
+    def _no_pseudo_or_host_headers(self) -> HTTPHeaderMutation:
+        for name in [h.name for h in self.set] + self.remove:
+            if name.startswith(":") or name.lower() == "host":
+                raise ValueError(f"header {name!r} cannot be mutated")
+        return self
+
+
+class HTTPBodyField(K8sModel):
+    path: str = Field(min_length=1)  # a top-level field of the JSON body
+    value: str  # JSON text: '"text"', '0.7', '{"a": 1}'
+
+    @field_validator("value")
+    @classmethod
+    def _json(cls, value: str) -> str:
+        try:
+            json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"value must be JSON text (quote strings): {exc}") from None
+        return value
+
+
+class HTTPBodyMutation(K8sModel):
+    """Top-level fields of the JSON request body set or removed before it goes to the backend."""
+
+    set: list[HTTPBodyField] = Field(default_factory=list, max_length=16)
+    remove: list[str] = Field(default_factory=list, max_length=16)
+
+
 class AIGatewayRouteBackendRef(K8sModel):
     group: str | None = None
     kind: str | None = None
@@ -25,6 +66,8 @@ class AIGatewayRouteBackendRef(K8sModel):
     weight: int = Field(default=1, ge=0, le=1_000_000)
     priority: int = Field(default=0, ge=0)
     model_name_override: str | None = None
+    header_mutation: HTTPHeaderMutation | None = None
+    body_mutation: HTTPBodyMutation | None = None
 
     @property
     def is_inference_pool(self) -> bool:
@@ -97,6 +140,8 @@ class AIServiceBackendSpec(K8sModel):
     schema_: VersionedAPISchema = Field(alias="schema")
     backend_ref: BackendObjectRef
     backend_security_policy_ref: LocalObjectRef | None = None
+    header_mutation: HTTPHeaderMutation | None = None
+    body_mutation: HTTPBodyMutation | None = None
 
 
 class AIServiceBackend(Resource):
@@ -122,16 +167,35 @@ class PolicyTargetRef(K8sModel):
     name: ObjectName
 
 
+# The key-based policy types: the spec block each needs, and the request header its key goes in (with a prefix).
+API_KEY_TYPES: dict[str, tuple[str, str, str]] = {
+    "APIKey": ("api_key", "authorization", "Bearer "),
+    "AzureAPIKey": ("azure_api_key", "api-key", ""),
+    "AnthropicAPIKey": ("anthropic_api_key", "x-api-key", ""),
+}
+API_KEY_SECRET_KEY = "apiKey"
+
+
 class BackendSecurityPolicySpec(K8sModel):
     target_refs: list[PolicyTargetRef] = Field(default_factory=list)
     type: Literal["APIKey", "AzureAPIKey", "AnthropicAPIKey", "AWSCredentials", "AzureCredentials", "GCPCredentials"]
     api_key: APIKeyAuth | None = None
+    azure_api_key: APIKeyAuth | None = Field(default=None, alias="azureAPIKey")
+    anthropic_api_key: APIKeyAuth | None = Field(default=None, alias="anthropicAPIKey")
 
     @model_validator(mode="after")
-    def _api_key_block(self) -> BackendSecurityPolicySpec:
-        if self.type == "APIKey" and self.api_key is None:
-            raise ValueError("type APIKey needs the apiKey block")
+    def _key_block(self) -> BackendSecurityPolicySpec:
+        wanted = API_KEY_TYPES.get(self.type)
+        if wanted is not None and getattr(self, wanted[0]) is None:
+            block = type(self).model_fields[wanted[0]].alias or wanted[0]
+            raise ValueError(f"type {self.type} needs the {block} block")
         return self
+
+    @property
+    def key_auth(self) -> APIKeyAuth | None:
+        """The secretRef block of a key-based type; None for the credential types (not supported)."""
+        wanted = API_KEY_TYPES.get(self.type)
+        return getattr(self, wanted[0]) if wanted is not None else None
 
 
 class BackendSecurityPolicy(Resource):

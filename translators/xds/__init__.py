@@ -45,7 +45,11 @@ class XdsResources:
 def gateway_resources(gateway: GatewayIR, options: TranslateOptions, memo: Memo | None = None) -> XdsResources:
     """`memo` (kept by a caller that translates again and again) reuses the messages of unchanged IR values."""
     memo = memo or Memo()
-    clusters = [memo.get(("cluster", c), lambda c=c: cluster(c)) for c in gateway.clusters]  # type: ignore[misc]
+    limit = options.buffer_limit_bytes
+    clusters = [
+        memo.get(("cluster", c, limit), lambda c=c: cluster(c, limit))  # type: ignore[misc]
+        for c in gateway.clusters
+    ]
     if any(uses_extproc(lis) for lis in gateway.listeners):
         clusters.append(extproc_cluster(options))
     assignments = [

@@ -5,16 +5,17 @@ from __future__ import annotations
 import ipaddress
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, extension_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, extension_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.load_balancing_policies.override_host.v3 import override_host_pb2
 from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
 from envoy.extensions.load_balancing_policies.subset.v3 import subset_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.metadata.v3 import metadata_pb2
-from google.protobuf import duration_pb2, wrappers_pb2
+from google.protobuf import duration_pb2
 
 from translators.ir import AddressKind, ClusterIR, Discovery, Endpoint, EndpointGroup, TranslateOptions
+from translators.xds.extproc import upstream_settings_filters
 from translators.xds.names import (
     DESTINATION_HEADER,
     EXTPROC_CLUSTER,
@@ -69,12 +70,18 @@ def load_assignment(cluster: ClusterIR) -> endpoint_pb2.ClusterLoadAssignment:
     )
 
 
-def _http2_options() -> http_protocol_options_pb2.HttpProtocolOptions:
-    return http_protocol_options_pb2.HttpProtocolOptions(
-        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
-        )
-    )
+def _protocol_options(ir: ClusterIR) -> http_protocol_options_pb2.HttpProtocolOptions:
+    """HTTP/2 when the backend speaks it; the upstream-settings filters when a backend of the cluster has settings
+    (Envoy then wants the protocol said explicitly)."""
+    explicit = http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig()
+    if ir.http2:
+        explicit.http2_protocol_options.SetInParent()
+    else:
+        explicit.http_protocol_options.SetInParent()
+    options = http_protocol_options_pb2.HttpProtocolOptions(explicit_http_config=explicit)
+    if ir.upstream_settings:
+        options.http_filters.extend(upstream_settings_filters())
+    return options
 
 
 def _policy(name: str, config: object) -> cluster_pb2.LoadBalancingPolicy.Policy:
@@ -123,7 +130,8 @@ def _pool_policy(fail_open: bool) -> cluster_pb2.LoadBalancingPolicy:
     return cluster_pb2.LoadBalancingPolicy(policies=[_policy("envoy.load_balancing_policies.override_host", override)])
 
 
-def cluster(ir: ClusterIR) -> cluster_pb2.Cluster:
+def cluster(ir: ClusterIR, buffer_limit_bytes: int) -> cluster_pb2.Cluster:
+    """`buffer_limit_bytes`: room for a whole request body in the upstream-settings filter."""
     built = cluster_pb2.Cluster(name=ir.name, connect_timeout=CONNECT_TIMEOUT)
     if ir.discovery is Discovery.EDS:
         built.type = cluster_pb2.Cluster.EDS
@@ -135,8 +143,10 @@ def cluster(ir: ClusterIR) -> cluster_pb2.Cluster:
         built.common_lb_config.locality_weighted_lb_config.SetInParent()
     if ir.pool is not None:
         built.load_balancing_policy.CopyFrom(_pool_policy(ir.pool.fail_open))
-    if ir.http2:
-        built.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(pack(_http2_options()))
+    if ir.http2 or ir.upstream_settings:
+        built.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(pack(_protocol_options(ir)))
+    if ir.upstream_settings:
+        built.per_connection_buffer_limit_bytes.value = buffer_limit_bytes
     return built
 
 
@@ -153,6 +163,6 @@ def extproc_cluster(options: TranslateOptions) -> cluster_pb2.Cluster:
         (EndpointGroup(EXTPROC_CLUSTER, (Endpoint(options.extproc_host, options.extproc_port, kind),)),),
         http2=True,
     )
-    built = cluster(ir)
-    built.per_connection_buffer_limit_bytes.CopyFrom(wrappers_pb2.UInt32Value(value=options.buffer_limit_bytes))
+    built = cluster(ir, options.buffer_limit_bytes)
+    built.per_connection_buffer_limit_bytes.value = options.buffer_limit_bytes
     return built

@@ -9,9 +9,9 @@ routes, an access log (`ai_listener`).
 from __future__ import annotations
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, grpc_service_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -21,10 +21,10 @@ from google.protobuf import duration_pb2, wrappers_pb2
 from translators.ir import ListenerIR, TranslateOptions
 from translators.xds.ai_listener import ai_access_log, local_reply_config
 from translators.xds.clusters import ads_config_source
+from translators.xds.extproc import QUICK_MESSAGE_TIMEOUT, extproc_config
 from translators.xds.names import (
     BACKEND_ATTRIBUTE,
     CLUSTER_ATTRIBUTE,
-    EXTPROC_CLUSTER,
     INTERNAL_HEADER_PREFIXES,
     LB_METADATA_NAMESPACE,
     MODEL_ROUTER_FILTER,
@@ -39,9 +39,6 @@ from translators.xds.names import (
 )
 
 Mode = processing_mode_pb2.ProcessingMode
-# The router answers each message in well under a millisecond; when it is gone or stuck, clients should get a 503
-# quickly instead of waiting (streams are held per message, so a stuck router would stall every AI request).
-ROUTER_MESSAGE_TIMEOUT = duration_pb2.Duration(seconds=2)
 
 
 def _strip_internal_headers() -> hcm_pb2.HttpFilter:
@@ -55,29 +52,6 @@ def _strip_internal_headers() -> hcm_pb2.HttpFilter:
     ]
     config = header_mutation_pb2.HeaderMutation(mutations=header_mutation_pb2.Mutations(request_mutations=mutations))
     return hcm_pb2.HttpFilter(name=STRIP_HEADERS_FILTER, typed_config=pack(config))
-
-
-def _extproc(
-    mode: processing_mode_pb2.ProcessingMode,
-    receive: list[str],
-    forward: list[str],
-    allow_mode_override: bool,
-    message_timeout: duration_pb2.Duration,
-) -> ext_proc_pb2.ExternalProcessor:
-    config = ext_proc_pb2.ExternalProcessor(
-        grpc_service=grpc_service_pb2.GrpcService(
-            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=EXTPROC_CLUSTER)
-        ),
-        processing_mode=mode,
-        message_timeout=message_timeout,
-        failure_mode_allow=False,
-        allow_mode_override=allow_mode_override,
-    )
-    if receive:
-        config.metadata_options.receiving_namespaces.untyped.extend(receive)
-    if forward:
-        config.metadata_options.forwarding_namespaces.untyped.extend(forward)
-    return config
 
 
 def model_router_filter(gateway: str) -> hcm_pb2.HttpFilter:
@@ -94,8 +68,8 @@ def model_router_filter(gateway: str) -> hcm_pb2.HttpFilter:
         response_body_mode=Mode.NONE,
         response_trailer_mode=Mode.SKIP,
     )
-    config = _extproc(
-        mode, [ROUTER_METADATA_NAMESPACE], [], allow_mode_override=True, message_timeout=ROUTER_MESSAGE_TIMEOUT
+    config = extproc_config(
+        mode, [ROUTER_METADATA_NAMESPACE], [], allow_mode_override=True, message_timeout=QUICK_MESSAGE_TIMEOUT
     )
     config.grpc_service.initial_metadata.append(base_pb2.HeaderValue(key=ROUTER_GATEWAY_METADATA, value=gateway))
     config.response_attributes.extend([CLUSTER_ATTRIBUTE, BACKEND_ATTRIBUTE])
@@ -117,7 +91,7 @@ def picker_filter() -> hcm_pb2.HttpFilter:
         response_body_mode=Mode.NONE,
         response_trailer_mode=Mode.SKIP,
     )
-    config = _extproc(
+    config = extproc_config(
         mode,
         [LB_METADATA_NAMESPACE],
         [LB_METADATA_NAMESPACE, SUBSET_HINT_NAMESPACE],

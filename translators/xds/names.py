@@ -9,12 +9,17 @@ STRIP_HEADERS_FILTER = "envoy.filters.http.header_mutation/strip-internal-header
 MODEL_ROUTER_FILTER = "envoy.filters.http.ext_proc/model-router"
 PICKER_FILTER = "envoy.filters.http.ext_proc/endpoint-picker"
 ROUTER_FILTER = "envoy.filters.http.router"
+# A cluster's upstream filters: the backend settings ext_proc (per attempt), then the codec Envoy requires last.
+UPSTREAM_SETTINGS_FILTER = "envoy.filters.http.ext_proc/upstream-settings"
+UPSTREAM_CODEC_FILTER = "envoy.filters.http.upstream_codec"
 EXTPROC_CLUSTER = "xds-server/extproc"
 
 # gRPC metadata on the picker's ext_proc stream naming the pool ("<ns>/<name>") the route targets.
 PICKER_POOL_METADATA = "x-inference-pool"
 # gRPC metadata on the model router's ext_proc stream naming the Gateway ("<ns>/<name>") of the listener.
 ROUTER_GATEWAY_METADATA = "x-ai-eg-gateway"
+# gRPC metadata marking the upstream-settings filter's streams (one per attempt).
+UPSTREAM_SETTINGS_METADATA = "x-ai-eg-upstream-settings"
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 # Where Envoy's override_host policy reports the endpoint that served the request (in `envoy.lb` metadata); the
 # picker filter forwards that namespace, so the picker learns it with the response headers.
@@ -35,6 +40,8 @@ ROUTER_METADATA_NAMESPACE = "io.envoy.ai_gateway"
 # Endpoint metadata names the backend even inside a weighted cluster; the cluster alone is the fallback.
 BACKEND_ATTRIBUTE = f"xds.upstream_host_metadata.filter_metadata['{XDS_METADATA_NAMESPACE}']['backend']"
 CLUSTER_ATTRIBUTE = "xds.cluster_name"
+# The rule ("<kind>/<ns>/<name>/rule/<i>") of the route a request took, from the route's metadata.
+RULE_ATTRIBUTE = f"xds.route_metadata.filter_metadata['{XDS_METADATA_NAMESPACE}']['rule']"
 # Envoy puts ext_proc attributes in ProcessingRequest.attributes under the filter's canonical name.
 EXTPROC_ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
 # Client-supplied headers that could steer routing; removed before any filter reads them.

@@ -9,7 +9,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 
-from translators.ir import ObjectStatus, PoolIR, TranslateOptions, Translation
+from translators.ir import BackendSettingsIR, ObjectStatus, PoolIR, TranslateOptions, Translation
 from translators.loader import LoadError
 from translators.xds import XdsResources, gateway_resources
 from translators.xds.override_host import json_descriptor_pool
@@ -79,6 +79,17 @@ def pool_dict(pool: PoolIR) -> dict[str, Any]:
     }
 
 
+REDACTED = "<redacted>"
+
+
+def settings_dict(settings: BackendSettingsIR) -> dict[str, Any]:
+    """The upstream-phase settings of a (rule, backend), with the credential's value never shown."""
+    shown = {k: v for k, v in asdict(settings).items() if v not in (None, ())}
+    if settings.api_key is not None:
+        shown["api_key"] = {"header": settings.api_key.header, "value": REDACTED}
+    return shown
+
+
 def error_dict(error: LoadError) -> dict[str, Any]:
     return {
         "file": error.origin.file,
@@ -98,6 +109,7 @@ def translation_dict(
     return {
         "gateways": [resources_dict(gateway_resources(g, options)) for g in translation.gateways],
         "pools": [pool_dict(p) for p in translation.pools],
+        "backend_settings": [settings_dict(s) for s in translation.backend_settings],
         "status": [status_dict(s) for s in translation.statuses],
         "errors": [error_dict(e) for e in errors],
     }

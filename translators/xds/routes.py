@@ -5,6 +5,7 @@ from __future__ import annotations
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
+from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
@@ -19,6 +20,11 @@ from translators.xds.names import (
 )
 
 Mode = processing_mode_pb2.ProcessingMode
+# When a rule's backend fails, its lower-priority backends take the request: on a 5xx, a reset or refused
+# connection, and on 429 (the provider's rate limit, the commonest reason to fall back between LLM providers).
+FALLBACK_RETRY_ON = "5xx,reset,connect-failure,retriable-status-codes"
+FALLBACK_STATUS_CODES = (429,)
+PREVIOUS_PRIORITIES = "envoy.retry_priorities.previous_priorities"
 
 
 def _duration(ms: int) -> duration_pb2.Duration:
@@ -69,9 +75,23 @@ def _forward(action: ForwardAction) -> route_components_pb2.RouteAction:
         built.timeout.CopyFrom(_duration(action.timeout_ms))
     if action.per_try_timeout_ms is not None:
         built.retry_policy.per_try_timeout.CopyFrom(_duration(action.per_try_timeout_ms))
+    if action.fallback_retries:
+        _fall_back(built.retry_policy, action.fallback_retries)
     if action.host_rewrite:
         built.auto_host_rewrite.value = True
     return built
+
+
+def _fall_back(policy: route_components_pb2.RetryPolicy, retries: int) -> None:
+    """Each retry goes to the next priority: attempted priorities are left out (update_frequency 1), so a failing
+    primary is tried once and every fallback backend gets its turn, healthy or not as far as Envoy knows."""
+    policy.retry_on = FALLBACK_RETRY_ON
+    policy.retriable_status_codes.extend(FALLBACK_STATUS_CODES)
+    policy.num_retries.value = retries
+    policy.retry_priority.name = PREVIOUS_PRIORITIES
+    policy.retry_priority.typed_config.CopyFrom(
+        pack(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1))
+    )
 
 
 def _enable(config: ext_proc_pb2.ExtProcPerRoute) -> route_components_pb2.FilterConfig:

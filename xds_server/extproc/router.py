@@ -19,8 +19,9 @@ import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from google.protobuf import struct_pb2
 
-from translators.xds.names import BACKEND_ATTRIBUTE, CLUSTER_ATTRIBUTE, EXTPROC_ATTRIBUTES_KEY, ROUTER_GATEWAY_METADATA
+from translators.xds.names import BACKEND_ATTRIBUTE, CLUSTER_ATTRIBUTE, ROUTER_GATEWAY_METADATA
 from xds_server.extproc import telemetry
+from xds_server.extproc.attributes import attribute
 from xds_server.extproc.responses import (
     BUFFER_RESPONSE_BODY,
     CONTINUE_REQUEST_HEADERS,
@@ -54,12 +55,6 @@ def header_values(headers: ext_proc_pb2.HttpHeaders, wanted: frozenset[str]) -> 
 
 _REQUEST_HEADERS = frozenset({":path", ":authority"})
 _RESPONSE_HEADERS = frozenset({":status", "content-type", "content-encoding"})
-
-
-def _attribute(attributes: Mapping[str, struct_pb2.Struct], name: str) -> str:
-    found = attributes.get(EXTPROC_ATTRIBUTES_KEY)
-    value = found.fields.get(name) if found is not None else None
-    return value.string_value if value is not None else ""
 
 
 class RouterStream:
@@ -143,7 +138,7 @@ class RouterStream:
         found = header_values(headers, _RESPONSE_HEADERS)
         status = found.get(":status", b"0")
         self.status = int(status) if status.isdigit() else 0
-        self.backend = _attribute(attributes, BACKEND_ATTRIBUTE) or _attribute(attributes, CLUSTER_ATTRIBUTE)
+        self.backend = attribute(attributes, BACKEND_ATTRIBUTE) or attribute(attributes, CLUSTER_ATTRIBUTE)
         # Compressed bodies are passed by unread (no usage): decoding them would cost more than the counts are worth.
         if self.status == 200 and self.operation and not headers.end_of_stream and "content-encoding" not in found:
             content_type = found.get("content-type", b"")

@@ -1,8 +1,9 @@
 """The ext_proc gRPC server: one `ExternalProcessor` service, each stream handed to the service it is meant for.
 
-Envoy opens one stream per request and ext_proc filter. The filters say whose stream it is through its initial
-metadata: the picker's routes add `x-inference-pool`, everything else belongs to the model router. Handlers are
-registered by metadata key, so the Endpoint Picker plugs in without touching the router. The same server answers
+Envoy opens one stream per request and ext_proc filter (per attempt for the upstream filters). The filters say
+whose stream it is through its initial metadata: the picker's routes add `x-inference-pool`, AI clusters' upstream
+filters `x-ai-eg-upstream-settings`, everything else belongs to the model router. Handlers are registered by
+metadata key, so each service plugs in without touching the others. The same server answers
 `grpc.health.v1` for the services a gateway may probe (the Endpoint Picker protocol's names among them).
 """
 
@@ -18,13 +19,14 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from translators.ir import TranslateOptions
-from translators.xds.names import PICKER_POOL_METADATA
+from translators.xds.names import PICKER_POOL_METADATA, UPSTREAM_SETTINGS_METADATA
 from xds_server.control_plane import Build, ControlPlane
 from xds_server.epp.picker import EndpointPicker
 from xds_server.epp.scrape import Scraper
 from xds_server.extproc.responses import ProcessingResponse
 from xds_server.extproc.router import ModelRouter
 from xds_server.extproc.tables import RouterTables
+from xds_server.extproc.upstream import UpstreamSettingsService
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ async def start(
         follow(control_plane.current)
     processor = ExternalProcessor(default=ModelRouter(tables))
     processor.register(PICKER_POOL_METADATA, picker)
+    processor.register(UPSTREAM_SETTINGS_METADATA, UpstreamSettingsService(lambda: tables().upstream))
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", options.buffer_limit_bytes + MESSAGE_OVERHEAD_BYTES),

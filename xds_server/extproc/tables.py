@@ -17,6 +17,7 @@ from translators.ir import RouteIR, Translation
 from translators.loader import ResourceSet
 from translators.resources import AIGatewayRoute
 from xds_server.extproc.responses import ProcessingResponse, immediate_json, route_by_model
+from xds_server.extproc.upstream import UpstreamPlan, upstream_plans
 
 OWNED_BY = "xds-server"
 
@@ -48,6 +49,8 @@ NO_MODELS = ModelLists({}, (), EMPTY_MODEL_LIST)
 class RouterTables:
     model_lists: Mapping[str, ModelLists] = field(default_factory=dict)  # by Gateway "<ns>/<name>"
     models: frozenset[str] = frozenset()  # every model some route names exactly
+    # The upstream phase's settings by (rule, backend). They hold credentials: never printed.
+    upstream: Mapping[tuple[str, str], UpstreamPlan] = field(default_factory=dict, repr=False)
     # Route replies of known models, made on first use: bounded by `models`, never by what clients send.
     _route_replies: dict[str, ProcessingResponse] = field(default_factory=dict, compare=False, repr=False)
 
@@ -120,4 +123,4 @@ def router_tables(translation: Translation, resources: ResourceSet) -> RouterTab
         wildcards = sorted(((d[1:], a) for d, a in answers.items() if d.startswith("*")), key=lambda w: -len(w[0]))
         exact = {d: a for d, a in answers.items() if not d.startswith("*")}
         lists[gateway.key] = ModelLists(exact, tuple(wildcards), any_host)
-    return RouterTables(lists, frozenset(every_model))
+    return RouterTables(lists, frozenset(every_model), upstream_plans(translation.backend_settings))

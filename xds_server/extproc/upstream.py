@@ -1,0 +1,109 @@
+"""The upstream-settings service: each attempt's backend settings, applied where Envoy has chosen the backend.
+
+AI clusters whose backends have settings run an ext_proc filter among their upstream filters. Envoy opens one
+stream per attempt, after picking the host, and sends the request headers with two attributes: the route rule
+(route metadata) and the backend (endpoint metadata). The reply sets and removes that (rule, backend)'s headers
+and its credential; when the settings change the body, Envoy then sends the buffered body, which comes back with
+`model` overridden, fields set and removed, and Content-Length to match. Otherwise the reply turns the body off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+import orjson
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
+
+from translators.ir import BackendSettingsIR
+from translators.xds.names import BACKEND_ATTRIBUTE, RULE_ATTRIBUTE
+from xds_server.extproc.attributes import attribute
+from xds_server.extproc.responses import PASS_THROUGH, Mode, ProcessingResponse, error, set_header
+
+# The filter's own mode with the request body off: a mode override replaces the whole mode, and the response
+# directions must stay skipped (the router filter handles responses).
+_HEADERS_ONLY = Mode(
+    request_header_mode=Mode.SEND,
+    request_body_mode=Mode.NONE,
+    request_trailer_mode=Mode.SKIP,
+    response_header_mode=Mode.SKIP,
+    response_body_mode=Mode.NONE,
+    response_trailer_mode=Mode.SKIP,
+)
+NO_SETTINGS = ProcessingResponse(request_headers=ext_proc_pb2.HeadersResponse(), mode_override=_HEADERS_ONLY)
+Context = Any  # grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse]
+
+
+class UpstreamPlan:
+    """One (rule, backend)'s settings as ready-made replies: built once per build, used by every attempt."""
+
+    __slots__ = ("fields", "headers_reply", "removed_fields")
+
+    def __init__(self, settings: BackendSettingsIR) -> None:
+        set_headers = [set_header(name, value.encode()) for name, value in settings.set_headers]
+        if settings.api_key is not None:
+            set_headers.append(set_header(settings.api_key.header, settings.api_key.value.encode()))
+        mutation = ext_proc_pb2.HeaderMutation(set_headers=set_headers, remove_headers=list(settings.remove_headers))
+        headers = ext_proc_pb2.HeadersResponse(response=ext_proc_pb2.CommonResponse(header_mutation=mutation))
+        self.headers_reply: ProcessingResponse
+        if settings.credential_error is not None:
+            # Never send a request without the credential it needs; the message names the policy, not the key.
+            message = f"{settings.backend}: {settings.credential_error}"
+            self.headers_reply = error(503, message, "backend_credentials_unavailable", "upstream_settings")
+        elif settings.changes_body:
+            self.headers_reply = ProcessingResponse(request_headers=headers)
+        else:
+            self.headers_reply = ProcessingResponse(request_headers=headers, mode_override=_HEADERS_ONLY)
+        self.fields: dict[str, object] = {path: orjson.loads(value) for path, value in settings.set_fields}
+        if settings.model_name_override is not None:
+            self.fields["model"] = settings.model_name_override
+        self.removed_fields = settings.remove_fields
+
+    def __repr__(self) -> str:  # the headers reply holds the credential
+        return f"UpstreamPlan(fields={sorted(self.fields)}, removed={list(self.removed_fields)})"
+
+    def body_reply(self, body: bytes) -> ProcessingResponse:
+        """The body with the fields set and removed; Content-Length follows (Envoy keeps it in BUFFERED mode)."""
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return PASS_THROUGH["request_body"]  # the router has answered such a request already; never guess
+        if not isinstance(payload, dict):
+            return PASS_THROUGH["request_body"]
+        payload.update(self.fields)
+        for name in self.removed_fields:
+            payload.pop(name, None)
+        rewritten = orjson.dumps(payload)
+        common = ext_proc_pb2.CommonResponse(
+            header_mutation=ext_proc_pb2.HeaderMutation(
+                set_headers=[set_header("content-length", str(len(rewritten)).encode())]
+            ),
+            body_mutation=ext_proc_pb2.BodyMutation(body=rewritten),
+        )
+        return ProcessingResponse(request_body=ext_proc_pb2.BodyResponse(response=common))
+
+
+def upstream_plans(settings: tuple[BackendSettingsIR, ...]) -> dict[tuple[str, str], UpstreamPlan]:
+    return {(s.rule, s.backend): UpstreamPlan(s) for s in settings}
+
+
+class UpstreamSettingsService:
+    """The stream handler: `plans` gives the current build's plans (read once per stream)."""
+
+    def __init__(self, plans: Callable[[], Mapping[tuple[str, str], UpstreamPlan]]) -> None:
+        self._plans = plans
+
+    async def handle(self, context: Context, metadata: Mapping[str, str]) -> None:
+        plan: UpstreamPlan | None = None
+        plans = self._plans()
+        while (request := await context.read()) is not grpc.aio.EOF:
+            kind = request.WhichOneof("request")
+            if kind == "request_headers":
+                key = (attribute(request.attributes, RULE_ATTRIBUTE), attribute(request.attributes, BACKEND_ATTRIBUTE))
+                plan = plans.get(key)
+                await context.write(plan.headers_reply if plan is not None else NO_SETTINGS)
+            elif kind == "request_body" and plan is not None:
+                await context.write(plan.body_reply(request.request_body.body))
+            else:
+                await context.write(PASS_THROUGH[kind])
