@@ -42,7 +42,7 @@ def compact(document: dict[str, object]) -> bytes:
 FALLBACK_AT_SECONDARY = compact({**FALLBACK_REQUEST, "model": "secondary-model"})
 
 
-def manifests(primary_port: int, secondary_port: int) -> str:
+def manifests(primary_port: int, secondary_port: int, api_key: str = API_KEY) -> str:
     def backend(name: str, address: str, port: int, extra: str = "") -> str:
         return f"""
 apiVersion: aigateway.envoyproxy.io/v1beta1
@@ -106,7 +106,7 @@ spec:
 apiVersion: v1
 kind: Secret
 metadata: {{name: keyed}}
-stringData: {{apiKey: "{API_KEY}"}}
+stringData: {{apiKey: "{api_key}"}}
 """
     documents = [
         route,
@@ -128,8 +128,8 @@ class Gateway:
         self.url = f"http://127.0.0.1:{self.listen_port}"
         files = tmp_path / "manifests"
         files.mkdir()
-        text = gateway([self.listen_port]) + "---" + manifests(self.primary.port, self.secondary.port)
-        (files / "gateway.yaml").write_text(text)
+        self.manifest_file = files / "gateway.yaml"
+        self.write_manifests(API_KEY)
         self.xds_port, self.admin_port, extproc_port = free_port(), free_port(), free_port()
         self.serve_log = tmp_path / "serve.log"
         extra = ["--extproc-address", f"127.0.0.1:{extproc_port}"]
@@ -138,6 +138,10 @@ class Gateway:
         self.envoy = Envoy(tmp_path, "default/gw", self.xds_port)
         asyncio.run(self.envoy.wait_live())
         eventually(lambda: self.chat("counted").status_code == 200, "routes served")
+
+    def write_manifests(self, api_key: str) -> None:
+        text = gateway([self.listen_port]) + "---" + manifests(self.primary.port, self.secondary.port, api_key)
+        self.manifest_file.write_text(text)
 
     def chat(self, model: str, headers: dict[str, str] | None = None, **fields: object) -> Response:
         body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], **fields}).encode()
@@ -200,6 +204,30 @@ def test_the_api_key_replaces_the_client_authorization_and_is_shown_nowhere(gw: 
     status, dump = http_get(f"{gw.envoy.admin}/config_dump")
     assert status == 200 and API_KEY not in dump
     assert API_KEY not in gw.serve_log.read_text()
+
+
+def test_a_rotated_key_is_used_without_a_restart(gw: Gateway) -> None:
+    rotated = API_KEY + "-rotated"
+    expect_rotated = {"x-expected-headers": b64(f"authorization:Bearer {rotated}")}
+    assert gw.chat("keyed", expect_rotated).status_code == 400  # still the old key
+    gw.write_manifests(rotated)
+    try:
+        eventually(lambda: gw.chat("keyed", expect_rotated).status_code == 200, "rotated key in use")
+    finally:
+        gw.write_manifests(API_KEY)
+        expect_first = {"x-expected-headers": b64(f"authorization:Bearer {API_KEY}")}
+        eventually(lambda: gw.chat("keyed", expect_first).status_code == 200, "first key back")
+
+
+def test_a_large_body_is_rewritten_whole(gw: Gateway) -> None:
+    content = "lorem ipsum " * 250_000  # 3 MB: far past Envoy's default 1 MiB buffers
+    sent = {"model": "override-me", "messages": [{"role": "user", "content": content}]}
+    length = len(compact({**sent, "model": "pinned-model"}))
+    answer = request(
+        gw.url, "POST", "/v1/chat/completions", compact(sent), {"x-expected-headers": b64(f"content-length:{length}")}
+    )
+    assert answer.status_code == 200, answer.text[:300]
+    assert answer.headers["x-model"] == "pinned-model"
 
 
 def test_a_failing_primary_falls_back_to_the_secondary_with_its_settings(gw: Gateway) -> None:
