@@ -223,10 +223,39 @@ class Run:
     extproc_requests: int  # requests the router recorded in its metrics during the run (AI path: all of them)
 
 
+# --upstream-settings: the AI path's backend also has a model name override and an API key, so every request
+# passes the upstream-settings filter too (headers and body: two more ext_proc messages, on a stream of their own).
+SETTINGS_ROUTE = f"""
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: AIGatewayRoute
+metadata: {{name: ai}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: ["{AI_HOST}"]
+  rules:
+  - matches: [{{headers: [{{type: Exact, name: x-ai-eg-model, value: {MODEL}}}]}}]
+    backendRefs: [{{name: upstream, modelNameOverride: {MODEL}-pinned}}]
+"""
+SETTINGS_POLICY = """
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: BackendSecurityPolicy
+metadata: {name: upstream-key}
+spec:
+  type: APIKey
+  apiKey: {secretRef: {name: upstream-key}}
+  targetRefs: [{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: upstream}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: upstream-key}
+stringData: {apiKey: sk-bench}
+"""
+
+
 class Bench:
     """Upstream, `serve` and the gateway Envoy, up and routing both paths."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, upstream_settings: bool = False) -> None:
         self.directory = directory
         self.upstream = Upstream(directory)
         self.listen_port = free_port()
@@ -238,6 +267,9 @@ class Bench:
             ai_service_backend("upstream", UPSTREAM_HOST, self.upstream.port),
             header_route("plain", PLAIN_HOST, PLAIN_HEADER, MODEL, "upstream"),
         ]
+        if upstream_settings:
+            documents[1] = SETTINGS_ROUTE
+            documents.append(SETTINGS_POLICY)
         (manifests / "gateway.yaml").write_text("---".join(documents))
         xds_port = free_port()
         extra = ["--extproc-address", f"127.0.0.1:{free_port()}"]
@@ -457,6 +489,9 @@ async def main() -> None:
     parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of serve at --profile-rate to FILE")
     parser.add_argument("--profile-rate", type=int, default=TARGET_RATE)
     parser.add_argument("--smoke", action="store_true", help="CI: one short run per path at 50 requests/s")
+    parser.add_argument(
+        "--upstream-settings", action="store_true", help="the AI backend has a model override and an API key"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.rates, args.seconds, args.repeats, args.max_rate = [50], 3.0, 1, False
@@ -464,7 +499,7 @@ async def main() -> None:
         sys.exit("wrk not found: apt-get install -y wrk")
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        bench = Bench(Path(tmp))
+        bench = Bench(Path(tmp), args.upstream_settings)
         try:
             await bench.start()
             # Warm-up: connections, the ext_proc channel, and every lazily built reply, before anything is measured.

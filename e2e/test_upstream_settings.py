@@ -92,6 +92,8 @@ spec:
         - {name: x-expected-request-body, value: "FALLBACK_BODY_B64"}
   - matches: [{headers: [{type: Exact, name: x-ai-eg-model, value: counted}]}]
     backendRefs: [{name: secondary}]
+  - matches: [{headers: [{type: Exact, name: x-ai-eg-model, value: unkeyed}]}]
+    backendRefs: [{name: unkeyed}]
 """
     route = route.replace("FALLBACK_BODY_B64", b64(FALLBACK_AT_SECONDARY))
     policy = f"""
@@ -107,6 +109,14 @@ apiVersion: v1
 kind: Secret
 metadata: {{name: keyed}}
 stringData: {{apiKey: "{api_key}"}}
+---
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: BackendSecurityPolicy
+metadata: {{name: unkeyed}}
+spec:
+  type: APIKey
+  apiKey: {{secretRef: {{name: not-there}}}}
+  targetRefs: [{{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: unkeyed}}]
 """
     documents = [
         route,
@@ -114,6 +124,7 @@ stringData: {{apiKey: "{api_key}"}}
         backend("keyed", PRIMARY, primary_port),
         backend("failing", PRIMARY, primary_port, failing),
         backend("secondary", SECONDARY, secondary_port),
+        backend("unkeyed", PRIMARY, primary_port),
         policy,
     ]
     return "---".join(documents)
@@ -204,6 +215,16 @@ def test_the_api_key_replaces_the_client_authorization_and_is_shown_nowhere(gw: 
     status, dump = http_get(f"{gw.envoy.admin}/config_dump")
     assert status == 200 and API_KEY not in dump
     assert API_KEY not in gw.serve_log.read_text()
+
+
+def test_a_backend_whose_key_is_missing_is_never_called_without_it(gw: Gateway) -> None:
+    # Were the request sent, the primary would see no Authorization and answer 400 to this check instead.
+    answer = gw.chat("unkeyed", {"x-expected-headers": b64("authorization:none")})
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json()["error"]["code"] == "backend_credentials_unavailable"
+    status, text = http_get(f"http://127.0.0.1:{gw.admin_port}/debug/status")
+    assert status == 200 and "Secret default/not-there not found" in text
 
 
 def test_a_rotated_key_is_used_without_a_restart(gw: Gateway) -> None:

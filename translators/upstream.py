@@ -16,7 +16,7 @@ from dataclasses import replace
 from translators.backends import ai_backend_id
 from translators.ir import ApiKey, BackendSettingsIR
 from translators.loader import ResourceSet
-from translators.resources import AIGatewayRoute, AIServiceBackend, BackendSecurityPolicy, Secret
+from translators.resources import AIGatewayRoute, AIServiceBackend, BackendSecurityPolicy, Resource, Secret
 from translators.resources.aigateway import (
     API_KEY_SECRET_KEY,
     API_KEY_TYPES,
@@ -26,7 +26,7 @@ from translators.resources.aigateway import (
 )
 
 # (object, condition type, ok, reason, message): how problems reach the object's status.
-Report = Callable[[BackendSecurityPolicy, str, bool, str, str], None]
+Report = Callable[[Resource, str, bool, str, str], None]
 # Characters Envoy refuses in a header value (a key read from a file often ends with a newline: that is stripped).
 _NOT_A_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -92,8 +92,12 @@ class UpstreamSettings:
         self._keys = {(p.namespace, p.name): self._read_key(p) for p in resources.of_kind(BackendSecurityPolicy)}
 
     def _policies_by_backend(self) -> dict[tuple[str, str], BackendSecurityPolicy]:
-        """Each AIServiceBackend's policy: by its targetRefs, or named by the backend. The oldest wins a conflict."""
+        """Each AIServiceBackend's policy: the one the backend names, else the oldest whose targetRefs name it.
+
+        A backend naming a policy that does not exist is refused requests (`_missing`), never sent without a key.
+        """
         found: dict[tuple[str, str], BackendSecurityPolicy] = {}
+        self._missing: dict[tuple[str, str], str] = {}
         policies = sorted(
             self._resources.of_kind(BackendSecurityPolicy),
             key=lambda p: (p.metadata.creation_timestamp or "", p.namespace, p.name),
@@ -105,6 +109,10 @@ class UpstreamSettings:
                 policy = by_name.get((backend.namespace, ref.name))
                 if policy is not None:
                     found[(backend.namespace, backend.name)] = policy
+                else:
+                    message = f"BackendSecurityPolicy {backend.namespace}/{ref.name} not found"
+                    self._missing[(backend.namespace, backend.name)] = message
+                    self._report(backend, "ResolvedRefs", False, "BackendSecurityPolicyNotFound", message)
         for policy in policies:
             for target in policy.spec.target_refs:
                 if target.kind != "AIServiceBackend":
@@ -149,6 +157,8 @@ class UpstreamSettings:
         )
 
     def _credential(self, backend: tuple[str, str]) -> tuple[ApiKey | None, str | None]:
+        if backend in self._missing:
+            return None, self._missing[backend]
         policy = self._policies.get(backend)
         return self._keys[(policy.namespace, policy.name)] if policy is not None else (None, None)
 

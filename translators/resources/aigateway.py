@@ -20,7 +20,7 @@ class AIGatewayRouteMatch(K8sModel):
 
 class HTTPHeader(K8sModel):
     name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
-    value: str = Field(max_length=4096)
+    value: str = Field(max_length=4096, pattern=r"^[^\x00-\x08\x0a-\x1f\x7f]*$")  # no control characters
 
 
 class HTTPHeaderMutation(K8sModel):

@@ -9,6 +9,8 @@ and its credential; when the settings change the body, Envoy then sends the buff
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,6 +34,8 @@ _HEADERS_ONLY = Mode(
     response_trailer_mode=Mode.SKIP,
 )
 NO_SETTINGS = ProcessingResponse(request_headers=ext_proc_pb2.HeadersResponse(), mode_override=_HEADERS_ONLY)
+# 20 digits or more: possibly an integer past 64 bits.
+_HUGE_INTEGER = re.compile(rb"\d{20}")
 Context = Any  # grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse]
 
 
@@ -65,16 +69,21 @@ class UpstreamPlan:
 
     def body_reply(self, body: bytes) -> ProcessingResponse:
         """The body with the fields set and removed; Content-Length follows (Envoy keeps it in BUFFERED mode)."""
+        # orjson reads integers past 64 bits as floats: such a body (a rare huge `seed`) takes the standard library.
+        huge = _HUGE_INTEGER.search(body) is not None
         try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            payload = json.loads(body) if huge else orjson.loads(body)
+        except ValueError:
             return PASS_THROUGH["request_body"]  # the router has answered such a request already; never guess
         if not isinstance(payload, dict):
             return PASS_THROUGH["request_body"]
-        payload.update(self.fields)
         for name in self.removed_fields:
             payload.pop(name, None)
-        rewritten = orjson.dumps(payload)
+        payload.update(self.fields)  # after the removals: a model name override always lands
+        if huge:
+            rewritten = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        else:
+            rewritten = orjson.dumps(payload)
         common = ext_proc_pb2.CommonResponse(
             header_mutation=ext_proc_pb2.HeaderMutation(
                 set_headers=[set_header("content-length", str(len(rewritten)).encode())]
