@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -16,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from e2e.harness import free_port
 from translators.gatewayapi import translate
 from translators.ir import TranslateOptions
 from translators.loader import load_texts
@@ -390,13 +390,6 @@ def test_multi_line_data_and_an_unterminated_last_event() -> None:
 
 
 # --- the gRPC server: dispatch by stream metadata ---
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

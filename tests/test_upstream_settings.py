@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -25,6 +24,7 @@ from google.protobuf import struct_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from e2e.harness import free_port
 from translators.gatewayapi import translate
 from translators.ir import (
     ApiKey,
@@ -594,16 +594,9 @@ def test_a_credential_error_answers_503_without_any_key() -> None:
 # --- through a real gRPC server ---
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
-    port = _free_port()
+    port = free_port()
     control_plane = ControlPlane(SnapshotCache(), ClientRegistry())
     docs = [
         *_gateway(),
