@@ -94,6 +94,8 @@ spec:
     backendRefs: [{name: secondary}]
   - matches: [{headers: [{type: Exact, name: x-ai-eg-model, value: unkeyed}]}]
     backendRefs: [{name: unkeyed}]
+  - matches: [{headers: [{type: Exact, name: x-ai-eg-model, value: unkeyed-first}]}]
+    backendRefs: [{name: unkeyed, priority: 0}, {name: backup, priority: 1}]
 """
     route = route.replace("FALLBACK_BODY_B64", b64(FALLBACK_AT_SECONDARY))
     policy = f"""
@@ -125,6 +127,7 @@ spec:
         backend("failing", PRIMARY, primary_port, failing),
         backend("secondary", SECONDARY, secondary_port),
         backend("unkeyed", PRIMARY, primary_port),
+        backend("backup", SECONDARY, secondary_port),
         policy,
     ]
     return "---".join(documents)
@@ -225,6 +228,14 @@ def test_a_backend_whose_key_is_missing_is_never_called_without_it(gw: Gateway) 
     assert answer.json()["error"]["code"] == "backend_credentials_unavailable"
     status, text = http_get(f"http://127.0.0.1:{gw.admin_port}/debug/status")
     assert status == 200 and "Secret default/not-there not found" in text
+
+
+def test_a_rule_falls_back_past_a_backend_whose_key_is_unusable(gw: Gateway) -> None:
+    # Envoy would not retry the upstream phase's refusal, so the translation leaves that backend out of the rule.
+    answer = gw.chat("unkeyed-first", {"x-expected-testupstream-id": "secondary"})
+    assert answer.status_code == 200, answer.text
+    status, text = http_get(f"http://127.0.0.1:{gw.admin_port}/debug/status")
+    assert status == 200 and "AIServiceBackend unkeyed left out" in text
 
 
 def test_a_rotated_key_is_used_without_a_restart(gw: Gateway) -> None:

@@ -175,9 +175,11 @@ class _Translator:
             if not rule.backend_refs:
                 raise Unresolved("BackendNotFound", "the rule has no backendRefs")
             refs = [self._weighted(route, ref) for ref in rule.backend_refs]
-            action, clusters, pool, fail_open = self._forward(refs, timeout_ms, per_try_ms)
             if isinstance(route, AIGatewayRoute):
-                settings = self._settings(route, rule_id, route.spec.rules[rule_index].backend_refs)
+                ai_refs = self._without_refused(route, rule_index, route.spec.rules[rule_index].backend_refs)
+                refs = [refs[i] for i, ref in enumerate(rule.backend_refs) if ref in ai_refs]
+                settings = self._settings(route, rule_id, ai_refs)
+            action, clusters, pool, fail_open = self._forward(refs, timeout_ms, per_try_ms)
         except Unresolved as exc:
             self.book.report(route, "ResolvedRefs", False, exc.reason, f"rule {rule_index}: {exc.message}")
             # The client learns which rule failed, not why: the reason is in the route's status for the operator.
@@ -218,6 +220,25 @@ class _Translator:
             for match_index, (path, headers, method) in enumerate(matches)
         )
         return _RuleRoutes(routes, clusters, settings)
+
+    def _without_refused(
+        self, route: AIGatewayRoute, rule_index: int, refs: list[AIGatewayRouteBackendRef]
+    ) -> list[AIGatewayRouteBackendRef]:
+        """The rule's refs less those whose backend's credentials are unusable, when others remain.
+
+        Envoy does not retry the upstream phase's refusal of such a backend, so left in, it would stop the rule from
+        falling back past it. A rule with no other backend keeps it, and refuses its requests with the reason.
+        """
+        usable = [
+            r for r in refs if r.is_inference_pool or not self.upstream.refused(r.namespace or route.namespace, r.name)
+        ]
+        if usable and len(usable) < len(refs):
+            for ref in refs:
+                if ref not in usable:
+                    message = f"AIServiceBackend {ref.name} left out: its BackendSecurityPolicy is not usable"
+                    self.book.report(route, "ResolvedRefs", False, "RefNotPermitted", f"rule {rule_index}: {message}")
+            return usable
+        return refs
 
     def _settings(
         self, route: AIGatewayRoute, rule_id: str, refs: list[AIGatewayRouteBackendRef]

@@ -156,6 +156,10 @@ class UpstreamSettings:
             credential_error=error,
         )
 
+    def refused(self, namespace: str, name: str) -> bool:
+        """The AIServiceBackend's requests are refused: its security policy is missing or unusable."""
+        return self._credential((namespace, name))[1] is not None
+
     def _credential(self, backend: tuple[str, str]) -> tuple[ApiKey | None, str | None]:
         if backend in self._missing:
             return None, self._missing[backend]
