@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from translators.backends import ai_backend_id
@@ -35,39 +35,34 @@ def _has_settings(ref: AIGatewayRouteBackendRef) -> bool:
     return ref.model_name_override is not None or ref.header_mutation is not None or ref.body_mutation is not None
 
 
-def _merge_headers(
-    *mutations: HTTPHeaderMutation | None,
+def _merge(
+    layers: Iterable[tuple[Iterable[tuple[str, str]], Iterable[str]]],
 ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
-    """Later mutations win: a header a later one sets is no longer removed, and the other way round."""
+    """(set, remove) layers, later ones winning: a name a later layer sets is no longer removed, and the other way
+    round. Returns the sorted (name, value) pairs to set and the sorted names to remove."""
     set_: dict[str, str] = {}
     remove: dict[str, None] = {}
-    for mutation in mutations:
-        if mutation is None:
-            continue
-        for header in mutation.set:
-            name = header.name.lower()
-            set_[name] = header.value
+    for sets, removes in layers:
+        for name, value in sets:
+            set_[name] = value
             remove.pop(name, None)
-        for raw in mutation.remove:
-            name = raw.lower()
+        for name in removes:
             remove[name] = None
             set_.pop(name, None)
     return tuple(sorted(set_.items())), tuple(sorted(remove))
 
 
+def _merge_headers(*mutations: HTTPHeaderMutation | None) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """Header names are case-insensitive: compared (and sent) lowercase."""
+    return _merge(
+        ([(h.name.lower(), h.value) for h in m.set], [name.lower() for name in m.remove])
+        for m in mutations
+        if m is not None
+    )
+
+
 def _merge_fields(*mutations: HTTPBodyMutation | None) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
-    set_: dict[str, str] = {}
-    remove: dict[str, None] = {}
-    for mutation in mutations:
-        if mutation is None:
-            continue
-        for body_field in mutation.set:
-            set_[body_field.path] = body_field.value
-            remove.pop(body_field.path, None)
-        for path in mutation.remove:
-            remove[path] = None
-            set_.pop(path, None)
-    return tuple(sorted(set_.items())), tuple(sorted(remove))
+    return _merge(([(f.path, f.value) for f in m.set], m.remove) for m in mutations if m is not None)
 
 
 class UpstreamSettings:
@@ -88,6 +83,7 @@ class UpstreamSettings:
                     if not ref.is_inference_pool and _has_settings(ref):
                         self.backends.add((ref.namespace or route.namespace, ref.name))
         self._policies = self._policies_by_backend()
+        self.backends.update(self._policies)  # a policy's targets: their requests need its key
         # Every policy's key read (and reported) once, used by any backend or not.
         self._keys = {(p.namespace, p.name): self._read_key(p) for p in resources.of_kind(BackendSecurityPolicy)}
 
@@ -118,7 +114,6 @@ class UpstreamSettings:
                 if target.kind != "AIServiceBackend":
                     continue
                 key = (policy.namespace, target.name)
-                self.backends.add(key)
                 holder = found.setdefault(key, policy)
                 if holder is not policy:
                     self._report(

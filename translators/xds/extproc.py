@@ -24,6 +24,17 @@ Mode = processing_mode_pb2.ProcessingMode
 QUICK_MESSAGE_TIMEOUT = duration_pb2.Duration(seconds=2)
 
 
+# The upstream-settings filter's mode: request headers and buffered body; responses are the router filter's.
+UPSTREAM_SETTINGS_MODE = Mode(
+    request_header_mode=Mode.SEND,
+    request_body_mode=Mode.BUFFERED,
+    request_trailer_mode=Mode.SKIP,
+    response_header_mode=Mode.SKIP,
+    response_body_mode=Mode.NONE,
+    response_trailer_mode=Mode.SKIP,
+)
+
+
 def extproc_config(
     mode: processing_mode_pb2.ProcessingMode,
     receive: list[str],
@@ -57,15 +68,9 @@ def upstream_settings_filters() -> list[hcm_pb2.HttpFilter]:
     service has answered the body (and set Content-Length to the new body's); the service turns the body off with a
     mode override when the settings only touch headers.
     """
-    mode = Mode(
-        request_header_mode=Mode.SEND,
-        request_body_mode=Mode.BUFFERED,
-        request_trailer_mode=Mode.SKIP,
-        response_header_mode=Mode.SKIP,
-        response_body_mode=Mode.NONE,
-        response_trailer_mode=Mode.SKIP,
+    config = extproc_config(
+        UPSTREAM_SETTINGS_MODE, [], [], allow_mode_override=True, message_timeout=QUICK_MESSAGE_TIMEOUT
     )
-    config = extproc_config(mode, [], [], allow_mode_override=True, message_timeout=QUICK_MESSAGE_TIMEOUT)
     config.grpc_service.initial_metadata.append(base_pb2.HeaderValue(key=UPSTREAM_SETTINGS_METADATA, value="1"))
     config.request_attributes.extend([RULE_ATTRIBUTE, BACKEND_ATTRIBUTE])
     return [

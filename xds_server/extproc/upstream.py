@@ -19,20 +19,16 @@ import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 
 from translators.ir import BackendSettingsIR
+from translators.xds.extproc import UPSTREAM_SETTINGS_MODE
 from translators.xds.names import BACKEND_ATTRIBUTE, RULE_ATTRIBUTE
 from xds_server.extproc.attributes import attribute
 from xds_server.extproc.responses import PASS_THROUGH, Mode, ProcessingResponse, error, set_header
 
-# The filter's own mode with the request body off: a mode override replaces the whole mode, and the response
-# directions must stay skipped (the router filter handles responses).
-_HEADERS_ONLY = Mode(
-    request_header_mode=Mode.SEND,
-    request_body_mode=Mode.NONE,
-    request_trailer_mode=Mode.SKIP,
-    response_header_mode=Mode.SKIP,
-    response_body_mode=Mode.NONE,
-    response_trailer_mode=Mode.SKIP,
-)
+# The filter's own mode with the request body off: a mode override replaces the whole mode, so it starts from the
+# filter's (responses stay skipped: the router filter handles them).
+_HEADERS_ONLY = Mode()
+_HEADERS_ONLY.CopyFrom(UPSTREAM_SETTINGS_MODE)
+_HEADERS_ONLY.request_body_mode = Mode.NONE
 NO_SETTINGS = ProcessingResponse(request_headers=ext_proc_pb2.HeadersResponse(), mode_override=_HEADERS_ONLY)
 # 20 digits or more: possibly an integer past 64 bits.
 _HUGE_INTEGER = re.compile(rb"\d{20}")
