@@ -15,10 +15,10 @@ from prometheus_client import REGISTRY
 from e2e.harness import Envoy, free_port, upstream, wait_for
 from e2e.manifests import backend_route, gateway
 from e2e.test_ads_envoy import snapshot_for
-from translators.xds import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
-from xds_server.ads import Ads
-from xds_server.cache import SnapshotCache
-from xds_server.clients import ClientRegistry
+from translators.xds.names import CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from xds_server.xds.cache import SnapshotCache
+from xds_server.xds.server import Ads
+from xds_server.xds.streams import ClientRegistry
 
 GATEWAY = "default/gw-delta"
 T = TypeVar("T")

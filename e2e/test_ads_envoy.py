@@ -15,10 +15,10 @@ from e2e.manifests import backend_route, gateway
 from translators.gatewayapi import translate
 from translators.ir import TranslateOptions
 from translators.loader import load_texts
-from translators.xds import gateway_resources
-from xds_server.ads_sotw import SotwAds
-from xds_server.cache import Snapshot, SnapshotCache
-from xds_server.clients import ClientRegistry
+from translators.xds.gateway import gateway_resources
+from xds_server.xds.cache import Snapshot, SnapshotCache
+from xds_server.xds.sotw import SotwAds
+from xds_server.xds.streams import ClientRegistry
 
 GATEWAY = "default/gw"
 

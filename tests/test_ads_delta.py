@@ -19,10 +19,10 @@ from prometheus_client import REGISTRY
 from tests.ads_client import AdsClient
 from tests.test_ads_sotw import pointed_at
 from tests.test_cache import build, by_type, tutorial_resources
-from translators.xds import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
-from xds_server.ads_delta import DeltaAds
-from xds_server.cache import SnapshotCache
-from xds_server.clients import ClientRegistry, ClientStream, Nack
+from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from xds_server.xds.cache import SnapshotCache
+from xds_server.xds.delta import DeltaAds
+from xds_server.xds.streams import ClientRegistry, ClientStream, Nack
 
 KEY = "default/delta-tests"
 NODE = base_pb2.Node(id="envoy-1", cluster=KEY)

@@ -18,10 +18,10 @@ from google.rpc import status_pb2
 
 from tests.ads_client import AdsClient
 from tests.test_cache import build, by_type, tutorial_resources
-from translators.xds import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
-from xds_server.ads_sotw import SotwAds
-from xds_server.cache import SnapshotCache
-from xds_server.clients import ClientRegistry, Nack
+from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from xds_server.xds.cache import SnapshotCache
+from xds_server.xds.sotw import SotwAds
+from xds_server.xds.streams import ClientRegistry, Nack
 
 KEY = "default/inference-pool-with-aigwroute"
 M = TypeVar("M", bound=Message)

@@ -11,8 +11,14 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2
 
 from tests.golden import OPTIONS, load_case
 from translators.gatewayapi import translate
-from translators.xds import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, XdsResources, gateway_resources
-from xds_server.cache import InconsistentSnapshot, Snapshot, SnapshotCache
+from translators.xds.gateway import XdsResources, gateway_resources
+from translators.xds.names import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    LISTENER_TYPE,
+    ROUTE_TYPE,
+)
+from xds_server.xds.cache import InconsistentSnapshot, Snapshot, SnapshotCache
 
 
 def tutorial_resources() -> XdsResources:

@@ -22,11 +22,11 @@ from e2e.harness import free_port
 from e2e.manifests import CONFORMANCE_PICKER_CONFIG, inference_objective, inference_pool, pod
 from translators.ir import TranslateOptions
 from translators.loader import load_texts
-from xds_server.cache import SnapshotCache
-from xds_server.clients import ClientRegistry
 from xds_server.control_plane import ControlPlane
 from xds_server.epp.picker import EndpointPicker
 from xds_server.extproc import server as extproc
+from xds_server.xds.cache import SnapshotCache
+from xds_server.xds.streams import ClientRegistry
 
 Mode = processing_mode_pb2.ProcessingMode
 POD_IPS = ("127.0.61.1", "127.0.61.2", "127.0.61.3")

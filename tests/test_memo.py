@@ -5,10 +5,10 @@ from __future__ import annotations
 from bench.manifests import gateway, http_routes
 from translators.ir import TranslateOptions
 from translators.loader import load_texts
-from translators.xds import CLUSTER_TYPE, ROUTE_TYPE
-from xds_server.cache import SnapshotCache
-from xds_server.clients import ClientRegistry
+from translators.xds.names import CLUSTER_TYPE, ROUTE_TYPE
 from xds_server.control_plane import ControlPlane, build
+from xds_server.xds.cache import SnapshotCache
+from xds_server.xds.streams import ClientRegistry
 
 BASE = [("gw.yaml", gateway([10080])), ("routes.yaml", http_routes(20, "127.0.6.1", 8080))]
 

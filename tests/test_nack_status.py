@@ -5,11 +5,10 @@ from __future__ import annotations
 from bench.manifests import gateway, http_routes
 from translators.ir import TranslateOptions
 from translators.loader import load_texts
-from translators.xds import CLUSTER_TYPE
-from translators.xds.names import objects_named_in
-from xds_server.cache import SnapshotCache
-from xds_server.clients import ClientRegistry
+from translators.xds.names import CLUSTER_TYPE, objects_named_in
 from xds_server.control_plane import ControlPlane
+from xds_server.xds.cache import SnapshotCache
+from xds_server.xds.streams import ClientRegistry
 
 
 def test_object_names_are_read_back_from_resource_names_in_an_error() -> None:

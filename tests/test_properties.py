@@ -33,7 +33,7 @@ from translators.gatewayapi import translate
 from translators.ir import TranslateOptions
 from translators.loader import ResourceSet, load_texts
 from translators.resources import KINDS
-from translators.xds import XdsResources, gateway_resources
+from translators.xds.gateway import XdsResources, gateway_resources
 from translators.xds.render import translation_dict
 
 Doc = dict[str, Any]

@@ -20,14 +20,14 @@ from translators.gatewayapi import translate
 from translators.ir import TranslateOptions
 from translators.loader import load_texts
 from translators.xds.names import BACKEND_ATTRIBUTE, EXTPROC_ATTRIBUTES_KEY, PICKER_POOL_METADATA
-from xds_server.cache import SnapshotCache
-from xds_server.clients import ClientRegistry
 from xds_server.control_plane import ControlPlane
 from xds_server.extproc import server as extproc
 from xds_server.extproc.responses import PASS_THROUGH, Mode
 from xds_server.extproc.router import RouterStream
 from xds_server.extproc.sse import SseParser, Usage
 from xds_server.extproc.tables import RouterTables, router_tables
+from xds_server.xds.cache import SnapshotCache
+from xds_server.xds.streams import ClientRegistry
 
 MANIFESTS = """
 apiVersion: gateway.networking.k8s.io/v1

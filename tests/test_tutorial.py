@@ -13,7 +13,7 @@ import yaml
 from tests.golden import OPTIONS, SEED, TUTORIAL
 from translators.gatewayapi import translate
 from translators.loader import ObjectKey, load_paths
-from translators.xds import gateway_resources
+from translators.xds.gateway import gateway_resources
 from translators.xds.render import resources_dict
 
 MODELS = {"meta-llama/Llama-3.1-8B-Instruct", "mistral:latest", "some-cool-self-hosted-model"}

@@ -51,13 +51,13 @@ from translators.xds.names import (
 )
 from translators.xds.render import translation_dict
 from translators.xds.routes import PREVIOUS_PRIORITIES, route
-from xds_server.cache import SnapshotCache
-from xds_server.clients import ClientRegistry
 from xds_server.control_plane import ControlPlane
 from xds_server.extproc import server as extproc
 from xds_server.extproc.responses import PASS_THROUGH, Mode
 from xds_server.extproc.tables import router_tables
 from xds_server.extproc.upstream import NO_SETTINGS, UpstreamPlan, upstream_plans
+from xds_server.xds.cache import SnapshotCache
+from xds_server.xds.streams import ClientRegistry
 
 Doc = dict[str, Any]
 KEY = "sk-live-UNIQUE-7f3a9c2e"  # a credential: must never appear in any repr, message or rendered output

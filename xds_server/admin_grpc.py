@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 
 from xds_server.api import admin_pb2, admin_pb2_grpc
-from xds_server.clients import short_type
 from xds_server.control_plane import ControlPlane
+from xds_server.xds.streams import short_type
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]

@@ -17,14 +17,14 @@ from typing import Any
 from translators.gatewayapi import translate
 from translators.ir import Condition, ObjectStatus, TranslateOptions, Translation
 from translators.loader import ResourceSet
-from translators.xds import gateway_resources
+from translators.xds.gateway import gateway_resources
 from translators.xds.memo import Memo
 from translators.xds.names import objects_named_in
 from translators.xds.render import error_dict, status_dict
 from xds_server import metrics
-from xds_server.cache import PUSH_ORDER, InconsistentSnapshot, Snapshot, SnapshotCache
-from xds_server.clients import ClientRegistry, ClientStream, Nack, short_type
 from xds_server.extproc.tables import RouterTables, router_tables
+from xds_server.xds.cache import PUSH_ORDER, InconsistentSnapshot, Snapshot, SnapshotCache
+from xds_server.xds.streams import ClientRegistry, ClientStream, Nack, short_type
 
 log = logging.getLogger(__name__)
 

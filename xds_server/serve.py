@@ -21,14 +21,14 @@ from translators.loader import ResourceSet
 from xds_server import metrics
 from xds_server.admin import admin_app
 from xds_server.admin_grpc import AdminService
-from xds_server.ads import Ads
 from xds_server.api import admin_pb2_grpc
-from xds_server.cache import SnapshotCache
-from xds_server.clients import ClientRegistry
 from xds_server.control_plane import ControlPlane
 from xds_server.epp.picker import EndpointPicker
 from xds_server.extproc import server as extproc
 from xds_server.sources.files import FileSource
+from xds_server.xds.cache import SnapshotCache
+from xds_server.xds.server import Ads
+from xds_server.xds.streams import ClientRegistry
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,12 @@ import re
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+# The four xDS resource types a Gateway's snapshot holds.
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
 STRIP_HEADERS_FILTER = "envoy.filters.http.header_mutation/strip-internal-headers"
 MODEL_ROUTER_FILTER = "envoy.filters.http.ext_proc/model-router"
 PICKER_FILTER = "envoy.filters.http.ext_proc/endpoint-picker"

@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 
 from translators.ir import BackendSettingsIR, ObjectStatus, PoolIR, TranslateOptions, Translation
 from translators.loader import LoadError
-from translators.xds import XdsResources, gateway_resources
+from translators.xds.gateway import XdsResources, gateway_resources
 from translators.xds.override_host import json_descriptor_pool
 
 _FIRST_KEYS = {"@type": 0, "name": 1}

@@ -9,7 +9,7 @@ from typing import Protocol, TypeVar
 import grpc
 from envoy.config.core.v3 import base_pb2
 
-from xds_server.clients import ClientRegistry, ClientStream
+from xds_server.xds.streams import ClientRegistry, ClientStream
 
 
 class Request(Protocol):

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3 import cluster_pb2
 
-from translators.xds import CLUSTER_TYPE, ENDPOINT_TYPE
+from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE
 from xds_server import metrics
-from xds_server.cache import CachedResource
+from xds_server.xds.cache import CachedResource
 
 
 @dataclass

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from xds_server.ads_delta import DeltaAds
-from xds_server.ads_sotw import SotwAds
-from xds_server.cache import SnapshotCache
-from xds_server.clients import ClientRegistry
+from xds_server.xds.cache import SnapshotCache
+from xds_server.xds.delta import DeltaAds
+from xds_server.xds.sotw import SotwAds
+from xds_server.xds.streams import ClientRegistry
 
 
 class Ads(DeltaAds, SotwAds):

@@ -20,11 +20,11 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 
-from translators.xds import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
 from xds_server import metrics
-from xds_server.ads_stream import run_stream, wake
-from xds_server.cache import PUSH_ORDER, CachedResource, Snapshot, SnapshotCache, empty_resource
-from xds_server.clients import ClientRegistry, ClientStream, short_type
+from xds_server.xds.cache import PUSH_ORDER, CachedResource, Snapshot, SnapshotCache, empty_resource
+from xds_server.xds.stream_loop import run_stream, wake
+from xds_server.xds.streams import ClientRegistry, ClientStream, short_type
 
 log = logging.getLogger(__name__)
 WILDCARD_TYPES = frozenset(PUSH_ORDER) - {ENDPOINT_TYPE, ROUTE_TYPE}  # LDS and CDS: always the full state

@@ -1,0 +1,64 @@
+"""IR -> Envoy xDS protobufs: the four resource types of one Gateway's snapshot, each sorted by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from google.protobuf.message import Message
+
+from translators.ir import Discovery, GatewayIR, TranslateOptions
+from translators.xds.clusters import cluster, extproc_cluster, load_assignment
+from translators.xds.listeners import listener, uses_extproc
+from translators.xds.memo import Memo
+from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from translators.xds.routes import route_configuration
+
+
+@dataclass(frozen=True)
+class XdsResources:
+    """One Gateway's resources, by type, each tuple sorted by resource name."""
+
+    gateway: str  # "<ns>/<name>", Envoy's node.cluster
+    listeners: tuple[listener_pb2.Listener, ...]
+    routes: tuple[route_pb2.RouteConfiguration, ...]
+    clusters: tuple[cluster_pb2.Cluster, ...]
+    endpoints: tuple[endpoint_pb2.ClusterLoadAssignment, ...]
+
+    def by_type(self) -> dict[str, tuple[Message, ...]]:
+        """The resources keyed by xDS type URL, the shape a snapshot is built from."""
+        return {
+            CLUSTER_TYPE: self.clusters,
+            ENDPOINT_TYPE: self.endpoints,
+            LISTENER_TYPE: self.listeners,
+            ROUTE_TYPE: self.routes,
+        }
+
+
+def gateway_resources(gateway: GatewayIR, options: TranslateOptions, memo: Memo | None = None) -> XdsResources:
+    """`memo` (kept by a caller that translates again and again) reuses the messages of unchanged IR values."""
+    memo = memo or Memo()
+    limit = options.buffer_limit_bytes
+    clusters = [
+        memo.get(("cluster", c, limit), lambda c=c: cluster(c, limit))  # type: ignore[misc]
+        for c in gateway.clusters
+    ]
+    if any(uses_extproc(lis) for lis in gateway.listeners):
+        clusters.append(extproc_cluster(options))
+    assignments = [
+        memo.get(("load_assignment", c), lambda c=c: load_assignment(c))  # type: ignore[misc]
+        for c in gateway.clusters
+        if c.discovery is Discovery.EDS
+    ]
+    return XdsResources(
+        gateway=gateway.key,
+        listeners=tuple(
+            sorted((listener(lis, options, gateway.key) for lis in gateway.listeners), key=lambda r: r.name)
+        ),
+        routes=tuple(sorted((route_configuration(lis, memo) for lis in gateway.listeners), key=lambda r: r.name)),
+        clusters=tuple(sorted(clusters, key=lambda r: r.name)),
+        endpoints=tuple(sorted(assignments, key=lambda r: r.cluster_name)),
+    )
