@@ -26,6 +26,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from e2e.manifests import TUTORIAL_PICKER_CONFIG
 from translators.ir import PickerConfigIR, PoolIR, PoolMember, Translation
+from translators.runtime import runtime_tables
 from xds_server.epp.config import load_config
 from xds_server.epp.metrics import EndpointMetrics
 from xds_server.epp.picker import EndpointPicker, PickerStream
@@ -68,7 +69,7 @@ def picker_with(endpoints: int) -> EndpointPicker:
     picker = EndpointPicker(FixedMetrics(samples), clock=lambda: now)
     config = PickerConfigIR(TUTORIAL_PICKER_CONFIG, "bench")
     pool = PoolIR("default", "bench", (), False, None, members=members, picker_config=config)
-    picker.follow(Translation((), (), (pool,)))
+    picker.follow(runtime_tables(Translation((), (), (pool,))))
     return picker
 
 

@@ -24,7 +24,7 @@ from translators.ir import TranslateOptions
 from translators.loader import load_texts
 from xds_server.control_plane import ControlPlane
 from xds_server.epp.picker import EndpointPicker
-from xds_server.extproc import server as extproc
+from xds_server.serve import start_extproc
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.streams import ClientRegistry
 
@@ -53,7 +53,7 @@ async def picker_channel() -> AsyncIterator[tuple[grpc.aio.Channel, EndpointPick
     options = TranslateOptions(extproc_port=free_port())
     control_plane = ControlPlane(SnapshotCache(), ClientRegistry(), options)
     control_plane.apply(control_plane.build(load_texts([("pools.yaml", manifests())])))
-    server, picker = await extproc.start(control_plane, options)
+    server, picker = await start_extproc(control_plane, options)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{options.extproc_port}")
     yield channel, picker
     await channel.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench.manifests import gateway, http_routes
-from translators.ir import TranslateOptions
+from translators.ir import ObjectRef, TranslateOptions
 from translators.loader import load_texts
 from translators.xds.names import CLUSTER_TYPE, objects_named_in
 from xds_server.control_plane import ControlPlane
@@ -17,9 +17,9 @@ def test_object_names_are_read_back_from_resource_names_in_an_error() -> None:
         "route aigatewayroute/default/models/rule/0/match/1 and backend/default/r1 again; weighted/abc123"
     )
     assert objects_named_in(text) == [
-        ("Backend", "default", "r1"),
-        ("AIServiceBackend", "team", "openai"),
-        ("AIGatewayRoute", "default", "models"),
+        ObjectRef("Backend", "default", "r1"),
+        ObjectRef("AIServiceBackend", "team", "openai"),
+        ObjectRef("AIGatewayRoute", "default", "models"),
     ]
 
 
@@ -35,7 +35,10 @@ def test_a_nack_marks_the_gateway_and_the_named_backend_until_a_newer_version_is
 
     def programmed() -> dict[tuple[str, str], str]:
         return {
-            (s.kind, s.name): c.status for s in control_plane.statuses() for c in s.conditions if c.type == "Programmed"
+            (s.ref.kind, s.ref.name): c.status
+            for s in control_plane.statuses()
+            for c in s.conditions
+            if c.type == "Programmed"
         }
 
     assert programmed()[("Gateway", "gw")] == "False"

@@ -11,7 +11,7 @@ from google.protobuf import unknown_fields
 
 from translators.backends import BackendResolver
 from translators.gatewayapi import translate
-from translators.ir import PICKER_BODY_MODES, ClusterIR, Discovery, EndpointGroup, PoolBalancing, RouteIR
+from translators.ir import ClusterIR, Discovery, EndpointGroup, ObjectRef, PoolBalancing, RouteIR
 from translators.loader import ResourceSet, load_texts
 from translators.picker_config import config_flags
 from translators.pools import parse_active_ports
@@ -326,7 +326,7 @@ def _routes(annotation: str | None) -> tuple[list[RouteIR], Any]:
         _doc("v1", "Service", "svc", spec={"selector": {"app": "svc"}, "ports": [{"port": 80}]}),
     ]
     translation = translate(_load(docs))
-    [status] = [s for s in translation.statuses if s.kind == "HTTPRoute"]
+    [status] = [s for s in translation.statuses if s.ref.kind == "HTTPRoute"]
     return list(translation.gateways[0].listeners[0].routes), status
 
 
@@ -341,8 +341,8 @@ def _routes(annotation: str | None) -> tuple[list[RouteIR], Any]:
 def test_body_mode_annotation(annotation: str | None, mode: str, invalid: bool) -> None:
     routes, status = _routes(annotation)
     pool_route, service_route = sorted(routes, key=lambda r: r.pool is None)
-    assert pool_route.pool_body_mode == mode
-    assert service_route.pool_body_mode == PICKER_BODY_MODES[0]  # no picker there
+    assert pool_route.pool is not None and pool_route.pool.body_mode == mode
+    assert service_route.pool is None  # no picker there
     flagged = [c for c in status.conditions if "xds-server.io/picker-body-mode" in c.message]
     assert bool(flagged) == invalid
     if invalid:
@@ -351,7 +351,10 @@ def test_body_mode_annotation(annotation: str | None, mode: str, invalid: bool) 
 
 def test_pool_cluster_reports_the_served_endpoint_deterministically() -> None:
     ir = ClusterIR(
-        "inferencepool/default/p", Discovery.EDS, (EndpointGroup("p", (), dynamic=True),), pool=PoolBalancing(False)
+        "inferencepool/default/p",
+        Discovery.EDS,
+        (EndpointGroup("p", (), dynamic=True),),
+        pool=PoolBalancing(ObjectRef("InferencePool", "default", "p"), False),
     )
     first, second = cluster(ir, 1024), cluster(ir, 1024)
     assert first.SerializeToString(deterministic=True) == second.SerializeToString(deterministic=True)

@@ -19,13 +19,13 @@ from e2e.harness import free_port
 from translators.gatewayapi import translate
 from translators.ir import TranslateOptions
 from translators.loader import load_texts
+from translators.runtime import runtime_tables
 from translators.xds.names import BACKEND_ATTRIBUTE, EXTPROC_ATTRIBUTES_KEY, PICKER_POOL_METADATA
 from xds_server.control_plane import ControlPlane
-from xds_server.extproc import server as extproc
-from xds_server.extproc.responses import PASS_THROUGH, Mode
-from xds_server.extproc.router import RouterStream
+from xds_server.extproc.protocol import PASS_THROUGH, Mode
+from xds_server.extproc.router import RouterStream, RouterTables
 from xds_server.extproc.sse import SseParser, Usage
-from xds_server.extproc.tables import RouterTables, router_tables
+from xds_server.serve import start_extproc
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.streams import ClientRegistry
 
@@ -78,7 +78,7 @@ BACKEND = "aiservicebackend/default/a"
 @pytest.fixture(scope="module")
 def tables() -> RouterTables:
     resources = load_texts([("manifests.yaml", MANIFESTS)])
-    return router_tables(translate(resources), resources)
+    return RouterTables(runtime_tables(translate(resources)))
 
 
 def headers(*pairs: tuple[str, str], end_of_stream: bool = False) -> pb.HttpHeaders:
@@ -398,7 +398,7 @@ async def channel() -> AsyncIterator[grpc.aio.Channel]:
     control_plane = ControlPlane(SnapshotCache(), ClientRegistry())
     resources = load_texts([("manifests.yaml", MANIFESTS)])
     control_plane.apply(control_plane.build(resources))
-    server, picker = await extproc.start(control_plane, TranslateOptions(extproc_port=port))
+    server, picker = await start_extproc(control_plane, TranslateOptions(extproc_port=port))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield channel
     await picker.scraper.close()

@@ -39,6 +39,7 @@ from translators.ir import (
     Translation,
 )
 from translators.loader import ResourceSet, load_texts
+from translators.runtime import runtime_tables
 from translators.upstream import isolate_attempts
 from translators.xds.clusters import HTTP_PROTOCOL_OPTIONS, cluster
 from translators.xds.names import (
@@ -52,10 +53,9 @@ from translators.xds.names import (
 from translators.xds.render import translation_dict
 from translators.xds.routes import PREVIOUS_PRIORITIES, route
 from xds_server.control_plane import ControlPlane
-from xds_server.extproc import server as extproc
-from xds_server.extproc.responses import PASS_THROUGH, Mode
-from xds_server.extproc.tables import router_tables
-from xds_server.extproc.upstream import NO_SETTINGS, UpstreamPlan, upstream_plans
+from xds_server.extproc.protocol import PASS_THROUGH, Mode
+from xds_server.extproc.upstream import NO_SETTINGS, UpstreamPlan, UpstreamPlans
+from xds_server.serve import start_extproc
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.streams import ClientRegistry
 
@@ -148,7 +148,7 @@ def _settings(translation: Translation, backend: str, rule: str = RULE0) -> Back
 
 
 def _condition(translation: Translation, kind: str, name: str, type_: str = "Accepted") -> Condition:
-    [status] = [s for s in translation.statuses if s.kind == kind and s.name == name]
+    [status] = [s for s in translation.statuses if s.ref.kind == kind and s.ref.name == name]
     [condition] = [c for c in status.conditions if c.type == type_]
     return condition
 
@@ -331,8 +331,8 @@ def test_the_key_never_shows_in_reprs_conditions_or_rendered_output() -> None:
     found = _settings(translation, "a")
     assert found.api_key is not None and found.api_key.value == f"Bearer {KEY}"  # it is there, just never shown
     assert _condition(translation, "BackendSecurityPolicy", "bad").reason == "InvalidSecret"
-    tables = router_tables(translation, resources)
-    plans = upstream_plans(translation.backend_settings)
+    tables = runtime_tables(translation)
+    plans = {key: UpstreamPlans(tables.backend_settings).get(key) for key in tables.backend_settings}
     rendered = translation_dict(translation, resources.errors, TranslateOptions())
     shown = [
         repr(translation),
@@ -606,7 +606,7 @@ async def channel() -> AsyncIterator[grpc.aio.Channel]:
         _secret("key", string_data={"apiKey": KEY}),
     ]
     control_plane.apply(control_plane.build(_load(docs)))
-    server, picker = await extproc.start(control_plane, TranslateOptions(extproc_port=port))
+    server, picker = await start_extproc(control_plane, TranslateOptions(extproc_port=port))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield channel
     await picker.scraper.close()

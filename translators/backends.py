@@ -12,7 +12,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from translators.ir import AddressKind, ClusterIR, Discovery, Endpoint, EndpointGroup, PoolBalancing, PoolIR
+from translators.ir import (
+    AddressKind,
+    ClusterIR,
+    Discovery,
+    Endpoint,
+    EndpointGroup,
+    ObjectRef,
+    PoolBalancing,
+    PoolIR,
+)
 from translators.loader import ResourceSet
 from translators.picker_config import PickerConfigFinder
 from translators.pools import pool_members, pool_objectives
@@ -196,7 +205,7 @@ class BackendResolver:
             group.backend,
             Discovery.EDS,
             (group,),
-            pool=PoolBalancing(fail_open=pool_ir.fail_open),
+            pool=PoolBalancing(ObjectRef(InferencePool.kind, namespace, name), pool_ir.fail_open),
             http2=pool.spec.app_protocol == "kubernetes.io/h2c",
         )
         return cluster, pool_ir

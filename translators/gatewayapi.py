@@ -8,22 +8,28 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from translators.backends import BackendResolver, Unresolved, WeightedCluster, ai_backend_id, combine
 from translators.hostnames import effective_hostnames
 from translators.ir import (
-    PICKER_BODY_MODES,
     BackendSettingsIR,
     ClusterIR,
     Condition,
+    ConditionStatus,
     DirectAction,
     Discovery,
     ForwardAction,
     GatewayIR,
     HeaderMatchIR,
     ListenerIR,
+    ModelIR,
+    ObjectRef,
     ObjectStatus,
+    PathKind,
     PathMatchIR,
+    PickerBodyMode,
+    PoolRouteIR,
     RouteIR,
     TranslateOptions,
     Translation,
@@ -50,10 +56,10 @@ from translators.resources.gateway_api import (
 )
 from translators.resources.inference import INFERENCE_GROUP
 from translators.upstream import UpstreamSettings, isolate_attempts
+from translators.xds.names import MODEL_HEADER
 
 # GatewayClass controllers this project serves: Envoy Gateway's (the tutorial uses it) and its own.
 CONTROLLER_NAMES = frozenset({"gateway.envoyproxy.io/gatewayclass-controller", "xds-server.dev/gateway-controller"})
-MODEL_HEADER = "x-ai-eg-model"
 AI_DEFAULT_TIMEOUT_MS = 60_000
 # On an HTTPRoute or AIGatewayRoute: how the picker of its InferencePool rules gets the request body.
 PICKER_BODY_MODE_ANNOTATION = "xds-server.io/picker-body-mode"
@@ -75,19 +81,21 @@ class _RuleRoutes:
 
 @dataclass
 class _StatusBook:
-    conditions: dict[tuple[str, str, str], list[Condition]] = field(default_factory=lambda: defaultdict(list))
+    conditions: dict[ObjectRef, list[Condition]] = field(default_factory=lambda: defaultdict(list))
 
     def report(self, obj: Resource, type_: str, ok: bool, reason: str, message: str, parent: str = "") -> None:
-        condition = Condition(type_, "True" if ok else "False", reason, message, parent)
-        self.conditions[(obj.kind, obj.namespace, obj.name)].append(condition)
+        status = ConditionStatus.TRUE if ok else ConditionStatus.FALSE
+        self.conditions[_ref(obj)].append(Condition(type_, status, reason, message, parent))
 
     def has(self, obj: Resource, type_: str) -> bool:
-        return any(c.type == type_ for c in self.conditions.get((obj.kind, obj.namespace, obj.name), []))
+        return any(c.type == type_ for c in self.conditions.get(_ref(obj), []))
 
     def statuses(self) -> tuple[ObjectStatus, ...]:
-        return tuple(
-            ObjectStatus(kind, ns, name, _merge(conds)) for (kind, ns, name), conds in sorted(self.conditions.items())
-        )
+        return tuple(ObjectStatus(ref, _merge(conds)) for ref, conds in sorted(self.conditions.items()))
+
+
+def _ref(obj: Resource) -> ObjectRef:
+    return ObjectRef(obj.kind, obj.namespace, obj.name)
 
 
 def _merge(conditions: list[Condition]) -> tuple[Condition, ...]:
@@ -97,10 +105,10 @@ def _merge(conditions: list[Condition]) -> tuple[Condition, ...]:
         grouped.setdefault((condition.type, condition.parent), []).append(condition)
     merged = []
     for same in grouped.values():
-        failed = [c for c in same if c.status == "False"]
+        failed = [c for c in same if c.status is ConditionStatus.FALSE]
         if failed:
             message = "; ".join(dict.fromkeys(c.message for c in failed))
-            merged.append(Condition(failed[0].type, "False", failed[0].reason, message, failed[0].parent))
+            merged.append(Condition(failed[0].type, ConditionStatus.FALSE, failed[0].reason, message, failed[0].parent))
         else:
             merged.append(same[0])
     return tuple(merged)
@@ -114,7 +122,7 @@ def _precedence(
     route: Route, path: PathMatchIR, method: str | None, headers: int, rule: int, match: int
 ) -> tuple[object, ...]:
     """Gateway API precedence: exact path, longer prefix, method, more headers; then the route's identity."""
-    path_rank = {"exact": 0, "prefix": 1, "regex": 2}[path.kind]
+    path_rank = {PathKind.EXACT: 0, PathKind.PREFIX: 1, PathKind.REGEX: 2}[path.kind]
     return (
         path_rank,
         -len(path.value),
@@ -136,17 +144,16 @@ class _Translator:
         self.upstream = UpstreamSettings(resources, self.book.report)
         self.backends = BackendResolver(resources, options.resolve_cluster_local, frozenset(self.upstream.backends))
         self.namespace_labels = {ns.name: ns.metadata.labels for ns in resources.of_kind(Namespace)}
-        self.body_modes: dict[tuple[str, str, str], str] = {}
+        self.body_modes: dict[ObjectRef, PickerBodyMode] = {}
+        self.created: dict[str, int] = {}  # rule id -> its route's creation time, for /v1/models
 
     # --- routes -> Envoy routes, computed once per route and shared by every Gateway it attaches to ---
 
     @staticmethod
     def _forward(
         refs: list[WeightedCluster], timeout_ms: int | None, per_try_ms: int | None
-    ) -> tuple[ForwardAction, tuple[ClusterIR, ...], str | None, bool]:
+    ) -> tuple[ForwardAction, tuple[ClusterIR, ...]]:
         cluster = combine(refs)
-        pool_name = cluster.name.removeprefix("inferencepool/") if cluster.pool is not None else None
-        fail_open = cluster.pool.fail_open if cluster.pool is not None else False
         action = ForwardAction(
             cluster.name,
             timeout_ms,
@@ -154,7 +161,7 @@ class _Translator:
             host_rewrite=cluster.discovery is Discovery.STRICT_DNS,
             fallback_retries=max((g.priority for g in cluster.groups), default=0),
         )
-        return action, (cluster,), pool_name, fail_open
+        return action, (cluster,)
 
     def _rule_routes(self, route: Route, rule_index: int) -> _RuleRoutes:
         is_ai = isinstance(route, AIGatewayRoute)
@@ -165,11 +172,10 @@ class _Translator:
         if is_ai and timeout_ms is None:
             timeout_ms = AI_DEFAULT_TIMEOUT_MS
         per_try_ms = parse_duration_ms(timeouts.backend_request) if timeouts and timeouts.backend_request else None
-        body_mode = self._body_mode(route)
+        self.created[rule_id] = _created(route)
         clusters: tuple[ClusterIR, ...] = ()
         settings: tuple[BackendSettingsIR, ...] = ()
-        pool: str | None = None
-        fail_open = False
+        pool: PoolRouteIR | None = None
         action: ForwardAction | DirectAction
         try:
             if not rule.backend_refs:
@@ -179,7 +185,10 @@ class _Translator:
                 ai_refs = self._without_refused(route, rule_index, route.spec.rules[rule_index].backend_refs)
                 refs = [refs[i] for i, ref in enumerate(rule.backend_refs) if ref in ai_refs]
                 settings = self._settings(route, rule_id, ai_refs)
-            action, clusters, pool, fail_open = self._forward(refs, timeout_ms, per_try_ms)
+            action, clusters = self._forward(refs, timeout_ms, per_try_ms)
+            balancing = clusters[0].pool
+            if balancing is not None:
+                pool = PoolRouteIR(balancing.pool, balancing.fail_open, self._body_mode(route))
         except Unresolved as exc:
             self.book.report(route, "ResolvedRefs", False, exc.reason, f"rule {rule_index}: {exc.message}")
             # The client learns which rule failed, not why: the reason is in the route's status for the operator.
@@ -187,15 +196,13 @@ class _Translator:
         matches: list[tuple[PathMatchIR, tuple[HeaderMatchIR, ...], str | None]]
         if isinstance(route, AIGatewayRoute):
             matches = [
-                (PathMatchIR("prefix", "/"), _headers(m.headers), None) for m in route.spec.rules[rule_index].matches
-            ] or [(PathMatchIR("prefix", "/"), (), None)]
+                (PathMatchIR(PathKind.PREFIX, "/"), _headers(m.headers), None)
+                for m in route.spec.rules[rule_index].matches
+            ] or [(PathMatchIR(PathKind.PREFIX, "/"), (), None)]
         else:
             matches = [
                 (
-                    PathMatchIR(
-                        {"Exact": "exact", "PathPrefix": "prefix", "RegularExpression": "regex"}[m.path.type],
-                        m.path.value,
-                    ),
+                    PathMatchIR(_PATH_KINDS[m.path.type], m.path.value),
                     _headers(m.headers),
                     m.method,
                 )
@@ -212,8 +219,6 @@ class _Translator:
                     action=action,
                     model_router=is_ai,
                     pool=pool,
-                    pool_fail_open=fail_open,
-                    pool_body_mode=body_mode if pool is not None else PICKER_BODY_MODES[0],
                     rule=rule_id,
                 ),
             )
@@ -265,22 +270,22 @@ class _Translator:
         cluster = self.backends.resolve(route.namespace, ref.group, ref.kind, ref.name, ref.namespace, ref.port)
         return WeightedCluster(cluster, ref.weight, 0)
 
-    def _body_mode(self, route: Route) -> str:
+    def _body_mode(self, route: Route) -> PickerBodyMode:
         """The route's picker body mode; an invalid annotation is reported once and means the default."""
-        key = (route.kind, route.namespace, route.name)
+        key = _ref(route)
         if key not in self.body_modes:
-            value = route.metadata.annotations.get(PICKER_BODY_MODE_ANNOTATION, PICKER_BODY_MODES[0])
-            if value not in PICKER_BODY_MODES:
+            value = route.metadata.annotations.get(PICKER_BODY_MODE_ANNOTATION, PickerBodyMode.BUFFERED)
+            if value not in set(PickerBodyMode):
                 self.book.report(
                     route,
                     PICKER_BODY_MODE_CONDITION,
                     False,
                     "InvalidAnnotation",
                     f"annotation {PICKER_BODY_MODE_ANNOTATION}: {value!r} is not one of "
-                    f"{', '.join(PICKER_BODY_MODES)}; using {PICKER_BODY_MODES[0]}",
+                    f"{', '.join(PickerBodyMode)}; using {PickerBodyMode.BUFFERED}",
                 )
-                value = PICKER_BODY_MODES[0]
-            self.body_modes[key] = value
+                value = PickerBodyMode.BUFFERED
+            self.body_modes[key] = PickerBodyMode(value)
         return self.body_modes[key]
 
     # --- attachment of routes to Gateway listeners ---
@@ -448,7 +453,7 @@ class _Translator:
                 ordered = _virtual_host_routes(domain, domains)
                 if any(r.model_router for r in ordered):
                     ordered.append(_route_not_found(vhost_name))
-                virtual_hosts.append(VirtualHostIR(vhost_name, (domain,), tuple(ordered)))
+                virtual_hosts.append(VirtualHostIR(vhost_name, (domain,), tuple(ordered), self._models(ordered)))
             listeners.append(ListenerIR(name, self.options.listener_address, port, tuple(virtual_hosts)))
         return GatewayIR(
             gateway.namespace,
@@ -456,6 +461,28 @@ class _Translator:
             tuple(listeners),
             tuple(cluster for _, cluster in sorted(clusters.items())),
         )
+
+    def _models(self, routes: list[RouteIR]) -> tuple[ModelIR, ...]:
+        """The models a virtual host names exactly, in route order, once each. Regex matches are not listable."""
+        models: dict[str, ModelIR] = {}
+        for route in routes:
+            if route.model_router:
+                for match in route.headers:
+                    if match.name == MODEL_HEADER and not match.regex and match.value not in models:
+                        models[match.value] = ModelIR(match.value, self.created.get(route.rule, 0))
+        return tuple(models.values())
+
+
+_PATH_KINDS = {"Exact": PathKind.EXACT, "PathPrefix": PathKind.PREFIX, "RegularExpression": PathKind.REGEX}
+
+
+def _created(route: Route) -> int:
+    """The route's creation time in Unix seconds (0 when it has none, or not in RFC 3339)."""
+    stamp = route.metadata.creation_timestamp
+    try:
+        return int(datetime.fromisoformat(stamp).timestamp()) if stamp else 0
+    except ValueError:
+        return 0
 
 
 def _covers(wildcard: str, domain: str) -> bool:
@@ -489,7 +516,7 @@ def _route_not_found(vhost_name: str) -> RouteIR:
     """Last route of an AI virtual host: the router ext_proc runs here too, then unknown models get a JSON 404."""
     return RouteIR(
         name=f"{vhost_name}/route-not-found",
-        path=PathMatchIR("prefix", "/"),
+        path=PathMatchIR(PathKind.PREFIX, "/"),
         headers=(),
         action=DirectAction(
             404,

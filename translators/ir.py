@@ -26,6 +26,20 @@ class AddressKind(StrEnum):
 
 
 @dataclass(frozen=True, order=True)
+class ObjectRef:
+    """A Kubernetes object, by kind and namespace/name (namespace "" for cluster-scoped kinds)."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    @property
+    def key(self) -> str:
+        """ "<namespace>/<name>": how the picker, gRPC metadata and /debug name a pool or a Gateway."""
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+@dataclass(frozen=True, order=True)
 class Endpoint:
     address: str  # IP, hostname or unix socket path
     port: int  # 0 for unix sockets
@@ -47,6 +61,7 @@ class EndpointGroup:
 class PoolBalancing:
     """An InferencePool cluster: the picker's choice (header, then metadata) decides the host."""
 
+    pool: ObjectRef  # the InferencePool
     fail_open: bool  # when no valid choice arrives, round-robin over the pool instead of failing
 
 
@@ -98,14 +113,32 @@ class HeaderMatchIR:
     regex: bool = False
 
 
+class PathKind(StrEnum):
+    EXACT = "exact"
+    PREFIX = "prefix"
+    REGEX = "regex"
+
+
 @dataclass(frozen=True)
 class PathMatchIR:
-    kind: str  # "exact" | "prefix" | "regex"
+    kind: PathKind
     value: str
 
 
-# How the picker's ext_proc filter sends it the request body (route annotation xds-server.io/picker-body-mode).
-PICKER_BODY_MODES = ("BUFFERED", "FULL_DUPLEX_STREAMED")
+class PickerBodyMode(StrEnum):
+    """How the picker's ext_proc filter sends it the request body (route annotation xds-server.io/picker-body-mode)."""
+
+    BUFFERED = "BUFFERED"
+    FULL_DUPLEX_STREAMED = "FULL_DUPLEX_STREAMED"
+
+
+@dataclass(frozen=True)
+class PoolRouteIR:
+    """A route whose backend is an InferencePool: its picker runs on the route."""
+
+    pool: ObjectRef
+    fail_open: bool  # with no valid pick, the pool cluster falls back to round robin instead of failing
+    body_mode: PickerBodyMode = PickerBodyMode.BUFFERED
 
 
 @dataclass(frozen=True)
@@ -133,10 +166,16 @@ class RouteIR:
     action: ForwardAction | DirectAction
     method: str | None = None
     model_router: bool = False  # the router ext_proc runs on this route (AI routes and their catch-all)
-    pool: str | None = None  # "<ns>/<name>" of the InferencePool whose picker runs on this route
-    pool_fail_open: bool = False
-    pool_body_mode: str = "BUFFERED"  # how the picker gets the request body: one of PICKER_BODY_MODES
+    pool: PoolRouteIR | None = None
     rule: str = ""  # "<kind>/<ns>/<name>/rule/<i>": which resource rule produced it
+
+
+@dataclass(frozen=True)
+class ModelIR:
+    """A model a virtual host serves by exact name, as `/v1/models` lists it."""
+
+    name: str
+    created: int  # Unix seconds: the creation time of the route that first names it (0 when unknown)
 
 
 @dataclass(frozen=True)
@@ -144,6 +183,7 @@ class VirtualHostIR:
     name: str
     domains: tuple[str, ...]
     routes: tuple[RouteIR, ...]
+    models: tuple[ModelIR, ...] = ()  # in route order, once each; regex matches are not listable
 
 
 @dataclass(frozen=True)
@@ -176,12 +216,17 @@ class GatewayIR:
         return f"{self.namespace}/{self.name}"
 
 
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+
+
 @dataclass(frozen=True)
 class Condition:
     """A Kubernetes-style condition; `parent` names the Gateway (or listener) a route condition is about."""
 
     type: str
-    status: str  # "True" | "False"
+    status: ConditionStatus
     reason: str
     message: str
     parent: str = ""
@@ -189,9 +234,7 @@ class Condition:
 
 @dataclass(frozen=True)
 class ObjectStatus:
-    kind: str
-    namespace: str
-    name: str
+    ref: ObjectRef
     conditions: tuple[Condition, ...]
 
 
@@ -237,6 +280,10 @@ class PoolIR:
     members: tuple[PoolMember, ...] = ()
     objectives: tuple[ObjectiveIR, ...] = ()  # sorted by name
     picker_config: PickerConfigIR = DEFAULT_PICKER_CONFIG
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from translators.gatewayapi import translate
-from translators.ir import Condition, ObjectStatus, TranslateOptions, Translation
+from translators.ir import Condition, ConditionStatus, ObjectRef, ObjectStatus, TranslateOptions, Translation
 from translators.loader import ResourceSet
+from translators.runtime import RuntimeTables, runtime_tables
 from translators.xds.gateway import gateway_resources
 from translators.xds.memo import Memo
 from translators.xds.names import objects_named_in
 from translators.xds.render import error_dict, status_dict
 from xds_server import metrics
-from xds_server.extproc.tables import RouterTables, router_tables
 from xds_server.xds.cache import PUSH_ORDER, InconsistentSnapshot, Snapshot, SnapshotCache
 from xds_server.xds.streams import ClientRegistry, ClientStream, Nack, short_type
 
@@ -38,7 +38,7 @@ class Build:
     snapshots: dict[str, Snapshot]
     refused: dict[str, str]  # gateway key -> why its snapshot was not published (the previous one stays)
     seconds: float
-    router: RouterTables  # the model router's lookups for this translation
+    runtime: RuntimeTables  # what the per-request services read for this translation
 
 
 def build(
@@ -65,11 +65,16 @@ def build(
                 snapshots[gateway.key] = Snapshot.build(xds.by_type(), (previous or {}).get(gateway.key))
             except InconsistentSnapshot as error:
                 refused[gateway.key] = str(error)
-        router = router_tables(translation, resources)
+        runtime = runtime_tables(translation)
     finally:
         if collecting:
             gc.enable()
-    return Build(resources, translation, snapshots, refused, time.perf_counter() - started, router)
+    return Build(resources, translation, snapshots, refused, time.perf_counter() - started, runtime)
+
+
+def _gateway_ref(key: str) -> ObjectRef:
+    namespace, _, name = key.partition("/")
+    return ObjectRef("Gateway", namespace, name)
 
 
 @dataclass
@@ -129,25 +134,20 @@ class ControlPlane:
         if self.current is None:
             return []
         statuses = list(self.current.translation.statuses)
-        problems: dict[tuple[str, str, str], list[str]] = {}
+        problems: dict[ObjectRef, list[str]] = {}
         for key, nack in self.rejected.items():
             message = (
                 f"Envoy {nack.node_id} rejected {short_type(nack.type_url)} version {nack.version}: {nack.message}"
             )
-            namespace, _, name = key.partition("/")
-            for named in [("Gateway", namespace, name), *objects_named_in(nack.message)]:
+            for named in [_gateway_ref(key), *objects_named_in(nack.message)]:
                 problems.setdefault(named, []).append(message)
         for key, reason in self.current.refused.items():
-            namespace, _, name = key.partition("/")
-            problems.setdefault(("Gateway", namespace, name), []).append(f"configuration not published: {reason}")
-        for (kind, namespace, name), messages in sorted(problems.items()):
-            rejected = Condition("Programmed", "False", "Invalid", "; ".join(messages))
-            index = next(
-                (i for i, s in enumerate(statuses) if (s.kind, s.namespace, s.name) == (kind, namespace, name)),
-                None,
-            )
+            problems.setdefault(_gateway_ref(key), []).append(f"configuration not published: {reason}")
+        for ref, messages in sorted(problems.items()):
+            rejected = Condition("Programmed", ConditionStatus.FALSE, "Invalid", "; ".join(messages))
+            index = next((i for i, s in enumerate(statuses) if s.ref == ref), None)
             if index is None:
-                statuses.append(ObjectStatus(kind, namespace, name, (rejected,)))
+                statuses.append(ObjectStatus(ref, (rejected,)))
             else:  # replaces a translation's Programmed=True: what Envoy said wins
                 kept = tuple(c for c in statuses[index].conditions if c.type != "Programmed")
                 statuses[index] = replace(statuses[index], conditions=(*kept, rejected))

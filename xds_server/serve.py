@@ -1,7 +1,8 @@
-"""`xds-server serve`: watched manifests -> translation -> snapshots -> ADS, with the admin HTTP server beside it.
+"""The composition root: sources -> control plane -> ADS + ext_proc services + admin. `xds-server serve` is this with
+watched manifests.
 
 `ControlPlaneService` is the part `xds-server up` shares: the same servers and the same build/apply path, fed
-with the manifests plus the pods `up` runs.
+with the manifests plus the pods `up` runs. Only this module knows every piece; each piece knows only those below it.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from translators.ir import TranslateOptions
 from translators.loader import ResourceSet
+from translators.xds.names import PICKER_POOL_METADATA, UPSTREAM_SETTINGS_METADATA
 from xds_server import metrics
 from xds_server.admin import admin_app
 from xds_server.admin_grpc import AdminService
 from xds_server.api import admin_pb2_grpc
-from xds_server.control_plane import ControlPlane
+from xds_server.control_plane import Build, ControlPlane
 from xds_server.epp.picker import EndpointPicker
-from xds_server.extproc import server as extproc
+from xds_server.epp.scrape import Scraper
+from xds_server.extproc.router import ModelRouter
+from xds_server.extproc.server import ExternalProcessor, start_server
+from xds_server.extproc.upstream import UpstreamSettingsService
 from xds_server.sources.files import FileSource
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.server import Ads
@@ -39,6 +44,30 @@ GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.so_reuseport", 0),
 ]
+
+
+async def start_extproc(
+    control_plane: ControlPlane, options: TranslateOptions, scrape_interval: float = 0.05
+) -> tuple[grpc.aio.Server, EndpointPicker]:
+    """The per-request services on the address Envoy is told (`--extproc-address`), each following every applied
+    build's runtime tables. Stop the picker's scraper with `picker.scraper.close()`."""
+    router = ModelRouter()
+    upstream = UpstreamSettingsService()
+    picker = EndpointPicker(Scraper(interval=scrape_interval))
+
+    def follow(built: Build) -> None:
+        for service in (router, upstream, picker):
+            service.follow(built.runtime)
+
+    control_plane.build_listeners.append(follow)
+    if control_plane.current is not None:
+        follow(control_plane.current)
+    processor = ExternalProcessor(
+        default=router, by_metadata={PICKER_POOL_METADATA: picker, UPSTREAM_SETTINGS_METADATA: upstream}
+    )
+    address = f"{options.extproc_host}:{options.extproc_port}"
+    server = await start_server(processor, address, options.buffer_limit_bytes)
+    return server, picker
 
 
 class ControlPlaneService:
@@ -72,7 +101,7 @@ class ControlPlaneService:
         server.add_insecure_port(f"{self.xds_address[0]}:{self.xds_address[1]}")
         await server.start()
         self._grpc = server
-        self._extproc, self.picker = await extproc.start(self.control_plane, self.options)
+        self._extproc, self.picker = await start_extproc(self.control_plane, self.options)
         runner = web.AppRunner(admin_app(self.control_plane, self.picker), access_log=None)
         await runner.setup()
         self._admin = runner
@@ -113,6 +142,6 @@ async def serve(
     watcher = asyncio.create_task(source.watch(service.publish, stop))
     await stop.wait()
     log.info("shutting down")
-    watcher.cancel()
+    await watcher  # `stop` ends the watch; a reload under way finishes first
     await service.stop()
     return 0

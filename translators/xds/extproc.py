@@ -15,24 +15,13 @@ from translators.xds.names import (
     UPSTREAM_CODEC_FILTER,
     UPSTREAM_SETTINGS_FILTER,
     UPSTREAM_SETTINGS_METADATA,
+    UPSTREAM_SETTINGS_MODE,
     pack,
 )
 
-Mode = processing_mode_pb2.ProcessingMode
 # The services answer each message in well under a millisecond; when they are gone or stuck, clients should get a
 # 503 quickly instead of waiting (a stuck service would stall every request it is asked about).
 QUICK_MESSAGE_TIMEOUT = duration_pb2.Duration(seconds=2)
-
-
-# The upstream-settings filter's mode: request headers and buffered body; responses are the router filter's.
-UPSTREAM_SETTINGS_MODE = Mode(
-    request_header_mode=Mode.SEND,
-    request_body_mode=Mode.BUFFERED,
-    request_trailer_mode=Mode.SKIP,
-    response_header_mode=Mode.SKIP,
-    response_body_mode=Mode.NONE,
-    response_trailer_mode=Mode.SKIP,
-)
 
 
 def extproc_config(

@@ -11,14 +11,13 @@ from __future__ import annotations
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
-from translators.ir import ListenerIR, TranslateOptions
+from translators.ir import ListenerIR, PickerBodyMode, TranslateOptions
 from translators.xds.ai_listener import ai_access_log, local_reply_config
 from translators.xds.clusters import ads_config_source
 from translators.xds.extproc import QUICK_MESSAGE_TIMEOUT, extproc_config
@@ -30,15 +29,15 @@ from translators.xds.names import (
     MODEL_ROUTER_FILTER,
     PICKER_FILTER,
     PICKER_MESSAGE_TIMEOUT_SECONDS,
+    PICKER_MODES,
     ROUTER_FILTER,
     ROUTER_GATEWAY_METADATA,
     ROUTER_METADATA_NAMESPACE,
+    ROUTER_MODE,
     STRIP_HEADERS_FILTER,
     SUBSET_HINT_NAMESPACE,
     pack,
 )
-
-Mode = processing_mode_pb2.ProcessingMode
 
 
 def _strip_internal_headers() -> hcm_pb2.HttpFilter:
@@ -60,16 +59,8 @@ def model_router_filter(gateway: str) -> hcm_pb2.HttpFilter:
     The stream's gRPC metadata names the Gateway (its model list answers /v1/models); the response attributes
     name the backend that answered, for the token metrics.
     """
-    mode = Mode(
-        request_header_mode=Mode.SEND,
-        request_body_mode=Mode.BUFFERED,
-        request_trailer_mode=Mode.SKIP,
-        response_header_mode=Mode.SEND,
-        response_body_mode=Mode.NONE,
-        response_trailer_mode=Mode.SKIP,
-    )
     config = extproc_config(
-        mode, [ROUTER_METADATA_NAMESPACE], [], allow_mode_override=True, message_timeout=QUICK_MESSAGE_TIMEOUT
+        ROUTER_MODE, [ROUTER_METADATA_NAMESPACE], [], allow_mode_override=True, message_timeout=QUICK_MESSAGE_TIMEOUT
     )
     config.grpc_service.initial_metadata.append(base_pb2.HeaderValue(key=ROUTER_GATEWAY_METADATA, value=gateway))
     config.response_attributes.extend([CLUSTER_ATTRIBUTE, BACKEND_ATTRIBUTE])
@@ -83,16 +74,8 @@ def picker_filter() -> hcm_pb2.HttpFilter:
     filter allows) and, with the response headers, `envoy.lb` (the endpoint that served, which the pool cluster's
     override_host policy writes there).
     """
-    mode = Mode(
-        request_header_mode=Mode.SEND,
-        request_body_mode=Mode.BUFFERED,
-        request_trailer_mode=Mode.SKIP,
-        response_header_mode=Mode.SEND,
-        response_body_mode=Mode.NONE,
-        response_trailer_mode=Mode.SKIP,
-    )
     config = extproc_config(
-        mode,
+        PICKER_MODES[PickerBodyMode.BUFFERED],
         [LB_METADATA_NAMESPACE],
         [LB_METADATA_NAMESPACE, SUBSET_HINT_NAMESPACE],
         allow_mode_override=False,

@@ -1,9 +1,15 @@
-"""Names shared by the generated configuration and the ext_proc services that read it."""
+"""Every wire contract between the generated configuration, the ext_proc services and clients: type URLs, filter
+names, headers, metadata keys and processing modes. Both sides import them from here, so they cannot drift."""
 
 import re
 
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
+
+from translators.ir import ObjectRef
+
+Mode = processing_mode_pb2.ProcessingMode
 
 # The four xDS resource types a Gateway's snapshot holds.
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -27,6 +33,16 @@ ROUTER_GATEWAY_METADATA = "x-ai-eg-gateway"
 # gRPC metadata marking the upstream-settings filter's streams (one per attempt).
 UPSTREAM_SETTINGS_METADATA = "x-ai-eg-upstream-settings"
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
+# The header Envoy routes AI requests on: the request body's `model`.
+MODEL_HEADER = "x-ai-eg-model"
+# Endpoint Picker protocol: request headers clients (or other filters) may send the picker, and its answers.
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
+MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
+PICKER_DEBUG_HEADER = "x-gateway-picker-debug"  # "true" asks for the scores of this pick in the response
+PICKER_SCORES_HEADER = "x-gateway-picker-scores"
+# Conformance plugins: the endpoints a test allows, and the endpoint that served, echoed back.
+TEST_SELECTION_HEADER = "test-epp-endpoint-selection"
+SERVED_ECHO_HEADER = "x-conformance-test-served-endpoint"
 # Where Envoy's override_host policy reports the endpoint that served the request (in `envoy.lb` metadata); the
 # picker filter forwards that namespace, so the picker learns it with the response headers.
 SERVED_ENDPOINT_KEY = "x-gateway-destination-endpoint-served"
@@ -38,6 +54,7 @@ PICKER_MESSAGE_TIMEOUT_SECONDS = 10
 LB_METADATA_NAMESPACE = "envoy.lb"
 # Dynamic metadata a data plane filter may set to restrict the picker to some endpoints (Endpoint Picker protocol).
 SUBSET_HINT_NAMESPACE = "envoy.lb.subset_hint"
+SUBSET_HINT_KEY = "x-gateway-destination-endpoint-subset"
 # xDS metadata (routes, endpoints) read back through ext_proc request attributes.
 XDS_METADATA_NAMESPACE = "aigateway.envoy.io"
 # Dynamic metadata the model router writes for access logs.
@@ -52,6 +69,51 @@ RULE_ATTRIBUTE = f"xds.route_metadata.filter_metadata['{XDS_METADATA_NAMESPACE}'
 EXTPROC_ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
 # Client-supplied headers that could steer routing; removed before any filter reads them.
 INTERNAL_HEADER_PREFIXES = ("x-ai-eg-", DESTINATION_HEADER)
+# Characters Envoy refuses in a header value (control characters but tab): a value with one can be neither set nor
+# routed on.
+NOT_A_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+# Processing modes of the ext_proc filters. A mode override replaces the whole mode, so the services derive theirs
+# from these.
+# The model router: headers, then the buffered body (for `model`); the response body mode is chosen per response.
+ROUTER_MODE = Mode(
+    request_header_mode=Mode.SEND,
+    request_body_mode=Mode.BUFFERED,
+    request_trailer_mode=Mode.SKIP,
+    response_header_mode=Mode.SEND,
+    response_body_mode=Mode.NONE,
+    response_trailer_mode=Mode.SKIP,
+)
+# The picker, buffered (its default) and full duplex (route override): it reads the body as it streams in and
+# answers the headers once it has all of it; Envoy requires trailers in full-duplex mode (the end of a body the
+# request ends without).
+PICKER_MODES = {
+    "BUFFERED": Mode(
+        request_header_mode=Mode.SEND,
+        request_body_mode=Mode.BUFFERED,
+        request_trailer_mode=Mode.SKIP,
+        response_header_mode=Mode.SEND,
+        response_body_mode=Mode.NONE,
+        response_trailer_mode=Mode.SKIP,
+    ),
+    "FULL_DUPLEX_STREAMED": Mode(
+        request_header_mode=Mode.SEND,
+        request_body_mode=Mode.FULL_DUPLEX_STREAMED,
+        request_trailer_mode=Mode.SEND,
+        response_header_mode=Mode.SEND,
+        response_body_mode=Mode.NONE,
+        response_trailer_mode=Mode.SKIP,
+    ),
+}
+# The upstream-settings filter: request headers and buffered body; responses are the router filter's.
+UPSTREAM_SETTINGS_MODE = Mode(
+    request_header_mode=Mode.SEND,
+    request_body_mode=Mode.BUFFERED,
+    request_trailer_mode=Mode.SKIP,
+    response_header_mode=Mode.SKIP,
+    response_body_mode=Mode.NONE,
+    response_trailer_mode=Mode.SKIP,
+)
 
 
 def pack(message: Message) -> any_pb2.Any:
@@ -74,11 +136,11 @@ _KINDS_BY_PREFIX = {
 _OBJECT_IN_TEXT = re.compile(r"\b(" + "|".join(_KINDS_BY_PREFIX) + r")/([a-z0-9][a-z0-9.-]*)/([a-z0-9][a-z0-9.-]*)")
 
 
-def objects_named_in(text: str) -> list[tuple[str, str, str]]:
-    """(kind, namespace, name) of every object whose resource name appears in `text`, in order of appearance."""
-    found: list[tuple[str, str, str]] = []
+def objects_named_in(text: str) -> list[ObjectRef]:
+    """Every object whose resource name appears in `text`, in order of appearance."""
+    found: list[ObjectRef] = []
     for match in _OBJECT_IN_TEXT.finditer(text):
-        named = (_KINDS_BY_PREFIX[match.group(1)], match.group(2), match.group(3))
+        named = ObjectRef(_KINDS_BY_PREFIX[match.group(1)], match.group(2), match.group(3))
         if named not in found:
             found.append(named)
     return found

@@ -49,11 +49,11 @@ def resources_dict(resources: XdsResources) -> dict[str, Any]:
 
 def status_dict(status: ObjectStatus) -> dict[str, Any]:
     return {
-        "kind": status.kind,
-        "namespace": status.namespace,
-        "name": status.name,
+        "kind": status.ref.kind,
+        "namespace": status.ref.namespace,
+        "name": status.ref.name,
         "conditions": [
-            {k: v for k, v in asdict(c).items() if v != "" or k in ("status", "reason")} for c in status.conditions
+            {k: str(v) for k, v in asdict(c).items() if v != "" or k in ("status", "reason")} for c in status.conditions
         ],
     }
 

@@ -4,22 +4,31 @@ from __future__ import annotations
 
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
-from translators.ir import DirectAction, ForwardAction, HeaderMatchIR, ListenerIR, RouteIR
+from translators.ir import (
+    DirectAction,
+    ForwardAction,
+    HeaderMatchIR,
+    ListenerIR,
+    PathKind,
+    PickerBodyMode,
+    PoolRouteIR,
+    RouteIR,
+)
 from translators.xds.memo import Memo
 from translators.xds.names import (
     MODEL_ROUTER_FILTER,
     PICKER_FILTER,
+    PICKER_MODES,
     PICKER_POOL_METADATA,
     XDS_METADATA_NAMESPACE,
     pack,
 )
 
-Mode = processing_mode_pb2.ProcessingMode
 # When a rule's backend fails, its lower-priority backends take the request: on a 5xx, a reset or refused
 # connection, and on 429 (the provider's rate limit, the commonest reason to fall back between LLM providers).
 FALLBACK_RETRY_ON = "5xx,reset,connect-failure,retriable-status-codes"
@@ -43,9 +52,9 @@ def _header(match: HeaderMatchIR) -> route_components_pb2.HeaderMatcher:
 
 def _match(route: RouteIR) -> route_components_pb2.RouteMatch:
     match = route_components_pb2.RouteMatch(headers=[_header(h) for h in route.headers])
-    if route.path.kind == "exact":
+    if route.path.kind is PathKind.EXACT:
         match.path = route.path.value
-    elif route.path.kind == "prefix":
+    elif route.path.kind is PathKind.PREFIX:
         match.prefix = route.path.value
     else:
         match.safe_regex.regex = route.path.value
@@ -108,29 +117,14 @@ def _no_overrides() -> ext_proc_pb2.ExtProcPerRoute:
     return config
 
 
-def _full_duplex_mode() -> processing_mode_pb2.ProcessingMode:
-    """The picker reads the body as it streams in and answers the headers once it has all of it.
-
-    Envoy requires trailers to be sent in full-duplex mode (the picker's end of body when the request has none).
-    """
-    return Mode(
-        request_header_mode=Mode.SEND,
-        request_body_mode=Mode.FULL_DUPLEX_STREAMED,
-        request_trailer_mode=Mode.SEND,
-        response_header_mode=Mode.SEND,
-        response_body_mode=Mode.NONE,
-        response_trailer_mode=Mode.SKIP,
-    )
-
-
-def _picker_config(pool: str, fail_open: bool, body_mode: str) -> ext_proc_pb2.ExtProcPerRoute:
+def _picker_config(pool: PoolRouteIR) -> ext_proc_pb2.ExtProcPerRoute:
     """The filter's own processing mode buffers the body; FULL_DUPLEX_STREAMED routes override it."""
     overrides = ext_proc_pb2.ExtProcOverrides(
-        grpc_initial_metadata=[base_pb2.HeaderValue(key=PICKER_POOL_METADATA, value=pool)],
-        failure_mode_allow=wrappers_pb2.BoolValue(value=fail_open),
+        grpc_initial_metadata=[base_pb2.HeaderValue(key=PICKER_POOL_METADATA, value=pool.pool.key)],
+        failure_mode_allow=wrappers_pb2.BoolValue(value=pool.fail_open),
     )
-    if body_mode == "FULL_DUPLEX_STREAMED":
-        overrides.processing_mode.CopyFrom(_full_duplex_mode())
+    if pool.body_mode is not PickerBodyMode.BUFFERED:
+        overrides.processing_mode.CopyFrom(PICKER_MODES[pool.body_mode])
     return ext_proc_pb2.ExtProcPerRoute(overrides=overrides)
 
 
@@ -154,7 +148,7 @@ def route(ir: RouteIR, picker_in_chain: bool = False) -> route_components_pb2.Ro
     if ir.model_router:
         built.typed_per_filter_config[MODEL_ROUTER_FILTER].CopyFrom(pack(_enable(_no_overrides())))
     if ir.pool is not None:
-        picker = _picker_config(ir.pool, ir.pool_fail_open, ir.pool_body_mode)
+        picker = _picker_config(ir.pool)
         built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(picker)))
     elif ir.model_router and picker_in_chain:
         built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(_picker_off())))

@@ -16,38 +16,49 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeAlias
+from typing import Any
 
 import grpc
 import orjson
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
-from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from prometheus_client import Counter, Gauge, Histogram
 
-from translators.ir import Translation
-from translators.xds.names import PICKER_POOL_METADATA
+from translators.runtime import RuntimeTables
+from translators.xds.names import (
+    MODEL_REWRITE_HEADER,
+    OBJECTIVE_HEADER,
+    PICKER_DEBUG_HEADER,
+    PICKER_POOL_METADATA,
+    PICKER_SCORES_HEADER,
+    TEST_SELECTION_HEADER,
+)
 from xds_server.epp import protocol
 from xds_server.epp.metrics import EndpointMetrics
-from xds_server.epp.plugins import TEST_SELECTION_HEADER, Candidate, PickRequest, restrict
+from xds_server.epp.plugins import Candidate, PickRequest, restrict
 from xds_server.epp.pools import PoolState
-from xds_server.epp.protocol import BadRequest
 from xds_server.epp.scheduler import Decision, SchedulingError, schedule
 from xds_server.epp.scrape import Scraper, Target
-from xds_server.extproc.responses import CONTINUE_REQUEST_HEADERS, PASS_THROUGH, ProcessingResponse
-from xds_server.extproc.router import header_values
+from xds_server.extproc.protocol import (
+    CONTINUE_REQUEST_HEADERS,
+    PASS_THROUGH,
+    BadRequestBody,
+    Context,
+    ProcessingRequest,
+    ProcessingResponse,
+    header_values,
+    parse_request_body,
+)
 
 log = logging.getLogger(__name__)
 
-ProcessingRequest: TypeAlias = ext_proc_pb2.ProcessingRequest
-Context: TypeAlias = "grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse]"
 FULL_DUPLEX = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
 NEVER_SCRAPED = EndpointMetrics()  # updated 0.0: as stale as can be
 
 _CONTROL_HEADERS = frozenset(
     {
-        protocol.OBJECTIVE_HEADER,
-        protocol.MODEL_REWRITE_HEADER,
-        protocol.DEBUG_HEADER,
+        OBJECTIVE_HEADER,
+        MODEL_REWRITE_HEADER,
+        PICKER_DEBUG_HEADER,
         TEST_SELECTION_HEADER,
     }
 )
@@ -72,12 +83,11 @@ class EndpointPicker:
 
     # --- the datastore follows the control plane --------------------------------------------------------------
 
-    def follow(self, translation: Translation) -> None:
+    def follow(self, runtime: RuntimeTables) -> None:
         """Called with each applied build: pools, endpoints, objectives, configs and scrape targets."""
         seen = set()
         targets: dict[str, Target] = {}
-        for pool in translation.pools:
-            key = f"{pool.namespace}/{pool.name}"
+        for key, pool in runtime.pools.items():
             seen.add(key)
             state = self.pools.get(key)
             if state is None:
@@ -200,8 +210,8 @@ class PickerStream:
             request, rewritten = self._parse(body)
             candidates = self._candidates()
             decision = schedule(self.pool.config, request, candidates, self.picker.clock())  # type: ignore[union-attr]
-        except BadRequest as error:
-            return (protocol.refusal(400, str(error), "invalid_request"),)
+        except BadRequestBody as bad:
+            return (protocol.refusal(400, bad.message, bad.code),)
         except SchedulingError as error:
             return (self._refuse(error),)
         self.decision = decision
@@ -219,21 +229,13 @@ class PickerStream:
         ]
 
     def _parse(self, body: bytes) -> tuple[PickRequest, bytes | None]:
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as error:
-            raise BadRequest(f"the request body is not valid JSON: {error}") from None
-        if not isinstance(payload, dict):
-            raise BadRequest("the request body must be a JSON object")
-        model = payload.get("model")
-        if not isinstance(model, str) or not model:
-            raise BadRequest("'model' is required: name the model to use")
+        payload, model = parse_request_body(body)
         rewritten = None
-        target = self.headers.get(protocol.MODEL_REWRITE_HEADER)
+        target = self.headers.get(MODEL_REWRITE_HEADER)
         if target and target != model:
             payload["model"] = model = target
             rewritten = orjson.dumps(payload)
-        objective = self.headers.get(protocol.OBJECTIVE_HEADER)
+        objective = self.headers.get(OBJECTIVE_HEADER)
         priority = self.pool.objectives.get(objective, 0) if self.pool is not None and objective else 0
         return PickRequest(model, protocol.prompt_of(payload), self.headers, priority), rewritten
 
@@ -248,6 +250,6 @@ class PickerStream:
             served = protocol.served_endpoint(request)
             for plugin in self.pool.config.response_plugins:
                 added.extend(plugin.response_headers(served))
-        if self.decision is not None and self.headers.get(protocol.DEBUG_HEADER) == "true":
-            added.append((protocol.SCORES_HEADER, orjson.dumps(self.decision.explain()).decode()))
+        if self.decision is not None and self.headers.get(PICKER_DEBUG_HEADER) == "true":
+            added.append((PICKER_SCORES_HEADER, orjson.dumps(self.decision.explain()).decode()))
         return protocol.response_headers(added) if added else PASS_THROUGH["response_headers"]

@@ -14,11 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from translators.xds.names import SERVED_ECHO_HEADER, TEST_SELECTION_HEADER
 from xds_server.epp.metrics import EndpointMetrics
 from xds_server.epp.prefix import PrefixIndex, prefix_hashes
 
-TEST_SELECTION_HEADER = "test-epp-endpoint-selection"
-SERVED_ECHO_HEADER = "x-conformance-test-served-endpoint"
 CHARS_PER_TOKEN = 4  # the picker has no tokenizer; prompts average about four characters per token
 
 

@@ -13,20 +13,20 @@ from typing import Any
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from google.protobuf import struct_pb2
 
-from translators.xds.names import DESTINATION_HEADER, LB_METADATA_NAMESPACE, SUBSET_HINT_NAMESPACE
-from xds_server.extproc.responses import ProcessingResponse, error, set_header
+from translators.xds.names import (
+    DESTINATION_HEADER,
+    LB_METADATA_NAMESPACE,
+    SERVED_ENDPOINT_KEY,
+    SUBSET_HINT_KEY,
+    SUBSET_HINT_NAMESPACE,
+)
+from xds_server.extproc.protocol import BadRequestBody, ProcessingResponse, error, set_header
 
 BODY_CHUNK_BYTES = 62_000  # some Envoy builds cap a streamed body message at 64 KiB
-SUBSET_HINT_KEY = "x-gateway-destination-endpoint-subset"
-SERVED_KEY = "x-gateway-destination-endpoint-served"
-OBJECTIVE_HEADER = "x-gateway-inference-objective"
-MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
-DEBUG_HEADER = "x-gateway-picker-debug"  # request: "true" asks for the scores of this pick in the response
-SCORES_HEADER = "x-gateway-picker-scores"
 
 
-class BadRequest(Exception):
-    pass
+def no_prompt(message: str) -> BadRequestBody:
+    return BadRequestBody("invalid_prompt", message)
 
 
 def prompt_of(payload: dict[str, Any]) -> str:
@@ -36,7 +36,7 @@ def prompt_of(payload: dict[str, Any]) -> str:
         parts = []
         for message in messages:
             if not isinstance(message, dict):
-                raise BadRequest("every entry of 'messages' must be an object")
+                raise no_prompt("every entry of 'messages' must be an object")
             content = message.get("content")
             if isinstance(content, list):  # content parts: only text counts
                 content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
@@ -47,7 +47,7 @@ def prompt_of(payload: dict[str, Any]) -> str:
         return prompt
     if isinstance(prompt, list) and all(isinstance(p, str) for p in prompt):
         return "".join(prompt)
-    raise BadRequest("no prompt found: the body needs 'messages' or 'prompt'")
+    raise no_prompt("no prompt found: the body needs 'messages' or 'prompt'")
 
 
 def subset_hint(request: ext_proc_pb2.ProcessingRequest) -> list[str] | None:
@@ -63,9 +63,9 @@ def subset_hint(request: ext_proc_pb2.ProcessingRequest) -> list[str] | None:
 
 def served_endpoint(request: ext_proc_pb2.ProcessingRequest) -> str | None:
     namespace = request.metadata_context.filter_metadata.get(LB_METADATA_NAMESPACE)
-    if namespace is None or SERVED_KEY not in namespace.fields:
+    if namespace is None or SERVED_ENDPOINT_KEY not in namespace.fields:
         return None
-    return str(namespace.fields[SERVED_KEY].string_value)
+    return str(namespace.fields[SERVED_ENDPOINT_KEY].string_value)
 
 
 def _pick_metadata(destination: str) -> struct_pb2.Struct:

@@ -9,48 +9,109 @@ switched to BUFFERED (one message with the whole body: a non-streaming client wa
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping
-from typing import TypeAlias
 
 import grpc
 import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from google.protobuf import struct_pb2
 
-from translators.xds.names import BACKEND_ATTRIBUTE, CLUSTER_ATTRIBUTE, ROUTER_GATEWAY_METADATA
+from translators.ir import ModelIR
+from translators.runtime import EMPTY_TABLES, RuntimeTables
+from translators.xds.names import (
+    BACKEND_ATTRIBUTE,
+    CLUSTER_ATTRIBUTE,
+    MODEL_HEADER,
+    ROUTER_GATEWAY_METADATA,
+    ROUTER_METADATA_NAMESPACE,
+)
 from xds_server.extproc import telemetry
-from xds_server.extproc.attributes import attribute
-from xds_server.extproc.responses import (
-    BUFFER_RESPONSE_BODY,
+from xds_server.extproc.protocol import (
     CONTINUE_REQUEST_HEADERS,
     CONTINUE_RESPONSE_BODY,
     PASS_THROUGH,
-    STREAM_RESPONSE_BODY,
+    BadRequestBody,
+    Context,
     MetadataValue,
+    Mode,
+    ProcessingRequest,
     ProcessingResponse,
+    attribute,
     error,
-    final,
+    header_values,
+    immediate_json,
+    parse_request_body,
+    set_header,
 )
 from xds_server.extproc.sse import SseParser, Usage
-from xds_server.extproc.tables import RouterTables
 
-ProcessingRequest: TypeAlias = ext_proc_pb2.ProcessingRequest
 # Paths the router serves, by the GenAI operation name they are measured under.
 OPERATIONS = {b"/v1/chat/completions": "chat", b"/v1/completions": "text_completion", b"/v1/embeddings": "embeddings"}
 MODELS_PATH = b"/v1/models"
-# Control characters Envoy refuses in a header value: such a model could not be routed on.
-_NOT_A_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+OWNED_BY = "xds-server"
+
+# Response headers replies that switch this response's body to the given mode (the filter sends no body by default).
+# A mode override replaces the whole processing mode; only the response fields still matter at that point.
+STREAM_RESPONSE_BODY = ProcessingResponse(
+    response_headers=ext_proc_pb2.HeadersResponse(), mode_override=Mode(response_body_mode=Mode.STREAMED)
+)
+BUFFER_RESPONSE_BODY = ProcessingResponse(
+    response_headers=ext_proc_pb2.HeadersResponse(), mode_override=Mode(response_body_mode=Mode.BUFFERED)
+)
 
 
-def header_values(headers: ext_proc_pb2.HttpHeaders, wanted: frozenset[str]) -> dict[str, bytes]:
-    """The wanted headers' values (Envoy sends raw_value; `value` is the older form)."""
-    found: dict[str, bytes] = {}
-    for header in headers.headers.headers:
-        if header.key in wanted:
-            found[header.key] = header.raw_value or header.value.encode()
-    return found
+def add_metadata(response: ProcessingResponse, values: Mapping[str, MetadataValue]) -> ProcessingResponse:
+    """Dynamic metadata for Envoy (access logs): Envoy merges it into namespace io.envoy.ai_gateway."""
+    response.dynamic_metadata.fields[ROUTER_METADATA_NAMESPACE].struct_value.update(values)
+    return response
+
+
+def route_by_model(model: str) -> ProcessingResponse:
+    """The reply to the request body: x-ai-eg-model set, so the header-match routes apply once Envoy re-routes."""
+    common = ext_proc_pb2.CommonResponse(
+        header_mutation=ext_proc_pb2.HeaderMutation(set_headers=[set_header(MODEL_HEADER, model.encode())]),
+        clear_route_cache=True,
+    )
+    return add_metadata(ProcessingResponse(request_body=ext_proc_pb2.BodyResponse(response=common)), {"model": model})
+
+
+def final(kind: str, values: Mapping[str, MetadataValue]) -> ProcessingResponse:
+    """The last reply of a stream (`response_headers` or `response_body`) with what the access log should show."""
+    response = ProcessingResponse()
+    getattr(response, kind).SetInParent()
+    return add_metadata(response, values)
+
+
+def _model_list(models: tuple[ModelIR, ...]) -> ProcessingResponse:
+    data = [{"id": m.name, "object": "model", "created": m.created, "owned_by": OWNED_BY} for m in models]
+    return immediate_json(200, orjson.dumps({"object": "list", "data": data}), "model_router_models")
+
+
+class RouterTables:
+    """One build's runtime tables with the replies made from them, each on first use: bounded by what the
+    configuration names (models, hosts), never by what clients send."""
+
+    def __init__(self, runtime: RuntimeTables) -> None:
+        self.runtime = runtime
+        self._route_replies: dict[str, ProcessingResponse] = {}
+        self._model_lists: dict[tuple[str, str | None], ProcessingResponse] = {}
+
+    def models_answer(self, gateway: str, authority: str) -> ProcessingResponse:
+        hosts = self.runtime.host_models(gateway)
+        key = (gateway, hosts.domain(authority))
+        reply = self._model_lists.get(key)
+        if reply is None:
+            reply = self._model_lists[key] = _model_list(hosts.models(key[1]))
+        return reply
+
+    def route_reply(self, model: str) -> ProcessingResponse:
+        reply = self._route_replies.get(model)
+        if reply is None:
+            reply = route_by_model(model)
+            if model in self.runtime.routed_models:
+                self._route_replies[model] = reply
+        return reply
 
 
 _REQUEST_HEADERS = frozenset({":path", ":authority"})
@@ -117,18 +178,9 @@ class RouterStream:
 
     def request_body(self, body: bytes) -> ProcessingResponse:
         try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            return _reject(400, f"the request body is not valid JSON: {exc}", "invalid_json")
-        if not isinstance(payload, dict):
-            return _reject(400, "the request body must be a JSON object", "invalid_json")
-        model = payload.get("model")
-        if model is None or model == "":
-            return _reject(400, "'model' is required: name the model to use", "missing_model")
-        if not isinstance(model, str):
-            return _reject(400, "'model' must be a string", "invalid_model")
-        if _NOT_A_HEADER_VALUE.search(model):
-            return _reject(400, "'model' must not contain control characters", "invalid_model")
+            _, model = parse_request_body(body)
+        except BadRequestBody as bad:
+            return _reject(400, bad.message, bad.code)
         self.model = model
         return self.tables.route_reply(model)
 
@@ -204,15 +256,16 @@ def _reject(status: int, message: str, code: str) -> ProcessingResponse:
 
 
 class ModelRouter:
-    """The stream handler: `tables` gives the current build's tables (read once per stream)."""
+    """The stream handler. `follow` swaps in each build's tables; a stream reads them once, when it starts."""
 
-    def __init__(self, tables: Callable[[], RouterTables]) -> None:
-        self._tables = tables
+    def __init__(self, runtime: RuntimeTables = EMPTY_TABLES) -> None:
+        self.tables = RouterTables(runtime)
 
-    async def handle(
-        self, context: grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse], metadata: Mapping[str, str]
-    ) -> None:
-        stream = RouterStream(self._tables(), metadata.get(ROUTER_GATEWAY_METADATA, ""))
+    def follow(self, runtime: RuntimeTables) -> None:
+        self.tables = RouterTables(runtime)
+
+    async def handle(self, context: Context, metadata: Mapping[str, str]) -> None:
+        stream = RouterStream(self.tables, metadata.get(ROUTER_GATEWAY_METADATA, ""))
         try:
             while (request := await context.read()) is not grpc.aio.EOF:
                 await context.write(stream.process(request))

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import grpc
 import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 
 from translators.ir import BackendSettingsIR
-from translators.xds.extproc import UPSTREAM_SETTINGS_MODE
-from translators.xds.names import BACKEND_ATTRIBUTE, RULE_ATTRIBUTE
-from xds_server.extproc.attributes import attribute
-from xds_server.extproc.responses import PASS_THROUGH, Mode, ProcessingResponse, error, set_header
+from translators.runtime import EMPTY_TABLES, RuntimeTables
+from translators.xds.names import BACKEND_ATTRIBUTE, RULE_ATTRIBUTE, UPSTREAM_SETTINGS_MODE
+from xds_server.extproc.protocol import PASS_THROUGH, Context, Mode, ProcessingResponse, attribute, error, set_header
 
 # The filter's own mode with the request body off: a mode override replaces the whole mode, so it starts from the
 # filter's (responses stay skipped: the router filter handles them).
@@ -32,7 +30,6 @@ _HEADERS_ONLY.request_body_mode = Mode.NONE
 NO_SETTINGS = ProcessingResponse(request_headers=ext_proc_pb2.HeadersResponse(), mode_override=_HEADERS_ONLY)
 # 20 digits or more: possibly an integer past 64 bits.
 _HUGE_INTEGER = re.compile(rb"\d{20}")
-Context = Any  # grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse]
 
 
 class UpstreamPlan:
@@ -89,19 +86,35 @@ class UpstreamPlan:
         return ProcessingResponse(request_body=ext_proc_pb2.BodyResponse(response=common))
 
 
-def upstream_plans(settings: tuple[BackendSettingsIR, ...]) -> dict[tuple[str, str], UpstreamPlan]:
-    return {(s.rule, s.backend): UpstreamPlan(s) for s in settings}
+class UpstreamPlans:
+    """One build's plans, each made on first use (a build swaps in while no attempt waits for plans to be made)."""
+
+    def __init__(self, settings: Mapping[tuple[str, str], BackendSettingsIR]) -> None:
+        self._settings = settings
+        self._plans: dict[tuple[str, str], UpstreamPlan] = {}
+
+    def get(self, key: tuple[str, str]) -> UpstreamPlan | None:
+        plan = self._plans.get(key)
+        if plan is None:
+            settings = self._settings.get(key)
+            if settings is None:
+                return None
+            plan = self._plans[key] = UpstreamPlan(settings)
+        return plan
 
 
 class UpstreamSettingsService:
-    """The stream handler: `plans` gives the current build's plans (read once per stream)."""
+    """The stream handler. `follow` swaps in each build's settings; a stream reads them once, when it starts."""
 
-    def __init__(self, plans: Callable[[], Mapping[tuple[str, str], UpstreamPlan]]) -> None:
-        self._plans = plans
+    def __init__(self, runtime: RuntimeTables = EMPTY_TABLES) -> None:
+        self.plans = UpstreamPlans(runtime.backend_settings)
+
+    def follow(self, runtime: RuntimeTables) -> None:
+        self.plans = UpstreamPlans(runtime.backend_settings)
 
     async def handle(self, context: Context, metadata: Mapping[str, str]) -> None:
         plan: UpstreamPlan | None = None
-        plans = self._plans()
+        plans = self.plans
         while (request := await context.read()) is not grpc.aio.EOF:
             kind = request.WhichOneof("request")
             if kind == "request_headers":

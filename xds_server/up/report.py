@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from translators.ir import Condition, Discovery, ObjectStatus, Translation
+from translators.ir import Condition, ConditionStatus, Discovery, ObjectStatus, Translation
 
 ROUTE_KINDS = ("AIGatewayRoute", "HTTPRoute")
 
@@ -68,7 +68,7 @@ def conditions_text(conditions: Iterable[Condition]) -> str:
     parts: list[str] = []
     for condition in conditions:
         text = f"{condition.type}={condition.status}"
-        if condition.status != "True":
+        if condition.status is not ConditionStatus.TRUE:
             text += f" ({condition.reason}: {condition.message})"
         if text not in parts:
             parts.append(text)
@@ -88,7 +88,7 @@ def status_table(
     warnings: Sequence[str],
 ) -> str:
     pod_names = {pod.address: pod.name.partition("/")[2] for pod in pods}
-    by_object = {(s.kind, s.namespace, s.name): s for s in statuses}
+    by_object = {(s.ref.kind, s.ref.namespace, s.ref.name): s for s in statuses}
     lines: list[str] = []
     gateway_rows = []
     for gateway in translation.gateways:
@@ -97,7 +97,9 @@ def status_table(
         gateway_rows.append([gateway.key, urls, conditions_text(status.conditions if status else ())])
     lines += table(["GATEWAY", "URL", "CONDITIONS"], gateway_rows)
     route_rows = [
-        [f"{s.kind} {s.namespace}/{s.name}", conditions_text(s.conditions)] for s in statuses if s.kind in ROUTE_KINDS
+        [f"{s.ref.kind} {s.ref.namespace}/{s.ref.name}", conditions_text(s.conditions)]
+        for s in statuses
+        if s.ref.kind in ROUTE_KINDS
     ]
     lines += ["", *table(["ROUTE", "CONDITIONS"], route_rows)]
     backend_rows = {}

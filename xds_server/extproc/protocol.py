@@ -1,4 +1,5 @@
-"""ProcessingResponse builders for the ext_proc services.
+"""The ext_proc protocol kernel the per-request services share (and the only module they share): the stream
+handler contract, reading headers, attributes and the request body's `model`, and building replies.
 
 Replies that never vary are built once and shared: gRPC serializes a message when it is written, and nothing here
 mutates a message after building it, so sharing is safe and saves an allocation per message on the request path.
@@ -7,20 +8,84 @@ mutates a message after building it, so sharing is safe and saves an allocation 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypeAlias
+from typing import Any, Protocol, TypeAlias
 
+import grpc
 import orjson
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
 
-from translators.gatewayapi import MODEL_HEADER
-from translators.xds.names import ROUTER_METADATA_NAMESPACE
+from translators.xds.names import (
+    EXTPROC_ATTRIBUTES_KEY,
+    NOT_A_HEADER_VALUE,
+)
 
+ProcessingRequest: TypeAlias = ext_proc_pb2.ProcessingRequest
 ProcessingResponse: TypeAlias = ext_proc_pb2.ProcessingResponse
+Context: TypeAlias = "grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse]"
 Mode: TypeAlias = processing_mode_pb2.ProcessingMode
 MetadataValue = str | int
+
+
+class StreamHandler(Protocol):
+    """A per-request service: handles one ext_proc stream, given the stream's initial gRPC metadata."""
+
+    async def handle(self, context: Context, metadata: Mapping[str, str]) -> None:
+        """Reads the stream's requests with `context.read()` and answers each with `context.write()`."""
+
+
+# --- reading what Envoy sends ------------------------------------------------------------------------------------
+
+
+def header_values(headers: ext_proc_pb2.HttpHeaders, wanted: frozenset[str]) -> dict[str, bytes]:
+    """The wanted headers' values (Envoy sends raw_value; `value` is the older form)."""
+    found: dict[str, bytes] = {}
+    for header in headers.headers.headers:
+        if header.key in wanted:
+            found[header.key] = header.raw_value or header.value.encode()
+    return found
+
+
+def attribute(attributes: Mapping[str, struct_pb2.Struct], name: str) -> str:
+    """A request or response attribute's string value; "" when Envoy did not send it (e.g. no such metadata).
+    Envoy puts the attributes under the filter's canonical name, one Struct per filter."""
+    found = attributes.get(EXTPROC_ATTRIBUTES_KEY)
+    value = found.fields.get(name) if found is not None else None
+    return value.string_value if value is not None else ""
+
+
+class BadRequestBody(Exception):
+    """A request body no model can be read from: answered 400 with `code`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def parse_request_body(body: bytes) -> tuple[dict[str, Any], str]:
+    """The JSON object of an OpenAI-style request body and its `model`: a non-empty string that can go in a header.
+    Raises BadRequestBody (codes invalid_json, missing_model, invalid_model)."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestBody("invalid_json", f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BadRequestBody("invalid_json", "the request body must be a JSON object")
+    model = payload.get("model")
+    if model is None or model == "":
+        raise BadRequestBody("missing_model", "'model' is required: name the model to use")
+    if not isinstance(model, str):
+        raise BadRequestBody("invalid_model", "'model' must be a string")
+    if NOT_A_HEADER_VALUE.search(model):
+        raise BadRequestBody("invalid_model", "'model' must not contain control characters")
+    return payload, model
+
+
+# --- replies -----------------------------------------------------------------------------------------------------
 
 
 def set_header(key: str, value: bytes) -> base_pb2.HeaderValueOption:
@@ -36,15 +101,6 @@ _JSON = set_header("content-type", b"application/json")
 CONTINUE_REQUEST_HEADERS = ProcessingResponse(request_headers=ext_proc_pb2.HeadersResponse())
 CONTINUE_RESPONSE_HEADERS = ProcessingResponse(response_headers=ext_proc_pb2.HeadersResponse())
 CONTINUE_RESPONSE_BODY = ProcessingResponse(response_body=ext_proc_pb2.BodyResponse())
-# Response headers replies that switch this response's body to the given mode (the filter sends no body by default).
-# A mode override replaces the whole processing mode; only the response fields still matter at that point.
-STREAM_RESPONSE_BODY = ProcessingResponse(
-    response_headers=ext_proc_pb2.HeadersResponse(), mode_override=Mode(response_body_mode=Mode.STREAMED)
-)
-BUFFER_RESPONSE_BODY = ProcessingResponse(
-    response_headers=ext_proc_pb2.HeadersResponse(), mode_override=Mode(response_body_mode=Mode.BUFFERED)
-)
-
 # "Carry on unchanged" for each kind of message Envoy sends, by the ProcessingRequest oneof name.
 PASS_THROUGH: Mapping[str, ProcessingResponse] = {
     "request_headers": CONTINUE_REQUEST_HEADERS,
@@ -78,25 +134,3 @@ def error(status: int, message: str, code: str, service: str = "model_router") -
     error_types = {429: "rate_limit_error"}
     error_type = error_types.get(status, "invalid_request_error" if status < 500 else "server_error")
     return immediate_json(status, error_body(message, error_type, code), f"{service}_{code}")
-
-
-def add_metadata(response: ProcessingResponse, values: Mapping[str, MetadataValue]) -> ProcessingResponse:
-    """Dynamic metadata for Envoy (access logs): Envoy merges it into namespace io.envoy.ai_gateway."""
-    response.dynamic_metadata.fields[ROUTER_METADATA_NAMESPACE].struct_value.update(values)
-    return response
-
-
-def route_by_model(model: str) -> ProcessingResponse:
-    """The reply to the request body: x-ai-eg-model set, so the header-match routes apply once Envoy re-routes."""
-    common = ext_proc_pb2.CommonResponse(
-        header_mutation=ext_proc_pb2.HeaderMutation(set_headers=[set_header(MODEL_HEADER, model.encode())]),
-        clear_route_cache=True,
-    )
-    return add_metadata(ProcessingResponse(request_body=ext_proc_pb2.BodyResponse(response=common)), {"model": model})
-
-
-def final(kind: str, values: Mapping[str, MetadataValue]) -> ProcessingResponse:
-    """The last reply of a stream (`response_headers` or `response_body`) with what the access log should show."""
-    response = ProcessingResponse()
-    getattr(response, kind).SetInParent()
-    return add_metadata(response, values)
