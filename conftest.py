@@ -8,5 +8,5 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--update-golden",
         action="store_true",
         default=False,
-        help="rewrite testdata/<case>/expected.yaml from the current translator instead of comparing",
+        help="rewrite the golden outputs (testdata/gatewayapi/*/output.yaml, testdata/xds/*/xds.yaml), not compare",
     )

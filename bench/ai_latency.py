@@ -40,9 +40,12 @@ from typing import Any
 import orjson
 import yaml
 
-from bench.manifests import gateway, header_route
-from e2e.harness import Envoy, Serve, free_port, request, wait_for
-from e2e.manifests import ai_gateway_route, ai_service_backend
+from testing.bulk_manifests import header_route
+from testing.envoy import Envoy
+from testing.manifests import ai_gateway_route, ai_service_backend, gateway
+from testing.ports import free_port
+from testing.processes import Serve
+from testing.web import request, wait_for
 from xds_server.envoy import envoy_binary
 from xds_server.sim import openai
 

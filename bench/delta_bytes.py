@@ -14,8 +14,11 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from bench.manifests import gateway, service_routes
-from e2e.harness import Envoy, Serve, free_port, serve_port, synced
+from testing.bulk_manifests import service_routes
+from testing.envoy import Envoy
+from testing.manifests import gateway
+from testing.ports import free_port
+from testing.processes import Serve, serve_port, synced
 
 
 async def metric_by_protocol(serve: Serve) -> dict[str, float]:

@@ -24,13 +24,13 @@ import orjson
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from e2e.manifests import TUTORIAL_PICKER_CONFIG
+from testing.manifests import TUTORIAL_PICKER_CONFIG
 from translators.ir import PickerConfigIR, PoolIR, PoolMember, Translation
 from translators.runtime import runtime_tables
 from xds_server.epp.config import load_config
 from xds_server.epp.metrics import EndpointMetrics
 from xds_server.epp.picker import EndpointPicker, PickerStream
-from xds_server.epp.plugins import PickRequest
+from xds_server.epp.plugins.base import PickRequest
 from xds_server.epp.protocol import prompt_of
 from xds_server.epp.scheduler import schedule
 from xds_server.epp.scrape import Scraper
@@ -51,7 +51,7 @@ class FixedMetrics(Scraper):
         super().__init__()
         self.samples = samples
 
-    def set_targets(self, targets: object) -> None:  # type: ignore[override]
+    def set_targets(self, targets: object) -> None:
         pass
 
     def get(self, key: str) -> EndpointMetrics | None:

@@ -47,8 +47,12 @@ from pathlib import Path
 
 import aiohttp
 
-from e2e.harness import Envoy, Serve, SimProcess, free_port, http_get, port_free_on, serve_port, start_sim
-from e2e.manifests import TUTORIAL_PICKER_CONFIG, gateway, inference_pool, pod, pool_route
+from testing.envoy import Envoy
+from testing.manifests import TUTORIAL_PICKER_CONFIG, gateway, inference_pool, pod, pool_route
+from testing.ports import free_port, port_free_on
+from testing.processes import Serve, serve_port
+from testing.sims import SimProcess, start_sim
+from testing.web import http_get
 from xds_server.sim.vllm.tokens import chat_prompt, tokenize
 
 LOAD_ONLY = """

@@ -17,8 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.manifests import gateway, http_routes
-from e2e.harness import Envoy, Serve, free_port, serve_port, synced, upstream
+from testing.bulk_manifests import http_routes
+from testing.envoy import Envoy
+from testing.manifests import gateway
+from testing.ports import free_port
+from testing.processes import Serve, serve_port, synced
+from testing.web import upstream
 
 UPSTREAM_HOST = "127.0.6.1"
 

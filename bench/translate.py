@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench.manifests import ai_gateway_routes, gateway
+from testing.bulk_manifests import ai_gateway_routes
+from testing.manifests import gateway
 from translators.ir import TranslateOptions
 from translators.loader import load_texts
 from xds_server.control_plane import build

@@ -10,14 +10,16 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
-from e2e.harness import Envoy, free_port, upstream, wait_for
-from e2e.manifests import backend_route, gateway
+from testing.envoy import Envoy
+from testing.manifests import backend_route, gateway
+from testing.ports import free_port
+from testing.web import upstream, wait_for
 from translators.gatewayapi import translate
 from translators.ir import TranslateOptions
 from translators.loader import load_texts
 from translators.xds.gateway import gateway_resources
 from xds_server.xds.cache import Snapshot, SnapshotCache
-from xds_server.xds.sotw import SotwAds
+from xds_server.xds.server import Ads
 from xds_server.xds.streams import ClientRegistry
 
 GATEWAY = "default/gw"
@@ -48,7 +50,7 @@ def snapshot_for(text: str) -> Snapshot:
 async def control_plane() -> AsyncIterator[tuple[SnapshotCache, int]]:
     cache = SnapshotCache()
     server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(SotwAds(cache, ClientRegistry()), server)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(Ads(cache, ClientRegistry()), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     yield cache, port

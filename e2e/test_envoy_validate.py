@@ -1,4 +1,5 @@
-"""Real Envoy accepts what we generate: every golden case, run through `envoy --mode validate`."""
+"""Real Envoy accepts what we generate: every IR -> xDS golden case (testdata/xds/<case>/ir.yaml), its resources
+built by the current code, run through `envoy --mode validate`."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e.static_bootstrap import static_bootstrap
-from tests.golden import case_names, render_case
+from testing.cases import xds_case_names, xds_resources
+from testing.static_bootstrap import static_bootstrap
 from xds_server.envoy import envoy_binary
 
 
@@ -34,9 +35,9 @@ def _validate(bootstrap: dict[str, object], path: Path, base_id: int) -> subproc
     )
 
 
-@pytest.mark.parametrize("case", case_names())
+@pytest.mark.parametrize("case", xds_case_names())
 def test_envoy_accepts_golden_case(case: str, tmp_path: Path) -> None:
-    gateways = render_case(case)["gateways"]
+    gateways = xds_resources(case)
     assert gateways, f"{case} translates to no gateway"
     for index, gateway in enumerate(gateways):
         result = _validate(static_bootstrap(gateway), tmp_path / f"{index}.yaml", 1000 + os.getpid() % 20000 + index)
@@ -46,7 +47,7 @@ def test_envoy_accepts_golden_case(case: str, tmp_path: Path) -> None:
 
 def test_envoy_rejects_a_broken_configuration(tmp_path: Path) -> None:
     """The check is real: a route to a cluster that does not exist fails validation."""
-    gateway = render_case("tutorial")["gateways"][0]
+    gateway = xds_resources("tutorial")[0]
     bootstrap = static_bootstrap(gateway)
     manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     manager["route_config"]["validate_clusters"] = True

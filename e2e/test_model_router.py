@@ -18,20 +18,12 @@ from typing import Any
 import openai
 import pytest
 
-from e2e.harness import (
-    SECONDS,
-    Envoy,
-    Response,
-    Serve,
-    b64,
-    eventually,
-    free_port,
-    http_get,
-    metric,
-    request,
-    start_testupstream,
-)
-from e2e.manifests import ai_gateway_route, ai_service_backend, gateway
+from testing.envoy import Envoy
+from testing.manifests import ai_gateway_route, ai_service_backend, gateway
+from testing.ports import free_port
+from testing.processes import Serve
+from testing.sims import b64, start_testupstream
+from testing.web import SECONDS, Response, eventually, http_get, metric, request
 
 UPSTREAMS = {"a": "127.0.7.1", "b": "127.0.7.2"}
 BUFFER_LIMIT = 1024 * 1024

@@ -25,19 +25,12 @@ from typing import Any
 
 import pytest
 
-from e2e.harness import (
-    Envoy,
-    Response,
-    Serve,
-    SimProcess,
-    eventually,
-    free_port,
-    http_get,
-    port_free_on,
-    request,
-    start_sim,
-)
-from e2e.manifests import CONFORMANCE_PICKER_CONFIG, gateway, inference_objective, inference_pool, pod, pool_route
+from testing.envoy import Envoy
+from testing.manifests import CONFORMANCE_PICKER_CONFIG, gateway, inference_objective, inference_pool, pod, pool_route
+from testing.ports import free_port, port_free_on
+from testing.processes import Serve
+from testing.sims import SimProcess, start_sim
+from testing.web import Response, eventually, http_get, request
 
 POOLS = ("llama", "duplex", "conformance")
 TINY_CONFIG = """

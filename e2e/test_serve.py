@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
-from e2e.harness import Envoy, Serve, free_port, http_get, serve_port, synced, upstream, wait_for, xds_server_status
-from e2e.manifests import backend_route, gateway
+from testing.envoy import Envoy
+from testing.manifests import backend_route, gateway
+from testing.ports import free_port
+from testing.processes import Serve, serve_port, synced, xds_server_status
+from testing.web import http_get, upstream, wait_for
 
 GATEWAY = "default/gw"
 

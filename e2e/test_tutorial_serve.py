@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from e2e.harness import Envoy, Serve, free_port, serve_port, synced, xds_server_status
-from tests.golden import TUTORIAL
+from testing.cases import TUTORIAL
+from testing.envoy import Envoy
+from testing.ports import free_port
+from testing.processes import Serve, serve_port, synced, xds_server_status
 
 GATEWAY = "default/inference-pool-with-aigwroute"
 

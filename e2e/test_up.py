@@ -17,8 +17,9 @@ from typing import Any
 import openai
 import pytest
 
-from e2e.harness import Response, Up, eventually, http_get, request, run_processes
-from tests.golden import SEED, TUTORIAL
+from testing.cases import SEED, TUTORIAL
+from testing.processes import Up, run_processes
+from testing.web import Response, eventually, http_get, request
 
 GATEWAY = "default/inference-pool-with-aigwroute"
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
@@ -98,7 +99,10 @@ def assert_stops_cleanly(up: Up) -> None:
     assert not up.ready_file.exists()
 
 
-@pytest.mark.skipif(not SEED.is_dir(), reason=f"{SEED} not present")
+@pytest.mark.skipif(
+    not SEED.is_dir(),
+    reason=f"optional verbatim tutorial copy not found at {SEED} (XDS_SERVER_SEED names another folder)",
+)
 def test_the_seed_tutorial_runs_unmodified(tmp_path: Path, started: list[Up]) -> None:
     up = start(started, [SEED], tmp_path / "seed")
     output = up.output.read_text()

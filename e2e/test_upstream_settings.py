@@ -15,19 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from e2e.harness import (
-    Envoy,
-    Response,
-    Serve,
-    b64,
-    eventually,
-    free_port,
-    http_get,
-    metric,
-    request,
-    start_testupstream,
-)
-from e2e.manifests import gateway
+from testing.envoy import Envoy
+from testing.manifests import gateway
+from testing.ports import free_port
+from testing.processes import Serve
+from testing.sims import b64, start_testupstream
+from testing.web import Response, eventually, http_get, metric, request
 
 PRIMARY, SECONDARY = "127.0.9.1", "127.0.9.2"
 API_KEY = "sk-e2e-not-a-real-key-5f2a9c"

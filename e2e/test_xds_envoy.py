@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from e2e.harness import Envoy, Serve, free_port, http_get, synced, upstream, wait_for
-from e2e.manifests import gateway
+from testing.envoy import Envoy
+from testing.manifests import gateway
+from testing.ports import free_port
+from testing.processes import Serve, synced
+from testing.web import http_get, upstream, wait_for
 
 PODS = {"a": "127.0.5.1", "b": "127.0.5.2", "c": "127.0.5.3"}
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_pb2
@@ -16,21 +15,19 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 from prometheus_client import REGISTRY
 
-from tests.ads_client import AdsClient
-from tests.test_ads_sotw import pointed_at
-from tests.test_cache import build, by_type, tutorial_resources
+from testing.ads_client import AdsClient
+from testing.xds_fixtures import Resources, gateway, pointed_at, with_unrouted
 from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
-from xds_server.xds.cache import SnapshotCache
-from xds_server.xds.delta import DeltaAds
-from xds_server.xds.streams import ClientRegistry, ClientStream, Nack
+from xds_server.xds.cache import Snapshot, SnapshotCache
+from xds_server.xds.server import Ads
+from xds_server.xds.streams import Answer, ClientRegistry, ClientStream, Nack
 
 KEY = "default/delta-tests"
 NODE = base_pb2.Node(id="envoy-1", cluster=KEY)
-Resources = dict[str, list[object]]  # by type URL, as Snapshot.build takes them
 
 
-class Servicer(DeltaAds, ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    """DeltaAds first: the generated servicer's UNIMPLEMENTED stub must not shadow its method."""
+def build(resources: Resources) -> Snapshot:
+    return Snapshot.build(resources.by_type())
 
 
 class DeltaClient(AdsClient[discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse]):
@@ -61,10 +58,10 @@ async def setup() -> AsyncIterator[Setup]:
     nacks: list[Nack] = []
     clients.add_nack_listener(nacks.append)
     server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(Servicer(cache, clients), server)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(Ads(cache, clients), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    cache.set(KEY, build(by_type(tutorial_resources())))
+    cache.set(KEY, build(gateway()))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
         setup = Setup(cache, clients, nacks, DeltaClient(stub), stub)
@@ -84,19 +81,6 @@ def versions(response: discovery_pb2.DeltaDiscoveryResponse) -> dict[str, str]:
 def two_clusters(endpoint: str = "127.0.3.9") -> Resources:
     """EDS clusters "a" and "b"; the only route goes to "a"; `endpoint` is b's address."""
     return with_unrouted(pointed_at("a"), "b", endpoint)
-
-
-def with_unrouted(
-    resources: dict[str, list[object]], name: str, endpoint: str = "127.0.3.9"
-) -> dict[str, list[object]]:
-    """`resources` plus an EDS cluster no route uses, and its CLA."""
-    cluster = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS)
-    cluster.eds_cluster_config.eds_config.ads.SetInParent()
-    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
-    assignment.endpoints.add().lb_endpoints.add().endpoint.address.socket_address.address = endpoint
-    resources[CLUSTER_TYPE].append(cluster)
-    resources[ENDPOINT_TYPE].append(assignment)
-    return resources
 
 
 def pushes(type_name: str) -> float:
@@ -129,7 +113,7 @@ async def test_first_subscription_gets_every_resource_and_an_ack_gets_silence(se
     await setup.client.ack(response)
     assert await setup.client.silent()
     state = setup.stream().state(ENDPOINT_TYPE)
-    assert state.acked_version == snapshot.version(ENDPOINT_TYPE) and state.sync_state() == "SYNCED"
+    assert state.acked_version == snapshot.version(ENDPOINT_TYPE) and state.answer is Answer.ACK
     assert state.names == frozenset(assignments) and setup.stream().state(CLUSTER_TYPE).names is None
 
 
@@ -150,7 +134,7 @@ async def test_nack_is_recorded_never_answered_and_the_next_change_is_sent(setup
         ("envoy-1", CLUSTER_TYPE, first.system_version_info, "bad cluster")
     ]
     changed = two_clusters()
-    changed[CLUSTER_TYPE][1].connect_timeout.seconds = 7  # type: ignore[attr-defined]
+    changed.clusters[1].connect_timeout.seconds = 7
     setup.cache.set(KEY, build(changed))
     second = await setup.client.receive()
     assert second.type_url == CLUSTER_TYPE and names(second) == ["b"]  # "a" is unchanged: the client has it
@@ -167,9 +151,9 @@ async def test_only_the_changed_resource_is_sent(setup: Setup) -> None:
     await setup.client.ack(await setup.client.receive())
     before = (pushes("Cluster"), pushes("ClusterLoadAssignment"), push_bytes("ClusterLoadAssignment"))
 
-    changed = by_type(tutorial_resources())
-    [assignment] = [a for a in changed[ENDPOINT_TYPE] if a.cluster_name == assignments[0]]  # type: ignore[attr-defined]
-    assignment.endpoints[0].lb_endpoints.add().endpoint.address.socket_address.address = "10.9.9.9"  # type: ignore[attr-defined]
+    changed = gateway()
+    [assignment] = [a for a in changed.endpoints if a.cluster_name == assignments[0]]
+    assignment.endpoints[0].lb_endpoints.add().endpoint.address.socket_address.address = "10.9.9.9"
     new = build(changed)
     setup.cache.set(KEY, new)
     response = await setup.client.receive()
@@ -260,7 +244,7 @@ async def test_a_reconnect_with_initial_versions_gets_only_what_changed(setup: S
     held_assignments = versions(await setup.client.receive())
     setup.client.close()  # the stream breaks; meanwhile "a" changes and "b" goes (nothing routed to it)
     changed = pointed_at("a")
-    changed[CLUSTER_TYPE][0].connect_timeout.seconds = 7  # type: ignore[attr-defined]
+    changed.clusters[0].connect_timeout.seconds = 7
     setup.cache.set(KEY, build(changed))
 
     client = setup.client = DeltaClient(setup.stub)
@@ -330,7 +314,7 @@ async def test_routes_wait_for_new_clas_and_removed_clusters_are_withheld_until_
         ["old"],
     )
     assert (final_assignments.type_url, list(final_assignments.removed_resources)) == (ENDPOINT_TYPE, ["old"])
-    assert not setup.stream().retained.get(CLUSTER_TYPE)
+    assert not setup.stream().retention.of(CLUSTER_TYPE)
 
 
 async def test_a_nacked_route_update_keeps_clusters_until_a_later_one_is_acked(setup: Setup) -> None:
@@ -345,7 +329,7 @@ async def test_a_nacked_route_update_keeps_clusters_until_a_later_one_is_acked(s
     await setup.client.ack(routes, error_detail=status_pb2.Status(code=3, message="bad route"))
     assert await setup.client.silent()  # the client still routes to "old"
     fixed = pointed_at("new")
-    fixed[ROUTE_TYPE][0].virtual_hosts[0].domains.append("example.com")  # type: ignore[attr-defined]
+    fixed.routes[0].virtual_hosts[0].domains.append("example.com")
     setup.cache.set(KEY, build(fixed))
     routes = await setup.client.receive()
     assert routes.type_url == ROUTE_TYPE

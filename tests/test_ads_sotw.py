@@ -11,20 +11,23 @@ import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from tests.ads_client import AdsClient
-from tests.test_cache import build, by_type, tutorial_resources
-from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
-from xds_server.xds.cache import SnapshotCache
-from xds_server.xds.sotw import SotwAds
+from testing.ads_client import AdsClient
+from testing.xds_fixtures import Resources, gateway, pointed_at
+from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, EXTPROC_CLUSTER, ROUTE_TYPE
+from xds_server.xds.cache import Snapshot, SnapshotCache
+from xds_server.xds.server import Ads
 from xds_server.xds.streams import ClientRegistry, Nack
 
-KEY = "default/inference-pool-with-aigwroute"
+KEY = "default/gw"
 M = TypeVar("M", bound=Message)
+
+
+def build(resources: Resources) -> Snapshot:
+    return Snapshot.build(resources.by_type())
 
 
 class Client(AdsClient[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse]):
@@ -42,10 +45,10 @@ async def setup() -> AsyncIterator[tuple[SnapshotCache, list[Nack], Client]]:
     clients = ClientRegistry()
     clients.add_nack_listener(nacks.append)
     server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(SotwAds(cache, clients), server)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(Ads(cache, clients), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    cache.set(KEY, build(by_type(tutorial_resources())))
+    cache.set(KEY, build(gateway()))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         client = Client(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel))
         yield cache, nacks, client
@@ -60,7 +63,7 @@ async def test_first_request_gets_everything_and_an_ack_gets_silence(
     response = await client.receive()
     assert response.type_url == CLUSTER_TYPE and response.nonce
     assert response.version_info == cache.get(KEY).version(CLUSTER_TYPE)  # type: ignore[union-attr]
-    assert len(response.resources) == len(tutorial_resources().clusters)
+    assert len(response.resources) == len(gateway().clusters)
     await client.send(type_url=CLUSTER_TYPE, version_info=response.version_info, response_nonce=response.nonce)
     assert await client.silent()
 
@@ -89,9 +92,9 @@ async def test_nack_is_recorded_never_answered_and_the_next_change_is_sent(
     assert [(n.node_id, n.type_url, n.version, n.message) for n in nacks] == [
         ("envoy-1", CLUSTER_TYPE, first.version_info, "bad cluster")
     ]
-    changed = by_type(tutorial_resources())
-    changed[CLUSTER_TYPE] = [c for c in changed[CLUSTER_TYPE] if "extproc" not in c.name]  # type: ignore[attr-defined]
-    changed[LISTENER_TYPE] = []  # nothing uses the ext_proc cluster any more
+    changed = gateway()
+    changed.clusters = [c for c in changed.clusters if c.name != EXTPROC_CLUSTER]
+    changed.listeners = []  # nothing uses the ext_proc cluster any more
     cache.set(KEY, build(changed))
     second = await client.receive()
     assert second.type_url == CLUSTER_TYPE and second.version_info != first.version_info
@@ -102,7 +105,7 @@ async def test_stale_nonce_ignored_but_current_nonce_with_new_names_answered(
     setup: tuple[SnapshotCache, list[Nack], Client],
 ) -> None:
     _, _, client = setup
-    names = sorted(a.cluster_name for a in tutorial_resources().endpoints)
+    names = sorted(a.cluster_name for a in gateway().endpoints)
     await client.send(node=NODE, type_url=ENDPOINT_TYPE, resource_names=names[:1])
     first = await client.receive()
     assert [first.resources[0].type_url] == [ENDPOINT_TYPE] and len(first.resources) == 1
@@ -124,21 +127,8 @@ async def test_equal_content_is_never_pushed_again(setup: tuple[SnapshotCache, l
     await client.send(node=NODE, type_url=CLUSTER_TYPE)
     first = await client.receive()
     await client.send(type_url=CLUSTER_TYPE, version_info=first.version_info, response_nonce=first.nonce)
-    cache.set(KEY, build(by_type(tutorial_resources())))
+    cache.set(KEY, build(gateway()))
     assert await client.silent()
-
-
-def pointed_at(cluster_name: str) -> dict[str, list[object]]:
-    """One EDS cluster with one endpoint, and one route configuration whose only route goes to it."""
-    cluster = cluster_pb2.Cluster(name=cluster_name, type=cluster_pb2.Cluster.EDS)
-    cluster.eds_cluster_config.eds_config.ads.SetInParent()
-    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
-    assignment.endpoints.add().lb_endpoints.add().endpoint.address.socket_address.address = "127.0.3.9"
-    routes = route_pb2.RouteConfiguration(name="routes")
-    route = routes.virtual_hosts.add(name="all", domains=["*"]).routes.add(name="to-" + cluster_name)
-    route.match.prefix = "/"
-    route.route.cluster = cluster_name
-    return {CLUSTER_TYPE: [cluster], ENDPOINT_TYPE: [assignment], ROUTE_TYPE: [routes]}
 
 
 async def ack(client: Client, response: discovery_pb2.DiscoveryResponse, names: list[str] | None = None) -> None:

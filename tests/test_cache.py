@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from envoy.config.core.v3 import address_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2
 
-from tests.golden import OPTIONS, load_case
-from translators.gatewayapi import translate
-from translators.xds.gateway import XdsResources, gateway_resources
+from testing.xds_fixtures import Resources, backend_cluster, gateway
 from translators.xds.names import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -20,29 +18,19 @@ from translators.xds.names import (
 )
 from xds_server.xds.cache import InconsistentSnapshot, Snapshot, SnapshotCache
 
-
-def tutorial_resources() -> XdsResources:
-    [gateway] = translate(load_case("tutorial"), OPTIONS).gateways
-    return gateway_resources(gateway, OPTIONS)
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def by_type(xds: XdsResources) -> dict[str, list[object]]:
-    """Mutable lists, so tests can break a snapshot on purpose."""
-    return {type_url: list(resources) for type_url, resources in xds.by_type().items()}
-
-
-def build(resources: dict[str, list[object]]) -> Snapshot:
-    return Snapshot.build(resources)  # type: ignore[arg-type]
+def build(resources: Resources) -> Snapshot:
+    return Snapshot.build(resources.by_type())
 
 
 def test_equal_content_equal_versions_and_per_type_independence() -> None:
-    first, second = build(by_type(tutorial_resources())), build(by_type(tutorial_resources()))
+    first, second = build(gateway()), build(gateway())
     assert all(first.version(t) == second.version(t) for t in first.types)
-    changed = by_type(tutorial_resources())
-    assignment = changed[ENDPOINT_TYPE][0]
-    endpoint = endpoint_components_pb2.LbEndpoint()
+    changed = gateway()
+    endpoint = changed.endpoints[0].endpoints[0].lb_endpoints.add()
     endpoint.endpoint.address.socket_address.CopyFrom(address_pb2.SocketAddress(address="10.9.9.9", port_value=8000))
-    assignment.endpoints[0].lb_endpoints.append(endpoint)  # type: ignore[attr-defined]
     third = build(changed)
     assert third.version(ENDPOINT_TYPE) != first.version(ENDPOINT_TYPE)
     assert [t for t in first.types if first.version(t) != third.version(t)] == [ENDPOINT_TYPE]
@@ -51,12 +39,13 @@ def test_equal_content_equal_versions_and_per_type_independence() -> None:
 def test_versions_are_the_same_in_another_process() -> None:
     """Content hashes, not counters: a restarted control plane offers Envoy the versions it already has."""
     code = (
-        "from tests.test_cache import build, by_type, tutorial_resources\n"
-        "s = build(by_type(tutorial_resources()))\n"
+        "from testing.xds_fixtures import gateway\n"
+        "from xds_server.xds.cache import Snapshot\n"
+        "s = Snapshot.build(gateway().by_type())\n"
         "print(','.join(s.version(t) for t in s.types))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    here = build(by_type(tutorial_resources()))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    here = build(gateway())
     assert result.stdout.strip() == ",".join(here.version(t) for t in here.types)
 
 
@@ -70,15 +59,16 @@ def test_versions_are_the_same_in_another_process() -> None:
     ],
 )
 def test_inconsistent_snapshots_are_refused(breakage: str, message: str) -> None:
-    resources = by_type(tutorial_resources())
+    resources = gateway()
+    build(resources)  # whole, it is consistent
     if breakage == "drop-endpoints":
-        resources[ENDPOINT_TYPE] = []
+        resources.endpoints = []
     elif breakage == "drop-routes":
-        resources[ROUTE_TYPE] = []
+        resources.routes = []
     elif breakage == "drop-cluster":
-        resources[CLUSTER_TYPE] = [c for c in resources[CLUSTER_TYPE] if "basic" not in c.name]  # type: ignore[attr-defined]
+        resources.clusters = [c for c in resources.clusters if c.name != backend_cluster("a")]
     else:
-        resources[CLUSTER_TYPE] = [*resources[CLUSTER_TYPE], resources[CLUSTER_TYPE][0]]
+        resources.clusters = [*resources.clusters, resources.clusters[0]]
     with pytest.raises(InconsistentSnapshot, match=message):
         build(resources)
 
@@ -87,9 +77,9 @@ def test_cache_reports_changed_types_in_push_order_and_ignores_equal_content() -
     cache = SnapshotCache()
     heard: list[str] = []
     cache.add_listener(lambda key, snapshot: heard.append(key))
-    snapshot = build(by_type(tutorial_resources()))
+    snapshot = build(gateway())
     assert cache.set("default/gw", snapshot) == [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE]
-    assert cache.set("default/gw", build(by_type(tutorial_resources()))) == []
+    assert cache.set("default/gw", build(gateway())) == []
     assert heard == ["default/gw"]
     assert cache.get("default/gw") is snapshot and cache.snapshot_keys() == ["default/gw"]
     assert cache.remove("default/gw") and cache.get("default/gw") is None and not cache.remove("default/gw")

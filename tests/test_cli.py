@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.golden import TESTDATA, TUTORIAL
+from testing.cases import GATEWAYAPI as TESTDATA
+from testing.cases import TUTORIAL
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

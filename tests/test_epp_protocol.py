@@ -18,8 +18,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from e2e.harness import free_port
-from e2e.manifests import CONFORMANCE_PICKER_CONFIG, inference_objective, inference_pool, pod
+from testing.manifests import CONFORMANCE_PICKER_CONFIG, inference_objective, inference_pool, pod
+from testing.ports import free_port
 from translators.ir import TranslateOptions
 from translators.loader import load_texts
 from xds_server.control_plane import ControlPlane

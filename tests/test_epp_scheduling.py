@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
-from e2e.manifests import TUTORIAL_PICKER_CONFIG
+from testing.manifests import TUTORIAL_PICKER_CONFIG
 from translators.ir import PickerConfigIR, PoolIR, PoolMember
 from xds_server.epp.config import load_config
 from xds_server.epp.metrics import EndpointMetrics
-from xds_server.epp.plugins import (
+from xds_server.epp.plugins import prefix_cache_scorer
+from xds_server.epp.plugins.base import (
     Candidate,
-    HeaderSelectionFilter,
-    KVCacheScorer,
-    LoraAffinityScorer,
-    MaxScorePicker,
+    CycleState,
+    NoParameters,
     PickerConfigError,
+    PickerParams,
     PickRequest,
-    PrefixCacheScorer,
-    QueueScorer,
-    SaturationDetector,
-    WeightedRandomPicker,
     restrict,
 )
+from xds_server.epp.plugins.header_selection_filter import HeaderSelectionFilter
+from xds_server.epp.plugins.kv_cache_scorer import KVCacheScorer
+from xds_server.epp.plugins.lora_affinity_scorer import LoraAffinityScorer
+from xds_server.epp.plugins.max_score_picker import MaxScorePicker
+from xds_server.epp.plugins.prefix_cache_scorer import PrefixCacheParams, PrefixCacheScorer, PrefixCycleState
+from xds_server.epp.plugins.queue_scorer import QueueScorer
+from xds_server.epp.plugins.registry import REGISTRY, DuplicatePluginType, Registry, build_plugin
+from xds_server.epp.plugins.utilization_detector import SaturationDetector
+from xds_server.epp.plugins.weighted_random_picker import WeightedRandomPicker
 from xds_server.epp.pools import PoolState
 from xds_server.epp.prefix import PrefixIndex, prefix_hashes
 from xds_server.epp.scheduler import SchedulingError, schedule
@@ -51,7 +58,8 @@ def test_tutorial_config_gives_three_scorers_of_weight_one_and_a_max_score_picke
     assert isinstance(config.profile.picker, MaxScorePicker) and config.profile.picker.max_endpoints == 1
     prefix = config.profile.scorers[2][0]
     assert isinstance(prefix, PrefixCacheScorer)
-    assert (prefix.block_chars, prefix.max_blocks, prefix.index.capacity) == (64, 256, 31250)
+    assert prefix.params == PrefixCacheParams(block_chars=64, max_blocks=256, lru_capacity=31250)
+    assert prefix.index.capacity == 31250
 
 
 def test_default_profile_weights_queue_and_kv_two_and_prefix_three() -> None:
@@ -107,10 +115,13 @@ def test_saturation_thresholds_are_configurable() -> None:
 
 def test_queue_scorer_scales_between_shortest_and_longest_queue() -> None:
     scores = QueueScorer("q").score(
-        request(), [endpoint(1, waiting=0), endpoint(2, waiting=5), endpoint(3, waiting=10)]
+        CycleState(), request(), [endpoint(1, waiting=0), endpoint(2, waiting=5), endpoint(3, waiting=10)]
     )
     assert scores == [1.0, 0.5, 0.0]
-    assert QueueScorer("q").score(request(), [endpoint(1, waiting=3), endpoint(2, waiting=3)]) == [1.0, 1.0]
+    assert QueueScorer("q").score(CycleState(), request(), [endpoint(1, waiting=3), endpoint(2, waiting=3)]) == [
+        1.0,
+        1.0,
+    ]
 
 
 def test_lora_affinity_prefers_a_running_adapter_then_a_free_slot() -> None:
@@ -118,7 +129,8 @@ def test_lora_affinity_prefers_a_running_adapter_then_a_free_slot() -> None:
     free_slot = endpoint(2, active_models=frozenset({"other"}), max_models=2)
     waiting = endpoint(3, active_models=frozenset({"a"}), waiting_models=frozenset({"llama"}), max_models=2)
     full = endpoint(4, active_models=frozenset({"a", "b"}), max_models=2)
-    assert LoraAffinityScorer("l").score(request(), [running, free_slot, waiting, full]) == [1.0, 0.8, 0.6, 0.0]
+    scores = LoraAffinityScorer("l").score(CycleState(), request(), [running, free_slot, waiting, full])
+    assert scores == [1.0, 0.8, 0.6, 0.0]
 
 
 def test_the_least_loaded_endpoint_wins_and_ties_are_shared() -> None:
@@ -145,9 +157,9 @@ def test_requests_sharing_a_prefix_follow_the_first_pick() -> None:
 
 
 def test_max_score_picker_returns_fallbacks_in_score_order() -> None:
-    picker = MaxScorePicker("p", max_endpoints=3)
+    picker = MaxScorePicker("p", PickerParams(max_endpoints=3))
     candidates = [endpoint(i) for i in range(1, 5)]
-    assert [c.key for c in picker.pick(candidates, [0.1, 0.9, 0.5, 0.7])] == [
+    assert [c.key for c in picker.pick(CycleState(), candidates, [0.1, 0.9, 0.5, 0.7])] == [
         candidates[1].key,
         candidates[3].key,
         candidates[2].key,
@@ -157,7 +169,8 @@ def test_max_score_picker_returns_fallbacks_in_score_order() -> None:
 def test_weighted_random_picker_follows_the_scores() -> None:
     random.seed(7)
     candidates = [endpoint(1), endpoint(2)]
-    counts = Counter(WeightedRandomPicker("w").pick(candidates, [0.9, 0.1])[0].key for _ in range(2000))
+    picker = WeightedRandomPicker("w")
+    counts = Counter(picker.pick(CycleState(), candidates, [0.9, 0.1])[0].key for _ in range(2000))
     assert counts[candidates[0].key] > counts[candidates[1].key] * 3
 
 
@@ -188,7 +201,7 @@ def test_no_candidates_is_503_and_a_filter_leaving_none_is_429() -> None:
 def test_header_selection_filter_keeps_listed_ips_or_endpoints() -> None:
     candidates = [endpoint(1), endpoint(2), endpoint(3)]
     kept = HeaderSelectionFilter("h").filter(
-        request(test_epp_endpoint_selection="10.0.0.1, 10.0.0.3:8000,10.0.0.2:9999"), candidates
+        CycleState(), request(test_epp_endpoint_selection="10.0.0.1, 10.0.0.3:8000,10.0.0.2:9999"), candidates
     )
     assert [c.key for c in kept] == ["10.0.0.1:8000", "10.0.0.3:8000"]
 
@@ -229,10 +242,10 @@ def test_pool_state_keeps_candidates_and_reads_unknown_engines_with_vllm_names()
     members = (PoolMember("10.0.0.1", 8000, "a", "vllm"), PoolMember("10.0.0.2", 8000, "b", "triton-tensorrt-llm"))
     state = PoolState("default/p")
     state.update(PoolIR("default", "p", (), False, None, members=members))
-    first = state.candidates[0]
+    first = state.endpoints[0]
     assert state.engines == {"10.0.0.1:8000": "vllm", "10.0.0.2:8000": "vllm"}
     state.update(PoolIR("default", "p", (), False, None, members=members[:1]))
-    assert state.candidates == [first] and state.candidates[0] is first
+    assert state.endpoints == (first,) and state.endpoints[0] is first
 
 
 def test_a_refused_config_keeps_the_last_good_one() -> None:
@@ -245,3 +258,120 @@ def test_a_refused_config_keeps_the_last_good_one() -> None:
     state.update(PoolIR("default", "p", (), False, None, picker_config=bad))
     assert state.config.profile.picker.name == "random-picker"
     assert state.config_error is not None and "maxNumOfEndpoints" in state.config_error
+
+
+def test_the_registry_refuses_a_second_plugin_of_one_type_name() -> None:
+    class OtherQueueScorer(QueueScorer):
+        type_name = "queue-scorer"
+
+    registry = Registry()
+    registry.register(QueueScorer)
+    with pytest.raises(DuplicatePluginType, match="'queue-scorer' is already registered"):
+        registry.register(OtherQueueScorer)
+    with pytest.raises(DuplicatePluginType):
+        REGISTRY.register(OtherQueueScorer)  # the built-in registry too
+    assert type(build_plugin("queue-scorer", "q", None)) is QueueScorer  # the built-in one still wins
+
+
+@pytest.mark.parametrize(
+    ("parse", "raw", "message"),
+    [
+        (PrefixCacheParams.parse, {"blockSize": 16}, "plugin p: unknown parameter blockSize"),
+        (
+            PrefixCacheParams.parse,
+            {"hashBlockSize": "64"},
+            "plugin p: parameter hashBlockSize must be an integer, got '64'",
+        ),
+        (PickerParams.parse, {"maxNumOfEndpoints": 1.5}, "plugin p: parameter maxNumOfEndpoints must be an integer"),
+        (
+            PickerParams.parse,
+            {"maxNumOfEndpoints": 0},
+            "plugin p: parameter maxNumOfEndpoints must be at least 1, got 0",
+        ),
+        (SaturationDetector.parse, {"kvCacheUtilThreshold": True}, "parameter kvCacheUtilThreshold must be a number"),
+        (SaturationDetector.parse, {"metricsStalenessThreshold": "soon"}, "must be a duration like 200ms, got 'soon'"),
+        (SaturationDetector.parse, [1], "plugin p: parameters must be a mapping"),
+        (NoParameters.parse, {"weight": 2}, "plugin p: unknown parameter weight"),
+    ],
+)
+def test_parameter_classes_refuse_unknown_names_and_wrong_types(
+    parse: Callable[[str, object], object], raw: object, message: str
+) -> None:
+    with pytest.raises(PickerConfigError, match=message):
+        parse("p", raw)
+
+
+def test_parameters_parse_into_typed_frozen_values() -> None:
+    picker = PickerParams.parse("p", {"maxNumOfEndpoints": 2.0})
+    assert picker == PickerParams(max_endpoints=2) and type(picker.max_endpoints) is int
+    prefix = PrefixCacheParams.parse("p", {"blockSizeTokens": 16, "maxPrefixTokensToMatch": 1024})
+    assert prefix == PrefixCacheParams(block_chars=64, max_blocks=64, lru_capacity=31250)
+    detector = SaturationDetector.parse("u", {"queueDepthThreshold": 3, "kvCacheUtilThreshold": 1})
+    assert type(detector.kv_usage) is float and detector.staleness == 0.2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        picker.max_endpoints = 5  # type: ignore[misc]  # the point: parameters cannot change after parsing
+
+
+def test_scheduling_leaves_the_pools_endpoints_and_earlier_candidates_unchanged() -> None:
+    members = tuple(PoolMember(f"10.0.0.{i}", 8000, f"pod-{i}", "vllm") for i in range(1, 4))
+    state = PoolState("default/p")
+    state.update(PoolIR("default", "p", (), False, None, members=members))
+    endpoints = state.endpoints
+    before = [dataclasses.astuple(e) for e in endpoints]
+    samples = {e.key: EndpointMetrics(waiting=i, updated=NOW) for i, e in enumerate(endpoints)}
+
+    first = state.paired(samples.get)
+    decision = schedule(state.config, request("hello " * 40), first, NOW)
+    assert state.endpoints is endpoints and [dataclasses.astuple(e) for e in endpoints] == before
+    assert decision.targets[0] in first and [c.metrics for c in first] == [samples[e.key] for e in endpoints]
+
+    # the next request, after one endpoint was scraped again: a new candidate for it, the others shared
+    fresher = EndpointMetrics(waiting=9, updated=NOW + 1)
+    samples[endpoints[0].key] = fresher
+    second = state.paired(samples.get)
+    assert second[0] is not first[0] and second[0].metrics is fresher and first[0].metrics.waiting == 0
+    assert second[1:] == first[1:] and all(a is b for a, b in zip(second[1:], first[1:], strict=True))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first[0].metrics = fresher  # type: ignore[misc]  # the point: a candidate cannot change under a request
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request().prompt = "changed"  # type: ignore[misc]  # nor can the request
+
+
+def test_never_scraped_endpoints_pair_with_stale_metrics() -> None:
+    state = PoolState("default/p")
+    state.update(PoolIR("default", "p", (), False, None, members=(PoolMember("10.0.0.1", 8000, "a", "vllm"),)))
+    (candidate,) = state.paired(lambda key: None)
+    assert candidate.key == "10.0.0.1:8000" and candidate.metrics.updated == 0.0  # as stale as can be
+
+
+def test_prefix_hashes_are_computed_once_per_cycle_and_kept_under_the_scorers_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+
+    def counting(model: str, prompt: str, block_chars: int, max_blocks: int) -> list[int]:
+        calls.append(block_chars)
+        return prefix_hashes(model, prompt, block_chars, max_blocks)
+
+    monkeypatch.setattr(prefix_cache_scorer, "prefix_hashes", counting)
+    config = load_config(
+        "plugins:\n"
+        "- {type: prefix-cache-scorer, name: chars}\n"
+        "- {type: prefix-cache-scorer, name: tokens, parameters: {blockSizeTokens: 32}}\n"
+        "- {type: max-score-picker}\n",
+        "t",
+    )
+    prompt = "a shared system prompt. " * 20
+    cycle = CycleState()
+    decision = schedule(config, request(prompt), [endpoint(1), endpoint(2)], NOW, cycle)
+    assert sorted(calls) == [64, 128]  # one computation per scorer for scoring and learning together
+    chars = cycle.read("chars", PrefixCycleState)
+    tokens = cycle.read("tokens", PrefixCycleState)
+    assert chars is not None and list(chars.hashes) == prefix_hashes("llama", prompt, 64, 256)
+    assert tokens is not None and list(tokens.hashes) == prefix_hashes("llama", prompt, 128, 256)
+    assert "hashes" not in {f.name for f in dataclasses.fields(PickRequest)}  # nothing of it on the request
+
+    calls.clear()
+    again = schedule(config, request(prompt), [endpoint(1), endpoint(2)], NOW)  # a new cycle computes them anew
+    assert sorted(calls) == [64, 128]
+    assert again.targets[0].key == decision.targets[0].key  # and the first cycle's pick was learned

@@ -12,7 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from e2e.harness import SimProcess, loopback_address, start_sim
+from testing.ports import loopback_address
+from testing.sims import SimProcess, start_sim
 from xds_server.epp.metrics import EndpointMetrics
 from xds_server.epp.scrape import Scraper, Target
 

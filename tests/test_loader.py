@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from translators.loader import ObjectKey, keep_last_good, load_paths, load_texts
+from translators.loader import ObjectKey, keep_last_good, load_texts
 from translators.resources import ConfigMap, InferencePool, Secret, parse_duration_ms
+from xds_server.sources.files import load_paths
 
 GATEWAY_CLASS = """
 apiVersion: gateway.networking.k8s.io/v1

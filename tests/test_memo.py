@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bench.manifests import gateway, http_routes
+from testing.bulk_manifests import http_routes
+from testing.manifests import gateway
 from translators.ir import TranslateOptions
 from translators.loader import load_texts
 from translators.xds.names import CLUSTER_TYPE, ROUTE_TYPE

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from bench.manifests import gateway, http_routes
+from testing.bulk_manifests import http_routes
+from testing.manifests import gateway
 from translators.ir import ObjectRef, TranslateOptions
 from translators.loader import load_texts
 from translators.xds.names import CLUSTER_TYPE, objects_named_in
 from xds_server.control_plane import ControlPlane
 from xds_server.xds.cache import SnapshotCache
-from xds_server.xds.streams import ClientRegistry
+from xds_server.xds.streams import ClientRegistry, XdsProtocol
 
 
 def test_object_names_are_read_back_from_resource_names_in_an_error() -> None:
@@ -29,9 +30,11 @@ def test_a_nack_marks_the_gateway_and_the_named_backend_until_a_newer_version_is
     control_plane.apply(
         control_plane.build(load_texts([("m.yaml", gateway([10080]) + "---" + http_routes(2, "127.0.6.1", 80))]))
     )
-    stream = clients.open("sotw")
+    stream = clients.open(XdsProtocol.SOTW)
     clients.identified(stream, "envoy-1", "default/gw")
-    clients.nacked(stream, CLUSTER_TYPE, "v1", "Error adding/updating cluster(s) backend/default/r1: invalid")
+    stream.state(CLUSTER_TYPE).sent_version = "v1"
+    stream.responded(CLUSTER_TYPE, clients.next_nonce())
+    clients.nacked(stream, CLUSTER_TYPE, "Error adding/updating cluster(s) backend/default/r1: invalid")
 
     def programmed() -> dict[tuple[str, str], str]:
         return {
@@ -44,6 +47,8 @@ def test_a_nack_marks_the_gateway_and_the_named_backend_until_a_newer_version_is
     assert programmed()[("Gateway", "gw")] == "False"
     assert programmed()[("Backend", "r1")] == "False"
     assert ("Backend", "r0") not in programmed()
-    clients.acked(stream, CLUSTER_TYPE, "v2")
+    stream.state(CLUSTER_TYPE).sent_version = "v2"
+    stream.responded(CLUSTER_TYPE, clients.next_nonce())
+    clients.acked(stream, CLUSTER_TYPE)
     assert programmed()[("Gateway", "gw")] == "True" and ("Backend", "r1") not in programmed()
     clients.close(stream)

@@ -18,7 +18,8 @@ import pytest
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from e2e.harness import SimProcess, loopback_address, start_sim
+from testing.ports import loopback_address
+from testing.sims import SimProcess, start_sim
 
 UPSTREAM_ID = "tu-1"
 POD_NAME = "pod-1"

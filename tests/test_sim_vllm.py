@@ -19,8 +19,9 @@ import aiohttp
 import orjson
 import pytest
 
-from e2e.harness import SimProcess, loopback_address
-from e2e.harness import start_sim as start_sim_process
+from testing.ports import loopback_address
+from testing.sims import SimProcess
+from testing.sims import start_sim as start_sim_process
 from xds_server.sim.vllm import api
 from xds_server.sim.vllm.config import duration, parse_args
 from xds_server.sim.vllm.engine import Engine, EngineConfig, Generation, GenerationRequest, LatencyModel, QueueFull

@@ -10,14 +10,18 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.golden import OPTIONS, SEED, TUTORIAL
+from testing.cases import OPTIONS, SEED, TUTORIAL
 from translators.gatewayapi import translate
-from translators.loader import ObjectKey, load_paths
+from translators.loader import ObjectKey
 from translators.xds.gateway import gateway_resources
 from translators.xds.render import resources_dict
+from xds_server.sources.files import load_paths
 
 MODELS = {"meta-llama/Llama-3.1-8B-Instruct", "mistral:latest", "some-cool-self-hosted-model"}
-needs_seed = pytest.mark.skipif(not SEED.is_dir(), reason=f"{SEED} not present")
+needs_seed = pytest.mark.skipif(
+    not SEED.is_dir(),
+    reason=f"optional verbatim tutorial copy not found at {SEED} (XDS_SERVER_SEED names another folder)",
+)
 
 
 def _cli_translate(path: Path) -> dict[str, Any]:

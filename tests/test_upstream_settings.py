@@ -24,7 +24,7 @@ from google.protobuf import struct_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from e2e.harness import free_port
+from testing.ports import free_port
 from translators.gatewayapi import translate
 from translators.ir import (
     ApiKey,

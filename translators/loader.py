@@ -1,4 +1,5 @@
-"""Loads Kubernetes-style YAML with `kubectl apply -f` semantics into typed, validated objects.
+"""Parses Kubernetes-style YAML with `kubectl apply -f` semantics into typed, validated objects (pure: the files
+themselves are read by `xds_server.sources.files`).
 
 Files are read in name order and documents in order; a later object with the same kind/namespace/name replaces
 the earlier one. An invalid document becomes a `LoadError` (file, document, kind/namespace/name, field, reason)
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -21,7 +21,6 @@ from translators.resources import MODELS, Resource, split_api_version
 log = logging.getLogger(__name__)
 
 _YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 DEFAULT_NAMESPACE = "default"
 
 R = TypeVar("R", bound=Resource)
@@ -216,31 +215,6 @@ def combine(parsed_files: Iterable[Sequence[Parsed]]) -> ResourceSet:
 def load_texts(sources: Iterable[tuple[str, str]]) -> ResourceSet:
     """(file name, text) pairs, already in apply order, -> a ResourceSet."""
     return combine(parse_text(file, text) for file, text in sources)
-
-
-def manifest_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Files named on the command line, plus each directory's manifests in name order (like `kubectl -f DIR`)."""
-    files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix in MANIFEST_SUFFIXES))
-        else:
-            files.append(path)
-    return files
-
-
-def parse_file(file: Path) -> tuple[Parsed, ...]:
-    """Reads and parses one file; a file that cannot be read is one error."""
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return (LoadError(Origin(str(file), 0), "", "", "", "", f"cannot read file: {exc}"),)
-    return parse_text(str(file), text)
-
-
-def load_paths(paths: Sequence[str | Path]) -> ResourceSet:
-    """Reads files and directories; a file that cannot be read becomes an error, the rest still load."""
-    return combine(parse_file(file) for file in manifest_files(paths))
 
 
 def keep_last_good(previous: ResourceSet, current: ResourceSet) -> ResourceSet:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 
@@ -24,11 +23,11 @@ from translators.resources.aigateway import (
     HTTPBodyMutation,
     HTTPHeaderMutation,
 )
+from translators.xds.names import NOT_A_HEADER_VALUE
 
 # (object, condition type, ok, reason, message): how problems reach the object's status.
 Report = Callable[[Resource, str, bool, str, str], None]
 # Characters Envoy refuses in a header value (a key read from a file often ends with a newline: that is stripped).
-_NOT_A_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _has_settings(ref: AIGatewayRouteBackendRef) -> bool:
@@ -185,7 +184,7 @@ class UpstreamSettings:
         if value is None:
             return self._refuse(policy, "InvalidSecret", f"Secret {ref.name} has no key {API_KEY_SECRET_KEY}")
         value = value.strip()
-        if not value or _NOT_A_HEADER_VALUE.search(value):
+        if not value or NOT_A_HEADER_VALUE.search(value):
             # The message never quotes the value: it is a credential.
             return self._refuse(
                 policy, "InvalidSecret", f"Secret {ref.name}: {API_KEY_SECRET_KEY} is empty or unusable"

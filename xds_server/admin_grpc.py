@@ -7,14 +7,17 @@ import grpc
 from xds_server.api import admin_pb2, admin_pb2_grpc
 from xds_server.control_plane import ControlPlane
 from xds_server.xds.streams import short_type
+from xds_server.xds.sync import stream_sync
 
 
-class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
+class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, control_plane: ControlPlane) -> None:
         self._control_plane = control_plane
 
     async def ListClients(
-        self, request: admin_pb2.ListClientsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: admin_pb2.ListClientsRequest,
+        context: grpc.aio.ServicerContext[admin_pb2.ListClientsRequest, admin_pb2.ListClientsResponse],
     ) -> admin_pb2.ListClientsResponse:
         cache = self._control_plane.cache
         response = admin_pb2.ListClientsResponse()
@@ -23,19 +26,20 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
                 continue
             snapshot = cache.get(stream.key)
             client = response.clients.add(
-                node_id=stream.node_id, gateway=stream.key, protocol=stream.protocol, connected_at=stream.connected_at
+                node_id=stream.node_id,
+                gateway=stream.key,
+                protocol=str(stream.protocol),
+                connected_at=stream.connected_at,
             )
+            sync = stream_sync(stream, cache)
             for type_url, state in sorted(stream.types.items()):
                 latest = snapshot.version(type_url) if snapshot is not None and type_url in snapshot.types else ""
-                sync = state.sync_state()
-                if sync == "SYNCED" and state.built_from != latest:
-                    sync = "STALE"  # ACKed, but a newer snapshot has not gone out to it yet
                 client.types.add(
                     type=short_type(type_url),
                     snapshot_version=latest,
                     sent_version=state.sent_version or "",
                     acked_version=state.acked_version,
-                    state=sync,
+                    state=str(sync[type_url]),
                     nacked_version=state.nacked_version,
                     last_error=state.last_error,
                 )

@@ -15,9 +15,9 @@ import yaml
 
 from translators.gatewayapi import translate
 from translators.ir import TranslateOptions
-from translators.loader import load_paths
 from translators.xds.render import translation_dict
 from xds_server.bootstrap import bootstrap
+from xds_server.sources.files import load_paths
 
 
 def host_port(value: str) -> tuple[str, int]:
@@ -134,9 +134,8 @@ def run_status(args: argparse.Namespace) -> int:
     host, port = args.xds_address
     with grpc.insecure_channel(f"{host}:{port}") as channel:
         try:
-            response = admin_pb2_grpc.AdminStub(channel).ListClients(
-                admin_pb2.ListClientsRequest(gateway=args.gateway or ""), timeout=5
-            )
+            stub = admin_pb2_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]  # generated, unannotated
+            response = stub.ListClients(admin_pb2.ListClientsRequest(gateway=args.gateway or ""), timeout=5)
         except grpc.RpcError as error:
             print(f"error: cannot reach the control plane at {host}:{port}: {error.details()}", file=sys.stderr)
             return 1

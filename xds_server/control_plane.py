@@ -25,6 +25,7 @@ from translators.xds.render import error_dict, status_dict
 from xds_server import metrics
 from xds_server.xds.cache import PUSH_ORDER, InconsistentSnapshot, Snapshot, SnapshotCache
 from xds_server.xds.streams import ClientRegistry, ClientStream, Nack, short_type
+from xds_server.xds.sync import stream_sync
 
 log = logging.getLogger(__name__)
 
@@ -174,23 +175,23 @@ class ControlPlane:
 
     def clients_document(self) -> list[dict[str, Any]]:
         """`/debug/clients`: each connected Envoy, with what it was sent, what it ACKed and its last NACK."""
-        return [
-            {
-                "node": stream.node_id,
-                "gateway": stream.key,
-                "protocol": stream.protocol,
-                "connected_at": stream.connected_at,
-                "types": {
-                    short_type(type_url): {
-                        "sent": state.sent_version,
-                        "acked": state.acked_version,
-                        "state": state.sync_state(),
-                        "nacked": state.nacked_version,
-                        "last_error": state.last_error,
-                    }
-                    for type_url, state in sorted(stream.types.items())
-                },
-            }
-            for stream in self.clients.streams()
-            if stream.key
-        ]
+        return [self._client_document(stream) for stream in self.clients.streams() if stream.key]
+
+    def _client_document(self, stream: ClientStream) -> dict[str, Any]:
+        sync = stream_sync(stream, self.cache)
+        return {
+            "node": stream.node_id,
+            "gateway": stream.key,
+            "protocol": str(stream.protocol),
+            "connected_at": stream.connected_at,
+            "types": {
+                short_type(type_url): {
+                    "sent": state.sent_version,
+                    "acked": state.acked_version,
+                    "state": str(sync[type_url]),
+                    "nacked": state.nacked_version,
+                    "last_error": state.last_error,
+                }
+                for type_url, state in sorted(stream.types.items())
+            },
+        }

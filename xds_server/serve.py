@@ -30,6 +30,7 @@ from xds_server.epp.scrape import Scraper
 from xds_server.extproc.router import ModelRouter
 from xds_server.extproc.server import ExternalProcessor, start_server
 from xds_server.extproc.upstream import UpstreamSettingsService
+from xds_server.sources import Source
 from xds_server.sources.files import FileSource
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.server import Ads
@@ -97,7 +98,8 @@ class ControlPlaneService:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
             Ads(self.control_plane.cache, self.control_plane.clients), server
         )
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.control_plane), server)
+        add_admin = admin_pb2_grpc.add_AdminServicer_to_server
+        add_admin(AdminService(self.control_plane), server)  # type: ignore[no-untyped-call]  # generated, unannotated
         server.add_insecure_port(f"{self.xds_address[0]}:{self.xds_address[1]}")
         await server.start()
         self._grpc = server
@@ -135,7 +137,7 @@ async def serve(
     admin_address: tuple[str, int],
 ) -> int:
     service = ControlPlaneService(options, xds_address, admin_address)
-    source = FileSource(paths)
+    source: Source = FileSource(paths)
     await service.publish(await asyncio.to_thread(source.load))
     await service.start()
     stop = stop_on_signals()

@@ -2,7 +2,8 @@
 
 The binaries come from build-binaries.sh (pinned in gomod/, cached by version). `running_cluster` starts etcd and
 kube-apiserver on random free 127.0.0.1 ports with a fresh CA, serving certificate, service-account key and a
-`system:masters` token, applies the CRDs, and stops both processes on the way out, whatever happened inside.
+`system:masters` token, applies the CRDs (by default the repository's charts/xds-server-crds/crds), and stops both
+processes on the way out, whatever happened inside.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -36,11 +36,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from testing.ports import free_port
+
 KUBE_DIR = Path(__file__).resolve().parent
 ROOT = KUBE_DIR.parent.parent
 BUILD_SCRIPT = KUBE_DIR / "build-binaries.sh"
-# Upstream CRDs are kept beside the repository (../shared/crds), as the seed is; XDS_SERVER_CRDS points elsewhere.
-CRDS = Path(os.environ.get("XDS_SERVER_CRDS", ROOT.parent / "shared" / "crds"))
+# The upstream CRDs the controller reads, as the CRD chart ships them; XDS_SERVER_CRDS points at another folder.
+CRDS = Path(os.environ.get("XDS_SERVER_CRDS", ROOT / "charts" / "xds-server-crds" / "crds"))
 
 # Generous: on the 2 shared cores a cold kube-apiserver takes several seconds to run its post-start hooks, and a
 # loaded CI machine can take much longer. These bound a hang; nothing asserts on how fast things are.
@@ -223,15 +225,6 @@ def _write_kubeconfig(path: Path, server: str, ca_file: Path, token: str) -> Non
 # --- processes ----------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A port the kernel just handed out on loopback. Another process could take it before etcd or the API server
-    binds it; with ephemeral ports that is rare enough not to retry, and the startup error would show it."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 _PR_SET_PDEATHSIG = 1
 
 
@@ -406,7 +399,10 @@ def _start_apiserver(
 
 def crd_documents(directory: Path) -> list[dict[str, Any]]:
     if not directory.is_dir():
-        raise ClusterStartError(f"CRD directory {directory} not found (set XDS_SERVER_CRDS to the shared/crds folder)")
+        raise ClusterStartError(
+            f"CRD directory {directory} not found (the default is charts/xds-server-crds/crds in the repository; "
+            "XDS_SERVER_CRDS overrides it)"
+        )
     documents = [
         doc
         for path in sorted(directory.glob("*.yaml"))

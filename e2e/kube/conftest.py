@@ -1,7 +1,8 @@
 """Fixtures for tests against a real Kubernetes API server (etcd + kube-apiserver built from pinned sources).
 
 `kube_cluster` (session scope) builds the binaries if the cache lacks them, starts the control plane on loopback
-with every CRD from shared/crds applied, and stops it at the end of the session however the tests ended.
+with every CRD from the repository's charts/xds-server-crds/crds applied (XDS_SERVER_CRDS names another folder),
+and stops it at the end of the session however the tests ended.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from translators.resources.base import Hostname, K8sModel, ObjectName, PortNumber, Resource
 from translators.resources.gateway_api import HeaderMatch, HTTPRouteTimeouts, ParentReference
+from translators.xds.names import HEADER_VALUE_FORBIDDEN
 
 AIGATEWAY_GROUP = "aigateway.envoyproxy.io"
 AIGATEWAY_VERSIONS = ("v1alpha1", "v1beta1")
@@ -20,7 +21,7 @@ class AIGatewayRouteMatch(K8sModel):
 
 class HTTPHeader(K8sModel):
     name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
-    value: str = Field(max_length=4096, pattern=r"^[^\x00-\x08\x0a-\x1f\x7f]*$")  # no control characters
+    value: str = Field(max_length=4096, pattern=f"^[^{HEADER_VALUE_FORBIDDEN}]*$")  # no control characters
 
 
 class HTTPHeaderMutation(K8sModel):

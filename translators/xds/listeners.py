@@ -1,4 +1,4 @@
-"""ListenerIR -> Listener with an HTTP connection manager: RDS for routes, and the filter chain of DESIGN.md 2-4.
+"""ListenerIR -> Listener with an HTTP connection manager: RDS for routes, and the filter chain of docs/architecture.md.
 
 Filter order: strip client-supplied internal headers -> model router ext_proc (AI routes) -> picker ext_proc
 (InferencePool routes) -> router. Both ext_proc filters are disabled here and enabled per route, so plain

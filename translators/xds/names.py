@@ -71,7 +71,8 @@ EXTPROC_ATTRIBUTES_KEY = "envoy.filters.http.ext_proc"
 INTERNAL_HEADER_PREFIXES = ("x-ai-eg-", DESTINATION_HEADER)
 # Characters Envoy refuses in a header value (control characters but tab): a value with one can be neither set nor
 # routed on.
-NOT_A_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+HEADER_VALUE_FORBIDDEN = r"\x00-\x08\x0a-\x1f\x7f"  # a regex character range
+NOT_A_HEADER_VALUE = re.compile(f"[{HEADER_VALUE_FORBIDDEN}]")
 
 # Processing modes of the ext_proc filters. A mode override replaces the whole mode, so the services derive theirs
 # from these.

@@ -14,19 +14,11 @@ from typing import Any
 
 import yaml
 
-from xds_server.epp.plugins import (
-    Filter,
-    MaxScorePicker,
-    Picker,
-    PickerConfigError,
-    Plugin,
-    ResponsePlugin,
-    SaturationDetector,
-    Scorer,
-    SingleProfileHandler,
-    UtilizationDetector,
-    build_plugin,
-)
+from xds_server.epp.plugins.base import Filter, Picker, PickerConfigError, Plugin, ResponsePlugin, Scorer
+from xds_server.epp.plugins.max_score_picker import MaxScorePicker
+from xds_server.epp.plugins.registry import build_plugin
+from xds_server.epp.plugins.single_profile_handler import SingleProfileHandler
+from xds_server.epp.plugins.utilization_detector import SaturationDetector, UtilizationDetector
 
 API_VERSION = "inference.networking.x-k8s.io/v1alpha1"
 KIND = "EndpointPickerConfig"

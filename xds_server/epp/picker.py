@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -33,8 +33,7 @@ from translators.xds.names import (
     TEST_SELECTION_HEADER,
 )
 from xds_server.epp import protocol
-from xds_server.epp.metrics import EndpointMetrics
-from xds_server.epp.plugins import Candidate, PickRequest, restrict
+from xds_server.epp.plugins.base import Candidate, PickRequest, restrict
 from xds_server.epp.pools import PoolState
 from xds_server.epp.scheduler import Decision, SchedulingError, schedule
 from xds_server.epp.scrape import Scraper, Target
@@ -52,7 +51,6 @@ from xds_server.extproc.protocol import (
 log = logging.getLogger(__name__)
 
 FULL_DUPLEX = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
-NEVER_SCRAPED = EndpointMetrics()  # updated 0.0: as stale as can be
 
 _CONTROL_HEADERS = frozenset(
     {
@@ -93,9 +91,9 @@ class EndpointPicker:
             if state is None:
                 state = self.pools[key] = PoolState(key)
             state.update(pool)
-            READY_ENDPOINTS.labels(key).set(len(state.candidates))
-            for candidate in state.candidates:
-                targets[candidate.key] = Target(candidate.address, candidate.port, state.engines[candidate.key])
+            READY_ENDPOINTS.labels(key).set(len(state.endpoints))
+            for endpoint in state.endpoints:
+                targets[endpoint.key] = Target(endpoint.address, endpoint.port, state.engines[endpoint.key])
         for gone in set(self.pools) - seen:
             del self.pools[gone]
             READY_ENDPOINTS.remove(gone)
@@ -109,13 +107,9 @@ class EndpointPicker:
             for reply in stream.process(request):
                 await context.write(reply)
 
-    def candidates(self, pool: PoolState) -> list[Candidate]:
-        """The pool's endpoints with their latest metrics attached (a dictionary lookup each, no copies)."""
-        get = self.scraper.get
-        for candidate in pool.candidates:
-            sample = get(candidate.key)
-            candidate.metrics = sample if sample is not None else NEVER_SCRAPED
-        return pool.candidates
+    def candidates(self, pool: PoolState) -> tuple[Candidate, ...]:
+        """The pool's endpoints paired with their latest metrics (new Candidates only where a sample changed)."""
+        return pool.paired(self.scraper.get)
 
     # --- /debug ---------------------------------------------------------------------------------------------
 
@@ -126,9 +120,9 @@ class EndpointPicker:
         pool = self.pools[key]
         now = self.clock()
         metrics = {}
-        for candidate in pool.candidates:
-            sample = self.scraper.get(candidate.key)
-            entry: dict[str, Any] = {"scrapeError": self.scraper.errors(candidate.key)}
+        for endpoint in pool.endpoints:
+            sample = self.scraper.get(endpoint.key)
+            entry: dict[str, Any] = {"scrapeError": self.scraper.errors(endpoint.key)}
             if sample is not None:
                 entry.update(
                     waiting=sample.waiting,
@@ -137,7 +131,7 @@ class EndpointPicker:
                     activeModels=sorted(sample.active_models),
                     ageSeconds=round(now - sample.updated, 3),
                 )
-            metrics[candidate.key] = entry
+            metrics[endpoint.key] = entry
         return pool.document(metrics)
 
 
@@ -183,19 +177,20 @@ class PickerStream:
             return (self.pick_without_body(),)
         return () if self.full_duplex else (CONTINUE_REQUEST_HEADERS,)
 
-    def _candidates(self) -> list[Candidate]:
-        if self.pool is None:
+    def _candidates(self) -> tuple[PoolState, Sequence[Candidate]]:
+        pool = self.pool
+        if pool is None:
             raise SchedulingError(503, "unknown_pool", f"InferencePool {self.pool_key} is not known to the picker")
-        candidates = self.picker.candidates(self.pool)
+        candidates: Sequence[Candidate] = self.picker.candidates(pool)
         if self.subset is not None:
             candidates = restrict(candidates, self.subset)
             if not candidates:
                 raise SchedulingError(503, "no_endpoints", "no endpoint of the pool is in the data plane's subset hint")
-        return candidates
+        return pool, candidates
 
     def pick_without_body(self) -> ProcessingResponse:
         try:
-            candidates = self._candidates()
+            _, candidates = self._candidates()
             if not candidates:
                 raise SchedulingError(503, "no_endpoints", "no ready endpoint in the pool")
         except SchedulingError as error:
@@ -208,15 +203,13 @@ class PickerStream:
         self.body = []
         try:
             request, rewritten = self._parse(body)
-            candidates = self._candidates()
-            decision = schedule(self.pool.config, request, candidates, self.picker.clock())  # type: ignore[union-attr]
+            pool, candidates = self._candidates()
+            decision = schedule(pool.config, request, candidates, self.picker.clock())
         except BadRequestBody as bad:
             return (protocol.refusal(400, bad.message, bad.code),)
         except SchedulingError as error:
             return (self._refuse(error),)
         self.decision = decision
-        pool = self.pool
-        assert pool is not None
         pool.last_decision = decision
         PICK_SECONDS.labels(self.pool_key).observe(time.perf_counter() - started)
         PICKS.labels(self.pool_key, "success").inc()

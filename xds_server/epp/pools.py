@@ -1,19 +1,24 @@
 """The picker's datastore: for each InferencePool, its endpoints, objectives and scheduling config.
 
 Pools follow the control plane's builds (`EndpointPicker.follow` in picker.py): a pod that turns NotReady or
-disappears leaves the candidates with the next build, within the file watcher's debounce plus one translation.
-An endpoint that stays keeps its `Candidate` object, and with it the prefix index's knowledge of it.
+disappears leaves the endpoints with the next build, within the file watcher's debounce plus one translation.
+An endpoint that stays keeps its `Endpoint` object, and the prefix index keeps its knowledge of it.
+
+Endpoints are immutable; per request they are paired with the scraper's latest samples as `Candidate`s (see
+`paired`). Nothing a request does changes the pool's endpoints or a candidate another request holds.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from translators.ir import PoolIR
 from xds_server.epp.config import PickerConfig, load_config
-from xds_server.epp.metrics import ENGINES
-from xds_server.epp.plugins import Candidate, PickerConfigError, PrefixCacheScorer
+from xds_server.epp.metrics import ENGINES, EndpointMetrics
+from xds_server.epp.plugins.base import NEVER_SCRAPED, Candidate, Endpoint, PickerConfigError
+from xds_server.epp.plugins.prefix_cache_scorer import PrefixCacheScorer
 from xds_server.epp.scheduler import Decision
 
 log = logging.getLogger(__name__)
@@ -24,7 +29,11 @@ DEFAULT_ORIGIN = "default profile"
 class PoolState:
     def __init__(self, key: str) -> None:
         self.key = key  # "<namespace>/<name>"
-        self.candidates: list[Candidate] = []
+        self.endpoints: tuple[Endpoint, ...] = ()
+        # The last pairing `paired` made (one Candidate per endpoint, in order) and the samples it was made from.
+        self._keys: tuple[str, ...] = ()
+        self._samples: list[EndpointMetrics | None] = []
+        self._paired: tuple[Candidate, ...] = ()
         self.engines: dict[str, str] = {}  # endpoint key -> model server engine (which metric names to read)
         self.objectives: dict[str, int] = {}  # InferenceObjective name -> priority
         self.config: PickerConfig = load_config(None, DEFAULT_ORIGIN)
@@ -34,23 +43,45 @@ class PoolState:
         self._warned: set[tuple[str, str]] = set()
 
     def update(self, pool: PoolIR) -> None:
-        previous = {c.key: c for c in self.candidates}
-        candidates = []
+        previous = {e.key: e for e in self.endpoints}
+        endpoints = []
         self.engines = {}
         for member in pool.members:
             key = f"[{member.address}]:{member.port}" if ":" in member.address else f"{member.address}:{member.port}"
             kept = previous.get(key)
             if kept is None or kept.pod != member.pod:
-                kept = Candidate(key, member.address, member.port, member.pod)
-            candidates.append(kept)
+                kept = Endpoint(key, member.address, member.port, member.pod)
+            endpoints.append(kept)
             self.engines[key] = self._engine(member.pod, member.engine)
-        self.candidates = candidates
+        self.endpoints = tuple(endpoints)
+        self._keys = tuple(e.key for e in self.endpoints)
+        self._samples = [None] * len(self._keys)
+        self._paired = tuple(Candidate.of(e, NEVER_SCRAPED) for e in self.endpoints)
         self.objectives = {o.name: o.priority for o in pool.objectives}
         self._configure(pool)
         present = set(self.engines)
         for plugin in self.config.plugins.values():
             if isinstance(plugin, PrefixCacheScorer):
                 plugin.index.remove_endpoints(present)
+
+    def paired(self, latest: Callable[[str], EndpointMetrics | None]) -> tuple[Candidate, ...]:
+        """Each endpoint with its latest sample (`latest(key)`; None: never scraped), as immutable Candidates.
+
+        Runs per request over every endpoint. While no sample changed since the last call (the scraper makes a new
+        sample object per scrape), the last pairing is returned as it is: sharing it is safe, nothing in it can
+        change. Otherwise a new pairing, with new Candidates where the sample changed and the old ones elsewhere.
+        """
+        samples = list(map(latest, self._keys))
+        if samples == self._samples:  # element by element, identity first: unchanged samples cost no __eq__
+            return self._paired
+        self._samples = samples
+        self._paired = candidates = tuple(
+            [
+                c if (m := NEVER_SCRAPED if s is None else s) is c.metrics else c.with_metrics(m)
+                for c, s in zip(self._paired, samples, strict=True)
+            ]
+        )
+        return candidates
 
     def _engine(self, pod: str, engine: str) -> str:
         """An engine whose metric names the picker does not know is read with vLLM's names, said once per pod."""
@@ -88,7 +119,7 @@ class PoolState:
         """/debug/pools/<ns>/<name>: endpoints with their latest metrics, the config, the last decision."""
         return {
             "pool": self.key,
-            "endpoints": [{"endpoint": c.key, "pod": c.pod, **metrics.get(c.key, {})} for c in self.candidates],
+            "endpoints": [{"endpoint": e.key, "pod": e.pod, **metrics.get(e.key, {})} for e in self.endpoints],
             "objectives": self.objectives,
             "config": self.config.describe(),
             "configError": self.config_error,

@@ -1,4 +1,7 @@
-"""One scheduling decision: candidates -> admission -> filters -> weighted scores -> picker -> what scorers learn.
+"""One scheduling cycle: candidates -> admission -> filters -> weighted scores -> picker -> what scorers learn.
+
+Each cycle gets a fresh `CycleState` that its plugins read and write under their names (the prefix scorer keeps
+the prompt's hashes there between scoring and learning); candidates and request are immutable.
 
 Errors map to the Endpoint Picker protocol's statuses: no candidate at all is 503 (nothing to send it to), a
 sheddable request on a saturated pool and a profile that filters everything out are 429 (try again later).
@@ -6,11 +9,12 @@ sheddable request on a saturated pool and a profile that filters everything out 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from xds_server.epp.config import PickerConfig
-from xds_server.epp.plugins import Candidate, PickRequest
+from xds_server.epp.plugins.base import Candidate, CycleState, PickRequest
 
 
 class SchedulingError(Exception):
@@ -26,7 +30,7 @@ class Decision:
     """The targets in order (the first is primary; the rest are fallbacks for retries) and how they were scored."""
 
     targets: list[Candidate]
-    candidates: list[Candidate]
+    candidates: Sequence[Candidate]
     scores: list[tuple[str, float, list[float]]]  # (scorer name, weight, one score per candidate)
     totals: list[float]
 
@@ -46,21 +50,29 @@ class Decision:
         }
 
 
-def schedule(config: PickerConfig, request: PickRequest, candidates: list[Candidate], now: float) -> Decision:
+def schedule(
+    config: PickerConfig,
+    request: PickRequest,
+    candidates: Sequence[Candidate],
+    now: float,
+    cycle: CycleState | None = None,
+) -> Decision:
+    """Runs one cycle in a new CycleState (or the one given, for a caller that wants to look at it after)."""
     if not candidates:
         raise SchedulingError(503, "no_endpoints", "no ready endpoint in the pool")
     if request.priority < 0 and config.saturation.saturated(candidates, now):
         raise SchedulingError(429, "pool_saturated", "the pool is saturated and the request is sheddable")
+    state = CycleState() if cycle is None else cycle
     profile = config.profile
     remaining = candidates
     for plugin in profile.filters:
-        remaining = plugin.filter(request, remaining)
+        remaining = plugin.filter(state, request, remaining)
         if not remaining:
             raise SchedulingError(429, "no_endpoint_fits", f"filter {plugin.name} left no endpoint")
     totals: list[float] | None = None
     scores: list[tuple[str, float, list[float]]] = []
     for scorer, weight in profile.scorers:
-        values = scorer.score(request, remaining)  # each in [0, 1]: the scorers' contract (no clamping pass here)
+        values = scorer.score(state, request, remaining)  # each in [0, 1]: the scorers' contract (no clamping here)
         scores.append((scorer.name, weight, values))
         if totals is None:
             totals = [value * weight for value in values]
@@ -68,9 +80,9 @@ def schedule(config: PickerConfig, request: PickRequest, candidates: list[Candid
             totals = [total + value * weight for total, value in zip(totals, values, strict=True)]
     if totals is None:
         totals = [0.0] * len(remaining)
-    targets = profile.picker.pick(remaining, totals)
+    targets = profile.picker.pick(state, remaining, totals)
     if not targets:
         raise SchedulingError(429, "no_endpoint_picked", f"picker {profile.picker.name} chose no endpoint")
     for scorer, _ in profile.scorers:
-        scorer.picked(request, targets[0])
+        scorer.picked(state, request, targets[0])
     return Decision(targets, remaining, scores, totals)

@@ -125,7 +125,7 @@ def immediate_json(status: int, body: bytes, details: str) -> ProcessingResponse
 
 
 def error_body(message: str, error_type: str, code: str) -> bytes:
-    """The project's error envelope (DESIGN.md contracts), the same as the translator's direct responses."""
+    """The project's error envelope (docs/architecture.md), the same as the translator's direct responses."""
     return orjson.dumps({"error": {"message": message, "type": error_type, "code": code}})
 
 

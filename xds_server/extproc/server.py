@@ -33,7 +33,7 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
 
     async def Process(self, request_iterator: object, context: Context) -> None:  # gRPC's method name
         # Read and written through `context`: one coroutine per stream, no iterator or generator between.
-        metadata = {key: value for key, value in context.invocation_metadata() or ()}
+        metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
         handler = next((h for key, h in self._by_metadata.items() if key in metadata), self._default)
         await handler.handle(context, metadata)
 

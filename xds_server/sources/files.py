@@ -1,4 +1,5 @@
-"""Watched manifest files: every change (debounced) reloads them all, keeping the last good version of what broke."""
+"""Manifest files: reading them (like `kubectl apply -f`), and watching them: every change (debounced) reloads them
+all, keeping the last good version of what broke."""
 
 from __future__ import annotations
 
@@ -9,19 +10,37 @@ from pathlib import Path
 
 import watchfiles
 
-from translators.loader import (
-    MANIFEST_SUFFIXES,
-    Parsed,
-    ResourceSet,
-    combine,
-    keep_last_good,
-    manifest_files,
-    parse_file,
-)
+from translators.loader import LoadError, Origin, Parsed, ResourceSet, combine, keep_last_good, parse_text
 
 log = logging.getLogger(__name__)
 
 DEBOUNCE_MS = 50
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def manifest_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Files named on the command line, plus each directory's manifests in name order (like `kubectl -f DIR`)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix in MANIFEST_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+def parse_file(file: Path) -> tuple[Parsed, ...]:
+    """Reads and parses one file; a file that cannot be read is one error."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return (LoadError(Origin(str(file), 0), "", "", "", "", f"cannot read file: {exc}"),)
+    return parse_text(str(file), text)
+
+
+def load_paths(paths: Sequence[str | Path]) -> ResourceSet:
+    """Reads files and directories; a file that cannot be read becomes an error, the rest still load."""
+    return combine(parse_file(file) for file in manifest_files(paths))
 
 
 class FileSource:

@@ -15,6 +15,15 @@ FIRST_HOST = 1
 LAST_HOST = 254
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel just handed out on `host`. Another process could take it before ours binds it; with
+    ephemeral ports that is rare enough not to retry, and the startup error would show it."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def port_free(address: str, port: int) -> bool:
     with socket.socket() as sock:
         try:

@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping, Sequence
 import yaml
 
 from xds_server.bootstrap import bootstrap
-from xds_server.control_plane import ControlPlane
 from xds_server.envoy import envoy_binary
 from xds_server.up.addresses import port_free
 from xds_server.up.processes import Supervised
@@ -90,29 +89,3 @@ class Envoys:
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(envoy.process.stop() for envoy in self.by_gateway.values()), *self._stopping)
-
-
-def synced(control_plane: ControlPlane, gateway: str) -> bool:
-    """Whether an Envoy of `gateway` is connected and has ACKed the latest snapshot of every type it asked for."""
-    snapshot = control_plane.cache.get(gateway)
-    streams = [s for s in control_plane.clients.streams() if s.key == gateway]
-    if snapshot is None or not streams:
-        return False
-    for stream in streams:
-        for type_url, state in stream.types.items():
-            if type_url in snapshot.types and (
-                state.sync_state() != "SYNCED" or state.built_from != snapshot.version(type_url)
-            ):
-                return False
-    return bool(streams[0].types)
-
-
-def rejections(control_plane: ControlPlane, gateway: str) -> list[str]:
-    """What the Envoys of `gateway` rejected (a listener port in use, for one)."""
-    return [
-        f"{type_url.rsplit('.', 1)[-1]}: {state.last_error}"
-        for stream in control_plane.clients.streams()
-        if stream.key == gateway
-        for type_url, state in stream.types.items()
-        if state.sync_state() == "NACKED"
-    ]

@@ -106,7 +106,8 @@ async def _http(probe: Probe, host: str) -> bool:
 async def _grpc(probe: Probe, host: str) -> bool:
     async with grpc.aio.insecure_channel(f"{host}:{probe.port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        response = await stub.Check(health_pb2.HealthCheckRequest(service=probe.service), timeout=probe.timeout)
+        check = stub.Check  # type: ignore[attr-defined]  # the stubs' HealthStub declares no methods
+        response = await check(health_pb2.HealthCheckRequest(service=probe.service), timeout=probe.timeout)
     return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 

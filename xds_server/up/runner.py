@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import secrets
-import socket
 import sys
 import tempfile
 import time
@@ -22,19 +21,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from translators.ir import TranslateOptions
-from translators.loader import ResourceSet, manifest_files
+from translators.loader import ResourceSet
 from translators.resources.rbac import ClusterRole, ClusterRoleBinding, Role, RoleBinding, ServiceAccount
 from xds_server.control_plane import Build, ControlPlane
 from xds_server.envoy import EnvoyNotFound, envoy_binary
 from xds_server.logs import configure
 from xds_server.serve import ControlPlaneService, stop_on_signals
-from xds_server.sources.files import FileSource
-from xds_server.up.addresses import port_free
-from xds_server.up.envoys import Envoys, rejections, synced
+from xds_server.sources.files import FileSource, manifest_files
+from xds_server.up.addresses import free_port, port_free
+from xds_server.up.envoys import Envoys
 from xds_server.up.pods import with_pods
 from xds_server.up.publisher import Publisher
 from xds_server.up.report import PodRow, Reporter, status_table
 from xds_server.up.workloads import RunContext, Workloads
+from xds_server.xds.sync import gateway_synced, rejections, wait_synced
 
 CONTROL_HOST = "127.0.0.1"  # ADS, ext_proc and admin only serve the local Envoys and the person at this machine
 DEFAULT_PORTS = {"xds": 18000, "admin": 19000, "extproc": 1063}
@@ -58,13 +58,6 @@ class UpConfig:
     wait_seconds: float = 120.0  # startup gives up waiting for pods and Envoys after this long, and says why
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((CONTROL_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return "127.0.0.1"
@@ -80,7 +73,7 @@ class Runner:
         self.reporter = Reporter(out, interactive=out.isatty())
         self.run = RunContext(self.run_id, directory.resolve(), self.reporter)
         if config.free_ports:
-            self.ports = {name: _free_port() for name in DEFAULT_PORTS}
+            self.ports = {name: free_port(CONTROL_HOST) for name in DEFAULT_PORTS}
         else:
             self.ports = dict(DEFAULT_PORTS)
         self.options = TranslateOptions(
@@ -120,17 +113,19 @@ class Runner:
     async def _drained(self) -> None:
         """Returns once the Envoys have the configuration built after this call (bounded), plus a grace period."""
         await self.publisher.wait(self.publisher.request())
-        deadline = time.monotonic() + DRAIN_SYNC_SECONDS
-        while time.monotonic() < deadline and not self._envoys_synced():
-            await asyncio.sleep(0.02)
+        control_plane = self.control_plane
+        await wait_synced(control_plane.clients, control_plane.cache, list(self.envoys.by_gateway), DRAIN_SYNC_SECONDS)
         await asyncio.sleep(DRAIN_GRACE_SECONDS)
 
+    def _synced(self, gateway: str) -> bool:
+        return gateway_synced(self.control_plane.clients, self.control_plane.cache, gateway)
+
     def _envoys_synced(self) -> bool:
-        return all(synced(self.control_plane, key) for key in self.envoys.by_gateway)
+        return all(self._synced(key) for key in self.envoys.by_gateway)
 
     def _envoy_admin_port(self) -> int:
         if self.config.free_ports:
-            return _free_port()
+            return free_port(CONTROL_HOST)
         while not port_free(CONTROL_HOST, self._next_admin_port):
             self._next_admin_port += 1
         self._next_admin_port += 1
@@ -206,8 +201,8 @@ class Runner:
         parts = [f"pods ready {ready}/{len(pods)}"]
         done = ready == len(pods) and self.publisher.idle and self.current is not None
         for key, envoy in sorted(self.envoys.by_gateway.items()):
-            in_sync = envoy.live and synced(self.control_plane, key)
-            rejected = bool(rejections(self.control_plane, key))  # said in a warning; waiting would not help
+            in_sync = envoy.live and self._synced(key)
+            rejected = bool(rejections(self.control_plane.clients, key))  # said in a warning; waiting would not help
             state = ("LIVE" if in_sync else "LIVE (syncing)") if envoy.live else "starting"
             parts.append(f"envoy {key} {'REJECTED its configuration' if rejected else state}")
             done = done and (in_sync or rejected)
@@ -220,7 +215,7 @@ class Runner:
             envoy = self.envoys.by_gateway.get(key)
             if self.announced.get(key) == urls[key] or envoy is None or not urls[key]:
                 continue
-            if envoy.live and synced(self.control_plane, key):
+            if envoy.live and self._synced(key):
                 self.reporter.info(f"gateway {key} ready at {urls[key][0]}")
                 self.announced[key] = urls[key]
         for key in self.announced.keys() - urls.keys():
@@ -271,7 +266,7 @@ class Runner:
             text, done = self._progress()
             self.reporter.progress(text)
             for key in self.envoys.by_gateway:
-                for rejection in rejections(self.control_plane, key):
+                for rejection in rejections(self.control_plane.clients, key):
                     self.reporter.warn(f"the Envoy of gateway {key} rejected its configuration: {rejection}")
             if done:
                 break

@@ -23,6 +23,10 @@ from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, RO
 
 # The order pushes go out on one ADS stream: make before break (xds.md §1.7).
 PUSH_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+# LDS and CDS are wildcard in SotW (always the full state); EDS and RDS are asked for by name.
+WILDCARD_TYPES = frozenset({LISTENER_TYPE, CLUSTER_TYPE})
+# What a make-before-break removal of clusters waits on: the client holding routing that no longer uses them.
+ROUTING_TYPES = (LISTENER_TYPE, ROUTE_TYPE)
 _HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
@@ -48,10 +52,16 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def eds_name(cluster: Message) -> str:
+    """The ClusterLoadAssignment name an EDS cluster asks for: its service_name, else its own name."""
+    assert isinstance(cluster, cluster_pb2.Cluster)
+    return str(cluster.eds_cluster_config.service_name or cluster.name)
+
+
 def _name(type_url: str, message: Message) -> str:
     if type_url == ENDPOINT_TYPE:
         assert isinstance(message, endpoint_pb2.ClusterLoadAssignment)
-        return message.cluster_name
+        return str(message.cluster_name)
     name: str = getattr(message, "name")  # noqa: B009 -- every other xDS resource type has `name`
     return name
 
@@ -119,12 +129,10 @@ class Snapshot:
         for cached in clusters.values():
             cluster = cached.message
             assert isinstance(cluster, cluster_pb2.Cluster)
-            if cluster.type == cluster_pb2.Cluster.EDS:
-                eds_name = cluster.eds_cluster_config.service_name or cluster.name
-                if eds_name not in endpoints:
-                    raise InconsistentSnapshot(
-                        f"EDS cluster {cluster.name!r} has no ClusterLoadAssignment {eds_name!r}"
-                    )
+            if cluster.type == cluster_pb2.Cluster.EDS and eds_name(cluster) not in endpoints:
+                raise InconsistentSnapshot(
+                    f"EDS cluster {cluster.name!r} has no ClusterLoadAssignment {eds_name(cluster)!r}"
+                )
         for cached in self.resources(LISTENER_TYPE).values():
             assert isinstance(cached.message, listener_pb2.Listener)
             for route_name in _rds_names(cached.message):

@@ -26,59 +26,28 @@ still holds points at a cluster it no longer has. Clusters removed while such a 
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-import grpc
-from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
-from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE
 from xds_server import metrics
-from xds_server.xds.cache import PUSH_ORDER, CachedResource, Snapshot, SnapshotCache, empty_resource
-from xds_server.xds.sotw import WILDCARD_TYPES
-from xds_server.xds.stream_loop import run_stream, wake
-from xds_server.xds.streams import ClientRegistry, ClientStream, short_type
+from xds_server.xds.cache import (
+    PUSH_ORDER,
+    ROUTING_TYPES,
+    WILDCARD_TYPES,
+    CachedResource,
+    Snapshot,
+    SnapshotCache,
+    empty_resource,
+)
+from xds_server.xds.streams import ClientRegistry, ClientStream, XdsProtocol, short_type
 
 log = logging.getLogger(__name__)
 WILDCARD = "*"
-ROUTING_TYPES = (LISTENER_TYPE, ROUTE_TYPE)  # what a make-before-break removal waits on
-
-
-class DeltaAds:
-    """The delta half of the ADS servicer, mixed in next to SotwAds (so every attribute name carries `_delta`).
-
-    Combine as `class Ads(DeltaAds, SotwAds)` and call both `__init__`s: SotwAds derives from the generated servicer,
-    whose UNIMPLEMENTED `DeltaAggregatedResources` would shadow this one if SotwAds came first.
-    """
-
-    def __init__(self, cache: SnapshotCache, clients: ClientRegistry) -> None:
-        self._delta_cache = cache
-        self._delta_clients = clients
-        self._delta_nonces = itertools.count(1)
-        self._delta_wakeups: dict[str, set[asyncio.Queue[object]]] = {}
-        cache.add_listener(self._delta_snapshot_changed)
-
-    def _delta_snapshot_changed(self, key: str, _snapshot: Snapshot) -> None:
-        wake(self._delta_wakeups, key)
-
-    async def DeltaAggregatedResources(
-        self,
-        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
-        context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        # An async generator itself: grpc.aio tells stream handlers from unary ones by that.
-        async for response in run_stream(
-            request_iterator, context, self._delta_clients, "delta", self._delta_wakeups, self._delta_session
-        ):
-            yield response
-
-    def _delta_session(self, stream: ClientStream) -> _Session:
-        return _Session(stream, self._delta_cache, self._delta_clients, self._delta_nonces)
 
 
 @dataclass
@@ -90,7 +59,6 @@ class _Subscription:
     to_answer: set[str] = field(default_factory=set)  # answered by the next response, even if the client holds them
     placeholders: set[str] = field(default_factory=set)  # held as the empty form: the snapshot lacked them
     initial_versions: dict[str, str] = field(default_factory=dict)  # from a reconnect, until a snapshot is compared
-    acked_nonce: int = 0
     reconciled_with: str | None = None  # the type version the client's holdings were last compared with
 
 
@@ -104,25 +72,20 @@ class _Changes:
         return bool(self.send or self.removed)
 
 
-class _Session:
+class DeltaSession:
     """One delta stream: its subscriptions and what to send when a request or a new snapshot arrives."""
 
-    def __init__(
-        self, stream: ClientStream, cache: SnapshotCache, clients: ClientRegistry, nonces: Iterator[int]
-    ) -> None:
+    def __init__(self, stream: ClientStream, cache: SnapshotCache, clients: ClientRegistry) -> None:
         self._stream = stream
         self._cache = cache
         self._clients = clients
-        self._nonces = nonces
         self._subscriptions: dict[str, _Subscription] = {}
-        # Type URL -> the nonce whose ACK (or a later one's) releases withheld removals; None until that is sent.
-        self._release_after: dict[str, int | None] = {}
 
     def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         type_url = request.type_url
         state = self._stream.state(type_url)
         self._subscribe(type_url, request)
-        if request.response_nonce and request.response_nonce == state.nonce:
+        if request.response_nonce and request.response_nonce == str(state.nonce):
             if request.HasField("error_detail"):
                 log.warning(
                     "NACK from %s for %s version %s: %s",
@@ -131,17 +94,14 @@ class _Session:
                     state.sent_version,
                     request.error_detail.message,
                 )
-                self._clients.nacked(self._stream, type_url, state.sent_version or "", request.error_detail.message)
+                self._clients.nacked(self._stream, type_url, request.error_detail.message)
             else:
-                self._subscriptions[type_url].acked_nonce = int(state.nonce)
-                self._clients.acked(self._stream, type_url, state.sent_version or "")
+                self._clients.acked(self._stream, type_url)
         snapshot = self._cache.get(self._stream.key)
         if snapshot is None:
             return []  # subscriptions are kept; the first snapshot answers them
-        if self._release_due():
-            self._stream.retained.clear()
-            self._stream.release_after.clear()
-            self._release_after.clear()
+        if self._stream.retention.due(self._stream.types):
+            self._stream.retention.release()
             for retaining_type in (CLUSTER_TYPE, ENDPOINT_TYPE):
                 if retaining_type in self._subscriptions:
                     self._subscriptions[retaining_type].reconciled_with = None
@@ -198,10 +158,7 @@ class _Session:
             if sub.reconciled_with == snapshot.version(type_url) and not sub.to_answer and not sub.initial_versions:
                 continue  # nothing can differ: the cheap path for every ACK
             changes[type_url] = self._changes(type_url, sub, self._available(snapshot, type_url))
-        if self._withhold_removed_clusters(changes):
-            for type_url in ROUTING_TYPES:
-                if changes.get(type_url):
-                    self._release_after[type_url] = None  # the nonce of the response that carries the change
+        self._withhold_removed_clusters(changes)
         responses = []
         for type_url, type_changes in changes.items():
             if type_url in ROUTING_TYPES and type_changes and self._stream.clusters_warming():
@@ -210,16 +167,12 @@ class _Session:
             sub.reconciled_with = snapshot.version(type_url)
             sub.to_answer.clear()
             if type_changes:
-                response = self._response(type_url, snapshot, type_changes)
-                responses.append(response)
-                if type_url in self._release_after and self._release_after[type_url] is None:
-                    self._release_after[type_url] = int(response.nonce)
-                    self._stream.release_after[type_url] = response.system_version_info
+                responses.append(self._response(type_url, snapshot, type_changes))
         return responses
 
     def _available(self, snapshot: Snapshot, type_url: str) -> Mapping[str, CachedResource]:
         resources = snapshot.resources(type_url)
-        retained = self._stream.retained.get(type_url)
+        retained = self._stream.retention.of(type_url)
         return {**retained, **resources} if retained else resources
 
     def _changes(self, type_url: str, sub: _Subscription, available: Mapping[str, CachedResource]) -> _Changes:
@@ -260,35 +213,19 @@ class _Session:
                 changes.removed.add(name)  # gone from the wildcard, or unsubscribed and not covered by it
         return changes
 
-    def _withhold_removed_clusters(self, changes: dict[str, _Changes]) -> bool:
+    def _withhold_removed_clusters(self, changes: dict[str, _Changes]) -> None:
         """Keeps clusters (and their CLAs) out of this push's removals when its listeners or routes change."""
         clusters = changes.get(CLUSTER_TYPE)
         if clusters is None or not clusters.removed:
-            return False
+            return
+        routing = [type_url for type_url in ROUTING_TYPES if changes.get(type_url)]
         # While earlier removals wait, the client may still run routes older than this snapshot: wait for them too.
-        if not self._stream.retained and not any(changes.get(t) for t in ROUTING_TYPES):
-            return False
-        held_clusters = self._stream.state(CLUSTER_TYPE).sent
-        removed = {name: held_clusters[name] for name in clusters.removed if name in held_clusters}
-        if not removed:
-            return False
-        assignments_state = self._stream.types.get(ENDPOINT_TYPE)  # not state(): that would create it
-        held_assignments = assignments_state.sent if assignments_state is not None else {}
-        assignment_names = {_assignment_name(cluster) for cluster in removed.values()}
-        assignments = {name: held_assignments[name] for name in assignment_names if name in held_assignments}
-        self._stream.retained.setdefault(CLUSTER_TYPE, {}).update(removed)
-        self._stream.retained.setdefault(ENDPOINT_TYPE, {}).update(assignments)
-        clusters.removed -= removed.keys()
+        if not routing and not self._stream.retention:
+            return
+        held = self._stream.retain_removed_clusters(clusters.removed, routing)
+        clusters.removed -= held
         if ENDPOINT_TYPE in changes:
-            changes[ENDPOINT_TYPE].removed -= assignments.keys()
-        return True
-
-    def _release_due(self) -> bool:
-        """Withheld clusters can go once the client holds the listeners and routes that stopped using them."""
-        return bool(self._stream.retained) and all(
-            nonce is not None and self._subscriptions[type_url].acked_nonce >= nonce
-            for type_url, nonce in self._release_after.items()
-        )
+            changes[ENDPOINT_TYPE].removed -= self._stream.retention.of(ENDPOINT_TYPE).keys()
 
     def _response(self, type_url: str, snapshot: Snapshot, changes: _Changes) -> discovery_pb2.DeltaDiscoveryResponse:
         state = self._stream.state(type_url)
@@ -299,15 +236,16 @@ class _Session:
         sub.placeholders = (sub.placeholders - changes.send.keys() - changes.removed) | changes.empty_forms
         version = snapshot.version(type_url)
         state.built_from = state.sent_version = version  # debug only in delta, like system_version_info
-        state.nonce, state.answer = str(next(self._nonces)), ""
+        nonce = self._clients.next_nonce()
+        self._stream.responded(type_url, nonce)
         resources = [
             discovery_pb2.Resource(
                 name=name, version=cached.version, resource=any_pb2.Any(type_url=type_url, value=cached.serialized)
             )
             for name, cached in sorted(changes.send.items())
         ]
-        metrics.PUSHES.labels(self._stream.key, short_type(type_url), "delta").inc()
-        metrics.PUSH_BYTES.labels(short_type(type_url), "delta").inc(
+        metrics.PUSHES.labels(self._stream.key, short_type(type_url), XdsProtocol.DELTA).inc()
+        metrics.PUSH_BYTES.labels(short_type(type_url), XdsProtocol.DELTA).inc(
             sum(len(cached.serialized) for cached in changes.send.values())
         )
         return discovery_pb2.DeltaDiscoveryResponse(
@@ -315,11 +253,5 @@ class _Session:
             type_url=type_url,
             resources=resources,
             removed_resources=sorted(changes.removed),
-            nonce=state.nonce,
+            nonce=str(nonce),
         )
-
-
-def _assignment_name(cached: CachedResource) -> str:
-    cluster = cached.message
-    assert isinstance(cluster, cluster_pb2.Cluster)
-    return cluster.eds_cluster_config.service_name or cluster.name

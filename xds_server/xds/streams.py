@@ -1,41 +1,95 @@
-"""Connected Envoys as the ADS servicers see them: per stream the node, and per type what was sent and ACKed.
+"""Connected Envoys as the ADS servicers see them: one state model for SotW and Delta streams alike.
 
-Both servicers (SotW and Delta) keep their bookkeeping here, so `/debug/clients`, `xds-server status` and the
-metrics read one place. Nothing here does I/O.
+Per stream: the node, and per type what was sent (nonce, versions, the resources the client holds) and how the
+client answered; plus the make-before-break `Retention` both protocols use. `/debug/clients`, `xds-server status`,
+`up` and the metrics all read this one place (through `sync.py` for "is it in sync"). Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from envoy.config.cluster.v3 import cluster_pb2
 
 from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE
 from xds_server import metrics
-from xds_server.xds.cache import CachedResource
+from xds_server.xds.cache import CachedResource, eds_name
+
+
+class XdsProtocol(StrEnum):
+    SOTW = "sotw"
+    DELTA = "delta"
+
+
+class Answer(StrEnum):
+    """How the client answered the latest response of a type."""
+
+    NONE = ""  # not yet
+    ACK = "ACK"
+    NACK = "NACK"
 
 
 @dataclass
 class TypeState:
-    nonce: str = ""  # of the last response sent
-    sent_version: str | None = None  # on the wire; differs from built_from while make-before-break retains
+    nonce: int = 0  # of the last response sent (0: none); nonces grow, so "sent after" is a comparison
+    sent_version: str | None = None  # on the wire; differs from built_from while make-before-break retains (SotW)
     built_from: str | None = None  # the snapshot version the last response was built from
     names: frozenset[str] | None = None  # subscribed names; None: wildcard
     acked_version: str = ""
+    acked_nonce: int = 0  # the latest response the client ACKed
     nacked_version: str = ""
     last_error: str = ""
-    answer: str = ""  # to the latest response: "ACK", "NACK", or "" while none came yet
+    answer: Answer = Answer.NONE
     # What the client holds of this type, as last sent: the old versions make-before-break keeps alive.
     sent: dict[str, CachedResource] = field(default_factory=dict)
 
-    def sync_state(self) -> str:
-        """Like istioctl proxy-status: SYNCED when the latest response is ACKed, NACKED when it was rejected."""
-        if self.sent_version is None:
-            return "NOT SENT"
-        return {"ACK": "SYNCED", "NACK": "NACKED"}.get(self.answer, "STALE")
+
+@dataclass
+class Retention:
+    """Make before break: clusters (and their CLAs) a push removed, still served until the client has ACKed the
+    listeners and routes that stopped using them, because Envoy's current routes may still point at them.
+
+    `waiting` maps each routing type that must be ACKed first to the nonce of the first response of that type sent
+    since (None until it is sent); an ACK of that response or a later one satisfies it. A NACK does not.
+    """
+
+    resources: dict[str, dict[str, CachedResource]] = field(default_factory=dict)  # type URL -> name -> resource
+    waiting: dict[str, int | None] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return any(self.resources.values())
+
+    def of(self, type_url: str) -> Mapping[str, CachedResource]:
+        return self.resources.get(type_url, {})
+
+    def hold(
+        self,
+        clusters: Mapping[str, CachedResource],
+        assignments: Mapping[str, CachedResource],
+        routing_types: Iterable[str],
+    ) -> None:
+        self.resources.setdefault(CLUSTER_TYPE, {}).update(clusters)
+        self.resources.setdefault(ENDPOINT_TYPE, {}).update(assignments)
+        for type_url in routing_types:
+            self.waiting[type_url] = None  # the next response of that type carries the change
+
+    def sent(self, type_url: str, nonce: int) -> None:
+        if type_url in self.waiting and self.waiting[type_url] is None:
+            self.waiting[type_url] = nonce
+
+    def due(self, types: Mapping[str, TypeState]) -> bool:
+        return bool(self) and all(
+            nonce is not None and type_url in types and types[type_url].acked_nonce >= nonce
+            for type_url, nonce in self.waiting.items()
+        )
+
+    def release(self) -> None:
+        self.resources.clear()
+        self.waiting.clear()
 
 
 @dataclass(frozen=True)
@@ -50,15 +104,12 @@ class Nack:
 @dataclass
 class ClientStream:
     stream_id: int
-    protocol: str  # "sotw" or "delta"
+    protocol: XdsProtocol
     node_id: str = ""
     key: str = ""  # the node's cluster: "<ns>/<gateway>", the snapshot it is served
     connected_at: float = field(default_factory=time.time)
     types: dict[str, TypeState] = field(default_factory=dict)
-    # Make-before-break: clusters (and their CLAs) a push removed, still sent until the routes and listeners of
-    # that push are ACKed (or rejected and then replaced), because Envoy's current routes may still use them.
-    retained: dict[str, dict[str, CachedResource]] = field(default_factory=dict)
-    release_after: dict[str, str] = field(default_factory=dict)  # type URL -> version to be answered first
+    retention: Retention = field(default_factory=Retention)
 
     def state(self, type_url: str) -> TypeState:
         return self.types.setdefault(type_url, TypeState())
@@ -67,16 +118,37 @@ class ClientStream:
         """Whether the client holds EDS clusters it has not been sent a CLA for: Envoy keeps those warming, and a
         route to a warming cluster fails, so listeners and routes should wait until every CLA has gone out."""
         clusters, assignments = self.types.get(CLUSTER_TYPE), self.types.get(ENDPOINT_TYPE)
-        if clusters is None or assignments is None or clusters.answer == "NACK":
+        if clusters is None or assignments is None or clusters.answer is Answer.NACK:
             return False
-        for name, cached in clusters.sent.items():
+        for cached in clusters.sent.values():
             cluster = cached.message
             assert isinstance(cluster, cluster_pb2.Cluster)
-            if cluster.type == cluster_pb2.Cluster.EDS and (cluster.eds_cluster_config.service_name or name) not in (
-                assignments.sent
-            ):
+            if cluster.type == cluster_pb2.Cluster.EDS and eds_name(cluster) not in assignments.sent:
                 return True
         return False
+
+    def retain_removed_clusters(self, removed: Iterable[str], routing_types: Iterable[str]) -> set[str]:
+        """Holds the clusters among `removed` the client has (and their CLAs) until `routing_types`' next responses
+        are ACKed; returns the names held."""
+        held_clusters = self.state(CLUSTER_TYPE).sent
+        clusters = {name: held_clusters[name] for name in removed if name in held_clusters}
+        if not clusters:
+            return set()
+        endpoints = self.types.get(ENDPOINT_TYPE)  # not state(): that would create it
+        held_assignments = endpoints.sent if endpoints is not None else {}
+        wanted = {eds_name(cached.message) for cached in clusters.values() if _is_cluster(cached.message)}
+        assignments = {name: held_assignments[name] for name in wanted if name in held_assignments}
+        self.retention.hold(clusters, assignments, routing_types)
+        return set(clusters)
+
+    def responded(self, type_url: str, nonce: int) -> None:
+        state = self.state(type_url)
+        state.nonce, state.answer = nonce, Answer.NONE
+        self.retention.sent(type_url, nonce)
+
+
+def _is_cluster(message: object) -> bool:
+    return isinstance(message, cluster_pb2.Cluster)
 
 
 NackListener = Callable[[Nack], None]
@@ -86,14 +158,19 @@ AckListener = Callable[[ClientStream, str, str], None]  # stream, type URL, vers
 class ClientRegistry:
     def __init__(self) -> None:
         self._ids = itertools.count(1)
+        self._nonces = itertools.count(1)
         self._streams: dict[int, ClientStream] = {}
         self._nack_listeners: list[NackListener] = []
         self._ack_listeners: list[AckListener] = []
 
-    def open(self, protocol: str) -> ClientStream:
+    def open(self, protocol: XdsProtocol) -> ClientStream:
         stream = ClientStream(next(self._ids), protocol)
         self._streams[stream.stream_id] = stream
         return stream
+
+    def next_nonce(self) -> int:
+        """Nonces are unique across streams and protocols, and grow."""
+        return next(self._nonces)
 
     def identified(self, stream: ClientStream, node_id: str, key: str) -> None:
         stream.node_id, stream.key = node_id, key
@@ -112,15 +189,22 @@ class ClientRegistry:
     def add_ack_listener(self, listener: AckListener) -> None:
         self._ack_listeners.append(listener)
 
-    def acked(self, stream: ClientStream, type_url: str, version: str) -> None:
+    def remove_ack_listener(self, listener: AckListener) -> None:
+        self._ack_listeners.remove(listener)
+
+    def acked(self, stream: ClientStream, type_url: str) -> None:
+        """The client ACKed the latest response of `type_url` (its nonce is the state's)."""
         state = stream.state(type_url)
-        state.acked_version, state.answer = version, "ACK"
-        for listener in self._ack_listeners:
+        version = state.sent_version or ""
+        state.acked_version, state.acked_nonce, state.answer = version, state.nonce, Answer.ACK
+        for listener in list(self._ack_listeners):
             listener(stream, type_url, version)
 
-    def nacked(self, stream: ClientStream, type_url: str, version: str, message: str) -> None:
+    def nacked(self, stream: ClientStream, type_url: str, message: str) -> None:
+        """The client rejected the latest response of `type_url`."""
         state = stream.state(type_url)
-        state.nacked_version, state.last_error, state.answer = version, message, "NACK"
+        version = state.sent_version or ""
+        state.nacked_version, state.last_error, state.answer = version, message, Answer.NACK
         metrics.NACKS.labels(stream.key, short_type(type_url)).inc()
         nack = Nack(stream.key, stream.node_id, type_url, version, message)
         for listener in self._nack_listeners:

@@ -1,0 +1,181 @@
+"""Manifests tests and benchmarks write: Gateways, routes, backends, and InferencePools with their pods."""
+
+from __future__ import annotations
+
+
+def gateway(listen_ports: list[int], name: str = "gw") -> str:
+    """GatewayClass `eg` (a controller this project serves) and Gateway `name` with one HTTP listener per port."""
+    listeners = ", ".join(f"{{name: l{p}, protocol: HTTP, port: {p}}}" for p in listen_ports)
+    return f"""
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: eg}}
+spec: {{controllerName: gateway.envoyproxy.io/gatewayclass-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}}}
+spec: {{gatewayClassName: eg, listeners: [{listeners}]}}
+"""
+
+
+def backend_route(name: str, address: str, port: int, path: str = "/", gateway_name: str = "gw") -> str:
+    """A Backend at address:port and an HTTPRoute sending path prefix `path` to it."""
+    return f"""
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {{name: {name}}}
+spec: {{endpoints: [{{ip: {{address: {address}, port: {port}}}}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}}}
+spec:
+  parentRefs: [{{name: {gateway_name}}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]
+    backendRefs: [{{group: gateway.envoyproxy.io, kind: Backend, name: {name}}}]
+"""
+
+
+def ai_service_backend(name: str, address: str, port: int) -> str:
+    """An OpenAI-schema AIServiceBackend `name` in front of a Backend at address:port."""
+    return f"""
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: AIServiceBackend
+metadata: {{name: {name}}}
+spec: {{schema: {{name: OpenAI}}, backendRef: {{group: gateway.envoyproxy.io, kind: Backend, name: {name}}}}}
+---
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: Backend
+metadata: {{name: {name}}}
+spec: {{endpoints: [{{ip: {{address: {address}, port: {port}}}}}]}}
+"""
+
+
+def ai_gateway_route(
+    name: str, models: dict[str, str], hostnames: tuple[str, ...] = (), gateway_name: str = "gw"
+) -> str:
+    """An AIGatewayRoute with one rule per model (exact x-ai-eg-model match) to the AIServiceBackend named beside it."""
+    rules = "".join(
+        f"""
+  - matches: [{{headers: [{{type: Exact, name: x-ai-eg-model, value: {model}}}]}}]
+    backendRefs: [{{name: {backend}}}]"""
+        for model, backend in models.items()
+    )
+    return f"""
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: AIGatewayRoute
+metadata: {{name: {name}}}
+spec:
+  parentRefs: [{{name: {gateway_name}}}]
+  hostnames: [{", ".join(f'"{h}"' for h in hostnames)}]
+  rules:{rules}
+"""
+
+
+def pod(name: str, address: str, labels: dict[str, str], ready: bool = True) -> str:
+    """A Pod as the control plane sees it on a cluster: labels, an IP, and a Ready condition."""
+    label_text = ", ".join(f"{k}: {v}" for k, v in labels.items())
+    return f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{{label_text}}}}}
+spec: {{containers: [{{name: server, image: sim}}]}}
+status: {{podIP: {address}, conditions: [{{type: Ready, status: "{ready}"}}]}}
+"""
+
+
+def inference_pool(name: str, target_port: int, failure_mode: str = "FailClose", config: str | None = None) -> str:
+    """InferencePool `name` over pods labelled app=<name>, with its picker Service and Deployment; with `config`,
+    the Deployment runs the picker with --config-file from a ConfigMap, as the tutorial does."""
+    mounted = ""
+    if config is not None:
+        indented = "\n".join("    " + line for line in config.strip().splitlines())
+        mounted = f"""
+        args: [--config-file, /config/plugins.yaml]
+        volumeMounts: [{{name: plugins, mountPath: /config}}]
+      volumes: [{{name: plugins, configMap: {{name: {name}-plugins}}}}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: {name}-plugins}}
+data:
+  plugins.yaml: |
+{indented}"""
+    return f"""
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {{name: {name}}}
+spec:
+  targetPorts: [{{number: {target_port}}}]
+  selector: {{matchLabels: {{app: {name}}}}}
+  endpointPickerRef: {{name: {name}-epp, port: {{number: 9002}}, failureMode: {failure_mode}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}-epp}}
+spec: {{selector: {{app: {name}-epp}}, ports: [{{port: 9002}}]}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}-epp}}
+spec:
+  selector: {{matchLabels: {{app: {name}-epp}}}}
+  template:
+    metadata: {{labels: {{app: {name}-epp}}}}
+    spec:
+      containers:
+      - name: epp
+        image: registry.k8s.io/gateway-api-inference-extension/epp:v1.0.1{mounted}
+"""
+
+
+def inference_objective(name: str, pool_name: str, priority: int) -> str:
+    return f"""
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {{name: {name}}}
+spec: {{priority: {priority}, poolRef: {{name: {pool_name}}}}}
+"""
+
+
+def pool_route(name: str, pool_name: str, hostname: str, body_mode: str | None = None, gateway_name: str = "gw") -> str:
+    """An HTTPRoute sending requests for `hostname` to InferencePool `pool_name`; `body_mode`: the picker's mode."""
+    annotations = f", annotations: {{xds-server.io/picker-body-mode: {body_mode}}}" if body_mode else ""
+    return f"""
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}{annotations}}}
+spec:
+  parentRefs: [{{name: {gateway_name}}}]
+  hostnames: ["{hostname}"]
+  rules:
+  - backendRefs: [{{group: inference.networking.k8s.io, kind: InferencePool, name: {pool_name}}}]
+"""
+
+
+# The tutorial's picker config (seed 03-inferencepool-resources.yaml, ConfigMap plugins-config).
+TUTORIAL_PICKER_CONFIG = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-cache-utilization-scorer
+- type: prefix-cache-scorer
+schedulingProfiles:
+- name: default
+  plugins:
+  - pluginRef: queue-scorer
+  - pluginRef: kv-cache-utilization-scorer
+  - pluginRef: prefix-cache-scorer
+"""
+# The Inference Extension's conformance picker: only listed endpoints, and the served endpoint echoed back.
+CONFORMANCE_PICKER_CONFIG = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: header-based-testing-filter
+- type: destination-endpoint-served-verifier
+- type: max-score-picker
+"""

@@ -1,0 +1,64 @@
+"""`xds-server sim NAME` (the testupstream and the vLLM simulator) as processes on loopback addresses of their own."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from testing.ports import free_port
+from testing.web import http_get
+
+
+@dataclass(frozen=True)
+class SimProcess:
+    """`xds-server sim NAME` as a process, listening on its own loopback address."""
+
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_sim(
+    name: str, args: Sequence[str], host: str, port: int, log: Path, env: dict[str, str] | None = None
+) -> SimProcess:
+    """Starts `xds-server sim NAME ARGS...` (the args place it on host:port) and waits until /health answers 200."""
+    command = [sys.executable, "-m", "xds_server.cli", "sim", name, *args]
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    sim = SimProcess(host, port, process, log)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        if http_get(f"{sim.url}/health", timeout=1)[0] == 200:
+            return sim
+        time.sleep(0.05)
+    sim.kill()
+    raise AssertionError(f"sim {name} did not become healthy:\n{log.read_text()}")
+
+
+def start_testupstream(upstream_id: str, host: str, log: Path) -> SimProcess:
+    """A testupstream answering at once (no gaps between SSE events) on its own address."""
+    port = free_port(host)
+    args = ["--host", host, "--port", str(port), "--id", upstream_id, "--sse-gap-ms", "0"]
+    return start_sim("testupstream", args, host, port, log)
+
+
+def b64(text: str | bytes) -> str:
+    """Base64 for the testupstream's x-expected-* and x-response-* headers."""
+    return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()

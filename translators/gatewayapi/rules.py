@@ -1,0 +1,227 @@
+"""Route rules -> Envoy routes (IR): matches, precedence, backends and their clusters, the picker and the
+upstream-phase settings. Computed once per rule and shared by every Gateway the route attaches to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from translators.backends import BackendResolver, Unresolved, WeightedCluster, ai_backend_id, combine
+from translators.gatewayapi.status import StatusBook, ref_of
+from translators.ir import (
+    BackendSettingsIR,
+    ClusterIR,
+    DirectAction,
+    Discovery,
+    ForwardAction,
+    HeaderMatchIR,
+    ObjectRef,
+    PathKind,
+    PathMatchIR,
+    PickerBodyMode,
+    PoolRouteIR,
+    RouteIR,
+)
+from translators.resources import AIGatewayRoute, HTTPRoute, parse_duration_ms
+from translators.resources.aigateway import AIGatewayRouteBackendRef
+from translators.resources.gateway_api import HeaderMatch, HTTPBackendRef
+from translators.resources.inference import INFERENCE_GROUP
+from translators.upstream import UpstreamSettings, isolate_attempts
+
+AI_DEFAULT_TIMEOUT_MS = 60_000
+# On an HTTPRoute or AIGatewayRoute: how the picker of its InferencePool rules gets the request body.
+PICKER_BODY_MODE_ANNOTATION = "xds-server.io/picker-body-mode"
+PICKER_BODY_MODE_CONDITION = "xds-server.io/PickerBodyMode"
+
+Route = HTTPRoute | AIGatewayRoute
+
+
+@dataclass(frozen=True)
+class RuleRoutes:
+    """The Envoy routes one rule produces (one per match), with their precedence keys, and its clusters."""
+
+    routes: tuple[tuple[tuple[object, ...], RouteIR], ...]
+    clusters: tuple[ClusterIR, ...]
+    settings: tuple[BackendSettingsIR, ...] = ()
+
+
+def _headers(matches: list[HeaderMatch]) -> tuple[HeaderMatchIR, ...]:
+    return tuple(HeaderMatchIR(h.name.lower(), h.value, h.type == "RegularExpression") for h in matches)
+
+
+def _precedence(
+    route: Route, path: PathMatchIR, method: str | None, headers: int, rule: int, match: int
+) -> tuple[object, ...]:
+    """Gateway API precedence: exact path, longer prefix, method, more headers; then the route's identity."""
+    path_rank = {PathKind.EXACT: 0, PathKind.PREFIX: 1, PathKind.REGEX: 2}[path.kind]
+    return (
+        path_rank,
+        -len(path.value),
+        method is None,
+        -headers,
+        route.metadata.creation_timestamp or "",
+        route.namespace,
+        route.name,
+        rule,
+        match,
+    )
+
+
+_PATH_KINDS = {"Exact": PathKind.EXACT, "PathPrefix": PathKind.PREFIX, "RegularExpression": PathKind.REGEX}
+
+
+def _created(route: Route) -> int:
+    """The route's creation time in Unix seconds (0 when it has none, or not in RFC 3339)."""
+    stamp = route.metadata.creation_timestamp
+    try:
+        return int(datetime.fromisoformat(stamp).timestamp()) if stamp else 0
+    except ValueError:
+        return 0
+
+
+class RuleTranslator:
+    def __init__(self, book: StatusBook, upstream: UpstreamSettings, backends: BackendResolver) -> None:
+        self.book = book
+        self.upstream = upstream
+        self.backends = backends
+        self.body_modes: dict[ObjectRef, PickerBodyMode] = {}
+        self.created: dict[str, int] = {}  # rule id -> its route's creation time, for /v1/models
+
+    @staticmethod
+    def _forward(
+        refs: list[WeightedCluster], timeout_ms: int | None, per_try_ms: int | None
+    ) -> tuple[ForwardAction, tuple[ClusterIR, ...]]:
+        cluster = combine(refs)
+        action = ForwardAction(
+            cluster.name,
+            timeout_ms,
+            per_try_ms,
+            host_rewrite=cluster.discovery is Discovery.STRICT_DNS,
+            fallback_retries=max((g.priority for g in cluster.groups), default=0),
+        )
+        return action, (cluster,)
+
+    def rule_routes(self, route: Route, rule_index: int) -> RuleRoutes:
+        is_ai = isinstance(route, AIGatewayRoute)
+        rule = route.spec.rules[rule_index]
+        rule_id = f"{route.kind.lower()}/{route.namespace}/{route.name}/rule/{rule_index}"
+        timeouts = rule.timeouts
+        timeout_ms = parse_duration_ms(timeouts.request) if timeouts and timeouts.request else None
+        if is_ai and timeout_ms is None:
+            timeout_ms = AI_DEFAULT_TIMEOUT_MS
+        per_try_ms = parse_duration_ms(timeouts.backend_request) if timeouts and timeouts.backend_request else None
+        self.created[rule_id] = _created(route)
+        clusters: tuple[ClusterIR, ...] = ()
+        settings: tuple[BackendSettingsIR, ...] = ()
+        pool: PoolRouteIR | None = None
+        action: ForwardAction | DirectAction
+        try:
+            if not rule.backend_refs:
+                raise Unresolved("BackendNotFound", "the rule has no backendRefs")
+            refs = [self._weighted(route, ref) for ref in rule.backend_refs]
+            if isinstance(route, AIGatewayRoute):
+                ai_refs = self._without_refused(route, rule_index, route.spec.rules[rule_index].backend_refs)
+                refs = [refs[i] for i, ref in enumerate(rule.backend_refs) if ref in ai_refs]
+                settings = self._settings(route, rule_id, ai_refs)
+            action, clusters = self._forward(refs, timeout_ms, per_try_ms)
+            balancing = clusters[0].pool
+            if balancing is not None:
+                pool = PoolRouteIR(balancing.pool, balancing.fail_open, self._body_mode(route))
+        except Unresolved as exc:
+            self.book.report(route, "ResolvedRefs", False, exc.reason, f"rule {rule_index}: {exc.message}")
+            # The client learns which rule failed, not why: the reason is in the route's status for the operator.
+            action = DirectAction(500, f"{rule_id} has no usable backend", "server_error", "backend_unavailable")
+        matches: list[tuple[PathMatchIR, tuple[HeaderMatchIR, ...], str | None]]
+        if isinstance(route, AIGatewayRoute):
+            matches = [
+                (PathMatchIR(PathKind.PREFIX, "/"), _headers(m.headers), None)
+                for m in route.spec.rules[rule_index].matches
+            ] or [(PathMatchIR(PathKind.PREFIX, "/"), (), None)]
+        else:
+            matches = [
+                (
+                    PathMatchIR(_PATH_KINDS[m.path.type], m.path.value),
+                    _headers(m.headers),
+                    m.method,
+                )
+                for m in route.spec.rules[rule_index].matches
+            ]
+        routes = tuple(
+            (
+                _precedence(route, path, method, len(headers), rule_index, match_index),
+                RouteIR(
+                    name=f"{rule_id}/match/{match_index}",
+                    path=path,
+                    headers=headers,
+                    method=method,
+                    action=action,
+                    model_router=is_ai,
+                    pool=pool,
+                    rule=rule_id,
+                ),
+            )
+            for match_index, (path, headers, method) in enumerate(matches)
+        )
+        return RuleRoutes(routes, clusters, settings)
+
+    def _without_refused(
+        self, route: AIGatewayRoute, rule_index: int, refs: list[AIGatewayRouteBackendRef]
+    ) -> list[AIGatewayRouteBackendRef]:
+        """The rule's refs less those whose backend's credentials are unusable, when others remain.
+
+        Envoy does not retry the upstream phase's refusal of such a backend, so left in, it would stop the rule from
+        falling back past it. A rule with no other backend keeps it, and refuses its requests with the reason.
+        """
+        usable = [
+            r for r in refs if r.is_inference_pool or not self.upstream.refused(r.namespace or route.namespace, r.name)
+        ]
+        if usable and len(usable) < len(refs):
+            for ref in refs:
+                if ref not in usable:
+                    message = f"AIServiceBackend {ref.name} left out: its BackendSecurityPolicy is not usable"
+                    self.book.report(route, "ResolvedRefs", False, "RefNotPermitted", f"rule {rule_index}: {message}")
+            return usable
+        return refs
+
+    def _settings(
+        self, route: AIGatewayRoute, rule_id: str, refs: list[AIGatewayRouteBackendRef]
+    ) -> tuple[BackendSettingsIR, ...]:
+        """The upstream-phase settings of the rule's AIServiceBackends (the first ref wins a repeated backend)."""
+        backends: dict[str, None] = {}
+        found: dict[str, BackendSettingsIR] = {}
+        for ref in refs:
+            if ref.is_inference_pool or ref.weight == 0:
+                continue
+            namespace = ref.namespace or route.namespace
+            backends.setdefault(ai_backend_id(namespace, ref.name))
+            settings = self.upstream.settings(rule_id, namespace, ref)
+            if settings is not None:
+                found.setdefault(settings.backend, settings)
+        return isolate_attempts(rule_id, list(backends), found)
+
+    def _weighted(self, route: Route, ref: AIGatewayRouteBackendRef | HTTPBackendRef) -> WeightedCluster:
+        if isinstance(ref, AIGatewayRouteBackendRef):
+            group = ref.group if ref.group is not None else (INFERENCE_GROUP if ref.is_inference_pool else "")
+            kind = ref.kind or "AIServiceBackend"
+            cluster = self.backends.resolve(route.namespace, group, kind, ref.name, ref.namespace, None)
+            return WeightedCluster(cluster, ref.weight, ref.priority)
+        cluster = self.backends.resolve(route.namespace, ref.group, ref.kind, ref.name, ref.namespace, ref.port)
+        return WeightedCluster(cluster, ref.weight, 0)
+
+    def _body_mode(self, route: Route) -> PickerBodyMode:
+        """The route's picker body mode; an invalid annotation is reported once and means the default."""
+        key = ref_of(route)
+        if key not in self.body_modes:
+            value = route.metadata.annotations.get(PICKER_BODY_MODE_ANNOTATION, PickerBodyMode.BUFFERED)
+            if value not in set(PickerBodyMode):
+                self.book.report(
+                    route,
+                    PICKER_BODY_MODE_CONDITION,
+                    False,
+                    "InvalidAnnotation",
+                    f"annotation {PICKER_BODY_MODE_ANNOTATION}: {value!r} is not one of "
+                    f"{', '.join(PickerBodyMode)}; using {PickerBodyMode.BUFFERED}",
+                )
+                value = PickerBodyMode.BUFFERED
+            self.body_modes[key] = PickerBodyMode(value)
+        return self.body_modes[key]

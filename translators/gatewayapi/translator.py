@@ -1,0 +1,204 @@
+"""Resources -> IR: Gateways, their listeners, the routes attached to them and the clusters they use.
+
+Deterministic by construction: every collection is walked in key order, never in document order, and route
+precedence follows the Gateway API rules with the route's namespace/name as the final tie-breaker.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from translators.backends import BackendResolver
+from translators.gatewayapi.attachment import Attachment
+from translators.gatewayapi.rules import Route, RuleRoutes, RuleTranslator
+from translators.gatewayapi.status import StatusBook
+from translators.ir import (
+    ClusterIR,
+    DirectAction,
+    GatewayIR,
+    ListenerIR,
+    ModelIR,
+    PathKind,
+    PathMatchIR,
+    RouteIR,
+    TranslateOptions,
+    Translation,
+    VirtualHostIR,
+)
+from translators.loader import ResourceSet
+from translators.resources import AIGatewayRoute, Gateway, GatewayClass, HTTPRoute, InferencePool, Namespace
+from translators.resources.gateway_api import GATEWAY_API_GROUP, ParentReference
+from translators.upstream import UpstreamSettings
+from translators.xds.names import MODEL_HEADER
+
+# GatewayClass controllers this project serves: Envoy Gateway's (the tutorial uses it) and its own.
+CONTROLLER_NAMES = frozenset({"gateway.envoyproxy.io/gatewayclass-controller", "xds-server.dev/gateway-controller"})
+
+# A route placed on a virtual host: (Gateway listener name, precedence key, route).
+_Entry = tuple[str, tuple[object, ...], RouteIR]
+
+
+class _Translator:
+    def __init__(self, resources: ResourceSet, options: TranslateOptions) -> None:
+        self.resources = resources
+        self.options = options
+        self.book = StatusBook()
+        upstream = UpstreamSettings(resources, self.book.report)
+        self.backends = BackendResolver(resources, options.resolve_cluster_local, frozenset(upstream.backends))
+        self.rules = RuleTranslator(self.book, upstream, self.backends)
+        namespace_labels = {ns.name: ns.metadata.labels for ns in resources.of_kind(Namespace)}
+        self.attachment = Attachment(self.book, namespace_labels)
+
+    def _envoy_port(self, port: int) -> int:
+        return port + self.options.privileged_port_offset if port < 1024 else port
+
+    def translate(self) -> Translation:
+        classes = {gc.name: gc for gc in self.resources.of_kind(GatewayClass)}
+        gateways: list[Gateway] = []
+        for gateway in self.resources.of_kind(Gateway):
+            gateway_class = classes.get(gateway.spec.gateway_class_name)
+            if gateway_class is None:
+                self.book.report(
+                    gateway,
+                    "Accepted",
+                    False,
+                    "InvalidGatewayClass",
+                    f"GatewayClass {gateway.spec.gateway_class_name} not found",
+                )
+            elif gateway_class.spec.controller_name in CONTROLLER_NAMES:
+                gateways.append(gateway)
+        routes: list[Route] = [*self.resources.of_kind(AIGatewayRoute), *self.resources.of_kind(HTTPRoute)]
+        rule_cache: dict[tuple[str, str, str, int], RuleRoutes] = {}
+
+        def rules_of(route: Route) -> list[RuleRoutes]:
+            found = []
+            for index in range(len(route.spec.rules)):
+                key = (route.kind, route.namespace, route.name, index)
+                if key not in rule_cache:
+                    rule_cache[key] = self.rules.rule_routes(route, index)
+                found.append(rule_cache[key])
+            return found
+
+        by_gateway: dict[tuple[str, str], list[tuple[Route, ParentReference]]] = defaultdict(list)
+        known = {(g.namespace, g.name) for g in gateways}
+        for route in routes:
+            for parent in route.spec.parent_refs:
+                key = (parent.namespace or route.namespace, parent.name)
+                if parent.group == GATEWAY_API_GROUP and parent.kind == "Gateway" and key in known:
+                    by_gateway[key].append((route, parent))
+                else:
+                    self.book.report(
+                        route,
+                        "Accepted",
+                        False,
+                        "NoMatchingParent",
+                        f"Gateway {key[0]}/{key[1]} not found",
+                        f"{key[0]}/{key[1]}",
+                    )
+
+        gateway_irs = []
+        for gateway in gateways:
+            listeners = self.attachment.gateway_listeners(gateway)
+            # (port, domain) -> precedence-keyed routes; Gateway listeners sharing a port share an Envoy listener.
+            vhosts: dict[int, dict[str, list[_Entry]]] = defaultdict(dict)
+            for listener in listeners:  # a listener with no routes still listens
+                vhosts.setdefault(self._envoy_port(listener.port), {})
+            clusters: dict[str, ClusterIR] = {}
+            for route, parent in by_gateway[(gateway.namespace, gateway.name)]:
+                for listener, domains in self.attachment.attach(gateway, route, parent, listeners):
+                    port_vhosts = vhosts[self._envoy_port(listener.port)]
+                    for rule in rules_of(route):
+                        for cluster in rule.clusters:
+                            clusters[cluster.name] = cluster
+                        for domain in domains:
+                            port_vhosts.setdefault(domain, []).extend((listener.name, key, r) for key, r in rule.routes)
+            gateway_irs.append(self._gateway_ir(gateway, vhosts, clusters))
+            self.book.report(gateway, "Accepted", True, "Accepted", "served by this controller")
+            self.book.report(gateway, "Programmed", True, "Programmed", f"{len(vhosts)} Envoy listener(s)")
+        for route in routes:
+            rules_of(route)  # routes attached nowhere still report their unresolved references
+        for route in routes:
+            if not self.book.has(route, "ResolvedRefs"):
+                self.book.report(route, "ResolvedRefs", True, "ResolvedRefs", "every backendRef resolved")
+        pools = tuple(self.backends.pool(p) for p in self.resources.of_kind(InferencePool))
+        settings = sorted((s for rule in rule_cache.values() for s in rule.settings), key=lambda s: (s.rule, s.backend))
+        return Translation(tuple(gateway_irs), self.book.statuses(), pools, tuple(settings))
+
+    def _gateway_ir(
+        self, gateway: Gateway, vhosts: dict[int, dict[str, list[_Entry]]], clusters: dict[str, ClusterIR]
+    ) -> GatewayIR:
+        listeners = []
+        for port, domains in sorted(vhosts.items()):
+            name = f"{gateway.namespace}/{gateway.name}/{port}"
+            virtual_hosts = []
+            for domain in sorted(domains):
+                vhost_name = f"{name}/{domain}"
+                ordered = _virtual_host_routes(domain, domains)
+                if any(r.model_router for r in ordered):
+                    ordered.append(_route_not_found(vhost_name))
+                virtual_hosts.append(VirtualHostIR(vhost_name, (domain,), tuple(ordered), self._models(ordered)))
+            listeners.append(ListenerIR(name, self.options.listener_address, port, tuple(virtual_hosts)))
+        return GatewayIR(
+            gateway.namespace,
+            gateway.name,
+            tuple(listeners),
+            tuple(cluster for _, cluster in sorted(clusters.items())),
+        )
+
+    def _models(self, routes: list[RouteIR]) -> tuple[ModelIR, ...]:
+        """The models a virtual host names exactly, in route order, once each. Regex matches are not listable."""
+        models: dict[str, ModelIR] = {}
+        for route in routes:
+            if route.model_router:
+                for match in route.headers:
+                    if match.name == MODEL_HEADER and not match.regex and match.value not in models:
+                        models[match.value] = ModelIR(match.value, self.rules.created.get(route.rule, 0))
+        return tuple(models.values())
+
+
+def _covers(wildcard: str, domain: str) -> bool:
+    if wildcard == domain:
+        return False
+    return wildcard == "*" or (wildcard.startswith("*.") and domain.endswith(wildcard[1:]))
+
+
+def _virtual_host_routes(domain: str, domains: dict[str, list[_Entry]]) -> list[RouteIR]:
+    """Routes for requests to `domain`: its own first, then those of wildcard domains that also match it.
+
+    Envoy picks one virtual host per request, while Gateway API merges every route whose hostname matches,
+    ranking a more specific hostname first. Only routes of the same Gateway listeners are merged: a request
+    belongs to the listener with the most specific hostname, never to its neighbours on the same port.
+    """
+    own = domains[domain]
+    listeners = {listener for listener, _, _ in own}
+    covering = sorted((w for w in domains if _covers(w, domain)), key=lambda w: (w == "*", -len(w), w))
+    ordered: list[RouteIR] = []
+    seen: set[str] = set()
+    for source in (domain, *covering):
+        entries = [e for e in domains[source] if e[0] in listeners]
+        for _, _, route in sorted(entries, key=lambda e: e[1]):
+            if route.name not in seen:
+                seen.add(route.name)
+                ordered.append(route)
+    return ordered
+
+
+def _route_not_found(vhost_name: str) -> RouteIR:
+    """Last route of an AI virtual host: the router ext_proc runs here too, then unknown models get a JSON 404."""
+    return RouteIR(
+        name=f"{vhost_name}/route-not-found",
+        path=PathMatchIR(PathKind.PREFIX, "/"),
+        headers=(),
+        action=DirectAction(
+            404,
+            f"model '%REQ({MODEL_HEADER})%' is not served by this gateway: no route matches it",
+            "invalid_request_error",
+            "model_not_found",
+        ),
+        model_router=True,
+    )
+
+
+def translate(resources: ResourceSet, options: TranslateOptions | None = None) -> Translation:
+    """Resources -> one GatewayIR per Gateway this project controls, plus conditions for every object involved."""
+    return _Translator(resources, options or TranslateOptions()).translate()
