@@ -76,45 +76,33 @@ NOT_A_HEADER_VALUE = re.compile(f"[{HEADER_VALUE_FORBIDDEN}]")
 
 # Processing modes of the ext_proc filters. A mode override replaces the whole mode, so the services derive theirs
 # from these.
+
+
+def _mode(
+    body: int, trailers: int = Mode.SKIP, response_headers: int = Mode.SEND
+) -> processing_mode_pb2.ProcessingMode:
+    """Request headers always; no response body or trailers (a service asks for a response body per response)."""
+    return Mode(
+        request_header_mode=Mode.SEND,
+        request_body_mode=body,
+        request_trailer_mode=trailers,
+        response_header_mode=response_headers,
+        response_body_mode=Mode.NONE,
+        response_trailer_mode=Mode.SKIP,
+    )
+
+
 # The model router: headers, then the buffered body (for `model`); the response body mode is chosen per response.
-ROUTER_MODE = Mode(
-    request_header_mode=Mode.SEND,
-    request_body_mode=Mode.BUFFERED,
-    request_trailer_mode=Mode.SKIP,
-    response_header_mode=Mode.SEND,
-    response_body_mode=Mode.NONE,
-    response_trailer_mode=Mode.SKIP,
-)
+ROUTER_MODE = _mode(Mode.BUFFERED)
 # The picker, buffered (its default) and full duplex (route override): it reads the body as it streams in and
 # answers the headers once it has all of it; Envoy requires trailers in full-duplex mode (the end of a body the
 # request ends without).
 PICKER_MODES = {
-    "BUFFERED": Mode(
-        request_header_mode=Mode.SEND,
-        request_body_mode=Mode.BUFFERED,
-        request_trailer_mode=Mode.SKIP,
-        response_header_mode=Mode.SEND,
-        response_body_mode=Mode.NONE,
-        response_trailer_mode=Mode.SKIP,
-    ),
-    "FULL_DUPLEX_STREAMED": Mode(
-        request_header_mode=Mode.SEND,
-        request_body_mode=Mode.FULL_DUPLEX_STREAMED,
-        request_trailer_mode=Mode.SEND,
-        response_header_mode=Mode.SEND,
-        response_body_mode=Mode.NONE,
-        response_trailer_mode=Mode.SKIP,
-    ),
+    "BUFFERED": _mode(Mode.BUFFERED),
+    "FULL_DUPLEX_STREAMED": _mode(Mode.FULL_DUPLEX_STREAMED, trailers=Mode.SEND),
 }
 # The upstream-settings filter: request headers and buffered body; responses are the router filter's.
-UPSTREAM_SETTINGS_MODE = Mode(
-    request_header_mode=Mode.SEND,
-    request_body_mode=Mode.BUFFERED,
-    request_trailer_mode=Mode.SKIP,
-    response_header_mode=Mode.SKIP,
-    response_body_mode=Mode.NONE,
-    response_trailer_mode=Mode.SKIP,
-)
+UPSTREAM_SETTINGS_MODE = _mode(Mode.BUFFERED, response_headers=Mode.SKIP)
 
 
 def pack(message: Message) -> any_pb2.Any:
