@@ -1,11 +1,12 @@
-"""Added latency of the AI path: Envoy + model-router ext_proc against the same Envoy routing by a header alone.
+"""Added latency of the AI path: Envoy routing by the body's model (+ usage metering) against a header match alone.
 
     python -m bench.ai_latency --rates 100 500 1000 --seconds 15 --repeats 3 [--max-rate] [--profile FILE]
     python -m bench.ai_latency --smoke
 
 One `xds-server serve` and one Envoy for a Gateway with one HTTP listener and two hostnames:
-- `ai.bench`: an AIGatewayRoute. The router ext_proc reads `model` from the buffered body, sets the routing header,
-  and parses the usage of the buffered JSON answer (four gRPC messages per request);
+- `ai.bench`: an AIGatewayRoute. Envoy's transform filter reads `model` from the buffered body into the routing
+  header and routes again; usage metering (ext_proc, response phase) parses the usage of the buffered JSON answer
+  (two gRPC messages per request, none on the request path);
 - `plain.bench`: an HTTPRoute matching a request header, straight to the same Backend, no ext_proc.
 Both get the same POST (same body, same headers but Host). The upstream is a second Envoy with one worker answering
 every request with a canned chat completion (a direct_response): a Python upstream would be the bottleneck at 1,000
@@ -124,7 +125,7 @@ end
 """
 
 
-# A chat completion with usage, as the router reads it from a buffered JSON answer (made once: it has a timestamp).
+# A chat completion with usage, as metering reads it from a buffered JSON answer (made once: it has a timestamp).
 TYPE_PREFIX = "type.googleapis.com/"
 CANNED_ANSWER = orjson.dumps(openai.chat_completion("chatcmpl-bench", MODEL, "Hello! How can I help you?", 12, 9))
 
@@ -223,7 +224,7 @@ class Run:
     late: int
     serve_cpu_ms_per_1k: float
     envoy_cpu_ms_per_1k: float
-    extproc_requests: int  # requests the router recorded in its metrics during the run (AI path: all of them)
+    extproc_requests: int  # requests metering recorded in its metrics during the run (AI path: all of them)
 
 
 # --upstream-settings: the AI path's backend also has a model name override and an API key, so every request
@@ -464,7 +465,7 @@ async def measure_rate(bench: Bench, rate: int, seconds: float, repeats: int, sm
             run = await bench.run(path, rate, seconds)
             # Errors are a result past saturation, but a broken path must fail CI's smoke run.
             assert run.errors == 0 or not smoke, f"{run.errors} errors: {run}"
-            if path == "ai":  # every AI request went through the router (its metrics count it)
+            if path == "ai":  # every AI request was metered (its metrics count it)
                 assert run.extproc_requests >= run.requests - run.errors, run
             runs.append(run)
             print(run_row(run), flush=True)

@@ -51,7 +51,8 @@ def test_envoy_rejects_a_broken_configuration(tmp_path: Path) -> None:
     bootstrap = static_bootstrap(gateway)
     manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     manager["route_config"]["validate_clusters"] = True
-    manager["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"] = "no-such-cluster"
+    forwarding = next(r for r in manager["route_config"]["virtual_hosts"][0]["routes"] if "route" in r)
+    forwarding["route"]["cluster"] = "no-such-cluster"
     result = _validate(bootstrap, tmp_path / "broken.yaml", 30000 + os.getpid() % 20000)
     assert result.returncode != 0
     assert "no-such-cluster" in result.stdout + result.stderr

@@ -83,7 +83,8 @@ class PickerGateway:
         self.manifests.mkdir()
         self.write_manifests(not_ready=set())
         self.xds_port, self.admin_port = free_port(), free_port()
-        self.serve = Serve(self.manifests, self.xds_port, self.admin_port, tmp_path / "serve.log")
+        log = tmp_path / "serve.log"
+        self.serve = Serve(self.manifests, self.xds_port, self.admin_port, log, ["--picker-debug"])
         asyncio.run(self.serve.ready())
         self.envoy = Envoy(tmp_path, "default/gw", self.xds_port)
         asyncio.run(self.envoy.wait_live())

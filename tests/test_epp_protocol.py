@@ -219,8 +219,16 @@ async def test_mounted_config_runs_the_conformance_plugins(picker_channel) -> No
     assert refused.immediate_response.status.code == 429
 
 
-async def test_debug_header_returns_the_scores_of_the_pick(picker_channel) -> None:
+async def test_debug_header_returns_the_scores_of_the_pick_only_when_enabled(picker_channel) -> None:
     channel, picker = picker_channel
+    asked = [
+        headers(x_gateway_picker_debug="true"),
+        body(chat()),
+        pb.ProcessingRequest(response_headers=pb.HttpHeaders()),
+    ]
+    ignored = await exchange(channel, "default/llama", asked, 3)
+    assert not ignored[2].response_headers.response.header_mutation.set_headers  # off by default: no scores
+    picker.debug = True  # as `serve --picker-debug` starts it
     replies = await exchange(
         channel,
         "default/llama",

@@ -106,11 +106,19 @@ class BackendSettingsIR:
         return self.model_name_override is not None or bool(self.set_fields) or bool(self.remove_fields)
 
 
+class HeaderMatchKind(StrEnum):
+    EXACT = "exact"
+    REGEX = "regex"  # RE2, matching the whole value
+    PRESENT = "present"
+    ABSENT = "absent"
+
+
 @dataclass(frozen=True)
 class HeaderMatchIR:
     name: str
-    value: str
-    regex: bool = False
+    value: str = ""  # the exact value or the regex; unused for PRESENT and ABSENT
+    kind: HeaderMatchKind = HeaderMatchKind.EXACT
+    invert: bool = False  # matches when the header does not match (a missing header never does)
 
 
 class PathKind(StrEnum):
@@ -152,6 +160,8 @@ class ForwardAction:
 
 @dataclass(frozen=True)
 class DirectAction:
+    """An OpenAI-style JSON error Envoy answers itself."""
+
     status: int
     message: str  # may contain Envoy substitution commands such as %REQ(x-ai-eg-model)%
     error_type: str
@@ -159,13 +169,29 @@ class DirectAction:
 
 
 @dataclass(frozen=True)
+class JsonReply:
+    """A JSON document Envoy answers itself, served as it is (e.g. a virtual host's `/v1/models`)."""
+
+    status: int
+    body: str
+
+
+class AiRole(StrEnum):
+    """Where a route stands in a virtual host that routes by model, which decides the AI filters it turns on."""
+
+    MODEL = "model"  # forwards the requests of a model (or a pool): usage metering reads the response
+    ENTRY = "entry"  # where requests start: the body's `model` is copied into x-ai-eg-model, then Envoy routes again
+    REFUSAL = "refusal"  # answers a request whose body was read but names no model this host serves
+
+
+@dataclass(frozen=True)
 class RouteIR:
     name: str
     path: PathMatchIR
     headers: tuple[HeaderMatchIR, ...]
-    action: ForwardAction | DirectAction
+    action: ForwardAction | DirectAction | JsonReply
     method: str | None = None
-    model_router: bool = False  # the router ext_proc runs on this route (AI routes and their catch-all)
+    ai: AiRole | None = None  # set on the routes of a virtual host that routes by model
     pool: PoolRouteIR | None = None
     rule: str = ""  # "<kind>/<ns>/<name>/rule/<i>": which resource rule produced it
 
@@ -201,6 +227,11 @@ class ListenerIR:
     def runs_picker(self) -> bool:
         """Some route goes to an InferencePool, so the listener's filter chain has the Endpoint Picker."""
         return any(route.pool is not None for route in self.routes)
+
+    @property
+    def routes_by_model(self) -> bool:
+        """Some virtual host routes by model: the filter chain reads bodies and meters usage."""
+        return any(route.ai is not None for route in self.routes)
 
 
 @dataclass(frozen=True)

@@ -98,12 +98,23 @@ def run_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_picker_debug_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--picker-debug",
+        action="store_true",
+        help="answer a request header x-gateway-picker-debug: true with the pick's scores (x-gateway-picker-scores); "
+        "off by default, as the scores show the pools' endpoints and load to any client",
+    )
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from xds_server.logs import configure
     from xds_server.serve import serve
 
     configure(json=args.log_format == "json")
-    return asyncio.run(serve(args.resources, translate_options(args), args.xds_address, args.admin_address))
+    return asyncio.run(
+        serve(args.resources, translate_options(args), args.xds_address, args.admin_address, args.picker_debug)
+    )
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -121,6 +132,7 @@ def run_up(args: argparse.Namespace) -> int:
         log_dir=args.log_dir,
         free_ports=args.free_ports,
         wait_seconds=args.wait,
+        picker_debug=args.picker_debug,
     )
     return asyncio.run(up(config))
 
@@ -182,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--xds-address", type=host_port, default=("127.0.0.1", 18000), metavar="HOST:PORT")
     serve_cmd.add_argument("--admin-address", type=host_port, default=("127.0.0.1", 19000), metavar="HOST:PORT")
     serve_cmd.add_argument("--log-format", choices=("json", "console"), default="json")
+    add_picker_debug_option(serve_cmd)
     add_translate_options(serve_cmd)
     serve_cmd.set_defaults(run=run_serve)
     up_cmd = commands.add_parser(
@@ -213,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     up_cmd.add_argument(
         "--wait", type=float, default=120.0, metavar="SECONDS", help="longest wait for pods and Envoys at startup"
     )
+    add_picker_debug_option(up_cmd)
     up_cmd.set_defaults(run=run_up)
     status_cmd = commands.add_parser("status", help="show each connected Envoy's sync state per resource type")
     status_cmd.add_argument("--xds-address", type=host_port, default=("127.0.0.1", 18000), metavar="HOST:PORT")

@@ -27,7 +27,7 @@ from xds_server.api import admin_pb2_grpc
 from xds_server.control_plane import Build, ControlPlane
 from xds_server.epp.picker import EndpointPicker
 from xds_server.epp.scrape import Scraper
-from xds_server.extproc.router import ModelRouter
+from xds_server.extproc.metering import UsageMeter
 from xds_server.extproc.server import ExternalProcessor, start_server
 from xds_server.extproc.upstream import UpstreamSettingsService
 from xds_server.sources import Source
@@ -48,23 +48,22 @@ GRPC_OPTIONS = [
 
 
 async def start_extproc(
-    control_plane: ControlPlane, options: TranslateOptions, scrape_interval: float = 0.05
+    control_plane: ControlPlane, options: TranslateOptions, scrape_interval: float = 0.05, picker_debug: bool = False
 ) -> tuple[grpc.aio.Server, EndpointPicker]:
     """The per-request services on the address Envoy is told (`--extproc-address`), each following every applied
     build's runtime tables. Stop the picker's scraper with `picker.scraper.close()`."""
-    router = ModelRouter()
     upstream = UpstreamSettingsService()
-    picker = EndpointPicker(Scraper(interval=scrape_interval))
+    picker = EndpointPicker(Scraper(interval=scrape_interval), debug=picker_debug)
 
     def follow(built: Build) -> None:
-        for service in (router, upstream, picker):
+        for service in (upstream, picker):
             service.follow(built.runtime)
 
     control_plane.build_listeners.append(follow)
     if control_plane.current is not None:
         follow(control_plane.current)
     processor = ExternalProcessor(
-        default=router, by_metadata={PICKER_POOL_METADATA: picker, UPSTREAM_SETTINGS_METADATA: upstream}
+        default=UsageMeter(), by_metadata={PICKER_POOL_METADATA: picker, UPSTREAM_SETTINGS_METADATA: upstream}
     )
     address = f"{options.extproc_host}:{options.extproc_port}"
     server = await start_server(processor, address, options.buffer_limit_bytes)
@@ -72,13 +71,21 @@ async def start_extproc(
 
 
 class ControlPlaneService:
-    """A `ControlPlane` and its servers: ADS and the gRPC admin API, ext_proc (router and picker), admin HTTP."""
+    """A `ControlPlane` and its servers: ADS and the gRPC admin API, ext_proc (metering, upstream settings, picker),
+    admin HTTP."""
 
-    def __init__(self, options: TranslateOptions, xds_address: tuple[str, int], admin_address: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        options: TranslateOptions,
+        xds_address: tuple[str, int],
+        admin_address: tuple[str, int],
+        picker_debug: bool = False,
+    ) -> None:
         self.control_plane = ControlPlane(SnapshotCache(), ClientRegistry(), options)
         self.options = options
         self.xds_address = xds_address
         self.admin_address = admin_address
+        self.picker_debug = picker_debug
         # Builds share the control plane's memo, so they must not overlap even when several sources publish.
         self._building = asyncio.Lock()
         self._grpc: grpc.aio.Server | None = None
@@ -103,7 +110,9 @@ class ControlPlaneService:
         server.add_insecure_port(f"{self.xds_address[0]}:{self.xds_address[1]}")
         await server.start()
         self._grpc = server
-        self._extproc, self.picker = await start_extproc(self.control_plane, self.options)
+        self._extproc, self.picker = await start_extproc(
+            self.control_plane, self.options, picker_debug=self.picker_debug
+        )
         runner = web.AppRunner(admin_app(self.control_plane, self.picker), access_log=None)
         await runner.setup()
         self._admin = runner
@@ -135,8 +144,9 @@ async def serve(
     options: TranslateOptions,
     xds_address: tuple[str, int],
     admin_address: tuple[str, int],
+    picker_debug: bool = False,
 ) -> int:
-    service = ControlPlaneService(options, xds_address, admin_address)
+    service = ControlPlaneService(options, xds_address, admin_address, picker_debug)
     source: Source = FileSource(paths)
     await service.publish(await asyncio.to_thread(source.load))
     await service.start()

@@ -9,12 +9,14 @@ from datetime import datetime
 from translators.backends import BackendResolver, Unresolved, WeightedCluster, ai_backend_id, combine
 from translators.gatewayapi.status import StatusBook, ref_of
 from translators.ir import (
+    AiRole,
     BackendSettingsIR,
     ClusterIR,
     DirectAction,
     Discovery,
     ForwardAction,
     HeaderMatchIR,
+    HeaderMatchKind,
     ObjectRef,
     PathKind,
     PathMatchIR,
@@ -27,6 +29,7 @@ from translators.resources.aigateway import AIGatewayRouteBackendRef
 from translators.resources.gateway_api import HeaderMatch, HTTPBackendRef
 from translators.resources.inference import INFERENCE_GROUP
 from translators.upstream import UpstreamSettings, isolate_attempts
+from translators.xds.names import JSON_BODY_HEADER
 
 AI_DEFAULT_TIMEOUT_MS = 60_000
 # On an HTTPRoute or AIGatewayRoute: how the picker of its InferencePool rules gets the request body.
@@ -34,6 +37,9 @@ PICKER_BODY_MODE_ANNOTATION = "xds-server.io/picker-body-mode"
 PICKER_BODY_MODE_CONDITION = "xds-server.io/PickerBodyMode"
 
 Route = HTTPRoute | AIGatewayRoute
+# On every AIGatewayRoute match: the body has been read. A request never starts on a model route, so a rule that
+# names no model (a default backend) cannot take requests before their body says which model they are for.
+BODY_READ = HeaderMatchIR(JSON_BODY_HEADER, kind=HeaderMatchKind.PRESENT)
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,8 @@ class RuleRoutes:
 
 
 def _headers(matches: list[HeaderMatch]) -> tuple[HeaderMatchIR, ...]:
-    return tuple(HeaderMatchIR(h.name.lower(), h.value, h.type == "RegularExpression") for h in matches)
+    kinds = {"Exact": HeaderMatchKind.EXACT, "RegularExpression": HeaderMatchKind.REGEX}
+    return tuple(HeaderMatchIR(h.name.lower(), h.value, kinds[h.type]) for h in matches)
 
 
 def _precedence(
@@ -152,10 +159,10 @@ class RuleTranslator:
                 RouteIR(
                     name=f"{rule_id}/match/{match_index}",
                     path=path,
-                    headers=headers,
+                    headers=(*headers, BODY_READ) if is_ai else headers,
                     method=method,
                     action=action,
-                    model_router=is_ai,
+                    ai=AiRole.MODEL if is_ai else None,
                     pool=pool,
                     rule=rule_id,
                 ),

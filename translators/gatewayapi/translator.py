@@ -10,16 +10,16 @@ from collections import defaultdict
 
 from translators.backends import BackendResolver
 from translators.gatewayapi.attachment import Attachment
+from translators.gatewayapi.model_routes import leading_routes, trailing_routes
 from translators.gatewayapi.rules import Route, RuleRoutes, RuleTranslator
 from translators.gatewayapi.status import StatusBook
 from translators.ir import (
+    AiRole,
     ClusterIR,
-    DirectAction,
     GatewayIR,
+    HeaderMatchKind,
     ListenerIR,
     ModelIR,
-    PathKind,
-    PathMatchIR,
     RouteIR,
     TranslateOptions,
     Translation,
@@ -134,9 +134,10 @@ class _Translator:
             for domain in sorted(domains):
                 vhost_name = f"{name}/{domain}"
                 ordered = _virtual_host_routes(domain, domains)
-                if any(r.model_router for r in ordered):
-                    ordered.append(_route_not_found(vhost_name))
-                virtual_hosts.append(VirtualHostIR(vhost_name, (domain,), tuple(ordered), self._models(ordered)))
+                models = self._models(ordered)
+                if any(r.ai is not None for r in ordered):
+                    ordered = [*leading_routes(vhost_name), *ordered, *trailing_routes(vhost_name, models)]
+                virtual_hosts.append(VirtualHostIR(vhost_name, (domain,), tuple(ordered), models))
             listeners.append(ListenerIR(name, self.options.listener_address, port, tuple(virtual_hosts)))
         return GatewayIR(
             gateway.namespace,
@@ -149,9 +150,9 @@ class _Translator:
         """The models a virtual host names exactly, in route order, once each. Regex matches are not listable."""
         models: dict[str, ModelIR] = {}
         for route in routes:
-            if route.model_router:
+            if route.ai is AiRole.MODEL:
                 for match in route.headers:
-                    if match.name == MODEL_HEADER and not match.regex and match.value not in models:
+                    if match.name == MODEL_HEADER and match.kind is HeaderMatchKind.EXACT and match.value not in models:
                         models[match.value] = ModelIR(match.value, self.rules.created.get(route.rule, 0))
         return tuple(models.values())
 
@@ -181,22 +182,6 @@ def _virtual_host_routes(domain: str, domains: dict[str, list[_Entry]]) -> list[
                 seen.add(route.name)
                 ordered.append(route)
     return ordered
-
-
-def _route_not_found(vhost_name: str) -> RouteIR:
-    """Last route of an AI virtual host: the router ext_proc runs here too, then unknown models get a JSON 404."""
-    return RouteIR(
-        name=f"{vhost_name}/route-not-found",
-        path=PathMatchIR(PathKind.PREFIX, "/"),
-        headers=(),
-        action=DirectAction(
-            404,
-            f"model '%REQ({MODEL_HEADER})%' is not served by this gateway: no route matches it",
-            "invalid_request_error",
-            "model_not_found",
-        ),
-        model_router=True,
-    )
 
 
 def translate(resources: ResourceSet, options: TranslateOptions | None = None) -> Translation:

@@ -1,4 +1,4 @@
-"""What an HTTP connection manager serving ext_proc routes adds: JSON local replies and the model router's access log.
+"""What an HTTP connection manager serving ext_proc routes adds: JSON local replies and the AI access log.
 
 Envoy answers some requests itself (local replies) in plain text. Two of them belong to the error contract and are
 rewritten to the OpenAI error envelope: a failed or silent ext_proc service (any `ext_proc_error*` reply, 500 or
@@ -16,7 +16,7 @@ from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from google.protobuf import struct_pb2, wrappers_pb2
 
-from translators.xds.names import ROUTER_METADATA_NAMESPACE, pack
+from translators.xds.names import METERING_METADATA_NAMESPACE, MODEL_HEADER, pack
 from translators.xds.routes import json_error_body
 
 CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
@@ -24,8 +24,8 @@ STDOUT_LOGGER = "envoy.access_loggers.stdout"
 # Response code details Envoy gives the local replies to map (ext_proc.cc ErrorPrefix; the HCM's buffer overflow).
 EXTPROC_FAILED = "response.code_details.startsWith('ext_proc_error')"
 BODY_TOO_LARGE = "response.code_details == 'request_payload_too_large'"
-# Keys of the model router's dynamic metadata (ROUTER_METADATA_NAMESPACE) printed by the access log.
-ROUTER_METADATA_KEYS = ("model", "response_model", "backend", "input_tokens", "output_tokens", "total_tokens")
+# Keys of usage metering's dynamic metadata (METERING_METADATA_NAMESPACE) printed by the access log.
+METERING_METADATA_KEYS = ("response_model", "backend", "input_tokens", "output_tokens", "total_tokens")
 
 
 def _cel(expression: str) -> accesslog_pb2.AccessLogFilter:
@@ -59,7 +59,7 @@ def local_reply_config(buffer_limit_bytes: int) -> hcm_pb2.LocalReplyConfig:
 
 
 def ai_access_log() -> accesslog_pb2.AccessLog:
-    """One JSON line per request on Envoy's stdout, with what the model router learnt (model, backend, tokens)."""
+    """One JSON line per request on Envoy's stdout: the routed model, and what metering learnt (backend, tokens)."""
     fields = {
         "start_time": "%START_TIME%",
         "method": "%REQ(:METHOD)%",
@@ -71,8 +71,9 @@ def ai_access_log() -> accesslog_pb2.AccessLog:
         "route": "%ROUTE_NAME%",
         "upstream_host": "%UPSTREAM_HOST%",
         "request_id": "%REQ(X-REQUEST-ID)%",
+        "model": f"%REQ({MODEL_HEADER})%",
     }
-    fields.update({key: f"%DYNAMIC_METADATA({ROUTER_METADATA_NAMESPACE}:{key})%" for key in ROUTER_METADATA_KEYS})
+    fields.update({key: f"%DYNAMIC_METADATA({METERING_METADATA_NAMESPACE}:{key})%" for key in METERING_METADATA_KEYS})
     log_format = struct_pb2.Struct()
     log_format.update(fields)
     config = stream_pb2.StdoutAccessLog(

@@ -55,9 +55,7 @@ def gateway_resources(gateway: GatewayIR, options: TranslateOptions, memo: Memo 
     ]
     return XdsResources(
         gateway=gateway.key,
-        listeners=tuple(
-            sorted((listener(lis, options, gateway.key) for lis in gateway.listeners), key=lambda r: r.name)
-        ),
+        listeners=tuple(sorted((listener(lis, options) for lis in gateway.listeners), key=lambda r: r.name)),
         routes=tuple(sorted((route_configuration(lis, memo) for lis in gateway.listeners), key=lambda r: r.name)),
         clusters=tuple(sorted(clusters, key=lambda r: r.name)),
         endpoints=tuple(sorted(assignments, key=lambda r: r.cluster_name)),

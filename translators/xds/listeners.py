@@ -1,19 +1,24 @@
 """ListenerIR -> Listener with an HTTP connection manager: RDS for routes, and the filter chain of docs/architecture.md.
 
-Filter order: strip client-supplied internal headers -> model router ext_proc (AI routes) -> picker ext_proc
-(InferencePool routes) -> router. Both ext_proc filters are disabled here and enabled per route, so plain
-routes never pay for a gRPC round trip. Listeners with such routes also get JSON local replies and, with AI
-routes, an access log (`ai_listener`).
+Client-supplied internal headers are removed before any route is matched. Filter order: JSON Content-Type where
+none was sent, then model (Envoy's transform filter: the body's `model` into x-ai-eg-model, then route again), then
+usage metering ext_proc (responses of AI routes), then picker ext_proc (InferencePool routes), then router. All are
+disabled here and turned on by the routes that need them, so plain routes never buffer a body or pay for a gRPC
+round trip. Listeners with such routes also get JSON local replies and, with AI routes, an access log
+(`ai_listener`).
 """
 
 from __future__ import annotations
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2
+from envoy.config.core.v3 import address_pb2, extension_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
+    header_mutation_pb2 as early_header_mutation_pb2,
+)
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
@@ -21,26 +26,34 @@ from translators.ir import ListenerIR, PickerBodyMode, TranslateOptions
 from translators.xds.ai_listener import ai_access_log, local_reply_config
 from translators.xds.clusters import ads_config_source
 from translators.xds.extproc import QUICK_MESSAGE_TIMEOUT, extproc_config
+from translators.xds.model import model_config
 from translators.xds.names import (
     BACKEND_ATTRIBUTE,
     CLUSTER_ATTRIBUTE,
     INTERNAL_HEADER_PREFIXES,
+    JSON_CONTENT_TYPE_FILTER,
     LB_METADATA_NAMESPACE,
-    MODEL_ROUTER_FILTER,
+    METERING_FILTER,
+    METERING_METADATA_NAMESPACE,
+    METERING_MODE,
+    MODEL_ATTRIBUTE,
+    MODEL_FILTER,
+    PATH_ATTRIBUTE,
     PICKER_FILTER,
     PICKER_MESSAGE_TIMEOUT_SECONDS,
     PICKER_MODES,
+    REQUEST_TIME_ATTRIBUTE,
     ROUTER_FILTER,
-    ROUTER_GATEWAY_METADATA,
-    ROUTER_METADATA_NAMESPACE,
-    ROUTER_MODE,
-    STRIP_HEADERS_FILTER,
+    STRIP_HEADERS_EXTENSION,
     SUBSET_HINT_NAMESPACE,
     pack,
 )
 
 
-def _strip_internal_headers() -> hcm_pb2.HttpFilter:
+def _strip_internal_headers() -> extension_pb2.TypedExtensionConfig:
+    """Client-supplied internal headers, removed before Envoy matches a route (an HTTP filter would be too late:
+    the route a request starts on is chosen before the first filter runs, so a client's x-ai-eg-model would pick
+    it)."""
     mutations = [
         mutation_rules_pb2.HeaderMutation(
             remove_on_match=mutation_rules_pb2.HeaderMutation.RemoveOnMatch(
@@ -49,22 +62,37 @@ def _strip_internal_headers() -> hcm_pb2.HttpFilter:
         )
         for prefix in INTERNAL_HEADER_PREFIXES
     ]
-    config = header_mutation_pb2.HeaderMutation(mutations=header_mutation_pb2.Mutations(request_mutations=mutations))
-    return hcm_pb2.HttpFilter(name=STRIP_HEADERS_FILTER, typed_config=pack(config))
+    config = early_header_mutation_pb2.HeaderMutation(mutations=mutations)
+    return extension_pb2.TypedExtensionConfig(name=STRIP_HEADERS_EXTENSION, typed_config=pack(config))
 
 
-def model_router_filter(gateway: str) -> hcm_pb2.HttpFilter:
-    """Reads `model` from the buffered body and sets x-ai-eg-model; the response mode is chosen per response.
+def json_content_type_filter() -> hcm_pb2.HttpFilter:
+    config = header_mutation_pb2.HeaderMutation()
+    return hcm_pb2.HttpFilter(name=JSON_CONTENT_TYPE_FILTER, typed_config=pack(config), disabled=True)
 
-    The stream's gRPC metadata names the Gateway (its model list answers /v1/models); the response attributes
-    name the backend that answered, for the token metrics.
+
+def model_filter() -> hcm_pb2.HttpFilter:
+    return hcm_pb2.HttpFilter(name=MODEL_FILTER, typed_config=pack(model_config()), disabled=True)
+
+
+def metering_filter() -> hcm_pb2.HttpFilter:
+    """Reads the response of a routed AI request for its usage: headers first, the body when the reply asks for it.
+
+    Never on the request path, and it fails open: when the control plane is away, responses pass unmetered. The
+    response attributes say what was routed where (model, backend, cluster) and when the request started.
     """
     config = extproc_config(
-        ROUTER_MODE, [ROUTER_METADATA_NAMESPACE], [], allow_mode_override=True, message_timeout=QUICK_MESSAGE_TIMEOUT
+        METERING_MODE,
+        [METERING_METADATA_NAMESPACE],
+        [],
+        allow_mode_override=True,
+        message_timeout=QUICK_MESSAGE_TIMEOUT,
     )
-    config.grpc_service.initial_metadata.append(base_pb2.HeaderValue(key=ROUTER_GATEWAY_METADATA, value=gateway))
-    config.response_attributes.extend([CLUSTER_ATTRIBUTE, BACKEND_ATTRIBUTE])
-    return hcm_pb2.HttpFilter(name=MODEL_ROUTER_FILTER, typed_config=pack(config), disabled=True)
+    config.failure_mode_allow = True
+    config.response_attributes.extend(
+        [CLUSTER_ATTRIBUTE, BACKEND_ATTRIBUTE, MODEL_ATTRIBUTE, PATH_ATTRIBUTE, REQUEST_TIME_ATTRIBUTE]
+    )
+    return hcm_pb2.HttpFilter(name=METERING_FILTER, typed_config=pack(config), disabled=True)
 
 
 def picker_filter() -> hcm_pb2.HttpFilter:
@@ -88,10 +116,10 @@ def _router() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=ROUTER_FILTER, typed_config=pack(router_pb2.Router()))
 
 
-def http_filters(listener: ListenerIR, gateway: str) -> list[hcm_pb2.HttpFilter]:
-    filters = [_strip_internal_headers()]
-    if uses_model_router(listener):
-        filters.append(model_router_filter(gateway))
+def http_filters(listener: ListenerIR) -> list[hcm_pb2.HttpFilter]:
+    filters = []
+    if listener.routes_by_model:
+        filters += [json_content_type_filter(), model_filter(), metering_filter()]
     if listener.runs_picker:
         filters.append(picker_filter())
     filters.append(_router())
@@ -99,20 +127,16 @@ def http_filters(listener: ListenerIR, gateway: str) -> list[hcm_pb2.HttpFilter]
 
 
 def uses_extproc(listener: ListenerIR) -> bool:
-    return any(r.model_router or r.pool is not None for r in listener.routes)
+    return listener.routes_by_model or listener.runs_picker
 
 
-def uses_model_router(listener: ListenerIR) -> bool:
-    return any(r.model_router for r in listener.routes)
-
-
-def listener(ir: ListenerIR, options: TranslateOptions, gateway: str) -> listener_pb2.Listener:
-    """`gateway` is the "<ns>/<name>" of the Gateway the listener belongs to."""
+def listener(ir: ListenerIR, options: TranslateOptions) -> listener_pb2.Listener:
     manager = hcm_pb2.HttpConnectionManager(
         stat_prefix=ir.name.replace("/", "_"),
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         rds=hcm_pb2.Rds(config_source=ads_config_source(), route_config_name=ir.name),
-        http_filters=http_filters(ir, gateway),
+        http_filters=http_filters(ir),
+        early_header_mutation_extensions=[_strip_internal_headers()],
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
@@ -120,7 +144,7 @@ def listener(ir: ListenerIR, options: TranslateOptions, gateway: str) -> listene
     )
     if uses_extproc(ir):
         manager.local_reply_config.CopyFrom(local_reply_config(options.buffer_limit_bytes))
-    if uses_model_router(ir):
+    if ir.routes_by_model:
         manager.access_log.append(ai_access_log())
     network_filter = listener_components_pb2.Filter(
         name="envoy.filters.network.http_connection_manager", typed_config=pack(manager)

@@ -17,8 +17,13 @@ ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
-STRIP_HEADERS_FILTER = "envoy.filters.http.header_mutation/strip-internal-headers"
-MODEL_ROUTER_FILTER = "envoy.filters.http.ext_proc/model-router"
+STRIP_HEADERS_EXTENSION = "envoy.http.early_header_mutation.header_mutation/strip-internal-headers"
+# Copies the request body's `model` into MODEL_HEADER, then has Envoy route the request again (native, no ext_proc).
+MODEL_FILTER = "envoy.filters.http.transform/model"
+# Before it: a JSON Content-Type for a body sent without one (the transform filter reads JSON bodies only).
+JSON_CONTENT_TYPE_FILTER = "envoy.filters.http.header_mutation/json-content-type"
+# Reads the response of a routed AI request for its token usage (ext_proc, response phase only; fails open).
+METERING_FILTER = "envoy.filters.http.ext_proc/usage-metering"
 PICKER_FILTER = "envoy.filters.http.ext_proc/endpoint-picker"
 ROUTER_FILTER = "envoy.filters.http.router"
 # A cluster's upstream filters: the backend settings ext_proc (per attempt), then the codec Envoy requires last.
@@ -28,13 +33,17 @@ EXTPROC_CLUSTER = "xds-server/extproc"
 
 # gRPC metadata on the picker's ext_proc stream naming the pool ("<ns>/<name>") the route targets.
 PICKER_POOL_METADATA = "x-inference-pool"
-# gRPC metadata on the model router's ext_proc stream naming the Gateway ("<ns>/<name>") of the listener.
-ROUTER_GATEWAY_METADATA = "x-ai-eg-gateway"
 # gRPC metadata marking the upstream-settings filter's streams (one per attempt).
 UPSTREAM_SETTINGS_METADATA = "x-ai-eg-upstream-settings"
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
-# The header Envoy routes AI requests on: the request body's `model`.
+# The header Envoy routes AI requests on: the request body's `model`, as Envoy renders it (a string as it is, any
+# other JSON value as JSON text; absent when the body has no `model`, or it is null or "").
 MODEL_HEADER = "x-ai-eg-model"
+# Set by the model filter whenever the request body parsed as a JSON object: tells "no model" from "not JSON".
+JSON_BODY_HEADER = "x-ai-eg-body"
+# The OpenAI paths an AI virtual host serves requests on; any other path is answered 404 before its body is read.
+AI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+MODELS_PATH = "/v1/models"
 # Endpoint Picker protocol: request headers clients (or other filters) may send the picker, and its answers.
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
 MODEL_REWRITE_HEADER = "x-gateway-model-name-rewrite"
@@ -57,12 +66,16 @@ SUBSET_HINT_NAMESPACE = "envoy.lb.subset_hint"
 SUBSET_HINT_KEY = "x-gateway-destination-endpoint-subset"
 # xDS metadata (routes, endpoints) read back through ext_proc request attributes.
 XDS_METADATA_NAMESPACE = "aigateway.envoy.io"
-# Dynamic metadata the model router writes for access logs.
-ROUTER_METADATA_NAMESPACE = "io.envoy.ai_gateway"
-# Ext_proc response attributes (CEL) the model router asks for: which backend answered, through which cluster.
+# Dynamic metadata usage metering writes for access logs.
+METERING_METADATA_NAMESPACE = "io.envoy.ai_gateway"
+# Ext_proc response attributes (CEL) usage metering asks for: which backend answered, through which cluster.
 # Endpoint metadata names the backend even inside a weighted cluster; the cluster alone is the fallback.
 BACKEND_ATTRIBUTE = f"xds.upstream_host_metadata.filter_metadata['{XDS_METADATA_NAMESPACE}']['backend']"
 CLUSTER_ATTRIBUTE = "xds.cluster_name"
+# ... and what it measures: the routed model, the path (the operation), when the request started.
+MODEL_ATTRIBUTE = f"request.headers['{MODEL_HEADER}']"
+PATH_ATTRIBUTE = "request.url_path"
+REQUEST_TIME_ATTRIBUTE = "request.time"
 # The rule ("<kind>/<ns>/<name>/rule/<i>") of the route a request took, from the route's metadata.
 RULE_ATTRIBUTE = f"xds.route_metadata.filter_metadata['{XDS_METADATA_NAMESPACE}']['rule']"
 # Envoy puts ext_proc attributes in ProcessingRequest.attributes under the filter's canonical name.
@@ -92,8 +105,15 @@ def _mode(
     )
 
 
-# The model router: headers, then the buffered body (for `model`); the response body mode is chosen per response.
-ROUTER_MODE = _mode(Mode.BUFFERED)
+# Usage metering: the response headers only; the response body mode is chosen per response (mode override).
+METERING_MODE = Mode(
+    request_header_mode=Mode.SKIP,
+    request_body_mode=Mode.NONE,
+    request_trailer_mode=Mode.SKIP,
+    response_header_mode=Mode.SEND,
+    response_body_mode=Mode.NONE,
+    response_trailer_mode=Mode.SKIP,
+)
 # The picker, buffered (its default) and full duplex (route override): it reads the body as it streams in and
 # answers the headers once it has all of it; Envoy requires trailers in full-duplex mode (the end of a body the
 # request ends without).

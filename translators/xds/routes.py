@@ -8,11 +8,15 @@ from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
+from google.protobuf.message import Message
 
 from translators.ir import (
+    AiRole,
     DirectAction,
     ForwardAction,
     HeaderMatchIR,
+    HeaderMatchKind,
+    JsonReply,
     ListenerIR,
     PathKind,
     PickerBodyMode,
@@ -20,8 +24,11 @@ from translators.ir import (
     RouteIR,
 )
 from translators.xds.memo import Memo
+from translators.xds.model import json_content_type_config, model_config
 from translators.xds.names import (
-    MODEL_ROUTER_FILTER,
+    JSON_CONTENT_TYPE_FILTER,
+    METERING_FILTER,
+    MODEL_FILTER,
     PICKER_FILTER,
     PICKER_MODES,
     PICKER_POOL_METADATA,
@@ -47,7 +54,14 @@ def _string_match(value: str, regex: bool) -> string_pb2.StringMatcher:
 
 
 def _header(match: HeaderMatchIR) -> route_components_pb2.HeaderMatcher:
-    return route_components_pb2.HeaderMatcher(name=match.name, string_match=_string_match(match.value, match.regex))
+    built = route_components_pb2.HeaderMatcher(name=match.name, invert_match=match.invert)
+    if match.kind is HeaderMatchKind.PRESENT:
+        built.present_match = True
+    elif match.kind is HeaderMatchKind.ABSENT:
+        built.present_match = False
+    else:
+        built.string_match.CopyFrom(_string_match(match.value, match.kind is HeaderMatchKind.REGEX))
+    return built
 
 
 def _match(route: RouteIR) -> route_components_pb2.RouteMatch:
@@ -78,6 +92,15 @@ def _direct(action: DirectAction) -> route_components_pb2.DirectResponseAction:
     )
 
 
+def _json_reply(reply: JsonReply) -> route_components_pb2.DirectResponseAction:
+    """The document as it is: `%` doubled, as Envoy would read it as the start of a command."""
+    body = substitution_format_string_pb2.SubstitutionFormatString(
+        text_format_source=base_pb2.DataSource(inline_string=reply.body.replace("%", "%%")),
+        content_type="application/json",
+    )
+    return route_components_pb2.DirectResponseAction(status=reply.status, body_format=body)
+
+
 def _forward(action: ForwardAction) -> route_components_pb2.RouteAction:
     built = route_components_pb2.RouteAction(cluster=action.cluster)
     if action.timeout_ms is not None:
@@ -103,7 +126,7 @@ def _fall_back(policy: route_components_pb2.RetryPolicy, retries: int) -> None:
     )
 
 
-def _enable(config: ext_proc_pb2.ExtProcPerRoute) -> route_components_pb2.FilterConfig:
+def _enable(config: Message) -> route_components_pb2.FilterConfig:
     """Turns on, for one route, a filter that is disabled at the HTTP connection manager.
 
     Envoy rejects a FilterConfig without a config, so a route that changes nothing passes empty overrides.
@@ -128,30 +151,38 @@ def _picker_config(pool: PoolRouteIR) -> ext_proc_pb2.ExtProcPerRoute:
     return ext_proc_pb2.ExtProcPerRoute(overrides=overrides)
 
 
-def _picker_off() -> ext_proc_pb2.ExtProcPerRoute:
+def _extproc_off() -> ext_proc_pb2.ExtProcPerRoute:
+    """In the chain (when the route a request starts on), but off when the request ends up here."""
     return ext_proc_pb2.ExtProcPerRoute(disabled=True)
 
 
 def route(ir: RouteIR, picker_in_chain: bool = False) -> route_components_pb2.Route:
     """`picker_in_chain`: the listener runs the picker filter (some route of it goes to a pool).
 
-    Envoy decides which disabled-by-default filters run from the route a request matches when it starts. An AI
-    request starts on the catch-all (its model header is not set yet) and only reaches its pool route after the
-    model router clears the route cache, so every model-router route puts the picker in the chain; the picker
-    reads its per-route config later, from the final route, which turns it off again where there is no pool.
+    Envoy decides which disabled-by-default filters run from the route a request matches when it starts, and each
+    filter reads its per-route config when the request reaches it. An AI request starts on the entry route (its
+    model header is not set yet): that route turns on the model filter, and puts usage metering and the picker in
+    the chain switched off; the model filter holds the request until it has the body, sets the model header and has
+    Envoy match again, so metering and the picker read the final route's config, which turns them on where it
+    forwards (metering) or goes to a pool (the picker).
     """
     built = route_components_pb2.Route(name=ir.name, match=_match(ir))
     if isinstance(ir.action, DirectAction):
         built.direct_response.CopyFrom(_direct(ir.action))
+    elif isinstance(ir.action, JsonReply):
+        built.direct_response.CopyFrom(_json_reply(ir.action))
     else:
         built.route.CopyFrom(_forward(ir.action))
-    if ir.model_router:
-        built.typed_per_filter_config[MODEL_ROUTER_FILTER].CopyFrom(pack(_enable(_no_overrides())))
+    if ir.ai is AiRole.ENTRY:
+        built.typed_per_filter_config[JSON_CONTENT_TYPE_FILTER].CopyFrom(pack(_enable(json_content_type_config())))
+        built.typed_per_filter_config[MODEL_FILTER].CopyFrom(pack(_enable(model_config())))
+    if ir.ai is not None:
+        metering = _no_overrides() if ir.ai is AiRole.MODEL else _extproc_off()
+        built.typed_per_filter_config[METERING_FILTER].CopyFrom(pack(_enable(metering)))
     if ir.pool is not None:
-        picker = _picker_config(ir.pool)
-        built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(picker)))
-    elif ir.model_router and picker_in_chain:
-        built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(_picker_off())))
+        built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(_picker_config(ir.pool))))
+    elif ir.ai is not None and picker_in_chain:
+        built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(_extproc_off())))
     if ir.rule:
         built.metadata.filter_metadata[XDS_METADATA_NAMESPACE].update({"rule": ir.rule})
     return built

@@ -74,9 +74,12 @@ READY_ENDPOINTS = Gauge("inference_pool_ready_pods", "Ready endpoints of each po
 
 
 class EndpointPicker:
-    def __init__(self, scraper: Scraper, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, scraper: Scraper, clock: Callable[[], float] = time.monotonic, debug: bool = False) -> None:
+        """`debug`: honour the request header asking for a pick's scores (off by default: the scores show the pool's
+        endpoints and load to whoever asks)."""
         self.scraper = scraper
         self.clock = clock
+        self.debug = debug
         self.pools: dict[str, PoolState] = {}
 
     # --- the datastore follows the control plane --------------------------------------------------------------
@@ -243,6 +246,6 @@ class PickerStream:
             served = protocol.served_endpoint(request)
             for plugin in self.pool.config.response_plugins:
                 added.extend(plugin.response_headers(served))
-        if self.decision is not None and self.headers.get(PICKER_DEBUG_HEADER) == "true":
+        if self.picker.debug and self.decision is not None and self.headers.get(PICKER_DEBUG_HEADER) == "true":
             added.append((PICKER_SCORES_HEADER, orjson.dumps(self.decision.explain()).decode()))
         return protocol.response_headers(added) if added else PASS_THROUGH["response_headers"]

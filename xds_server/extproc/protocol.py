@@ -129,8 +129,8 @@ def error_body(message: str, error_type: str, code: str) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": error_type, "code": code}})
 
 
-def error(status: int, message: str, code: str, service: str = "model_router") -> ProcessingResponse:
-    """An immediate JSON error; `service` (model_router, endpoint_picker) prefixes its %RESPONSE_CODE_DETAILS%."""
+def error(status: int, message: str, code: str, service: str) -> ProcessingResponse:
+    """An immediate JSON error; `service` (endpoint_picker, upstream_settings) prefixes its %RESPONSE_CODE_DETAILS%."""
     error_types = {429: "rate_limit_error"}
     error_type = error_types.get(status, "invalid_request_error" if status < 500 else "server_error")
     return immediate_json(status, error_body(message, error_type, code), f"{service}_{code}")

@@ -2,7 +2,7 @@
 
 Envoy opens one stream per request and ext_proc filter (per attempt for the upstream filters). The filters say
 whose stream it is through its initial metadata: the picker's routes add `x-inference-pool`, AI clusters' upstream
-filters `x-ai-eg-upstream-settings`, everything else belongs to the default handler (the model router). Handlers
+filters `x-ai-eg-upstream-settings`, everything else belongs to the default handler (usage metering). Handlers
 are registered by metadata key by the composition root, so this module knows none of them. The same server answers
 `grpc.health.v1` for the services a gateway may probe (the Endpoint Picker protocol's names among them).
 """

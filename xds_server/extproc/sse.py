@@ -1,6 +1,6 @@
 """Incremental server-sent events parsing and OpenAI usage extraction, for responses that pass through in chunks.
 
-Envoy hands the router the response body in whatever pieces the upstream wrote: an event, a line, even a
+Envoy hands metering the response body in whatever pieces the upstream wrote: an event, a line, even a
 `\\r\\n` may be split anywhere. The parser keeps only the unfinished line between chunks, so each byte is scanned
 once. Lines end with LF or CRLF (a lone CR, allowed by the SSE spec, is not used by any OpenAI-style server).
 Only `data` fields matter for usage; `event`, `id`, `retry` and comments are skipped.

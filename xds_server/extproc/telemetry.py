@@ -1,13 +1,13 @@
-"""GenAI metrics of the requests the model router sees (OpenTelemetry GenAI semantic conventions, Prometheus names).
+"""GenAI metrics of the AI requests usage metering sees (OpenTelemetry GenAI semantic conventions, Prometheus names).
 
-Recorded only for requests that reached a backend: requests the gateway itself refused are counted in
-`xds_server_model_router_rejections_total` instead, so client-chosen model names cannot grow label sets.
+Recorded only for requests that reached a backend (the gateway's own refusals are Envoy local replies, never metered),
+so client-chosen model names cannot grow label sets.
 Bucket boundaries are the ones the conventions advise.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Histogram
 
 LABELS = ["gen_ai_operation_name", "gen_ai_request_model", "gen_ai_response_model", "backend", "error_type"]
 
@@ -34,7 +34,4 @@ TIME_PER_OUTPUT_TOKEN = Histogram(
     "seconds per output token after the first, of a streamed response",
     LABELS,
     buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5),
-)
-REJECTIONS = Counter(
-    "xds_server_model_router_rejections_total", "requests the model router answered itself with an error", ["code"]
 )

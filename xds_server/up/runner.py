@@ -56,6 +56,7 @@ class UpConfig:
     log_dir: Path | None = None
     free_ports: bool = False  # control plane and Envoy admin ports chosen free at random (tests, several runs)
     wait_seconds: float = 120.0  # startup gives up waiting for pods and Envoys after this long, and says why
+    picker_debug: bool = False  # the picker answers x-gateway-picker-debug: true with the pick's scores
 
 
 def _url_host(host: str) -> str:
@@ -85,7 +86,7 @@ class Runner:
             buffer_limit_bytes=config.buffer_limit_bytes,
         )
         self.service = ControlPlaneService(
-            self.options, (CONTROL_HOST, self.ports["xds"]), (CONTROL_HOST, self.ports["admin"])
+            self.options, (CONTROL_HOST, self.ports["xds"]), (CONTROL_HOST, self.ports["admin"]), config.picker_debug
         )
         self.source = FileSource(config.paths)
         self.files = ResourceSet()

@@ -1,0 +1,121 @@
+"""The routes a virtual host that routes by model adds around its model routes, so the error contract of an
+OpenAI-compatible endpoint holds with Envoy's native means only (no ext_proc on the request path).
+
+A request starts with no model header (clients' are stripped), so it passes the model routes and lands on the entry
+route, which turns on the model filter: Envoy reads the body, sets x-ai-eg-model (and the JSON-object marker) and
+matches again. Then, in order:
+
+- a model with a control character: 400 `invalid_model` (first, so no regex model route can forward it);
+- the model routes (the user's rules, each also requiring the JSON-object marker, so that a rule naming no model
+  never takes a request before its body is read);
+- `/v1/models`: this host's models, and a path other than the OpenAI ones: 404 `unsupported_path`, and a request
+  declaring an empty body: 400 `missing_model`, all three answered before any body is read;
+- a model that is not a JSON string (rendered as JSON text: a number, true/false, an array or object): 400
+  `invalid_model` (Envoy renders the string "42" and the number 42 alike: an unknown model named like a number is
+  refused as not a string rather than as not found);
+- any other model: 404 `model_not_found`, naming it;
+- a JSON object without a model (missing, null or ""): 400 `missing_model`;
+- the entry route itself, where a request stays when its body is not one JSON object (malformed, another JSON type,
+  a repeated key, or no body): 400 `invalid_json`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from translators.ir import (
+    AiRole,
+    DirectAction,
+    HeaderMatchIR,
+    HeaderMatchKind,
+    JsonReply,
+    ModelIR,
+    PathKind,
+    PathMatchIR,
+    RouteIR,
+)
+from translators.xds.names import AI_PATHS, HEADER_VALUE_FORBIDDEN, JSON_BODY_HEADER, MODEL_HEADER, MODELS_PATH
+
+OWNED_BY = "xds-server"
+NOT_FOUND = "model_not_found"
+EVERYTHING = PathMatchIR(PathKind.PREFIX, "/")
+# A model Envoy rendered from a JSON value that is not a string (a whole-value match).
+NOT_A_STRING = r"-?[0-9][0-9.eE+-]*|true|false|\[.*|\{.*"
+# The OpenAI paths, with or without a query.
+SERVED_PATHS = "(" + "|".join(AI_PATHS) + r")([?].*)?"
+
+
+def _error(status: int, message: str, code: str) -> DirectAction:
+    return DirectAction(status, message, "invalid_request_error", code)
+
+
+def model_list(models: tuple[ModelIR, ...]) -> str:
+    """`/v1/models` as OpenAI answers it."""
+    data = [{"id": m.name, "object": "model", "created": m.created, "owned_by": OWNED_BY} for m in models]
+    return json.dumps({"object": "list", "data": data}, separators=(",", ":"), ensure_ascii=False)
+
+
+def leading_routes(vhost_name: str) -> list[RouteIR]:
+    return [
+        RouteIR(
+            name=f"{vhost_name}/model-not-a-header-value",
+            path=EVERYTHING,
+            headers=(HeaderMatchIR(MODEL_HEADER, f"(?s).*[{HEADER_VALUE_FORBIDDEN}].*", HeaderMatchKind.REGEX),),
+            action=_error(400, "'model' must not contain control characters", "invalid_model"),
+            ai=AiRole.REFUSAL,
+        )
+    ]
+
+
+def trailing_routes(vhost_name: str, models: tuple[ModelIR, ...]) -> list[RouteIR]:
+    model = f"%REQ({MODEL_HEADER})%"
+    return [
+        RouteIR(
+            name=f"{vhost_name}/models",
+            path=PathMatchIR(PathKind.EXACT, MODELS_PATH),
+            headers=(),
+            action=JsonReply(200, model_list(models)),
+        ),
+        RouteIR(
+            name=f"{vhost_name}/unsupported-path",
+            path=EVERYTHING,
+            headers=(HeaderMatchIR(":path", SERVED_PATHS, HeaderMatchKind.REGEX, invert=True),),
+            action=_error(404, "unsupported path: %PATH(NQ)%", "unsupported_path"),
+        ),
+        RouteIR(
+            name=f"{vhost_name}/no-body",
+            path=EVERYTHING,
+            headers=(HeaderMatchIR("content-length", "0"),),
+            action=_error(400, "the request has no body: a JSON object with a 'model' is required", "missing_model"),
+        ),
+        RouteIR(
+            name=f"{vhost_name}/model-not-a-string",
+            path=EVERYTHING,
+            headers=(HeaderMatchIR(MODEL_HEADER, NOT_A_STRING, HeaderMatchKind.REGEX),),
+            action=_error(400, f"'model' must be a string, not {model}", "invalid_model"),
+            ai=AiRole.REFUSAL,
+        ),
+        RouteIR(
+            name=f"{vhost_name}/route-not-found",
+            path=EVERYTHING,
+            headers=(HeaderMatchIR(MODEL_HEADER, kind=HeaderMatchKind.PRESENT),),
+            action=_error(
+                404, f"model '{model}' is not served by this gateway: no route matches it", "model_not_found"
+            ),
+            ai=AiRole.REFUSAL,
+        ),
+        RouteIR(
+            name=f"{vhost_name}/model-missing",
+            path=EVERYTHING,
+            headers=(HeaderMatchIR(JSON_BODY_HEADER, kind=HeaderMatchKind.PRESENT),),
+            action=_error(400, "'model' is required: name the model to use", "missing_model"),
+            ai=AiRole.REFUSAL,
+        ),
+        RouteIR(
+            name=f"{vhost_name}/entry",
+            path=EVERYTHING,
+            headers=(),
+            action=_error(400, "the request body must be a JSON object with a string 'model'", "invalid_json"),
+            ai=AiRole.ENTRY,
+        ),
+    ]
