@@ -5,8 +5,8 @@
 
 One `xds-server serve` and one Envoy for a Gateway with one HTTP listener and two hostnames:
 - `ai.bench`: an AIGatewayRoute. Envoy's transform filter reads `model` from the buffered body into the routing
-  header and routes again; usage metering (ext_proc, response phase) parses the usage of the buffered JSON answer
-  (two gRPC messages per request, none on the request path);
+  header and routes again; its json_to_metadata filter reads the usage of the JSON answer, and the usage log
+  (gRPC access log, batched) brings it to `serve`, which records the metrics: no gRPC call per request;
 - `plain.bench`: an HTTPRoute matching a request header, straight to the same Backend, no ext_proc.
 Both get the same POST (same body, same headers but Host). The upstream is a second Envoy with one worker answering
 every request with a canned chat completion (a direct_response): a Python upstream would be the bottleneck at 1,000
@@ -47,6 +47,7 @@ from testing.manifests import ai_gateway_route, ai_service_backend, gateway
 from testing.ports import free_port
 from testing.processes import Serve
 from testing.web import request, wait_for
+from translators.xds.ai_listener import USAGE_LOG_FLUSH
 from xds_server.envoy import envoy_binary
 from xds_server.sim import openai
 
@@ -224,7 +225,7 @@ class Run:
     late: int
     serve_cpu_ms_per_1k: float
     envoy_cpu_ms_per_1k: float
-    extproc_requests: int  # requests metering recorded in its metrics during the run (AI path: all of them)
+    metered_requests: int  # requests metering recorded in its metrics during the run (AI path: all of them)
 
 
 # --upstream-settings: the AI path's backend also has a model name override and an API key, so every request
@@ -256,6 +257,25 @@ stringData: {apiKey: sk-bench}
 """
 
 
+def wrk_command(script: Path, port: int, host: str, rate: int, seconds: float) -> list[str]:
+    """wrk sending the chat completion POST (Host `host`, PLAIN_HEADER set) at `rate` per second to `port`;
+    `script` holds WRK_SCRIPT."""
+    # Enough connections that the rate holds while latency is up to 100 ms; one wrk thread leaves the cores
+    # to what is measured (a thread sends well over 10,000 requests/s).
+    connections = max(16, rate // 10)
+    command = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "5s"]
+    command += ["-s", str(script), f"http://127.0.0.1:{port}/v1/chat/completions"]
+    return command + ["--", str(rate), host, REQUEST_BODY.decode(), PLAIN_HEADER, MODEL]
+
+
+def wrk_summary(finished: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The BENCH line WRK_SCRIPT's done() prints: requests, duration_us, p50_us ... late."""
+    lines = [line for line in finished.stdout.splitlines() if line.startswith("BENCH ")]
+    assert lines, finished.stdout + finished.stderr
+    summary: dict[str, Any] = json.loads(lines[-1].removeprefix("BENCH "))
+    return summary
+
+
 class Bench:
     """Upstream, `serve` and the gateway Envoy, up and routing both paths."""
 
@@ -278,9 +298,13 @@ class Bench:
         xds_port = free_port()
         extra = ["--extproc-address", f"127.0.0.1:{free_port()}"]
         self.serve = Serve(manifests, xds_port, free_port(), directory / "serve.log", extra)
-        self.envoy = Envoy(directory, "default/gw", xds_port)
+        self.envoy = self.gateway_envoy(directory, xds_port)
         self.script = directory / "rate.lua"
         self.script.write_text(WRK_SCRIPT)
+
+    def gateway_envoy(self, directory: Path, xds_port: int) -> Envoy:
+        """The gateway's Envoy, bootstrapped against `serve` (bench/side_by_side.py starts it with one worker)."""
+        return Envoy(directory, "default/gw", xds_port)
 
     async def start(self) -> None:
         await self.upstream.wait_live()
@@ -306,24 +330,19 @@ class Bench:
             self.serve.terminate()
         self.upstream.stop()
 
-    async def routed_by_extproc(self) -> int:
+    async def metered(self) -> int:
         return int(await self.serve.metric("gen_ai_server_request_duration_count"))
 
     async def run(self, path: str, rate: int, seconds: float) -> Run:
-        # Enough connections that the rate holds while latency is up to 100 ms; one wrk thread leaves the cores
-        # to what is measured (a thread sends well over 10,000 requests/s).
-        connections = max(16, rate // 10)
-        command = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "5s"]
-        command += ["-s", str(self.script), f"http://127.0.0.1:{self.listen_port}/v1/chat/completions"]
-        command += ["--", str(rate), PATHS[path], REQUEST_BODY.decode(), PLAIN_HEADER, MODEL]
-        routed_before = await self.routed_by_extproc()
+        command = wrk_command(self.script, self.listen_port, PATHS[path], rate, seconds)
+        routed_before = await self.metered()
         serve_before, envoy_before = cpu_seconds(self.serve.process.pid), cpu_seconds(self.envoy.process.pid)
         finished = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, check=True)
+        # Usage reaches `serve` in Envoy's usage-log batches: the last one lands within a flush interval.
+        await asyncio.sleep(3 * USAGE_LOG_FLUSH.nanos / 1e9)
         serve_cpu = cpu_seconds(self.serve.process.pid) - serve_before
         envoy_cpu = cpu_seconds(self.envoy.process.pid) - envoy_before
-        lines = [line for line in finished.stdout.splitlines() if line.startswith("BENCH ")]
-        assert lines, finished.stdout + finished.stderr
-        result = json.loads(lines[-1].removeprefix("BENCH "))
+        result = wrk_summary(finished)
         done = max(result["requests"], 1)
         return Run(
             path=path,
@@ -338,7 +357,7 @@ class Bench:
             late=result["late"],
             serve_cpu_ms_per_1k=serve_cpu * 1000 / done * 1000,
             envoy_cpu_ms_per_1k=envoy_cpu * 1000 / done * 1000,
-            extproc_requests=await self.routed_by_extproc() - routed_before,
+            metered_requests=await self.metered() - routed_before,
         )
 
 
@@ -347,15 +366,15 @@ def held(run: Run) -> bool:
     return run.errors == 0 and run.achieved >= 0.95 * run.rate and run.p99_ms < P99_LIMIT_MS
 
 
-async def max_rate(bench: Bench, low: int, high: int, seconds: float, step: int) -> tuple[int, list[Run]]:
-    """Bisection over rates for the highest one the AI path holds with p99 under 50 ms (`low` assumed held)."""
+async def max_rate(bench: Bench, path: str, low: int, high: int, seconds: float, step: int) -> tuple[int, list[Run]]:
+    """Bisection over rates for the highest one `path` holds with p99 under 50 ms (`low` assumed held)."""
     runs: list[Run] = []
     while high - low > step:
         middle = (low + high) // 2
-        run = await bench.run("ai", middle, seconds)
+        run = await bench.run(path, middle, seconds)
         runs.append(run)
         print(
-            f"  max-rate probe {middle}/s: achieved {run.achieved:.0f}/s, p50 {run.p50_ms:.1f} ms, "
+            f"  {path} max-rate probe {middle}/s: achieved {run.achieved:.0f}/s, p50 {run.p50_ms:.1f} ms, "
             f"p99 {run.p99_ms:.1f} ms, errors {run.errors}, late {run.late} -> {'held' if held(run) else 'not held'}",
             flush=True,
         )
@@ -466,7 +485,7 @@ async def measure_rate(bench: Bench, rate: int, seconds: float, repeats: int, sm
             # Errors are a result past saturation, but a broken path must fail CI's smoke run.
             assert run.errors == 0 or not smoke, f"{run.errors} errors: {run}"
             if path == "ai":  # every AI request was metered (its metrics count it)
-                assert run.extproc_requests >= run.requests - run.errors, run
+                assert run.metered_requests >= run.requests - run.errors, run
             runs.append(run)
             print(run_row(run), flush=True)
     return result
@@ -488,8 +507,8 @@ async def main() -> None:
     parser.add_argument("--rates", type=int, nargs="+", default=[100, 500, 1000])
     parser.add_argument("--seconds", type=float, default=15.0, help="per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per rate and path, alternating the paths")
-    parser.add_argument("--max-rate", action="store_true", help="bisect the AI path's max rate with p99 < 50 ms")
-    parser.add_argument("--max-rate-range", type=int, nargs=2, default=[100, 2000], metavar=("LOW", "HIGH"))
+    parser.add_argument("--max-rate", action="store_true", help="bisect each path's max rate with p99 < 50 ms")
+    parser.add_argument("--max-rate-range", type=int, nargs=2, default=[100, 12000], metavar=("LOW", "HIGH"))
     parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of serve at --profile-rate to FILE")
     parser.add_argument("--profile-rate", type=int, default=TARGET_RATE)
     parser.add_argument("--smoke", action="store_true", help="CI: one short run per path at 50 requests/s")
@@ -519,9 +538,13 @@ async def main() -> None:
             if args.max_rate:
                 low, high = args.max_rate_range
                 step = max(25, (high - low) // 32)
-                best, _ = await max_rate(bench, low, high, args.seconds, step)
-                found = f"{best:,}" if high - best > step else f">= {best:,} (raise --max-rate-range)"
-                print(f"\nAI path: max rate with p99 < {P99_LIMIT_MS:.0f} ms: {found} requests/s", flush=True)
+                best = {}
+                for path in ("plain", "ai"):
+                    best[path], _ = await max_rate(bench, path, low, high, args.seconds, step)
+                for path, rate in best.items():
+                    found = f"{rate:,}" if high - rate > step else f">= {rate:,} (raise --max-rate-range)"
+                    print(f"\n{path} path: max rate with p99 < {P99_LIMIT_MS:.0f} ms: {found} requests/s", flush=True)
+                print(f"AI / plain max rate: {best['ai'] / best['plain']:.2f}", flush=True)
             if args.profile is not None:
                 await profile_run(bench, args.profile_rate, args.seconds, args.profile)
         finally:

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from testing.ports import free_port
 from testing.processes import Serve
 from testing.sims import b64, start_testupstream
 from testing.web import SECONDS, Response, eventually, http_get, metric, request
+from translators.xds.ai_listener import USAGE_LOG_FLUSH
 
 UPSTREAMS = {"a": "127.0.7.1", "b": "127.0.7.2"}
 BUFFER_LIMIT = 1024 * 1024
@@ -73,6 +75,22 @@ class AiGateway:
         status, text = http_get(f"http://127.0.0.1:{self.admin_port}/metrics")
         assert status == 200
         return text
+
+    def settled_metrics(self) -> str:
+        """The metrics once earlier requests have all been recorded: Envoy sends its usage log in batches, a flush
+        interval apart, so two reads that far apart agree."""
+
+        def genai() -> tuple[str, list[str]]:
+            text = self.metrics()
+            return text, [line for line in text.splitlines() if line.startswith("gen_ai_")]
+
+        _, previous = genai()
+        while True:
+            time.sleep(2 * USAGE_LOG_FLUSH.nanos / 1e9)
+            text, current = genai()
+            if current == previous:
+                return text
+            previous = current
 
     def access_log(self, path: str) -> dict[str, Any] | None:
         """The access log entry of the request to `path` (Envoy writes its stdout in batches)."""
@@ -129,6 +147,19 @@ def test_a_destination_endpoint_header_never_reaches_its_address(ai: AiGateway) 
     response = ai.chat("model-a", headers)
     assert response.status_code == 200, response.text
     assert response.headers["x-testupstream-id"] == "a"
+
+
+def test_no_ext_proc_stream_is_opened_but_for_streamed_answers(ai: AiGateway) -> None:
+    """Envoy routes by model and reads JSON usage itself: only a request asking for a stream opens an ext_proc
+    stream (stream metering, on the response). Envoy's own ext_proc stats say so."""
+    started = asyncio.run(ai.envoy.stat_total("ext_proc.streams_started"))
+    for model in ("model-a", "model-b", "model-a"):
+        assert ai.chat(model).status_code == 200
+    assert ai.post("/v1/chat/completions", b'{"model": "no-such-model"}').status_code == 404
+    assert asyncio.run(ai.envoy.stat_total("ext_proc.streams_started")) == started
+    body = json.dumps({"model": "model-a", "stream": True, "messages": []}).encode()
+    assert ai.post("/v1/chat/completions", body, {"x-sse-gap-ms": "0"}).status_code == 200
+    assert asyncio.run(ai.envoy.stat_total("ext_proc.streams_started")) == started + 1
 
 
 # --- the error contract ---
@@ -193,7 +224,8 @@ def test_models_lists_the_gateway_models_for_the_requested_host(ai: AiGateway) -
 
 def test_streamed_usage_reaches_the_metrics_and_the_access_log(ai: AiGateway) -> None:
     labels = {"gen_ai_request_model": "model-b", "backend": "aiservicebackend/default/b", "gen_ai_token_type": "output"}
-    before = metric(ai.metrics(), "gen_ai_client_token_usage_sum", **labels)
+    before = ai.settled_metrics()
+    before = metric(before, "gen_ai_client_token_usage_sum", **labels)
     ttft_before = metric(ai.metrics(), "gen_ai_server_time_to_first_token_count", gen_ai_request_model="model-b")
     path = "/v1/chat/completions?case=streamed-usage"
     body = json.dumps({"model": "model-b", "stream": True, "messages": []}).encode()

@@ -64,6 +64,7 @@ SERVICE_PEERS: Mapping[str, frozenset[str]] = {
         {"xds_server.extproc.protocol", "xds_server.extproc.sse", "xds_server.extproc.telemetry"}
     ),
     "xds_server.extproc.upstream": frozenset({"xds_server.extproc.protocol"}),
+    "xds_server.extproc.usage_log": frozenset({"xds_server.extproc.telemetry"}),
     "xds_server.epp": frozenset({"xds_server.extproc.protocol"}),
     "xds_server.sources": frozenset(),
     "xds_server.sim": frozenset(),

@@ -1,18 +1,22 @@
-"""Usage metering per message (responses only: headers with Envoy's attributes, then the body when asked for), its SSE
-parser, when a request started, and the ext_proc server's dispatch of streams by their initial metadata."""
+"""Usage metering: stream metering per message (responses only: headers with Envoy's attributes, then an event
+stream's chunks), its SSE parser, when a request started; the usage log (an access log entry -> GenAI metrics, from
+hand-built entries and over real gRPC); and the ext_proc server's dispatch of streams by their initial metadata."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+import math
+from collections.abc import AsyncIterator, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import orjson
 import pytest
 from envoy.config.core.v3 import base_pb2
+from envoy.data.accesslog.v3 import accesslog_pb2
+from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
@@ -20,27 +24,32 @@ from prometheus_client import REGISTRY
 from testing.ports import free_port
 from translators.ir import TranslateOptions
 from translators.xds.names import (
-    BACKEND_ATTRIBUTE,
-    CLUSTER_ATTRIBUTE,
     EXTPROC_ATTRIBUTES_KEY,
     METERING_METADATA_NAMESPACE,
-    MODEL_ATTRIBUTE,
+    MODEL_HEADER,
     PATH_ATTRIBUTE,
     PICKER_POOL_METADATA,
     REQUEST_TIME_ATTRIBUTE,
+    STREAM_HEADER,
     UPSTREAM_SETTINGS_METADATA,
+    USAGE_LOG_NAME,
+    USAGE_METADATA_KEYS,
 )
 from xds_server.control_plane import ControlPlane
-from xds_server.extproc.metering import BUFFER_RESPONSE_BODY, STREAM_RESPONSE_BODY, MeteringStream, request_started
+from xds_server.extproc import telemetry
+from xds_server.extproc.metering import STREAM_RESPONSE_BODY, MeteringStream, request_started
 from xds_server.extproc.protocol import CONTINUE_RESPONSE_BODY, PASS_THROUGH, Mode
 from xds_server.extproc.sse import SseParser, Usage
 from xds_server.extproc.upstream import NO_SETTINGS
+from xds_server.extproc.usage_log import UsageEntry
 from xds_server.serve import start_extproc
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.streams import ClientRegistry
 
 BACKEND = "aiservicebackend/default/a"
+CLUSTER = "aigatewayroute/default/r/rule/0"
 CHAT = "/v1/chat/completions"
+OPENAI_PATHS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
 # The wall clock when the response headers arrive, and Envoy's `request.time` a quarter second before, as it sends
 # it (the e2e run's real value looked like "2026-12-05T12:39:42.377263+00:00").
 HEADERS_AT = datetime(2026, 12, 5, 12, 0, 0, 500000, tzinfo=UTC).timestamp()
@@ -76,21 +85,9 @@ def headers(*pairs: tuple[str, str], end_of_stream: bool = False) -> pb.HttpHead
     return pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=values), end_of_stream=end_of_stream)
 
 
-def attributes(
-    model: str | None = "model-a",
-    path: str | None = CHAT,
-    backend: str | None = BACKEND,
-    cluster: str | None = BACKEND,
-    time: str | None = REQUEST_TIME,
-) -> dict[str, struct_pb2.Struct]:
-    """The response attributes Envoy sends usage metering; None leaves one out (Envoy omits what it cannot read)."""
-    values = {
-        MODEL_ATTRIBUTE: model,
-        PATH_ATTRIBUTE: path,
-        BACKEND_ATTRIBUTE: backend,
-        CLUSTER_ATTRIBUTE: cluster,
-        REQUEST_TIME_ATTRIBUTE: time,
-    }
+def attributes(path: str | None = CHAT, time: str | None = REQUEST_TIME) -> dict[str, struct_pb2.Struct]:
+    """The response attributes Envoy sends stream metering; None leaves one out (Envoy omits what it cannot read)."""
+    values = {PATH_ATTRIBUTE: path, REQUEST_TIME_ATTRIBUTE: time}
     found = struct_pb2.Struct()
     found.update({k: v for k, v in values.items() if v is not None})
     return {EXTPROC_ATTRIBUTES_KEY: found}
@@ -115,57 +112,56 @@ def response_body(body: bytes, end_of_stream: bool) -> pb.ProcessingRequest:
 
 
 def metadata(response: pb.ProcessingResponse) -> dict[str, object]:
-    """What the access log gets (numbers come back as floats: 7.0 == 7)."""
+    """What the access and usage logs get (numbers come back as floats: 7.0 == 7)."""
     if METERING_METADATA_NAMESPACE not in response.dynamic_metadata.fields:
         return {}
     fields = response.dynamic_metadata.fields[METERING_METADATA_NAMESPACE].struct_value.fields
     return {k: v.string_value if v.WhichOneof("kind") == "string_value" else v.number_value for k, v in fields.items()}
 
 
-def sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+# --- the GenAI metrics, read before and after: the registry is global, so tests compare deltas ---
+
+GEN_AI_METRICS = {
+    "gen_ai_server_request_duration": "duration",
+    "gen_ai_client_token_usage": "tokens",
+    "gen_ai_server_time_to_first_token": "ttft",
+    "gen_ai_server_time_per_output_token": "tpot",
+}
+Series = tuple[str, tuple[str, ...]]  # ("duration_count", the label values in telemetry.LABELS order [+ token type])
+
+
+def gen_ai_samples() -> dict[Series, float]:
+    """Every _count and _sum sample of every GenAI histogram, whatever its labels."""
+    found: dict[Series, float] = {}
+    for family in REGISTRY.collect():
+        short = GEN_AI_METRICS.get(family.name)
+        if short is None:
+            continue
+        for sample in family.samples:
+            suffix = sample.name.removeprefix(family.name)
+            if suffix in ("_count", "_sum"):
+                values = tuple(sample.labels[label] for label in telemetry.LABELS)
+                if "gen_ai_token_type" in sample.labels:
+                    values += (sample.labels["gen_ai_token_type"],)
+                found[(short + suffix, values)] = sample.value
+    return found
+
+
+class Metrics:
+    """What moved since it was made, in every series of the GenAI metrics (so a wrong label set shows too)."""
+
+    def __init__(self) -> None:
+        self.before = gen_ai_samples()
+
+    def delta(self) -> dict[Series, float]:
+        after = gen_ai_samples()
+        return {key: value - self.before.get(key, 0.0) for key, value in after.items() if value != self.before.get(key)}
 
 
 def labels(
-    model: str, response_model: str, operation: str = "chat", error_type: str = "", backend: str = BACKEND
-) -> dict[str, str]:
-    return {
-        "gen_ai_operation_name": operation,
-        "gen_ai_request_model": model,
-        "gen_ai_response_model": response_model,
-        "backend": backend,
-        "error_type": error_type,
-    }
-
-
-class Samples:
-    """Histogram samples of one label set, read before and after: the registry is global, so tests compare deltas."""
-
-    NAMES = (
-        "gen_ai_server_request_duration_count",
-        "gen_ai_server_request_duration_sum",
-        "gen_ai_server_time_to_first_token_count",
-        "gen_ai_server_time_to_first_token_sum",
-        "gen_ai_server_time_per_output_token_count",
-        "gen_ai_server_time_per_output_token_sum",
-    )
-
-    def __init__(self, **found: str) -> None:
-        self.labels = found
-        self.before = self.read()
-
-    def read(self) -> dict[str, float]:
-        values = {name: sample(name, **self.labels) for name in self.NAMES}
-        for token_type in ("input", "output"):
-            for suffix in ("count", "sum"):
-                name = f"gen_ai_client_token_usage_{suffix}"
-                values[f"{name}/{token_type}"] = sample(name, **self.labels, gen_ai_token_type=token_type)
-        return values
-
-    def delta(self) -> dict[str, float]:
-        """Only what changed."""
-        after = self.read()
-        return {name: after[name] - self.before[name] for name in after if after[name] != self.before[name]}
+    model: str, response_model: str, backend: str = BACKEND, error_type: str = "", operation: str = "chat"
+) -> tuple[str, ...]:
+    return (operation, model, response_model, backend, error_type)
 
 
 # --- when a request started ---
@@ -203,84 +199,18 @@ def test_no_attributes_at_all_start_now() -> None:
     assert request_started({}, HEADERS_AT, 500.0) == 500.0
 
 
-# --- answers that are read ---
-
-
-def test_a_json_answer_is_buffered_and_its_usage_counted() -> None:
-    clock = Clock()
-    stream = metering(clock)
-    counted = Samples(**labels("model-a", "model-a-0613"))
-    reply = stream.process(response_headers(200, "application/json; charset=utf-8"))
-    assert reply == BUFFER_RESPONSE_BODY
-    assert reply.WhichOneof("response") == "response_headers"
-    assert reply.mode_override.response_body_mode == Mode.BUFFERED
-    clock.advance(0.5)
-    usage = {"prompt_tokens": 7, "completion_tokens": 11, "total_tokens": 18}
-    reply = stream.process(response_body(orjson.dumps({"model": "model-a-0613", "usage": usage}), True))
-    assert reply.WhichOneof("response") == "response_body" and not reply.HasField("mode_override")
-    assert metadata(reply) == {
-        "backend": BACKEND,
-        "response_model": "model-a-0613",
-        "input_tokens": 7,
-        "output_tokens": 11,
-        "total_tokens": 18,
-    }
-    recorded = counted.delta()
-    delta = dict(recorded)
-    # From request.time (a quarter second before the headers) to the body: 0.75 s.
-    assert delta.pop("gen_ai_server_request_duration_sum") == pytest.approx(0.75, abs=1e-5)
-    assert delta == {
-        "gen_ai_server_request_duration_count": 1,
-        "gen_ai_client_token_usage_count/input": 1,
-        "gen_ai_client_token_usage_sum/input": 7,
-        "gen_ai_client_token_usage_count/output": 1,
-        "gen_ai_client_token_usage_sum/output": 11,
-    }  # no time to first token: the body came in one piece
-    assert stream.finished
-    stream.record()  # the handler's `finally` records again when the stream ends: nothing more is counted
-    assert counted.delta() == recorded
-
-
-@pytest.mark.parametrize(
-    ("path", "operation"),
-    [
-        ("/v1/chat/completions", "chat"),
-        ("/v1/completions", "text_completion"),
-        ("/v1/embeddings", "embeddings"),
-    ],
-)
-def test_the_labels_are_the_operation_of_the_path_and_the_model_envoy_routed_on(path: str, operation: str) -> None:
-    """The request model is the x-ai-eg-model header Envoy routed on (the body's `model`), not the response's."""
-    model = f"routed-{operation}"
-    backend = "aiservicebackend/default/b"
-    counted = Samples(**labels(model, "served-as", operation, backend=backend))
-    stream = metering()
-    stream.process(response_headers(200, "application/json", found=attributes(model, path, backend, "cluster-b")))
-    reply = stream.process(response_body(b'{"model": "served-as", "usage": {"prompt_tokens": 4}}', True))
-    assert metadata(reply) == {"backend": backend, "response_model": "served-as", "input_tokens": 4, "total_tokens": 4}
-    delta = counted.delta()
-    assert delta["gen_ai_server_request_duration_count"] == 1
-    assert delta["gen_ai_client_token_usage_sum/input"] == 4
-    assert "gen_ai_client_token_usage_count/output" not in delta  # embeddings-style usage: no completion tokens
-
-
-def test_the_cluster_names_the_backend_when_no_endpoint_metadata_does() -> None:
-    counted = Samples(**labels("model-c", "", error_type="503", backend="cluster-only"))
-    stream = metering()
-    only_cluster = attributes("model-c", backend=None, cluster="cluster-only")
-    reply = stream.process(response_headers(503, "application/json", found=only_cluster))
-    assert metadata(reply) == {"backend": "cluster-only"}
-    delta = counted.delta()
-    assert delta.pop("gen_ai_server_request_duration_sum") == pytest.approx(0.25, abs=1e-5)
-    assert delta == {"gen_ai_server_request_duration_count": 1}
+# --- event streams: read chunk by chunk ---
 
 
 def test_an_event_stream_is_streamed_chunk_by_chunk_and_keeps_the_last_usage() -> None:
     clock = Clock()
     stream = metering(clock)
-    counted = Samples(**labels("model-s", "model-s-1"))
-    reply = stream.process(response_headers(200, "text/event-stream; charset=utf-8", found=attributes("model-s")))
-    assert reply == STREAM_RESPONSE_BODY and reply.mode_override.response_body_mode == Mode.STREAMED
+    moved = Metrics()
+    reply = stream.process(response_headers(200, "text/event-stream; charset=utf-8"))
+    assert reply == STREAM_RESPONSE_BODY
+    assert reply.WhichOneof("response") == "response_headers"
+    assert reply.mode_override.response_body_mode == Mode.STREAMED
+    assert not reply.dynamic_metadata.fields  # nothing to say yet
     events = (
         b'data: {"model":"model-s-1","choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
         b'data: {"model":"model-s-1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}\n\n'
@@ -289,48 +219,105 @@ def test_an_event_stream_is_streamed_chunk_by_chunk_and_keeps_the_last_usage() -
     )
     clock.advance(0.25)
     assert stream.process(response_body(b"", False)) == CONTINUE_RESPONSE_BODY  # an empty chunk is no token yet
-    first_at = 0.0
     for index in range(0, len(events), 7):
         clock.advance(0.25)
-        first_at = first_at or clock.now
         assert stream.process(response_body(events[index : index + 7], False)) == CONTINUE_RESPONSE_BODY
-        assert not stream.finished
-    assert counted.delta() == {}  # nothing is recorded before the end of the body
+        assert not stream.ended
     clock.advance(0.1)
     final = stream.process(response_body(b"", True))
-    assert final.WhichOneof("response") == "response_body"
+    assert final.WhichOneof("response") == "response_body" and not final.HasField("mode_override")
+    # The first chunk came half a second after the headers, which came a quarter second after request.time.
     assert metadata(final) == {
-        "backend": BACKEND,
         "response_model": "model-s-1",
         "input_tokens": 3,
         "output_tokens": 21,
         "total_tokens": 24,
+        "first_token_ms": 750,
     }
-    delta = counted.delta()
-    started = 100.0 - 0.25  # request.time is a quarter second before the headers
-    assert delta["gen_ai_server_time_to_first_token_count"] == 1
-    assert delta["gen_ai_server_time_to_first_token_sum"] == pytest.approx(first_at - started, abs=1e-5)
-    assert delta["gen_ai_server_time_per_output_token_count"] == 1
-    per_token = (clock.now - first_at) / (21 - 1)  # the tokens after the first, over the time after the first chunk
-    assert delta["gen_ai_server_time_per_output_token_sum"] == pytest.approx(per_token, abs=1e-5)
-    assert delta["gen_ai_server_request_duration_sum"] == pytest.approx(clock.now - started, abs=1e-5)
-    assert (delta["gen_ai_client_token_usage_sum/input"], delta["gen_ai_client_token_usage_sum/output"]) == (3, 21)
-    assert delta["gen_ai_client_token_usage_count/output"] == 1  # the last usage only, not one per usage event
+    assert set(metadata(final)) <= set(USAGE_METADATA_KEYS)
+    assert stream.ended
+    assert moved.delta() == {}  # stream metering records no metric: the usage log does, from the access log entry
 
 
-def test_a_stream_of_one_output_token_has_no_time_per_output_token() -> None:
-    counted = Samples(**labels("model-one", "model-one"))
+@pytest.mark.parametrize("path", OPENAI_PATHS)
+def test_an_event_stream_on_any_openai_path_is_streamed(path: str) -> None:
+    reply = metering().process(response_headers(200, "text/event-stream", found=attributes(path)))
+    assert reply == STREAM_RESPONSE_BODY
+
+
+def test_without_request_time_the_first_token_is_timed_from_the_response_headers() -> None:
+    clock = Clock()
+    stream = metering(clock)
+    stream.process(response_headers(200, "text/event-stream", found=attributes(time=None)))
+    clock.advance(0.4006)
+    stream.process(response_body(b'data: {"model":"m"}\n\n', False))
+    clock.advance(3.0)
+    assert metadata(stream.process(response_body(b"", True))) == {"response_model": "m", "first_token_ms": 401}
+
+
+def test_a_stream_without_usage_says_its_model_and_first_token_only() -> None:
+    clock = Clock()
+    stream = metering(clock)
+    stream.process(response_headers(200, "text/event-stream"))
+    clock.advance(0.05)
+    stream.process(response_body(b'data: {"model":"m-1","choices":[{"delta":{}}]}\n\n', False))
+    found = metadata(stream.process(response_body(b"data: [DONE]\n\n", True)))
+    assert found == {"response_model": "m-1", "first_token_ms": 300}
+
+
+def test_an_event_stream_with_an_empty_body_says_nothing() -> None:
     stream = metering()
-    stream.process(response_headers(200, "text/event-stream", found=attributes("model-one")))
-    usage = b'data: {"model":"model-one","usage":{"prompt_tokens":2,"completion_tokens":1}}\n\n'
-    stream.process(response_body(usage, False))
-    stream.process(response_body(b"data: [DONE]", True))  # the last event never got its blank line
-    delta = counted.delta()
-    assert delta["gen_ai_server_time_to_first_token_count"] == 1
-    assert "gen_ai_server_time_per_output_token_count" not in delta
+    stream.process(response_headers(200, "text/event-stream"))
+    final = stream.process(response_body(b"", True))
+    assert final.WhichOneof("response") == "response_body" and metadata(final) == {}
+    assert stream.ended
 
 
-# --- answers that are not read ---
+def test_an_unterminated_last_event_counts_at_the_end_of_the_body() -> None:
+    """The last event's blank line never came, and its data line was cut between the last two chunks."""
+    stream = metering()
+    stream.process(response_headers(200, "text/event-stream"))
+    stream.process(response_body(b'data: {"model":"m-u","usage":{"prompt_tokens":1,"completion_tokens":1}}\n\n', False))
+    stream.process(response_body(b'data: {"model":"m-u","usage":{"prompt_tokens":2,', False))
+    final = stream.process(response_body(b'"completion_tokens":9}}', True))
+    found = metadata(final)
+    assert (found["input_tokens"], found["output_tokens"], found["total_tokens"]) == (2, 9, 11)
+
+
+def test_trailers_end_an_answer_whose_body_never_said_end_of_stream() -> None:
+    stream = metering()
+    stream.process(response_headers(200, "text/event-stream"))
+    stream.process(response_body(b'data: {"model":"m-t","usage":{"prompt_tokens":3,"completion_tokens":4}}', False))
+    final = stream.process(pb.ProcessingRequest(response_trailers=pb.HttpTrailers()))
+    assert final.WhichOneof("response") == "response_trailers"
+    assert (metadata(final)["input_tokens"], metadata(final)["output_tokens"]) == (3, 4)
+
+
+def test_end_reads_an_unterminated_event_once() -> None:
+    stream = metering()
+    stream.process(response_headers(200, "text/event-stream"))
+    stream.process(response_body(b'data: {"model":"m-e","usage":{"prompt_tokens":4,"completion_tokens":6}}', False))
+    assert stream.metadata() == {"first_token_ms": 250} and not stream.ended  # not read yet: the event may go on
+    stream.end()
+    assert (stream.usage.input_tokens, stream.usage.output_tokens, stream.ended) == (4, 6, True)
+    assert stream.parser is not None and stream.parser.finish() == []  # nothing left over
+    stream.end()
+    assert stream.metadata() == {
+        "response_model": "m-e",
+        "input_tokens": 4,
+        "output_tokens": 6,
+        "total_tokens": 10,
+        "first_token_ms": 250,
+    }
+
+
+def test_end_without_an_event_stream_is_a_no_op() -> None:
+    stream = metering()
+    stream.end()
+    assert stream.ended and stream.metadata() == {}
+
+
+# --- answers that are not read: Envoy reads JSON answers itself (json_to_metadata) ---
 
 
 @pytest.mark.parametrize(
@@ -338,56 +325,39 @@ def test_a_stream_of_one_output_token_has_no_time_per_output_token() -> None:
     [
         (500, "application/json", (), False),
         (429, "text/event-stream", (), False),
-        (404, "application/json", (), False),
+        (404, "text/event-stream", (), False),
+        (201, "text/event-stream", (), False),
+        (200, "application/json", (), False),
+        (200, "application/json; charset=utf-8", (), False),
         (200, "text/plain", (), False),
         (200, None, (), False),
-        (200, "application/json", (("content-encoding", "gzip"),), False),
+        (200, "text/event-stream", (("content-encoding", "gzip"),), False),
         (200, "text/event-stream", (("content-encoding", "br"),), False),
-        (200, "application/json", (), True),  # HEAD, or a 200 without a body
+        (200, "text/event-stream", (), True),  # HEAD, or a 200 without a body
     ],
-    ids=["500", "429-stream", "404", "text", "no-type", "gzip-json", "br-stream", "no-body"],
-)
-def test_other_answers_pass_unread_and_finish_at_their_headers(
+    ids=["500", "429-stream", "404-stream", "201-stream", "json", "json-charset", "text", "no-type", "gzip-stream",
+         "br-stream", "no-body"],
+)  # fmt: skip
+def test_other_answers_finish_at_their_headers_with_nothing_to_say(
     status: int, content_type: str | None, extra: tuple[tuple[str, str], ...], end_of_stream: bool
 ) -> None:
-    error_type = "" if status == 200 else str(status)
-    counted = Samples(**labels("model-e", "", error_type=error_type))
+    moved = Metrics()
     stream = metering()
-    found = attributes("model-e")
-    reply = stream.process(response_headers(status, content_type, *extra, end_of_stream=end_of_stream, found=found))
-    assert reply.WhichOneof("response") == "response_headers" and not reply.HasField("mode_override")
-    assert metadata(reply) == {"backend": BACKEND}
-    assert stream.finished
-    delta = counted.delta()
-    assert delta["gen_ai_server_request_duration_count"] == 1
-    assert "gen_ai_client_token_usage_count/input" not in delta
-
-
-def test_a_reply_that_no_backend_gave_is_not_measured() -> None:
-    """Envoy's own answers (model_not_found, invalid_json...) have no upstream: no label set a client could grow."""
-    stream = metering()
-    before = sample("gen_ai_server_request_duration_count", **labels("unknown-model", "", error_type="404", backend=""))
-    no_backend = attributes("unknown-model", backend=None, cluster=None)
-    reply = stream.process(response_headers(404, "application/json", found=no_backend))
+    reply = stream.process(response_headers(status, content_type, *extra, end_of_stream=end_of_stream))
     assert reply.WhichOneof("response") == "response_headers" and not reply.HasField("mode_override")
     assert metadata(reply) == {}
-    assert not stream.finished
-    stream.record()
-    assert not stream.finished
-    after = sample("gen_ai_server_request_duration_count", **labels("unknown-model", "", error_type="404", backend=""))
-    assert after == before
+    assert stream.ended and stream.parser is None
+    # Envoy sends no body after that; were it to, the body would pass unread.
+    assert stream.process(response_body(b'{"usage":{"prompt_tokens":1}}', True)) == CONTINUE_RESPONSE_BODY
+    assert moved.delta() == {}
 
 
-@pytest.mark.parametrize("path", ["/v1/models", "/v1/responses", "/healthz", "/v1/chat/completions/", ""])
-def test_a_path_that_is_not_an_openai_operation_is_not_measured(path: str) -> None:
-    counted = Samples(**labels("model-p", "model-p", operation=""))
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/responses", "/healthz", "/v1/chat/completions/", "", None])
+def test_an_event_stream_on_a_path_that_is_not_an_openai_operation_is_not_read(path: str | None) -> None:
     stream = metering()
-    reply = stream.process(response_headers(200, "application/json", found=attributes("model-p", path or None)))
-    assert reply.WhichOneof("response") == "response_headers" and not reply.HasField("mode_override")  # not read
-    assert metadata(reply) == {"backend": BACKEND}
-    assert not stream.finished
-    stream.record()
-    assert counted.delta() == {}
+    reply = stream.process(response_headers(200, "text/event-stream", found=attributes(path)))
+    assert reply.WhichOneof("response") == "response_headers" and not reply.HasField("mode_override")
+    assert metadata(reply) == {} and stream.parser is None
 
 
 def test_messages_it_never_asks_for_are_answered_unchanged() -> None:
@@ -472,16 +442,18 @@ def test_any_split_of_an_event_stream_gives_the_same_events_and_last_usage(
 
 @given(split_streams())
 def test_any_split_of_an_event_stream_meters_the_same_last_usage(case: tuple[bytes, list[bytes], list[bytes]]) -> None:
-    """The same through MeteringStream, as Envoy hands it the chunks: the access log gets the last usage."""
+    """The same through MeteringStream, as Envoy hands it the chunks: the logs get the last usage."""
     stream_bytes, expected, pieces = case
-    stream = metering()
-    stream.process(response_headers(200, "text/event-stream", found=attributes("model-h")))
+    clock = Clock()
+    stream = metering(clock)
+    stream.process(response_headers(200, "text/event-stream"))
     for piece in pieces:
+        clock.advance(0.01)
         assert stream.process(response_body(piece, False)) == CONTINUE_RESPONSE_BODY
     found = metadata(stream.process(response_body(b"", True)))
     want = last_usage(expected)
     if want is None:
-        assert "input_tokens" not in found
+        assert "input_tokens" not in found and "output_tokens" not in found
     else:
         total = want.get("total_tokens", want["prompt_tokens"] + want["completion_tokens"])
         assert (found["input_tokens"], found["output_tokens"], found["total_tokens"]) == (
@@ -489,7 +461,11 @@ def test_any_split_of_an_event_stream_meters_the_same_last_usage(case: tuple[byt
             want["completion_tokens"],
             total,
         )
-    assert stream.finished and bool(stream_bytes) == (stream.first_chunk_at is not None)
+    assert stream.ended
+    # The first non-empty piece is the first token: 10 ms per piece, after the 250 ms before the headers.
+    first = next((i for i, piece in enumerate(pieces) if piece), None)
+    assert found.get("first_token_ms") == (None if first is None else 250 + 10 * (first + 1))
+    assert bool(stream_bytes) == ("first_token_ms" in found)
 
 
 def test_multi_line_data_and_an_unterminated_last_event() -> None:
@@ -500,7 +476,265 @@ def test_multi_line_data_and_an_unterminated_last_event() -> None:
     assert parser.finish() == []
 
 
-# --- the gRPC server: dispatch by stream metadata ---
+# --- the usage log: an access log entry -> GenAI metrics ---
+
+TWO_AND_A_HALF_SECONDS = duration_pb2.Duration(seconds=2, nanos=500_000_000)
+
+
+def log_entry(
+    path: str = CHAT,
+    status: int | None = 200,
+    backend: str | None = BACKEND,
+    cluster: str = CLUSTER,
+    model: str | None = "model-a",
+    stream: str | None = None,
+    duration: duration_pb2.Duration | None = TWO_AND_A_HALF_SECONDS,
+    usage: Mapping[str, object] | None = None,
+) -> accesslog_pb2.HTTPAccessLogEntry:
+    """An entry as Envoy's http_grpc access log sends it with the usage log's config; None leaves a part out."""
+    entry = accesslog_pb2.HTTPAccessLogEntry()
+    common = entry.common_properties
+    common.upstream_cluster = cluster
+    if backend is not None:
+        common.custom_tags["backend"] = backend
+    if duration is not None:
+        common.time_to_last_downstream_tx_byte.CopyFrom(duration)
+        common.duration.CopyFrom(duration)
+    if usage is not None:
+        common.metadata.filter_metadata[METERING_METADATA_NAMESPACE].update(usage)
+    entry.request.path = path
+    entry.request.request_method = base_pb2.POST
+    if model is not None:
+        entry.request.request_headers[MODEL_HEADER] = model
+    if stream is not None:
+        entry.request.request_headers[STREAM_HEADER] = stream
+    if status is not None:
+        entry.response.response_code.value = status
+    return entry
+
+
+FULL_USAGE = {
+    "response_model": "model-a-0613",
+    "input_tokens": 7,
+    "output_tokens": 11,
+    "total_tokens": 18,
+    "first_token_ms": 300,
+}
+
+
+def test_an_entry_says_what_was_routed_where_when_and_what_it_used() -> None:
+    entry = log_entry(model="model-a", stream="true", usage=FULL_USAGE)
+    assert UsageEntry.of(entry) == UsageEntry(
+        operation="chat",
+        model="model-a",
+        response_model="model-a-0613",
+        backend=BACKEND,
+        status=200,
+        stream=True,
+        duration=2.5,
+        input_tokens=7,
+        output_tokens=11,
+        first_token=0.3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "operation"),
+    [
+        ("/v1/chat/completions", "chat"),
+        ("/v1/completions", "text_completion"),
+        ("/v1/embeddings", "embeddings"),
+        ("/v1/chat/completions?api-version=2024-10-21", "chat"),
+        ("/v1/embeddings?", "embeddings"),
+        ("/v1/completions?x=/v1/chat/completions", "text_completion"),
+    ],
+)
+def test_the_operation_is_the_path_without_its_query(path: str, operation: str) -> None:
+    found = UsageEntry.of(log_entry(path=path))
+    assert found is not None and found.operation == operation
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/models", "/v1/responses", "/healthz", "/v1/chat/completions/", "", "?/v1/chat/completions", "/"]
+)
+def test_an_entry_on_a_path_that_is_not_an_openai_operation_is_none(path: str) -> None:
+    assert UsageEntry.of(log_entry(path=path)) is None
+
+
+def test_an_entry_no_backend_or_cluster_answered_is_none() -> None:
+    """Envoy's own answers (model_not_found, invalid_json... direct responses) have neither: no label set a client
+    could grow."""
+    assert UsageEntry.of(log_entry(backend=None, cluster="")) is None
+    assert UsageEntry.of(log_entry(backend="", cluster="")) is None
+
+
+def test_an_entry_without_any_timing_is_none() -> None:
+    assert UsageEntry.of(log_entry(duration=None, usage=FULL_USAGE)) is None
+
+
+def test_an_answer_the_client_left_before_its_end_is_timed_by_the_stream() -> None:
+    """No last byte sent to the client (it went away mid-answer): the request's own duration times it."""
+    entry = log_entry(duration=None, usage=FULL_USAGE)
+    entry.common_properties.duration.CopyFrom(duration_pb2.Duration(seconds=1, nanos=500_000_000))
+    found = UsageEntry.of(entry)
+    assert found is not None and found.duration == 1.5 and found.output_tokens == 11
+
+
+def test_the_backend_is_the_endpoints_and_the_cluster_only_when_there_is_none() -> None:
+    tagged = UsageEntry.of(log_entry(backend="aiservicebackend/default/b", cluster="cluster-x"))
+    assert tagged is not None and tagged.backend == "aiservicebackend/default/b"
+    untagged = UsageEntry.of(log_entry(backend=None, cluster="cluster-x"))
+    assert untagged is not None and untagged.backend == "cluster-x"
+    empty_tag = UsageEntry.of(log_entry(backend="", cluster="cluster-x"))
+    assert empty_tag is not None and empty_tag.backend == "cluster-x"
+
+
+@pytest.mark.parametrize(("value", "streamed"), [("true", True), ("false", False), (None, False), ("", False)])
+def test_the_stream_flag_is_the_bodys_stream_as_envoy_rendered_it(value: str | None, streamed: bool) -> None:
+    found = UsageEntry.of(log_entry(stream=value))
+    assert found is not None and found.stream is streamed
+
+
+def test_an_entry_without_usage_or_model_has_none_of_them() -> None:
+    """A refused or failed answer (no usage metadata), a request Envoy routed without a model header."""
+    found = UsageEntry.of(log_entry(status=503, model=None, usage=None))
+    assert found == UsageEntry(
+        operation="chat",
+        model="",
+        response_model="",
+        backend=BACKEND,
+        status=503,
+        stream=False,
+        duration=2.5,
+        input_tokens=None,
+        output_tokens=None,
+        first_token=None,
+    )
+
+
+def test_usage_values_of_the_wrong_kind_are_left_out() -> None:
+    """json_to_metadata writes numbers as doubles; anything else under a token key is no count."""
+    odd = {"input_tokens": "7", "output_tokens": True, "first_token_ms": None}
+    found = UsageEntry.of(log_entry(usage=odd))
+    assert found is not None
+    assert (found.input_tokens, found.output_tokens, found.first_token) == (None, None, None)
+    doubles = UsageEntry.of(log_entry(usage={"input_tokens": 7.0, "output_tokens": 11.0, "first_token_ms": 1250.0}))
+    assert doubles is not None
+    assert (doubles.input_tokens, doubles.output_tokens, doubles.first_token) == (7, 11, 1.25)
+
+
+def test_counts_that_are_not_counts_are_left_out() -> None:
+    found = UsageEntry.of(log_entry(usage={"input_tokens": math.nan, "output_tokens": -3, "first_token_ms": math.inf}))
+    assert found is not None
+    assert (found.input_tokens, found.output_tokens, found.first_token) == (None, None, None)
+
+
+def test_the_duration_is_the_time_to_the_last_byte_sent_to_the_client() -> None:
+    entry = log_entry(duration=duration_pb2.Duration(seconds=1, nanos=5_000_000))
+    entry.common_properties.duration.CopyFrom(duration_pb2.Duration(seconds=9))  # the whole stream: not this
+    found = UsageEntry.of(entry)
+    assert found is not None and found.duration == pytest.approx(1.005, abs=1e-12)
+
+
+def test_record_observes_duration_tokens_first_token_and_time_per_output_token() -> None:
+    moved = Metrics()
+    found = UsageEntry.of(log_entry(model="model-r", stream="true", usage={**FULL_USAGE, "response_model": "r-1"}))
+    assert found is not None
+    found.record()
+    series = labels("model-r", "r-1")
+    assert moved.delta() == pytest.approx(
+        {
+            ("duration_count", series): 1,
+            ("duration_sum", series): 2.5,
+            ("tokens_count", (*series, "input")): 1,
+            ("tokens_sum", (*series, "input")): 7,
+            ("tokens_count", (*series, "output")): 1,
+            ("tokens_sum", (*series, "output")): 11,
+            ("ttft_count", series): 1,
+            ("ttft_sum", series): 0.3,
+            ("tpot_count", series): 1,
+            ("tpot_sum", series): (2.5 - 0.3) / (11 - 1),  # the time after the first token, over the tokens after it
+        },
+        abs=1e-9,
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [(200, ""), (201, ""), (299, ""), (300, "300"), (404, "404"), (429, "429"), (503, "503"), (504, "504")],
+)
+def test_the_error_type_is_the_status_of_an_answer_that_is_not_2xx(status: int, error_type: str) -> None:
+    moved = Metrics()
+    found = UsageEntry.of(log_entry(status=status, model=f"model-{status}", usage=None))
+    assert found is not None
+    found.record()
+    series = labels(f"model-{status}", "", error_type=error_type)
+    assert moved.delta() == pytest.approx({("duration_count", series): 1, ("duration_sum", series): 2.5})
+
+
+def test_one_output_token_has_a_first_token_but_no_time_per_output_token() -> None:
+    moved = Metrics()
+    usage = {"response_model": "one", "input_tokens": 2, "output_tokens": 1, "first_token_ms": 100}
+    found = UsageEntry.of(log_entry(model="model-one", usage=usage))
+    assert found is not None
+    found.record()
+    delta = moved.delta()
+    series = labels("model-one", "one")
+    assert delta[("ttft_sum", series)] == pytest.approx(0.1)
+    assert {name for name, _ in delta} == {
+        "duration_count", "duration_sum", "tokens_count", "tokens_sum", "ttft_count", "ttft_sum"
+    }  # fmt: skip
+
+
+def test_without_a_first_token_there_is_no_ttft_nor_tpot() -> None:
+    """A JSON answer (json_to_metadata has no first_token_ms): its tokens, but no streaming timings."""
+    moved = Metrics()
+    usage = {"response_model": "json-1", "input_tokens": 5, "output_tokens": 40}
+    found = UsageEntry.of(log_entry(model="model-json", usage=usage))
+    assert found is not None
+    found.record()
+    series = labels("model-json", "json-1")
+    assert moved.delta() == pytest.approx(
+        {
+            ("duration_count", series): 1,
+            ("duration_sum", series): 2.5,
+            ("tokens_count", (*series, "input")): 1,
+            ("tokens_sum", (*series, "input")): 5,
+            ("tokens_count", (*series, "output")): 1,
+            ("tokens_sum", (*series, "output")): 40,
+        }
+    )
+
+
+def test_a_first_token_without_output_tokens_has_no_time_per_output_token() -> None:
+    moved = Metrics()
+    found = UsageEntry.of(log_entry(model="model-nout", usage={"first_token_ms": 20}))
+    assert found is not None
+    found.record()
+    series = labels("model-nout", "")
+    assert moved.delta() == pytest.approx(
+        {
+            ("duration_count", series): 1,
+            ("duration_sum", series): 2.5,
+            ("ttft_count", series): 1,
+            ("ttft_sum", series): 0.02,
+        }
+    )
+
+
+def test_a_first_token_after_the_last_byte_gives_no_negative_time_per_token() -> None:
+    """Clocks of two processes: stream metering's first token may seem later than Envoy's last byte."""
+    moved = Metrics()
+    usage = {"output_tokens": 5, "first_token_ms": 3000}
+    found = UsageEntry.of(log_entry(model="model-skew", usage=usage))
+    assert found is not None
+    found.record()
+    series = labels("model-skew", "")
+    delta = moved.delta()
+    assert delta[("tpot_count", series)] == 1 and delta[("tpot_sum", series)] == 0.0
+
+
+# --- the ext_proc gRPC server: the usage log, and dispatch by stream metadata ---
 
 
 @pytest.fixture
@@ -518,23 +752,84 @@ def requests(*messages: pb.ProcessingRequest) -> Iterator[pb.ProcessingRequest]:
     yield from messages
 
 
+def log_messages(*batches: list[accesslog_pb2.HTTPAccessLogEntry]) -> Iterator[als_pb2.StreamAccessLogsMessage]:
+    """One stream as Envoy sends it: the identifier on the first message only, then batches of entries."""
+    for index, batch in enumerate(batches):
+        message = als_pb2.StreamAccessLogsMessage(
+            http_logs=als_pb2.StreamAccessLogsMessage.HTTPAccessLogEntries(log_entry=batch)
+        )
+        if index == 0:
+            message.identifier.node.id = "envoy-1"
+            message.identifier.log_name = USAGE_LOG_NAME
+        yield message
+
+
+async def test_the_usage_log_records_exactly_what_its_entries_say(channel: grpc.aio.Channel) -> None:
+    stub = als_pb2_grpc.AccessLogServiceStub(channel)
+    moved = Metrics()
+    streamed = log_entry(
+        model="model-grpc",
+        stream="true",
+        duration=duration_pb2.Duration(seconds=3),
+        usage={"response_model": "grpc-1", "input_tokens": 4, "output_tokens": 21, "first_token_ms": 1000},
+    )
+    answered = log_entry(
+        path="/v1/embeddings?v=1",
+        model="model-grpc",
+        backend=None,
+        cluster="cluster-grpc",
+        duration=duration_pb2.Duration(nanos=200_000_000),
+        usage={"response_model": "grpc-1", "input_tokens": 9},
+    )
+    refused = log_entry(model="model-grpc", status=404, backend=None, cluster="")  # Envoy's own reply: not recorded
+    failed = log_entry(model="model-grpc", status=503, duration=duration_pb2.Duration(nanos=50_000_000))
+    unfinished = log_entry(model="model-grpc", duration=None, usage={"input_tokens": 99})  # client gone: not recorded
+    response = await stub.StreamAccessLogs(log_messages([streamed, answered], [refused, failed, unfinished]))
+    assert response == als_pb2.StreamAccessLogsResponse()
+    chat = labels("model-grpc", "grpc-1")
+    embeddings = labels("model-grpc", "grpc-1", backend="cluster-grpc", operation="embeddings")
+    failure = labels("model-grpc", "", error_type="503")
+    assert moved.delta() == pytest.approx(
+        {
+            ("duration_count", chat): 1,
+            ("duration_sum", chat): 3.0,
+            ("tokens_count", (*chat, "input")): 1,
+            ("tokens_sum", (*chat, "input")): 4,
+            ("tokens_count", (*chat, "output")): 1,
+            ("tokens_sum", (*chat, "output")): 21,
+            ("ttft_count", chat): 1,
+            ("ttft_sum", chat): 1.0,
+            ("tpot_count", chat): 1,
+            ("tpot_sum", chat): 0.1,
+            ("duration_count", embeddings): 1,
+            ("duration_sum", embeddings): 0.2,
+            ("tokens_count", (*embeddings, "input")): 1,
+            ("tokens_sum", (*embeddings, "input")): 9,
+            ("duration_count", failure): 1,
+            ("duration_sum", failure): 0.05,
+        },
+        abs=1e-9,
+    )
+
+
 async def test_streams_are_dispatched_by_their_initial_metadata(channel: grpc.aio.Channel) -> None:
     stub = external_processor_pb2_grpc.ExternalProcessorStub(channel)
 
-    # No metadata: usage metering, the default handler.
-    counted = Samples(**labels("model-g", "model-g"))
-    usage = b'{"model": "model-g", "usage": {"prompt_tokens": 2, "completion_tokens": 3}}'
-    metered = (response_headers(200, "application/json", found=attributes("model-g")), response_body(usage, True))
+    # No metadata: stream metering, the default handler. The request started a fifth of a second ago.
+    moved = Metrics()
+    started = (datetime.now(UTC) - timedelta(seconds=0.2)).isoformat()
+    metered = (
+        response_headers(200, "text/event-stream", found=attributes(time=started)),
+        response_body(b'data: {"model":"model-g","usage":{"prompt_tokens":2,"completion_tokens":3}}\n\n', False),
+        response_body(b"data: [DONE]\n\n", True),
+    )
     answers = [r async for r in stub.Process(requests(*metered))]
-    assert answers[0] == BUFFER_RESPONSE_BODY
-    assert metadata(answers[1]) == {
-        "backend": BACKEND,
-        "response_model": "model-g",
-        "input_tokens": 2,
-        "output_tokens": 3,
-        "total_tokens": 5,
-    }
-    assert counted.delta()["gen_ai_client_token_usage_sum/output"] == 3
+    assert answers[:2] == [STREAM_RESPONSE_BODY, CONTINUE_RESPONSE_BODY]
+    found = metadata(answers[2])
+    first_token_ms = found.pop("first_token_ms")
+    assert isinstance(first_token_ms, float) and 200 <= first_token_ms < 10_000
+    assert found == {"response_model": "model-g", "input_tokens": 2, "output_tokens": 3, "total_tokens": 5}
+    assert moved.delta() == {}
 
     # The picker's stream: headers pass, and the body is answered by the picker (this pool is unknown to it).
     picker = (
@@ -551,18 +846,15 @@ async def test_streams_are_dispatched_by_their_initial_metadata(channel: grpc.ai
     assert answers == [NO_SETTINGS]
 
 
-async def test_a_metered_stream_that_ends_before_its_last_body_still_counts(channel: grpc.aio.Channel) -> None:
-    """The client went away, or the response ended with trailers: what was seen is recorded when the stream ends."""
+async def test_a_metered_stream_that_ends_before_its_last_body_is_answered_and_records_nothing(
+    channel: grpc.aio.Channel,
+) -> None:
+    """The client went away, or the answer ended with trailers: every message was answered, and no metric is
+    recorded here (the usage log has no entry to record for an answer that never ended)."""
     stub = external_processor_pb2_grpc.ExternalProcessorStub(channel)
-    counted = Samples(**labels("model-gone", "model-gone"))
+    moved = Metrics()
     partial = b'data: {"model":"model-gone","usage":{"prompt_tokens":5,"completion_tokens":8}}\n\n'
-    messages = (
-        response_headers(200, "text/event-stream", found=attributes("model-gone")),
-        response_body(partial, False),
-    )
+    messages = (response_headers(200, "text/event-stream"), response_body(partial, False))
     answers = [r async for r in stub.Process(requests(*messages))]
     assert answers == [STREAM_RESPONSE_BODY, CONTINUE_RESPONSE_BODY]
-    delta = counted.delta()
-    assert delta["gen_ai_server_request_duration_count"] == 1
-    assert delta["gen_ai_client_token_usage_sum/output"] == 8
-    assert delta["gen_ai_server_time_to_first_token_count"] == 1
+    assert moved.delta() == {}

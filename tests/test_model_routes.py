@@ -1,6 +1,7 @@
 """The routes a virtual host that routes by model is translated to: the request-side error contract in Envoy's own
-routes (order, AI roles, the per-route filter configs each turns on) and `/v1/models` per host. End to end (with
-Envoy answering) in e2e/test_model_router.py."""
+routes (order, AI roles, the per-route filter configs each turns on) and `/v1/models` per host; and the listener
+around them: its filter chain (model routing, usage from JSON answers, stream metering of event streams only) and
+its usage log to the control plane. End to end (with Envoy answering) in e2e/test_model_router.py."""
 
 from __future__ import annotations
 
@@ -8,13 +9,28 @@ import json
 import re
 from datetime import datetime
 
+import pytest
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+from envoy.extensions.filters.http.composite.v3 import composite_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
 from envoy.extensions.filters.http.transform.v3 import transform_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
+    header_mutation_pb2 as early_header_mutation_pb2,
+)
+from envoy.type.matcher.v3 import http_inputs_pb2
 from google.protobuf.message import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from xds.type.matcher.v3 import matcher_pb2
 
 from translators.gatewayapi import translate
 from translators.gatewayapi.model_routes import NOT_A_STRING
@@ -26,22 +42,39 @@ from translators.ir import (
     HeaderMatchKind,
     JsonReply,
     ListenerIR,
+    TranslateOptions,
     Translation,
     VirtualHostIR,
 )
 from translators.loader import load_texts
+from translators.xds import listeners
+from translators.xds.ai_listener import CEL_FILTER, STDOUT_LOGGER, USAGE_LOG_FLUSH
+from translators.xds.gateway import gateway_resources
 from translators.xds.memo import Memo
-from translators.xds.model import json_content_type_config, model_config
+from translators.xds.model import json_content_type_config, model_config, usage_config
 from translators.xds.names import (
+    EXTPROC_CLUSTER,
+    INTERNAL_HEADER_PREFIXES,
     JSON_BODY_HEADER,
     JSON_CONTENT_TYPE_FILTER,
-    METERING_FILTER,
+    METERING_METADATA_NAMESPACE,
     MODEL_FILTER,
     MODEL_HEADER,
     MODELS_PATH,
     NOT_A_HEADER_VALUE,
+    PATH_ATTRIBUTE,
     PICKER_FILTER,
     PICKER_POOL_METADATA,
+    REQUEST_TIME_ATTRIBUTE,
+    ROUTER_FILTER,
+    STREAM_HEADER,
+    STREAM_METERING_EXTPROC,
+    STREAM_METERING_FILTER,
+    USAGE_FILTER,
+    USAGE_LOG_NAME,
+    USAGE_METADATA_KEYS,
+    XDS_METADATA_NAMESPACE,
+    Mode,
 )
 from translators.xds.routes import route_configuration
 
@@ -292,21 +325,18 @@ def test_each_route_turns_on_the_filters_of_its_role() -> None:
         route = routes[route_ir.name]
         configs = set(route.typed_per_filter_config)
         if route_ir.ai is AiRole.ENTRY:
-            # Reads the body's model (with a JSON content type where none was sent); metering in the chain, off.
-            assert configs == {JSON_CONTENT_TYPE_FILTER, MODEL_FILTER, METERING_FILTER}
+            # Reads the body's model (with a JSON content type where none was sent), and the answer's usage.
+            assert configs == {JSON_CONTENT_TYPE_FILTER, MODEL_FILTER, USAGE_FILTER}
             assert unpack(route, MODEL_FILTER, transform_pb2.TransformConfig()) == model_config()
             content_type = unpack(route, JSON_CONTENT_TYPE_FILTER, header_mutation_pb2.HeaderMutationPerRoute())
             assert content_type == json_content_type_config()
-            assert extproc(route, METERING_FILTER) == ext_proc_pb2.ExtProcPerRoute(disabled=True)
+            assert unpack(route, USAGE_FILTER, json_to_metadata_pb2.JsonToMetadata()) == usage_config()
         elif route_ir.ai is AiRole.MODEL:
+            # The filters the entry route put in the chain run on: the route itself turns nothing on.
             assert isinstance(route_ir.action, ForwardAction) and route.route.cluster == route_ir.action.cluster
-            assert configs == {METERING_FILTER}
-            metering = extproc(route, METERING_FILTER)
-            assert not metering.disabled and metering.HasField("overrides")
-            assert metering.overrides == ext_proc_pb2.ExtProcOverrides()  # on, as the listener configures it
+            assert configs == set(), route.name
         elif route_ir.ai is AiRole.REFUSAL:
-            assert configs == {METERING_FILTER} and route.HasField("direct_response")
-            assert extproc(route, METERING_FILTER) == ext_proc_pb2.ExtProcPerRoute(disabled=True)
+            assert configs == set() and route.HasField("direct_response"), route.name
         else:  # answered before any body is read: no AI filter runs
             assert configs == set() and route.HasField("direct_response"), route.name
 
@@ -326,14 +356,16 @@ def test_with_a_pool_on_the_listener_the_picker_is_off_but_where_a_route_goes_to
         if route.name == pooled:
             metadata = [(h.key, h.value) for h in picker.overrides.grpc_initial_metadata]
             assert not picker.disabled and metadata == [(PICKER_POOL_METADATA, "default/p")]
-            assert not extproc(route, METERING_FILTER).disabled  # metered like any model route
+            assert set(route.typed_per_filter_config) == {PICKER_FILTER}  # metered like any model route: by the chain
         else:
             assert picker == ext_proc_pb2.ExtProcPerRoute(disabled=True), route.name
+            if route_ir.ai is not AiRole.ENTRY:
+                assert set(route.typed_per_filter_config) == {PICKER_FILTER}, route.name
     entry = routes[f"{ir.name}/entry"]
     assert set(entry.typed_per_filter_config) == {
         JSON_CONTENT_TYPE_FILTER,
         MODEL_FILTER,
-        METERING_FILTER,
+        USAGE_FILTER,
         PICKER_FILTER,
     }
 
@@ -345,6 +377,237 @@ def test_a_virtual_host_of_plain_http_routes_gets_none_of_these_routes() -> None
     assert ir.models == () and all(r.ai is None for r in ir.routes)
     [route] = xds_vhost(translation, "*", gateway="default/plain").routes
     assert not route.typed_per_filter_config and route.HasField("route")
+
+
+def test_the_model_filter_sets_the_headers_the_stream_metering_and_the_usage_log_read() -> None:
+    """The body's `model` and `stream` as Envoy renders them (`true` as "true"), and the JSON-object marker; each
+    replaces a value a client sent (the listener strips them before routing as well)."""
+    mutations = model_config().request_transformation.headers_mutations
+    set_headers = {m.append.header.key: m.append.header.value for m in mutations}
+    assert set_headers == {
+        MODEL_HEADER: "%REQUEST_BODY(model)%",
+        JSON_BODY_HEADER: "json",
+        STREAM_HEADER: "%REQUEST_BODY(stream)%",
+    }
+    overwrite = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    assert all(m.append.append_action == overwrite for m in mutations)
+    assert model_config().clear_route_cache
+    assert all(header.startswith(INTERNAL_HEADER_PREFIXES) for header in set_headers)
+
+
+def test_the_usage_filter_reads_an_openai_answers_model_and_token_counts_into_the_metering_namespace() -> None:
+    config = usage_config()
+    assert not config.request_rules.rules  # answers only
+    read = [
+        (
+            tuple(s.key for s in rule.selectors),
+            rule.on_present.metadata_namespace,
+            rule.on_present.key,
+            rule.on_present.type,
+        )
+        for rule in config.response_rules.rules
+    ]
+    ns = METERING_METADATA_NAMESPACE
+    string, number = json_to_metadata_pb2.JsonToMetadata.STRING, json_to_metadata_pb2.JsonToMetadata.NUMBER
+    assert read == [
+        (("model",), ns, "response_model", string),
+        (("usage", "prompt_tokens"), ns, "input_tokens", number),
+        (("usage", "completion_tokens"), ns, "output_tokens", number),
+        (("usage", "total_tokens"), ns, "total_tokens", number),
+    ]
+    assert {key for _, _, key, _ in read} < set(USAGE_METADATA_KEYS)  # first_token_ms is stream metering's
+    for rule in config.response_rules.rules:
+        # Nothing is written for a missing or unreadable value: an answer without usage has no counts, not zeros.
+        assert not rule.HasField("on_missing") and not rule.HasField("on_error")
+        assert not rule.on_present.HasField("value") and not rule.on_present.preserve_existing_metadata_value
+    assert envoy_reads_the_usage_of("application/json")
+    assert not envoy_reads_the_usage_of("text/event-stream")  # event streams: stream metering's
+
+
+def envoy_reads_the_usage_of(content_type: str) -> bool:
+    """Envoy's json_to_metadata check of an answer's Content-Type (filter.cc, responseContentTypeAllowed): the whole
+    header value in allow_content_types, or a full match of allow_content_types_regex."""
+    rules = usage_config().response_rules
+    if not content_type:
+        return bool(rules.allow_empty_content_type)
+    if content_type in rules.allow_content_types:
+        return True
+    regex = rules.allow_content_types_regex.regex if rules.HasField("allow_content_types_regex") else None
+    return regex is not None and re.fullmatch(regex, content_type) is not None
+
+
+def test_json_answers_with_a_charset_parameter_have_their_usage_read() -> None:
+    assert envoy_reads_the_usage_of("application/json")
+    assert envoy_reads_the_usage_of("Application/JSON")
+    assert envoy_reads_the_usage_of("application/json; charset=utf-8")
+
+
+# --- the listener: filter chain and usage log ---
+
+
+def manager(translation: Translation, gateway: str = "default/gw") -> hcm_pb2.HttpConnectionManager:
+    built = listeners.listener(listener(translation, gateway), TranslateOptions())
+    [chain] = built.filter_chains
+    [network] = chain.filters
+    found = hcm_pb2.HttpConnectionManager()
+    assert network.typed_config.Unpack(found)
+    return found
+
+
+def filter_config(hcm: hcm_pb2.HttpConnectionManager, name: str, message: Message) -> Message:
+    [found] = [f for f in hcm.http_filters if f.name == name]
+    assert found.typed_config.Unpack(message), name
+    return message
+
+
+AI_FILTERS = [JSON_CONTENT_TYPE_FILTER, MODEL_FILTER, USAGE_FILTER, STREAM_METERING_FILTER]
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        (MANIFESTS, [*AI_FILTERS, ROUTER_FILTER]),
+        (GATEWAY + POOL, [*AI_FILTERS, PICKER_FILTER, ROUTER_FILTER]),
+    ],
+    ids=["ai", "ai-with-pool"],
+)
+def test_an_ai_listener_runs_model_routing_usage_stream_metering_picker_and_router_in_order(
+    text: str, names: list[str]
+) -> None:
+    """Off at the listener and turned on by the entry route: JSON content type, model, usage (their work needs the
+    body, which only AI requests have) and the picker (on where a route goes to a pool); stream metering is always
+    in the chain and decides per request (its matcher), the router always last."""
+    hcm = manager(translated(text))
+    assert [f.name for f in hcm.http_filters] == names
+    off = {JSON_CONTENT_TYPE_FILTER, MODEL_FILTER, USAGE_FILTER, PICKER_FILTER}
+    assert [f.disabled for f in hcm.http_filters] == [name in off for name in names]
+    assert filter_config(hcm, MODEL_FILTER, transform_pb2.TransformConfig()) == model_config()
+    assert filter_config(hcm, USAGE_FILTER, json_to_metadata_pb2.JsonToMetadata()) == usage_config()
+    composite = filter_config(hcm, STREAM_METERING_FILTER, extension_matcher_pb2.ExtensionWithMatcher())
+    assert isinstance(composite, extension_matcher_pb2.ExtensionWithMatcher)
+    assert composite.extension_config.typed_config.Is(composite_pb2.Composite.DESCRIPTOR)
+
+
+def test_a_plain_http_listener_runs_only_the_router_and_logs_no_usage() -> None:
+    hcm = manager(translated(MANIFESTS), gateway="default/plain")
+    assert [f.name for f in hcm.http_filters] == [ROUTER_FILTER]
+    assert not hcm.access_log
+    assert not hcm.HasField("local_reply_config")
+
+
+def stream_metering(
+    hcm: hcm_pb2.HttpConnectionManager,
+) -> tuple[matcher_pb2.Matcher.MatcherList.Predicate, ext_proc_pb2.ExternalProcessor]:
+    """The composite's one matcher: its predicate, and the ext_proc filter its action runs."""
+    composite = filter_config(hcm, STREAM_METERING_FILTER, extension_matcher_pb2.ExtensionWithMatcher())
+    assert isinstance(composite, extension_matcher_pb2.ExtensionWithMatcher)
+    assert not composite.HasField("matcher")  # the deprecated matcher: only xds_matcher is read
+    matcher = composite.xds_matcher
+    assert not matcher.HasField("on_no_match")  # any other request: the composite does nothing
+    [field_matcher] = matcher.matcher_list.matchers
+    execute = composite_pb2.ExecuteFilterAction()
+    assert field_matcher.on_match.action.typed_config.Unpack(execute)
+    assert execute.typed_config.name == STREAM_METERING_EXTPROC
+    extproc_filter = ext_proc_pb2.ExternalProcessor()
+    assert execute.typed_config.typed_config.Unpack(extproc_filter)
+    return field_matcher.predicate, extproc_filter
+
+
+def test_stream_metering_runs_the_metering_ext_proc_only_for_a_body_that_asked_for_a_stream() -> None:
+    predicate, _ = stream_metering(manager(translated(MANIFESTS)))
+    assert predicate.WhichOneof("match_type") == "single_predicate"
+    single = predicate.single_predicate
+    header = http_inputs_pb2.HttpRequestHeaderMatchInput()
+    assert single.input.typed_config.Unpack(header)
+    assert header.header_name == STREAM_HEADER
+    assert single.WhichOneof("matcher") == "value_match"
+    assert single.value_match.WhichOneof("match_pattern") == "exact"
+    assert single.value_match.exact == "true" and not single.value_match.ignore_case
+
+
+def test_the_stream_metering_ext_proc_reads_answers_only_fails_open_and_is_told_when_the_request_started() -> None:
+    _, metering = stream_metering(manager(translated(MANIFESTS)))
+    mode = metering.processing_mode
+    # Nothing of the request: the stream opens at the answer's headers, so no request waits on the control plane.
+    assert (mode.request_header_mode, mode.request_body_mode, mode.request_trailer_mode) == (
+        Mode.SKIP,
+        Mode.NONE,
+        Mode.SKIP,
+    )
+    # The answer's headers, then a body only when the reply to them asks for it (an event stream), and trailers:
+    # an answer that ends with them never says end of stream in its body.
+    assert (mode.response_header_mode, mode.response_body_mode, mode.response_trailer_mode) == (
+        Mode.SEND,
+        Mode.NONE,
+        Mode.SEND,
+    )
+    assert metering.allow_mode_override
+    assert metering.failure_mode_allow  # the control plane away: answers pass unmetered
+    assert metering.grpc_service.envoy_grpc.cluster_name == EXTPROC_CLUSTER
+    assert not metering.grpc_service.initial_metadata  # the ext_proc server's default handler: stream metering
+    assert set(metering.response_attributes) == {PATH_ATTRIBUTE, REQUEST_TIME_ATTRIBUTE}
+    assert not metering.request_attributes
+    assert list(metering.metadata_options.receiving_namespaces.untyped) == [METERING_METADATA_NAMESPACE]
+
+
+def test_ai_listeners_log_every_ai_request_to_the_control_plane() -> None:
+    for text in (MANIFESTS, GATEWAY + POOL):
+        hcm = manager(translated(text))
+        assert [log.name for log in hcm.access_log] == [STDOUT_LOGGER, USAGE_LOG_NAME]
+    [usage_log] = [log for log in hcm.access_log if log.name == USAGE_LOG_NAME]
+    assert isinstance(usage_log, accesslog_pb2.AccessLog)
+    # Only requests whose body Envoy read as a JSON object (the model filter's marker).
+    cel = cel_pb2.ExpressionFilter()
+    assert usage_log.filter.extension_filter.name == CEL_FILTER
+    assert usage_log.filter.extension_filter.typed_config.Unpack(cel)
+    assert cel.expression == f"'{JSON_BODY_HEADER}' in request.headers"
+    config = als_pb2.HttpGrpcAccessLogConfig()
+    assert usage_log.typed_config.Unpack(config)
+    assert list(config.additional_request_headers_to_log) == [MODEL_HEADER, STREAM_HEADER]
+    common = config.common_config
+    assert common.log_name == USAGE_LOG_NAME
+    assert common.grpc_service.envoy_grpc.cluster_name == EXTPROC_CLUSTER  # the server the usage log service is on
+    assert common.transport_api_version == config_source_pb2.V3
+    assert common.buffer_flush_interval == USAGE_LOG_FLUSH
+    assert 0 < USAGE_LOG_FLUSH.ToMilliseconds() <= 1000
+    # The backend: a tag from the metadata of the endpoint that answered.
+    [tag] = common.custom_tags
+    assert tag.tag == "backend"
+    assert tag.metadata.kind.WhichOneof("kind") == "host"
+    assert tag.metadata.metadata_key.key == XDS_METADATA_NAMESPACE
+    assert [segment.key for segment in tag.metadata.metadata_key.path] == ["backend"]
+
+
+def test_the_endpoints_carry_the_backend_the_usage_log_and_access_log_read() -> None:
+    """The custom tag and %UPSTREAM_METADATA% read what the clusters' endpoints say; the access log prints the
+    usage both usage filters write."""
+    translation = translated(MANIFESTS)
+    [gateway] = [g for g in translation.gateways if g.key == "default/gw"]
+    resources = gateway_resources(gateway, TranslateOptions())
+    [cluster] = [c for c in resources.clusters if c.name == "aiservicebackend/default/a"]
+    [endpoint] = [e for group in cluster.load_assignment.endpoints for e in group.lb_endpoints]
+    assert endpoint.metadata.filter_metadata[XDS_METADATA_NAMESPACE]["backend"] == "aiservicebackend/default/a"
+    [stdout] = [log for log in manager(translation).access_log if log.name == STDOUT_LOGGER]
+    config = stream_pb2.StdoutAccessLog()
+    assert stdout.typed_config.Unpack(config)
+    fields = config.log_format.json_format.fields
+    assert fields["backend"].string_value == f"%UPSTREAM_METADATA({XDS_METADATA_NAMESPACE}:backend)%"
+    assert fields["model"].string_value == f"%REQ({MODEL_HEADER})%"
+    usage = {"response_model", "input_tokens", "output_tokens", "total_tokens"}
+    for key in usage:
+        assert fields[key].string_value == f"%DYNAMIC_METADATA({METERING_METADATA_NAMESPACE}:{key})%"
+
+
+def test_the_listener_strips_the_internal_headers_a_client_could_send() -> None:
+    """A client's x-ai-eg-stream (or model, or marker) never reaches the matchers or the logs."""
+    hcm = manager(translated(MANIFESTS))
+    [extension] = hcm.early_header_mutation_extensions
+    config = early_header_mutation_pb2.HeaderMutation()
+    assert extension.typed_config.Unpack(config)
+    prefixes = [m.remove_on_match.key_matcher.prefix for m in config.mutations]
+    assert prefixes == list(INTERNAL_HEADER_PREFIXES)
+    for header in (MODEL_HEADER, JSON_BODY_HEADER, STREAM_HEADER):
+        assert header.startswith(tuple(prefixes)), header
 
 
 # --- /v1/models ---

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 from aiohttp import web
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from translators.ir import TranslateOptions
@@ -30,6 +31,7 @@ from xds_server.epp.scrape import Scraper
 from xds_server.extproc.metering import UsageMeter
 from xds_server.extproc.server import ExternalProcessor, start_server
 from xds_server.extproc.upstream import UpstreamSettingsService
+from xds_server.extproc.usage_log import UsageLog
 from xds_server.sources import Source
 from xds_server.sources.files import FileSource
 from xds_server.xds.cache import SnapshotCache
@@ -66,7 +68,13 @@ async def start_extproc(
         default=UsageMeter(), by_metadata={PICKER_POOL_METADATA: picker, UPSTREAM_SETTINGS_METADATA: upstream}
     )
     address = f"{options.extproc_host}:{options.extproc_port}"
-    server = await start_server(processor, address, options.buffer_limit_bytes)
+    usage_log = UsageLog()
+    server = await start_server(
+        processor,
+        address,
+        options.buffer_limit_bytes,
+        also=[lambda grpc_server: als_pb2_grpc.add_AccessLogServiceServicer_to_server(usage_log, grpc_server)],
+    )
     return server, picker
 
 

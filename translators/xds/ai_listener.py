@@ -10,13 +10,25 @@ already carry JSON.
 from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.core.v3 import substitution_format_string_pb2
+from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2, substitution_format_string_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from google.protobuf import struct_pb2, wrappers_pb2
+from envoy.type.metadata.v3 import metadata_pb2
+from envoy.type.tracing.v3 import custom_tag_pb2
+from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
-from translators.xds.names import METERING_METADATA_NAMESPACE, MODEL_HEADER, pack
+from translators.xds.names import (
+    EXTPROC_CLUSTER,
+    JSON_BODY_HEADER,
+    METERING_METADATA_NAMESPACE,
+    MODEL_HEADER,
+    STREAM_HEADER,
+    USAGE_LOG_NAME,
+    XDS_METADATA_NAMESPACE,
+    pack,
+)
 from translators.xds.routes import json_error_body
 
 CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
@@ -24,8 +36,8 @@ STDOUT_LOGGER = "envoy.access_loggers.stdout"
 # Response code details Envoy gives the local replies to map (ext_proc.cc ErrorPrefix; the HCM's buffer overflow).
 EXTPROC_FAILED = "response.code_details.startsWith('ext_proc_error')"
 BODY_TOO_LARGE = "response.code_details == 'request_payload_too_large'"
-# Keys of usage metering's dynamic metadata (METERING_METADATA_NAMESPACE) printed by the access log.
-METERING_METADATA_KEYS = ("response_model", "backend", "input_tokens", "output_tokens", "total_tokens")
+# The usage keys of METERING_METADATA_NAMESPACE the access log prints (first_token_ms is the usage log's).
+LOGGED_USAGE_KEYS = ("response_model", "input_tokens", "output_tokens", "total_tokens")
 
 
 def _cel(expression: str) -> accesslog_pb2.AccessLogFilter:
@@ -59,7 +71,7 @@ def local_reply_config(buffer_limit_bytes: int) -> hcm_pb2.LocalReplyConfig:
 
 
 def ai_access_log() -> accesslog_pb2.AccessLog:
-    """One JSON line per request on Envoy's stdout: the routed model, and what metering learnt (backend, tokens)."""
+    """One JSON line per request on Envoy's stdout: the routed model, the backend, and the answer's usage."""
     fields = {
         "start_time": "%START_TIME%",
         "method": "%REQ(:METHOD)%",
@@ -72,11 +84,47 @@ def ai_access_log() -> accesslog_pb2.AccessLog:
         "upstream_host": "%UPSTREAM_HOST%",
         "request_id": "%REQ(X-REQUEST-ID)%",
         "model": f"%REQ({MODEL_HEADER})%",
+        "backend": f"%UPSTREAM_METADATA({XDS_METADATA_NAMESPACE}:backend)%",
     }
-    fields.update({key: f"%DYNAMIC_METADATA({METERING_METADATA_NAMESPACE}:{key})%" for key in METERING_METADATA_KEYS})
+    fields.update({key: f"%DYNAMIC_METADATA({METERING_METADATA_NAMESPACE}:{key})%" for key in LOGGED_USAGE_KEYS})
     log_format = struct_pb2.Struct()
     log_format.update(fields)
     config = stream_pb2.StdoutAccessLog(
         log_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=log_format)
     )
     return accesslog_pb2.AccessLog(name=STDOUT_LOGGER, typed_config=pack(config))
+
+
+USAGE_LOG_FLUSH = duration_pb2.Duration(nanos=250_000_000)  # metrics lag requests by at most this much
+
+
+def usage_log() -> accesslog_pb2.AccessLog:
+    """Every AI request (one whose body Envoy read) to the control plane over the gRPC access log service: the routed
+    model and stream flag, the backend (a custom tag from the endpoint's metadata), the timings and the usage
+    metadata. Envoy batches entries on one stream per worker; the control plane records the GenAI metrics from
+    them, so a request costs no call of its own."""
+    common = als_pb2.CommonGrpcAccessLogConfig(
+        log_name=USAGE_LOG_NAME,
+        grpc_service=grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=EXTPROC_CLUSTER)
+        ),
+        transport_api_version=config_source_pb2.V3,
+        buffer_flush_interval=USAGE_LOG_FLUSH,
+        custom_tags=[
+            custom_tag_pb2.CustomTag(
+                tag="backend",
+                metadata=custom_tag_pb2.CustomTag.Metadata(
+                    kind=metadata_pb2.MetadataKind(host=metadata_pb2.MetadataKind.Host()),
+                    metadata_key=metadata_pb2.MetadataKey(
+                        key=XDS_METADATA_NAMESPACE, path=[metadata_pb2.MetadataKey.PathSegment(key="backend")]
+                    ),
+                ),
+            )
+        ],
+    )
+    config = als_pb2.HttpGrpcAccessLogConfig(
+        common_config=common, additional_request_headers_to_log=[MODEL_HEADER, STREAM_HEADER]
+    )
+    return accesslog_pb2.AccessLog(
+        name=USAGE_LOG_NAME, filter=_cel(f"'{JSON_BODY_HEADER}' in request.headers"), typed_config=pack(config)
+    )

@@ -2,10 +2,11 @@
 
 Client-supplied internal headers are removed before any route is matched. Filter order: JSON Content-Type where
 none was sent, then model (Envoy's transform filter: the body's `model` into x-ai-eg-model, then route again), then
-usage metering ext_proc (responses of AI routes), then picker ext_proc (InferencePool routes), then router. All are
-disabled here and turned on by the routes that need them, so plain routes never buffer a body or pay for a gRPC
-round trip. Listeners with such routes also get JSON local replies and, with AI routes, an access log
-(`ai_listener`).
+usage (json_to_metadata: a JSON answer's usage), then stream metering (a composite filter running the metering
+ext_proc for requests that asked for a stream), then picker ext_proc (InferencePool routes), then router. All but
+stream metering (a header match, when no AI request set the header) are disabled here and turned on by the routes
+that need them, so plain routes never buffer a body or pay for a gRPC round trip. Listeners with such routes also
+get JSON local replies and, with AI routes, an access log on stdout and the usage log (`ai_listener`).
 """
 
 from __future__ import annotations
@@ -13,30 +14,31 @@ from __future__ import annotations
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import address_pb2, extension_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+from envoy.extensions.filters.http.composite.v3 import composite_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
     header_mutation_pb2 as early_header_mutation_pb2,
 )
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import http_inputs_pb2, string_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
+from xds.core.v3 import extension_pb2 as xds_extension_pb2
+from xds.type.matcher.v3 import matcher_pb2
+from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from translators.ir import ListenerIR, PickerBodyMode, TranslateOptions
-from translators.xds.ai_listener import ai_access_log, local_reply_config
+from translators.xds.ai_listener import ai_access_log, local_reply_config, usage_log
 from translators.xds.clusters import ads_config_source
 from translators.xds.extproc import QUICK_MESSAGE_TIMEOUT, extproc_config
-from translators.xds.model import model_config
+from translators.xds.model import model_config, usage_config
 from translators.xds.names import (
-    BACKEND_ATTRIBUTE,
-    CLUSTER_ATTRIBUTE,
     INTERNAL_HEADER_PREFIXES,
     JSON_CONTENT_TYPE_FILTER,
     LB_METADATA_NAMESPACE,
-    METERING_FILTER,
     METERING_METADATA_NAMESPACE,
     METERING_MODE,
-    MODEL_ATTRIBUTE,
     MODEL_FILTER,
     PATH_ATTRIBUTE,
     PICKER_FILTER,
@@ -44,8 +46,12 @@ from translators.xds.names import (
     PICKER_MODES,
     REQUEST_TIME_ATTRIBUTE,
     ROUTER_FILTER,
+    STREAM_HEADER,
+    STREAM_METERING_EXTPROC,
+    STREAM_METERING_FILTER,
     STRIP_HEADERS_EXTENSION,
     SUBSET_HINT_NAMESPACE,
+    USAGE_FILTER,
     pack,
 )
 
@@ -75,24 +81,50 @@ def model_filter() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=MODEL_FILTER, typed_config=pack(model_config()), disabled=True)
 
 
-def metering_filter() -> hcm_pb2.HttpFilter:
-    """Reads the response of a routed AI request for its usage: headers first, the body when the reply asks for it.
+def usage_filter() -> hcm_pb2.HttpFilter:
+    return hcm_pb2.HttpFilter(name=USAGE_FILTER, typed_config=pack(usage_config()), disabled=True)
 
-    Never on the request path, and it fails open: when the control plane is away, responses pass unmetered. The
-    response attributes say what was routed where (model, backend, cluster) and when the request started.
-    """
-    config = extproc_config(
+
+def stream_metering_filter() -> hcm_pb2.HttpFilter:
+    """For a request whose body asked for a stream (and only then), the metering ext_proc follows the answer's
+    events for the last usage and when the first token came. Never on the request path, and it fails open: when the
+    control plane is away, answers pass unmetered. Its response attributes say when the request started."""
+    metering = extproc_config(
         METERING_MODE,
         [METERING_METADATA_NAMESPACE],
         [],
         allow_mode_override=True,
         message_timeout=QUICK_MESSAGE_TIMEOUT,
     )
-    config.failure_mode_allow = True
-    config.response_attributes.extend(
-        [CLUSTER_ATTRIBUTE, BACKEND_ATTRIBUTE, MODEL_ATTRIBUTE, PATH_ATTRIBUTE, REQUEST_TIME_ATTRIBUTE]
+    metering.failure_mode_allow = True
+    metering.response_attributes.extend([PATH_ATTRIBUTE, REQUEST_TIME_ATTRIBUTE])
+    header = http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=STREAM_HEADER)
+    streamed = matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
+        input=xds_extension_pb2.TypedExtensionConfig(name=STREAM_HEADER, typed_config=pack(header)),
+        value_match=xds_string_pb2.StringMatcher(exact="true"),
     )
-    return hcm_pb2.HttpFilter(name=METERING_FILTER, typed_config=pack(config), disabled=True)
+    run_metering = composite_pb2.ExecuteFilterAction(
+        typed_config=extension_pb2.TypedExtensionConfig(name=STREAM_METERING_EXTPROC, typed_config=pack(metering))
+    )
+    matcher = matcher_pb2.Matcher(
+        matcher_list=matcher_pb2.Matcher.MatcherList(
+            matchers=[
+                matcher_pb2.Matcher.MatcherList.FieldMatcher(
+                    predicate=matcher_pb2.Matcher.MatcherList.Predicate(single_predicate=streamed),
+                    on_match=matcher_pb2.Matcher.OnMatch(
+                        action=xds_extension_pb2.TypedExtensionConfig(name="meter", typed_config=pack(run_metering))
+                    ),
+                )
+            ]
+        )
+    )
+    config = extension_matcher_pb2.ExtensionWithMatcher(
+        extension_config=extension_pb2.TypedExtensionConfig(
+            name="composite", typed_config=pack(composite_pb2.Composite())
+        ),
+        xds_matcher=matcher,
+    )
+    return hcm_pb2.HttpFilter(name=STREAM_METERING_FILTER, typed_config=pack(config))
 
 
 def picker_filter() -> hcm_pb2.HttpFilter:
@@ -119,7 +151,7 @@ def _router() -> hcm_pb2.HttpFilter:
 def http_filters(listener: ListenerIR) -> list[hcm_pb2.HttpFilter]:
     filters = []
     if listener.routes_by_model:
-        filters += [json_content_type_filter(), model_filter(), metering_filter()]
+        filters += [json_content_type_filter(), model_filter(), usage_filter(), stream_metering_filter()]
     if listener.runs_picker:
         filters.append(picker_filter())
     filters.append(_router())
@@ -145,7 +177,7 @@ def listener(ir: ListenerIR, options: TranslateOptions) -> listener_pb2.Listener
     if uses_extproc(ir):
         manager.local_reply_config.CopyFrom(local_reply_config(options.buffer_limit_bytes))
     if ir.routes_by_model:
-        manager.access_log.append(ai_access_log())
+        manager.access_log.extend([ai_access_log(), usage_log()])
     network_filter = listener_components_pb2.Filter(
         name="envoy.filters.network.http_connection_manager", typed_config=pack(manager)
     )

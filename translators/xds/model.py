@@ -1,14 +1,16 @@
-"""Model routing inside Envoy: the configs of its two filters, shared by the listener (where the filters sit,
-disabled) and the AI virtual hosts' entry routes (which turn them on)."""
+"""Model routing and usage inside Envoy: the configs of the filters an AI request meets, shared by the listener (where
+the filters sit, disabled) and the AI virtual hosts' entry routes (which turn them on)."""
 
 from __future__ import annotations
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
 from envoy.extensions.filters.http.transform.v3 import transform_pb2
+from envoy.type.matcher.v3 import regex_pb2
 
-from translators.xds.names import JSON_BODY_HEADER, MODEL_HEADER
+from translators.xds.names import JSON_BODY_HEADER, METERING_METADATA_NAMESPACE, MODEL_HEADER, STREAM_HEADER
 
 
 def model_config() -> transform_pb2.TransformConfig:
@@ -22,7 +24,11 @@ def model_config() -> transform_pb2.TransformConfig:
                 append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
             )
         )
-        for name, value in ((MODEL_HEADER, "%REQUEST_BODY(model)%"), (JSON_BODY_HEADER, "json"))
+        for name, value in (
+            (MODEL_HEADER, "%REQUEST_BODY(model)%"),
+            (JSON_BODY_HEADER, "json"),
+            (STREAM_HEADER, "%REQUEST_BODY(stream)%"),
+        )
     ]
     return transform_pb2.TransformConfig(
         request_transformation=transform_pb2.Transformation(headers_mutations=mutations), clear_route_cache=True
@@ -41,4 +47,35 @@ def json_content_type_config() -> header_mutation_pb2.HeaderMutationPerRoute:
     )
     return header_mutation_pb2.HeaderMutationPerRoute(
         mutations=header_mutation_pb2.Mutations(request_mutations=[content_type])
+    )
+
+
+Rule = json_to_metadata_pb2.JsonToMetadata.Rule
+# A JSON Content-Type, with parameters (a charset) and in any case: Envoy compares the whole value.
+JSON_CONTENT_TYPE = r"(?i)application/json\s*(;.*)?"
+# Where an OpenAI answer says what was used, and the metadata key each value goes to.
+USAGE_FIELDS = (
+    (("model",), "response_model", json_to_metadata_pb2.JsonToMetadata.STRING),
+    (("usage", "prompt_tokens"), "input_tokens", json_to_metadata_pb2.JsonToMetadata.NUMBER),
+    (("usage", "completion_tokens"), "output_tokens", json_to_metadata_pb2.JsonToMetadata.NUMBER),
+    (("usage", "total_tokens"), "total_tokens", json_to_metadata_pb2.JsonToMetadata.NUMBER),
+)
+
+
+def usage_config() -> json_to_metadata_pb2.JsonToMetadata:
+    """The usage of a JSON answer into METERING_METADATA_NAMESPACE, read by Envoy itself (event streams are not JSON
+    and are left to stream metering)."""
+    rules = [
+        Rule(
+            selectors=[json_to_metadata_pb2.JsonToMetadata.Selector(key=key) for key in path],
+            on_present=json_to_metadata_pb2.JsonToMetadata.KeyValuePair(
+                metadata_namespace=METERING_METADATA_NAMESPACE, key=metadata_key, type=value_type
+            ),
+        )
+        for path, metadata_key, value_type in USAGE_FIELDS
+    ]
+    return json_to_metadata_pb2.JsonToMetadata(
+        response_rules=json_to_metadata_pb2.JsonToMetadata.MatchRules(
+            rules=rules, allow_content_types_regex=regex_pb2.RegexMatcher(regex=JSON_CONTENT_TYPE)
+        )
     )

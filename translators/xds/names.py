@@ -22,8 +22,15 @@ STRIP_HEADERS_EXTENSION = "envoy.http.early_header_mutation.header_mutation/stri
 MODEL_FILTER = "envoy.filters.http.transform/model"
 # Before it: a JSON Content-Type for a body sent without one (the transform filter reads JSON bodies only).
 JSON_CONTENT_TYPE_FILTER = "envoy.filters.http.header_mutation/json-content-type"
-# Reads the response of a routed AI request for its token usage (ext_proc, response phase only; fails open).
-METERING_FILTER = "envoy.filters.http.ext_proc/usage-metering"
+# Token usage of a JSON answer into dynamic metadata (Envoy's json_to_metadata filter: no Python per request).
+USAGE_FILTER = "envoy.filters.http.json_to_metadata/usage"
+# Token usage of a streamed answer: a composite filter that runs the metering ext_proc (response phase only, fails
+# open) for requests whose body asked for a stream, and nothing for the others.
+STREAM_METERING_FILTER = "envoy.filters.http.composite/stream-metering"
+STREAM_METERING_EXTPROC = "envoy.filters.http.ext_proc/stream-metering"
+# The AI requests' access log entries, streamed to the control plane (gRPC access log service), which turns them
+# into the GenAI metrics.
+USAGE_LOG_NAME = "xds-server/usage"
 PICKER_FILTER = "envoy.filters.http.ext_proc/endpoint-picker"
 ROUTER_FILTER = "envoy.filters.http.router"
 # A cluster's upstream filters: the backend settings ext_proc (per attempt), then the codec Envoy requires last.
@@ -41,8 +48,12 @@ DESTINATION_HEADER = "x-gateway-destination-endpoint"
 MODEL_HEADER = "x-ai-eg-model"
 # Set by the model filter whenever the request body parsed as a JSON object: tells "no model" from "not JSON".
 JSON_BODY_HEADER = "x-ai-eg-body"
-# The OpenAI paths an AI virtual host serves requests on; any other path is answered 404 before its body is read.
-AI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+# The body's `stream` as Envoy renders it ("true" for a streamed answer).
+STREAM_HEADER = "x-ai-eg-stream"
+# The OpenAI paths an AI virtual host serves requests on (any other path is answered 404 before its body is read),
+# by the GenAI operation name they are measured under.
+OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion", "/v1/embeddings": "embeddings"}
+AI_PATHS = tuple(OPERATIONS)
 MODELS_PATH = "/v1/models"
 # Endpoint Picker protocol: request headers clients (or other filters) may send the picker, and its answers.
 OBJECTIVE_HEADER = "x-gateway-inference-objective"
@@ -66,14 +77,13 @@ SUBSET_HINT_NAMESPACE = "envoy.lb.subset_hint"
 SUBSET_HINT_KEY = "x-gateway-destination-endpoint-subset"
 # xDS metadata (routes, endpoints) read back through ext_proc request attributes.
 XDS_METADATA_NAMESPACE = "aigateway.envoy.io"
-# Dynamic metadata usage metering writes for access logs.
+# Dynamic metadata the usage filters write (access logs, the usage log): keys of USAGE_METADATA_KEYS.
 METERING_METADATA_NAMESPACE = "io.envoy.ai_gateway"
-# Ext_proc response attributes (CEL) usage metering asks for: which backend answered, through which cluster.
-# Endpoint metadata names the backend even inside a weighted cluster; the cluster alone is the fallback.
+USAGE_METADATA_KEYS = ("response_model", "input_tokens", "output_tokens", "total_tokens", "first_token_ms")
+# Ext_proc request attribute (CEL) of the upstream phase: the backend an attempt goes to (endpoint metadata names it
+# even inside a weighted cluster).
 BACKEND_ATTRIBUTE = f"xds.upstream_host_metadata.filter_metadata['{XDS_METADATA_NAMESPACE}']['backend']"
-CLUSTER_ATTRIBUTE = "xds.cluster_name"
-# ... and what it measures: the routed model, the path (the operation), when the request started.
-MODEL_ATTRIBUTE = f"request.headers['{MODEL_HEADER}']"
+# Ext_proc response attributes stream metering asks for: the path (the operation), when the request started.
 PATH_ATTRIBUTE = "request.url_path"
 REQUEST_TIME_ATTRIBUTE = "request.time"
 # The rule ("<kind>/<ns>/<name>/rule/<i>") of the route a request took, from the route's metadata.
@@ -105,14 +115,14 @@ def _mode(
     )
 
 
-# Usage metering: the response headers only; the response body mode is chosen per response (mode override).
+# Stream metering: the response headers (and trailers); the response body mode is chosen per answer.
 METERING_MODE = Mode(
     request_header_mode=Mode.SKIP,
     request_body_mode=Mode.NONE,
     request_trailer_mode=Mode.SKIP,
     response_header_mode=Mode.SEND,
     response_body_mode=Mode.NONE,
-    response_trailer_mode=Mode.SKIP,
+    response_trailer_mode=Mode.SEND,  # an answer that ends with trailers: its last body chunk is not the end
 )
 # The picker, buffered (its default) and full duplex (route override): it reads the body as it streams in and
 # answers the headers once it has all of it; Envoy requires trailers in full-duplex mode (the end of a body the

@@ -24,14 +24,14 @@ from translators.ir import (
     RouteIR,
 )
 from translators.xds.memo import Memo
-from translators.xds.model import json_content_type_config, model_config
+from translators.xds.model import json_content_type_config, model_config, usage_config
 from translators.xds.names import (
     JSON_CONTENT_TYPE_FILTER,
-    METERING_FILTER,
     MODEL_FILTER,
     PICKER_FILTER,
     PICKER_MODES,
     PICKER_POOL_METADATA,
+    USAGE_FILTER,
     XDS_METADATA_NAMESPACE,
     pack,
 )
@@ -134,12 +134,6 @@ def _enable(config: Message) -> route_components_pb2.FilterConfig:
     return route_components_pb2.FilterConfig(config=pack(config))
 
 
-def _no_overrides() -> ext_proc_pb2.ExtProcPerRoute:
-    config = ext_proc_pb2.ExtProcPerRoute()
-    config.overrides.SetInParent()
-    return config
-
-
 def _picker_config(pool: PoolRouteIR) -> ext_proc_pb2.ExtProcPerRoute:
     """The filter's own processing mode buffers the body; FULL_DUPLEX_STREAMED routes override it."""
     overrides = ext_proc_pb2.ExtProcOverrides(
@@ -161,10 +155,9 @@ def route(ir: RouteIR, picker_in_chain: bool = False) -> route_components_pb2.Ro
 
     Envoy decides which disabled-by-default filters run from the route a request matches when it starts, and each
     filter reads its per-route config when the request reaches it. An AI request starts on the entry route (its
-    model header is not set yet): that route turns on the model filter, and puts usage metering and the picker in
-    the chain switched off; the model filter holds the request until it has the body, sets the model header and has
-    Envoy match again, so metering and the picker read the final route's config, which turns them on where it
-    forwards (metering) or goes to a pool (the picker).
+    model header is not set yet): that route turns on the model and usage filters, and puts the picker in the chain
+    switched off; the model filter holds the request until it has the body, sets the model header and has Envoy
+    match again, so the picker reads the final route's config, which turns it on where it goes to a pool.
     """
     built = route_components_pb2.Route(name=ir.name, match=_match(ir))
     if isinstance(ir.action, DirectAction):
@@ -176,9 +169,7 @@ def route(ir: RouteIR, picker_in_chain: bool = False) -> route_components_pb2.Ro
     if ir.ai is AiRole.ENTRY:
         built.typed_per_filter_config[JSON_CONTENT_TYPE_FILTER].CopyFrom(pack(_enable(json_content_type_config())))
         built.typed_per_filter_config[MODEL_FILTER].CopyFrom(pack(_enable(model_config())))
-    if ir.ai is not None:
-        metering = _no_overrides() if ir.ai is AiRole.MODEL else _extproc_off()
-        built.typed_per_filter_config[METERING_FILTER].CopyFrom(pack(_enable(metering)))
+        built.typed_per_filter_config[USAGE_FILTER].CopyFrom(pack(_enable(usage_config())))
     if ir.pool is not None:
         built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(_picker_config(ir.pool))))
     elif ir.ai is not None and picker_in_chain:

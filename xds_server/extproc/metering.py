@@ -1,12 +1,12 @@
-"""Usage metering: token usage and GenAI metrics of every routed AI request, read from its response.
+"""Stream metering: the usage of a streamed AI answer, which Envoy cannot read itself (it is events, not one JSON).
 
-Envoy routes by model itself (the transform filter), so no Python runs on the request path. This filter starts at
-the response headers, with attributes saying what was routed where (model, backend, cluster) and when the request
-started. Errors, non-JSON answers and HEAD requests cost that one message; a 200 JSON answer is switched to
-BUFFERED (one message with the whole body: a non-streaming client waits for all of it anyway) and a 200 event stream
-to STREAMED (each chunk passes on as soon as it is answered, so clients see tokens at once). The filter fails open:
-with the control plane away, responses pass unmetered. The last reply carries the usage as dynamic metadata for
-the access log.
+Envoy routes by model itself and reads the usage of JSON answers itself (json_to_metadata), so Python runs on no
+request's path: Envoy starts this filter only for requests whose body asked for a stream, at the response headers,
+with attributes saying when the request started. A 200 event stream is switched to STREAMED (each chunk passes on
+as soon as it is answered, so clients see tokens at once) and its events are followed for the last `usage`;
+anything else finishes at its headers. The filter fails open: with the control plane away, answers pass
+unmetered. The last reply carries the usage and when the first chunk came as dynamic metadata, which the access log
+and the usage log (`usage_log`, where the metrics are recorded) read.
 """
 
 from __future__ import annotations
@@ -20,14 +20,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from google.protobuf import struct_pb2
 
 from translators.xds.names import (
-    BACKEND_ATTRIBUTE,
-    CLUSTER_ATTRIBUTE,
     METERING_METADATA_NAMESPACE,
-    MODEL_ATTRIBUTE,
+    OPERATIONS,
     PATH_ATTRIBUTE,
     REQUEST_TIME_ATTRIBUTE,
 )
-from xds_server.extproc import telemetry
 from xds_server.extproc.protocol import (
     CONTINUE_RESPONSE_BODY,
     PASS_THROUGH,
@@ -41,17 +38,12 @@ from xds_server.extproc.protocol import (
 )
 from xds_server.extproc.sse import SseParser, Usage
 
-# Paths by the GenAI operation name they are measured under.
-OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion", "/v1/embeddings": "embeddings"}
 _RESPONSE_HEADERS = frozenset({":status", "content-type", "content-encoding"})
 
-# Response headers replies that switch this response's body to the given mode (the filter sends no body by default).
+# The response headers reply that switches this answer's body to STREAMED (the filter sends no body by default).
 # A mode override replaces the whole processing mode; only the response fields still matter at that point.
 STREAM_RESPONSE_BODY = ProcessingResponse(
     response_headers=ext_proc_pb2.HeadersResponse(), mode_override=Mode(response_body_mode=Mode.STREAMED)
-)
-BUFFER_RESPONSE_BODY = ProcessingResponse(
-    response_headers=ext_proc_pb2.HeadersResponse(), mode_override=Mode(response_body_mode=Mode.BUFFERED)
 )
 
 
@@ -75,34 +67,18 @@ def request_started(attributes: Mapping[str, struct_pb2.Struct], wall: float, mo
 
 
 class MeteringStream:
-    """One response's state. `process` is synchronous and allocation-light: it runs per message."""
+    """One answer's state. `process` is synchronous and allocation-light: it runs per message."""
 
-    __slots__ = (
-        "backend",
-        "clock",
-        "finished",
-        "first_chunk_at",
-        "model",
-        "operation",
-        "parser",
-        "started",
-        "status",
-        "usage",
-        "wall",
-    )
+    __slots__ = ("clock", "ended", "first_chunk_at", "parser", "started", "usage", "wall")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.wall = wall
         self.started = 0.0
-        self.operation = ""
-        self.model = ""
-        self.backend = ""
-        self.status = 0
         self.first_chunk_at: float | None = None
-        self.parser: SseParser | None = None  # set when the response body is streamed
+        self.parser: SseParser | None = None  # set when the answer is an event stream
         self.usage = Usage()
-        self.finished = False
+        self.ended = False
 
     def process(self, request: ProcessingRequest) -> ProcessingResponse:
         kind = request.WhichOneof("request")
@@ -110,92 +86,71 @@ class MeteringStream:
             return self.response_headers(request.response_headers, request.attributes)
         if kind == "response_body":
             return self.response_body(request.response_body)
+        if kind == "response_trailers" and self.parser is not None and not self.ended:
+            return self.finish(kind)  # trailers end the answer: its body never said end of stream
         return PASS_THROUGH[kind]  # nothing else is asked for; answer it unchanged all the same
 
     def response_headers(
         self, headers: ext_proc_pb2.HttpHeaders, attributes: Mapping[str, struct_pb2.Struct]
     ) -> ProcessingResponse:
         self.started = request_started(attributes, self.wall(), self.clock())
-        self.model = attribute(attributes, MODEL_ATTRIBUTE)
-        self.operation = OPERATIONS.get(attribute(attributes, PATH_ATTRIBUTE), "")
-        self.backend = attribute(attributes, BACKEND_ATTRIBUTE) or attribute(attributes, CLUSTER_ATTRIBUTE)
         found = header_values(headers, _RESPONSE_HEADERS)
-        status = found.get(":status", b"0")
-        self.status = int(status) if status.isdigit() else 0
+        operation = OPERATIONS.get(attribute(attributes, PATH_ATTRIBUTE), "")
         # Compressed bodies are passed by unread (no usage): decoding them would cost more than the counts are worth.
-        if self.status == 200 and self.operation and not headers.end_of_stream and "content-encoding" not in found:
-            content_type = found.get("content-type", b"")
-            if content_type.startswith(b"text/event-stream"):
-                self.parser = SseParser()
-                return STREAM_RESPONSE_BODY
-            if content_type.startswith(b"application/json"):
-                return BUFFER_RESPONSE_BODY
+        if (
+            found.get(":status") == b"200"
+            and operation
+            and not headers.end_of_stream
+            and "content-encoding" not in found
+            and found.get("content-type", b"").startswith(b"text/event-stream")
+        ):
+            self.parser = SseParser()
+            return STREAM_RESPONSE_BODY
         return self.finish("response_headers")
 
     def response_body(self, body: ext_proc_pb2.HttpBody) -> ProcessingResponse:
-        if self.parser is None:  # BUFFERED: the whole body in one message
-            self.usage.read_body(body.body)
-            return self.finish("response_body")
+        if self.parser is None:
+            return CONTINUE_RESPONSE_BODY
         if self.first_chunk_at is None and body.body:
             self.first_chunk_at = self.clock()
         for event in self.parser.feed(body.body):
             self.usage.read_event(event)
         if not body.end_of_stream:
             return CONTINUE_RESPONSE_BODY
-        for event in self.parser.finish():
-            self.usage.read_event(event)
         return self.finish("response_body")
 
     def finish(self, kind: str) -> ProcessingResponse:
-        """The reply to the last message Envoy sends: records the metrics, returns the access log's metadata."""
-        self.record()
+        """The reply to the last message Envoy sends: the usage (and when the first chunk came) as metadata."""
+        self.end()
+        return final(kind, self.metadata())
+
+    def end(self) -> None:
+        """No more body: an unterminated last event counts too (the stream may also have ended early)."""
+        if self.parser is not None and not self.ended:
+            for event in self.parser.finish():
+                self.usage.read_event(event)
+        self.ended = True
+
+    def metadata(self) -> dict[str, MetadataValue]:
         usage = self.usage
-        values: dict[str, MetadataValue] = {"backend": self.backend, "response_model": usage.response_model}
+        values: dict[str, MetadataValue] = {}
+        if usage.response_model:
+            values["response_model"] = usage.response_model
         if usage.input_tokens is not None:
             values["input_tokens"] = usage.input_tokens
         if usage.output_tokens is not None:
             values["output_tokens"] = usage.output_tokens
         if usage.total_tokens is not None:
             values["total_tokens"] = usage.total_tokens
-        return final(kind, {k: v for k, v in values.items() if v != ""})
-
-    def end(self) -> None:
-        """The stream ended early (client gone, trailers instead of an end-of-stream body): what was read counts,
-        the last event too, unterminated as it is."""
-        if self.parser is not None and not self.finished:
-            for event in self.parser.finish():
-                self.usage.read_event(event)
-        self.record()
-
-    def record(self) -> None:
-        """Metrics of a request a backend answered (a local reply of Envoy's has no backend)."""
-        if self.finished or not self.backend or not self.operation:
-            return
-        self.finished = True
-        now = self.clock()
-        usage = self.usage
-        error_type = "" if 200 <= self.status < 300 else str(self.status)
-        labels = (self.operation, self.model, usage.response_model, self.backend, error_type)
-        telemetry.REQUEST_DURATION.labels(*labels).observe(now - self.started)
-        if usage.input_tokens is not None:
-            telemetry.TOKEN_USAGE.labels(*labels, "input").observe(usage.input_tokens)
-        if usage.output_tokens is not None:
-            telemetry.TOKEN_USAGE.labels(*labels, "output").observe(usage.output_tokens)
         if self.first_chunk_at is not None:
-            ttft = self.first_chunk_at - self.started
-            telemetry.TIME_TO_FIRST_TOKEN.labels(*labels).observe(ttft)
-            if usage.output_tokens is not None and usage.output_tokens > 1:
-                per_token = (now - self.first_chunk_at) / (usage.output_tokens - 1)
-                telemetry.TIME_PER_OUTPUT_TOKEN.labels(*labels).observe(per_token)
+            values["first_token_ms"] = round((self.first_chunk_at - self.started) * 1000)
+        return values
 
 
 class UsageMeter:
-    """The stream handler: one MeteringStream per response."""
+    """The stream handler: one MeteringStream per answer."""
 
     async def handle(self, context: Context, metadata: Mapping[str, str]) -> None:
         stream = MeteringStream()
-        try:
-            while (request := await context.read()) is not grpc.aio.EOF:
-                await context.write(stream.process(request))
-        finally:
-            stream.end()
+        while (request := await context.read()) is not grpc.aio.EOF:
+            await context.write(stream.process(request))

@@ -10,7 +10,7 @@ are registered by metadata key by the composition root, so this module knows non
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
@@ -38,8 +38,14 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
         await handler.handle(context, metadata)
 
 
-async def start_server(processor: ExternalProcessor, address: str, max_body_bytes: int) -> grpc.aio.Server:
-    """Serves `processor` and gRPC health on `address` (what Envoy is told as `--extproc-address`)."""
+async def start_server(
+    processor: ExternalProcessor,
+    address: str,
+    max_body_bytes: int,
+    also: Iterable[Callable[[grpc.aio.Server], None]] = (),
+) -> grpc.aio.Server:
+    """Serves `processor` and gRPC health on `address` (what Envoy is told as `--extproc-address`), and whatever
+    services `also` adds (the usage log)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_body_bytes + MESSAGE_OVERHEAD_BYTES),
@@ -52,6 +58,8 @@ async def start_server(processor: ExternalProcessor, address: str, max_body_byte
     for service in HEALTH_SERVICES:
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for add in also:
+        add(server)
     server.add_insecure_port(address)
     await server.start()
     log.info("ext_proc on %s", address)

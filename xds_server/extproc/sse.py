@@ -104,12 +104,6 @@ class Usage:
         except orjson.JSONDecodeError:
             return
 
-    def read_body(self, body: bytes) -> None:
-        try:
-            self.read_json(orjson.loads(body))
-        except orjson.JSONDecodeError:
-            return
-
 
 def _count(value: object) -> int | None:
     # bool is an int in Python; a token count is not.

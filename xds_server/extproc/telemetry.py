@@ -1,7 +1,8 @@
-"""GenAI metrics of the AI requests usage metering sees (OpenTelemetry GenAI semantic conventions, Prometheus names).
+"""GenAI metrics of AI requests, recorded from the usage log (OpenTelemetry GenAI semantic conventions, Prometheus
+names).
 
-Recorded only for requests that reached a backend (the gateway's own refusals are Envoy local replies, never metered),
-so client-chosen model names cannot grow label sets.
+Recorded only for requests routed to a backend (the gateway's own refusals of unknown models are direct responses,
+never metered), so client-chosen model names cannot grow label sets beyond what the routes match.
 Bucket boundaries are the ones the conventions advise.
 """
 
@@ -19,7 +20,7 @@ TOKEN_USAGE = Histogram(
 )
 REQUEST_DURATION = Histogram(
     "gen_ai_server_request_duration",
-    "seconds from the request's headers to the end of the response (to its headers when the body is not read)",
+    "seconds from the request's start to the last byte of the answer sent to the client",
     LABELS,
     buckets=(0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92),
 )
