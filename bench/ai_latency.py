@@ -265,7 +265,7 @@ def wrk_command(script: Path, port: int, host: str, rate: int, seconds: float) -
     connections = max(16, rate // 10)
     command = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "5s"]
     command += ["-s", str(script), f"http://127.0.0.1:{port}/v1/chat/completions"]
-    return command + ["--", str(rate), host, REQUEST_BODY.decode(), PLAIN_HEADER, MODEL]
+    return [*command, "--", str(rate), host, REQUEST_BODY.decode(), PLAIN_HEADER, MODEL]
 
 
 def wrk_summary(finished: subprocess.CompletedProcess[str]) -> dict[str, Any]:
