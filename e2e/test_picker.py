@@ -276,3 +276,48 @@ def test_when_the_picker_fails_fail_open_answers_and_fail_close_refuses(gw: Pick
     closed = gw.chat("llama")
     assert closed.status_code == 503
     assert set(closed.json()["error"]) == {"message", "type", "code"}
+
+
+def test_a_request_whose_pod_died_is_retried_on_the_pickers_fallback_endpoint(tmp_path: Path) -> None:
+    """The pick carries fallback endpoints and pool routes retry on a refused or dropped connection: a pod killed
+    (before the control plane hears of it) costs a retry, not a failed request."""
+    octet = random.randint(1, 254)
+    hosts = [f"127.{octet}.91.{i}" for i in (1, 2, 3)]
+    port = port_free_on(hosts)
+    sims = [start_vllm(f"solo-{i}", host, port, tmp_path / f"sim-{i}.log") for i, host in enumerate(hosts)]
+    listen_port, xds_port, admin_port = free_port(), free_port(), free_port()
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    documents = [gateway([listen_port]), inference_pool("solo", port), pool_route("solo", "solo", "solo.example")]
+    documents += [pod(f"solo-{i}", host, {"app": "solo"}) for i, host in enumerate(hosts)]
+    (manifests / "all.yaml").write_text("---".join(documents))
+    serve = Serve(manifests, xds_port, admin_port, tmp_path / "serve.log")
+    envoy: Envoy | None = None
+    try:
+        asyncio.run(serve.ready())
+        envoy = Envoy(tmp_path, "default/gw", xds_port)
+        asyncio.run(envoy.wait_live())
+        url = f"http://127.0.0.1:{listen_port}"
+        body = json.dumps({"model": "llama", "messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 3})
+
+        def chat() -> Response:
+            headers = {"host": "solo.example", "content-type": "application/json"}
+            return request(url, "POST", "/v1/chat/completions", body.encode(), headers)
+
+        first = eventually(lambda: (r := chat()).status_code == 200 and r, "the pool answers")
+        # The same long prompt again: prefix affinity sends it to the pod that answered first. Kill that one.
+        dead = first.headers["x-inference-pod"]
+        sims[[f"solo-{i}" for i in range(3)].index(dead)].kill()
+        retried_before = asyncio.run(envoy.stat_total("upstream_rq_retry"))
+        answers = [chat() for _ in range(10)]
+        assert [a.status_code for a in answers] == [200] * 10, [a.text for a in answers]
+        assert dead not in {a.headers["x-inference-pod"] for a in answers}
+        assert (
+            asyncio.run(envoy.stat_total("upstream_rq_retry")) > retried_before
+        )  # the dead pod was picked, then skipped
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        serve.terminate()
+        for sim in sims:
+            sim.kill()

@@ -116,7 +116,8 @@ async def test_buffered_body_reply_carries_the_pick_as_header_and_metadata(picke
     assert first.WhichOneof("response") == "request_headers" and not first.request_headers.HasField("response")
     common = reply.request_body.response
     picked = destination(common)
-    assert picked in {f"{ip}:8000" for ip in POD_IPS}
+    # The pick, then fallbacks for retries: every other endpoint of this 3-pod pool, each once.
+    assert sorted(picked.split(",")) == sorted(f"{ip}:8000" for ip in POD_IPS)
     assert lb_metadata(reply) == picked
     assert common.clear_route_cache
     assert not common.HasField("body_mutation")  # nothing rewritten: the body goes on untouched
@@ -238,7 +239,11 @@ async def test_debug_header_returns_the_scores_of_the_pick_only_when_enabled(pic
     header = replies[2].response_headers.response.header_mutation.set_headers[0].header
     assert header.key == "x-gateway-picker-scores"
     explained = orjson.loads(header.raw_value)
-    assert explained["picked"] == [destination(replies[1].request_body.response)]
+    sent = destination(replies[1].request_body.response).split(",")
+    assert [*explained["picked"], *explained["fallbacks"]] == sent and len(explained["picked"]) == 1
+    # Fallbacks are the best-scored of the others, in order.
+    totals = [explained["endpoints"][key]["total"] for key in explained["fallbacks"]]
+    assert totals == sorted(totals, reverse=True)
     assert set(explained["endpoints"]) == {f"{ip}:8000" for ip in POD_IPS}
     assert set(explained["weights"]) == {"queue-scorer", "kv-cache-utilization-scorer", "prefix-cache-scorer"}
     assert picker.pool_document("default/llama")["lastPick"]["picked"] == explained["picked"]

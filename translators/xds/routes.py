@@ -41,6 +41,8 @@ from translators.xds.names import (
 FALLBACK_RETRY_ON = "5xx,reset,connect-failure,retriable-status-codes"
 FALLBACK_STATUS_CODES = (429,)
 PREVIOUS_PRIORITIES = "envoy.retry_priorities.previous_priorities"
+POOL_RETRY_ON = "connect-failure,refused-stream,reset"
+POOL_RETRIES = 2  # the picker's fallback endpoints (scheduler.FALLBACK_ENDPOINTS)
 
 
 def _duration(ms: int) -> duration_pb2.Duration:
@@ -99,6 +101,14 @@ def _json_reply(reply: JsonReply) -> route_components_pb2.DirectResponseAction:
         content_type="application/json",
     )
     return route_components_pb2.DirectResponseAction(status=reply.status, body_format=body)
+
+
+def _retry_elsewhere_in_the_pool(policy: route_components_pb2.RetryPolicy) -> None:
+    """A pool route: a request whose pod refused or dropped it before answering goes to the picker's next endpoint
+    (override_host takes the pick's comma list in order). Not on 5xx: a model server that answered has done the
+    work, and its error is the client's to see."""
+    policy.retry_on = POOL_RETRY_ON
+    policy.num_retries.value = POOL_RETRIES
 
 
 def _forward(action: ForwardAction) -> route_components_pb2.RouteAction:
@@ -166,6 +176,8 @@ def route(ir: RouteIR, picker_in_chain: bool = False) -> route_components_pb2.Ro
         built.direct_response.CopyFrom(_json_reply(ir.action))
     else:
         built.route.CopyFrom(_forward(ir.action))
+        if ir.pool is not None and not built.route.retry_policy.retry_on:
+            _retry_elsewhere_in_the_pool(built.route.retry_policy)
     if ir.ai is AiRole.ENTRY:
         built.typed_per_filter_config[JSON_CONTENT_TYPE_FILTER].CopyFrom(pack(_enable(json_content_type_config())))
         built.typed_per_filter_config[MODEL_FILTER].CopyFrom(pack(_enable(model_config())))

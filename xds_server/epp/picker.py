@@ -216,7 +216,7 @@ class PickerStream:
         pool.last_decision = decision
         PICK_SECONDS.labels(self.pool_key).observe(time.perf_counter() - started)
         PICKS.labels(self.pool_key, "success").inc()
-        destination = ",".join(target.key for target in decision.targets)
+        destination = ",".join(decision.destinations())
         if not self.full_duplex:
             return (protocol.routed(destination, "request_body", rewritten),)
         return [

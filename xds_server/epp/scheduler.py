@@ -9,12 +9,16 @@ sheddable request on a saturated pool and a profile that filters everything out 
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from xds_server.epp.config import PickerConfig
 from xds_server.epp.plugins.base import Candidate, CycleState, PickRequest
+
+# Endpoints after the targets in the pick, for retries: one more pod than a single failure needs.
+FALLBACK_ENDPOINTS = 2
 
 
 class SchedulingError(Exception):
@@ -34,6 +38,15 @@ class Decision:
     scores: list[tuple[str, float, list[float]]]  # (scorer name, weight, one score per candidate)
     totals: list[float]
 
+    def destinations(self, fallbacks: int = FALLBACK_ENDPOINTS) -> list[str]:
+        """Where the request goes, in order: the targets, then up to `fallbacks` of the other candidates, best
+        scored first. Envoy's override_host policy takes the first and the rest for retries, so a request whose pod
+        died before answering is retried on another one (the route's retry policy)."""
+        picked = {target.key for target in self.targets}
+        others = [i for i in range(len(self.candidates)) if self.candidates[i].key not in picked]
+        best = heapq.nlargest(fallbacks, others, key=lambda i: self.totals[i])
+        return [*(target.key for target in self.targets), *(self.candidates[i].key for i in best)]
+
     def explain(self) -> dict[str, Any]:
         """Per-endpoint scores, for the debug header and /debug/pools."""
         endpoints = {}
@@ -45,6 +58,7 @@ class Decision:
             }
         return {
             "picked": [t.key for t in self.targets],
+            "fallbacks": self.destinations()[len(self.targets) :],
             "weights": {name: weight for name, weight, _ in self.scores},
             "endpoints": endpoints,
         }
