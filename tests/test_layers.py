@@ -81,7 +81,7 @@ MAY_IMPORT: Mapping[str, frozenset[str]] = {
     "testing": frozenset({"translators", "xds_server", "testing"}),
     "tests": frozenset({"translators", "xds_server", "testing"}),  # no other tests.* module
     "e2e": frozenset({"translators", "xds_server", "testing", "e2e"}),  # e2e/kube has its own cluster support
-    "bench": frozenset({"translators", "xds_server", "testing"}),
+    "bench": frozenset({"translators", "xds_server", "testing", "bench"}),  # benchmarks share their harness
 }
 
 
@@ -240,7 +240,7 @@ def test_upward_peer_and_test_code_imports_are_each_reported() -> None:
         "xds_server.serve imports testing.ports (xds_server may import only translators, xds_server) at serve.py:6",
         "tests.test_a imports tests.test_b (tests may import only testing, translators, xds_server) at test_a.py:7",
         "tests.test_a imports e2e.test_c (tests may import only testing, translators, xds_server) at test_a.py:8",
-        "bench.run imports e2e.test_c (bench may import only testing, translators, xds_server) at run.py:10",
+        "bench.run imports e2e.test_c (bench may import only bench, testing, translators, xds_server) at run.py:10",
         "testing.ports imports tests.test_a (testing may import only testing, translators, xds_server) at ports.py:11",
     ]
 
