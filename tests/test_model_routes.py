@@ -13,7 +13,6 @@ import pytest
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
@@ -48,7 +47,7 @@ from translators.ir import (
 )
 from translators.loader import load_texts
 from translators.xds import listeners
-from translators.xds.ai_listener import CEL_FILTER, STDOUT_LOGGER, USAGE_LOG_FLUSH
+from translators.xds.ai_listener import STDOUT_LOGGER, USAGE_LOG_FLUSH
 from translators.xds.gateway import gateway_resources
 from translators.xds.memo import Memo
 from translators.xds.model import json_content_type_config, model_config, usage_config
@@ -556,11 +555,9 @@ def test_ai_listeners_log_every_ai_request_to_the_control_plane() -> None:
         assert [log.name for log in hcm.access_log] == [STDOUT_LOGGER, USAGE_LOG_NAME]
     [usage_log] = [log for log in hcm.access_log if log.name == USAGE_LOG_NAME]
     assert isinstance(usage_log, accesslog_pb2.AccessLog)
-    # Only requests whose body Envoy read as a JSON object (the model filter's marker).
-    cel = cel_pb2.ExpressionFilter()
-    assert usage_log.filter.extension_filter.name == CEL_FILTER
-    assert usage_log.filter.extension_filter.typed_config.Unpack(cel)
-    assert cel.expression == f"'{JSON_BODY_HEADER}' in request.headers"
+    # Only requests whose body Envoy read as a JSON object (the model filter's marker), by a native header match.
+    header = usage_log.filter.header_filter.header
+    assert (header.name, header.present_match) == (JSON_BODY_HEADER, True)
     config = als_pb2.HttpGrpcAccessLogConfig()
     assert usage_log.typed_config.Unpack(config)
     assert list(config.additional_request_headers_to_log) == [MODEL_HEADER, STREAM_HEADER]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2, substitution_format_string_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
@@ -44,6 +45,15 @@ def _cel(expression: str) -> accesslog_pb2.AccessLogFilter:
     return accesslog_pb2.AccessLogFilter(
         extension_filter=accesslog_pb2.ExtensionFilter(
             name=CEL_FILTER, typed_config=pack(cel_pb2.ExpressionFilter(expression=expression))
+        )
+    )
+
+
+def _header_present(name: str) -> accesslog_pb2.AccessLogFilter:
+    """A native header match (cheaper than a CEL expression, and evaluated for every request of the listener)."""
+    return accesslog_pb2.AccessLogFilter(
+        header_filter=accesslog_pb2.HeaderFilter(
+            header=route_components_pb2.HeaderMatcher(name=name, present_match=True)
         )
     )
 
@@ -126,5 +136,5 @@ def usage_log() -> accesslog_pb2.AccessLog:
         common_config=common, additional_request_headers_to_log=[MODEL_HEADER, STREAM_HEADER]
     )
     return accesslog_pb2.AccessLog(
-        name=USAGE_LOG_NAME, filter=_cel(f"'{JSON_BODY_HEADER}' in request.headers"), typed_config=pack(config)
+        name=USAGE_LOG_NAME, filter=_header_present(JSON_BODY_HEADER), typed_config=pack(config)
     )
