@@ -83,6 +83,7 @@ from bench.ai_latency import (
 )
 from testing.envoy import Envoy, base_id
 from testing.ports import free_port
+from testing.processes import stop_process
 from testing.web import request
 from translators.xds.ai_listener import USAGE_LOG_FLUSH
 from xds_server.bootstrap import bootstrap
@@ -176,13 +177,7 @@ class Program:
             return
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from testing.ports import free_port
+from testing.processes import stop_process
 from testing.web import http_get, wait_for
 from xds_server.bootstrap import bootstrap
 from xds_server.envoy import envoy_binary
@@ -98,10 +99,4 @@ class Envoy:
             return ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)

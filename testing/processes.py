@@ -133,6 +133,17 @@ class Up:
             raise
 
 
+def stop_process(process: subprocess.Popen[bytes], seconds: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `seconds`; always reaps it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def run_processes(run_id: str) -> list[int]:
     """Live processes whose environment has `XDS_SERVER_UP_RUN=<run_id>` (zombies, already dead, are left out)."""
     marker = f"XDS_SERVER_UP_RUN={run_id}".encode()

@@ -27,6 +27,7 @@ from translators.xds.names import (
     MODEL_HEADER,
     STREAM_HEADER,
     USAGE_LOG_NAME,
+    USAGE_METADATA_KEYS,
     XDS_METADATA_NAMESPACE,
     pack,
 )
@@ -38,7 +39,7 @@ STDOUT_LOGGER = "envoy.access_loggers.stdout"
 EXTPROC_FAILED = "response.code_details.startsWith('ext_proc_error')"
 BODY_TOO_LARGE = "response.code_details == 'request_payload_too_large'"
 # The usage keys of METERING_METADATA_NAMESPACE the access log prints (first_token_ms is the usage log's).
-LOGGED_USAGE_KEYS = ("response_model", "input_tokens", "output_tokens", "total_tokens")
+LOGGED_USAGE_KEYS = tuple(key for key in USAGE_METADATA_KEYS if key != "first_token_ms")
 
 
 def _cel(expression: str) -> accesslog_pb2.AccessLogFilter:

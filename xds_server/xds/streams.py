@@ -136,7 +136,7 @@ class ClientStream:
             return set()
         endpoints = self.types.get(ENDPOINT_TYPE)  # not state(): that would create it
         held_assignments = endpoints.sent if endpoints is not None else {}
-        wanted = {eds_name(cached.message) for cached in clusters.values() if _is_cluster(cached.message)}
+        wanted = {eds_name(cached.message) for cached in clusters.values()}
         assignments = {name: held_assignments[name] for name in wanted if name in held_assignments}
         self.retention.hold(clusters, assignments, routing_types)
         return set(clusters)
@@ -145,10 +145,6 @@ class ClientStream:
         state = self.state(type_url)
         state.nonce, state.answer = nonce, Answer.NONE
         self.retention.sent(type_url, nonce)
-
-
-def _is_cluster(message: object) -> bool:
-    return isinstance(message, cluster_pb2.Cluster)
 
 
 NackListener = Callable[[Nack], None]

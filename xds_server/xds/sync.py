@@ -12,7 +12,7 @@ import contextlib
 from enum import StrEnum
 
 from xds_server.xds.cache import SnapshotCache
-from xds_server.xds.streams import Answer, ClientRegistry, ClientStream, TypeState
+from xds_server.xds.streams import Answer, ClientRegistry, ClientStream, TypeState, short_type
 
 
 class SyncState(StrEnum):
@@ -53,7 +53,7 @@ def gateway_synced(clients: ClientRegistry, cache: SnapshotCache, gateway: str) 
 def rejections(clients: ClientRegistry, gateway: str) -> list[str]:
     """What the Envoys of `gateway` rejected and still hold rejected (a listener port in use, for one)."""
     return [
-        f"{type_url.rsplit('.', 1)[-1]}: {state.last_error}"
+        f"{short_type(type_url)}: {state.last_error}"
         for stream in clients.streams()
         if stream.key == gateway
         for type_url, state in stream.types.items()
