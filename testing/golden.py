@@ -38,6 +38,15 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _represent_str)
 
 
+class _Inline(list[Any]):
+    """A short list written on one line: a listener's supported (group, kind) pairs."""
+
+
+_Dumper.add_representer(
+    _Inline, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True)
+)
+
+
 def dump(document: Any) -> str:
     return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=120)
 
@@ -57,8 +66,11 @@ def xds_file(case: str) -> Path:
 def gatewayapi_output(case: str) -> str:
     """Layer 1's output: the case's IR (gateways, statuses, pools, backend_settings) and its load errors."""
     resources = load_case(case)
-    translation = translate(resources, OPTIONS)
-    return dump({**to_data(translation), "errors": to_data(resources.errors, tuple[LoadError, ...])})
+    translation = to_data(translate(resources, OPTIONS))
+    for status in translation["statuses"]:
+        for listener in status.get("listeners", ()):
+            listener["supported_kinds"] = [_Inline(pair) for pair in listener["supported_kinds"]]
+    return dump({**translation, "errors": to_data(resources.errors, tuple[LoadError, ...])})
 
 
 def read_gatewayapi_output(text: str) -> tuple[Translation, tuple[LoadError, ...]]:

@@ -13,24 +13,34 @@ from pathlib import Path
 from typing import Any
 
 from testing.ports import free_port, loopback_address
-from testing.web import http_get, wait_for
+from testing.web import http_get
 
 
 class Serve:
-    """`xds-server serve` in its own process."""
+    """`xds-server serve` in its own process: `--resources manifests`, or `--kubernetes --kubeconfig` when `manifests`
+    is a kubeconfig file."""
 
     def __init__(self, manifests: Path, xds_port: int, admin_port: int, log: Path, extra: Sequence[str] = ()) -> None:
         self.admin = f"http://127.0.0.1:{admin_port}"
         self.log = log
-        command = [sys.executable, "-m", "xds_server.cli", "serve", "--resources", str(manifests)]
+        kubernetes = manifests.is_file() and manifests.suffix not in (".yaml", ".yml", ".json")
+        source = ["--kubernetes", "--kubeconfig", str(manifests)] if kubernetes else ["--resources", str(manifests)]
+        command = [sys.executable, "-m", "xds_server.cli", "serve", *source]
         command += ["--xds-address", f"127.0.0.1:{xds_port}", "--admin-address", f"127.0.0.1:{admin_port}", *extra]
         if "--extproc-address" not in extra:  # serve listens there: never the shared default port 1063
             command += ["--extproc-address", f"127.0.0.1:{free_port()}"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("a"))
 
-    async def ready(self) -> None:
-        answer = await wait_for(f"{self.admin}/readyz", (200, "ready\n"))
-        assert answer == (200, "ready\n"), self.log.read_text()[-3000:]
+    async def ready(self, seconds: float = 15.0) -> str:
+        """Waits for /readyz; returns its text (in a cluster it says whether this replica leads)."""
+        deadline = time.monotonic() + seconds
+        answer: tuple[int, str] = (0, "")
+        while time.monotonic() < deadline and self.process.poll() is None:
+            answer = await asyncio.to_thread(http_get, f"{self.admin}/readyz")
+            if answer[0] == 200:
+                return answer[1]
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"serve not ready: {answer}\n{self.log.read_text()[-3000:]}")
 
     async def document(self, path: str) -> Any:
         status, text = await asyncio.to_thread(http_get, self.admin + path)

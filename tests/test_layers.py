@@ -43,7 +43,14 @@ LAYERS: tuple[Layer, ...] = (
     ),
     Layer(
         "services",
-        ("xds_server.xds", "xds_server.extproc", "xds_server.epp", "xds_server.sources", "xds_server.sim"),
+        (
+            "xds_server.xds",
+            "xds_server.extproc",
+            "xds_server.epp",
+            "xds_server.sources",
+            "xds_server.sim",
+            "xds_server.kube",
+        ),
     ),
     Layer("control plane", ("xds_server.control_plane",)),
     Layer(
@@ -68,6 +75,7 @@ SERVICE_PEERS: Mapping[str, frozenset[str]] = {
     "xds_server.epp": frozenset({"xds_server.extproc.protocol"}),
     "xds_server.sources": frozenset(),
     "xds_server.sim": frozenset(),
+    "xds_server.kube": frozenset(),  # cluster mode's writers: status, Lease (they read what they are handed)
 }
 PEER_LAYER = "services"
 # Entries of LAYERS and SERVICE_PEERS that stand for a package's own module (an __init__ importing nothing), not

@@ -50,5 +50,11 @@ def test_a_nack_marks_the_gateway_and_the_named_backend_until_a_newer_version_is
     stream.state(CLUSTER_TYPE).sent_version = "v2"
     stream.responded(CLUSTER_TYPE, clients.next_nonce())
     clients.acked(stream, CLUSTER_TYPE)
-    assert programmed()[("Gateway", "gw")] == "True" and ("Backend", "r1") not in programmed()
+    # No longer rejected, but the ACKed response was not built from the current snapshot: not Programmed yet.
+    assert programmed()[("Gateway", "gw")] == "False" and ("Backend", "r1") not in programmed()
+    snapshot = control_plane.cache.get("default/gw")
+    assert snapshot is not None
+    stream.state(CLUSTER_TYPE).built_from = snapshot.version(CLUSTER_TYPE)
+    assert programmed()[("Gateway", "gw")] == "True"
     clients.close(stream)
+    assert programmed()[("Gateway", "gw")] == "False"  # no Envoy of it holds the configuration any more

@@ -858,7 +858,8 @@ def test_out_of_range_service_target_port_is_a_load_error(target_port: int) -> N
     assert (error.kind, error.name, error.field) == ("Service", "s", "spec.ports[0].targetPort")
     rendered = render(resources)  # the route now reports a missing Service instead of crashing
     [route] = [s for s in rendered["status"] if s["kind"] == "HTTPRoute"]
-    assert any(c["type"] == "ResolvedRefs" and c["status"] == "False" for c in route["conditions"])
+    [parent] = route["parents"]
+    assert any(c["type"] == "ResolvedRefs" and c["status"] == "False" for c in parent["conditions"])
 
 
 def timeout_docs(duration: str) -> list[Doc]:

@@ -643,7 +643,7 @@ async def test_the_service_answers_each_attempt_with_its_rule_and_backends_setti
 def test_a_backend_naming_a_missing_policy_is_refused_and_says_why() -> None:
     translation = _translate(_route([{"name": "a"}]), *_backend("a", backendSecurityPolicyRef={"name": "gone"}))
     assert _settings(translation, "a").credential_error == "BackendSecurityPolicy default/gone not found"
-    condition = _condition(translation, "AIServiceBackend", "a", "ResolvedRefs")
+    condition = _condition(translation, "AIServiceBackend", "a")
     assert (condition.status, condition.reason) == ("False", "BackendSecurityPolicyNotFound")
 
 

@@ -18,18 +18,32 @@ from translators.ir import (
     Discovery,
     Endpoint,
     EndpointGroup,
+    EndpointPickerIR,
     ObjectRef,
+    PickerMode,
     PoolBalancing,
     PoolIR,
 )
 from translators.loader import ResourceSet
 from translators.picker_config import PickerConfigFinder
 from translators.pools import pool_members, pool_objectives
-from translators.resources import AIServiceBackend, Backend, InferenceObjective, InferencePool, Pod, Service
+from translators.resources import (
+    AIServiceBackend,
+    Backend,
+    InferenceObjective,
+    InferencePool,
+    Pod,
+    ReferenceGrant,
+    Resource,
+    Service,
+)
 from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP
 from translators.resources.inference import INFERENCE_GROUP
+from translators.xds.names import ENDPOINT_PICKER_ANNOTATION
 
 CLUSTER_LOCAL_SUFFIX = ".svc.cluster.local"
+# A Service port's (or a pool's) appProtocol saying HTTP/2 in cleartext.
+H2C_APP_PROTOCOL = "kubernetes.io/h2c"
 
 
 def ai_backend_id(namespace: str, name: str) -> str:
@@ -55,6 +69,31 @@ class WeightedCluster:
     priority: int
 
 
+class ReferenceGrants:
+    """Which cross-namespace references the ReferenceGrants allow. A grant lives in the namespace referred to; it
+    allows a reference when one of its `from` entries names the referring object's group, kind and namespace, and
+    one of its `to` entries the target's group and kind (and name, when it has one)."""
+
+    def __init__(self, resources: ResourceSet) -> None:
+        self._by_namespace: dict[str, list[ReferenceGrant]] = {}
+        for grant in resources.of_kind(ReferenceGrant):
+            self._by_namespace.setdefault(grant.namespace, []).append(grant)
+
+    def allows(self, source: Resource, group: str, kind: str, namespace: str, name: str) -> bool:
+        if namespace == source.namespace:
+            return True
+        origin = (source.group, source.kind, source.namespace)
+        return any(
+            any((f.group, f.kind, f.namespace) == origin for f in grant.spec.from_)
+            and any((t.group, t.kind) == (group, kind) and t.name in (None, name) for t in grant.spec.to)
+            for grant in self._by_namespace.get(namespace, ())
+        )
+
+    def check(self, source: Resource, group: str, kind: str, namespace: str, name: str) -> None:
+        if not self.allows(source, group, kind, namespace, name):
+            raise Unresolved("RefNotPermitted", f"{kind} in namespace {namespace} needs a ReferenceGrant")
+
+
 def discovery_for(groups: Sequence[EndpointGroup]) -> Discovery:
     endpoints = [e for g in groups for e in g.endpoints]
     if any(e.kind is AddressKind.DNS for e in endpoints):
@@ -65,15 +104,20 @@ def discovery_for(groups: Sequence[EndpointGroup]) -> Discovery:
 
 
 class BackendResolver:
-    """Follows references within one ResourceSet. Cross-namespace references are refused (no ReferenceGrant)."""
+    """Follows references within one ResourceSet; across namespaces only where a ReferenceGrant allows it."""
 
     def __init__(
         self,
         resources: ResourceSet,
         resolve_cluster_local: bool,
         upstream_backends: frozenset[tuple[str, str]] = frozenset(),
+        grants: ReferenceGrants | None = None,
+        endpoint_picker: PickerMode = PickerMode.EMBEDDED,
     ) -> None:
+        """`endpoint_picker`: who picks for a pool that does not say (its annotation ENDPOINT_PICKER_ANNOTATION)."""
         self._resources = resources
+        self._endpoint_picker = endpoint_picker
+        self._grants = grants if grants is not None else ReferenceGrants(resources)
         self._resolve_cluster_local = resolve_cluster_local
         self._upstream_backends = upstream_backends  # (ns, name) of AIServiceBackends with upstream-phase settings
         self._ready_pods: dict[str, list[Pod]] = {}
@@ -84,18 +128,14 @@ class BackendResolver:
         for objective in resources.of_kind(InferenceObjective):
             self._objectives.setdefault(objective.namespace, []).append(objective)
         self._picker_configs = PickerConfigFinder(resources)
-        self._pools: dict[tuple[str, str], PoolIR] = {}  # every rule routing to a pool needs it: build it once
+        # Every rule routing to a pool needs it: built once, with the Endpoint Picker it calls in reference mode.
+        self._pools: dict[tuple[str, str], tuple[PoolIR, EndpointPickerIR | None]] = {}
 
     def _pods(self, namespace: str, labels: dict[str, str]) -> list[Pod]:
         if not labels:  # a selector-less Service has no automatic endpoints
             return []
         pods = self._ready_pods.get(namespace, [])
         return [p for p in pods if all(p.metadata.labels.get(k) == v for k, v in labels.items())]
-
-    @staticmethod
-    def _same_namespace(kind: str, namespace: str, ref_namespace: str | None) -> None:
-        if ref_namespace not in (None, namespace):
-            raise Unresolved("RefNotPermitted", f"{kind} in namespace {ref_namespace} needs a ReferenceGrant")
 
     def service_endpoints(self, namespace: str, name: str, port: int) -> tuple[Endpoint, ...]:
         service = self._resources.get(Service, namespace, name)
@@ -161,25 +201,57 @@ class BackendResolver:
         if ai_backend is None:
             raise Unresolved("BackendNotFound", f"AIServiceBackend {namespace}/{name} not found")
         ref = ai_backend.spec.backend_ref
-        self._same_namespace(ref.kind or "Backend", namespace, ref.namespace)
+        target = ref.namespace or namespace
+        self._grants.check(ai_backend, ref.group or "", ref.kind or "Backend", target, ref.name)
         identity = ai_backend_id(namespace, name)
         if (ref.group or "", ref.kind or "Service") == ("", "Service"):
             if ref.port is None:
                 raise Unresolved("UnsupportedValue", f"AIServiceBackend {namespace}/{name}: Service ref needs a port")
-            endpoints = self.service_endpoints(namespace, ref.name, ref.port)
+            endpoints = self.service_endpoints(target, ref.name, ref.port)
             group = EndpointGroup(identity, endpoints, dynamic=True)
         elif (ref.group, ref.kind) == (ENVOY_GATEWAY_GROUP, "Backend"):
-            group = self._backend_group(namespace, ref.name, identity)
+            group = self._backend_group(target, ref.name, identity)
         else:
             raise Unresolved("InvalidKind", f"AIServiceBackend {namespace}/{name}: cannot reference {ref.kind}")
         upstream = (namespace, name) in self._upstream_backends
         return ClusterIR(identity, discovery_for([group]), (group,), upstream_settings=upstream)
 
     def pool(self, pool: InferencePool) -> PoolIR:
+        return self._pool(pool)[0]
+
+    def _pool(self, pool: InferencePool) -> tuple[PoolIR, EndpointPickerIR | None]:
         key = (pool.namespace, pool.name)
         if key not in self._pools:
-            self._pools[key] = self._build_pool(pool)
+            pool_ir = self._build_pool(pool)
+            referenced = self._endpoint_picker_of(pool) if pool_ir.picker is PickerMode.REFERENCE else None
+            self._pools[key] = (pool_ir, referenced)
         return self._pools[key]
+
+    def _picker_mode(self, pool: InferencePool) -> PickerMode:
+        """The pool's annotation, else the option. A pool without endpointPickerRef (optional since GIE v1.6) has
+        no picker to call: the embedded one picks. An annotation value that is no mode is ignored."""
+        if pool.spec.endpoint_picker_ref is None:
+            return PickerMode.EMBEDDED
+        annotation = pool.metadata.annotations.get(ENDPOINT_PICKER_ANNOTATION)
+        return PickerMode(annotation) if annotation in set(PickerMode) else self._endpoint_picker
+
+    def _endpoint_picker_of(self, pool: InferencePool) -> EndpointPickerIR:
+        """The Service endpointPickerRef names, as a cluster of its ready pods; `missing` says why there is none."""
+        ref = pool.spec.endpoint_picker_ref
+        assert ref is not None  # _picker_mode makes a pool without one embedded
+        port = ref.port.number if ref.port is not None else 0
+        service_ref = ObjectRef(ref.kind, pool.namespace, ref.name)
+        if (ref.group, ref.kind) != ("", "Service"):
+            missing = f"endpointPickerRef kind {ref.kind} of group {ref.group!r} is not supported (a Service is)"
+            return EndpointPickerIR(service_ref, port, missing=missing)
+        try:
+            endpoints = self.service_endpoints(pool.namespace, ref.name, port)
+        except Unresolved as exc:
+            return EndpointPickerIR(service_ref, port, missing=exc.message)
+        service = self._resources.get(Service, pool.namespace, ref.name)
+        assert service is not None  # service_endpoints found it
+        app_protocol = next(p.app_protocol for p in service.spec.ports if p.port == port)
+        return EndpointPickerIR(service_ref, port, endpoints, tls=app_protocol != H2C_APP_PROTOCOL)
 
     def _build_pool(self, pool: InferencePool) -> PoolIR:
         members = pool_members(pool, self._pods(pool.namespace, pool.spec.selector.match_labels))
@@ -193,36 +265,39 @@ class BackendResolver:
             members=members,
             objectives=pool_objectives(pool, self._objectives.get(pool.namespace, [])),
             picker_config=self._picker_configs.find(pool),
+            picker=self._picker_mode(pool),
         )
 
     def pool_cluster(self, namespace: str, name: str) -> tuple[ClusterIR, PoolIR]:
         pool = self._resources.get(InferencePool, namespace, name)
         if pool is None:
             raise Unresolved("BackendNotFound", f"InferencePool {namespace}/{name} not found")
-        pool_ir = self.pool(pool)
+        pool_ir, endpoint_picker = self._pool(pool)
         group = EndpointGroup(f"inferencepool/{namespace}/{name}", pool_ir.endpoints, dynamic=True)
+        balancing = PoolBalancing(ObjectRef(InferencePool.kind, namespace, name), pool_ir.fail_open, endpoint_picker)
         cluster = ClusterIR(
             group.backend,
             Discovery.EDS,
             (group,),
-            pool=PoolBalancing(ObjectRef(InferencePool.kind, namespace, name), pool_ir.fail_open),
-            http2=pool.spec.app_protocol == "kubernetes.io/h2c",
+            pool=balancing,
+            http2=pool.spec.app_protocol == H2C_APP_PROTOCOL,
         )
         return cluster, pool_ir
 
     def resolve(
-        self, route_namespace: str, group: str, kind: str, name: str, namespace: str | None, port: int | None
+        self, route: Resource, group: str, kind: str, name: str, namespace: str | None, port: int | None
     ) -> ClusterIR:
-        """One backendRef (HTTPRoute or AIGatewayRoute shape, defaults already applied) -> its cluster."""
-        self._same_namespace(kind, route_namespace, namespace)
+        """One backendRef of `route` (HTTPRoute or AIGatewayRoute shape, defaults already applied) -> its cluster."""
+        target = namespace or route.namespace
+        self._grants.check(route, group, kind, target, name)
         if (group, kind) == (INFERENCE_GROUP, "InferencePool"):
-            return self.pool_cluster(route_namespace, name)[0]
+            return self.pool_cluster(target, name)[0]
         if (group, kind) == ("", "Service"):
-            return self.service_cluster(route_namespace, name, port)
+            return self.service_cluster(target, name, port)
         if (group, kind) == (ENVOY_GATEWAY_GROUP, "Backend"):
-            return self.backend_cluster(route_namespace, name)
+            return self.backend_cluster(target, name)
         if kind == "AIServiceBackend":
-            return self.ai_service_backend_cluster(route_namespace, name)
+            return self.ai_service_backend_cluster(target, name)
         raise Unresolved("InvalidKind", f"backendRef kind {group}/{kind} is not supported")
 
 

@@ -57,12 +57,43 @@ class EndpointGroup:
     dynamic: bool = False  # endpoints are pods: they change without the configuration changing
 
 
+class PickerMode(StrEnum):
+    """Who picks a pool's endpoint: the Endpoint Picker its `endpointPickerRef` names (a real Inference Extension EPP,
+    as the spec requires), or the picker embedded in this control plane (`up`, and files unless told otherwise)."""
+
+    REFERENCE = "reference"
+    EMBEDDED = "embedded"
+
+
+@dataclass(frozen=True)
+class EndpointPickerIR:
+    """The Endpoint Picker a pool in reference mode calls: the Service its endpointPickerRef names, reached over gRPC
+    (HTTP/2) at the Service's ready pods, as a cluster of its own."""
+
+    service: ObjectRef  # the Service (same namespace as the pool)
+    port: int  # the Service port (endpointPickerRef.port.number), not the pods' target port
+    endpoints: tuple[Endpoint, ...] = ()  # ready pods selected by the Service, at the port's target port
+    tls: bool = True  # the EPP serves TLS by default (self-signed); the port's appProtocol kubernetes.io/h2c: cleartext
+    missing: str | None = None  # why there is nothing to call (no such Service or port, not a Service): a 500
+
+    @property
+    def cluster(self) -> str:
+        """Keyed by the Service and port (pools sharing a picker share it), never by pool or route."""
+        return f"epp/{self.service.namespace}/{self.service.name}/{self.port}"
+
+    @property
+    def authority(self) -> str:
+        """The gRPC :authority, as a client inside the cluster would name the Service."""
+        return f"{self.service.name}.{self.service.namespace}.svc:{self.port}"
+
+
 @dataclass(frozen=True)
 class PoolBalancing:
     """An InferencePool cluster: the picker's choice (header, then metadata) decides the host."""
 
     pool: ObjectRef  # the InferencePool
     fail_open: bool  # when no valid choice arrives, round-robin over the pool instead of failing
+    picker: EndpointPickerIR | None = None  # reference mode: the pool's own Endpoint Picker; None: the embedded one
 
 
 @dataclass(frozen=True)
@@ -254,19 +285,55 @@ class ConditionStatus(StrEnum):
 
 @dataclass(frozen=True)
 class Condition:
-    """A Kubernetes-style condition; `parent` names the Gateway (or listener) a route condition is about."""
+    """A Kubernetes condition (metav1.Condition without the times: the status writer stamps those)."""
 
     type: str
     status: ConditionStatus
     reason: str
     message: str
-    parent: str = ""
+
+
+@dataclass(frozen=True, order=True)
+class ParentRefIR:
+    """A parent as Kubernetes status echoes it: a route's parentRef with its defaults filled in (group, kind and
+    namespace), or the Gateway an InferencePool is served by (no section or port)."""
+
+    namespace: str
+    name: str
+    group: str = "gateway.networking.k8s.io"
+    kind: str = "Gateway"
+    section_name: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class ParentStatus:
+    """One entry of a route's or a pool's `status.parents`: this controller's verdict for one parent."""
+
+    parent: ParentRefIR
+    conditions: tuple[Condition, ...]
+
+
+@dataclass(frozen=True)
+class ListenerStatus:
+    """One entry of a Gateway's `status.listeners`."""
+
+    name: str
+    supported_kinds: tuple[tuple[str, str], ...]  # (group, kind) of the routes this listener takes
+    attached_routes: int  # routes (HTTPRoutes and AIGatewayRoutes) Accepted on this listener
+    conditions: tuple[Condition, ...]
 
 
 @dataclass(frozen=True)
 class ObjectStatus:
+    """What this controller says of one object. `conditions` are the object's own (`status.conditions`); routes and
+    pools also have one `parents` entry per Gateway of this controller, Gateways one `listeners` entry per listener."""
+
     ref: ObjectRef
     conditions: tuple[Condition, ...]
+    generation: int = 0  # metadata.generation of the object the status was computed from: observedGeneration
+    parents: tuple[ParentStatus, ...] = ()
+    listeners: tuple[ListenerStatus, ...] = ()
 
 
 @dataclass(frozen=True, order=True)
@@ -311,10 +378,17 @@ class PoolIR:
     members: tuple[PoolMember, ...] = ()
     objectives: tuple[ObjectiveIR, ...] = ()  # sorted by name
     picker_config: PickerConfigIR = DEFAULT_PICKER_CONFIG
+    # Who picks: the embedded picker serves (and scrapes) only EMBEDDED pools; REFERENCE pools call their own EPP.
+    picker: PickerMode = PickerMode.EMBEDDED
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+# Envoy Gateway's controllerName: the tutorial's GatewayClass names it, and this project replaces Envoy Gateway.
+ENVOY_GATEWAY_CONTROLLER = "gateway.envoyproxy.io/gatewayclass-controller"
+OWN_CONTROLLER = "xds-server.dev/gateway-controller"
 
 
 @dataclass(frozen=True)
@@ -325,6 +399,10 @@ class TranslateOptions:
     extproc_port: int = 1063
     resolve_cluster_local: bool = False  # map <svc>.<ns>.svc.cluster.local Backends to the Service's pods
     buffer_limit_bytes: int = 50 * 1024 * 1024  # buffered ext_proc bodies need room: 32 KiB is Envoy's default
+    # GatewayClass controllers served: files and `up` take Envoy Gateway's (the tutorial's) and the project's own;
+    # in a cluster exactly one is claimed (`--controller-name`), so another controller's classes are left alone.
+    endpoint_picker: PickerMode = PickerMode.EMBEDDED  # the pool annotation xds-server.io/endpoint-picker overrides
+    controller_names: frozenset[str] = frozenset({ENVOY_GATEWAY_CONTROLLER, OWN_CONTROLLER})
 
 
 @dataclass(frozen=True)

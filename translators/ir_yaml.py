@@ -3,7 +3,7 @@
 Driven by each dataclass's fields and type hints, so it follows IR changes without edits:
 
 - a dataclass is a mapping of its fields in field order, leaving out a field whose value is its default;
-- an enum member is its value, a tuple a list;
+- an enum member is its value, a tuple a list, a frozenset a sorted list;
 - where a field's type is a union of several dataclasses (`RouteIR.action: ForwardAction | DirectAction`), the
   value's class name is written under `DISCRIMINATOR` ("@kind", as protobuf's JSON writes "@type"; not an
   identifier, so no field can clash with it); `X | None` needs none;
@@ -127,6 +127,11 @@ def _dump(value: Any, hint: Any, path: str) -> Any:
             raise TypeError(f"{path or 'value'}: expected a tuple, got {value!r}")
         item_hints = _items(hint, len(value))
         return [_dump(item, h, _at(path, i)) for i, (item, h) in enumerate(zip(value, item_hints, strict=True))]
+    if typing.get_origin(hint) is frozenset:
+        if not isinstance(value, frozenset):
+            raise TypeError(f"{path or 'value'}: expected a frozenset, got {value!r}")
+        [item_hint] = typing.get_args(hint)
+        return sorted((_dump(item, item_hint, path) for item in value), key=repr)
     if isinstance(hint, type) and issubclass(hint, Enum):
         return hint(value).value
     if hint is type(None) or hint in _PRIMITIVES:
@@ -184,6 +189,11 @@ def _load(hint: Any, data: Any, path: str) -> Any:
         except TypeError as error:
             raise ValueError(f"{where}: {error}") from None
         return tuple(_load(h, item, _at(path, i)) for i, (item, h) in enumerate(zip(data, item_hints, strict=True)))
+    if typing.get_origin(hint) is frozenset:
+        if not isinstance(data, list):
+            raise ValueError(f"{where}: expected a list, got {data!r}")
+        [item_hint] = typing.get_args(hint)
+        return frozenset(_load(item_hint, item, _at(path, i)) for i, item in enumerate(data))
     if isinstance(hint, type) and issubclass(hint, Enum):
         try:
             return hint(data)

@@ -38,7 +38,8 @@ class ObjectKey:
 
 @dataclass(frozen=True)
 class Origin:
-    """Where an object came from: a file and the 1-based number of the document in it."""
+    """Where an object came from: a file and the 1-based number of the document in it (0: not from a file, e.g.
+    `kubernetes`, the API server)."""
 
     file: str
     document: int
@@ -56,7 +57,8 @@ class LoadError:
     def __str__(self) -> str:
         who = "/".join(part for part in (self.kind or "?", self.namespace, self.name or "?") if part)
         where = f" field {self.field}:" if self.field else ""
-        return f"{self.origin.file} document {self.origin.document}: {who}:{where} {self.reason}"
+        place = f"{self.origin.file} document {self.origin.document}" if self.origin.document else self.origin.file
+        return f"{place}: {who}:{where} {self.reason}"
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from translators.ir import BackendSettingsIR, PoolIR, Translation
+from translators.ir import BackendSettingsIR, PickerMode, PoolIR, Translation
 
 
 @dataclass(frozen=True)
 class RuntimeTables:
     # The upstream phase's settings by (rule, backend). They hold credentials: never printed.
     backend_settings: Mapping[tuple[str, str], BackendSettingsIR] = field(default_factory=dict, repr=False)
-    pools: Mapping[str, PoolIR] = field(default_factory=dict)  # by "<ns>/<name>"
+    # The pools the embedded picker serves (and scrapes), by "<ns>/<name>": a pool in reference mode is its own
+    # Endpoint Picker's, so it is left out.
+    pools: Mapping[str, PoolIR] = field(default_factory=dict)
 
 
 EMPTY_TABLES = RuntimeTables()
@@ -27,5 +29,5 @@ EMPTY_TABLES = RuntimeTables()
 def runtime_tables(translation: Translation) -> RuntimeTables:
     return RuntimeTables(
         MappingProxyType({(s.rule, s.backend): s for s in translation.backend_settings}),
-        MappingProxyType({pool.key: pool for pool in translation.pools}),
+        MappingProxyType({pool.key: pool for pool in translation.pools if pool.picker is PickerMode.EMBEDDED}),
     )

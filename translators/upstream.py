@@ -12,7 +12,7 @@ import binascii
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 
-from translators.backends import ai_backend_id
+from translators.backends import ReferenceGrants, ai_backend_id
 from translators.ir import ApiKey, BackendSettingsIR
 from translators.loader import ResourceSet
 from translators.resources import AIGatewayRoute, AIServiceBackend, BackendSecurityPolicy, Resource, Secret
@@ -67,9 +67,10 @@ def _merge_fields(*mutations: HTTPBodyMutation | None) -> tuple[tuple[tuple[str,
 class UpstreamSettings:
     """Resolves settings within one ResourceSet, reporting each BackendSecurityPolicy's outcome once."""
 
-    def __init__(self, resources: ResourceSet, report: Report) -> None:
+    def __init__(self, resources: ResourceSet, report: Report, grants: ReferenceGrants | None = None) -> None:
         self._resources = resources
         self._report = report
+        self._grants = grants if grants is not None else ReferenceGrants(resources)
         # Backends whose every request passes the upstream phase: their own settings, or a rule's on a backendRef.
         self.backends: set[tuple[str, str]] = set()
         for backend in resources.of_kind(AIServiceBackend):
@@ -85,6 +86,11 @@ class UpstreamSettings:
         self.backends.update(self._policies)  # a policy's targets: their requests need its key
         # Every policy's key read (and reported) once, used by any backend or not.
         self._keys = {(p.namespace, p.name): self._read_key(p) for p in resources.of_kind(BackendSecurityPolicy)}
+        for (namespace, name), policy in sorted(self._policies.items()):
+            error = self._keys[(policy.namespace, policy.name)][1]
+            target = resources.get(AIServiceBackend, namespace, name)
+            if error is not None and target is not None:  # its requests are refused: say so on the backend too
+                self._report(target, "Accepted", False, "InvalidBackendSecurityPolicy", error)
 
     def _policies_by_backend(self) -> dict[tuple[str, str], BackendSecurityPolicy]:
         """Each AIServiceBackend's policy: the one the backend names, else the oldest whose targetRefs name it.
@@ -107,7 +113,7 @@ class UpstreamSettings:
                 else:
                     message = f"BackendSecurityPolicy {backend.namespace}/{ref.name} not found"
                     self._missing[(backend.namespace, backend.name)] = message
-                    self._report(backend, "ResolvedRefs", False, "BackendSecurityPolicyNotFound", message)
+                    self._report(backend, "Accepted", False, "BackendSecurityPolicyNotFound", message)
         for policy in policies:
             for target in policy.spec.target_refs:
                 if target.kind != "AIServiceBackend":
@@ -166,13 +172,12 @@ class UpstreamSettings:
         if auth is None:
             return self._refuse(policy, "Unsupported", f"type {policy.spec.type} is not supported (API key types only)")
         ref = auth.secret_ref
-        if ref.namespace not in (None, policy.namespace):
-            return self._refuse(
-                policy, "RefNotPermitted", f"Secret in namespace {ref.namespace} needs a ReferenceGrant"
-            )
-        secret = self._resources.get(Secret, policy.namespace, ref.name)
+        namespace = ref.namespace or policy.namespace
+        if not self._grants.allows(policy, "", "Secret", namespace, ref.name):
+            return self._refuse(policy, "RefNotPermitted", f"Secret in namespace {namespace} needs a ReferenceGrant")
+        secret = self._resources.get(Secret, namespace, ref.name)
         if secret is None:
-            return self._refuse(policy, "SecretNotFound", f"Secret {policy.namespace}/{ref.name} not found")
+            return self._refuse(policy, "SecretNotFound", f"Secret {namespace}/{ref.name} not found")
         value = secret.string_data.get(API_KEY_SECRET_KEY)
         if value is None and API_KEY_SECRET_KEY in secret.data:
             try:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -18,14 +19,56 @@ def _json(document: Any, status: int = 200) -> web.Response:
     )
 
 
-def admin_app(control_plane: ControlPlane, picker: EndpointPicker | None = None) -> web.Application:
+class Synced(Protocol):
+    @property
+    def synced(self) -> bool: ...
+
+
+class Leadership(Protocol):
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def holder(self) -> str | None: ...
+
+    @property
+    def identity(self) -> str: ...
+
+    @property
+    def lease(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Cluster mode's state for the admin views: has the source listed everything, and who leads."""
+
+    source: Synced
+    leadership: Leadership
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "synced": self.source.synced,
+            "identity": self.leadership.identity,
+            "leader": self.leadership.holder or "",
+            "leading": self.leadership.is_leader,
+            "lease": self.leadership.lease,
+        }
+
+
+def admin_app(
+    control_plane: ControlPlane, picker: EndpointPicker | None = None, cluster: ClusterView | None = None
+) -> web.Application:
     async def healthz(_request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     async def readyz(_request: web.Request) -> web.Response:
-        if control_plane.ready:
+        if not control_plane.ready:
+            return web.Response(status=503, text="not ready: resources not loaded yet\n")
+        if cluster is None:
             return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready: resources not loaded yet\n")
+        # Every replica serves, so a follower is ready too; the text says which one writes status.
+        role = "leader" if cluster.leadership.is_leader else f"follower (leader: {cluster.leadership.holder or 'none'})"
+        return web.Response(text=f"ready, {role}\n")
 
     async def prometheus(_request: web.Request) -> web.Response:
         response = web.Response(body=generate_latest())
@@ -39,7 +82,10 @@ def admin_app(control_plane: ControlPlane, picker: EndpointPicker | None = None)
         return _json(control_plane.clients_document())
 
     async def status(_request: web.Request) -> web.Response:
-        return _json(control_plane.status_document())
+        document = control_plane.status_document()
+        if cluster is not None:
+            document["cluster"] = cluster.document()
+        return _json(document)
 
     async def pools(_request: web.Request) -> web.Response:
         return _json(picker.pools_document() if picker is not None else [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from xds_server.admin import ClusterView
 from xds_server.api import admin_pb2, admin_pb2_grpc
 from xds_server.control_plane import ControlPlane
 from xds_server.xds.streams import short_type
@@ -11,8 +12,9 @@ from xds_server.xds.sync import stream_sync
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
-    def __init__(self, control_plane: ControlPlane) -> None:
+    def __init__(self, control_plane: ControlPlane, cluster: ClusterView | None = None) -> None:
         self._control_plane = control_plane
+        self._cluster = cluster
 
     async def ListClients(
         self,
@@ -21,6 +23,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ListClientsResponse:
         cache = self._control_plane.cache
         response = admin_pb2.ListClientsResponse()
+        if self._cluster is not None:
+            leadership = self._cluster.leadership
+            response.leadership.identity = leadership.identity
+            response.leadership.leader = leadership.holder or ""
+            response.leadership.leading = leadership.is_leader
+            response.leadership.lease = leadership.lease
         for stream in self._control_plane.clients.streams():
             if not stream.key or (request.gateway and stream.key != request.gateway):
                 continue
@@ -66,4 +74,8 @@ def status_table(response: admin_pb2.ListClientsResponse) -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     if len(rows) == 1:
         lines.append("no Envoy connected")
+    if response.HasField("leadership"):
+        leadership = response.leadership
+        role = "this replica" if leadership.leading else "another replica"
+        lines.append(f"leader: {leadership.leader or 'none'} ({role}; lease {leadership.lease or 'not used'})")
     return "\n".join([*lines, *(f"rejected: {error}" for error in errors)]) + "\n"

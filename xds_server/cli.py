@@ -9,12 +9,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
 from translators.gatewayapi import translate
-from translators.ir import TranslateOptions
+from translators.ir import ENVOY_GATEWAY_CONTROLLER, PickerMode, TranslateOptions
 from translators.xds.render import translation_dict
 from xds_server.bootstrap import bootstrap
 from xds_server.sources.files import load_paths
@@ -109,12 +110,21 @@ def add_picker_debug_option(command: argparse.ArgumentParser) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from xds_server.logs import configure
-    from xds_server.serve import serve
+    from xds_server.serve import ClusterOptions, serve, serve_kubernetes
 
     configure(json=args.log_format == "json")
-    return asyncio.run(
-        serve(args.resources, translate_options(args), args.xds_address, args.admin_address, args.picker_debug)
+    options = translate_options(args)
+    if not args.kubernetes:
+        return asyncio.run(serve(args.resources, options, args.xds_address, args.admin_address, args.picker_debug))
+    cluster = ClusterOptions(
+        kubeconfig=args.kubeconfig,
+        namespaces=tuple(args.namespaces),
+        controller_name=args.controller_name,
+        leader_election=args.leader_election,
+        lease_namespace=args.lease_namespace,
     )
+    options = replace(options, endpoint_picker=PickerMode(args.endpoint_picker))
+    return asyncio.run(serve_kubernetes(cluster, options, args.xds_address, args.admin_address, args.picker_debug))
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -186,10 +196,52 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap_cmd.add_argument("--delta", action="store_true", help="use incremental (Delta) ADS")
     bootstrap_cmd.set_defaults(run=run_bootstrap)
     serve_cmd = commands.add_parser(
-        "serve", help="serve manifests to Envoy over ADS, following every change of the files"
+        "serve",
+        help="serve manifests (--resources) or a cluster's objects (--kubernetes) to Envoy over ADS, following changes",
     )
-    serve_cmd.add_argument(
-        "--resources", nargs="+", required=True, metavar="PATH", help="YAML files or directories, watched"
+    source = serve_cmd.add_mutually_exclusive_group(required=True)
+    source.add_argument("--resources", nargs="+", metavar="PATH", help="YAML files or directories, watched")
+    source.add_argument(
+        "--kubernetes", action="store_true", help="run as a cluster controller: list/watch the API server, write status"
+    )
+    cluster = serve_cmd.add_argument_group("cluster mode (--kubernetes)")
+    cluster.add_argument(
+        "--kubeconfig", metavar="PATH", help="default: in-cluster config in a pod, else $KUBECONFIG or ~/.kube/config"
+    )
+    cluster.add_argument(
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch only this namespace (repeatable; default: all namespaces)",
+    )
+    cluster.add_argument(
+        "--controller-name",
+        default=ENVOY_GATEWAY_CONTROLLER,
+        metavar="NAME",
+        help=f"the GatewayClass controllerName served; other classes are ignored (default {ENVOY_GATEWAY_CONTROLLER})",
+    )
+    cluster.add_argument(
+        "--endpoint-picker",
+        choices=[mode.value for mode in PickerMode],
+        default=PickerMode.REFERENCE.value,
+        help="reference: call the Endpoint Picker each pool's endpointPickerRef names (default); embedded: pick in "
+        "this process (a pool's annotation xds-server.io/endpoint-picker: embedded does so for that pool)",
+    )
+    election = cluster.add_mutually_exclusive_group()
+    election.add_argument(
+        "--leader-election",
+        dest="leader_election",
+        action="store_true",
+        default=True,
+        help="only the holder of a coordination.k8s.io Lease writes status (default)",
+    )
+    election.add_argument("--no-leader-election", dest="leader_election", action="store_false")
+    cluster.add_argument(
+        "--lease-namespace",
+        metavar="NS",
+        help="the Lease's namespace (default: the pod's, else the kubeconfig context's, else default)",
     )
     serve_cmd.add_argument("--xds-address", type=host_port, default=("127.0.0.1", 18000), metavar="HOST:PORT")
     serve_cmd.add_argument("--admin-address", type=host_port, default=("127.0.0.1", 19000), metavar="HOST:PORT")

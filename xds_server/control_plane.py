@@ -25,7 +25,7 @@ from translators.xds.render import error_dict, status_dict
 from xds_server import metrics
 from xds_server.xds.cache import PUSH_ORDER, InconsistentSnapshot, Snapshot, SnapshotCache
 from xds_server.xds.streams import ClientRegistry, ClientStream, Nack, short_type
-from xds_server.xds.sync import stream_sync
+from xds_server.xds.sync import gateway_holders, stream_sync
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,18 @@ def build(
         if collecting:
             gc.enable()
     return Build(resources, translation, snapshots, refused, time.perf_counter() - started, runtime)
+
+
+def _programmed(status: ObjectStatus, condition: Condition) -> ObjectStatus:
+    """`status` with `condition` as its Programmed, and, when that is False, on each of its listeners too."""
+    kept = tuple(c for c in status.conditions if c.type != "Programmed")
+    listeners = status.listeners
+    if condition.status is ConditionStatus.FALSE:
+        listeners = tuple(
+            replace(lis, conditions=(*(c for c in lis.conditions if c.type != "Programmed"), condition))
+            for lis in listeners
+        )
+    return replace(status, conditions=(*kept, condition), listeners=listeners)
 
 
 def _gateway_ref(key: str) -> ObjectRef:
@@ -150,9 +162,20 @@ class ControlPlane:
             if index is None:
                 statuses.append(ObjectStatus(ref, (rejected,)))
             else:  # replaces a translation's Programmed=True: what Envoy said wins
-                kept = tuple(c for c in statuses[index].conditions if c.type != "Programmed")
-                statuses[index] = replace(statuses[index], conditions=(*kept, rejected))
-        return statuses
+                statuses[index] = _programmed(statuses[index], rejected)
+        return [self._held(status) if status.ref.kind == "Gateway" else status for status in statuses]
+
+    def _held(self, status: ObjectStatus) -> ObjectStatus:
+        """A Gateway the translation could program is Programmed once one of its Envoys holds the configuration."""
+        programmed = next((c for c in status.conditions if c.type == "Programmed"), None)
+        if programmed is None or programmed.status is ConditionStatus.FALSE:
+            return status
+        holders = gateway_holders(self.clients, self.cache, f"{status.ref.namespace}/{status.ref.name}")
+        if holders:
+            held = f"{programmed.message}; held by {len(holders)} Envoy(s): {', '.join(sorted(holders)[:5])}"
+            return _programmed(status, replace(programmed, message=held))
+        pending = "no Envoy of this Gateway holds its current configuration yet"
+        return _programmed(status, Condition("Programmed", ConditionStatus.FALSE, "Pending", pending))
 
     def status_document(self) -> dict[str, Any]:
         errors = self.current.resources.errors if self.current else ()

@@ -21,3 +21,24 @@ TRANSLATION_SECONDS = Histogram(
 )
 RELOADS = Counter("xds_server_reloads_total", "reloads of the resource sources, by result", ["result"])
 LOAD_ERRORS = Gauge("xds_server_load_errors", "invalid objects in the latest load")
+STATUS_WRITES = Counter(
+    "xds_server_status_writes_total",
+    "status subresource writes to the API server, per kind and result (ok, conflict, error)",
+    ["kind", "result"],
+)
+LEADER = Gauge("xds_server_leader", "1 while this replica holds the leader Lease (writes status, provisions), else 0")
+LEADER_TRANSITIONS = Counter(
+    "xds_server_leader_transitions_total", "changes of this replica's leadership, gained or lost"
+)
+KUBE_WATCH_RESTARTS = Counter(
+    "xds_server_kube_watch_restarts_total",
+    "Kubernetes watches reopened, per kind and reason (gone: 410, error, inactivity, not_found: kind not served)",
+    ["kind", "reason"],
+)
+KUBE_RELISTS = Counter("xds_server_kube_relists_total", "Kubernetes LISTs after the first one, per kind", ["kind"])
+KUBE_EVENTS = Counter(
+    "xds_server_kube_events_total",
+    "Kubernetes watch events, per kind and type (SYNTHETIC_DELETED: gone at a relist)",
+    ["kind", "type"],
+)
+KUBE_OBJECTS = Gauge("xds_server_kube_objects", "Kubernetes objects stored, per kind", ["kind"])

@@ -1,5 +1,5 @@
 """The composition root: sources -> control plane -> ADS + ext_proc services + admin. `xds-server serve` is this with
-watched manifests.
+watched manifests, `xds-server serve --kubernetes` with a cluster's objects plus the status writer and the Lease.
 
 `ControlPlaneService` is the part `xds-server up` shares: the same servers and the same build/apply path, fed
 with the manifests plus the pods `up` runs. Only this module knows every piece; each piece knows only those below it.
@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -18,11 +19,11 @@ from aiohttp import web
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
-from translators.ir import TranslateOptions
+from translators.ir import ENVOY_GATEWAY_CONTROLLER, ObjectStatus, TranslateOptions
 from translators.loader import ResourceSet
 from translators.xds.names import PICKER_POOL_METADATA, UPSTREAM_SETTINGS_METADATA
 from xds_server import metrics
-from xds_server.admin import admin_app
+from xds_server.admin import ClusterView, admin_app
 from xds_server.admin_grpc import AdminService
 from xds_server.api import admin_pb2_grpc
 from xds_server.control_plane import Build, ControlPlane
@@ -32,8 +33,13 @@ from xds_server.extproc.metering import UsageMeter
 from xds_server.extproc.server import ExternalProcessor, start_server
 from xds_server.extproc.upstream import UpstreamSettingsService
 from xds_server.extproc.usage_log import UsageLog
+from xds_server.kube.leader import AlwaysLeader, LeaderElector
+from xds_server.kube.status_writer import StatusWriter
 from xds_server.sources import Source
 from xds_server.sources.files import FileSource
+from xds_server.sources.kubernetes import kinds
+from xds_server.sources.kubernetes.config import api_client, default_namespace
+from xds_server.sources.kubernetes.source import KubernetesSource
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.server import Ads
 from xds_server.xds.streams import ClientRegistry
@@ -100,6 +106,7 @@ class ControlPlaneService:
         self._extproc: grpc.aio.Server | None = None
         self.picker: EndpointPicker | None = None
         self._admin: web.AppRunner | None = None
+        self.cluster: ClusterView | None = None  # cluster mode: whether the source synced and who leads
 
     async def publish(self, resources: ResourceSet) -> None:
         """Translates in a worker thread, then publishes on the event loop (where the ADS streams listen)."""
@@ -114,14 +121,14 @@ class ControlPlaneService:
             Ads(self.control_plane.cache, self.control_plane.clients), server
         )
         add_admin = admin_pb2_grpc.add_AdminServicer_to_server
-        add_admin(AdminService(self.control_plane), server)  # type: ignore[no-untyped-call]  # generated, unannotated
+        add_admin(AdminService(self.control_plane, self.cluster), server)  # type: ignore[no-untyped-call]  # generated, unannotated
         server.add_insecure_port(f"{self.xds_address[0]}:{self.xds_address[1]}")
         await server.start()
         self._grpc = server
         self._extproc, self.picker = await start_extproc(
             self.control_plane, self.options, picker_debug=self.picker_debug
         )
-        runner = web.AppRunner(admin_app(self.control_plane, self.picker), access_log=None)
+        runner = web.AppRunner(admin_app(self.control_plane, self.picker, self.cluster), access_log=None)
         await runner.setup()
         self._admin = runner
         await web.TCPSite(runner, self.admin_address[0], self.admin_address[1]).start()
@@ -164,4 +171,65 @@ async def serve(
     log.info("shutting down")
     await watcher  # `stop` ends the watch; a reload under way finishes first
     await service.stop()
+    return 0
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """`serve --kubernetes`: where the API server is, what to watch, which GatewayClasses are ours, who writes."""
+
+    kubeconfig: str | None = None
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    controller_name: str = ENVOY_GATEWAY_CONTROLLER
+    leader_election: bool = True
+    lease_namespace: str | None = None  # default: the pod's namespace, else the kubeconfig context's, else "default"
+    lease_name: str = "xds-server"
+
+
+async def serve_kubernetes(
+    cluster: ClusterOptions,
+    options: TranslateOptions,
+    xds_address: tuple[str, int],
+    admin_address: tuple[str, int],
+    picker_debug: bool = False,
+) -> int:
+    """Every replica lists and watches, translates and serves ADS and ext_proc; the Lease's holder writes status."""
+    options = replace(options, controller_names=frozenset({cluster.controller_name}))
+    api = await api_client(cluster.kubeconfig)
+    source = KubernetesSource(api, cluster.namespaces)
+    service = ControlPlaneService(options, xds_address, admin_address, picker_debug)
+    leadership: LeaderElector | AlwaysLeader
+    if cluster.leader_election:
+        lease_namespace = cluster.lease_namespace or default_namespace(cluster.kubeconfig)
+        leadership = LeaderElector(api, lease_namespace, cluster.lease_name)
+    else:
+        leadership = AlwaysLeader()
+    service.cluster = ClusterView(source, leadership)
+    control_plane = service.control_plane
+
+    def current() -> tuple[ResourceSet, list[ObjectStatus]] | None:
+        built = control_plane.current
+        return None if built is None else (built.resources, control_plane.statuses())
+
+    writer = StatusWriter(api, source, kinds.BY_NAME, cluster.controller_name, current, leadership)
+    control_plane.build_listeners.append(lambda _built: writer.poke())
+    control_plane.clients.add_ack_listener(lambda _stream, _type_url, _version: writer.poke())
+    control_plane.clients.add_nack_listener(lambda _nack: writer.poke())
+    leadership.on_started_leading(writer.poke)
+    stop = stop_on_signals()
+    try:
+        await source.start()
+        await service.publish(source.resources())
+        await service.start()
+        tasks = [
+            asyncio.create_task(source.watch(service.publish, stop)),
+            asyncio.create_task(writer.run(stop)),
+            asyncio.create_task(leadership.run(stop)),
+        ]
+        await stop.wait()
+        log.info("shutting down")
+        await asyncio.gather(*tasks)
+    finally:
+        await service.stop()
+        await api.close()
     return 0

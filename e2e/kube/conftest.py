@@ -3,6 +3,7 @@
 `kube_cluster` (session scope) builds the binaries if the cache lacks them, starts the control plane on loopback
 with every CRD from the repository's charts/xds-server-crds/crds applied (XDS_SERVER_CRDS names another folder),
 and stops it at the end of the session however the tests ended.
+The cluster support itself is testing/kube_cluster.py, shared with the benchmarks (bench.kube_propagation).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.dynamic import DynamicClient
 
-from e2e.kube.cluster import KubeCluster, binaries_present, binary_dir, build_binaries, running_cluster
+from testing.kube_cluster import KubeCluster, binaries_present, binary_dir, build_binaries, running_cluster
 
 
 def _ensure_binaries(config: pytest.Config) -> None:

@@ -12,8 +12,8 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.dynamic import DynamicClient
 
-from e2e.kube.cluster import KubeCluster, read_json
 from testing.cases import SEED
+from testing.kube_cluster import KubeCluster, read_json
 
 needs_seed = pytest.mark.skipif(
     not SEED.is_dir(),

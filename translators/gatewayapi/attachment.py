@@ -1,13 +1,38 @@
 """Attachment of routes to Gateway listeners: which listeners a parentRef reaches, whether they admit the route,
-with which hostnames; and which listeners of a Gateway are usable at all."""
+with which hostnames; and which listeners of a Gateway are usable at all. Each verdict goes in the status book: the
+route's parent entry, the listener's status and its attachedRoutes, the Gateway's Accepted."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from translators.gatewayapi.rules import Route
-from translators.gatewayapi.status import StatusBook
+from translators.gatewayapi.status import StatusBook, condition
 from translators.hostnames import effective_hostnames
+from translators.ir import ParentRefIR
 from translators.resources import Gateway
-from translators.resources.gateway_api import Listener, ParentReference
+from translators.resources.aigateway import AIGATEWAY_GROUP
+from translators.resources.gateway_api import GATEWAY_API_GROUP, Listener, ParentReference
+
+# The route kinds an HTTP listener takes, as its status lists them: AIGatewayRoutes attach to Gateways directly.
+HTTP_ROUTE_KINDS = ((GATEWAY_API_GROUP, "HTTPRoute"), (AIGATEWAY_GROUP, "AIGatewayRoute"))
+
+
+def parent_ref(route: Route, parent: ParentReference) -> ParentRefIR:
+    """The parentRef as the route's status echoes it, defaults filled in."""
+    return ParentRefIR(
+        parent.namespace or route.namespace, parent.name, parent.group, parent.kind, parent.section_name, parent.port
+    )
+
+
+def route_kinds(listener: Listener) -> tuple[tuple[tuple[str, str], ...], list[str]]:
+    """The (group, kind) of the routes the listener takes, and the kinds its allowedRoutes names that it cannot."""
+    supported = HTTP_ROUTE_KINDS if listener.protocol == "HTTP" else ()
+    if not listener.allowed_routes.kinds:
+        return supported, []
+    named = [(k.group, k.kind) for k in listener.allowed_routes.kinds]
+    invalid = [f"{group}/{kind}" if group else kind for group, kind in named if (group, kind) not in supported]
+    return tuple(k for k in dict.fromkeys(named) if k in supported), invalid
 
 
 class Attachment:
@@ -15,78 +40,88 @@ class Attachment:
         self.book = book
         self.namespace_labels = namespace_labels
 
-    def _allows(self, gateway: Gateway, listener: Listener, route: Route) -> bool:
+    def _refusal(self, gateway: Gateway, listener: Listener, route: Route) -> str | None:
+        """Why the listener does not admit the route (its allowedRoutes), or None when it does."""
+        if (route.group, route.kind) not in route_kinds(listener)[0]:
+            return f"listener {listener.name} does not take {route.kind}s"
         namespaces = listener.allowed_routes.namespaces
         if namespaces.from_ == "All":
-            return True
+            return None
         if namespaces.from_ == "Same":
-            return route.namespace == gateway.namespace
-        selector = namespaces.selector
-        labels = self.namespace_labels.get(route.namespace)
-        return selector is not None and labels is not None and selector.matches(labels)
+            allowed = route.namespace == gateway.namespace
+        else:
+            selector = namespaces.selector
+            labels = self.namespace_labels.get(route.namespace)
+            allowed = selector is not None and labels is not None and selector.matches(labels)
+        return None if allowed else f"listener {listener.name} does not admit routes from namespace {route.namespace}"
 
     def attach(
         self, gateway: Gateway, route: Route, parent: ParentReference, listeners: list[Listener]
     ) -> list[tuple[Listener, list[str]]]:
         """The listeners a parentRef attaches the route to, each with the route's domains there."""
-        parent_name = f"{gateway.namespace}/{gateway.name}" + (f"/{parent.section_name}" if parent.section_name else "")
+        entry = parent_ref(route, parent)
         candidates = [
             lis for lis in listeners if (parent.section_name in (None, lis.name)) and (parent.port in (None, lis.port))
         ]
         if not candidates:
-            self.book.report(
-                route, "Accepted", False, "NoMatchingParent", "no listener matches sectionName/port", parent_name
-            )
+            refused = condition("Accepted", False, "NoMatchingParent", "no listener matches sectionName/port")
+            self.book.report_parent(route, entry, refused)
             return []
-        allowed = [lis for lis in candidates if self._allows(gateway, lis, route)]
+        refusals = {lis.name: self._refusal(gateway, lis, route) for lis in candidates}
+        allowed = [lis for lis in candidates if refusals[lis.name] is None]
         if not allowed:
-            self.book.report(
-                route,
-                "Accepted",
-                False,
-                "NotAllowedByListeners",
-                f"the listener does not admit routes from namespace {route.namespace}",
-                parent_name,
-            )
+            message = "; ".join(m for m in refusals.values() if m)
+            self.book.report_parent(route, entry, condition("Accepted", False, "NotAllowedByListeners", message))
             return []
         attached = [(lis, effective_hostnames(lis.hostname, route.spec.hostnames)) for lis in allowed]
         attached = [(lis, hosts) for lis, hosts in attached if hosts]
         if not attached:
-            self.book.report(
-                route,
-                "Accepted",
-                False,
-                "NoMatchingListenerHostname",
-                "no hostname is shared with the listener",
-                parent_name,
+            refused = condition(
+                "Accepted", False, "NoMatchingListenerHostname", "no hostname is shared with the listener"
             )
+            self.book.report_parent(route, entry, refused)
             return []
-        self.book.report(route, "Accepted", True, "Accepted", "attached to the Gateway", parent_name)
+        self.book.report_parent(route, entry, condition("Accepted", True, "Accepted", "attached to the Gateway"))
+        for listener, _ in attached:
+            self.book.attach(gateway, listener.name, route)
         return attached
 
     def gateway_listeners(self, gateway: Gateway) -> list[Listener]:
+        """The listeners that are served; every listener's status, and the Gateway's Accepted, go in the book."""
         usable: list[Listener] = []
-        seen: dict[tuple[int, str | None], str] = {}
+        seen: dict[tuple[int, str | None], str] = {}  # (port, hostname) of the HTTP listeners served
+        not_valid: list[str] = []
         for listener in gateway.spec.listeners:
+            kinds, invalid_kinds = route_kinds(listener)
+            self.book.add_listener(gateway, listener.name, kinds)
+            report = partial(self.book.report_listener, gateway, listener.name)
+            clash = seen.get((listener.port, listener.hostname)) if listener.protocol == "HTTP" else None
+            refusal: tuple[str, str] | None = None  # (reason, message) of Accepted=False
             if listener.protocol != "HTTP":
-                self.book.report(
-                    gateway,
-                    "Accepted",
-                    False,
-                    "UnsupportedProtocol",
-                    f"listener {listener.name}: protocol {listener.protocol} is not supported (HTTP only)",
-                )
-                continue
-            clash = seen.get((listener.port, listener.hostname))
+                refusal = ("UnsupportedProtocol", f"protocol {listener.protocol} is not supported")
+            elif clash is not None:
+                refusal = ("HostnameConflict", f"not served: same port and hostname as listener {clash}")
+            if refusal is None:
+                seen[(listener.port, listener.hostname)] = listener.name
+                usable.append(listener)
+                report("Accepted", True, "Accepted", "the listener is valid")
+                report("Programmed", True, "Programmed", "served by Envoy")
+            else:
+                not_valid.append(listener.name)
+                report("Accepted", False, *refusal)
+                report("Programmed", False, "Invalid", "the listener is not valid")
+            if invalid_kinds:
+                message = f"route kinds not supported: {', '.join(invalid_kinds)}"
+                report("ResolvedRefs", False, "InvalidRouteKinds", message)
+            else:
+                report("ResolvedRefs", True, "ResolvedRefs", "every reference resolved")
             if clash is not None:
-                self.book.report(
-                    gateway,
-                    "Accepted",
-                    False,
-                    "HostnameConflict",
-                    f"listener {listener.name}: same port and hostname as listener {clash}",
-                )
-                continue
-            seen[(listener.port, listener.hostname)] = listener.name
-            usable.append(listener)
+                report("Conflicted", True, "HostnameConflict", f"same port and hostname as listener {clash}")
+            else:
+                report("Conflicted", False, "NoConflicts", "no conflict with another listener")
+        if not not_valid:
+            self.book.report(gateway, "Accepted", True, "Accepted", "every listener is valid")
+        else:
+            message = f"listeners not valid: {', '.join(not_valid)}"
+            self.book.report(gateway, "Accepted", bool(usable), "ListenersNotValid", message)
         return usable

@@ -25,7 +25,7 @@ from translators.ir import (
     RouteIR,
 )
 from translators.resources import AIGatewayRoute, HTTPRoute, parse_duration_ms
-from translators.resources.aigateway import AIGatewayRouteBackendRef
+from translators.resources.aigateway import AIGATEWAY_GROUP, AIGatewayRouteBackendRef
 from translators.resources.gateway_api import HeaderMatch, HTTPBackendRef
 from translators.resources.inference import INFERENCE_GROUP
 from translators.upstream import UpstreamSettings, isolate_attempts
@@ -74,6 +74,8 @@ def _precedence(
     )
 
 
+# An AIGatewayRoute backendRef without a group: the group of its kind.
+_AI_REF_GROUPS = {"AIServiceBackend": AIGATEWAY_GROUP, "InferencePool": INFERENCE_GROUP}
 _PATH_KINDS = {"Exact": PathKind.EXACT, "PathPrefix": PathKind.PREFIX, "RegularExpression": PathKind.REGEX}
 
 
@@ -208,11 +210,11 @@ class RuleTranslator:
 
     def _weighted(self, route: Route, ref: AIGatewayRouteBackendRef | HTTPBackendRef) -> WeightedCluster:
         if isinstance(ref, AIGatewayRouteBackendRef):
-            group = ref.group if ref.group is not None else (INFERENCE_GROUP if ref.is_inference_pool else "")
             kind = ref.kind or "AIServiceBackend"
-            cluster = self.backends.resolve(route.namespace, group, kind, ref.name, ref.namespace, None)
+            group = ref.group if ref.group is not None else _AI_REF_GROUPS.get(kind, "")
+            cluster = self.backends.resolve(route, group, kind, ref.name, ref.namespace, None)
             return WeightedCluster(cluster, ref.weight, ref.priority)
-        cluster = self.backends.resolve(route.namespace, ref.group, ref.kind, ref.name, ref.namespace, ref.port)
+        cluster = self.backends.resolve(route, ref.group, ref.kind, ref.name, ref.namespace, ref.port)
         return WeightedCluster(cluster, ref.weight, 0)
 
     def _body_mode(self, route: Route) -> PickerBodyMode:

@@ -6,7 +6,7 @@ from translators.resources.aigateway import AIGatewayRoute, AIServiceBackend, Ba
 from translators.resources.base import Resource, parse_duration_ms
 from translators.resources.core import ConfigMap, Deployment, Pod, Secret, Service
 from translators.resources.envoy_gateway import Backend, EnvoyProxy
-from translators.resources.gateway_api import Gateway, GatewayClass, HTTPRoute, Namespace
+from translators.resources.gateway_api import Gateway, GatewayClass, HTTPRoute, Namespace, ReferenceGrant
 from translators.resources.inference import InferenceObjective, InferencePool
 from translators.resources.rbac import ClusterRole, ClusterRoleBinding, Role, RoleBinding, ServiceAccount
 
@@ -14,6 +14,7 @@ KINDS: tuple[type[Resource], ...] = (
     GatewayClass,
     Gateway,
     HTTPRoute,
+    ReferenceGrant,
     Namespace,
     AIGatewayRoute,
     AIServiceBackend,
@@ -61,6 +62,7 @@ __all__ = [
     "InferencePool",
     "Namespace",
     "Pod",
+    "ReferenceGrant",
     "Resource",
     "Secret",
     "Service",

@@ -64,6 +64,7 @@ class ObjectMeta(K8sModel):
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     creation_timestamp: str | None = None
+    generation: int = 0  # set by the API server on every spec change; 0 for objects read from files
     deletion_timestamp: str | None = None
 
 

@@ -1,4 +1,4 @@
-"""Gateway API kinds (gateway.networking.k8s.io): GatewayClass, Gateway, HTTPRoute."""
+"""Gateway API kinds (gateway.networking.k8s.io): GatewayClass, Gateway, HTTPRoute, ReferenceGrant."""
 
 from __future__ import annotations
 
@@ -45,8 +45,14 @@ class RouteNamespaces(K8sModel):
     selector: LabelSelector | None = None
 
 
+class RouteGroupKind(K8sModel):
+    group: str = GATEWAY_API_GROUP
+    kind: str = Field(min_length=1)
+
+
 class AllowedRoutes(K8sModel):
     namespaces: RouteNamespaces = Field(default_factory=RouteNamespaces)
+    kinds: list[RouteGroupKind] = Field(default_factory=list, max_length=8)  # empty: every kind the protocol takes
 
 
 class Listener(K8sModel):
@@ -138,3 +144,30 @@ class Namespace(Resource):
     kind = "Namespace"
     versions = ("v1",)
     namespaced = False
+
+
+class ReferenceGrantFrom(K8sModel):
+    group: str
+    kind: str = Field(min_length=1)
+    namespace: ObjectName
+
+
+class ReferenceGrantTo(K8sModel):
+    group: str
+    kind: str = Field(min_length=1)
+    name: ObjectName | None = None  # None: every object of that kind in the grant's namespace
+
+
+class ReferenceGrantSpec(K8sModel):
+    from_: list[ReferenceGrantFrom] = Field(alias="from", min_length=1, max_length=16)
+    to: list[ReferenceGrantTo] = Field(min_length=1, max_length=16)
+
+
+class ReferenceGrant(Resource):
+    """Lets objects of other namespaces (`from`) refer to objects of this grant's namespace (`to`)."""
+
+    group = GATEWAY_API_GROUP
+    kind = "ReferenceGrant"
+    versions = ("v1beta1", "v1")
+
+    spec: ReferenceGrantSpec

@@ -10,11 +10,20 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.load_balancing_policies.override_host.v3 import override_host_pb2
 from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
 from envoy.extensions.load_balancing_policies.subset.v3 import subset_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.metadata.v3 import metadata_pb2
 from google.protobuf import duration_pb2
 
-from translators.ir import AddressKind, ClusterIR, Discovery, Endpoint, EndpointGroup, TranslateOptions
+from translators.ir import (
+    AddressKind,
+    ClusterIR,
+    Discovery,
+    Endpoint,
+    EndpointGroup,
+    EndpointPickerIR,
+    TranslateOptions,
+)
 from translators.xds.extproc import upstream_settings_filters
 from translators.xds.names import (
     DESTINATION_HEADER,
@@ -28,6 +37,7 @@ from translators.xds.override_host import with_selected_host_key
 
 CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 
 
 def ads_config_source() -> config_source_pb2.ConfigSource:
@@ -165,4 +175,26 @@ def extproc_cluster(options: TranslateOptions) -> cluster_pb2.Cluster:
     )
     built = cluster(ir, options.buffer_limit_bytes)
     built.per_connection_buffer_limit_bytes.value = options.buffer_limit_bytes
+    return built
+
+
+def endpoint_picker_cluster_ir(picker: EndpointPickerIR) -> ClusterIR:
+    """A referenced Endpoint Picker's cluster: EDS of its Service's ready pods, gRPC over HTTP/2."""
+    group = EndpointGroup(picker.cluster, picker.endpoints, dynamic=True)
+    return ClusterIR(picker.cluster, Discovery.EDS, (group,), http2=True)
+
+
+def _skip_verify_tls() -> base_pb2.TransportSocket:
+    """TLS that does not verify the server, as the Inference Extension's own configurations reach the EPP: it serves
+    a self-signed certificate unless given one. ALPN says h2, which gRPC servers in Go require."""
+    context = tls_pb2.UpstreamTlsContext(common_tls_context=tls_pb2.CommonTlsContext(alpn_protocols=["h2"]))
+    return base_pb2.TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
+
+
+def endpoint_picker_cluster(picker: EndpointPickerIR, buffer_limit_bytes: int) -> cluster_pb2.Cluster:
+    """`buffer_limit_bytes`: as for the control plane's ext_proc cluster, room for the bodies the picker streams."""
+    built = cluster(endpoint_picker_cluster_ir(picker), buffer_limit_bytes)
+    built.per_connection_buffer_limit_bytes.value = buffer_limit_bytes
+    if picker.tls:
+        built.transport_socket.CopyFrom(_skip_verify_tls())
     return built

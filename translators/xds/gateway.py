@@ -10,8 +10,14 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from google.protobuf.message import Message
 
-from translators.ir import Discovery, GatewayIR, TranslateOptions
-from translators.xds.clusters import cluster, extproc_cluster, load_assignment
+from translators.ir import Discovery, EndpointPickerIR, GatewayIR, ObjectRef, TranslateOptions
+from translators.xds.clusters import (
+    cluster,
+    endpoint_picker_cluster,
+    endpoint_picker_cluster_ir,
+    extproc_cluster,
+    load_assignment,
+)
 from translators.xds.listeners import listener, uses_extproc
 from translators.xds.memo import Memo
 from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
@@ -38,6 +44,11 @@ class XdsResources:
         }
 
 
+def endpoint_pickers(gateway: GatewayIR) -> dict[ObjectRef, EndpointPickerIR]:
+    """The Endpoint Picker each pool of the Gateway calls in reference mode, by pool (the pool clusters say)."""
+    return {c.pool.pool: c.pool.picker for c in gateway.clusters if c.pool is not None and c.pool.picker is not None}
+
+
 def gateway_resources(gateway: GatewayIR, options: TranslateOptions, memo: Memo | None = None) -> XdsResources:
     """`memo` (kept by a caller that translates again and again) reuses the messages of unchanged IR values."""
     memo = memo or Memo()
@@ -46,17 +57,26 @@ def gateway_resources(gateway: GatewayIR, options: TranslateOptions, memo: Memo 
         memo.get(("cluster", c, limit), lambda c=c: cluster(c, limit))  # type: ignore[misc]
         for c in gateway.clusters
     ]
+    pickers = endpoint_pickers(gateway)
+    # One cluster per referenced Endpoint Picker Service port, shared by the pools that name it.
+    reachable = {p.cluster: p for p in sorted(pickers.values(), key=lambda p: p.cluster) if p.missing is None}
+    clusters += [
+        memo.get(("endpoint_picker", p, limit), lambda p=p: endpoint_picker_cluster(p, limit))  # type: ignore[misc]
+        for p in reachable.values()
+    ]
     if any(uses_extproc(lis) for lis in gateway.listeners):
         clusters.append(extproc_cluster(options))
+    eds = [c for c in gateway.clusters if c.discovery is Discovery.EDS]
+    eds += [endpoint_picker_cluster_ir(p) for p in reachable.values()]
     assignments = [
         memo.get(("load_assignment", c), lambda c=c: load_assignment(c))  # type: ignore[misc]
-        for c in gateway.clusters
-        if c.discovery is Discovery.EDS
+        for c in eds
     ]
+    routes = (route_configuration(lis, memo, pickers) for lis in gateway.listeners)
     return XdsResources(
         gateway=gateway.key,
         listeners=tuple(sorted((listener(lis, options) for lis in gateway.listeners), key=lambda r: r.name)),
-        routes=tuple(sorted((route_configuration(lis, memo) for lis in gateway.listeners), key=lambda r: r.name)),
+        routes=tuple(sorted(routes, key=lambda r: r.name)),
         clusters=tuple(sorted(clusters, key=lambda r: r.name)),
         endpoints=tuple(sorted(assignments, key=lambda r: r.cluster_name)),
     )

@@ -38,8 +38,10 @@ UPSTREAM_SETTINGS_FILTER = "envoy.filters.http.ext_proc/upstream-settings"
 UPSTREAM_CODEC_FILTER = "envoy.filters.http.upstream_codec"
 EXTPROC_CLUSTER = "xds-server/extproc"
 
-# gRPC metadata on the picker's ext_proc stream naming the pool ("<ns>/<name>") the route targets.
+# gRPC metadata on the embedded picker's ext_proc stream naming the pool ("<ns>/<name>") the route targets.
 PICKER_POOL_METADATA = "x-inference-pool"
+# InferencePool annotation: "embedded" or "reference" (PickerMode), whoever picks for the pool whatever the option.
+ENDPOINT_PICKER_ANNOTATION = "xds-server.io/endpoint-picker"
 # gRPC metadata marking the upstream-settings filter's streams (one per attempt).
 UPSTREAM_SETTINGS_METADATA = "x-ai-eg-upstream-settings"
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
@@ -131,6 +133,19 @@ PICKER_MODES = {
     "BUFFERED": _mode(Mode.BUFFERED),
     "FULL_DUPLEX_STREAMED": _mode(Mode.FULL_DUPLEX_STREAMED, trailers=Mode.SEND),
 }
+# An Endpoint Picker a pool references (the Inference Extension's EPP): everything, bodies in full duplex, as the
+# Inference Extension's own Envoy configuration has it. The EPP answers the request headers only once it has the
+# whole body (in any other body mode Envoy would wait for that answer before sending the body: a deadlock until the
+# message timeout), echoes the response body chunk by chunk (reading usage from it) and finishes a request on the end
+# of the response; full duplex needs the trailers (the end of a body the request or response ends without).
+REFERENCE_PICKER_MODE = Mode(
+    request_header_mode=Mode.SEND,
+    request_body_mode=Mode.FULL_DUPLEX_STREAMED,
+    request_trailer_mode=Mode.SEND,
+    response_header_mode=Mode.SEND,
+    response_body_mode=Mode.FULL_DUPLEX_STREAMED,
+    response_trailer_mode=Mode.SEND,
+)
 # The upstream-settings filter: request headers and buffered body; responses are the router filter's.
 UPSTREAM_SETTINGS_MODE = _mode(Mode.BUFFERED, response_headers=Mode.SKIP)
 

@@ -9,7 +9,15 @@ from typing import Any
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 
-from translators.ir import BackendSettingsIR, ObjectStatus, PoolIR, TranslateOptions, Translation
+from translators.ir import (
+    BackendSettingsIR,
+    Condition,
+    ObjectStatus,
+    ParentRefIR,
+    PoolIR,
+    TranslateOptions,
+    Translation,
+)
 from translators.loader import LoadError
 from translators.xds.gateway import XdsResources, gateway_resources
 from translators.xds.override_host import json_descriptor_pool
@@ -47,19 +55,53 @@ def resources_dict(resources: XdsResources) -> dict[str, Any]:
     }
 
 
+def _conditions(conditions: tuple[Condition, ...]) -> list[dict[str, str]]:
+    return [{k: str(v) for k, v in asdict(c).items()} for c in conditions]
+
+
+def _parent_ref(parent: ParentRefIR) -> dict[str, Any]:
+    """As Kubernetes writes a parentRef: every field that has a value."""
+    fields = {
+        "group": parent.group,
+        "kind": parent.kind,
+        "namespace": parent.namespace,
+        "name": parent.name,
+        "section_name": parent.section_name,
+        "port": parent.port,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def status_dict(status: ObjectStatus) -> dict[str, Any]:
-    return {
+    """What this controller says of one object: its own conditions, then (routes and pools) one entry per parent
+    Gateway, or (Gateways) one entry per listener."""
+    shown: dict[str, Any] = {
         "kind": status.ref.kind,
         "namespace": status.ref.namespace,
         "name": status.ref.name,
-        "conditions": [
-            {k: str(v) for k, v in asdict(c).items() if v != "" or k in ("status", "reason")} for c in status.conditions
-        ],
+        "generation": status.generation,
+        "conditions": _conditions(status.conditions),
     }
+    if status.parents:
+        shown["parents"] = [
+            {"parent_ref": _parent_ref(p.parent), "conditions": _conditions(p.conditions)} for p in status.parents
+        ]
+    if status.listeners:
+        shown["listeners"] = [
+            {
+                "name": listener.name,
+                "supported_kinds": [{"group": group, "kind": kind} for group, kind in listener.supported_kinds],
+                "attached_routes": listener.attached_routes,
+                "conditions": _conditions(listener.conditions),
+            }
+            for listener in status.listeners
+        ]
+    return shown
 
 
 def pool_dict(pool: PoolIR) -> dict[str, Any]:
-    """What the pool's picker is given; the endpoints are left out, they are the members' addresses and ports.
+    """What the pool's picker is given (`picker`: whether the embedded picker serves the pool at all); the endpoints
+    are left out, they are the members' addresses and ports.
 
     The picker config's text is shown line by line, which YAML prints far more readably than one long string.
     """
@@ -72,6 +114,7 @@ def pool_dict(pool: PoolIR) -> dict[str, Any]:
         "namespace": pool.namespace,
         "name": pool.name,
         "fail_open": pool.fail_open,
+        "picker": pool.picker.value,
         "picker_service": pool.picker_service,
         "members": [asdict(m) for m in pool.members],
         "objectives": [asdict(o) for o in pool.objectives],

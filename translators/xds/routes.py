@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
+from collections.abc import Mapping
+from dataclasses import replace
+
+from envoy.config.core.v3 import base_pb2, grpc_service_pb2, substitution_format_string_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
@@ -13,11 +16,13 @@ from google.protobuf.message import Message
 from translators.ir import (
     AiRole,
     DirectAction,
+    EndpointPickerIR,
     ForwardAction,
     HeaderMatchIR,
     HeaderMatchKind,
     JsonReply,
     ListenerIR,
+    ObjectRef,
     PathKind,
     PickerBodyMode,
     PoolRouteIR,
@@ -31,6 +36,7 @@ from translators.xds.names import (
     PICKER_FILTER,
     PICKER_MODES,
     PICKER_POOL_METADATA,
+    REFERENCE_PICKER_MODE,
     USAGE_FILTER,
     XDS_METADATA_NAMESPACE,
     pack,
@@ -144,15 +150,28 @@ def _enable(config: Message) -> route_components_pb2.FilterConfig:
     return route_components_pb2.FilterConfig(config=pack(config))
 
 
-def _picker_config(pool: PoolRouteIR) -> ext_proc_pb2.ExtProcPerRoute:
-    """The filter's own processing mode buffers the body; FULL_DUPLEX_STREAMED routes override it."""
-    overrides = ext_proc_pb2.ExtProcOverrides(
-        grpc_initial_metadata=[base_pb2.HeaderValue(key=PICKER_POOL_METADATA, value=pool.pool.key)],
-        failure_mode_allow=wrappers_pb2.BoolValue(value=pool.fail_open),
-    )
+def _picker_config(pool: PoolRouteIR, picker: EndpointPickerIR | None) -> ext_proc_pb2.ExtProcPerRoute:
+    """The embedded picker (`picker` None): the filter's own service and processing mode, which buffers the body
+    (FULL_DUPLEX_STREAMED routes override it), told the pool in gRPC metadata. A referenced Endpoint Picker: its own
+    cluster, in the mode the Inference Extension's EPP is written for (the route's body mode does not apply)."""
+    overrides = ext_proc_pb2.ExtProcOverrides(failure_mode_allow=wrappers_pb2.BoolValue(value=pool.fail_open))
+    if picker is not None:
+        overrides.grpc_service.envoy_grpc.CopyFrom(
+            grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=picker.cluster, authority=picker.authority)
+        )
+        overrides.processing_mode.CopyFrom(REFERENCE_PICKER_MODE)
+        return ext_proc_pb2.ExtProcPerRoute(overrides=overrides)
+    overrides.grpc_initial_metadata.append(base_pb2.HeaderValue(key=PICKER_POOL_METADATA, value=pool.pool.key))
     if pool.body_mode is not PickerBodyMode.BUFFERED:
         overrides.processing_mode.CopyFrom(PICKER_MODES[pool.body_mode])
     return ext_proc_pb2.ExtProcPerRoute(overrides=overrides)
+
+
+def _no_picker(pool: PoolRouteIR, missing: str) -> DirectAction:
+    """A pool whose referenced Endpoint Picker does not exist cannot route a request: a 500, as the Inference
+    Extension's conformance test InferencePoolInvalidEPPService asks, saying why (as the pool's status does)."""
+    message = f"InferencePool {pool.pool.key} has no Endpoint Picker to call: {missing}"
+    return DirectAction(500, message, "server_error", "endpoint_picker_missing")
 
 
 def _extproc_off() -> ext_proc_pb2.ExtProcPerRoute:
@@ -160,8 +179,11 @@ def _extproc_off() -> ext_proc_pb2.ExtProcPerRoute:
     return ext_proc_pb2.ExtProcPerRoute(disabled=True)
 
 
-def route(ir: RouteIR, picker_in_chain: bool = False) -> route_components_pb2.Route:
-    """`picker_in_chain`: the listener runs the picker filter (some route of it goes to a pool).
+def route(
+    ir: RouteIR, picker_in_chain: bool = False, picker: EndpointPickerIR | None = None
+) -> route_components_pb2.Route:
+    """`picker_in_chain`: the listener runs the picker filter (some route of it goes to a pool). `picker`: the
+    Endpoint Picker the route's pool references (reference mode); None, the embedded picker picks.
 
     Envoy decides which disabled-by-default filters run from the route a request matches when it starts, and each
     filter reads its per-route config when the request reaches it. An AI request starts on the entry route (its
@@ -170,7 +192,10 @@ def route(ir: RouteIR, picker_in_chain: bool = False) -> route_components_pb2.Ro
     match again, so the picker reads the final route's config, which turns it on where it goes to a pool.
     """
     built = route_components_pb2.Route(name=ir.name, match=_match(ir))
-    if isinstance(ir.action, DirectAction):
+    missing = picker.missing if picker is not None else None  # the pool's picker cannot be called: a 500
+    if ir.pool is not None and missing is not None:
+        built.direct_response.CopyFrom(_direct(_no_picker(ir.pool, missing)))
+    elif isinstance(ir.action, DirectAction):
         built.direct_response.CopyFrom(_direct(ir.action))
     elif isinstance(ir.action, JsonReply):
         built.direct_response.CopyFrom(_json_reply(ir.action))
@@ -182,8 +207,8 @@ def route(ir: RouteIR, picker_in_chain: bool = False) -> route_components_pb2.Ro
         built.typed_per_filter_config[JSON_CONTENT_TYPE_FILTER].CopyFrom(pack(_enable(json_content_type_config())))
         built.typed_per_filter_config[MODEL_FILTER].CopyFrom(pack(_enable(model_config())))
         built.typed_per_filter_config[USAGE_FILTER].CopyFrom(pack(_enable(usage_config())))
-    if ir.pool is not None:
-        built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(_picker_config(ir.pool))))
+    if ir.pool is not None and missing is None:
+        built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(_picker_config(ir.pool, picker))))
     elif ir.ai is not None and picker_in_chain:
         built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(_extproc_off())))
     if ir.rule:
@@ -191,18 +216,28 @@ def route(ir: RouteIR, picker_in_chain: bool = False) -> route_components_pb2.Ro
     return built
 
 
-def route_configuration(listener: ListenerIR, memo: Memo) -> route_pb2.RouteConfiguration:
-    picker = listener.runs_picker
+def _memo_route(
+    ir: RouteIR, picker_in_chain: bool, pickers: Mapping[ObjectRef, EndpointPickerIR], memo: Memo
+) -> route_components_pb2.Route:
+    """The route's pool's Endpoint Picker is part of the key, without its endpoints (EDS carries those, not routes),
+    so the EPP's pods coming and going rebuild no route."""
+    picker = pickers.get(ir.pool.pool) if ir.pool is not None else None
+    picker = replace(picker, endpoints=()) if picker is not None else None
+    return memo.get(("route", ir, picker_in_chain, picker), lambda: route(ir, picker_in_chain, picker))
+
+
+def route_configuration(
+    listener: ListenerIR, memo: Memo, pickers: Mapping[ObjectRef, EndpointPickerIR] | None = None
+) -> route_pb2.RouteConfiguration:
+    """`pickers`: the Endpoint Picker of each pool in reference mode; a pool not in it uses the embedded one."""
+    in_chain = listener.runs_picker
     return route_pb2.RouteConfiguration(
         name=listener.name,
         virtual_hosts=[
             route_components_pb2.VirtualHost(
                 name=v.name,
                 domains=list(v.domains),
-                routes=[
-                    memo.get(("route", r, picker), lambda r=r: route(r, picker))  # type: ignore[misc]
-                    for r in v.routes
-                ],
+                routes=[_memo_route(r, in_chain, pickers or {}, memo) for r in v.routes],
             )
             for v in listener.virtual_hosts
         ],

@@ -5,7 +5,7 @@ with their logs)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TextIO
 
 from translators.ir import Condition, ConditionStatus, Discovery, ObjectStatus, Translation
@@ -75,6 +75,19 @@ def conditions_text(conditions: Iterable[Condition]) -> str:
     return " ".join(parts) or "-"
 
 
+def route_conditions(status: ObjectStatus) -> list[Condition]:
+    """A route's conditions for its row: an AIGatewayRoute's own Accepted sums up its parents; an HTTPRoute's verdicts
+    are per parent Gateway, each message naming it."""
+    if status.ref.kind == "AIGatewayRoute":
+        return list(status.conditions)
+    per_parent = [
+        replace(c, message=f"Gateway {p.parent.namespace}/{p.parent.name}: {c.message}")
+        for p in status.parents
+        for c in p.conditions
+    ]
+    return [*status.conditions, *per_parent]
+
+
 def _endpoint_names(endpoints: Iterable[tuple[str, int]], pod_names: Mapping[str, str]) -> str:
     names = [pod_names.get(address, f"{address}:{port}") for address, port in endpoints]
     return ", ".join(names) or "-"
@@ -97,7 +110,7 @@ def status_table(
         gateway_rows.append([gateway.key, urls, conditions_text(status.conditions if status else ())])
     lines += table(["GATEWAY", "URL", "CONDITIONS"], gateway_rows)
     route_rows = [
-        [f"{s.ref.kind} {s.ref.namespace}/{s.ref.name}", conditions_text(s.conditions)]
+        [f"{s.ref.kind} {s.ref.namespace}/{s.ref.name}", conditions_text(route_conditions(s))]
         for s in statuses
         if s.ref.kind in ROUTE_KINDS
     ]

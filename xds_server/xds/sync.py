@@ -50,6 +50,19 @@ def gateway_synced(clients: ClientRegistry, cache: SnapshotCache, gateway: str) 
     return all(state is SyncState.SYNCED for s in streams for state in stream_sync(s, cache).values())
 
 
+def gateway_holders(clients: ClientRegistry, cache: SnapshotCache, gateway: str) -> list[str]:
+    """The node ids of the Envoys of `gateway` that hold its latest snapshot, every type ACKed."""
+    if cache.get(gateway) is None:
+        return []
+    return [
+        stream.node_id
+        for stream in clients.streams()
+        if stream.key == gateway
+        and stream.types
+        and all(state is SyncState.SYNCED for state in stream_sync(stream, cache).values())
+    ]
+
+
 def rejections(clients: ClientRegistry, gateway: str) -> list[str]:
     """What the Envoys of `gateway` rejected and still hold rejected (a listener port in use, for one)."""
     return [

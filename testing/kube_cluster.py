@@ -1,9 +1,10 @@
-"""A throwaway Kubernetes control plane on loopback: real etcd and kube-apiserver, no controllers, no nodes.
+"""A throwaway Kubernetes control plane on loopback: real etcd and kube-apiserver, no controllers, no nodes, for
+the e2e tests of e2e/kube (through its conftest) and for benchmarks.
 
-The binaries come from build-binaries.sh (pinned in gomod/, cached by version). `running_cluster` starts etcd and
-kube-apiserver on random free 127.0.0.1 ports with a fresh CA, serving certificate, service-account key and a
-`system:masters` token, applies the CRDs (by default the repository's charts/xds-server-crds/crds), and stops both
-processes on the way out, whatever happened inside.
+The binaries come from e2e/kube/build-binaries.sh (pinned in e2e/kube/gomod/, cached by version). `running_cluster`
+starts etcd and kube-apiserver on random free 127.0.0.1 ports with a fresh CA, serving certificate, service-account
+key and a `system:masters` token, applies the CRDs (by default the repository's charts/xds-server-crds/crds), and
+stops both processes on the way out, whatever happened inside.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from kubernetes import config as k8s_config
 
 from testing.ports import free_port
 
-KUBE_DIR = Path(__file__).resolve().parent
-ROOT = KUBE_DIR.parent.parent
+ROOT = Path(__file__).resolve().parent.parent
+KUBE_DIR = ROOT / "e2e" / "kube"
 BUILD_SCRIPT = KUBE_DIR / "build-binaries.sh"
 # The upstream CRDs the controller reads, as the CRD chart ships them; XDS_SERVER_CRDS points at another folder.
 CRDS = Path(os.environ.get("XDS_SERVER_CRDS", ROOT / "charts" / "xds-server-crds" / "crds"))
@@ -503,7 +504,7 @@ def running_cluster(workdir: Path, bin_dir: Path, crds: Path = CRDS) -> Iterator
         kubeconfig = workdir / "kubeconfig"
         _write_kubeconfig(kubeconfig, server, pki["ca"], token)
         # Built from the kubeconfig, not by hand, so every test also proves the kubeconfig is usable as written.
-        api_client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
+        api_client = k8s_config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
         try:
             apply_crds(api_client, documents)
         except (ClusterStartError, k8s.ApiException) as err:
@@ -520,7 +521,7 @@ def running_cluster(workdir: Path, bin_dir: Path, crds: Path = CRDS) -> Iterator
         )
     finally:
         if api_client is not None:
-            api_client.close()
+            api_client.close()  # type: ignore[no-untyped-call]  # the kubernetes client leaves these unannotated
         # The API server first: stopping etcd under it only produces a burst of reconnect errors in its log.
         for process in reversed(processes):
             process.stop()

@@ -1,0 +1,1 @@
+"""Cluster mode: status writer, leader election, provisioning."""

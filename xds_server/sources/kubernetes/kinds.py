@@ -1,0 +1,84 @@
+"""Every kind the translator reads, and where it lives in the API: group, version, plural, scope.
+
+Versions are the ones the CRDs in charts/xds-server-crds/crds serve. Where a CRD serves two versions through one
+storage version without a conversion webhook, the API server returns every object at whichever version is asked
+for (only `apiVersion` changes), so each kind is listed at one version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from translators.resources import MODELS, Resource
+
+
+@dataclass(frozen=True)
+class Kind:
+    group: str
+    version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+    # A status subresource: a write to status leaves `metadata.generation` as it was, so an event that changes
+    # none of generation, labels, annotations and deletionTimestamp is a status write and is not retranslated.
+    status_subresource: bool = False
+    # Narrows what is listed and watched (a `fieldSelector`), for kinds with many objects the translator never
+    # reads.
+    field_selector: str = ""
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def model(self) -> type[Resource] | None:
+        """The translator's model of the kind; None until the translator reads it."""
+        return MODELS.get((self.group, self.kind))
+
+    def path(self, namespace: str | None) -> str:
+        """The collection's URL path: every namespace's objects when `namespace` is None."""
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace is not None:
+            return f"{base}/namespaces/{namespace}/{self.plural}"
+        return f"{base}/{self.plural}"
+
+
+GATEWAY_API = "gateway.networking.k8s.io"
+AI_GATEWAY = "aigateway.envoyproxy.io"
+ENVOY_GATEWAY = "gateway.envoyproxy.io"
+INFERENCE = "inference.networking.k8s.io"
+INFERENCE_X = "inference.networking.x-k8s.io"
+
+KINDS: tuple[Kind, ...] = (
+    Kind(GATEWAY_API, "v1", "GatewayClass", "gatewayclasses", namespaced=False, status_subresource=True),
+    Kind(GATEWAY_API, "v1", "Gateway", "gateways", status_subresource=True),
+    Kind(GATEWAY_API, "v1", "HTTPRoute", "httproutes", status_subresource=True),
+    # v1beta1: the storage version of our CRDs, and the one Gateway API installs older than its v1 serve. No status.
+    Kind(GATEWAY_API, "v1beta1", "ReferenceGrant", "referencegrants"),
+    # The AI Gateway CRDs serve v1alpha1 and v1beta1 from v1beta1 storage with the same schema (v1beta1 adds
+    # BackendSecurityPolicy.spec.credentialOverride), conversion None: an object created as v1alpha1 is listed and
+    # watched as v1beta1 with the same content (e2e/kube/test_source.py checks it), so v1beta1 alone sees them all.
+    Kind(AI_GATEWAY, "v1beta1", "AIGatewayRoute", "aigatewayroutes", status_subresource=True),
+    Kind(AI_GATEWAY, "v1beta1", "AIServiceBackend", "aiservicebackends", status_subresource=True),
+    Kind(AI_GATEWAY, "v1beta1", "BackendSecurityPolicy", "backendsecuritypolicies", status_subresource=True),
+    Kind(ENVOY_GATEWAY, "v1alpha1", "Backend", "backends", status_subresource=True),
+    Kind(ENVOY_GATEWAY, "v1alpha1", "EnvoyProxy", "envoyproxies", status_subresource=True),
+    Kind(INFERENCE, "v1", "InferencePool", "inferencepools", status_subresource=True),
+    Kind(INFERENCE_X, "v1alpha2", "InferenceObjective", "inferenceobjectives", status_subresource=True),
+    # Core kinds: every change is published (a Pod's readiness and IP, a Secret's data, a Namespace's labels).
+    Kind("", "v1", "Service", "services"),
+    Kind("", "v1", "Pod", "pods"),
+    # Helm keeps every release revision as a Secret of this type (often hundreds of KiB each); no route can use
+    # one as a credential, so they are not even listed.
+    Kind("", "v1", "Secret", "secrets", field_selector="type!=helm.sh/release.v1"),
+    Kind("", "v1", "ConfigMap", "configmaps"),
+    Kind("apps", "v1", "Deployment", "deployments"),
+    Kind("", "v1", "Namespace", "namespaces", namespaced=False),
+)
+
+BY_NAME: dict[str, Kind] = {kind.kind: kind for kind in KINDS}
+
+
+def watched_kinds() -> tuple[Kind, ...]:
+    """The kinds of KINDS the translator has a model for (a kind whose model is still to come is not watched)."""
+    return tuple(kind for kind in KINDS if kind.model is not None)
