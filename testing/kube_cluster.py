@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,12 @@ class KubeCluster:
     ca_file: Path
     etcd_url: str
     workdir: Path
+    _apiserver: _ApiServer = field(repr=False, compare=False)
+
+    def restart_apiserver(self, down_seconds: float = 0.0) -> None:
+        """Stops kube-apiserver (SIGTERM), waits `down_seconds`, starts it again on the same port and waits until it
+        is ready: what clients see when a control-plane node restarts. etcd, and so every object, stays."""
+        self._apiserver.restart(down_seconds)
 
     def compact_etcd(self, revision: int) -> None:
         """Compact etcd's history up to `revision` through its JSON gRPC gateway.
@@ -355,7 +361,7 @@ def _start_apiserver(
     token: str,
     workdir: Path,
     started: list[_Process],
-) -> tuple[_Process, str]:
+) -> tuple[_ApiServer, str]:
     port = free_port()
     server = f"https://127.0.0.1:{port}"
     argv = [
@@ -384,15 +390,41 @@ def _start_apiserver(
         # demand. Informers behave the same either way.
         "--watch-cache=false",
     ]
-    process = _start("kube-apiserver", argv, workdir / "kube-apiserver.log", started)
     context = ssl.create_default_context(cafile=str(pki["ca"]))
 
     def ready() -> bool:
         status, _ = _get(f"{server}/readyz", context, token)
         return status == 200
 
-    _wait_until(process, APISERVER_READY_TIMEOUT, "ready (/readyz)", ready)
-    return process, server
+    handle = _ApiServer(argv, workdir, ready, started)
+    handle.start()
+    return handle, server
+
+
+@dataclass
+class _ApiServer:
+    """The kube-apiserver process, restartable on the same port (the kubeconfig names it)."""
+
+    argv: list[str]
+    workdir: Path
+    ready: Callable[[], bool]
+    started: list[_Process]
+    runs: int = 0
+
+    @property
+    def process(self) -> _Process:
+        return next(p for p in reversed(self.started) if p.name == "kube-apiserver")
+
+    def start(self) -> None:
+        self.runs += 1
+        log = self.workdir / ("kube-apiserver.log" if self.runs == 1 else f"kube-apiserver-{self.runs}.log")
+        process = _start("kube-apiserver", self.argv, log, self.started)
+        _wait_until(process, APISERVER_READY_TIMEOUT, "ready (/readyz)", self.ready)
+
+    def restart(self, down_seconds: float) -> None:
+        self.process.stop()
+        time.sleep(down_seconds)
+        self.start()
 
 
 # --- CRDs ---------------------------------------------------------------------------------------------------------
@@ -508,7 +540,7 @@ def running_cluster(workdir: Path, bin_dir: Path, crds: Path = CRDS) -> Iterator
         try:
             apply_crds(api_client, documents)
         except (ClusterStartError, k8s.ApiException) as err:
-            raise ClusterStartError(f"{err}\nlast lines of {apiserver.log}:\n{log_tail(apiserver.log)}") from err
+            raise ClusterStartError(f"{err}\nlast lines of {apiserver.process.log}:\n{log_tail(apiserver.process.log)}") from err
 
         yield KubeCluster(
             kubeconfig=kubeconfig,
@@ -518,6 +550,7 @@ def running_cluster(workdir: Path, bin_dir: Path, crds: Path = CRDS) -> Iterator
             ca_file=pki["ca"],
             etcd_url=etcd_url,
             workdir=workdir,
+            _apiserver=apiserver,
         )
     finally:
         if api_client is not None:

@@ -218,9 +218,18 @@ async def serve_kubernetes(
     leadership.on_started_leading(writer.poke)
     stop = stop_on_signals()
     try:
-        await source.start()
-        await service.publish(source.resources())
+        # Servers first, so /healthz answers while a large cluster is listed; /readyz and ADS wait for the first
+        # complete translation (an Envoy is never served a half-listed cluster).
         await service.start()
+        listing = asyncio.create_task(source.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({listing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not listing.done():  # stopped while the API server was still being listed (or unreachable)
+            listing.cancel()
+            await source.close()
+            return 0
+        await service.publish(source.resources())
         tasks = [
             asyncio.create_task(source.watch(service.publish, stop)),
             asyncio.create_task(writer.run(stop)),

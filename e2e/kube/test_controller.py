@@ -376,3 +376,65 @@ async def test_two_replicas_share_one_lease_and_the_second_takes_over_when_the_l
     finally:
         for serve in (first, second):
             stop_process(serve.process)
+
+
+async def test_envoy_keeps_serving_through_an_api_server_restart_and_the_controller_catches_up(
+    kube_cluster: KubeCluster,
+    dynamic: DynamicClient,
+    serving: Serve,
+    tmp_path: Path,
+    namespace: str,
+    upstreams: dict[str, int],
+) -> None:
+    listen_port = free_port()
+    apply(dynamic, documents(gateway([listen_port])), namespace)
+    apply(dynamic, documents(backend_route("web", "127.0.6.1", upstreams["127.0.6.1"])), namespace)
+    envoy = Envoy(tmp_path, f"{namespace}/gw", int(serve_port(serving, "--xds-address")))
+    url = f"http://127.0.0.1:{listen_port}"
+    try:
+        await envoy.wait_live()
+        assert await eventually(lambda: http_get(f"{url}/") == (200, "from-a"), "route served")
+        answers: list[tuple[int, str]] = []
+        outage = asyncio.create_task(asyncio.to_thread(kube_cluster.restart_apiserver, 3.0))
+        while not outage.done():  # the API server is away: the controller's watches fail, Envoy is untouched
+            answers.append(await asyncio.to_thread(http_get, f"{url}/"))
+            await asyncio.sleep(0.1)
+        await outage
+        assert answers and set(answers) == {(200, "from-a")}
+        assert "ready" in (await asyncio.to_thread(http_get, f"{serving.admin}/readyz"))[1]
+        # The controller relisted: a change made after the restart reaches Envoy and gets its status.
+        apply(dynamic, documents(backend_route("after", "127.0.6.2", upstreams["127.0.6.2"], path="/after")), namespace)
+        assert await eventually(lambda: http_get(f"{url}/after") == (200, "from-b"), "route created after the restart")
+        await eventually(
+            lambda: our_parents(read(dynamic, "gateway.networking.k8s.io/v1", "HTTPRoute", "after", namespace)),
+            "status written after the restart",
+        )
+        assert await serving.metric("xds_server_kube_watch_restarts_total") > 0
+    finally:
+        envoy.stop()
+
+
+async def test_an_unreachable_api_server_leaves_it_alive_and_not_ready_and_sigterm_still_stops_it(
+    tmp_path: Path,
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{free_port()}"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": "ns"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    serve = Serve(kubeconfig, free_port(), free_port(), tmp_path / "serve.log", extra=["--no-leader-election"])
+    try:
+        assert await eventually(lambda: http_get(f"{serve.admin}/healthz")[0] == 200, "alive", seconds=15)
+        status, text = await asyncio.to_thread(http_get, f"{serve.admin}/readyz")
+        assert (status, text) == (503, "not ready: resources not loaded yet\n")
+        assert serve.terminate() == 0
+    finally:
+        stop_process(serve.process)
