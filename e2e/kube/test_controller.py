@@ -106,6 +106,24 @@ async def serving(kube_cluster: KubeCluster, tmp_path: Path, namespace: str) -> 
         stop_process(serve.process)
 
 
+@pytest.fixture
+async def web_route(
+    dynamic: DynamicClient, serving: Serve, tmp_path: Path, namespace: str, upstreams: dict[str, int]
+) -> AsyncIterator[str]:
+    """A Gateway in the test's namespace, an HTTPRoute `web` to upstream a, and a real Envoy answering it: its URL."""
+    listen_port = free_port()
+    apply(dynamic, documents(gateway([listen_port])), namespace)
+    apply(dynamic, documents(backend_route("web", "127.0.6.1", upstreams["127.0.6.1"])), namespace)
+    envoy = Envoy(tmp_path, f"{namespace}/gw", int(serve_port(serving, "--xds-address")))
+    url = f"http://127.0.0.1:{listen_port}"
+    try:
+        await envoy.wait_live()
+        assert await eventually(lambda: http_get(f"{url}/") == (200, "from-a"), "route served")
+        yield url
+    finally:
+        envoy.stop()
+
+
 async def test_the_tutorial_gets_its_statuses_and_an_envoy_goes_live_with_its_model_routes(
     kube_cluster: KubeCluster, dynamic: DynamicClient, tmp_path: Path, namespace: str
 ) -> None:
@@ -190,50 +208,36 @@ async def test_the_tutorial_gets_its_statuses_and_an_envoy_goes_live_with_its_mo
 
 
 async def test_edits_reach_envoy_and_an_invalid_object_is_reported_while_the_rest_serves(
-    kube_cluster: KubeCluster,
-    dynamic: DynamicClient,
-    serving: Serve,
-    tmp_path: Path,
-    namespace: str,
-    upstreams: dict[str, int],
+    dynamic: DynamicClient, web_route: str, namespace: str, upstreams: dict[str, int]
 ) -> None:
-    listen_port = free_port()
-    apply(dynamic, documents(gateway([listen_port])), namespace)
-    apply(dynamic, documents(backend_route("web", "127.0.6.1", upstreams["127.0.6.1"])), namespace)
-    envoy = Envoy(tmp_path, f"{namespace}/gw", int(serve_port(serving, "--xds-address")))
-    url = f"http://127.0.0.1:{listen_port}/"
-    try:
-        await envoy.wait_live()
-        assert await eventually(lambda: http_get(url) == (200, "from-a"), "route served")
-        apply(dynamic, documents(backend_route("web", "127.0.6.2", upstreams["127.0.6.2"])), namespace)
-        assert await eventually(lambda: http_get(url) == (200, "from-b"), "edited backend served")
+    url = f"{web_route}/"
+    apply(dynamic, documents(backend_route("web", "127.0.6.2", upstreams["127.0.6.2"])), namespace)
+    assert await eventually(lambda: http_get(url) == (200, "from-b"), "edited backend served")
 
-        # An AIGatewayRoute the API server stores but the translator refuses (a body mutation value must be JSON
-        # text; the CRD takes any string): its status says why, with the field, and the rest keeps serving.
-        invalid = {
-            "apiVersion": "aigateway.envoyproxy.io/v1beta1",
-            "kind": "AIGatewayRoute",
-            "metadata": {"name": "broken"},
-            "spec": {
-                "parentRefs": [{"name": "gw"}],
-                "rules": [{"backendRefs": [{"name": "b", "bodyMutation": {"set": [{"path": "t", "value": "warm"}]}}]}],
-            },
-        }
-        apply(dynamic, [invalid], namespace)
+    # An AIGatewayRoute the API server stores but the translator refuses (a body mutation value must be JSON
+    # text; the CRD takes any string): its status says why, with the field, and the rest keeps serving.
+    invalid = {
+        "apiVersion": "aigateway.envoyproxy.io/v1beta1",
+        "kind": "AIGatewayRoute",
+        "metadata": {"name": "broken"},
+        "spec": {
+            "parentRefs": [{"name": "gw"}],
+            "rules": [{"backendRefs": [{"name": "b", "bodyMutation": {"set": [{"path": "t", "value": "warm"}]}}]}],
+        },
+    }
+    apply(dynamic, [invalid], namespace)
 
-        def rejected() -> Any:
-            found = read(dynamic, "aigateway.envoyproxy.io/v1beta1", "AIGatewayRoute", "broken", namespace)
-            return condition(found.get("status", {}).get("conditions"), "NotAccepted")
+    def rejected() -> Any:
+        found = read(dynamic, "aigateway.envoyproxy.io/v1beta1", "AIGatewayRoute", "broken", namespace)
+        return condition(found.get("status", {}).get("conditions"), "NotAccepted")
 
-        refused = await eventually(rejected, "the invalid route says NotAccepted")
-        assert refused["status"] == "False"
-        assert "spec.rules[0].backendRefs[0].bodyMutation.set[0].value" in refused["message"]
-        assert await asyncio.to_thread(http_get, url) == (200, "from-b")
+    refused = await eventually(rejected, "the invalid route says NotAccepted")
+    assert refused["status"] == "False"
+    assert "spec.rules[0].backendRefs[0].bodyMutation.set[0].value" in refused["message"]
+    assert await asyncio.to_thread(http_get, url) == (200, "from-b")
 
-        delete(dynamic, "gateway.networking.k8s.io/v1", "HTTPRoute", "web", namespace)
-        assert await eventually(lambda: http_get(url)[0] == 404, "deleted route gone")
-    finally:
-        envoy.stop()
+    delete(dynamic, "gateway.networking.k8s.io/v1", "HTTPRoute", "web", namespace)
+    assert await eventually(lambda: http_get(url)[0] == 404, "deleted route gone")
 
 
 async def test_a_foreign_gateway_class_is_ignored(
@@ -382,36 +386,26 @@ async def test_envoy_keeps_serving_through_an_api_server_restart_and_the_control
     kube_cluster: KubeCluster,
     dynamic: DynamicClient,
     serving: Serve,
-    tmp_path: Path,
+    web_route: str,
     namespace: str,
     upstreams: dict[str, int],
 ) -> None:
-    listen_port = free_port()
-    apply(dynamic, documents(gateway([listen_port])), namespace)
-    apply(dynamic, documents(backend_route("web", "127.0.6.1", upstreams["127.0.6.1"])), namespace)
-    envoy = Envoy(tmp_path, f"{namespace}/gw", int(serve_port(serving, "--xds-address")))
-    url = f"http://127.0.0.1:{listen_port}"
-    try:
-        await envoy.wait_live()
-        assert await eventually(lambda: http_get(f"{url}/") == (200, "from-a"), "route served")
-        answers: list[tuple[int, str]] = []
-        outage = asyncio.create_task(asyncio.to_thread(kube_cluster.restart_apiserver, 3.0))
-        while not outage.done():  # the API server is away: the controller's watches fail, Envoy is untouched
-            answers.append(await asyncio.to_thread(http_get, f"{url}/"))
-            await asyncio.sleep(0.1)
-        await outage
-        assert answers and set(answers) == {(200, "from-a")}
-        assert "ready" in (await asyncio.to_thread(http_get, f"{serving.admin}/readyz"))[1]
-        # The controller relisted: a change made after the restart reaches Envoy and gets its status.
-        apply(dynamic, documents(backend_route("after", "127.0.6.2", upstreams["127.0.6.2"], path="/after")), namespace)
-        assert await eventually(lambda: http_get(f"{url}/after") == (200, "from-b"), "route created after the restart")
-        await eventually(
-            lambda: our_parents(read(dynamic, "gateway.networking.k8s.io/v1", "HTTPRoute", "after", namespace)),
-            "status written after the restart",
-        )
-        assert await serving.metric("xds_server_kube_watch_restarts_total") > 0
-    finally:
-        envoy.stop()
+    answers: list[tuple[int, str]] = []
+    outage = asyncio.create_task(asyncio.to_thread(kube_cluster.restart_apiserver, 3.0))
+    while not outage.done():  # the API server is away: the controller's watches fail, Envoy is untouched
+        answers.append(await asyncio.to_thread(http_get, f"{web_route}/"))
+        await asyncio.sleep(0.1)
+    await outage
+    assert answers and set(answers) == {(200, "from-a")}
+    assert "ready" in (await asyncio.to_thread(http_get, f"{serving.admin}/readyz"))[1]
+    # The controller relisted: a change made after the restart reaches Envoy and gets its status.
+    apply(dynamic, documents(backend_route("after", "127.0.6.2", upstreams["127.0.6.2"], path="/after")), namespace)
+    assert await eventually(lambda: http_get(f"{web_route}/after") == (200, "from-b"), "route created after restart")
+    await eventually(
+        lambda: our_parents(read(dynamic, "gateway.networking.k8s.io/v1", "HTTPRoute", "after", namespace)),
+        "status written after the restart",
+    )
+    assert await serving.metric("xds_server_kube_watch_restarts_total") > 0
 
 
 async def test_an_unreachable_api_server_leaves_it_alive_and_not_ready_and_sigterm_still_stops_it(
