@@ -540,7 +540,9 @@ def running_cluster(workdir: Path, bin_dir: Path, crds: Path = CRDS) -> Iterator
         try:
             apply_crds(api_client, documents)
         except (ClusterStartError, k8s.ApiException) as err:
-            raise ClusterStartError(f"{err}\nlast lines of {apiserver.process.log}:\n{log_tail(apiserver.process.log)}") from err
+            raise ClusterStartError(
+                f"{err}\nlast lines of {apiserver.process.log}:\n{log_tail(apiserver.process.log)}"
+            ) from err
 
         yield KubeCluster(
             kubeconfig=kubeconfig,

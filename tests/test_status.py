@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from translators.gatewayapi import translate
 from translators.gatewayapi.status import StatusBook, condition
-from translators.ir import ConditionStatus, ObjectStatus, ParentRefIR, TranslateOptions, Translation
+from translators.ir import ConditionStatus, ObjectStatus, ParentRefIR, PickerMode, TranslateOptions, Translation
 from translators.loader import load_texts
 from translators.resources import HTTPRoute
 from translators.resources.base import ObjectMeta
@@ -261,11 +261,17 @@ def test_a_missing_or_unsupported_endpoint_picker_is_an_invalid_extension_ref() 
         _pool("missing"),
         _pool("odd", picker={"group": "example.com", "kind": "Picker", "name": "p"}),
     ]
-    translation = _translate([*docs, _pool_route("m", "gw", "missing"), _pool_route("o", "gw", "odd")])
+    docs += [_pool_route("m", "gw", "missing"), _pool_route("o", "gw", "odd")]
+    translation = _translate(docs, TranslateOptions(endpoint_picker=PickerMode.REFERENCE))
     for name in ("missing", "odd"):
         [parent] = _status(translation, "InferencePool", name).parents
         assert _types(parent.conditions)["ResolvedRefs"] == ("False", "InvalidExtensionRef")
         assert _types(parent.conditions)["Accepted"] == ("True", "Accepted")
+    # Picked by the embedded picker, the pool does not depend on the Service it names.
+    embedded = _translate(docs)
+    for name in ("missing", "odd"):
+        [parent] = _status(embedded, "InferencePool", name).parents
+        assert _types(parent.conditions)["ResolvedRefs"] == ("True", "ResolvedRefs")
 
 
 def test_generation_is_carried_as_observed_generation() -> None:

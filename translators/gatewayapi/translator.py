@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from translators.backends import BackendResolver, ReferenceGrants, Unresolved
+from translators.backends import BackendResolver, ReferenceGrants
 from translators.gatewayapi.attachment import Attachment, parent_ref
 from translators.gatewayapi.model_routes import leading_routes, trailing_routes
 from translators.gatewayapi.rules import Route, RuleRoutes, RuleTranslator
-from translators.gatewayapi.status import StatusBook, condition, ref_of
+from translators.gatewayapi.status import StatusBook
+from translators.gatewayapi.verdicts import Verdicts
 from translators.ir import (
     AiRole,
     ClusterIR,
-    Condition,
-    ConditionStatus,
     GatewayIR,
     HeaderMatchKind,
     ListenerIR,
@@ -32,23 +31,18 @@ from translators.ir import (
 from translators.loader import ResourceSet
 from translators.resources import (
     AIGatewayRoute,
-    AIServiceBackend,
-    EnvoyProxy,
     Gateway,
     GatewayClass,
     HTTPRoute,
     InferencePool,
     Namespace,
-    Service,
 )
-from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP
 from translators.resources.gateway_api import GATEWAY_API_GROUP, ParentReference
 from translators.upstream import UpstreamSettings
 from translators.xds.names import MODEL_HEADER
 
 # A route placed on a virtual host: (Gateway listener name, precedence key, route).
 _Entry = tuple[str, tuple[object, ...], RouteIR]
-RESOLVED = condition("ResolvedRefs", True, "ResolvedRefs", "every backendRef resolved")
 
 
 class _Translator:
@@ -64,6 +58,7 @@ class _Translator:
         self.rules = RuleTranslator(self.book, upstream, self.backends)
         namespace_labels = {ns.name: ns.metadata.labels for ns in resources.of_kind(Namespace)}
         self.attachment = Attachment(self.book, namespace_labels)
+        self.verdicts = Verdicts(self.book, resources, self.backends)
 
     def _envoy_port(self, port: int) -> int:
         return port + self.options.privileged_port_offset if port < 1024 else port
@@ -109,9 +104,9 @@ class _Translator:
                 self.book.report(gateway, "Programmed", False, "Invalid", "no listener is valid")
         for route in routes:
             rules_of(route)  # routes attached nowhere still report their unresolved references
-            self._route_verdict(route)
-        self._pool_statuses(pool_parents)
-        self._ai_backend_statuses()
+            self.verdicts.route_verdict(route)
+        self.verdicts.pool_statuses(pool_parents)
+        self.verdicts.ai_backend_statuses()
         pools = tuple(self.backends.pool(p) for p in self.resources.of_kind(InferencePool))
         settings = sorted((s for rule in rule_cache.values() for s in rule.settings), key=lambda s: (s.rule, s.backend))
         return Translation(tuple(gateway_irs), self.book.statuses(), pools, tuple(settings))
@@ -122,7 +117,7 @@ class _Translator:
         classes = {gc.name: gc for gc in self.resources.of_kind(GatewayClass)}
         ours = {name for name, gc in classes.items() if gc.spec.controller_name in self.options.controller_names}
         for name in sorted(ours):
-            self._class_status(classes[name])
+            self.verdicts.class_status(classes[name])
         served: list[Gateway] = []
         unserved: dict[tuple[str, str], str | None] = {}
         for gateway in self.resources.of_kind(Gateway):
@@ -137,19 +132,6 @@ class _Translator:
                 self.book.report(gateway, "Programmed", False, "Invalid", "the Gateway is not accepted")
                 unserved[(gateway.namespace, gateway.name)] = f"Gateway {gateway.ref} is not served: {message}"
         return served, unserved
-
-    def _class_status(self, gateway_class: GatewayClass) -> None:
-        ref = gateway_class.spec.parameters_ref
-        problem = None
-        if ref is not None:
-            if (ref.group, ref.kind) != (ENVOY_GATEWAY_GROUP, "EnvoyProxy") or not ref.namespace:
-                problem = f"parametersRef must name an EnvoyProxy ({ENVOY_GATEWAY_GROUP}) and its namespace"
-            elif self.resources.get(EnvoyProxy, ref.namespace, ref.name) is None:
-                problem = f"parametersRef: EnvoyProxy {ref.namespace}/{ref.name} not found"
-        if problem is None:
-            self.book.report(gateway_class, "Accepted", True, "Accepted", "the GatewayClass is served")
-        else:
-            self.book.report(gateway_class, "Accepted", False, "InvalidParameters", problem)
 
     def _route_parents(
         self, routes: list[Route], served: set[tuple[str, str]], unserved: dict[tuple[str, str], str | None]
@@ -175,65 +157,6 @@ class _Translator:
             if not in_scope:
                 self.book.ignore(route)
         return by_gateway
-
-    def _route_verdict(self, route: Route) -> None:
-        """The backends' verdict goes on every parent entry; an AIGatewayRoute also gets one Accepted of its own
-        (what Envoy AI Gateway writes): True when attached somewhere with every backendRef resolved."""
-        resolved = self.book.take(route, "ResolvedRefs") or RESOLVED
-        parents = self.book.parent_conditions(route)
-        for parent in parents:
-            self.book.report_parent(route, parent, resolved)
-        if not isinstance(route, AIGatewayRoute):
-            return
-        verdicts = {parent: next(c for c in found if c.type == "Accepted") for parent, found in parents.items()}
-        refusals: list[Condition] = []
-        if not any(c.status is ConditionStatus.TRUE for c in verdicts.values()):
-            missing = self.book.take(route, "Accepted")  # parentRefs to missing Gateways
-            refusals += [missing] if missing is not None else []
-            refusals += [_on_parent(parent, c) for parent, c in verdicts.items()]
-        if resolved.status is ConditionStatus.FALSE:
-            refusals.append(resolved)
-        if refusals:
-            message = "; ".join(c.message for c in refusals)
-            self.book.report(route, "Accepted", False, refusals[0].reason, message)
-        else:
-            self.book.take(route, "Accepted")
-            self.book.report(route, "Accepted", True, "Accepted", "attached, and every backendRef resolved")
-
-    def _ai_backend_statuses(self) -> None:
-        for backend in self.resources.of_kind(AIServiceBackend):
-            try:
-                self.backends.ai_service_backend_cluster(backend.namespace, backend.name)
-            except Unresolved as exc:
-                self.book.report(backend, "Accepted", False, exc.reason, exc.message)
-            self.book.report(backend, "Accepted", True, "Accepted", "the backend is valid")  # any False wins
-
-    def _pool_statuses(self, pool_parents: dict[ObjectRef, set[ParentRefIR]]) -> None:
-        """A pool's parents are the Gateways whose accepted routes send to it; a pool no route uses has none."""
-        for pool in self.resources.of_kind(InferencePool):
-            self.book.track(pool)
-            picker = self._picker_verdict(pool)
-            for gateway in sorted(pool_parents.get(ref_of(pool), ())):
-                accepted = condition("Accepted", True, "Accepted", "an accepted route of the Gateway sends to it")
-                self.book.report_parent(pool, gateway, accepted)
-                self.book.report_parent(pool, gateway, picker)
-
-    def _picker_verdict(self, pool: InferencePool) -> Condition:
-        ref = pool.spec.endpoint_picker_ref
-        if ref is None:
-            return condition("ResolvedRefs", True, "ResolvedRefs", "no endpointPickerRef: the embedded picker")
-        if (ref.group, ref.kind) != ("", "Service"):
-            message = f"endpointPickerRef: kind {ref.kind} of group {ref.group!r} is not supported (a Service is)"
-            return condition("ResolvedRefs", False, "InvalidExtensionRef", message)
-        service = self.resources.get(Service, pool.namespace, ref.name)
-        if service is None:
-            message = f"endpointPickerRef: Service {pool.namespace}/{ref.name} not found"
-            return condition("ResolvedRefs", False, "InvalidExtensionRef", message)
-        port = ref.port.number if ref.port is not None else None
-        if not any(p.port == port for p in service.spec.ports):  # a pool calling its picker gets a 500 then
-            message = f"endpointPickerRef: Service {pool.namespace}/{ref.name} has no port {port}"
-            return condition("ResolvedRefs", False, "InvalidExtensionRef", message)
-        return condition("ResolvedRefs", True, "ResolvedRefs", f"endpointPickerRef: Service {ref.name}")
 
     def _gateway_ir(
         self, gateway: Gateway, vhosts: dict[int, dict[str, list[_Entry]]], clusters: dict[str, ClusterIR]
@@ -293,12 +216,6 @@ def _virtual_host_routes(domain: str, domains: dict[str, list[_Entry]]) -> list[
                 seen.add(route.name)
                 ordered.append(route)
     return ordered
-
-
-def _on_parent(parent: ParentRefIR, found: Condition) -> Condition:
-    """A parent entry's condition, its message naming the parent."""
-    where = "/".join(str(p) for p in (parent.namespace, parent.name, parent.section_name, parent.port) if p)
-    return Condition(found.type, found.status, found.reason, f"{where}: {found.message}")
 
 
 def translate(resources: ResourceSet, options: TranslateOptions | None = None) -> Translation:
