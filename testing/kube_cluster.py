@@ -73,7 +73,9 @@ class KubeCluster:
 
     def restart_apiserver(self, down_seconds: float = 0.0) -> None:
         """Stops kube-apiserver (SIGTERM), waits `down_seconds`, starts it again on the same port and waits until it
-        is ready: what clients see when a control-plane node restarts. etcd, and so every object, stays."""
+        is ready: what clients see when a control-plane node restarts. etcd, and so every object, stays. Call it on
+        the main thread: the new process dies with the thread that starts it (PR_SET_PDEATHSIG), and a worker
+        thread (`asyncio.to_thread`) ends with its event loop."""
         self._apiserver.restart(down_seconds)
 
     def compact_etcd(self, revision: int) -> None:

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds the peer programs bench/side_by_side.py runs beside ours, once: a cached binary is never rebuilt.
 #
-#   bench/peers/build.sh [aigw] [bbr]          (both when no name is given)
+#   bench/peers/build.sh [aigw] [bbr] [epp]    (all when no name is given)
 #
 # - aigw: Envoy AI Gateway v1.1.0's ext_proc, from the source tarball at $AIGW_TARBALL (default
 #   ../shared/peers/ai-gateway-v1.1.0-src.tar.gz relative to the repository; the module is not on the Go proxy).
 # - bbr: the Gateway API Inference Extension's Body-Based Router v1.0.2, from the Go module proxy.
+# - epp: the same project's Endpoint Picker v1.0.2 (cmd/epp), from the Go module proxy. e2e/kube/test_real_epp.py
+#   runs it against the test API server; its fixture runs this script (at once when the binary is cached).
 #
 # Binaries go to $PEERS_CACHE (default ~/.cache/xds-server/peers), keyed by version. One line per peer on stdout:
 # "<name>: cached <path>", "<name>: built <path> in <N> s" or "<name>: skipped: <reason>" (exit 0); a failed build
@@ -14,6 +16,7 @@ set -euo pipefail
 
 AIGW_VERSION=v1.1.0
 BBR_VERSION=v1.0.2
+EPP_VERSION=v1.0.2
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cache="${PEERS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xds-server/peers}"
 tarball="${AIGW_TARBALL:-$repo/../shared/peers/ai-gateway-$AIGW_VERSION-src.tar.gz}"
@@ -54,13 +57,40 @@ build_bbr() {
     fi
 }
 
+build_epp() {
+    local directory="$cache/epp-$EPP_VERSION"
+    local package="sigs.k8s.io/gateway-api-inference-extension/cmd/epp@$EPP_VERSION"
+    if [[ -x "$directory/epp" ]]; then echo "epp: cached $directory/epp"; return; fi
+    # The Go tarball's usual place, for shells (and test runs) whose PATH lacks it, as e2e/kube/build-binaries.sh.
+    if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then PATH="/usr/local/go/bin:$PATH"; fi
+    if ! command -v go >/dev/null; then echo "epp: skipped: go not found"; return; fi
+    mkdir -p "$directory"
+    # Two test runs (or xdist workers) starting at once: the second waits for the first, then finds the binary.
+    exec 8>"$directory/.build.lock"
+    flock 8
+    if [[ -x "$directory/epp" ]]; then echo "epp: cached $directory/epp"; exec 8>&-; return; fi
+    local start=$SECONDS staging
+    staging="$(mktemp -d "$directory/.gobin.XXXXXX")"
+    echo "epp: go install $package (cold: a few minutes on 2 cores, downloads included) ..." >&2
+    # Installed beside, then renamed: an interrupted build never leaves a binary that looks complete.
+    if GOBIN="$staging" go install "$package" >&2 && mv "$staging/epp" "$directory/epp"; then
+        echo "epp: built $directory/epp in $((SECONDS - start)) s"
+    else
+        echo "epp: failed: go install $package (see stderr)"
+        status=1
+    fi
+    rm -rf "$staging"
+    exec 8>&-
+}
+
 names=("$@")
-[[ ${#names[@]} -gt 0 ]] || names=(aigw bbr)
+[[ ${#names[@]} -gt 0 ]] || names=(aigw bbr epp)
 for name in "${names[@]}"; do
     case "$name" in
         aigw) build_aigw ;;
         bbr) build_bbr ;;
-        *) echo "unknown peer: $name (aigw, bbr)" >&2; exit 2 ;;
+        epp) build_epp ;;
+        *) echo "unknown peer: $name (aigw, bbr, epp)" >&2; exit 2 ;;
     esac
 done
 exit $status

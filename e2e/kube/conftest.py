@@ -4,14 +4,21 @@
 with every CRD from the repository's charts/xds-server-crds/crds applied (XDS_SERVER_CRDS names another folder),
 and stops it at the end of the session however the tests ended.
 The cluster support itself is testing/kube_cluster.py, shared with the benchmarks (bench.kube_propagation).
+`epp_binary` (session scope) is the Inference Extension's Endpoint Picker, built by bench/peers/build.sh when the
+cache lacks it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes import client as k8s
@@ -62,3 +69,46 @@ def namespace(api_client: k8s.ApiClient) -> str:
     name = f"t-{uuid.uuid4().hex[:10]}"
     k8s.CoreV1Api(api_client).create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
     return name
+
+
+PEERS_BUILD = Path(__file__).resolve().parents[2] / "bench" / "peers" / "build.sh"
+
+
+def _run_streaming_stderr(command: list[str]) -> tuple[int, str, str]:
+    """Runs `command`; its stderr is shown as it comes (a cold Go build takes minutes) and also kept."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kept: list[str] = []
+
+    def relay() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            kept.append(line)
+            print(line, end="", file=sys.stderr, flush=True)
+
+    relaying = threading.Thread(target=relay, daemon=True)
+    relaying.start()
+    assert process.stdout is not None
+    stdout = process.stdout.read()  # not communicate(): that would read stderr too, away from the relay
+    process.wait()
+    relaying.join()
+    return process.returncode, stdout, "".join(kept)
+
+
+@pytest.fixture(scope="session")
+def epp_binary(pytestconfig: pytest.Config) -> Path:
+    """The Gateway API Inference Extension's Endpoint Picker v1.0.2 (`go install .../cmd/epp@v1.0.2` from the Go
+    module proxy, by bench/peers/build.sh, cached under ~/.cache/xds-server/peers like the BBR peer). A cold build
+    shows its progress on stderr; anything but a built or cached binary fails with the command and its output."""
+    command = ["bash", str(PEERS_BUILD), "epp"]
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    disabled = capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
+    with disabled:
+        returncode, stdout, stderr = _run_streaming_stderr(command)
+    found = re.search(r"^epp: (?:cached|built) (\S+)", stdout, re.MULTILINE)
+    if returncode != 0 or found is None or not os.access(found[1], os.X_OK):
+        pytest.fail(
+            f"building the Endpoint Picker failed: {' '.join(command)} exited {returncode}\n"
+            f"stdout:\n{stdout}\nstderr:\n{stderr}",
+            pytrace=False,
+        )
+    return Path(found[1])

@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -391,11 +392,21 @@ async def test_envoy_keeps_serving_through_an_api_server_restart_and_the_control
     upstreams: dict[str, int],
 ) -> None:
     answers: list[tuple[int, str]] = []
-    outage = asyncio.create_task(asyncio.to_thread(kube_cluster.restart_apiserver, 3.0))
-    while not outage.done():  # the API server is away: the controller's watches fail, Envoy is untouched
-        answers.append(await asyncio.to_thread(http_get, f"{web_route}/"))
-        await asyncio.sleep(0.1)
-    await outage
+    restarted = threading.Event()
+
+    def ask_envoy() -> None:  # while the API server is away, the controller's watches fail; Envoy is untouched
+        while not restarted.is_set():
+            answers.append(http_get(f"{web_route}/"))
+            time.sleep(0.1)
+
+    asker = threading.Thread(target=ask_envoy)
+    asker.start()
+    try:
+        # On this thread, not a worker: the new API server dies with the thread that starts it (PR_SET_PDEATHSIG).
+        kube_cluster.restart_apiserver(3.0)
+    finally:
+        restarted.set()
+        asker.join()
     assert answers and set(answers) == {(200, "from-a")}
     assert "ready" in (await asyncio.to_thread(http_get, f"{serving.admin}/readyz"))[1]
     # The controller relisted: a change made after the restart reaches Envoy and gets its status.
