@@ -3,8 +3,8 @@ the e2e tests of e2e/kube (through its conftest) and for benchmarks.
 
 The binaries come from e2e/kube/build-binaries.sh (pinned in e2e/kube/gomod/, cached by version). `running_cluster`
 starts etcd and kube-apiserver on random free 127.0.0.1 ports with a fresh CA, serving certificate, service-account
-key and a `system:masters` token, applies the CRDs (by default the repository's charts/xds-server-crds/crds), and
-stops both processes on the way out, whatever happened inside.
+key and a `system:masters` token, applies the CRDs (by default the files the repository's CRD chart renders,
+charts/xds-server-crds/charts/upstream/files), and stops both processes on the way out, whatever happened inside.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KUBE_DIR = ROOT / "e2e" / "kube"
 BUILD_SCRIPT = KUBE_DIR / "build-binaries.sh"
 # The upstream CRDs the controller reads, as the CRD chart ships them; XDS_SERVER_CRDS points at another folder.
-CRDS = Path(os.environ.get("XDS_SERVER_CRDS", ROOT / "charts" / "xds-server-crds" / "crds"))
+CRDS = Path(os.environ.get("XDS_SERVER_CRDS", ROOT / "charts" / "xds-server-crds" / "charts" / "upstream" / "files"))
 
 # Generous: on the 2 shared cores a cold kube-apiserver takes several seconds to run its post-start hooks, and a
 # loaded CI machine can take much longer. These bound a hang; nothing asserts on how fast things are.
@@ -51,6 +51,8 @@ ETCD_READY_TIMEOUT = 60.0
 APISERVER_READY_TIMEOUT = 180.0
 CRD_ESTABLISHED_TIMEOUT = 120.0
 STOP_TIMEOUT = 15.0
+# libyaml when PyYAML has it: the CRDs are megabytes, about 4 s per cluster start with the pure-Python loader.
+_YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 LOG_TAIL_LINES = 40
 
 
@@ -435,13 +437,13 @@ class _ApiServer:
 def crd_documents(directory: Path) -> list[dict[str, Any]]:
     if not directory.is_dir():
         raise ClusterStartError(
-            f"CRD directory {directory} not found (the default is charts/xds-server-crds/crds in the repository; "
-            "XDS_SERVER_CRDS overrides it)"
+            f"CRD directory {directory} not found (the default is charts/xds-server-crds/charts/upstream/files in the "
+            "repository; XDS_SERVER_CRDS overrides it)"
         )
     documents = [
         doc
         for path in sorted(directory.glob("*.yaml"))
-        for doc in yaml.safe_load_all(path.read_text())
+        for doc in yaml.load_all(path.read_text(), Loader=_YAML_LOADER)
         if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition"
     ]
     if not documents:

@@ -24,7 +24,7 @@ from xds_server.sources.kubernetes.objects import is_newer, strip, translation_i
 from xds_server.sources.kubernetes.reflector import Backoff, Reflector, Timing
 from xds_server.sources.kubernetes.store import Store
 
-CRDS = Path(__file__).resolve().parent.parent / "charts" / "xds-server-crds" / "crds"
+CRDS = Path(__file__).resolve().parent.parent / "charts" / "xds-server-crds" / "charts" / "upstream" / "files"
 POD, ROUTE, SECRET = BY_NAME["Pod"], BY_NAME["HTTPRoute"], BY_NAME["Secret"]
 
 

@@ -2,17 +2,138 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
+
+ADMIN_CLUSTER = "xds-server/admin"
+READINESS_LISTENER = "xds-server/readiness"
+HTTP_CONNECTION_MANAGER = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+DRAIN_PATH = "/drain"  # a provisioned Envoy's preStop hook
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _static_cluster(name: str, host: str, port: int) -> dict[str, Any]:
+    """A cluster of one address: an IP as it is, a hostname (a Service's DNS name) resolved and re-resolved, so the
+    Envoy follows the name to wherever it points next."""
+    endpoint = {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+    return {
+        "name": name,
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},
+    }
+
+
+def _readiness_listener(port: int, drain_seconds: int) -> dict[str, Any]:
+    """A listener on every address for the kubelet, since the admin listens on loopback only (and exposing it would
+    expose /quitquitquit and the rest). Two routes, nothing else of the admin:
+
+    - `/ready` -> the admin's `/ready`: 200 once the server is LIVE (it has its first configuration), 503 after
+      `/healthcheck/fail`; the readiness probe.
+    - `/drain` -> POSTs the admin's `/healthcheck/fail` (the admin takes no GET for a change of state, and a
+      kubelet's httpGet hook can only GET; the images are distroless, so there is no shell for an exec hook), then
+      answers after `drain_seconds`; the preStop hook. Meanwhile the pod turns unready and leaves the Service's
+      endpoints, and Envoy closes keep-alive connections as their requests end (HTTP/1 `Connection: close`,
+      HTTP/2 GOAWAY), before the SIGTERM that follows the hook.
+    """
+    fail = (
+        "function envoy_on_request(handle)\n"
+        f'  handle:httpCall("{ADMIN_CLUSTER}", {{[":method"] = "POST", [":path"] = "/healthcheck/fail",'
+        ' [":authority"] = "admin"}, "", 2000)\n'
+        "end\n"
+    )
+    manager = {
+        "@type": HTTP_CONNECTION_MANAGER,
+        "stat_prefix": "readiness",
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": "readiness",
+                    "domains": ["*"],
+                    "routes": [
+                        {"match": {"path": "/ready"}, "route": {"cluster": ADMIN_CLUSTER}},
+                        {
+                            "match": {"path": DRAIN_PATH},
+                            "direct_response": {"status": 200, "body": {"inline_string": "draining\n"}},
+                            "typed_per_filter_config": {
+                                "envoy.filters.http.lua": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+                                    "source_code": {"inline_string": fail},
+                                },
+                                "envoy.filters.http.fault": {
+                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                                    "delay": {"fixed_delay": f"{drain_seconds}s", "percentage": {"numerator": 100}},
+                                },
+                            },
+                        },
+                    ],
+                }
+            ]
+        },
+        # Lua and fault do nothing but on the /drain route (their per-route configuration); Lua first, so the
+        # health check fails before the delay starts.
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.lua",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"},
+            },
+            {
+                "name": "envoy.filters.http.fault",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"},
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+    }
+    return {
+        "name": READINESS_LISTENER,
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
+    }
 
 
 def bootstrap(
-    gateway: str, node_id: str, xds: tuple[str, int], admin: tuple[str, int], delta: bool = False
+    gateway: str,
+    node_id: str,
+    xds: tuple[str, int],
+    admin: tuple[str, int],
+    delta: bool = False,
+    readiness_port: int | None = None,
+    drain_seconds: int = 5,
 ) -> dict[str, Any]:
     """`gateway` is "<ns>/<name>": Envoy's node.cluster, the key of the snapshot it is served.
 
-    `delta` selects incremental ADS (`DeltaAggregatedResources`) instead of state of the world.
+    `xds` is an IP or a hostname (STRICT_DNS: a Service's name in a cluster). `delta` selects incremental ADS
+    (`DeltaAggregatedResources`) instead of state of the world. `readiness_port` adds the listener a kubelet probes
+    (`/ready`) and drains through (`/drain`, answered after `drain_seconds`); see `_readiness_listener`.
     """
     ads = {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"}
+    ads_cluster = _static_cluster("xds-server/ads", xds[0], xds[1])
+    ads_cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {
+                "http2_protocol_options": {"connection_keepalive": {"interval": "30s", "timeout": "5s"}}
+            },
+        }
+    }
+    static: dict[str, Any] = {"clusters": [ads_cluster]}
+    if readiness_port is not None:
+        static["clusters"].append(_static_cluster(ADMIN_CLUSTER, admin[0], admin[1]))
+        static["listeners"] = [_readiness_listener(readiness_port, drain_seconds)]
     return {
         "node": {"id": node_id, "cluster": gateway},
         "admin": {"address": {"socket_address": {"address": admin[0], "port_value": admin[1]}}},
@@ -26,35 +147,5 @@ def bootstrap(
             "cds_config": ads,
             "lds_config": ads,
         },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds-server/ads",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": "xds-server/ads",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {"socket_address": {"address": xds[0], "port_value": xds[1]}}
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {
-                                "http2_protocol_options": {"connection_keepalive": {"interval": "30s", "timeout": "5s"}}
-                            },
-                        }
-                    },
-                }
-            ]
-        },
+        "static_resources": static,
     }

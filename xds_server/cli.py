@@ -32,21 +32,20 @@ def add_translate_options(parser: argparse.ArgumentParser) -> None:
     """Options that shape the generated configuration; shared by every command that translates."""
     parser.add_argument(
         "--listener-address",
-        default="127.0.0.1",
-        help="address Envoy listeners bind (default 127.0.0.1; 0.0.0.0 in a cluster)",
+        help="address Envoy listeners bind (default 127.0.0.1; 0.0.0.0 with serve --kubernetes)",
     )
     parser.add_argument(
         "--extproc-address",
         type=host_port,
-        default=("127.0.0.1", 1063),
-        help="HOST:PORT of the control plane's ext_proc server as Envoy reaches it",
+        help="HOST:PORT of the control plane's ext_proc server as Envoy reaches it (default 127.0.0.1:1063; with "
+        "serve --kubernetes and provisioning, the control-plane Service's name, port 1063, listening on 0.0.0.0)",
     )
     parser.add_argument(
         "--privileged-port-offset",
         type=int,
-        default=0,
         metavar="N",
-        help="listen on P+N for a Gateway port P below 1024, to run without privileges (e.g. 10000: 80 -> 10080)",
+        help="listen on P+N for a Gateway port P below 1024, to run without privileges (e.g. 10000: 80 -> 10080); "
+        "default 0, 10000 with serve --kubernetes",
     )
     parser.add_argument(
         "--buffer-limit-bytes",
@@ -62,13 +61,23 @@ def add_translate_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# In a cluster, provisioned Envoys run unprivileged (Envoy Gateway's convention): a Gateway port P < 1024 is
+# container port P + 10000, which the translation's listeners must then use too; and the Envoy Service reaches them
+# on the pod's address, not its loopback.
+CLUSTER_PORT_OFFSET = 10000
+CLUSTER_LISTENER_ADDRESS = "0.0.0.0"
+
+
 def translate_options(args: argparse.Namespace) -> TranslateOptions:
+    cluster = bool(getattr(args, "kubernetes", False))
+    offset = args.privileged_port_offset
+    extproc = args.extproc_address or ("127.0.0.1", 1063)
     return TranslateOptions(
-        listener_address=args.listener_address,
-        extproc_host=args.extproc_address[0],
-        extproc_port=args.extproc_address[1],
+        listener_address=args.listener_address or (CLUSTER_LISTENER_ADDRESS if cluster else "127.0.0.1"),
+        extproc_host=extproc[0],
+        extproc_port=extproc[1],
         resolve_cluster_local=args.resolve_cluster_local,
-        privileged_port_offset=args.privileged_port_offset,
+        privileged_port_offset=offset if offset is not None else (CLUSTER_PORT_OFFSET if cluster else 0),
         buffer_limit_bytes=args.buffer_limit_bytes,
     )
 
@@ -122,6 +131,10 @@ def run_serve(args: argparse.Namespace) -> int:
         controller_name=args.controller_name,
         leader_election=args.leader_election,
         lease_namespace=args.lease_namespace,
+        controller_namespace=args.controller_namespace,
+        control_plane_service=args.control_plane_service,
+        provision=args.provision,
+        extproc_via_service=args.extproc_address is None,
     )
     options = replace(options, endpoint_picker=PickerMode(args.endpoint_picker))
     return asyncio.run(serve_kubernetes(cluster, options, args.xds_address, args.admin_address, args.picker_debug))
@@ -241,7 +254,26 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument(
         "--lease-namespace",
         metavar="NS",
-        help="the Lease's namespace (default: the pod's, else the kubeconfig context's, else default)",
+        help="the Lease's namespace (default: the controller namespace)",
+    )
+    cluster.add_argument(
+        "--controller-namespace",
+        metavar="NS",
+        help="where each Gateway's Envoy objects are provisioned (default: the pod's namespace, else the kubeconfig "
+        "context's, else default)",
+    )
+    cluster.add_argument(
+        "--control-plane-service",
+        default="xds-server",
+        metavar="NAME",
+        help="the Service in the controller namespace that provisioned Envoys reach ADS (and ext_proc) by: "
+        "NAME.NS.svc.cluster.local at the --xds-address port (default xds-server, the Helm chart's)",
+    )
+    cluster.add_argument(
+        "--no-provision",
+        dest="provision",
+        action="store_false",
+        help="provision no Envoys and leave Gateway addresses alone (you run the Envoys: xds-server bootstrap)",
     )
     serve_cmd.add_argument("--xds-address", type=host_port, default=("127.0.0.1", 18000), metavar="HOST:PORT")
     serve_cmd.add_argument("--admin-address", type=host_port, default=("127.0.0.1", 19000), metavar="HOST:PORT")

@@ -42,3 +42,8 @@ KUBE_EVENTS = Counter(
     ["kind", "type"],
 )
 KUBE_OBJECTS = Gauge("xds_server_kube_objects", "Kubernetes objects stored, per kind", ["kind"])
+PROVISIONED = Counter(
+    "xds_server_provisioned_objects_total",
+    "Envoy objects the provisioner applied or deleted, per kind, action (apply, delete) and result (ok, error)",
+    ["kind", "action", "result"],
+)

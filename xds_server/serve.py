@@ -1,5 +1,6 @@
 """The composition root: sources -> control plane -> ADS + ext_proc services + admin. `xds-server serve` is this with
-watched manifests, `xds-server serve --kubernetes` with a cluster's objects plus the status writer and the Lease.
+watched manifests, `xds-server serve --kubernetes` with a cluster's objects plus the status writer, the provisioner
+and the Lease.
 
 `ControlPlaneService` is the part `xds-server up` shares: the same servers and the same build/apply path, fed
 with the manifests plus the pods `up` runs. Only this module knows every piece; each piece knows only those below it.
@@ -33,7 +34,9 @@ from xds_server.extproc.metering import UsageMeter
 from xds_server.extproc.server import ExternalProcessor, start_server
 from xds_server.extproc.upstream import UpstreamSettingsService
 from xds_server.extproc.usage_log import UsageLog
+from xds_server.kube.infra import ProvisionSettings
 from xds_server.kube.leader import AlwaysLeader, LeaderElector
+from xds_server.kube.provisioner import Provisioner
 from xds_server.kube.status_writer import StatusWriter
 from xds_server.sources import Source
 from xds_server.sources.files import FileSource
@@ -56,10 +59,15 @@ GRPC_OPTIONS = [
 
 
 async def start_extproc(
-    control_plane: ControlPlane, options: TranslateOptions, scrape_interval: float = 0.05, picker_debug: bool = False
+    control_plane: ControlPlane,
+    options: TranslateOptions,
+    scrape_interval: float = 0.05,
+    picker_debug: bool = False,
+    listen: tuple[str, int] | None = None,
 ) -> tuple[grpc.aio.Server, EndpointPicker]:
-    """The per-request services on the address Envoy is told (`--extproc-address`), each following every applied
-    build's runtime tables. Stop the picker's scraper with `picker.scraper.close()`."""
+    """The per-request services on the address Envoy is told (`--extproc-address`), or on `listen` when Envoy is told
+    another (a Service's name), each following every applied build's runtime tables. Stop the picker's scraper with
+    `picker.scraper.close()`."""
     upstream = UpstreamSettingsService()
     picker = EndpointPicker(Scraper(interval=scrape_interval), debug=picker_debug)
 
@@ -73,7 +81,8 @@ async def start_extproc(
     processor = ExternalProcessor(
         default=UsageMeter(), by_metadata={PICKER_POOL_METADATA: picker, UPSTREAM_SETTINGS_METADATA: upstream}
     )
-    address = f"{options.extproc_host}:{options.extproc_port}"
+    host, port = listen or (options.extproc_host, options.extproc_port)
+    address = f"{host}:{port}"
     usage_log = UsageLog()
     server = await start_server(
         processor,
@@ -107,6 +116,7 @@ class ControlPlaneService:
         self.picker: EndpointPicker | None = None
         self._admin: web.AppRunner | None = None
         self.cluster: ClusterView | None = None  # cluster mode: whether the source synced and who leads
+        self.extproc_listen: tuple[str, int] | None = None  # where ext_proc listens, when not where Envoys are told
 
     async def publish(self, resources: ResourceSet) -> None:
         """Translates in a worker thread, then publishes on the event loop (where the ADS streams listen)."""
@@ -126,7 +136,7 @@ class ControlPlaneService:
         await server.start()
         self._grpc = server
         self._extproc, self.picker = await start_extproc(
-            self.control_plane, self.options, picker_debug=self.picker_debug
+            self.control_plane, self.options, picker_debug=self.picker_debug, listen=self.extproc_listen
         )
         runner = web.AppRunner(admin_app(self.control_plane, self.picker, self.cluster), access_log=None)
         await runner.setup()
@@ -182,8 +192,13 @@ class ClusterOptions:
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     controller_name: str = ENVOY_GATEWAY_CONTROLLER
     leader_election: bool = True
-    lease_namespace: str | None = None  # default: the pod's namespace, else the kubeconfig context's, else "default"
+    lease_namespace: str | None = None  # default: the controller namespace
     lease_name: str = "xds-server"
+    # Where Envoys are provisioned: default the pod's namespace, else the kubeconfig context's, else "default".
+    controller_namespace: str | None = None
+    control_plane_service: str = "xds-server"  # the Service (the Helm chart's) Envoys reach ADS and ext_proc by
+    provision: bool = True  # False: the user runs the Envoys (`xds-server bootstrap`)
+    extproc_via_service: bool = False  # no --extproc-address: provisioned Envoys reach ext_proc by the Service
 
 
 async def serve_kubernetes(
@@ -193,14 +208,23 @@ async def serve_kubernetes(
     admin_address: tuple[str, int],
     picker_debug: bool = False,
 ) -> int:
-    """Every replica lists and watches, translates and serves ADS and ext_proc; the Lease's holder writes status."""
+    """Every replica lists and watches, translates and serves ADS and ext_proc; the Lease's holder writes status and
+    provisions each Gateway's Envoys (unless `cluster.provision` is off)."""
     options = replace(options, controller_names=frozenset({cluster.controller_name}))
+    controller_namespace = cluster.controller_namespace or default_namespace(cluster.kubeconfig)
+    service_host = f"{cluster.control_plane_service}.{controller_namespace}.svc.cluster.local"
+    extproc_listen = None
+    if cluster.provision and cluster.extproc_via_service:
+        # Provisioned Envoys reach ext_proc by the Service's name, as ADS; so it listens on every address.
+        extproc_listen = ("0.0.0.0", options.extproc_port)
+        options = replace(options, extproc_host=service_host)
     api = await api_client(cluster.kubeconfig)
     source = KubernetesSource(api, cluster.namespaces)
     service = ControlPlaneService(options, xds_address, admin_address, picker_debug)
+    service.extproc_listen = extproc_listen
     leadership: LeaderElector | AlwaysLeader
     if cluster.leader_election:
-        lease_namespace = cluster.lease_namespace or default_namespace(cluster.kubeconfig)
+        lease_namespace = cluster.lease_namespace or controller_namespace
         leadership = LeaderElector(api, lease_namespace, cluster.lease_name)
     else:
         leadership = AlwaysLeader()
@@ -211,7 +235,27 @@ async def serve_kubernetes(
         built = control_plane.current
         return None if built is None else (built.resources, control_plane.statuses())
 
-    writer = StatusWriter(api, source, kinds.BY_NAME, cluster.controller_name, current, leadership)
+    provisioner = None
+    if cluster.provision:
+        settings = ProvisionSettings(
+            controller_namespace, (service_host, xds_address[1]), options.privileged_port_offset
+        )
+        watched = not cluster.namespaces or controller_namespace in cluster.namespaces
+        provisioner = Provisioner(
+            api,
+            source,
+            settings,
+            cluster.controller_name,
+            lambda: control_plane.current.resources if control_plane.current is not None else None,
+            leadership,
+            watched,
+            cluster.namespaces,
+            on_pass=lambda: writer.poke(),
+        )
+        control_plane.build_listeners.append(lambda _built: provisioner.poke())
+        leadership.on_started_leading(provisioner.lead)
+    infrastructure = provisioner.gateway_infra if provisioner is not None else None
+    writer = StatusWriter(api, source, kinds.BY_NAME, cluster.controller_name, current, leadership, infrastructure)
     control_plane.build_listeners.append(lambda _built: writer.poke())
     control_plane.clients.add_ack_listener(lambda _stream, _type_url, _version: writer.poke())
     control_plane.clients.add_nack_listener(lambda _nack: writer.poke())
@@ -235,6 +279,8 @@ async def serve_kubernetes(
             asyncio.create_task(writer.run(stop)),
             asyncio.create_task(leadership.run(stop)),
         ]
+        if provisioner is not None:
+            tasks.append(asyncio.create_task(provisioner.run(stop)))
         await stop.wait()
         log.info("shutting down")
         await asyncio.gather(*tasks)

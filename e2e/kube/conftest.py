@@ -1,11 +1,11 @@
 """Fixtures for tests against a real Kubernetes API server (etcd + kube-apiserver built from pinned sources).
 
 `kube_cluster` (session scope) builds the binaries if the cache lacks them, starts the control plane on loopback
-with every CRD from the repository's charts/xds-server-crds/crds applied (XDS_SERVER_CRDS names another folder),
-and stops it at the end of the session however the tests ended.
+with every CRD of the repository's CRD chart applied (charts/xds-server-crds/charts/upstream/files; XDS_SERVER_CRDS
+names another folder), and stops it at the end of the session however the tests ended.
 The cluster support itself is testing/kube_cluster.py, shared with the benchmarks (bench.kube_propagation).
 `epp_binary` (session scope) is the Inference Extension's Endpoint Picker, built by bench/peers/build.sh when the
-cache lacks it.
+cache lacks it; `helm_binary` (session scope) is helm v4, built by e2e/kube/build-helm.sh when the cache lacks it.
 """
 
 from __future__ import annotations
@@ -112,3 +112,25 @@ def epp_binary(pytestconfig: pytest.Config) -> Path:
             pytrace=False,
         )
     return Path(found[1])
+
+
+HELM_BUILD = Path(__file__).resolve().parent / "build-helm.sh"
+
+
+@pytest.fixture(scope="session")
+def helm_binary(pytestconfig: pytest.Config) -> Path:
+    """helm v4, built by e2e/kube/build-helm.sh (`go install helm.sh/helm/v4/cmd/helm@<version>` from the Go module
+    proxy, cached under ~/.cache/xds-server/helm/<version>/). A cold build shows its progress on stderr; anything but
+    a built or cached binary fails with the command and its output."""
+    command = ["bash", str(HELM_BUILD)]
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    disabled = capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
+    with disabled:
+        returncode, stdout, stderr = _run_streaming_stderr(command)
+    lines = stdout.strip().splitlines()
+    if returncode != 0 or not lines or not os.access(lines[-1], os.X_OK):
+        pytest.fail(
+            f"building helm failed: {' '.join(command)} exited {returncode}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            pytrace=False,
+        )
+    return Path(lines[-1])

@@ -78,8 +78,12 @@ async def eventually(probe: Callable[[], Any], what: str, seconds: float = STATU
     raise AssertionError(f"{what}: still {last!r} after {seconds} s")
 
 
-def controller(kube_cluster: KubeCluster, tmp_path: Path, lease_namespace: str, name: str = "serve") -> Serve:
+def controller(
+    kube_cluster: KubeCluster, tmp_path: Path, lease_namespace: str, name: str = "serve", provision: bool = True
+) -> Serve:
     extra = ["--lease-namespace", lease_namespace, "--privileged-port-offset", "10000", "--log-format", "console"]
+    if not provision:  # the test runs the Envoy itself (e2e/kube/test_provisioning.py tests provisioning)
+        extra.append("--no-provision")
     return Serve(kube_cluster.kubeconfig, free_port(), free_port(), tmp_path / f"{name}.log", extra=extra)
 
 
@@ -134,7 +138,7 @@ async def test_the_tutorial_gets_its_statuses_and_an_envoy_goes_live_with_its_mo
     except k8s.ApiException as error:
         assert error.status == 409
     apply(dynamic, [doc for path in sorted(TUTORIAL_DIR.glob("*.yaml")) for doc in documents(path.read_text())])
-    serve = controller(kube_cluster, tmp_path, namespace)
+    serve = controller(kube_cluster, tmp_path, namespace, provision=False)  # Programmed from its own Envoy alone
     try:
         assert "leader" in await serve.ready()
 

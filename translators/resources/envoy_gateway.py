@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -63,11 +63,47 @@ class Backend(Resource):
     spec: BackendSpec
 
 
+class EnvoyProxyContainer(K8sModel):
+    image: str | None = None  # None: the provisioner's default image
+    resources: dict[str, Any] | None = None  # a core ResourceRequirements, passed on as written
+
+
+class EnvoyProxyDeployment(K8sModel):
+    replicas: int | None = Field(default=None, ge=0)  # None: the provisioner's default (1)
+    container: EnvoyProxyContainer = Field(default_factory=EnvoyProxyContainer)
+
+
+class EnvoyProxyService(K8sModel):
+    type: Literal["ClusterIP", "LoadBalancer", "NodePort"] = "LoadBalancer"  # Envoy Gateway's default
+
+
+class EnvoyProxyKubernetes(K8sModel):
+    envoy_deployment: EnvoyProxyDeployment = Field(default_factory=EnvoyProxyDeployment)
+    envoy_service: EnvoyProxyService = Field(default_factory=EnvoyProxyService)
+
+
+class EnvoyProxyProvider(K8sModel):
+    type: str = "Kubernetes"
+    kubernetes: EnvoyProxyKubernetes = Field(default_factory=EnvoyProxyKubernetes)
+
+
+class EnvoyProxySpec(K8sModel):
+    """The fields the cluster-mode provisioner reads (image, replicas, resources, Service type); the rest of Envoy
+    Gateway's schema is accepted and ignored."""
+
+    provider: EnvoyProxyProvider = Field(default_factory=EnvoyProxyProvider)
+
+
 class EnvoyProxy(Resource):
-    """Kept for reference from GatewayClass parametersRef; its provider settings do not change the xDS."""
+    """Referenced by a GatewayClass's parametersRef: shapes the Envoy Deployment and Service provisioned per Gateway
+    in a cluster; it does not change the xDS."""
 
     group = ENVOY_GATEWAY_GROUP
     kind = "EnvoyProxy"
     versions = ("v1alpha1",)
 
-    spec: dict[str, Any] = Field(default_factory=dict)
+    spec: EnvoyProxySpec = Field(default_factory=EnvoyProxySpec)
+
+    @property
+    def kubernetes(self) -> EnvoyProxyKubernetes:
+        return self.spec.provider.kubernetes

@@ -35,7 +35,7 @@ class StatusShape(StrEnum):
     """How a kind's status is laid out."""
 
     CONDITIONS = "conditions"  # GatewayClass: status.conditions
-    GATEWAY = "gateway"  # status.conditions + status.listeners (addresses are the provisioner's)
+    GATEWAY = "gateway"  # status.conditions + status.listeners (+ status.addresses when provisioning)
     ROUTE_PARENTS = "route-parents"  # HTTPRoute: status.parents[] with controllerName
     POOL_PARENTS = "pool-parents"  # InferencePool: status.parents[] by Gateway, no controllerName
     AI_GATEWAY = "ai-gateway"  # AIGW kinds: status.conditions with Accepted / NotAccepted, as Envoy AI Gateway does
@@ -55,6 +55,48 @@ SHAPES: Mapping[str, StatusShape] = {
 # Envoy AI Gateway's reasons, kept so tools written against it keep working; our reason leads the message.
 AI_GATEWAY_ACCEPTED = ("Accepted", "ReconciliationSucceeded")
 AI_GATEWAY_REJECTED = ("NotAccepted", "ReconciliationFailed")
+
+
+ADDRESS_LIMIT = 16  # Gateway status.addresses is MaxItems=16
+
+
+@dataclass(frozen=True)
+class GatewayInfra:
+    """What the provisioned Envoys of a Gateway say: its addresses (from its Service) and its available replicas."""
+
+    addresses: tuple[tuple[str, str], ...]  # (type: IPAddress | Hostname, value)
+    available_replicas: int
+    replicas: int
+    note: str = ""  # why there are no addresses, or where they came from when that is not obvious
+
+
+def with_infrastructure(conditions: tuple[Condition, ...], infra: GatewayInfra) -> tuple[Condition, ...]:
+    """A Gateway's Programmed with its provisioned Envoys taken into account (reference/controller.md §1.3).
+
+    In order: a configuration error (translation, an Envoy's NACK, a snapshot not published: False with another
+    reason than Pending) stays; else no address -> False/AddressNotAssigned; else no available replica ->
+    False/NoResources; else the control plane's own verdict stays, True once an Envoy holds the current
+    configuration, False/Pending until then (which `_keep_programmed` may still keep at an earlier True), its
+    message prefixed with the replica count.
+    """
+    programmed = next((c for c in conditions if c.type == "Programmed"), None)
+    if programmed is None or (programmed.status is ConditionStatus.FALSE and programmed.reason != PENDING):
+        return conditions
+    replicas = f"{infra.available_replicas}/{infra.replicas} Envoy replicas available"
+    note = f" ({infra.note})" if infra.note else ""
+    if not infra.addresses:
+        message = f"No addresses have been assigned to the Gateway{note}"
+        verdict = Condition("Programmed", ConditionStatus.FALSE, "AddressNotAssigned", message)
+    elif infra.available_replicas < 1:
+        verdict = Condition("Programmed", ConditionStatus.FALSE, "NoResources", f"{replicas}{note}")
+    else:
+        message = f"Address assigned to the Gateway{note}, {replicas}; {programmed.message}"
+        verdict = Condition("Programmed", programmed.status, programmed.reason, message)
+    return tuple(verdict if c is programmed else c for c in conditions)
+
+
+def address_dicts(infra: GatewayInfra) -> list[dict[str, str]]:
+    return [{"type": kind, "value": value} for kind, value in infra.addresses[:ADDRESS_LIMIT]]
 
 
 @dataclass(frozen=True)
@@ -176,10 +218,16 @@ def _ai_gateway_conditions(ours: ObjectStatus) -> list[Condition]:
 
 
 def desired_status(
-    kind: str, stored_object: Mapping[str, Any], ours: ObjectStatus | None, ownership: Ownership, now: str
+    kind: str,
+    stored_object: Mapping[str, Any],
+    ours: ObjectStatus | None,
+    ownership: Ownership,
+    now: str,
+    infra: GatewayInfra | None = None,
 ) -> dict[str, Any] | None:
     """The status to write on `stored_object`, or None when it already says what we would write (or is not ours to
-    write). Raises `StaleObject` when the stored status is newer than our view of the object."""
+    write). Raises `StaleObject` when the stored status is newer than our view of the object. `infra` (a Gateway's
+    provisioned Envoys; None when it is not provisioned) sets its addresses and takes part in its Programmed."""
     shape = SHAPES.get(kind)
     if shape is None:
         return None
@@ -219,6 +267,13 @@ def desired_status(
         stored_conditions = stored.get("conditions") or []
         conditions = ours.conditions
         if shape is StatusShape.GATEWAY:
+            if infra is not None:
+                conditions = with_infrastructure(conditions, infra)
+                addresses = address_dicts(infra)
+                if addresses:
+                    status["addresses"] = addresses
+                else:
+                    status.pop("addresses", None)
             conditions = _keep_programmed(conditions, stored_conditions, generation)
             listeners = tuple(
                 replace(

@@ -1,10 +1,10 @@
 """Writes statuses back to the API server, on the leader only.
 
-Poked after every applied build and every Envoy ACK or NACK, it waits a moment for the burst to end and then walks
-every stored object of a kind it writes: what `status.desired_status` says differs from the stored status is PUT to
-the `/status` subresource with the stored resourceVersion. A conflict (someone wrote in between) re-reads the object
-and tries again. Nothing is written unless this replica leads, checked before every write, so a replica that loses
-the Lease stops at once; one that gains it is poked and converges every status.
+Poked after every applied build, every Envoy ACK or NACK and every provisioning pass, it waits a moment for the
+burst to end and then walks every stored object of a kind it writes: what `status.desired_status` says differs from
+the stored status is PUT to the `/status` subresource with the stored resourceVersion. A conflict (someone wrote in
+between) re-reads the object and tries again. Nothing is written unless this replica leads, checked before every
+write, so a replica that loses the Lease stops at once; one that gains it is poked and converges every status.
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ from translators.ir import ObjectStatus
 from translators.loader import ResourceSet
 from translators.resources import Gateway, GatewayClass
 from xds_server import metrics
-from xds_server.kube.status import SHAPES, Ownership, StaleObject, desired_status, invalid_object_status
+from xds_server.kube.status import (
+    SHAPES,
+    GatewayInfra,
+    Ownership,
+    StaleObject,
+    desired_status,
+    invalid_object_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,8 @@ class Leadership(Protocol):
 
 
 Current = Callable[[], tuple[ResourceSet, Sequence[ObjectStatus]] | None]
+# A Gateway's provisioned Envoys, by (namespace, name): its addresses and replicas (None: not provisioned).
+Infrastructure = Callable[[str, str], GatewayInfra | None]
 
 
 def now_rfc3339() -> str:
@@ -78,8 +87,10 @@ class StatusWriter:
         controller_name: str,
         current: Current,
         leadership: Leadership,
+        infrastructure: Infrastructure | None = None,
     ) -> None:
         self._objects = client.CustomObjectsApi(api)
+        self._infrastructure = infrastructure
         self._store = store
         self._paths = paths
         self._controller_name = controller_name
@@ -171,11 +182,14 @@ class StatusWriter:
     ) -> None:
         async with self._limit:
             stored = self._store.stored(kind, namespace, name)
+            infra = None
+            if kind == "Gateway" and self._infrastructure is not None:
+                infra = self._infrastructure(namespace, name)
             for _ in range(CONFLICT_RETRIES):
                 if stored is None or not self._leadership.is_leader:
                     return
                 try:
-                    status = desired_status(kind, stored, ours, ownership, now_rfc3339())
+                    status = desired_status(kind, stored, ours, ownership, now_rfc3339(), infra)
                 except StaleObject as stale:
                     log.debug("not writing %s %s/%s yet: %s", kind, namespace, name, stale)
                     return

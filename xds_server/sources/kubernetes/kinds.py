@@ -1,6 +1,6 @@
 """Every kind the translator reads, and where it lives in the API: group, version, plural, scope.
 
-Versions are the ones the CRDs in charts/xds-server-crds/crds serve. Where a CRD serves two versions through one
+Versions are the ones the CRDs of charts/xds-server-crds serve. Where a CRD serves two versions through one
 storage version without a conversion webhook, the API server returns every object at whichever version is asked
 for (only `apiVersion` changes), so each kind is listed at one version.
 """

