@@ -39,6 +39,10 @@ class OneObject:
         meta = self.raw["metadata"]
         return [(meta["namespace"], meta["name"])] if kind == self.raw["kind"] else []
 
+    def stored_version(self, kind: str, namespace: str, name: str) -> str | None:
+        found = self.stored(kind, namespace, name)
+        return str(found["metadata"]["resourceVersion"]) if found is not None else None
+
     def stored_update(self, raw: dict[str, Any]) -> None:
         self.updates.append(raw)
         self.raw = raw

@@ -63,6 +63,8 @@ class StoredObjects(Protocol):
 
     def stored_update(self, raw: dict[str, Any]) -> None: ...
 
+    def stored_version(self, kind: str, namespace: str, name: str) -> str | None: ...
+
 
 class Leadership(Protocol):
     @property
@@ -70,6 +72,7 @@ class Leadership(Protocol):
 
 
 Current = Callable[[], tuple[ResourceSet, Sequence[ObjectStatus]] | None]
+Settled = tuple[ObjectStatus | None, Ownership, str | None]
 # A Gateway's provisioned Envoys, by (namespace, name): its addresses and replicas (None: not provisioned).
 Infrastructure = Callable[[str, str], GatewayInfra | None]
 
@@ -99,6 +102,10 @@ class StatusWriter:
         self._dirty = asyncio.Event()
         self._limit = asyncio.Semaphore(CONCURRENT_WRITES)
         self.passes = 0  # completed passes, for tests and /debug
+        # Objects whose status needed no write at (verdict, ownership, resourceVersion): skipped until one changes, so
+        # a pass after one route's change looks at that route, not at every route (and copies none of the others).
+        self._settled: dict[tuple[str, str, str], Settled] = {}
+        self._ownership = Ownership(controller_name, frozenset())
 
     def poke(self) -> None:
         """Something a status depends on changed: a pass will follow (one for any number of pokes meanwhile)."""
@@ -139,6 +146,7 @@ class StatusWriter:
             self._controller_name,
             frozenset(key for key, name in gateway_classes.items() if name not in our_classes),
         )
+        self._ownership = ownership
         ours = {(s.ref.kind, s.ref.namespace, s.ref.name): s for s in statuses}
         ours.update(self._invalid_objects(resources, our_classes, gateway_classes))
         writes = []
@@ -152,9 +160,25 @@ class StatusWriter:
                     continue
                 if kind == "Gateway" and spec.get("gatewayClassName") not in our_classes:
                     continue
-                writes.append(self._write(kind, namespace, name, ours.get((kind, namespace, name)), ownership))
+                verdict = ours.get((kind, namespace, name))
+                settle_key = self._settle_key(kind, namespace, name, verdict)
+                if settle_key is not None and self._settled.get((kind, namespace, name)) == settle_key:
+                    continue  # same verdict, same stored object as when it last needed no write
+                writes.append(self._write(kind, namespace, name, verdict, ownership))
         await asyncio.gather(*writes)
         self.passes += 1
+
+    def _settle_key(self, kind: str, namespace: str, name: str, verdict: ObjectStatus | None) -> Settled | None:
+        """What must stay the same for an object's status to need no new look: our verdict and the stored version.
+        Gateways also depend on their Envoys' addresses and replicas: they are few, and always looked at."""
+        if kind == "Gateway":
+            return None
+        return (verdict, self._ownership, self._store.stored_version(kind, namespace, name))
+
+    def resync(self) -> None:
+        """Look at every object again on the next pass (a new leader must not trust what a past term settled)."""
+        self._settled.clear()
+        self.poke()
 
     def _invalid_objects(
         self, resources: ResourceSet, our_classes: set[str], gateway_classes: Mapping[tuple[str, str], str]
@@ -194,6 +218,7 @@ class StatusWriter:
                     log.debug("not writing %s %s/%s yet: %s", kind, namespace, name, stale)
                     return
                 if status is None:
+                    self._settle(kind, namespace, name, ours, stored)
                     return
                 try:
                     written = await self._replace_status(kind, namespace, name, {**stored, "status": status})
@@ -211,10 +236,18 @@ class StatusWriter:
                     return
                 metrics.STATUS_WRITES.labels(kind, "ok").inc()
                 self._store.stored_update(written)
+                self._settle(kind, namespace, name, ours, written)
                 return
             log.warning(
                 "status of %s %s/%s not written: %d conflicts in a row", kind, namespace, name, CONFLICT_RETRIES
             )
+
+    def _settle(
+        self, kind: str, namespace: str, name: str, ours: ObjectStatus | None, stored: Mapping[str, Any]
+    ) -> None:
+        version = str((stored.get("metadata") or {}).get("resourceVersion") or "")
+        if kind != "Gateway" and version:
+            self._settled[(kind, namespace, name)] = (ours, self._ownership, version)
 
     async def _replace_status(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         path = self._paths[kind]
