@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import openai
 import pytest
 
 from testing.cases import SEED, TUTORIAL
-from testing.processes import Up, run_processes
+from testing.processes import Up, listening_tcp_ports, run_processes
 from testing.web import Response, eventually, http_get, request
 
 GATEWAY = "default/inference-pool-with-aigwroute"
@@ -94,9 +95,27 @@ def start(started: list[Up], paths: list[Path], directory: Path) -> Up:
 
 def assert_stops_cleanly(up: Up) -> None:
     assert up.processes(), "the run's processes should be running before the stop"
+    sockets = assert_private_control_plane(up)
     assert up.stop(signal.SIGTERM) == 0, up.tail()
     assert up.processes() == []
     assert not up.ready_file.exists()
+    assert not sockets.exists()  # the run's socket directory goes with it
+
+
+def assert_private_control_plane(up: Up) -> Path:
+    """ADS and ext_proc on Unix sockets only this user may open, in a directory of the run's (0700); the `up`
+    process listens on no TCP port but its admin's. Returns the directory."""
+    control = up.document["control_plane"]
+    paths = [Path(control[name].removeprefix("unix:")) for name in ("xds", "extproc")]
+    assert all(control[name].startswith("unix:") for name in ("xds", "extproc")), control
+    [directory] = {path.parent for path in paths}
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700 and directory.stat().st_uid == os.getuid()
+    for path in paths:
+        assert stat.S_ISSOCK(path.stat().st_mode) and stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    admin_port = int(control["admin"].rsplit(":", 1)[1])
+    assert listening_tcp_ports(up.process.pid) == {admin_port}
+    assert f"ADS {control['xds']}, ext_proc {control['extproc']}" in up.output.read_text()
+    return directory
 
 
 @pytest.mark.skipif(

@@ -53,6 +53,29 @@ spec: {{endpoints: [{{ip: {{address: {address}, port: {port}}}}}]}}
 """
 
 
+def keyed_backend(name: str, address: str, port: int, api_key: str) -> str:
+    """`ai_service_backend` with a BackendSecurityPolicy of type APIKey reading `api_key` from Secret `name`: the
+    upstream-settings service puts `authorization: Bearer <api_key>` on each attempt to it."""
+    return (
+        ai_service_backend(name, address, port)
+        + f"""
+---
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: BackendSecurityPolicy
+metadata: {{name: {name}}}
+spec:
+  type: APIKey
+  apiKey: {{secretRef: {{name: {name}}}}}
+  targetRefs: [{{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: {name}}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: {name}}}
+stringData: {{apiKey: "{api_key}"}}
+"""
+    )
+
+
 def ai_gateway_route(
     name: str, models: dict[str, str], hostnames: tuple[str, ...] = (), gateway_name: str = "gw"
 ) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from testing.web import http_get
 
 class Serve:
     """`xds-server serve` in its own process: `--resources manifests`, or `--kubernetes --kubeconfig` when `manifests`
-    is a kubeconfig file."""
+    is a kubeconfig file. In cluster mode the Envoys it provisions are told to find their certificate in `tls_dir`
+    (`--envoy-tls-dir`), where a test runs them (testing/kube_envoy.py) instead of in a pod's /certs."""
 
     def __init__(self, manifests: Path, xds_port: int, admin_port: int, log: Path, extra: Sequence[str] = ()) -> None:
         self.admin = f"http://127.0.0.1:{admin_port}"
@@ -29,6 +31,12 @@ class Serve:
         command += ["--xds-address", f"127.0.0.1:{xds_port}", "--admin-address", f"127.0.0.1:{admin_port}", *extra]
         if "--extproc-address" not in extra:  # serve listens there: never the shared default port 1063
             command += ["--extproc-address", f"127.0.0.1:{free_port()}"]
+        self.tls_dir: Path | None = None
+        if kubernetes:
+            given = [extra[i + 1] for i, arg in enumerate(extra[:-1]) if arg == "--envoy-tls-dir"]
+            self.tls_dir = Path(given[0]) if given else log.parent / f"{log.stem}-certs"
+            if not given:
+                command += ["--envoy-tls-dir", str(self.tls_dir)]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("a"))
 
     async def ready(self, seconds: float = 15.0) -> str:
@@ -68,8 +76,9 @@ async def synced(serve: Serve) -> list[dict[str, Any]]:
     return clients
 
 
-def xds_server_status(serve: Serve) -> str:
-    """`xds-server status` as a user runs it, against the serve process's gRPC admin API."""
+def xds_server_status(serve: Serve, extra: Sequence[str] = ()) -> str:
+    """`xds-server status` as a user runs it, against the serve process's gRPC admin API (`extra`: its TLS flags in
+    cluster mode)."""
     command = [
         sys.executable,
         "-m",
@@ -77,6 +86,7 @@ def xds_server_status(serve: Serve) -> str:
         "status",
         "--xds-address",
         f"127.0.0.1:{serve_port(serve, '--xds-address')}",
+        *extra,
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
     return result.stdout
@@ -167,3 +177,23 @@ def run_processes(run_id: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def listening_tcp_ports(pid: int) -> set[int]:
+    """The TCP ports a process listens on (its sockets in LISTEN state, IPv4 and IPv6, as /proc shows them)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports

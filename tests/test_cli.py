@@ -73,3 +73,48 @@ status: {podIP: 127.0.1.7, phase: Running, conditions: [{type: Ready, status: "T
 def test_bad_option_is_a_usage_error() -> None:
     result = run("translate", str(TUTORIAL), "--extproc-address", "no-port")
     assert result.returncode == 2 and "HOST:PORT" in result.stderr
+
+
+def test_an_extproc_socket_becomes_a_pipe_address_of_the_extproc_cluster() -> None:
+    result = run("translate", str(TUTORIAL), "-o", "json", "--extproc-address", "unix:/run/user/7/xds-server/x.sock")
+    assert result.returncode == 0, result.stderr
+    [gateway] = json.loads(result.stdout)["gateways"]
+    [cluster] = [c for c in gateway["clusters"] if c["name"] == "xds-server/extproc"]
+    [group] = cluster["load_assignment"]["endpoints"]
+    assert group["lb_endpoints"][0]["endpoint"]["address"] == {"pipe": {"path": "/run/user/7/xds-server/x.sock"}}
+    assert cluster["type"] == "STATIC" and "transport_socket" not in cluster
+    for bad in ("unix:relative.sock", "127.0.0.1"):
+        refused = run("translate", str(TUTORIAL), "--extproc-address", bad)
+        assert refused.returncode == 2 and "--extproc-address" in refused.stderr, bad
+
+
+def test_bootstrap_reaches_the_users_ads_socket_by_default_and_tcp_or_tls_by_flag(tmp_path: Path) -> None:
+    env_run = subprocess.run(
+        [sys.executable, "-m", "xds_server.cli", "bootstrap", "--gateway", "default/gw"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"XDG_RUNTIME_DIR": "/run/user/7", "PATH": "/usr/bin:/bin"},
+    )
+    [ads] = yaml.safe_load(env_run.stdout)["static_resources"]["clusters"]
+    endpoint = ads["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint == {"address": {"pipe": {"path": "/run/user/7/xds-server/ads.sock"}}}
+    assert ads["type"] == "STATIC"
+
+    tcp = run("bootstrap", "--gateway", "default/gw", "--xds-address", "127.0.0.1:18000")
+    [ads] = yaml.safe_load(tcp.stdout)["static_resources"]["clusters"]
+    assert "transport_socket" not in ads
+    address = ads["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address == {"socket_address": {"address": "127.0.0.1", "port_value": 18000}}
+
+    flags = ["--tls-dir", str(tmp_path), "--tls-server-name", "xds-server.system.svc.cluster.local"]
+    tls = run("bootstrap", "--gateway", "default/gw", "--xds-address", "127.0.0.1:18000", *flags)
+    [ads] = yaml.safe_load(tls.stdout)["static_resources"]["clusters"]
+    context = ads["transport_socket"]["typed_config"]
+    assert context["sni"] == "xds-server.system.svc.cluster.local"
+    sds = context["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["sds_config"]["path_config_source"]
+    assert sds == {"path": f"{tmp_path}/sds-certificate.json", "watched_directory": {"path": str(tmp_path)}}
+
+    alone = run("bootstrap", "--gateway", "default/gw", "--tls-dir", str(tmp_path))
+    assert alone.returncode == 2 and "--tls-dir and --tls-server-name go together" in alone.stderr
+    assert run("bootstrap", "--gateway", "no-slash").returncode == 2

@@ -38,7 +38,10 @@ LAYERS: tuple[Layer, ...] = (
             "xds_server.logs",
             "xds_server.envoy",
             "xds_server.api",
-            "xds_server.bootstrap",  # Envoy's bootstrap document: pure, imports nothing
+            "xds_server.bootstrap",  # Envoy's bootstrap document: pure
+            "xds_server.identity",  # which Gateway a gRPC peer's client certificate names
+            "xds_server.listen",  # TCP or Unix socket addresses of the gRPC servers
+            "xds_server.tls",  # the gRPC servers' certificate, replaced in place
         ),
     ),
     Layer(

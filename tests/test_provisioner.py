@@ -3,21 +3,24 @@ Gateway's Service and Deployment make of its addresses and Programmed condition.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import yaml
 
-from translators.ir import Condition, ConditionStatus, ObjectRef, ObjectStatus
+from translators.ir import Condition, ConditionStatus, ControlPlaneTls, ObjectRef, ObjectStatus
 from translators.loader import ResourceSet, load_texts
 from translators.resources import EnvoyProxy, Gateway
+from translators.xds.tls import sds_documents
 from xds_server.kube.infra import (
     APPLIED_HASH,
     BOOTSTRAP_HASH,
     DEFAULT_IMAGE,
+    EnvoyCertificate,
     ProvisionSettings,
-    TlsPart,
     bootstrap_document,
     container_port,
     desired_objects,
@@ -29,6 +32,8 @@ from xds_server.kube.infra import (
     selector_labels,
     service_addresses,
     stale_objects,
+    tls_part,
+    tls_secret_name,
 )
 from xds_server.kube.status import GatewayInfra, Ownership, desired_status, with_infrastructure
 
@@ -266,17 +271,55 @@ def test_an_ip_xds_address_stays_static() -> None:
     assert document["static_resources"]["clusters"][0]["type"] == "STATIC"
 
 
-def test_the_tls_seam_mounts_a_volume_and_sets_the_ads_transport_socket() -> None:
-    socket = {"name": "envoy.transport_sockets.tls", "typed_config": {"@type": "x"}}
-    tls = TlsPart({"name": "xds-client", "secret": {"secretName": "s"}}, "/etc/envoy/tls", socket)
-    objects = by_kind(desired_objects(one_gateway(), None, SETTINGS, tls))
-    pod = objects["Deployment"]["spec"]["template"]["spec"]
-    assert {"name": "xds-client", "secret": {"secretName": "s"}} in pod["volumes"]
-    assert {"name": "xds-client", "mountPath": "/etc/envoy/tls", "readOnly": True} in pod["containers"][0][
-        "volumeMounts"
-    ]
-    document = yaml.safe_load(objects["ConfigMap"]["data"]["bootstrap.yaml"])
-    assert document["static_resources"]["clusters"][0]["transport_socket"] == socket
+TLS = ControlPlaneTls("/certs", "xds-server.envoy-gateway-system.svc.cluster.local")
+CERTIFICATE = EnvoyCertificate(b"CERT", b"KEY", b"CA")
+
+
+def test_with_mutual_tls_the_gateway_gets_a_certificate_secret_mounted_where_its_bootstrap_reads_it() -> None:
+    settings = replace(SETTINGS, tls=TLS)
+    gateway = one_gateway()
+    objects = desired_objects(gateway, None, settings, tls_part(gateway, settings, CERTIFICATE))
+    assert [o["kind"] for o in objects] == ["ServiceAccount", "Secret", "ConfigMap", "Service", "Deployment"]
+    by = by_kind(objects)
+    name = infra_name("default", "gw")
+    secret = by["Secret"]
+    assert secret["metadata"]["name"] == f"{name}-tls" == tls_secret_name("default", "gw")
+    assert secret["type"] == "kubernetes.io/tls"
+    assert secret["metadata"]["labels"] == selector_labels("default", "gw")  # deleted with the Gateway's objects
+    files = {key: base64.b64decode(value) for key, value in secret["data"].items()}
+    assert (files["tls.crt"], files["tls.key"], files["ca.crt"]) == (b"CERT", b"KEY", b"CA")
+    assert {key: text.encode() for key, text in sds_documents(TLS).items()}.items() <= files.items()
+    pod = by["Deployment"]["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": f"{name}-tls", "defaultMode": 0o440}} in pod["volumes"]
+    assert {"name": "tls", "mountPath": "/certs", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    assert pod["securityContext"]["fsGroup"] == 65532
+    document = yaml.safe_load(by["ConfigMap"]["data"]["bootstrap.yaml"])
+    socket = document["static_resources"]["clusters"][0]["transport_socket"]
+    context = socket["typed_config"]
+    assert context["sni"] == TLS.server_name
+    sds = context["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["sds_config"]
+    assert sds["path_config_source"] == {"path": "/certs/sds-certificate.json", "watched_directory": {"path": "/certs"}}
+
+    # A renewed certificate changes the Secret only: the pods keep running and the kubelet swaps the files.
+    renewed = desired_objects(
+        gateway, None, settings, tls_part(gateway, settings, replace(CERTIFICATE, certificate_pem=b"NEW"))
+    )
+    changed = [a["kind"] for a, b in zip(objects, renewed, strict=True) if a != b]
+    assert changed == ["Secret"]
+
+
+def test_desired_set_asks_each_gateway_its_certificate_when_tls_is_on() -> None:
+    text = "---".join([class_yaml(), gateway_yaml()])
+    asked: list[str] = []
+
+    def certificate(gateway: str) -> EnvoyCertificate:
+        asked.append(gateway)
+        return CERTIFICATE
+
+    wanted = desired_set(resources(text), OURS, replace(SETTINGS, tls=TLS), certificate)
+    assert asked == ["default/gw"]
+    assert ("Secret", f"{infra_name('default', 'gw')}-tls") in wanted
+    assert not [key for key in desired_set(resources(text), OURS, SETTINGS) if key[0] == "Secret"]
 
 
 def test_every_object_carries_a_hash_of_itself_that_changes_with_it() -> None:

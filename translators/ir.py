@@ -392,11 +392,24 @@ OWN_CONTROLLER = "xds-server.dev/gateway-controller"
 
 
 @dataclass(frozen=True)
+class ControlPlaneTls:
+    """How an Envoy reaches the control plane's gRPC servers in a cluster (mutual TLS): its client certificate and
+    the CA it trusts are files in `directory` (a mounted Secret), read through file-based SDS and reloaded when the
+    directory changes; the control plane's certificate must name `server_name` (its Service's DNS name)."""
+
+    directory: str
+    server_name: str
+
+
+@dataclass(frozen=True)
 class TranslateOptions:
     listener_address: str = "127.0.0.1"  # loopback unless told otherwise
     privileged_port_offset: int = 0  # `up` maps port P < 1024 to P + 10000
+    # Where Envoy reaches the ext_proc server: a host and port, or with `extproc_unix` a Unix socket's path (port 0).
     extproc_host: str = "127.0.0.1"
     extproc_port: int = 1063
+    extproc_unix: str | None = None
+    control_plane_tls: ControlPlaneTls | None = None  # cluster mode: Envoy presents its certificate to ext_proc
     resolve_cluster_local: bool = False  # map <svc>.<ns>.svc.cluster.local Backends to the Service's pods
     buffer_limit_bytes: int = 50 * 1024 * 1024  # buffered ext_proc bodies need room: 32 KiB is Envoy's default
     # GatewayClass controllers served: files and `up` take Envoy Gateway's (the tutorial's) and the project's own;

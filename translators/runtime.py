@@ -21,13 +21,28 @@ class RuntimeTables:
     # The pools the embedded picker serves (and scrapes), by "<ns>/<name>": a pool in reference mode is its own
     # Endpoint Picker's, so it is left out.
     pools: Mapping[str, PoolIR] = field(default_factory=dict)
+    # The Gateways ("<ns>/<name>") whose routes use each route rule, and each pool: in a cluster, an Envoy gets a
+    # rule's settings (its backend's credential) and a pool's picks only for the Gateway its certificate names.
+    rule_gateways: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    pool_gateways: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 EMPTY_TABLES = RuntimeTables()
 
 
 def runtime_tables(translation: Translation) -> RuntimeTables:
+    rules: dict[str, set[str]] = {}
+    pools: dict[str, set[str]] = {}
+    for gateway in translation.gateways:
+        for listener in gateway.listeners:
+            for route in listener.routes:
+                if route.rule:
+                    rules.setdefault(route.rule, set()).add(gateway.key)
+                if route.pool is not None:
+                    pools.setdefault(route.pool.pool.key, set()).add(gateway.key)
     return RuntimeTables(
         MappingProxyType({(s.rule, s.backend): s for s in translation.backend_settings}),
         MappingProxyType({pool.key: pool for pool in translation.pools if pool.picker is PickerMode.EMBEDDED}),
+        MappingProxyType({rule: frozenset(keys) for rule, keys in rules.items()}),
+        MappingProxyType({pool: frozenset(keys) for pool, keys in pools.items()}),
     )

@@ -1,9 +1,17 @@
-"""The Envoy bootstrap for one Gateway: node identity, ADS over HTTP/2 to the control plane, admin on loopback."""
+"""The Envoy bootstrap for one Gateway: node identity, ADS over HTTP/2 to the control plane (mutual TLS in a cluster),
+admin on loopback."""
 
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Any
+
+from google.protobuf import json_format
+
+from translators.ir import ControlPlaneTls
+from translators.xds.tls import control_plane_transport_socket
+from xds_server.listen import Address
 
 ADMIN_CLUSTER = "xds-server/admin"
 READINESS_LISTENER = "xds-server/readiness"
@@ -21,13 +29,17 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _static_cluster(name: str, host: str, port: int) -> dict[str, Any]:
-    """A cluster of one address: an IP as it is, a hostname (a Service's DNS name) resolved and re-resolved, so the
-    Envoy follows the name to wherever it points next."""
-    endpoint = {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+def _static_cluster(name: str, address: Address) -> dict[str, Any]:
+    """A cluster of one address: a Unix socket (a pipe) or an IP as it is, a hostname (a Service's DNS name) resolved
+    and re-resolved, so the Envoy follows the name to wherever it points next."""
+    if address.path is not None:
+        target: dict[str, Any] = {"pipe": {"path": address.path}}
+    else:
+        target = {"socket_address": {"address": address.host, "port_value": address.port}}
+    endpoint = {"endpoint": {"address": target}}
     return {
         "name": name,
-        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "type": "STATIC" if address.unix or _is_ip(address.host) else "STRICT_DNS",
         "connect_timeout": "1s",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},
     }
@@ -108,20 +120,23 @@ def _readiness_listener(port: int, drain_seconds: int) -> dict[str, Any]:
 def bootstrap(
     gateway: str,
     node_id: str,
-    xds: tuple[str, int],
+    xds: tuple[str, int] | Address,
     admin: tuple[str, int],
     delta: bool = False,
     readiness_port: int | None = None,
     drain_seconds: int = 5,
+    tls: ControlPlaneTls | None = None,
 ) -> dict[str, Any]:
     """`gateway` is "<ns>/<name>": Envoy's node.cluster, the key of the snapshot it is served.
 
-    `xds` is an IP or a hostname (STRICT_DNS: a Service's name in a cluster). `delta` selects incremental ADS
+    `xds` is a Unix socket (`Address(path=...)`, on one machine), an IP, or a hostname (STRICT_DNS: a Service's name
+    in a cluster). `delta` selects incremental ADS
     (`DeltaAggregatedResources`) instead of state of the world. `readiness_port` adds the listener a kubelet probes
-    (`/ready`) and drains through (`/drain`, answered after `drain_seconds`); see `_readiness_listener`.
+    (`/ready`) and drains through (`/drain`, answered after `drain_seconds`); see `_readiness_listener`. `tls`: ADS
+    over mutual TLS, Envoy's certificate (which names the Gateway) read from files (see `translators.xds.tls`).
     """
     ads = {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"}
-    ads_cluster = _static_cluster("xds-server/ads", xds[0], xds[1])
+    ads_cluster = _static_cluster("xds-server/ads", xds if isinstance(xds, Address) else Address(*xds))
     ads_cluster["typed_extension_protocol_options"] = {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -130,9 +145,12 @@ def bootstrap(
             },
         }
     }
+    if tls is not None:
+        socket = json_format.MessageToJson(control_plane_transport_socket(tls), preserving_proto_field_name=True)
+        ads_cluster["transport_socket"] = json.loads(socket)  # plain dicts (an Any would come as an OrderedDict)
     static: dict[str, Any] = {"clusters": [ads_cluster]}
     if readiness_port is not None:
-        static["clusters"].append(_static_cluster(ADMIN_CLUSTER, admin[0], admin[1]))
+        static["clusters"].append(_static_cluster(ADMIN_CLUSTER, Address(*admin)))
         static["listeners"] = [_readiness_listener(readiness_port, drain_seconds)]
     return {
         "node": {"id": node_id, "cluster": gateway},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import importlib
 import json
 import os
@@ -11,13 +12,16 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from translators.gatewayapi import translate
-from translators.ir import ENVOY_GATEWAY_CONTROLLER, PickerMode, TranslateOptions
+from translators.ir import ENVOY_GATEWAY_CONTROLLER, ControlPlaneTls, PickerMode, TranslateOptions
 from translators.xds.render import translation_dict
 from xds_server.bootstrap import bootstrap
+from xds_server.kube.infra import DEFAULT_TLS_DIR
+from xds_server.listen import EXTPROC_SOCKET, XDS_SOCKET, Address, default_socket, default_socket_dir, parse_address
 from xds_server.sources.files import load_paths
 
 
@@ -28,6 +32,18 @@ def host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def grpc_address(value: str) -> Address:
+    """`HOST:PORT` or `unix:PATH`."""
+    try:
+        return parse_address(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+# Without --xds-address / --extproc-address on one machine: Unix sockets only this user may open (xds_server.listen).
+ADDRESS_HELP = "HOST:PORT, or unix:PATH for a Unix socket"
+
+
 def add_translate_options(parser: argparse.ArgumentParser) -> None:
     """Options that shape the generated configuration; shared by every command that translates."""
     parser.add_argument(
@@ -36,9 +52,11 @@ def add_translate_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--extproc-address",
-        type=host_port,
-        help="HOST:PORT of the control plane's ext_proc server as Envoy reaches it (default 127.0.0.1:1063; with "
-        "serve --kubernetes and provisioning, the control-plane Service's name, port 1063, listening on 0.0.0.0)",
+        type=grpc_address,
+        metavar="ADDRESS",
+        help="the control plane's ext_proc server as Envoy reaches it and serve listens: HOST:PORT or unix:PATH "
+        f"(serve --resources: unix:{default_socket_dir()}/{EXTPROC_SOCKET}; translate: 127.0.0.1:1063; serve "
+        "--kubernetes with provisioning: the control-plane Service's name, port 1063, listening on 0.0.0.0)",
     )
     parser.add_argument(
         "--privileged-port-offset",
@@ -66,16 +84,19 @@ def add_translate_options(parser: argparse.ArgumentParser) -> None:
 # on the pod's address, not its loopback.
 CLUSTER_PORT_OFFSET = 10000
 CLUSTER_LISTENER_ADDRESS = "0.0.0.0"
+TCP_EXTPROC = Address("127.0.0.1", 1063)
+TCP_XDS = Address("127.0.0.1", 18000)
 
 
-def translate_options(args: argparse.Namespace) -> TranslateOptions:
+def translate_options(args: argparse.Namespace, extproc_default: Address = TCP_EXTPROC) -> TranslateOptions:
     cluster = bool(getattr(args, "kubernetes", False))
     offset = args.privileged_port_offset
-    extproc = args.extproc_address or ("127.0.0.1", 1063)
+    extproc: Address = args.extproc_address or extproc_default
     return TranslateOptions(
         listener_address=args.listener_address or (CLUSTER_LISTENER_ADDRESS if cluster else "127.0.0.1"),
-        extproc_host=extproc[0],
-        extproc_port=extproc[1],
+        extproc_host=extproc.host or TCP_EXTPROC.host,
+        extproc_port=extproc.port or TCP_EXTPROC.port,
+        extproc_unix=extproc.path,
         resolve_cluster_local=args.resolve_cluster_local,
         privileged_port_offset=offset if offset is not None else (CLUSTER_PORT_OFFSET if cluster else 0),
         buffer_limit_bytes=args.buffer_limit_bytes,
@@ -97,14 +118,84 @@ def run_translate(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def gateway_key(value: str) -> str:
+    namespace, _, name = value.partition("/")
+    if not namespace or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAMESPACE/NAME")
+    return value
+
+
+def control_plane_tls(args: argparse.Namespace) -> ControlPlaneTls | None:
+    """--tls-dir and --tls-server-name: mutual TLS to a control plane in a cluster."""
+    if args.tls_dir is None:
+        return None
+    return ControlPlaneTls(str(Path(args.tls_dir).absolute()), args.tls_server_name)
+
+
+def add_tls_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--tls-dir",
+        metavar="DIR",
+        help="mutual TLS to a control plane in a cluster: the client certificate's directory (tls.crt, tls.key, "
+        "ca.crt, as `xds-server certificate` writes it, or a provisioned Envoy's Secret mounted)",
+    )
+    command.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="with --tls-dir: the name the control plane's certificate carries, its Service's "
+        "(e.g. xds-server.xds-server-system.svc.cluster.local)",
+    )
+
+
+def check_tls_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.tls_dir is None) != (args.tls_server_name is None):
+        parser.error("--tls-dir and --tls-server-name go together")
+
+
 def run_bootstrap(args: argparse.Namespace) -> int:
     namespace, _, name = args.gateway.partition("/")
-    if not namespace or not name:
-        print("error: --gateway must be NAMESPACE/NAME", file=sys.stderr)
-        return 2
     node_id = args.node_id or f"{namespace}-{name}"
-    config = bootstrap(args.gateway, node_id, args.xds_address, args.admin_address, delta=args.delta)
+    tls = control_plane_tls(args)
+    xds = args.xds_address or default_socket(XDS_SOCKET)
+    config = bootstrap(args.gateway, node_id, xds, args.admin_address, delta=args.delta, tls=tls)
     yaml.safe_dump(config, sys.stdout, sort_keys=False)
+    return 0
+
+
+def run_certificate(args: argparse.Namespace) -> int:
+    """Issues a Gateway's client certificate from the cluster's CA into --output, with the SDS documents naming the
+    files there: what `bootstrap --tls-dir` reads, for Envoys run by hand (`serve --kubernetes --no-provision`)."""
+    from xds_server.kube.certificates import issue_client
+    from xds_server.kube.infra import EnvoyCertificate, envoy_tls_files
+    from xds_server.kube.tls_secrets import CertificateError, read_authority, utc_now
+    from xds_server.sources.kubernetes.config import api_client, default_namespace
+
+    namespace = args.controller_namespace or default_namespace(args.kubeconfig)
+
+    async def authority() -> Any:
+        api = await api_client(args.kubeconfig)
+        try:
+            return await read_authority(api, namespace, args.control_plane_service)
+        finally:
+            await api.close()
+
+    try:
+        found = asyncio.run(authority())
+    except CertificateError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    pair = issue_client(found, args.gateway, utc_now(), datetime.timedelta(days=args.days))
+    directory = Path(args.output).absolute()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    server_name = f"{args.control_plane_service}.{namespace}.svc.cluster.local"
+    certificate = EnvoyCertificate(pair.certificate_pem, pair.key_pem, found.trust_pem)
+    for file, content in envoy_tls_files(certificate, ControlPlaneTls(str(directory), server_name)).items():
+        path = directory / file
+        path.touch(mode=0o600)
+        path.write_bytes(content)
+    expiry = pair.certificate.not_valid_after_utc.isoformat(timespec="seconds")
+    print(f"certificate of Gateway {args.gateway} in {directory}, valid until {expiry}")
+    print(f"use: --tls-dir {directory} --tls-server-name {server_name}")
     return 0
 
 
@@ -122,9 +213,18 @@ def run_serve(args: argparse.Namespace) -> int:
     from xds_server.serve import ClusterOptions, serve, serve_kubernetes
 
     configure(json=args.log_format == "json")
-    options = translate_options(args)
     if not args.kubernetes:
-        return asyncio.run(serve(args.resources, options, args.xds_address, args.admin_address, args.picker_debug))
+        options = translate_options(args, default_socket(EXTPROC_SOCKET))
+        xds = args.xds_address or default_socket(XDS_SOCKET)
+        try:
+            return asyncio.run(serve(args.resources, options, xds, args.admin_address, args.picker_debug))
+        except OSError as error:  # a socket another server answers on, a socket directory that is not private
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    options = translate_options(args)
+    if (args.xds_address is not None and args.xds_address.unix) or (args.extproc_address and args.extproc_address.unix):
+        print("error: serve --kubernetes listens on TCP (Envoys in pods cannot reach a Unix socket)", file=sys.stderr)
+        return 2
     cluster = ClusterOptions(
         kubeconfig=args.kubeconfig,
         namespaces=tuple(args.namespaces),
@@ -135,9 +235,14 @@ def run_serve(args: argparse.Namespace) -> int:
         control_plane_service=args.control_plane_service,
         provision=args.provision,
         extproc_via_service=args.extproc_address is None,
+        envoy_tls_dir=args.envoy_tls_dir,
     )
+    if args.client_certificate_lifetime is not None:
+        lifetime = datetime.timedelta(seconds=args.client_certificate_lifetime)
+        cluster = replace(cluster, lifetimes=replace(cluster.lifetimes, client=lifetime))
     options = replace(options, endpoint_picker=PickerMode(args.endpoint_picker))
-    return asyncio.run(serve_kubernetes(cluster, options, args.xds_address, args.admin_address, args.picker_debug))
+    xds = args.xds_address or TCP_XDS
+    return asyncio.run(serve_kubernetes(cluster, options, xds, args.admin_address, args.picker_debug))
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -156,6 +261,8 @@ def run_up(args: argparse.Namespace) -> int:
         free_ports=args.free_ports,
         wait_seconds=args.wait,
         picker_debug=args.picker_debug,
+        xds_address=args.xds_address,
+        extproc_address=args.extproc_address,
     )
     return asyncio.run(up(config))
 
@@ -166,13 +273,22 @@ def run_status(args: argparse.Namespace) -> int:
     from xds_server.admin_grpc import status_table
     from xds_server.api import admin_pb2, admin_pb2_grpc
 
-    host, port = args.xds_address
-    with grpc.insecure_channel(f"{host}:{port}") as channel:
+    address: Address = args.xds_address or default_socket(XDS_SOCKET)
+    tls = control_plane_tls(args)
+    if tls is None:
+        channel = grpc.insecure_channel(address.target)
+    else:
+        directory = Path(tls.directory)
+        files = [(directory / name).read_bytes() for name in ("ca.crt", "tls.key", "tls.crt")]
+        credentials = grpc.ssl_channel_credentials(*files)
+        options = [("grpc.ssl_target_name_override", tls.server_name)]
+        channel = grpc.secure_channel(address.target, credentials, options=options)
+    with channel:
         try:
             stub = admin_pb2_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]  # generated, unannotated
             response = stub.ListClients(admin_pb2.ListClientsRequest(gateway=args.gateway or ""), timeout=5)
         except grpc.RpcError as error:
-            print(f"error: cannot reach the control plane at {host}:{port}: {error.details()}", file=sys.stderr)
+            print(f"error: cannot reach the control plane at {address}: {error.details()}", file=sys.stderr)
             return 1
     sys.stdout.write(status_table(response))
     return 0
@@ -202,12 +318,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_translate_options(translate_cmd)
     translate_cmd.set_defaults(run=run_translate)
     bootstrap_cmd = commands.add_parser("bootstrap", help="print an Envoy bootstrap that fetches a Gateway over ADS")
-    bootstrap_cmd.add_argument("--gateway", required=True, metavar="NS/NAME", help="the Gateway this Envoy serves")
-    bootstrap_cmd.add_argument("--xds-address", type=host_port, default=("127.0.0.1", 18000), metavar="HOST:PORT")
+    bootstrap_cmd.add_argument(
+        "--gateway", required=True, type=gateway_key, metavar="NS/NAME", help="the Gateway this Envoy serves"
+    )
+    bootstrap_cmd.add_argument(
+        "--xds-address",
+        type=grpc_address,
+        metavar="ADDRESS",
+        help=f"ADS: {ADDRESS_HELP} (default unix:{default_socket_dir()}/{XDS_SOCKET}, where serve --resources listens)",
+    )
     bootstrap_cmd.add_argument("--admin-address", type=host_port, default=("127.0.0.1", 19901), metavar="HOST:PORT")
     bootstrap_cmd.add_argument("--node-id", help="Envoy node id (default NS-NAME)")
     bootstrap_cmd.add_argument("--delta", action="store_true", help="use incremental (Delta) ADS")
-    bootstrap_cmd.set_defaults(run=run_bootstrap)
+    add_tls_options(bootstrap_cmd)
+    bootstrap_cmd.set_defaults(run=run_bootstrap, check=check_tls_options)
+    certificate_cmd = commands.add_parser(
+        "certificate",
+        help="issue a Gateway's client certificate from a cluster's CA, for an Envoy you run (--no-provision)",
+    )
+    certificate_cmd.add_argument("--gateway", required=True, type=gateway_key, metavar="NS/NAME")
+    certificate_cmd.add_argument("--output", required=True, metavar="DIR", help="where the files go (created 0700)")
+    certificate_cmd.add_argument("--kubeconfig", metavar="PATH", help="default: $KUBECONFIG or ~/.kube/config")
+    certificate_cmd.add_argument(
+        "--controller-namespace", metavar="NS", help="the control plane's namespace (default: the context's)"
+    )
+    certificate_cmd.add_argument("--control-plane-service", default="xds-server", metavar="NAME")
+    certificate_cmd.add_argument("--days", type=float, default=30.0, help="how long it is valid (default 30)")
+    certificate_cmd.set_defaults(run=run_certificate)
     serve_cmd = commands.add_parser(
         "serve",
         help="serve manifests (--resources) or a cluster's objects (--kubernetes) to Envoy over ADS, following changes",
@@ -275,7 +412,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="provision no Envoys and leave Gateway addresses alone (you run the Envoys: xds-server bootstrap)",
     )
-    serve_cmd.add_argument("--xds-address", type=host_port, default=("127.0.0.1", 18000), metavar="HOST:PORT")
+    cluster.add_argument(
+        "--envoy-tls-dir",
+        default=DEFAULT_TLS_DIR,
+        metavar="PATH",
+        help="where a provisioned Envoy finds its client certificate (its Secret's mount, default /certs; another "
+        "path for Envoys run outside a pod, as the tests do)",
+    )
+    # Seconds a Gateway's client certificate is valid (default 30 days), for tests of the renewal.
+    cluster.add_argument("--client-certificate-lifetime", type=float, help=argparse.SUPPRESS)
+    serve_cmd.add_argument(
+        "--xds-address",
+        type=grpc_address,
+        metavar="ADDRESS",
+        help=f"where ADS listens: {ADDRESS_HELP} (default: --resources unix:{default_socket_dir()}/{XDS_SOCKET}, "
+        "only this user may open it; --kubernetes 127.0.0.1:18000)",
+    )
     serve_cmd.add_argument("--admin-address", type=host_port, default=("127.0.0.1", 19000), metavar="HOST:PORT")
     serve_cmd.add_argument("--log-format", choices=("json", "console"), default="json")
     add_picker_debug_option(serve_cmd)
@@ -305,17 +457,32 @@ def build_parser() -> argparse.ArgumentParser:
     up_cmd.add_argument(
         "--free-ports",
         action="store_true",
-        help="ADS, ext_proc, admin and Envoy admin on random free ports instead of 18000, 1063, 19000 and 19901+",
+        help="the admin and the Envoys' admins on random free ports instead of 19000 and 19901+, and the ADS and "
+        "ext_proc sockets in a new directory of the run's instead of this user's (runs side by side)",
     )
     up_cmd.add_argument(
         "--wait", type=float, default=120.0, metavar="SECONDS", help="longest wait for pods and Envoys at startup"
     )
+    for flag, what in (("--xds-address", "ADS"), ("--extproc-address", "ext_proc")):
+        up_cmd.add_argument(
+            flag,
+            type=grpc_address,
+            metavar="ADDRESS",
+            help=f"where {what} listens: {ADDRESS_HELP} (default: a Unix socket only this user may open, in "
+            f"{default_socket_dir()}, or with --free-ports in a new directory of the run's; printed at start)",
+        )
     add_picker_debug_option(up_cmd)
     up_cmd.set_defaults(run=run_up)
     status_cmd = commands.add_parser("status", help="show each connected Envoy's sync state per resource type")
-    status_cmd.add_argument("--xds-address", type=host_port, default=("127.0.0.1", 18000), metavar="HOST:PORT")
+    status_cmd.add_argument(
+        "--xds-address",
+        type=grpc_address,
+        metavar="ADDRESS",
+        help=f"the control plane's ADS: {ADDRESS_HELP} (default unix:{default_socket_dir()}/{XDS_SOCKET})",
+    )
     status_cmd.add_argument("--gateway", metavar="NS/NAME", help="only Envoys of this Gateway")
-    status_cmd.set_defaults(run=run_status)
+    add_tls_options(status_cmd)
+    status_cmd.set_defaults(run=run_status, check=check_tls_options)
     sim_cmd = commands.add_parser("sim", help="run a test or demo backend (see `xds-server sim NAME --help`)")
     sim_cmd.add_argument("simulator", choices=sorted(SIMULATORS))
     sim_cmd.add_argument("sim_args", nargs=argparse.REMAINDER, help="the simulator's own flags")
@@ -324,7 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if hasattr(args, "check"):
+        args.check(parser, args)
     result: int = args.run(args)
     return result
 

@@ -47,3 +47,12 @@ PROVISIONED = Counter(
     "Envoy objects the provisioner applied or deleted, per kind, action (apply, delete) and result (ok, error)",
     ["kind", "action", "result"],
 )
+REFUSED_STREAMS = Counter(
+    "xds_server_refused_streams_total",
+    "gRPC streams refused because the client certificate does not name the Gateway asked for, per server (ads, "
+    "upstream_settings, picker) and reason (no_identity, other_gateway)",
+    ["server", "reason"],
+)
+CERTIFICATES_ISSUED = Counter(
+    "xds_server_certificates_issued_total", "certificates this replica issued, per kind (ca, server, client)", ["kind"]
+)

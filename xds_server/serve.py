@@ -9,18 +9,22 @@ with the manifests plus the pods `up` runs. Only this module knows every piece; 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import grpc
 from aiohttp import web
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
+from kubernetes_asyncio.client.exceptions import ApiException
 
-from translators.ir import ENVOY_GATEWAY_CONTROLLER, ObjectStatus, TranslateOptions
+from translators.ir import ENVOY_GATEWAY_CONTROLLER, ControlPlaneTls, ObjectStatus, TranslateOptions
 from translators.loader import ResourceSet
 from translators.xds.names import PICKER_POOL_METADATA, UPSTREAM_SETTINGS_METADATA
 from xds_server import metrics
@@ -34,20 +38,27 @@ from xds_server.extproc.metering import UsageMeter
 from xds_server.extproc.server import ExternalProcessor, start_server
 from xds_server.extproc.upstream import UpstreamSettingsService
 from xds_server.extproc.usage_log import UsageLog
-from xds_server.kube.infra import ProvisionSettings
+from xds_server.identity import refusal
+from xds_server.kube.certificates import DEFAULT_LIFETIMES, Lifetimes
+from xds_server.kube.infra import DEFAULT_TLS_DIR, ProvisionSettings
 from xds_server.kube.leader import AlwaysLeader, LeaderElector
 from xds_server.kube.provisioner import Provisioner
 from xds_server.kube.status_writer import StatusWriter
+from xds_server.kube.tls_secrets import CertificateError, ControlPlaneCertificates, GatewayCertificates
+from xds_server.listen import Address, claim_socket, restrict_socket
 from xds_server.sources import Source
 from xds_server.sources.files import FileSource
 from xds_server.sources.kubernetes import kinds
 from xds_server.sources.kubernetes.config import api_client, default_namespace
 from xds_server.sources.kubernetes.source import KubernetesSource
+from xds_server.tls import ServerCertificate
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.server import Ads
 from xds_server.xds.streams import ClientRegistry
 
 log = logging.getLogger(__name__)
+
+CERTIFICATE_RETRY_SECONDS = 2.0
 
 # Envoy's own receive limit is unlimited; ours must not cut a large config (the gRPC default is 4 MiB). A second
 # control plane on the same port must fail, not silently share the Envoys' streams with this one (SO_REUSEPORT).
@@ -63,16 +74,24 @@ async def start_extproc(
     options: TranslateOptions,
     scrape_interval: float = 0.05,
     picker_debug: bool = False,
-    listen: tuple[str, int] | None = None,
+    listen: Address | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+    picker: EndpointPicker | None = None,
 ) -> tuple[grpc.aio.Server, EndpointPicker]:
-    """The per-request services on the address Envoy is told (`--extproc-address`), or on `listen` when Envoy is told
-    another (a Service's name), each following every applied build's runtime tables. Stop the picker's scraper with
+    """The per-request services on the address Envoy is told (`--extproc-address`: a port, or a Unix socket only this
+    user may open), or on `listen` when Envoy is told another (a Service's name), each following every applied
+    build's runtime tables; with `credentials`, over mutual TLS. Stop the picker's scraper with
     `picker.scraper.close()`."""
-    upstream = UpstreamSettingsService()
-    picker = EndpointPicker(Scraper(interval=scrape_interval), debug=picker_debug)
+    # Over mutual TLS, each client gets the settings (credentials) and picks of its own Gateway's routes only.
+    scoped = credentials is not None
+    upstream = UpstreamSettingsService(gateway_scoped=scoped)
+    if picker is None:
+        picker = EndpointPicker(Scraper(interval=scrape_interval), debug=picker_debug)
+    picker.gateway_scoped = scoped
+    services = (upstream, picker)
 
     def follow(built: Build) -> None:
-        for service in (upstream, picker):
+        for service in services:
             service.follow(built.runtime)
 
     control_plane.build_listeners.append(follow)
@@ -81,16 +100,25 @@ async def start_extproc(
     processor = ExternalProcessor(
         default=UsageMeter(), by_metadata={PICKER_POOL_METADATA: picker, UPSTREAM_SETTINGS_METADATA: upstream}
     )
-    host, port = listen or (options.extproc_host, options.extproc_port)
-    address = f"{host}:{port}"
+    address = listen or extproc_address(options)
+    claim_socket(address)
     usage_log = UsageLog()
     server = await start_server(
         processor,
-        address,
+        address.target,
         options.buffer_limit_bytes,
         also=[lambda grpc_server: als_pb2_grpc.add_AccessLogServiceServicer_to_server(usage_log, grpc_server)],
+        credentials=credentials,
     )
+    restrict_socket(address)
     return server, picker
+
+
+def extproc_address(options: TranslateOptions) -> Address:
+    """Where Envoys are told the ext_proc server is."""
+    if options.extproc_unix is not None:
+        return Address(path=options.extproc_unix)
+    return Address(options.extproc_host, options.extproc_port)
 
 
 class ControlPlaneService:
@@ -100,7 +128,7 @@ class ControlPlaneService:
     def __init__(
         self,
         options: TranslateOptions,
-        xds_address: tuple[str, int],
+        xds_address: Address,
         admin_address: tuple[str, int],
         picker_debug: bool = False,
     ) -> None:
@@ -113,10 +141,12 @@ class ControlPlaneService:
         self._building = asyncio.Lock()
         self._grpc: grpc.aio.Server | None = None
         self._extproc: grpc.aio.Server | None = None
-        self.picker: EndpointPicker | None = None
+        self.picker = EndpointPicker(Scraper(), debug=picker_debug)
         self._admin: web.AppRunner | None = None
         self.cluster: ClusterView | None = None  # cluster mode: whether the source synced and who leads
-        self.extproc_listen: tuple[str, int] | None = None  # where ext_proc listens, when not where Envoys are told
+        self.extproc_listen: Address | None = None  # where ext_proc listens, when not where Envoys are told
+        # Cluster mode: ADS and ext_proc require client certificates of our CA and present this one.
+        self.server_certificate: ServerCertificate | None = None
 
     async def publish(self, resources: ResourceSet) -> None:
         """Translates in a worker thread, then publishes on the event loop (where the ADS streams listen)."""
@@ -126,31 +156,51 @@ class ControlPlaneService:
         metrics.RELOADS.labels("errors" if resources.errors or built.refused else "ok").inc()
 
     async def start(self) -> None:
+        await self.start_grpc()
+        await self.start_admin()
+
+    async def start_grpc(self) -> None:
+        """ADS (and the gRPC admin API) and ext_proc; over mutual TLS with `server_certificate`."""
         server = grpc.aio.server(options=GRPC_OPTIONS)
+        certificate = self.server_certificate
+        # Over mutual TLS, an Envoy gets only the snapshot of the Gateway its certificate names.
+        authorize = refusal if certificate is not None else None
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-            Ads(self.control_plane.cache, self.control_plane.clients), server
+            Ads(self.control_plane.cache, self.control_plane.clients, authorize), server
         )
         add_admin = admin_pb2_grpc.add_AdminServicer_to_server
         add_admin(AdminService(self.control_plane, self.cluster), server)  # type: ignore[no-untyped-call]  # generated, unannotated
-        server.add_insecure_port(f"{self.xds_address[0]}:{self.xds_address[1]}")
+        address = self.xds_address
+        claim_socket(address)
+        if certificate is not None:
+            server.add_secure_port(address.target, certificate.credentials())
+        else:
+            server.add_insecure_port(address.target)
         await server.start()
+        restrict_socket(address)
         self._grpc = server
-        self._extproc, self.picker = await start_extproc(
-            self.control_plane, self.options, picker_debug=self.picker_debug, listen=self.extproc_listen
+        self._extproc, _ = await start_extproc(
+            self.control_plane,
+            self.options,
+            listen=self.extproc_listen,
+            credentials=certificate.credentials() if certificate is not None else None,
+            picker=self.picker,
         )
+        log.info("ADS on %s%s", address, " (mutual TLS)" if certificate is not None else "")
+
+    async def start_admin(self) -> None:
         runner = web.AppRunner(admin_app(self.control_plane, self.picker, self.cluster), access_log=None)
         await runner.setup()
         self._admin = runner
         await web.TCPSite(runner, self.admin_address[0], self.admin_address[1]).start()
-        log.info("ADS on %s:%d, admin on http://%s:%d", *self.xds_address, *self.admin_address)
+        log.info("admin on http://%s:%d", *self.admin_address)
 
     async def stop(self) -> None:
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         if self._extproc is not None:
             await self._extproc.stop(grace=1.0)
-        if self.picker is not None:
-            await self.picker.scraper.close()
+        await self.picker.scraper.close()
         if self._admin is not None:
             await self._admin.cleanup()
 
@@ -167,7 +217,7 @@ def stop_on_signals() -> asyncio.Event:
 async def serve(
     paths: Sequence[str | Path],
     options: TranslateOptions,
-    xds_address: tuple[str, int],
+    xds_address: Address,
     admin_address: tuple[str, int],
     picker_debug: bool = False,
 ) -> int:
@@ -199,26 +249,45 @@ class ClusterOptions:
     control_plane_service: str = "xds-server"  # the Service (the Helm chart's) Envoys reach ADS and ext_proc by
     provision: bool = True  # False: the user runs the Envoys (`xds-server bootstrap`)
     extproc_via_service: bool = False  # no --extproc-address: provisioned Envoys reach ext_proc by the Service
+    envoy_tls_dir: str = DEFAULT_TLS_DIR  # where provisioned Envoys mount their certificate Secret
+    lifetimes: Lifetimes = DEFAULT_LIFETIMES  # of the CA, the servers' and the Gateways' certificates
+
+
+async def load_certificates(certificates: ControlPlaneCertificates, stop: asyncio.Event) -> ServerCertificate | None:
+    """The servers' certificate (the CA and it made if missing), retried until the API server answers; None if
+    stopped first."""
+    while not stop.is_set():
+        try:
+            return await certificates.load()
+        except (ApiException, aiohttp.ClientError, TimeoutError, CertificateError) as error:
+            log.warning("cannot load the control plane's certificates yet (%s); retrying", error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), CERTIFICATE_RETRY_SECONDS)
+    return None
 
 
 async def serve_kubernetes(
     cluster: ClusterOptions,
     options: TranslateOptions,
-    xds_address: tuple[str, int],
+    xds_address: Address,
     admin_address: tuple[str, int],
     picker_debug: bool = False,
 ) -> int:
-    """Every replica lists and watches, translates and serves ADS and ext_proc; the Lease's holder writes status and
-    provisions each Gateway's Envoys (unless `cluster.provision` is off)."""
+    """Every replica lists and watches, translates and serves ADS and ext_proc (mutual TLS: the servers' certificate
+    and the CA in Secrets of the controller namespace); the Lease's holder writes status and provisions each
+    Gateway's Envoys with their certificates (unless `cluster.provision` is off)."""
     options = replace(options, controller_names=frozenset({cluster.controller_name}))
     controller_namespace = cluster.controller_namespace or default_namespace(cluster.kubeconfig)
     service_host = f"{cluster.control_plane_service}.{controller_namespace}.svc.cluster.local"
     extproc_listen = None
     if cluster.provision and cluster.extproc_via_service:
         # Provisioned Envoys reach ext_proc by the Service's name, as ADS; so it listens on every address.
-        extproc_listen = ("0.0.0.0", options.extproc_port)
+        extproc_listen = Address("0.0.0.0", options.extproc_port)
         options = replace(options, extproc_host=service_host)
     api = await api_client(cluster.kubeconfig)
+    certificates = ControlPlaneCertificates(api, controller_namespace, cluster.control_plane_service, cluster.lifetimes)
+    tls = ControlPlaneTls(cluster.envoy_tls_dir, certificates.server_name)
+    options = replace(options, control_plane_tls=tls)
     source = KubernetesSource(api, cluster.namespaces)
     service = ControlPlaneService(options, xds_address, admin_address, picker_debug)
     service.extproc_listen = extproc_listen
@@ -238,7 +307,7 @@ async def serve_kubernetes(
     provisioner = None
     if cluster.provision:
         settings = ProvisionSettings(
-            controller_namespace, (service_host, xds_address[1]), options.privileged_port_offset
+            controller_namespace, (service_host, xds_address.port), options.privileged_port_offset, tls=tls
         )
         watched = not cluster.namespaces or controller_namespace in cluster.namespaces
         provisioner = Provisioner(
@@ -251,33 +320,43 @@ async def serve_kubernetes(
             watched,
             cluster.namespaces,
             on_pass=lambda: writer.poke(),
+            certificates=GatewayCertificates(lambda: certificates.authority, cluster.lifetimes.client),
         )
         control_plane.build_listeners.append(lambda _built: provisioner.poke())
         leadership.on_started_leading(provisioner.lead)
+        certificates.listeners.append(provisioner.poke)  # a new trust bundle goes to every Gateway's Secret
     infrastructure = provisioner.gateway_infra if provisioner is not None else None
     writer = StatusWriter(api, source, kinds.BY_NAME, cluster.controller_name, current, leadership, infrastructure)
     control_plane.build_listeners.append(lambda _built: writer.poke())
     control_plane.clients.add_ack_listener(lambda _stream, _type_url, _version: writer.poke())
     control_plane.clients.add_nack_listener(lambda _nack: writer.poke())
-    leadership.on_started_leading(writer.poke)
+    leadership.on_started_leading(writer.resync)
     stop = stop_on_signals()
     try:
-        # Servers first, so /healthz answers while a large cluster is listed; /readyz and ADS wait for the first
-        # complete translation (an Envoy is never served a half-listed cluster).
-        await service.start()
+        # The admin first, so /healthz answers while a large cluster is listed; ADS and ext_proc once the
+        # certificates are loaded, /readyz and ADS's answers once the first listing is translated (an Envoy is never
+        # served a half-listed cluster).
+        await service.start_admin()
         listing = asyncio.create_task(source.start())
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({listing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        loading = asyncio.create_task(load_certificates(certificates, stop))
+        started: asyncio.Future[Any] = asyncio.gather(listing, loading)
+        stopping: asyncio.Future[Any] = asyncio.create_task(stop.wait())
+        await asyncio.wait({started, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
-        if not listing.done():  # stopped while the API server was still being listed (or unreachable)
-            listing.cancel()
+        if not started.done() or loading.result() is None:  # stopped first (or the API server unreachable)
+            started.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await started
             await source.close()
             return 0
+        service.server_certificate = loading.result()
+        await service.start_grpc()
         await service.publish(source.resources())
         tasks = [
             asyncio.create_task(source.watch(service.publish, stop)),
             asyncio.create_task(writer.run(stop)),
             asyncio.create_task(leadership.run(stop)),
+            asyncio.create_task(certificates.run(stop)),
         ]
         if provisioner is not None:
             tasks.append(asyncio.create_task(provisioner.run(stop)))

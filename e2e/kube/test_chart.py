@@ -209,11 +209,20 @@ def test_replicas_render_leader_election_and_a_disruption_budget(helm: Helm) -> 
     assert "--no-leader-election" in container_args(single) and not find(single, "PodDisruptionBudget")
 
 
-def test_without_provisioning_the_controller_may_write_only_its_lease(helm: Helm) -> None:
+def test_without_provisioning_the_controller_may_write_only_its_lease_and_certificates(helm: Helm) -> None:
     docs = helm.template(CONTROLLER_CHART, {"provisioning": {"enabled": False}})
     assert "--no-provision" in container_args(docs)
     [role] = find(docs, "Role")
-    assert {resource for rule in role["rules"] for resource in rule["resources"]} == {"leases"}
+    assert {resource for rule in role["rules"] for resource in rule["resources"]} == {"leases", "secrets"}
+    named = [rule for rule in role["rules"] if rule["resources"] == ["secrets"] and rule.get("resourceNames")]
+    assert named == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["rel-xds-server-ca", "rel-xds-server-server-tls"],
+            "verbs": ["get", "update"],
+        }
+    ]
 
 
 def test_the_network_policy_admits_only_envoys_to_grpc_and_the_selector_to_admin(helm: Helm) -> None:
@@ -450,6 +459,7 @@ async def install_and_run(
         core = k8s.CoreV1Api(cluster.api_client)
         listers = {
             "ServiceAccount": core.list_namespaced_service_account,
+            "Secret": core.list_namespaced_secret,
             "ConfigMap": core.list_namespaced_config_map,
             "Service": core.list_namespaced_service,
             "Deployment": apps.list_namespaced_deployment,
@@ -460,6 +470,9 @@ async def install_and_run(
             return all(lister(release_namespace, label_selector=selector).items for lister in listers.values())
 
         await eventually(provisioned, f"the Gateway's {', '.join(listers)} provisioned in {release_namespace}")
+        # The CA and the servers' certificate, made with the chart's RBAC.
+        for secret in ("xds-server-ca", "xds-server-server-tls"):
+            assert core.read_namespaced_secret(secret, release_namespace).data
         # Writes that failed for any reason are counted too, not only logged.
         _, metrics = await asyncio.to_thread(http_get, f"{serve.admin}/metrics")
         failed = [

@@ -21,6 +21,7 @@ from kubernetes.dynamic import DynamicClient
 from testing.cases import SEED, TUTORIAL
 from testing.envoy import Envoy
 from testing.kube_cluster import KubeCluster
+from testing.kube_envoy import start_provisioned_envoy
 from testing.manifests import backend_route, gateway
 from testing.ports import free_port
 from testing.processes import Serve, serve_port, stop_process, xds_server_status
@@ -81,7 +82,8 @@ async def eventually(probe: Callable[[], Any], what: str, seconds: float = STATU
 def controller(
     kube_cluster: KubeCluster, tmp_path: Path, lease_namespace: str, name: str = "serve", provision: bool = True
 ) -> Serve:
-    extra = ["--lease-namespace", lease_namespace, "--privileged-port-offset", "10000", "--log-format", "console"]
+    extra = ["--lease-namespace", lease_namespace, "--controller-namespace", lease_namespace]
+    extra += ["--privileged-port-offset", "10000", "--log-format", "console"]
     if not provision:  # the test runs the Envoy itself (e2e/kube/test_provisioning.py tests provisioning)
         extra.append("--no-provision")
     return Serve(kube_cluster.kubeconfig, free_port(), free_port(), tmp_path / f"{name}.log", extra=extra)
@@ -113,13 +115,19 @@ async def serving(kube_cluster: KubeCluster, tmp_path: Path, namespace: str) -> 
 
 @pytest.fixture
 async def web_route(
-    dynamic: DynamicClient, serving: Serve, tmp_path: Path, namespace: str, upstreams: dict[str, int]
+    kube_cluster: KubeCluster,
+    dynamic: DynamicClient,
+    serving: Serve,
+    tmp_path: Path,
+    namespace: str,
+    upstreams: dict[str, int],
 ) -> AsyncIterator[str]:
-    """A Gateway in the test's namespace, an HTTPRoute `web` to upstream a, and a real Envoy answering it: its URL."""
+    """A Gateway in the test's namespace, an HTTPRoute `web` to upstream a, and a real Envoy answering it (the one its
+    pod would run, with its provisioned certificate): its URL."""
     listen_port = free_port()
     apply(dynamic, documents(gateway([listen_port])), namespace)
     apply(dynamic, documents(backend_route("web", "127.0.6.1", upstreams["127.0.6.1"])), namespace)
-    envoy = Envoy(tmp_path, f"{namespace}/gw", int(serve_port(serving, "--xds-address")))
+    envoy = await start_provisioned_envoy(tmp_path, serving, kube_cluster.api_client, namespace, f"{namespace}/gw")
     url = f"http://127.0.0.1:{listen_port}"
     try:
         await envoy.wait_live()
@@ -185,9 +193,23 @@ async def test_the_tutorial_gets_its_statuses_and_an_envoy_goes_live_with_its_mo
 
             await eventually(parent, f"InferencePool {pool} has an Accepted parent")
 
+        # Without provisioning the user runs the Envoy: a certificate from the controller's CA where the controller
+        # tells Envoys to find it (--envoy-tls-dir: the ext_proc cluster reads it there too), then a bootstrap
+        # presenting it (mutual TLS is required all the same).
+        assert serve.tls_dir is not None
+        certificates = serve.tls_dir
+        command = [sys.executable, "-m", "xds_server.cli", "certificate", "--gateway", TUTORIAL_GATEWAY]
+        command += ["--output", str(certificates), "--kubeconfig", str(kube_cluster.kubeconfig)]
+        command += ["--controller-namespace", namespace]
+        issued = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        server_name = f"xds-server.{namespace}.svc.cluster.local"
+        tls = ["--tls-dir", str(certificates), "--tls-server-name", server_name]
+        assert " ".join(tls) in issued
+        assert oct(certificates.stat().st_mode & 0o777) == "0o700"
+        assert oct((certificates / "tls.key").stat().st_mode & 0o777) == "0o600"
         xds_port = serve_port(serve, "--xds-address")
         admin_port = free_port()
-        command = [sys.executable, "-m", "xds_server.cli", "bootstrap", "--gateway", TUTORIAL_GATEWAY]
+        command = [sys.executable, "-m", "xds_server.cli", "bootstrap", "--gateway", TUTORIAL_GATEWAY, *tls]
         command += ["--xds-address", f"127.0.0.1:{xds_port}", "--admin-address", f"127.0.0.1:{admin_port}"]
         printed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         envoy = Envoy(tmp_path, TUTORIAL_GATEWAY, int(xds_port), printed_bootstrap=(printed, admin_port))
@@ -205,7 +227,7 @@ async def test_the_tutorial_gets_its_statuses_and_an_envoy_goes_live_with_its_mo
                 return done if done and done["status"] == "True" else None
 
             await eventually(programmed, "Gateway Programmed once its Envoy holds the configuration")
-            assert "leader:" in await asyncio.to_thread(xds_server_status, serve)
+            assert "leader:" in await asyncio.to_thread(xds_server_status, serve, tls)
         finally:
             envoy.stop()
     finally:

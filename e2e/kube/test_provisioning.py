@@ -1,12 +1,12 @@
-"""Provisioning per Gateway against a real API server: each Gateway of ours gets its ServiceAccount, bootstrap
-ConfigMap, Deployment and Service in the controller namespace, its addresses and Programmed from them; EnvoyProxy
-edits reach the Deployment; objects no Gateway wants go, also those of a Gateway deleted while the controller was
-down; a deleted Deployment comes back.
+"""Provisioning per Gateway against a real API server: each Gateway of ours gets its ServiceAccount, certificate
+Secret, bootstrap ConfigMap, Deployment and Service in the controller namespace, its addresses and Programmed from
+them; EnvoyProxy edits reach the Deployment; objects no Gateway wants go, also those of a Gateway deleted while the
+controller was down; a deleted Deployment comes back.
 
 There is no kubelet and no controller-manager: as Envoy Gateway's own envtest does, the test writes what they would
 (the Deployment's `availableReplicas`, the Service's `loadBalancer.ingress`) through the status subresource, and
-runs the Envoy a pod would, from the provisioned bootstrap, its ADS address turned to the local controller (what a
-port-forward does)."""
+runs the Envoy a pod would, from the provisioned bootstrap and certificate Secret (testing/kube_envoy.py), its ADS
+address turned to the local controller (what a port-forward does)."""
 
 from __future__ import annotations
 
@@ -21,15 +21,15 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 
 from e2e.kube.test_controller import TUTORIAL_DIR, apply, condition, delete, documents, eventually, read
-from testing.envoy import Envoy
 from testing.kube_cluster import KubeCluster
+from testing.kube_envoy import start_provisioned_envoy
 from testing.ports import free_port
 from testing.processes import Serve, serve_port, stop_process
 from testing.web import http_get
 from xds_server.kube.infra import DEFAULT_IMAGE, infra_name
 
 GATEWAYS = "gateway.networking.k8s.io/v1"
-KINDS = {"ServiceAccount": "v1", "ConfigMap": "v1", "Service": "v1", "Deployment": "apps/v1"}
+KINDS = {"ServiceAccount": "v1", "Secret": "v1", "ConfigMap": "v1", "Service": "v1", "Deployment": "apps/v1"}
 TUTORIAL_GATEWAY = ("default", "inference-pool-with-aigwroute")
 
 
@@ -67,23 +67,6 @@ def available(kube_cluster: KubeCluster, name: str, namespace: str, replicas: in
     status["availableReplicas"] = replicas
     apps = k8s.AppsV1Api(kube_cluster.api_client)
     apps.patch_namespaced_deployment_status(name, namespace, {"status": status})
-
-
-def local_bootstrap(text: str, xds_port: int) -> tuple[str, int, int]:
-    """The provisioned bootstrap as a port-forward would serve it: ADS on the local controller, the admin and the
-    readiness listener on free loopback ports. Returns it with the admin and readiness ports."""
-    document = yaml.safe_load(text)
-    admin_port, readiness_port = free_port(), free_port()
-    document["admin"]["address"]["socket_address"]["port_value"] = admin_port
-    for cluster in document["static_resources"]["clusters"]:
-        address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
-        if cluster["name"] == "xds-server/ads":  # STRICT_DNS stays: an IP resolves to itself
-            address["socket_address"] = {"address": "127.0.0.1", "port_value": xds_port}
-        else:
-            address["socket_address"]["port_value"] = admin_port
-    [listener] = document["static_resources"]["listeners"]
-    listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": readiness_port}
-    return yaml.safe_dump(document), admin_port, readiness_port
 
 
 async def test_the_tutorial_gateway_gets_its_envoy_and_is_programmed_once_a_replica_is_up_and_holds_its_config(
@@ -139,12 +122,24 @@ async def test_the_tutorial_gateway_gets_its_envoy_and_is_programmed_once_a_repl
         assert programmed["status"] == "False"
         assert "0/1 Envoy replicas available" in programmed["message"]
 
-        # The pod a kubelet would run: its Envoy, from the provisioned bootstrap, becomes ready through the probe's
-        # listener once it has its configuration, and the Deployment controller reports the replica.
-        text, admin_port, readiness_port = local_bootstrap(config["data"]["bootstrap.yaml"], xds_port)
-        envoy = Envoy(tmp_path, "/".join(TUTORIAL_GATEWAY), xds_port, "pod", printed_bootstrap=(text, admin_port))
+        # Its client certificate, in a Secret the pods mount where the bootstrap's TLS reads it.
+        secret = await eventually(lambda: found(dynamic, "Secret", f"{name}-tls", namespace), "its certificate Secret")
+        assert secret["type"] == "kubernetes.io/tls"
+        assert {"tls.crt", "tls.key", "ca.crt", "sds-certificate.json", "sds-validation.json"} <= set(secret["data"])
+        pod = deployment["spec"]["template"]["spec"]
+        assert {"name": "tls", "secret": {"secretName": f"{name}-tls", "defaultMode": 0o440}} in pod["volumes"]
+        assert {"name": "tls", "mountPath": str(serve.tls_dir), "readOnly": True} in container["volumeMounts"]
+        tls = ads["transport_socket"]["typed_config"]
+        assert tls["sni"] == f"xds-server.{namespace}.svc.cluster.local"
+
+        # The pod a kubelet would run: its Envoy, from the provisioned bootstrap and certificate, connects over mutual
+        # TLS and becomes ready through the probe's listener once it has its configuration, and the Deployment
+        # controller reports the replica.
+        envoy = await start_provisioned_envoy(
+            tmp_path, serve, kube_cluster.api_client, namespace, "/".join(TUTORIAL_GATEWAY)
+        )
         try:
-            ready = f"http://127.0.0.1:{readiness_port}/ready"
+            ready = f"{envoy.readiness}/ready"
             assert await eventually(lambda: http_get(ready) == (200, "LIVE\n"), "the readiness probe answers LIVE")
             available(kube_cluster, name, namespace, 1)
             status = await eventually(programmed_reason(dynamic, *TUTORIAL_GATEWAY, "Programmed"), "Programmed")
@@ -154,7 +149,7 @@ async def test_the_tutorial_gateway_gets_its_envoy_and_is_programmed_once_a_repl
             assert status["addresses"] == [{"type": "IPAddress", "value": service["spec"]["clusterIP"]}]
 
             # The preStop hook: the health check fails (the probe turns unready), the answer comes after the wait.
-            drained = await asyncio.to_thread(http_get, f"http://127.0.0.1:{readiness_port}/drain", 30.0)
+            drained = await asyncio.to_thread(http_get, f"{envoy.readiness}/drain", 30.0)
             assert drained == (200, "draining\n")
             assert await asyncio.to_thread(http_get, ready) == (503, "DRAINING\n")
         finally:
@@ -205,7 +200,8 @@ def gateway(namespace: str, name: str) -> dict[str, Any]:
 
 
 def objects_of(dynamic: DynamicClient, name: str, namespace: str) -> dict[str, Any]:
-    return {kind: found(dynamic, kind, name, namespace) for kind in KINDS}
+    """Every object of a Gateway's Envoys (its certificate's Secret is `<name>-tls`)."""
+    return {kind: found(dynamic, kind, f"{name}-tls" if kind == "Secret" else name, namespace) for kind in KINDS}
 
 
 async def test_edits_roll_the_deployment_and_objects_follow_their_gateway_also_across_a_restart(

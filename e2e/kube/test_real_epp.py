@@ -42,11 +42,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubernetes import client as k8s
 from kubernetes.dynamic import DynamicClient
 
-from testing.envoy import Envoy
 from testing.kube_cluster import KubeCluster
+from testing.kube_envoy import start_provisioned_envoy
 from testing.manifests import TUTORIAL_PICKER_CONFIG, gateway
 from testing.ports import free_port, port_free_on
-from testing.processes import Serve, serve_port, stop_process
+from testing.processes import Serve, stop_process
 from testing.sims import SimProcess, start_sim
 from testing.web import Response, request
 
@@ -346,6 +346,7 @@ async def test_the_real_endpoint_picker_chooses_and_envoy_follows(
         )
         cleanup.callback(stop_process, epp.process)
         extra = ["--namespace", namespace, "--lease-namespace", namespace, "--privileged-port-offset", "10000"]
+        extra += ["--controller-namespace", namespace]  # its Envoy's objects and certificate beside the test's
         extra += ["--log-format", "console"]  # --endpoint-picker is left at its cluster default: reference
         serve = Serve(kube_cluster.kubeconfig, free_port(), free_port(), tmp_path / "serve.log", extra=extra)
         cleanup.callback(stop_process, serve.process)
@@ -366,7 +367,7 @@ async def test_the_real_endpoint_picker_chooses_and_envoy_follows(
 
         assert "leader" in await serve.ready(seconds=TIMEOUT)
         assert await serve.document("/debug/pools") == []  # reference mode: our embedded picker serves no pool
-        envoy = Envoy(tmp_path, f"{namespace}/gw", int(serve_port(serve, "--xds-address")))
+        envoy = await start_provisioned_envoy(tmp_path, serve, api_client, namespace, f"{namespace}/gw")
         cleanup.callback(envoy.stop)
         await envoy.wait_live()
         lab = Lab(namespace, f"http://127.0.0.1:{listen_port}", endpoints, sims, epp)

@@ -34,10 +34,10 @@ from translators.xds.names import (
     pack,
 )
 from translators.xds.override_host import with_selected_host_key
+from translators.xds.tls import TLS_TRANSPORT_SOCKET, control_plane_transport_socket
 
 CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 
 
 def ads_config_source() -> config_source_pb2.ConfigSource:
@@ -161,20 +161,27 @@ def cluster(ir: ClusterIR, buffer_limit_bytes: int) -> cluster_pb2.Cluster:
 
 
 def extproc_cluster(options: TranslateOptions) -> cluster_pb2.Cluster:
-    """The control plane's ext_proc server (model router and picker on one gRPC server), over HTTP/2."""
-    try:
-        ipaddress.ip_address(options.extproc_host)
-        kind = AddressKind.IP
-    except ValueError:
-        kind = AddressKind.DNS
+    """The control plane's ext_proc server (picker, upstream settings, metering on one gRPC server), over HTTP/2: at
+    a Unix socket (a pipe address), an IP, or a name re-resolved (a Service's, in a cluster, with mutual TLS)."""
+    if options.extproc_unix is not None:
+        endpoint = Endpoint(options.extproc_unix, 0, AddressKind.UNIX)
+    else:
+        try:
+            ipaddress.ip_address(options.extproc_host)
+            kind = AddressKind.IP
+        except ValueError:
+            kind = AddressKind.DNS
+        endpoint = Endpoint(options.extproc_host, options.extproc_port, kind)
     ir = ClusterIR(
         EXTPROC_CLUSTER,
-        Discovery.STATIC if kind is AddressKind.IP else Discovery.STRICT_DNS,
-        (EndpointGroup(EXTPROC_CLUSTER, (Endpoint(options.extproc_host, options.extproc_port, kind),)),),
+        Discovery.STRICT_DNS if endpoint.kind is AddressKind.DNS else Discovery.STATIC,
+        (EndpointGroup(EXTPROC_CLUSTER, (endpoint,)),),
         http2=True,
     )
     built = cluster(ir, options.buffer_limit_bytes)
     built.per_connection_buffer_limit_bytes.value = options.buffer_limit_bytes
+    if options.control_plane_tls is not None:
+        built.transport_socket.CopyFrom(control_plane_transport_socket(options.control_plane_tls))
     return built
 
 

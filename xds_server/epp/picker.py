@@ -32,6 +32,7 @@ from translators.xds.names import (
     PICKER_SCORES_HEADER,
     TEST_SELECTION_HEADER,
 )
+from xds_server import metrics
 from xds_server.epp import protocol
 from xds_server.epp.plugins.base import Candidate, PickRequest, restrict
 from xds_server.epp.pools import PoolState
@@ -47,6 +48,7 @@ from xds_server.extproc.protocol import (
     header_values,
     parse_request_body,
 )
+from xds_server.identity import peer_gateway
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +76,28 @@ READY_ENDPOINTS = Gauge("inference_pool_ready_pods", "Ready endpoints of each po
 
 
 class EndpointPicker:
-    def __init__(self, scraper: Scraper, clock: Callable[[], float] = time.monotonic, debug: bool = False) -> None:
+    def __init__(
+        self,
+        scraper: Scraper,
+        clock: Callable[[], float] = time.monotonic,
+        debug: bool = False,
+        gateway_scoped: bool = False,
+    ) -> None:
         """`debug`: honour the request header asking for a pick's scores (off by default: the scores show the pool's
-        endpoints and load to whoever asks)."""
+        endpoints and load to whoever asks). `gateway_scoped` (cluster mode, mutual TLS): a pool is picked for only
+        when the client's certificate names a Gateway whose routes use it; for anyone else it is an unknown pool."""
         self.scraper = scraper
         self.clock = clock
         self.debug = debug
+        self.gateway_scoped = gateway_scoped
         self.pools: dict[str, PoolState] = {}
+        self.pool_gateways: Mapping[str, frozenset[str]] = {}
 
     # --- the datastore follows the control plane --------------------------------------------------------------
 
     def follow(self, runtime: RuntimeTables) -> None:
         """Called with each applied build: pools, endpoints, objectives, configs and scrape targets."""
+        self.pool_gateways = runtime.pool_gateways
         seen = set()
         targets: dict[str, Target] = {}
         for key, pool in runtime.pools.items():
@@ -106,6 +118,12 @@ class EndpointPicker:
 
     async def handle(self, context: Context, metadata: Mapping[str, str]) -> None:
         stream = PickerStream(self, metadata.get(PICKER_POOL_METADATA, ""))
+        if self.gateway_scoped:
+            peer = peer_gateway(context)
+            if peer is None or peer not in self.pool_gateways.get(stream.pool_key, ()):
+                metrics.REFUSED_STREAMS.labels("picker", "no_identity" if peer is None else "other_gateway").inc()
+                log.warning("picks for pool %s refused to %s: not a Gateway of that pool", stream.pool_key, peer)
+                stream.pool = None  # answered as an unknown pool
         while (request := await context.read()) is not grpc.aio.EOF:
             for reply in stream.process(request):
                 await context.write(reply)

@@ -43,9 +43,10 @@ async def start_server(
     address: str,
     max_body_bytes: int,
     also: Iterable[Callable[[grpc.aio.Server], None]] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> grpc.aio.Server:
     """Serves `processor` and gRPC health on `address` (what Envoy is told as `--extproc-address`), and whatever
-    services `also` adds (the usage log)."""
+    services `also` adds (the usage log); over TLS with `credentials` (cluster mode: mutual TLS)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_body_bytes + MESSAGE_OVERHEAD_BYTES),
@@ -60,7 +61,10 @@ async def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for add in also:
         add(server)
-    server.add_insecure_port(address)
+    if credentials is not None:
+        server.add_secure_port(address, credentials)
+    else:
+        server.add_insecure_port(address)
     await server.start()
-    log.info("ext_proc on %s", address)
+    log.info("ext_proc on %s%s", address, " (mutual TLS)" if credentials is not None else "")
     return server

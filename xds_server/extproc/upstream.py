@@ -10,6 +10,7 @@ and its credential; when the settings change the body, Envoy then sends the buff
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Mapping
 
@@ -20,7 +21,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from translators.ir import BackendSettingsIR
 from translators.runtime import EMPTY_TABLES, RuntimeTables
 from translators.xds.names import BACKEND_ATTRIBUTE, RULE_ATTRIBUTE, UPSTREAM_SETTINGS_MODE
+from xds_server import metrics
 from xds_server.extproc.protocol import PASS_THROUGH, Context, Mode, ProcessingResponse, attribute, error, set_header
+from xds_server.identity import peer_gateway
+
+log = logging.getLogger(__name__)
 
 # The filter's own mode with the request body off: a mode override replaces the whole mode, so it starts from the
 # filter's (responses stay skipped: the router filter handles them).
@@ -87,10 +92,16 @@ class UpstreamPlan:
 
 
 class UpstreamPlans:
-    """One build's plans, each made on first use (a build swaps in while no attempt waits for plans to be made)."""
+    """One build's plans, each made on first use (a build swaps in while no attempt waits for plans to be made), and
+    the Gateways whose routes use each rule."""
 
-    def __init__(self, settings: Mapping[tuple[str, str], BackendSettingsIR]) -> None:
+    def __init__(
+        self,
+        settings: Mapping[tuple[str, str], BackendSettingsIR],
+        rule_gateways: Mapping[str, frozenset[str]] = EMPTY_TABLES.rule_gateways,
+    ) -> None:
         self._settings = settings
+        self.rule_gateways = rule_gateways
         self._plans: dict[tuple[str, str], UpstreamPlan] = {}
 
     def get(self, key: tuple[str, str]) -> UpstreamPlan | None:
@@ -104,13 +115,18 @@ class UpstreamPlans:
 
 
 class UpstreamSettingsService:
-    """The stream handler. `follow` swaps in each build's settings; a stream reads them once, when it starts."""
+    """The stream handler. `follow` swaps in each build's settings; a stream reads them once, when it starts.
 
-    def __init__(self, runtime: RuntimeTables = EMPTY_TABLES) -> None:
-        self.plans = UpstreamPlans(runtime.backend_settings)
+    `gateway_scoped` (cluster mode, mutual TLS): a rule's settings go only to a client whose certificate names a
+    Gateway whose routes use that rule; anyone else asking is answered 403 and never gets the backend's credential.
+    """
+
+    def __init__(self, runtime: RuntimeTables = EMPTY_TABLES, gateway_scoped: bool = False) -> None:
+        self.plans = UpstreamPlans(runtime.backend_settings, runtime.rule_gateways)
+        self.gateway_scoped = gateway_scoped
 
     def follow(self, runtime: RuntimeTables) -> None:
-        self.plans = UpstreamPlans(runtime.backend_settings)
+        self.plans = UpstreamPlans(runtime.backend_settings, runtime.rule_gateways)
 
     async def handle(self, context: Context, metadata: Mapping[str, str]) -> None:
         plan: UpstreamPlan | None = None
@@ -118,10 +134,26 @@ class UpstreamSettingsService:
         while (request := await context.read()) is not grpc.aio.EOF:
             kind = request.WhichOneof("request")
             if kind == "request_headers":
-                key = (attribute(request.attributes, RULE_ATTRIBUTE), attribute(request.attributes, BACKEND_ATTRIBUTE))
-                plan = plans.get(key)
+                rule = attribute(request.attributes, RULE_ATTRIBUTE)
+                plan = plans.get((rule, attribute(request.attributes, BACKEND_ATTRIBUTE)))
+                if plan is not None and self.gateway_scoped and (refused := _refusal(context, plans, rule)):
+                    plan = None
+                    await context.write(refused)
+                    continue
                 await context.write(plan.headers_reply if plan is not None else NO_SETTINGS)
             elif kind == "request_body" and plan is not None:
                 await context.write(plan.body_reply(request.request_body.body))
             else:
                 await context.write(PASS_THROUGH[kind])
+
+
+def _refusal(context: Context, plans: UpstreamPlans, rule: str) -> ProcessingResponse | None:
+    """A 403 for a client whose certificate names no Gateway using `rule`; None when it may have the settings."""
+    peer = peer_gateway(context)
+    gateways = plans.rule_gateways.get(rule, frozenset())
+    if peer is not None and peer in gateways:
+        return None
+    reason = "no_identity" if peer is None else "other_gateway"
+    metrics.REFUSED_STREAMS.labels("upstream_settings", reason).inc()
+    log.warning("upstream settings of %s refused to %s: not a Gateway of that rule", rule, peer or "an unnamed client")
+    return error(403, "these upstream settings belong to another Gateway", "forbidden", "upstream_settings")

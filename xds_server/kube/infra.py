@@ -4,24 +4,28 @@ in `provisioner` does the listing, applying and deleting).
 Per Gateway of ours, as Envoy Gateway does it (reference/controller.md §3): a ServiceAccount, a ConfigMap with the
 Envoy bootstrap, a Deployment and a Service, in the controller namespace, all named `envoy-<ns>-<gw>-<hash8>` and
 labelled with the owning Gateway, shaped by the GatewayClass's EnvoyProxy (image, replicas, resources, Service
-type). Objects carry a hash of what was applied, so a pass re-applies only what changed; whatever carries our
+type); with mutual TLS, also the Secret `<name>-tls` with the Gateway's client certificate, mounted into the pods.
+Objects carry a hash of what was applied, so a pass re-applies only what changed; whatever carries our
 `managed-by` label and is not wanted is deleted.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from translators.ir import ControlPlaneTls
 from translators.loader import ResourceSet
 from translators.resources import EnvoyProxy, Gateway, GatewayClass
 from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP, EnvoyProxyKubernetes
+from translators.xds.tls import CA_FILE, CERTIFICATE_FILE, KEY_FILE, sds_documents
 from xds_server.bootstrap import DRAIN_PATH, bootstrap
 from xds_server.kube.status import GatewayInfra
 
@@ -48,8 +52,11 @@ BOOTSTRAP_FILE = "bootstrap.yaml"
 NAME_LIMIT = 48  # of "<ns>-<gw>" in object names
 LABEL_VALUE_LIMIT = 63
 RUN_AS = 65532  # distroless's nonroot
-MANAGED_KINDS = ("ServiceAccount", "ConfigMap", "Service", "Deployment")  # in the order they are applied
-API_VERSIONS = {"ServiceAccount": "v1", "ConfigMap": "v1", "Service": "v1", "Deployment": "apps/v1"}
+# In the order they are applied: the Secret and the ConfigMap before the Deployment whose pods mount them.
+MANAGED_KINDS = ("ServiceAccount", "Secret", "ConfigMap", "Service", "Deployment")
+API_VERSIONS = {"ServiceAccount": "v1", "Secret": "v1", "ConfigMap": "v1", "Service": "v1", "Deployment": "apps/v1"}
+TLS_VOLUME = "tls"
+DEFAULT_TLS_DIR = "/certs"  # where the Secret is mounted in the pod: ControlPlaneTls.directory
 
 ObjectKey = tuple[str, str]  # (kind, name) in the controller namespace
 
@@ -60,17 +67,56 @@ class ProvisionSettings:
     xds: tuple[str, int]  # where Envoys reach ADS: the control plane's Service, by DNS name
     privileged_port_offset: int = 10000  # the translation's: a Gateway port P < 1024 is P + offset in the pod
     default_image: str = DEFAULT_IMAGE
+    tls: ControlPlaneTls | None = None  # mutual TLS: where the certificate Secret is mounted, the servers' name
+
+
+@dataclass(frozen=True)
+class EnvoyCertificate:
+    """A Gateway's client certificate and key, and the CAs its Envoys trust (PEM)."""
+
+    certificate_pem: bytes
+    key_pem: bytes
+    ca_pem: bytes
 
 
 @dataclass(frozen=True)
 class TlsPart:
-    """The seam for mTLS (DESIGN.md decision 15), not implemented here: what a Gateway's Envoy needs to present its
-    client certificate to the control plane. Its pod gets `volume` (the certificate, key and CA, e.g. a Secret the
-    mTLS code issues) mounted read-only at `mount_path`, and the bootstrap's ADS cluster gets `transport_socket`."""
+    """What a Gateway's Envoys need for mutual TLS with the control plane (DESIGN.md decision 15): the Secret with
+    their certificate, key, CA and the SDS documents naming them, mounted read-only at `tls.directory`, where the
+    bootstrap's ADS cluster and the translated ext_proc cluster read them (`translators.xds.tls`)."""
 
+    secret: Mapping[str, Any]
     volume: Mapping[str, Any]
-    mount_path: str
-    transport_socket: Mapping[str, Any]
+    tls: ControlPlaneTls
+
+
+def envoy_tls_files(certificate: EnvoyCertificate, tls: ControlPlaneTls) -> dict[str, bytes]:
+    """The files an Envoy reads its certificate from, in `tls.directory`: the certificate, key and CA, and the SDS
+    documents naming them."""
+    return {
+        CERTIFICATE_FILE: certificate.certificate_pem,
+        KEY_FILE: certificate.key_pem,
+        CA_FILE: certificate.ca_pem,
+        **{file: text.encode() for file, text in sds_documents(tls).items()},
+    }
+
+
+def tls_secret_name(namespace: str, name: str) -> str:
+    return f"{infra_name(namespace, name)}-tls"
+
+
+def tls_part(gateway: Gateway, settings: ProvisionSettings, certificate: EnvoyCertificate) -> TlsPart:
+    """The Secret (type kubernetes.io/tls, plus ca.crt and the SDS documents) and its volume. Renewing the
+    certificate changes the Secret only: the kubelet swaps the mounted files and Envoy reloads them, no pod rolls."""
+    assert settings.tls is not None
+    name = tls_secret_name(gateway.namespace, gateway.name)
+    secret = _metadata("Secret", name, settings, selector_labels(gateway.namespace, gateway.name))
+    secret["type"] = "kubernetes.io/tls"
+    files = envoy_tls_files(certificate, settings.tls)
+    secret["data"] = {file: base64.b64encode(content).decode() for file, content in sorted(files.items())}
+    # Group-readable only: the pod's fsGroup is Envoy's group.
+    volume = {"name": TLS_VOLUME, "secret": {"secretName": name, "defaultMode": 0o440}}
+    return TlsPart(secret, volume, settings.tls)
 
 
 def _hash8(text: str) -> str:
@@ -149,17 +195,15 @@ def _metadata(kind: str, name: str, settings: ProvisionSettings, labels: dict[st
 def bootstrap_document(gateway: Gateway, settings: ProvisionSettings, tls: TlsPart | None = None) -> dict[str, Any]:
     """The Gateway's Envoy bootstrap: node.cluster "<ns>/<gw>" (its snapshot's key), ADS at the control plane's
     Service, admin on loopback, the readiness listener. The node id is the pod's name (`--service-node`)."""
-    document = bootstrap(
+    return bootstrap(
         f"{gateway.namespace}/{gateway.name}",
         "envoy",  # replaced by --service-node $(ENVOY_POD_NAME)
         settings.xds,
         ("127.0.0.1", ADMIN_PORT),
         readiness_port=READINESS_PORT,
         drain_seconds=DRAIN_SECONDS,
+        tls=tls.tls if tls is not None else None,
     )
-    if tls is not None:
-        document["static_resources"]["clusters"][0]["transport_socket"] = dict(tls.transport_socket)
-    return document
 
 
 def _container(
@@ -173,7 +217,7 @@ def _container(
     ports.append({"name": "readiness", "containerPort": READINESS_PORT, "protocol": "TCP"})
     mounts = [{"name": "bootstrap", "mountPath": BOOTSTRAP_DIR, "readOnly": True}]
     if tls is not None:
-        mounts.append({"name": str(tls.volume["name"]), "mountPath": tls.mount_path, "readOnly": True})
+        mounts.append({"name": str(tls.volume["name"]), "mountPath": tls.tls.directory, "readOnly": True})
     return {
         "name": "envoy",
         "image": spec.image or settings.default_image,
@@ -223,8 +267,8 @@ def _container(
 def desired_objects(
     gateway: Gateway, proxy: EnvoyProxy | None, settings: ProvisionSettings, tls: TlsPart | None = None
 ) -> list[dict[str, Any]]:
-    """ServiceAccount, ConfigMap, Service and Deployment of one Gateway, in the order to apply them, each
-    annotated with its own hash."""
+    """ServiceAccount, (with `tls`) Secret, ConfigMap, Service and Deployment of one Gateway, in the order to apply
+    them, each annotated with its own hash."""
     name = infra_name(gateway.namespace, gateway.name)
     labels = selector_labels(gateway.namespace, gateway.name)
     kubernetes = proxy.kubernetes if proxy is not None else EnvoyProxyKubernetes()
@@ -246,6 +290,14 @@ def desired_objects(
     volumes: list[dict[str, Any]] = [{"name": "bootstrap", "configMap": {"name": name, "defaultMode": 0o444}}]
     if tls is not None:
         volumes.append(dict(tls.volume))
+    pod_security: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if tls is not None:
+        pod_security["fsGroup"] = RUN_AS  # the certificate's files belong to Envoy's group
     deployment = _metadata("Deployment", name, settings, labels)
     replicas = kubernetes.envoy_deployment.replicas
     deployment["spec"] = {
@@ -257,18 +309,13 @@ def desired_objects(
                 "serviceAccountName": name,
                 "automountServiceAccountToken": False,
                 "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "runAsUser": RUN_AS,
-                    "runAsGroup": RUN_AS,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
+                "securityContext": pod_security,
                 "containers": [_container(gateway, kubernetes, settings, tls)],
                 "volumes": volumes,
             },
         },
     }
-    objects = [account, config, service, deployment]
+    objects = [account, *([dict(tls.secret)] if tls is not None else []), config, service, deployment]
     for document in objects:
         document["metadata"]["annotations"] = {APPLIED_HASH: digest(document)}
     return objects
@@ -286,12 +333,20 @@ def our_gateways(resources: ResourceSet, controller_name: str) -> list[tuple[Gat
 
 
 def desired_set(
-    resources: ResourceSet, controller_name: str, settings: ProvisionSettings
+    resources: ResourceSet,
+    controller_name: str,
+    settings: ProvisionSettings,
+    certificate: Callable[[str], EnvoyCertificate] | None = None,
 ) -> dict[ObjectKey, dict[str, Any]]:
-    """Every object every Gateway of ours needs, by (kind, name), in the order to apply them."""
+    """Every object every Gateway of ours needs, by (kind, name), in the order to apply them. With `settings.tls`,
+    `certificate` gives each Gateway's ("<ns>/<name>") client certificate."""
     wanted: dict[ObjectKey, dict[str, Any]] = {}
     for gateway, gateway_class in our_gateways(resources, controller_name):
-        for document in desired_objects(gateway, envoy_proxy(gateway_class, resources), settings):
+        tls = None
+        if settings.tls is not None:
+            assert certificate is not None, "mutual TLS needs the Gateways' certificates"
+            tls = tls_part(gateway, settings, certificate(f"{gateway.namespace}/{gateway.name}"))
+        for document in desired_objects(gateway, envoy_proxy(gateway_class, resources), settings, tls):
             wanted[(document["kind"], document["metadata"]["name"])] = document
     return wanted
 

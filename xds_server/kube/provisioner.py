@@ -5,9 +5,11 @@ server-side apply (field manager `xds-server`, force) every wanted object that i
 than the wanted one, and deletes every listed object no Gateway wants: so objects of Gateways deleted while the
 controller was down go at its first pass, and a deleted Deployment comes back. Passes follow the translations (when
 what is wanted changed, or the source's copy of the controller namespace shows a wanted object missing, changed or an
-unwanted one), a gained leadership (which re-applies everything: a former leader's edits may differ) and a timer
-(`RESYNC_SECONDS`; sooner after a failed pass). Nothing is written unless this replica leads, checked before every
-write.
+unwanted one), a gained leadership (which re-applies everything: a former leader's edits may differ), a timer
+(`RESYNC_SECONDS`; sooner after a failed pass) and, with mutual TLS, the moment the next Gateway's client certificate
+falls due (the pass renews it and rewrites that Secret alone). A new leader first adopts the current certificates
+the cluster's Secrets hold, so a change of leader or a restart re-issues none. Nothing is written unless this
+replica leads, checked before every write.
 
 The Gateway's addresses and available replicas come from its Service and Deployment as the source holds them, or,
 when the source does not watch the controller namespace (`--namespace`), as the last pass listed them. Nodes
@@ -17,7 +19,6 @@ when the source does not watch the controller namespace (`--namespace`), as the 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -28,20 +29,25 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from translators.loader import ResourceSet
 from xds_server import metrics
+from xds_server.kube.api import APPLY_PATCH, call
 from xds_server.kube.infra import (
     MANAGED_BY,
     MANAGED_KINDS,
     MANAGED_SELECTOR,
+    EnvoyCertificate,
     ObjectKey,
     ProvisionSettings,
     applied_hash,
     desired_set,
     gateway_infra,
     infra_name,
+    our_gateways,
     stale_objects,
+    tls_secret_name,
 )
 from xds_server.kube.status import GatewayInfra
 from xds_server.kube.status_writer import Leadership
+from xds_server.kube.tls_secrets import CertificateError, GatewayCertificates
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +55,14 @@ COALESCE_SECONDS = 0.1
 RESYNC_SECONDS = 60.0
 RETRY_SECONDS = 5.0
 CONCURRENT_WRITES = 8
-REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
 COLLECTIONS = {
     "ServiceAccount": "/api/v1/namespaces/{namespace}/serviceaccounts",
+    "Secret": "/api/v1/namespaces/{namespace}/secrets",
     "ConfigMap": "/api/v1/namespaces/{namespace}/configmaps",
     "Service": "/api/v1/namespaces/{namespace}/services",
     "Deployment": "/apis/apps/v1/namespaces/{namespace}/deployments",
 }
-WATCHED_KINDS = ("ConfigMap", "Service", "Deployment")  # the kinds the source holds (ServiceAccounts it does not)
+WATCHED_KINDS = ("Secret", "ConfigMap", "Service", "Deployment")  # the kinds the source holds (not ServiceAccounts)
 
 
 class PassFailed(Exception):
@@ -84,10 +90,12 @@ class Provisioner:
         namespaces: Sequence[str] = (),
         on_pass: Callable[[], None] = lambda: None,
         resync_seconds: float = RESYNC_SECONDS,
+        certificates: GatewayCertificates | None = None,
     ) -> None:
         """`watched`: the source watches the controller namespace (its copy shows drift at once); `namespaces`: the
         source watches only Gateways of those (empty: all), so only their objects are ours to delete; `on_pass` is
-        called after every complete pass (the status writer's poke)."""
+        called after every complete pass (the status writer's poke); `certificates` (with `settings.tls`): each
+        Gateway's client certificate, renewed by the pass that finds it due."""
         self._api = api
         self._store = store
         self.settings = settings
@@ -98,6 +106,7 @@ class Provisioner:
         self._namespaces = frozenset(namespaces)
         self._on_pass = on_pass
         self._resync_seconds = resync_seconds
+        self._certificates = certificates
         self._dirty = asyncio.Event()
         self._force = False  # re-apply everything at the next pass
         self._limit = asyncio.Semaphore(CONCURRENT_WRITES)
@@ -114,7 +123,16 @@ class Provisioner:
     def lead(self) -> None:
         """This replica became the leader: the next pass re-applies everything."""
         self._force = True
+        if self._certificates is not None:
+            self._certificates.seeded = False  # another leader may have renewed some: look before issuing
         self._dirty.set()
+
+    def _wait(self, seconds: float) -> float:
+        """`seconds`, or less when a client certificate falls due sooner (only the leader renews them)."""
+        if self._certificates is None or not self._leadership.is_leader:
+            return seconds
+        due = self._certificates.seconds_to_renewal()
+        return seconds if due is None else min(seconds, due + COALESCE_SECONDS)
 
     async def run(self, stop: asyncio.Event) -> None:
         stopping = asyncio.create_task(stop.wait())
@@ -122,7 +140,9 @@ class Provisioner:
         try:
             while not stop.is_set():
                 dirty = asyncio.create_task(self._dirty.wait())
-                done, _ = await asyncio.wait({dirty, stopping}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {dirty, stopping}, timeout=self._wait(wait), return_when=asyncio.FIRST_COMPLETED
+                )
                 dirty.cancel()
                 if stop.is_set():
                     break
@@ -134,7 +154,7 @@ class Provisioner:
                     continue
                 try:
                     await self.reconcile(resync)
-                except (ApiException, aiohttp.ClientError, TimeoutError, PassFailed) as error:  # the API server's
+                except (ApiException, aiohttp.ClientError, TimeoutError, PassFailed, CertificateError) as error:
                     log.warning("provisioning pass failed (%s); retrying in %.0f s", error, RETRY_SECONDS)
                     self._applied = None
                     wait = RETRY_SECONDS
@@ -150,12 +170,23 @@ class Provisioner:
         resources = self._current()
         if resources is None:
             return
-        wanted = desired_set(resources, self._controller_name, self.settings)
-        hashes = {key: applied_hash(document) or "" for key, document in wanted.items()}
         force, self._force = self._force, False
-        if not (resync or force or hashes != self._applied or self._drifted(hashes)):
+        actual = None
+        certificate: Callable[[str], EnvoyCertificate] | None = None
+        if self._certificates is not None:
+            if not self._certificates.seeded:  # adopt what the cluster has before issuing anything
+                actual = await self._list()
+                secrets = [(name, document) for (kind, name), document in actual.items() if kind == "Secret"]
+                self._certificates.adopt(secrets, lambda gateway: tls_secret_name(*gateway.split("/", 1)))
+            gateways = our_gateways(resources, self._controller_name)
+            self._certificates.keep_only(f"{gateway.namespace}/{gateway.name}" for gateway, _ in gateways)
+            certificate = self._certificate
+        wanted = desired_set(resources, self._controller_name, self.settings, certificate)
+        hashes = {key: applied_hash(document) or "" for key, document in wanted.items()}
+        if not (resync or force or actual is not None or hashes != self._applied or self._drifted(hashes)):
             return
-        actual = await self._list()
+        if actual is None:
+            actual = await self._list()
         if any(d["kind"] == "Service" and d["spec"]["type"] == "NodePort" for d in wanted.values()):
             self._nodes = await self._list_nodes()
         to_apply = [
@@ -185,6 +216,12 @@ class Provisioner:
         if to_apply or stale:
             log.info("provisioned: %d applied, %d deleted", len(to_apply), len(stale))
         self._on_pass()
+
+    def _certificate(self, gateway: str) -> EnvoyCertificate:
+        """The Gateway's client certificate (renewed when due) with the trust bundle, for its Secret."""
+        assert self._certificates is not None
+        pair = self._certificates.pair(gateway)
+        return EnvoyCertificate(pair.certificate_pem, pair.key_pem, self._certificates.trust_pem)
 
     def _drifted(self, hashes: Mapping[ObjectKey, str]) -> bool:
         """The source's copy of the controller namespace shows a wanted object missing or changed, or one of ours
@@ -220,27 +257,7 @@ class Provisioner:
     async def _call(
         self, method: str, path: str, query: Sequence[tuple[str, str]] = (), body: Any = None
     ) -> dict[str, Any]:
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = "application/apply-patch+yaml"  # JSON is YAML
-        response = await self._api.call_api(
-            path,
-            method,
-            query_params=list(query),
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-            _request_timeout=REQUEST_TIMEOUT,
-        )
-        async with response:
-            data = await response.read()
-        if not 200 <= response.status < 300:
-            error = ApiException(status=response.status, reason=response.reason)
-            error.body = data.decode(errors="replace")
-            raise error
-        parsed = json.loads(data) if data else {}
-        return parsed if isinstance(parsed, dict) else {}
+        return await call(self._api, method, path, query, body, APPLY_PATCH)
 
     def _collection(self, kind: str) -> str:
         return COLLECTIONS[kind].format(namespace=self.settings.namespace)

@@ -9,6 +9,7 @@ import yaml
 
 from xds_server.bootstrap import bootstrap
 from xds_server.envoy import envoy_binary
+from xds_server.listen import Address
 from xds_server.up.addresses import port_free
 from xds_server.up.processes import Supervised
 from xds_server.up.readiness import Probe, probe_once
@@ -18,7 +19,7 @@ ADMIN_HOST = "127.0.0.1"
 
 
 class GatewayEnvoy:
-    def __init__(self, key: str, run: RunContext, xds: tuple[str, int], admin_port: int) -> None:
+    def __init__(self, key: str, run: RunContext, xds: Address, admin_port: int) -> None:
         self.key = key
         self.run = run
         self.admin_port = admin_port
@@ -53,7 +54,7 @@ class GatewayEnvoy:
 
 
 class Envoys:
-    def __init__(self, run: RunContext, xds: tuple[str, int], admin_port: Callable[[], int]) -> None:
+    def __init__(self, run: RunContext, xds: Address, admin_port: Callable[[], int]) -> None:
         self.run = run
         self.xds = xds
         self._admin_port = admin_port

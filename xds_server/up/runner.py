@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -25,6 +26,7 @@ from translators.loader import ResourceSet
 from translators.resources.rbac import ClusterRole, ClusterRoleBinding, Role, RoleBinding, ServiceAccount
 from xds_server.control_plane import Build, ControlPlane
 from xds_server.envoy import EnvoyNotFound, envoy_binary
+from xds_server.listen import EXTPROC_SOCKET, XDS_SOCKET, Address, default_socket
 from xds_server.logs import configure
 from xds_server.serve import ControlPlaneService, stop_on_signals
 from xds_server.sources.files import FileSource, manifest_files
@@ -36,8 +38,8 @@ from xds_server.up.report import PodRow, Reporter, status_table
 from xds_server.up.workloads import RunContext, Workloads
 from xds_server.xds.sync import gateway_synced, rejections, wait_synced
 
-CONTROL_HOST = "127.0.0.1"  # ADS, ext_proc and admin only serve the local Envoys and the person at this machine
-DEFAULT_PORTS = {"xds": 18000, "admin": 19000, "extproc": 1063}
+CONTROL_HOST = "127.0.0.1"  # the admin serves the person at this machine only
+DEFAULT_ADMIN_PORT = 19000
 FIRST_ENVOY_ADMIN_PORT = 19901
 DRAIN_SYNC_SECONDS = 2.0  # how long a stopping pod waits for the Envoys to take the configuration without it
 DRAIN_GRACE_SECONDS = 0.5  # then for requests already routed to it (a picker's choice just before the change)
@@ -54,9 +56,13 @@ class UpConfig:
     buffer_limit_bytes: int = TranslateOptions.buffer_limit_bytes
     ready_file: Path | None = None
     log_dir: Path | None = None
-    free_ports: bool = False  # control plane and Envoy admin ports chosen free at random (tests, several runs)
+    # Admin ports chosen free at random and the gRPC sockets in a directory of the run's (tests, several runs).
+    free_ports: bool = False
     wait_seconds: float = 120.0  # startup gives up waiting for pods and Envoys after this long, and says why
     picker_debug: bool = False  # the picker answers x-gateway-picker-debug: true with the pick's scores
+    # ADS and ext_proc: by default Unix sockets in a directory of the run only this user may enter (xds_server.listen)
+    xds_address: Address | None = None
+    extproc_address: Address | None = None
 
 
 def _url_host(host: str) -> str:
@@ -73,28 +79,36 @@ class Runner:
         directory.mkdir(parents=True, exist_ok=True)
         self.reporter = Reporter(out, interactive=out.isatty())
         self.run = RunContext(self.run_id, directory.resolve(), self.reporter)
-        if config.free_ports:
-            self.ports = {name: free_port(CONTROL_HOST) for name in DEFAULT_PORTS}
-        else:
-            self.ports = dict(DEFAULT_PORTS)
+        self.admin_port = free_port(CONTROL_HOST) if config.free_ports else DEFAULT_ADMIN_PORT
+        # Short (a socket path has at most 107 bytes) and private: mkdtemp makes it 0700.
+        # ADS and ext_proc on Unix sockets by default: this user's (`xds-server status` and `bootstrap` find them),
+        # or with --free-ports a new directory of the run's, as free as a free port (mkdtemp makes it 0700; short,
+        # for a socket path has at most 107 bytes).
+        self.socket_dir: Path | None = None
+        xds, extproc = config.xds_address, config.extproc_address
+        if config.free_ports and (xds is None or extproc is None):
+            self.socket_dir = sockets = Path(tempfile.mkdtemp(prefix=f"xds-server-up-{self.run_id}-"))
+            xds = xds or Address(path=str(sockets / XDS_SOCKET))
+            extproc = extproc or Address(path=str(sockets / EXTPROC_SOCKET))
+        self.xds: Address = xds or default_socket(XDS_SOCKET)
+        self.extproc: Address = extproc or default_socket(EXTPROC_SOCKET)
         self.options = TranslateOptions(
             listener_address=config.listen_host,
             privileged_port_offset=config.privileged_port_offset,
-            extproc_host=CONTROL_HOST,
-            extproc_port=self.ports["extproc"],
+            extproc_host=self.extproc.host or CONTROL_HOST,
+            extproc_port=self.extproc.port,
+            extproc_unix=self.extproc.path,
             resolve_cluster_local=True,  # Backend FQDNs <svc>.<ns>.svc.cluster.local reach the local pods
             buffer_limit_bytes=config.buffer_limit_bytes,
         )
-        self.service = ControlPlaneService(
-            self.options, (CONTROL_HOST, self.ports["xds"]), (CONTROL_HOST, self.ports["admin"]), config.picker_debug
-        )
+        self.service = ControlPlaneService(self.options, self.xds, (CONTROL_HOST, self.admin_port), config.picker_debug)
         self.source = FileSource(config.paths)
         self.files = ResourceSet()
         self.publisher = Publisher(
             self._publish, lambda error: self.reporter.warn(f"rebuild failed ({error}); see control-plane.log")
         )
         self.workloads = Workloads(self.run, self._changed, self._drained)
-        self.envoys = Envoys(self.run, (CONTROL_HOST, self.ports["xds"]), self._envoy_admin_port)
+        self.envoys = Envoys(self.run, self.xds, self._envoy_admin_port)
         self._serving = False
         self._next_admin_port = FIRST_ENVOY_ADMIN_PORT
         self.announced: dict[str, list[str]] = {}
@@ -237,9 +251,9 @@ class Runner:
                 for key, urls in sorted(self.announced.items())
             ],
             "control_plane": {
-                "xds": f"{CONTROL_HOST}:{self.ports['xds']}",
-                "admin": f"http://{CONTROL_HOST}:{self.ports['admin']}",
-                "extproc": f"{CONTROL_HOST}:{self.ports['extproc']}",
+                "xds": str(self.xds),
+                "admin": f"http://{CONTROL_HOST}:{self.admin_port}",
+                "extproc": str(self.extproc),
             },
             "run_id": self.run_id,
             "pid": os.getpid(),
@@ -322,14 +336,14 @@ class Runner:
             await self.service.start()
         except (RuntimeError, OSError) as error:
             self.reporter.info(
-                f"error: cannot start the control plane (ADS port {self.ports['xds']}, ext_proc "
-                f"{self.ports['extproc']}, admin {self.ports['admin']}): {error}\nIs another `xds-server serve` "
-                "or `up` running? `--free-ports` picks free ports."
+                f"error: cannot start the control plane (ADS {self.xds}, ext_proc {self.extproc}, admin port "
+                f"{self.admin_port}): {error}\nIs another `xds-server serve` or `up` running? `--free-ports` picks "
+                "a free admin port and sockets of this run's."
             )
             return False
         self.reporter.info(
-            f"control plane: ADS {CONTROL_HOST}:{self.ports['xds']}, ext_proc {CONTROL_HOST}:"
-            f"{self.ports['extproc']}, admin http://{CONTROL_HOST}:{self.ports['admin']} (/debug/status)"
+            f"control plane: ADS {self.xds}, ext_proc {self.extproc} (only this user may open its sockets), admin "
+            f"http://{CONTROL_HOST}:{self.admin_port} (/debug/status)"
         )
         self._serving = True
         return True
@@ -375,6 +389,8 @@ class Runner:
             await self.service.stop()
             if self.config.ready_file is not None:
                 self.config.ready_file.unlink(missing_ok=True)
+            if self.socket_dir is not None:
+                shutil.rmtree(self.socket_dir, ignore_errors=True)
             self.reporter.info("stopped")
 
 

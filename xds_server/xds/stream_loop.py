@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 
+from xds_server import metrics
 from xds_server.xds.streams import ClientRegistry, ClientStream, XdsProtocol
+
+log = logging.getLogger(__name__)
 
 
 class Request(Protocol):
@@ -47,16 +51,24 @@ class Wakeups:
             queue.put_nowait(None)
 
 
+Context = grpc.aio.ServicerContext[Any, Any]  # the request and response types vary by protocol
+# Whether a stream's peer may have a snapshot: None when it may, else (reason, message) (see `xds_server.identity`).
+Authorize = Callable[[Context, str], tuple[str, str] | None]
+
+
 async def run_stream(
     request_iterator: AsyncIterator[Req],
-    context: grpc.aio.ServicerContext[Any, Any],  # the request and response types vary by protocol
+    context: Context,
     clients: ClientRegistry,
     protocol: XdsProtocol,
     wakeups: Wakeups,
     session_for: Callable[[ClientStream], Session[Req, Resp]],
+    authorize: Authorize | None = None,
 ) -> AsyncIterator[Resp]:
     """Requests and snapshot changes (a `None` put on the stream's queue) share one queue per stream, so each stream
-    handles them in order and on its own: a slow client only fills its own gRPC send buffer."""
+    handles them in order and on its own: a slow client only fills its own gRPC send buffer. With `authorize`, a
+    stream whose node asks for a snapshot its peer may not have is ended with PERMISSION_DENIED before anything is
+    sent."""
     events: asyncio.Queue[object] = asyncio.Queue()
     stream = clients.open(protocol)
     session = session_for(stream)
@@ -79,6 +91,12 @@ async def run_stream(
                 if not stream.key:
                     if not request.node.id or not request.node.cluster:
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first request needs node id and cluster")
+                    refused = authorize(context, request.node.cluster) if authorize is not None else None
+                    if refused is not None:
+                        reason, message = refused
+                        metrics.REFUSED_STREAMS.labels("ads", reason).inc()
+                        log.warning("ADS stream of node %r refused: %s", request.node.id, message)
+                        await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
                     clients.identified(stream, request.node.id, request.node.cluster)
                     wakeups.add(stream.key, events)
                 responses = session.on_request(request)

@@ -68,9 +68,10 @@ KINDS: tuple[Kind, ...] = (
     # Core kinds: every change is published (a Pod's readiness and IP, a Secret's data, a Namespace's labels).
     Kind("", "v1", "Service", "services"),
     Kind("", "v1", "Pod", "pods"),
-    # Helm keeps every release revision as a Secret of this type (often hundreds of KiB each); no route can use
-    # one as a credential, so they are not even listed.
-    Kind("", "v1", "Secret", "secrets", field_selector="type!=helm.sh/release.v1"),
+    # Helm keeps every release revision as a Secret of this type (often hundreds of KiB each), and the controller's
+    # CA key is in one of type xds-server.io/ca (kube/tls_secrets.py reads it itself); no route can use either as a
+    # credential, so they are not even listed.
+    Kind("", "v1", "Secret", "secrets", field_selector="type!=helm.sh/release.v1,type!=xds-server.io/ca"),
     Kind("", "v1", "ConfigMap", "configmaps"),
     Kind("apps", "v1", "Deployment", "deployments"),
     Kind("", "v1", "Namespace", "namespaces", namespaced=False),
