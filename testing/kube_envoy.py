@@ -6,11 +6,8 @@ loopback ports. Every test that runs an Envoy against `serve --kubernetes` goes 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ from testing.envoy import Envoy
 from testing.mtls import write_like_kubelet
 from testing.ports import free_port
 from testing.processes import Serve, serve_port
-from testing.web import http_get, wait_for
+from testing.web import eventually_async, http_get, wait_for
 from xds_server.kube.infra import BOOTSTRAP_FILE, infra_name, tls_secret_name
 
 SECONDS = 60.0  # for the leader to provision, on a loaded machine
@@ -76,20 +73,10 @@ async def provisioned_certificate(api: k8s.ApiClient, controller_namespace: str,
     """The files of a Gateway's certificate Secret, once the leader has provisioned it."""
     namespace, name = gateway.split("/", 1)
     secret_name = tls_secret_name(namespace, name)
-    found: dict[str, bytes] = await wait_for_value(
-        lambda: read_secret(api, controller_namespace, secret_name), f"Secret {secret_name}"
+    found: dict[str, bytes] = await eventually_async(
+        lambda: read_secret(api, controller_namespace, secret_name), f"Secret {secret_name}", SECONDS
     )
     return found
-
-
-async def wait_for_value(probe: Callable[[], Any], what: str, seconds: float = SECONDS) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = await asyncio.to_thread(probe)
-        if found:
-            return found
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what} not provisioned after {seconds} s")
 
 
 class KubeEnvoy(Envoy):
@@ -151,8 +138,8 @@ async def start_provisioned_envoy(
     Gateway's Secret instead, as a stolen or misrouted certificate would be)."""
     namespace, name = gateway.split("/", 1)
     object_name = infra_name(namespace, name)
-    config = await wait_for_value(
-        lambda: read_config_map(api, controller_namespace, object_name), f"ConfigMap {object_name}"
+    config = await eventually_async(
+        lambda: read_config_map(api, controller_namespace, object_name), f"ConfigMap {object_name}", SECONDS
     )
     certificate = await provisioned_certificate(api, controller_namespace, certificate_of or gateway)
     return KubeEnvoy(tmp_path, serve, gateway, config[BOOTSTRAP_FILE], certificate, node_id, delta)

@@ -105,6 +105,19 @@ def eventually(check: Callable[[], Any], what: str) -> Any:
         time.sleep(0.05)
 
 
+async def eventually_async(probe: Callable[[], Any], what: str, seconds: float = SECONDS) -> Any:
+    """`eventually` for async tests whose probe blocks (an API call, an HTTP request): `probe` runs in a thread every
+    0.2 s until it returns something truthy, which is returned; the failure names the last value."""
+    deadline = time.monotonic() + seconds
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await asyncio.to_thread(probe)
+        if last:
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what}: still {last!r} after {seconds} s")
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     """The value of one sample of the Prometheus text `text`, 0 when absent."""
     for line in text.splitlines():

@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import functools
 import re
 import subprocess
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +25,7 @@ from testing.cases import SEED, TUTORIAL
 from testing.kube_cluster import CRDS, KubeCluster, crd_documents
 from testing.ports import free_port
 from testing.processes import Serve, stop_process
-from testing.web import http_get
+from testing.web import eventually_async, http_get
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTROLLER_CHART = ROOT / "charts" / "xds-server"
@@ -339,15 +339,8 @@ def status_checks(docs: list[dict[str, Any]]) -> list[tuple[str, Callable[[dict[
     return [(d["kind"], checks[d["kind"]], d) for d in docs if d["kind"] in checks]
 
 
-async def eventually(probe: Callable[[], Any], what: str, seconds: float = STATUS_TIMEOUT) -> Any:
-    deadline = time.monotonic() + seconds
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await asyncio.to_thread(probe)
-        if last:
-            return last
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"{what}: still {last!r} after {seconds} s")
+# Polls a blocking probe in a thread until it holds (testing.web.eventually_async), with this file's patience.
+eventually = functools.partial(eventually_async, seconds=STATUS_TIMEOUT)
 
 
 def service_account_kubeconfig(cluster: KubeCluster, namespace: str, account: str, path: Path) -> Path:

@@ -4,6 +4,7 @@ invalid and foreign objects, ReferenceGrants, and two replicas sharing one Lease
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from testing.kube_envoy import start_provisioned_envoy
 from testing.manifests import backend_route, gateway
 from testing.ports import free_port
 from testing.processes import Serve, serve_port, stop_process, xds_server_status
-from testing.web import http_get, upstream
+from testing.web import eventually_async, http_get, upstream
 
 OURS = "gateway.envoyproxy.io/gatewayclass-controller"
 # The verbatim tutorial when it is beside the repository, else the project's own copy of it.
@@ -67,16 +68,8 @@ def our_parents(obj: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in (obj.get("status") or {}).get("parents") or [] if p.get("controllerName") == OURS]
 
 
-async def eventually(probe: Callable[[], Any], what: str, seconds: float = STATUS_TIMEOUT) -> Any:
-    """Polls `probe` (run in a thread) until it returns something truthy; fails with the last value."""
-    deadline = time.monotonic() + seconds
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await asyncio.to_thread(probe)
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what}: still {last!r} after {seconds} s")
+# Polls a blocking probe in a thread until it holds (testing.web.eventually_async), with this file's patience.
+eventually = functools.partial(eventually_async, seconds=STATUS_TIMEOUT)
 
 
 def controller(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http.client
 import json
 import random
@@ -30,7 +31,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from testing.manifests import TUTORIAL_PICKER_CONFIG, gateway
 from testing.ports import free_port, port_free_on
 from testing.processes import Serve, stop_process
 from testing.sims import SimProcess, start_sim
-from testing.web import Response, request
+from testing.web import Response, eventually_async, request
 
 POOL = "llama"
 POOL_GROUP = "inference.networking.k8s.io"
@@ -80,16 +81,8 @@ def condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, 
     return next((c for c in conditions or [] if c.get("type") == type_), None)
 
 
-async def eventually(probe: Callable[[], Any], what: str, seconds: float = TIMEOUT) -> Any:
-    """Polls `probe` (in a thread) until it returns something truthy; fails with the last value."""
-    deadline = time.monotonic() + seconds
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await asyncio.to_thread(probe)
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what}: still {last!r} after {seconds} s")
+# Polls a blocking probe in a thread until it holds (testing.web.eventually_async), with this file's patience.
+eventually = functools.partial(eventually_async, seconds=TIMEOUT)
 
 
 def pod_object(name: str, labels: dict[str, str], port: int) -> dict[str, Any]:
@@ -274,7 +267,9 @@ class Lab:
                 assert answer.json()["choices"], answer.text
             pod = answer.headers["x-inference-pod"]
             # The record is written before the EPP answers Envoy; polled only in case the file lags.
-            picks = await eventually(lambda b=before: len(p := self.epp.picks()) > b and p, "the EPP's pick", 30)
+            picks = await eventually(
+                lambda b=before: len(p := self.epp.picks()) > b and p, "the EPP's pick", seconds=30
+            )
             assert len(picks) == before + 1, picks[before:]
             assert picks[before] == self.endpoints[pod], (pod, picks[before])
             served.append(pod)
