@@ -1,10 +1,16 @@
-"""A throwaway Kubernetes control plane on loopback: real etcd and kube-apiserver, no controllers, no nodes, for
-the e2e tests of e2e/kube (through its conftest) and for benchmarks.
+"""A throwaway Kubernetes control plane: real etcd and kube-apiserver, for the e2e tests of e2e/kube (through its
+conftest) and for benchmarks; with a pod network, also kube-controller-manager and kube-scheduler, for a local node.
 
 The binaries come from e2e/kube/build-binaries.sh (pinned in e2e/kube/gomod/, cached by version). `running_cluster`
 starts etcd and kube-apiserver on random free 127.0.0.1 ports with a fresh CA, serving certificate, service-account
 key and a `system:masters` token, applies the CRDs (by default the files the repository's CRD chart renders,
-charts/xds-server-crds/charts/upstream/files), and stops both processes on the way out, whatever happened inside.
+charts/xds-server-crds/charts/upstream/files), and stops its processes on the way out, whatever happened inside.
+
+Without a network that is all: no controllers, no nodes. Given a `ClusterNetwork` (testing/localnode/network.py,
+created and destroyed by the caller) the API server serves on the network's node address instead, with the network's
+Service range and the `kubernetes` Service pointing at it, and the controller manager and scheduler
+(testing/kube_controllers.py) run against it, so Deployments make Pods, Pods get scheduled onto Nodes, Services get
+EndpointSlices and namespaces get their `default` ServiceAccount and `kube-root-ca.crt`.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import base64
 import contextlib
 import ctypes
 import datetime
+import functools
 import ipaddress
 import json
 import os
@@ -21,10 +28,11 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +45,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from testing.kube_controllers import (
+    COMPONENT_READY_TIMEOUT,
+    COMPONENT_USERS,
+    controller_manager_argv,
+    scheduler_argv,
+)
+from testing.localnode.network import ClusterNetwork
 from testing.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +86,9 @@ class KubeCluster:
     ca_file: Path
     etcd_url: str
     workdir: Path
+    # The pod network the control plane serves (API server on its node address, controllers and scheduler running);
+    # None for the bare loopback API server.
+    network: ClusterNetwork | None
     _apiserver: _ApiServer = field(repr=False, compare=False)
 
     def restart_apiserver(self, down_seconds: float = 0.0) -> None:
@@ -106,7 +124,8 @@ def binary_dir() -> Path:
 
 
 def binaries_present(directory: Path) -> bool:
-    return all(os.access(directory / name, os.X_OK) for name in ("etcd", "kube-apiserver"))
+    names = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+    return all(os.access(directory / name, os.X_OK) for name in names)
 
 
 def build_binaries() -> Path:
@@ -128,8 +147,9 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _make_pki(directory: Path) -> dict[str, Path]:
-    """A CA, a serving certificate for 127.0.0.1/localhost signed by it, and a service-account signing key.
+def _make_pki(directory: Path, extra_ips: Sequence[str] = ()) -> dict[str, Path]:
+    """A CA, a serving certificate for 127.0.0.1/localhost (and `extra_ips`) signed by it, and a service-account
+    signing key.
 
     EC P-256 throughout: generating it is instant (RSA would add noticeable startup time) and both kube-apiserver's
     TLS stack and its service-account token signer (ES256) accept it.
@@ -181,6 +201,7 @@ def _make_pki(directory: Path) -> dict[str, Path]:
             x509.SubjectAlternativeName(
                 [
                     x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
+                    *(x509.IPAddress(ipaddress.ip_address(address)) for address in extra_ips),
                     x509.DNSName("localhost"),
                     # The in-cluster names, so a client configured the in-cluster way still verifies the server.
                     x509.DNSName("kubernetes"),
@@ -218,15 +239,15 @@ def _make_pki(directory: Path) -> dict[str, Path]:
     return paths
 
 
-def _write_kubeconfig(path: Path, server: str, ca_file: Path, token: str) -> None:
+def _write_kubeconfig(path: Path, server: str, ca_file: Path, token: str, user: str = "admin") -> None:
     # CA embedded as data so the kubeconfig stays valid if it is copied out of the work dir for debugging.
     ca_data = base64.b64encode(ca_file.read_bytes()).decode()
     kubeconfig = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "test", "cluster": {"server": server, "certificate-authority-data": ca_data}}],
-        "users": [{"name": "admin", "user": {"token": token}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin", "namespace": "default"}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": user, "namespace": "default"}}],
         "current-context": "test",
     }
     path.write_text(yaml.safe_dump(kubeconfig, sort_keys=False))
@@ -365,15 +386,19 @@ def _start_apiserver(
     token: str,
     workdir: Path,
     started: list[_Process],
+    network: ClusterNetwork | None,
 ) -> tuple[_ApiServer, str]:
-    port = free_port()
-    server = f"https://127.0.0.1:{port}"
+    # On the node address with a network, so pods on its bridge reach it (directly, or through the `kubernetes`
+    # Service, whose endpoint is the advertised address); binding that address:0 also proves the port free there.
+    host = network.node_ip if network is not None else "127.0.0.1"
+    port = free_port(host)
+    server = f"https://{host}:{port}"
     argv = [
         str(apiserver),
         f"--etcd-servers={etcd_url}",
-        "--bind-address=127.0.0.1",
+        f"--bind-address={host}",
         # Without it the API server looks for a non-loopback interface to advertise, which a sandbox may not have.
-        "--advertise-address=127.0.0.1",
+        f"--advertise-address={host}",
         f"--secure-port={port}",
         # Unused with explicit certificates, but otherwise it defaults to /var/run/kubernetes.
         f"--cert-dir={workdir / 'apiserver-certs'}",
@@ -384,16 +409,23 @@ def _start_apiserver(
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki['sa_pub']}",
         f"--service-account-signing-key-file={pki['sa_key']}",
-        # Only allocates ClusterIPs to Services written to this API server; no traffic goes there.
-        "--service-cluster-ip-range=10.0.0.0/24",
-        # The `kubernetes` Service's endpoints would be 127.0.0.1, which endpoint validation rejects; nothing here
-        # needs them.
-        "--endpoint-reconciler-type=none",
         # Serve lists and watches from etcd, not from the API server's watch cache: the cache keeps serving a
         # resourceVersion for a while after etcd compacted it, so with it a test could not force "410 Gone" on
         # demand. Informers behave the same either way.
         "--watch-cache=false",
     ]
+    if network is None:
+        argv += [
+            # Only allocates ClusterIPs to Services written to this API server; no traffic goes there.
+            "--service-cluster-ip-range=10.0.0.0/24",
+            # The `kubernetes` Service's endpoints would be 127.0.0.1, which endpoint validation rejects; nothing
+            # here needs them.
+            "--endpoint-reconciler-type=none",
+        ]
+    else:
+        # The default (lease) endpoint reconciler stays: it points the `kubernetes` Service, whose ClusterIP is the
+        # first of the range (network.kubernetes_service_ip), at node_ip:port, where the service proxy forwards.
+        argv.append(f"--service-cluster-ip-range={network.service_cidr}")
     context = ssl.create_default_context(cafile=str(pki["ca"]))
 
     def ready() -> bool:
@@ -476,7 +508,12 @@ def apply_crds(api_client: k8s.ApiClient, documents: list[dict[str, Any]]) -> No
         # The raw dict goes through as-is; _preload_content=False skips the typed model, whose validation of CRD
         # status fields is stricter than the API server's.
         read_json(api.create_custom_resource_definition(body=doc, _preload_content=False))  # type: ignore[arg-type]
+    wait_for_crds(api_client, documents)
 
+
+def wait_for_crds(api_client: k8s.ApiClient, documents: list[dict[str, Any]]) -> None:
+    """Until every CRD of `documents` (created by whoever) is Established and in discovery."""
+    api = k8s.ApiextensionsV1Api(api_client)
     deadline = time.monotonic() + CRD_ESTABLISHED_TIMEOUT
     pending = {doc["metadata"]["name"]: doc for doc in documents}
     while pending:
@@ -513,20 +550,95 @@ def _served_in_discovery(api_client: k8s.ApiClient, crd: dict[str, Any]) -> bool
 # --- the whole thing ----------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def running_cluster(workdir: Path, bin_dir: Path, crds: Path = CRDS) -> Iterator[KubeCluster]:
-    """etcd + kube-apiserver with the CRDs applied, for the duration of the `with` block.
+def _start_controllers(
+    bin_dir: Path,
+    server: str,
+    pki: dict[str, Path],
+    tokens: dict[str, str],
+    network: ClusterNetwork,
+    workdir: Path,
+    started: list[_Process],
+) -> None:
+    """kube-controller-manager, then kube-scheduler, each with its own kubeconfig (its own token, so the API server
+    sees it as the user the bootstrap RBAC policy authorizes), each waited for on its /healthz."""
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+    for name, build_argv in (("kube-controller-manager", controller_manager_argv), ("kube-scheduler", scheduler_argv)):
+        user = COMPONENT_USERS[name]
+        kubeconfig = workdir / f"{name}.kubeconfig"
+        _write_kubeconfig(kubeconfig, server, pki["ca"], tokens[user], user=user)
+        port = free_port(network.node_ip)
+        argv = build_argv(bin_dir / name, kubeconfig, pki, network, port, workdir)
+        process = _start(name, argv, workdir / f"{name}.log", started)
+        healthy = functools.partial(_answers_ok, f"https://{network.node_ip}:{port}/healthz", context)
+        _wait_until(process, COMPONENT_READY_TIMEOUT, "healthy (/healthz)", healthy)
 
-    `workdir` receives certificates, the kubeconfig and the process logs (kept for post-mortems); etcd's data dir
-    inside it is removed on exit. Both processes are stopped and reaped on exit, on success or failure alike.
+
+LOCAL_NODE_NAME = "local-node"
+
+
+def _start_local_node(
+    server: str,
+    kubeconfig: Path,
+    pki: dict[str, Path],
+    token: str,
+    network: ClusterNetwork,
+    workdir: Path,
+    started: list[_Process],
+) -> None:
+    """`python -m testing.localnode` with the admin kubeconfig, until its Node is Ready and the `default` namespace
+    has the ServiceAccount every pod there needs."""
+    argv = [sys.executable, "-m", "testing.localnode", "--kubeconfig", str(kubeconfig)]
+    argv += ["--network-index", str(network.index), "--workdir", str(workdir / "node"), "--node-name", LOCAL_NODE_NAME]
+    process = _start("local-node", argv, workdir / "local-node.log", started)
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+
+    def ready() -> bool:
+        status, body = _get(f"{server}/api/v1/nodes/{LOCAL_NODE_NAME}", context, token)
+        if status != 200 or not _condition_true(json.loads(body), "Ready"):
+            return False
+        return _get(f"{server}/api/v1/namespaces/default/serviceaccounts/default", context, token)[0] == 200
+
+    _wait_until(process, COMPONENT_READY_TIMEOUT, "ready (its Node Ready, default/default ServiceAccount)", ready)
+
+
+def _answers_ok(url: str, context: ssl.SSLContext) -> bool:
+    return _get(url, context)[0] == 200
+
+
+@contextlib.contextmanager
+def running_cluster(
+    workdir: Path,
+    bin_dir: Path,
+    crds: Path | None = CRDS,
+    network: ClusterNetwork | None = None,
+    local_node: bool = False,
+) -> Iterator[KubeCluster]:
+    """etcd + kube-apiserver with the CRDs applied, for the duration of the `with` block; with `network`, the API
+    server serves on its node address and kube-controller-manager and kube-scheduler run too (see the module
+    docstring). The network belongs to the caller, who creates it before and destroys it after. `local_node` (with a
+    network) adds the local node (testing/localnode: kubelet, service proxy, cluster DNS), and the cluster is ready
+    when the node is and the `default` namespace has its ServiceAccount (before that, pods are refused). `crds=None`
+    applies no CRDs (a test that installs them itself, with the CRD chart).
+
+    `workdir` receives certificates, the kubeconfigs and the process logs (kept for post-mortems); etcd's data dir
+    inside it is removed on exit. Every process is stopped and reaped on exit, on success or failure alike.
     """
-    documents = crd_documents(crds)
+    if local_node and network is None:
+        raise ValueError("a local node needs a pod network")
+    documents = crd_documents(crds) if crds is not None else []
     workdir.mkdir(parents=True, exist_ok=True)
-    pki = _make_pki(workdir / "pki")
+    # The in-cluster ways to the API server: the node address and the `kubernetes` Service's ClusterIP.
+    extra_ips = [network.node_ip, network.kubernetes_service_ip] if network is not None else []
+    pki = _make_pki(workdir / "pki", extra_ips)
     token = secrets.token_urlsafe(32)
+    users = COMPONENT_USERS.values() if network is not None else ()
+    component_tokens = {user: secrets.token_urlsafe(32) for user in users}
     token_file = workdir / "tokens.csv"
-    # token,user,uid,"groups": system:masters is bound to cluster-admin by the API server's bootstrap RBAC policy.
-    token_file.write_text(f'{token},xds-server-test,xds-server-test,"system:masters"\n')
+    # token,user,uid,"groups": system:masters is bound to cluster-admin by the API server's bootstrap RBAC policy,
+    # which also binds the users system:kube-controller-manager and system:kube-scheduler to their own roles.
+    lines = [f'{token},xds-server-test,xds-server-test,"system:masters"']
+    lines += [f"{component_token},{user},{user}" for user, component_token in component_tokens.items()]
+    token_file.write_text("".join(f"{line}\n" for line in lines))
     token_file.chmod(0o600)
     data_dir = workdir / "etcd-data"
     processes: list[_Process] = []
@@ -534,7 +646,7 @@ def running_cluster(workdir: Path, bin_dir: Path, crds: Path = CRDS) -> Iterator
     try:
         _, etcd_url = _start_etcd(bin_dir / "etcd", data_dir, workdir / "etcd.log", processes)
         apiserver, server = _start_apiserver(
-            bin_dir / "kube-apiserver", etcd_url, pki, token_file, token, workdir, processes
+            bin_dir / "kube-apiserver", etcd_url, pki, token_file, token, workdir, processes, network
         )
 
         kubeconfig = workdir / "kubeconfig"
@@ -547,6 +659,11 @@ def running_cluster(workdir: Path, bin_dir: Path, crds: Path = CRDS) -> Iterator
             raise ClusterStartError(
                 f"{err}\nlast lines of {apiserver.process.log}:\n{log_tail(apiserver.process.log)}"
             ) from err
+        if network is not None:
+            # After the CRDs, so the garbage collector's and quota controller's first discovery already has them.
+            _start_controllers(bin_dir, server, pki, component_tokens, network, workdir, processes)
+            if local_node:
+                _start_local_node(server, kubeconfig, pki, token, network, workdir, processes)
 
         yield KubeCluster(
             kubeconfig=kubeconfig,
@@ -556,12 +673,14 @@ def running_cluster(workdir: Path, bin_dir: Path, crds: Path = CRDS) -> Iterator
             ca_file=pki["ca"],
             etcd_url=etcd_url,
             workdir=workdir,
+            network=network,
             _apiserver=apiserver,
         )
     finally:
         if api_client is not None:
             api_client.close()  # type: ignore[no-untyped-call]  # the kubernetes client leaves these unannotated
-        # The API server first: stopping etcd under it only produces a burst of reconnect errors in its log.
+        # Reverse start order: the scheduler and controller manager, then the API server, then etcd (stopping etcd
+        # under the API server only produces a burst of reconnect errors in its log).
         for process in reversed(processes):
             process.stop()
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the kube-apiserver and etcd that the cluster tests (e2e/kube) run, from the Go module proxy, with the
+# Builds the etcd, kube-apiserver, kube-controller-manager and kube-scheduler that the cluster tests (e2e/kube) run, from the Go module proxy, with the
 # machine's Go toolchain, into a cache directory keyed by their versions. When both binaries are already there
 # it only checks them and exits, so CI and `python -m pytest` can call it every time.
 #
@@ -33,7 +33,10 @@ if [[ "${1:-}" == "--print-dir" ]]; then
 fi
 
 have_binaries() {
-  [[ -x "$bin_dir/kube-apiserver" && -x "$bin_dir/etcd" ]]
+  local name
+  for name in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+    [[ -x "$bin_dir/$name" ]] || return 1
+  done
 }
 
 if have_binaries; then
@@ -95,9 +98,14 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 
 [[ -x "$bin_dir/etcd" ]] || build etcd "$gomod/etcd" go.etcd.io/etcd/server/v3 "-s -w"
-[[ -x "$bin_dir/kube-apiserver" ]] ||
-  build kube-apiserver "$gomod/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver "$k8s_ldflags"
+# The three Kubernetes binaries come from one pinned module (gomod/kube-apiserver), so they share the build cache:
+# the second and third take well under a minute after the first.
+for name in kube-apiserver kube-controller-manager kube-scheduler; do
+  [[ -x "$bin_dir/$name" ]] || build "$name" "$gomod/kube-apiserver" "k8s.io/kubernetes/cmd/$name" "$k8s_ldflags"
+done
 
 "$bin_dir/etcd" --version >&2
 "$bin_dir/kube-apiserver" --version >&2
+"$bin_dir/kube-controller-manager" --version >&2
+"$bin_dir/kube-scheduler" --version >&2
 echo "$bin_dir"

@@ -10,7 +10,6 @@ import base64
 import copy
 import functools
 import re
-import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +21,9 @@ from kubernetes import client as k8s
 from kubernetes.dynamic import DynamicClient
 
 from testing.cases import SEED, TUTORIAL
+from testing.helm import Helm
 from testing.kube_cluster import CRDS, KubeCluster, crd_documents
+from testing.kube_objects import apply, documents
 from testing.ports import free_port
 from testing.processes import Serve, stop_process
 from testing.web import eventually_async, http_get
@@ -61,42 +62,6 @@ CRD_GROUPS = {
 
 
 # --- helm ---------------------------------------------------------------------------------------------------------
-
-
-class Helm:
-    """The helm binary with its own config, cache and data folders (never the user's), talking to `kubeconfig`."""
-
-    def __init__(self, binary: Path, home: Path, kubeconfig: Path | None = None) -> None:
-        self.binary = binary
-        self.home = home
-        self.kubeconfig = kubeconfig
-        home.mkdir(parents=True, exist_ok=True)
-
-    def run(self, *args: str, values: dict[str, Any] | None = None) -> str:
-        command = [str(self.binary), *args]
-        if values:
-            values_file = self.home / f"values-{uuid.uuid4().hex[:8]}.yaml"
-            values_file.write_text(yaml.safe_dump(values))
-            command += ["--values", str(values_file)]
-        if self.kubeconfig is not None:
-            command += ["--kubeconfig", str(self.kubeconfig)]
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "HOME": str(self.home),
-            "HELM_CONFIG_HOME": str(self.home / "config"),
-            "HELM_CACHE_HOME": str(self.home / "cache"),
-            "HELM_DATA_HOME": str(self.home / "data"),
-        }
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-        assert done.returncode == 0, f"{' '.join(command)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
-        return done.stdout
-
-    def template(
-        self, chart: Path, values: dict[str, Any] | None = None, namespace: str = "xs"
-    ) -> list[dict[str, Any]]:
-        out = self.run("template", "rel", str(chart), "--namespace", namespace, values=values)
-        # libyaml's loader: the pure-Python one takes seconds for the 3.8 MB of CRDs.
-        return [doc for doc in yaml.load_all(out, Loader=yaml.CSafeLoader) if isinstance(doc, dict)]
 
 
 @pytest.fixture
@@ -267,10 +232,6 @@ def test_each_crd_group_can_be_turned_off(helm: Helm, fixture_crds: list[dict[st
 # --- installed into the API server --------------------------------------------------------------------------------
 
 
-def documents(text: str) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(text) if isinstance(doc, dict) and doc.get("kind")]
-
-
 def tutorial(namespace: str, parameters_namespace: str, class_name: str) -> list[dict[str, Any]]:
     """The tutorial in `namespace`, its GatewayClass renamed (GatewayClasses are cluster-wide, and other tests apply
     the tutorial too) and its EnvoyProxy in `parameters_namespace`: nothing a previous test wrote a status on."""
@@ -287,16 +248,6 @@ def tutorial(namespace: str, parameters_namespace: str, class_name: str) -> list
         metadata["namespace"] = parameters_namespace if doc["kind"] == "EnvoyProxy" else namespace
         docs.append(doc)
     return docs
-
-
-def apply(dynamic: DynamicClient, docs: list[dict[str, Any]]) -> None:
-    """Server-side apply, as `kubectl apply --server-side` does."""
-    for doc in docs:
-        resource = dynamic.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
-        target = doc["metadata"]["namespace"] if resource.namespaced else None
-        if target is None:
-            doc = {**doc, "metadata": {k: v for k, v in doc["metadata"].items() if k != "namespace"}}
-        dynamic.server_side_apply(resource, body=doc, namespace=target, field_manager="e2e", force_conflicts=True)
 
 
 def condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:

@@ -453,7 +453,8 @@ def main(argv: Sequence[str]) -> int:
     port = args.port if args.port is not None else int(os.environ.get("LISTENER_PORT") or DEFAULT_PORT)
     settings = Settings(
         upstream_id=upstream_id,
-        pod_name=os.environ.get("POD_NAME") or upstream_id,
+        # In a pod (a kubelet sets HOSTNAME to the pod's name) the pod, else the id: x-inference-pod names it.
+        pod_name=os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or upstream_id,
         sse_gap_seconds=max(args.sse_gap_ms, 0.0) / 1000,
         models=tuple(args.model),
     )

@@ -30,7 +30,7 @@ except OSError:
     _LIBC = None
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
+def die_with_parent(parent: int) -> Callable[[], None]:
     def preexec() -> None:
         if _LIBC is not None:
             _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -89,7 +89,7 @@ class Supervised:
                     stderr=subprocess.STDOUT,
                     env=self.env,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent(os.getpid()),
+                    preexec_fn=die_with_parent(os.getpid()),
                 )
             except OSError as error:
                 out.write(f"--- cannot start: {error}\n".encode())

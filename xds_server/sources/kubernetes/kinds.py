@@ -25,6 +25,9 @@ class Kind:
     # Narrows what is listed and watched (a `fieldSelector`), for kinds with many objects the translator never
     # reads.
     field_selector: str = ""
+    # Stored trimmed to what the translator reads (objects.strip): thousands of Pods then cost little memory. A
+    # reader that needs whole objects (the test suite's local kubelet) watches an untrimmed Kind.
+    trimmed: bool = False
 
     @property
     def api_version(self) -> str:
@@ -67,7 +70,7 @@ KINDS: tuple[Kind, ...] = (
     Kind(INFERENCE_X, "v1alpha2", "InferenceObjective", "inferenceobjectives", status_subresource=True),
     # Core kinds: every change is published (a Pod's readiness and IP, a Secret's data, a Namespace's labels).
     Kind("", "v1", "Service", "services"),
-    Kind("", "v1", "Pod", "pods"),
+    Kind("", "v1", "Pod", "pods", trimmed=True),
     # Helm keeps every release revision as a Secret of this type (often hundreds of KiB each), and the controller's
     # CA key is in one of type xds-server.io/ca (kube/tls_secrets.py reads it itself); no route can use either as a
     # credential, so they are not even listed.

@@ -24,7 +24,7 @@ def strip(kind: Kind, raw: dict[str, Any]) -> dict[str, Any]:
     metadata = dict(metadata) if isinstance(metadata, dict) else {}
     metadata.pop("managedFields", None)
     kept = {**raw, "apiVersion": kind.api_version, "kind": kind.kind, "metadata": metadata}
-    if kind.group == "" and kind.kind == "Pod":
+    if kind.trimmed and kind.group == "" and kind.kind == "Pod":
         return _pod(kept)
     return kept
 

@@ -16,8 +16,9 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -25,7 +26,6 @@ from xds_server import metrics
 from xds_server.sources.kubernetes.client import ApiError, Gone, NotFound, Query, RawApi
 from xds_server.sources.kubernetes.kinds import Kind
 from xds_server.sources.kubernetes.objects import metadata, resource_version, strip
-from xds_server.sources.kubernetes.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,20 @@ class Timing:
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 5.0
     absent_retry_s: float = 30.0  # a kind the API server does not serve (CRD not installed) is looked for again
+
+
+class ReflectedStore(Protocol):
+    """What a reflector keeps up to date: the source's Store, or any other keeper of raw objects."""
+
+    def key(self, kind: Kind, raw: dict[str, Any]) -> tuple[str, str]: ...
+
+    def upsert(self, kind: Kind, raw: dict[str, Any]) -> bool: ...
+
+    def delete(self, kind: Kind, namespace: str, name: str) -> bool: ...
+
+    def replace(self, kind: Kind, namespace: str | None, raws: Iterable[dict[str, Any]]) -> int: ...
+
+    def delete_unlisted(self, kind: Kind, namespace: str | None, listed: set[tuple[str, str]]) -> int: ...
 
 
 class Backoff:
@@ -63,7 +77,7 @@ class Backoff:
 
 
 class Reflector:
-    def __init__(self, api: RawApi, kind: Kind, namespace: str | None, store: Store, timing: Timing) -> None:
+    def __init__(self, api: RawApi, kind: Kind, namespace: str | None, store: ReflectedStore, timing: Timing) -> None:
         self.api = api
         self.kind = kind
         self.namespace = namespace if kind.namespaced else None  # cluster-scoped kinds are always cluster-wide

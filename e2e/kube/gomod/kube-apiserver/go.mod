@@ -1,4 +1,4 @@
-// Pins the kube-apiserver that e2e/kube runs: k8s.io/kubernetes at one release, with each staging module
+// Pins the kube-apiserver, kube-controller-manager and kube-scheduler that e2e/kube runs: k8s.io/kubernetes at one release, with each staging module
 // (published separately as k8s.io/<name> v0.<minor>.<patch>) replaced by the matching tag, because the
 // kubernetes go.mod points them at ./staging, which only exists in a kubernetes checkout.
 // Built by ../../build-binaries.sh; never imported by the project.
