@@ -409,10 +409,12 @@ def _start_apiserver(
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki['sa_pub']}",
         f"--service-account-signing-key-file={pki['sa_key']}",
-        # Serve lists and watches from etcd, not from the API server's watch cache: the cache keeps serving a
-        # resourceVersion for a while after etcd compacted it, so with it a test could not force "410 Gone" on
-        # demand. Informers behave the same either way.
-        "--watch-cache=false",
+        # Without a network: serve lists and watches from etcd, not from the API server's watch cache: the cache
+        # keeps serving a resourceVersion for a while after etcd compacted it, so with it a test could not force
+        # "410 Gone" on demand. With a network, as a real cluster runs: kube-controller-manager 1.36 checks that its
+        # informers have seen its own writes, which without the cache fails its syncs ("read version ... is not as
+        # new as written version") and leaves ReplicaSets unscaled.
+        f"--watch-cache={'true' if network is not None else 'false'}",
     ]
     if network is None:
         argv += [

@@ -6,9 +6,12 @@ Endpoint Picker all run as pods, from their images' local programs."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,18 +121,20 @@ def epp_picks(cluster: KubeCluster, api: k8s.ApiClient, deployment: str) -> list
     return picks
 
 
-async def test_the_tutorial_answers_in_cluster_mode_through_the_real_endpoint_picker(
-    local_cluster: KubeCluster, helm_binary: Path
-) -> None:
-    cluster = local_cluster
+@dataclass(frozen=True)
+class Tutorial:
+    cluster: KubeCluster
+    helm: Helm
+    url: str  # the Gateway's address, as a user finds it
+    docs: list[dict[str, Any]]
+
+
+async def install_tutorial(cluster: KubeCluster, helm: Helm) -> Tutorial:
+    """The charts with helm, then the tutorial, until its Gateway is Programmed and has an address."""
     api = cluster.api_client
-    helm = helm_for(cluster, helm_binary)
-    crds = helm.run("install", "xds-server-crds", str(CRDS_CHART))
-    assert "STATUS: deployed" in crds
-    crd_docs = [
-        d for d in documents(helm.run("get", "manifest", "xds-server-crds")) if d["kind"] == "CustomResourceDefinition"
-    ]
-    wait_for_crds(api, crd_docs)
+    assert "STATUS: deployed" in helm.run("install", "xds-server-crds", str(CRDS_CHART))
+    manifest = documents(helm.run("get", "manifest", "xds-server-crds"))
+    wait_for_crds(api, [d for d in manifest if d["kind"] == "CustomResourceDefinition"])
     # --wait: helm's own readiness (the Deployment available), which needs the kubelet's pod status to be true.
     helm.run("install", "xds-server", str(CONTROLLER_CHART), "--namespace", SYSTEM, "--create-namespace", "--wait")
 
@@ -147,11 +152,8 @@ async def test_the_tutorial_answers_in_cluster_mode_through_the_real_endpoint_pi
             core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=wanted)))
         apply(dynamic, file_docs)
         for deployment in (d for d in file_docs if d["kind"] == "Deployment"):
-            name, wanted = deployment["metadata"]["name"], int(deployment["spec"].get("replicas", 1))
-            await eventually(
-                lambda n=name, w=wanted: len(ready_pod_names(api, "default", f"app={n}")) == w,
-                f"{path.name}: Deployment {name} with {wanted} ready pod(s)",
-            )
+            name, replicas = deployment["metadata"]["name"], int(deployment["spec"].get("replicas", 1))
+            await ready_replicas(api, name, replicas, f"{path.name}: ")
     [gateway] = [d for d in docs if d["kind"] == "Gateway"]
     name, namespace = gateway["metadata"]["name"], gateway["metadata"].get("namespace", "default")
     custom = k8s.CustomObjectsApi(api)
@@ -164,8 +166,32 @@ async def test_the_tutorial_answers_in_cluster_mode_through_the_real_endpoint_pi
 
     await eventually(programmed, f"Gateway {namespace}/{name} Programmed (its Envoy connected and ACKed)")
     url = await eventually(lambda: gateway_url(api, cluster, gateway), "the Gateway's Service address")
-    pools = {"vllm-llama3-8b-instruct": LLAMA, "mistral-upstream": MISTRAL}
+    return Tutorial(cluster, helm, url, docs)
 
+
+async def ready_replicas(api: k8s.ApiClient, deployment: str, replicas: int, what: str = "") -> None:
+    """Until the Deployment's pods are exactly `replicas`, all ready (terminating ones gone)."""
+
+    def settled() -> bool:
+        pods = pods_of(api, "default", f"app={deployment}")
+        return len(pods) == replicas and len(ready_pod_names(api, "default", f"app={deployment}")) == replicas
+
+    await eventually(settled, f"{what}Deployment {deployment} with exactly {replicas} ready pod(s)")
+
+
+@pytest.fixture(scope="module")
+def tutorial(local_cluster: KubeCluster, helm_binary: Path) -> Tutorial:
+    """Installed once for the module's tests, in their order: reference picker, disruptions, embedded picker."""
+    return asyncio.run(install_tutorial(local_cluster, helm_for(local_cluster, helm_binary)))
+
+
+POOLS = {"vllm-llama3-8b-instruct": LLAMA, "mistral-upstream": MISTRAL}
+PICKERS = {"vllm-llama3-8b-instruct": "vllm-llama3-8b-instruct-epp", "mistral-upstream": "mistral-epp"}
+
+
+async def assert_three_answers(tutorial: Tutorial) -> None:
+    """The seed README's three requests, each from a pod of the right Deployment, and a 404 for an unknown model."""
+    api, url = tutorial.cluster.api_client, tutorial.url
     # The ordinary backend, through the official SDK: Backend FQDN -> cluster DNS -> Service -> its one pod.
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
@@ -181,22 +207,145 @@ async def test_the_tutorial_answers_in_cluster_mode_through_the_real_endpoint_pi
     completion = raw.parse()
     assert completion.choices[0].message.content and completion.model == BASIC
     assert raw.headers["x-inference-pod"] in ready_pod_names(api, "default", "app=envoy-ai-gateway-basic-testupstream")
-
-    # The two pools: through their real Endpoint Pickers, which choose the pod.
-    for deployment, model in pools.items():
-        epp = "mistral" if deployment == "mistral-upstream" else deployment
-        before = len(epp_picks(cluster, api, f"{epp}-epp"))
+    for deployment, model in POOLS.items():
         _, headers, text = await eventually(
             lambda m=model: (answer := chat(url, m))[0] == 200 and answer, f"{model} answering 200"
         )
         body = json.loads(text)
         assert body["object"] == "chat.completion" and body["model"] == model, body
         assert headers["x-inference-pod"] in ready_pod_names(api, "default", f"app={deployment}")
-        picks = await eventually(
-            lambda e=epp, b=before: (p := epp_picks(cluster, api, f"{e}-epp"))[b:] and p, f"{epp}-epp's pick"
-        )
+    unknown = chat(url, "no-such-model")
+    assert unknown[0] == 404 and json.loads(unknown[2])["error"]["code"] == "model_not_found", unknown
+
+
+async def test_the_tutorial_answers_in_cluster_mode_through_the_real_endpoint_picker(tutorial: Tutorial) -> None:
+    cluster, api = tutorial.cluster, tutorial.cluster.api_client
+    before = {picker: len(epp_picks(cluster, api, picker)) for picker in PICKERS.values()}
+    await assert_three_answers(tutorial)
+    # Each pool's request went through its own real Endpoint Picker, which chose one of the pool's pods.
+    for deployment, picker in PICKERS.items():
+        picks = epp_picks(cluster, api, picker)
+        assert len(picks) > before[picker], (picker, picks)
         pod_ips = {p.status.pod_ip for p in pods_of(api, "default", f"app={deployment}")}
         assert picks[-1].split(":")[0] in pod_ips, (picks, pod_ips)
 
-    unknown = chat(url, "no-such-model")
-    assert unknown[0] == 404 and json.loads(unknown[2])["error"]["code"] == "model_not_found", unknown
+
+class RequestLoop:
+    """Chat requests to the Gateway one after the other (the three models in turn) until stopped, counting every
+    answer that is not a 200: what a client sees while the cluster changes under it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.sent = 0
+        self.failures: list[tuple[str, int, str]] = []
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        models = (LLAMA, MISTRAL, BASIC)
+        while not self._stop.is_set():
+            model = models[self.sent % len(models)]
+            try:
+                status, _, text = await asyncio.to_thread(chat, self.url, model)
+            except OSError as error:
+                status, text = 0, repr(error)
+            self.sent += 1
+            if status != 200:
+                self.failures.append((model, status, f"{time.strftime('%H:%M:%S')} {text[:300]}"))
+
+    def __enter__(self) -> RequestLoop:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    async def stopped(self) -> RequestLoop:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        return self
+
+
+def scale(api: k8s.ApiClient, deployment: str, replicas: int, namespace: str = "default") -> None:
+    k8s.AppsV1Api(api).patch_namespaced_deployment_scale(deployment, namespace, {"spec": {"replicas": replicas}})
+
+
+def leader(api: k8s.ApiClient) -> str | None:
+    """The controller pod holding the Lease (its identity is `<hostname>_<uuid>`, and a pod's hostname is its name)."""
+    try:
+        lease = k8s.CoordinationV1Api(api).read_namespaced_lease("xds-server", SYSTEM)
+    except k8s.ApiException:
+        return None
+    holder = lease.spec.holder_identity or ""
+    return holder.split("_", 1)[0] or None
+
+
+async def test_pods_come_and_go_and_the_controller_rolls_without_a_failed_request(tutorial: Tutorial) -> None:
+    api = tutorial.cluster.api_client
+    controllers = "app.kubernetes.io/name=xds-server"
+    with RequestLoop(tutorial.url) as loop:
+        await eventually(lambda: loop.sent >= 6, "the request loop under way")
+        # A pool grows and shrinks: the picker sees new pods, and the removed ones are drained first.
+        scale(api, "mistral-upstream", 4)
+        await ready_replicas(api, "mistral-upstream", 4)
+        scale(api, "mistral-upstream", 2)
+        await ready_replicas(api, "mistral-upstream", 2)
+        # A pod of the other pool is deleted and replaced by its ReplicaSet.
+        [victim, *_] = sorted(ready_pod_names(api, "default", "app=vllm-llama3-8b-instruct"))
+        k8s.CoreV1Api(api).delete_namespaced_pod(victim, "default")
+        await ready_replicas(api, "vllm-llama3-8b-instruct", 3)
+        # The controller goes to two replicas with leader election, and its leader is killed.
+        tutorial.helm.run(
+            "upgrade",
+            "xds-server",
+            str(CONTROLLER_CHART),
+            "--namespace",
+            SYSTEM,
+            "--reuse-values",
+            "--set",
+            "replicas=2",
+            "--wait",
+        )
+        first = await eventually(lambda: leader(api), "a controller holding the Lease")
+        k8s.CoreV1Api(api).delete_namespaced_pod(first, SYSTEM, grace_period_seconds=0)
+        await eventually(lambda: (now := leader(api)) not in (None, first) and now, "another controller leading")
+        await eventually(lambda: len(ready_pod_names(api, SYSTEM, controllers)) == 2, "two ready controllers again")
+        sent_before = loop.sent
+        await eventually(lambda: loop.sent >= sent_before + 6, "requests after the leader changed")
+    done = await loop.stopped()
+    assert done.failures == [], f"{len(done.failures)} of {done.sent} requests failed: {done.failures[:3]} ... {done.failures[-3:]}"
+    assert done.sent > 30, done.sent
+    await assert_three_answers(tutorial)
+
+
+async def test_the_embedded_picker_serves_the_pools_without_the_endpoint_pickers(tutorial: Tutorial) -> None:
+    cluster, api = tutorial.cluster, tutorial.cluster.api_client
+    tutorial.helm.run(
+        "upgrade",
+        "xds-server",
+        str(CONTROLLER_CHART),
+        "--namespace",
+        SYSTEM,
+        "--reuse-values",
+        "--set",
+        "endpointPicker=embedded",
+        "--wait",
+    )
+    # The new controllers translate the pools to the embedded picker; Envoy takes the new routes.
+    picks = {picker: len(epp_picks(cluster, api, picker)) for picker in PICKERS.values()}
+
+    async def pickers_bypassed() -> bool:
+        before = {picker: len(epp_picks(cluster, api, picker)) for picker in PICKERS.values()}
+        await assert_three_answers(tutorial)
+        return {picker: len(epp_picks(cluster, api, picker)) for picker in PICKERS.values()} == before
+
+    for _ in range(int(SECONDS)):
+        if await pickers_bypassed():
+            break
+        await asyncio.sleep(1)
+    else:
+        raise AssertionError(f"the Endpoint Pickers still pick after the switch to embedded: {picks}")
+    # And it stays so: more requests, still no pick by the EPPs.
+    await assert_three_answers(tutorial)
+    assert await pickers_bypassed()
