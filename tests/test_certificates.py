@@ -95,6 +95,17 @@ def test_the_ca_signs_leaves_only_and_the_leaves_carry_their_names_and_usages(au
     assert again.key_pem != client.key_pem
 
 
+def test_a_gateway_with_a_long_name_gets_its_certificate_named_in_full_by_its_uri(authority: Authority) -> None:
+    # The Gateway API conformance suite's Gateways are like this one: the common name is cut at RFC 5280's 64
+    # characters (the issuer refused the certificate before, and with it every Gateway's provisioning pass).
+    gateway = "gateway-conformance-infra/gateway-with-a-name-long-enough-to-pass-sixty-four"
+    client = issue_client(authority, gateway, NOW, LIFETIMES.client)
+    [common_name] = client.certificate.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+    assert len(str(common_name.value)) == 64 and str(common_name.value).startswith("gateway gateway-conformance-infra/")
+    assert subject_names(client.certificate)[1] == [gateway_uri(gateway)]
+    assert client_current(client, authority, gateway, NOW)
+
+
 def test_a_stored_pair_must_parse_and_belong_together(authority: Authority) -> None:
     one = issue_client(authority, "a/gw", NOW, LIFETIMES.client)
     two = issue_client(authority, "a/gw", NOW, LIFETIMES.client)

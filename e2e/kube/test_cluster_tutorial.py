@@ -7,98 +7,43 @@ Endpoint Picker all run as pods, from their images' local programs."""
 from __future__ import annotations
 
 import asyncio
-import functools
-import time
 import json
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 from kubernetes import client as k8s
-from kubernetes.dynamic import DynamicClient
 
-from testing.cases import SEED, TUTORIAL
+from testing.cluster_tutorial import (
+    SECONDS,
+    Tutorial,
+    eventually,
+    install_tutorial,
+    pods_of,
+    ready_pod_names,
+    ready_replicas,
+)
 from testing.helm import Helm
-from testing.kube_cluster import KubeCluster, binary_dir, running_cluster, wait_for_crds
-from testing.kube_objects import apply, documents
-from testing.localnode.network import create_network
-from testing.web import eventually_async, request
+from testing.kube_cluster import KubeCluster
+from testing.local_cluster import CONTROLLER_CHART, SYSTEM, local_cluster
+from testing.web import request
 
 from .conftest import _ensure_binaries
 
-ROOT = Path(__file__).resolve().parents[2]
-CONTROLLER_CHART = ROOT / "charts" / "xds-server"
-CRDS_CHART = ROOT / "charts" / "xds-server-crds"
-SYSTEM = "xds-server-system"
-# The verbatim tutorial when it is beside the repository, else the project's own copy of it.
-TUTORIAL_DIR = SEED if SEED.is_dir() else TUTORIAL
 LLAMA, MISTRAL, BASIC = "meta-llama/Llama-3.1-8B-Instruct", "mistral:latest", "some-cool-self-hosted-model"
-SECONDS = 180.0  # pods start, the EPP syncs, Envoy connects: generous for a loaded 2-core machine
-eventually = functools.partial(eventually_async, seconds=SECONDS)
 
 
 @pytest.fixture(scope="module")
-def local_cluster(
-    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory, epp_binary: Path
-) -> Iterator[KubeCluster]:
-    """A whole cluster without CRDs (the CRD chart installs them). `epp_binary` first: the node runs the EPP image
-    from that build."""
+def installed(
+    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory, epp_binary: Path, helm_binary: Path
+) -> Iterator[tuple[KubeCluster, Helm]]:
+    """The whole cluster with the charts installed. `epp_binary` first: the node runs the EPP image from that build."""
     _ensure_binaries(pytestconfig)
-    network = create_network()
-    try:
-        with running_cluster(
-            tmp_path_factory.mktemp("cluster"), binary_dir(), crds=None, network=network, local_node=True
-        ) as cluster:
-            yield cluster
-    finally:
-        network.destroy()
-
-
-def helm_for(cluster: KubeCluster, helm_binary: Path) -> Helm:
-    return Helm(helm_binary, cluster.workdir / "helm", cluster.kubeconfig)
-
-
-def namespaces(core: k8s.CoreV1Api) -> set[str]:
-    return {item.metadata.name for item in core.list_namespace().items}
-
-
-def condition_true(obj: dict[str, Any], kind: str) -> bool:
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == kind and c.get("status") == "True" for c in conditions)
-
-
-def pods_of(api: k8s.ApiClient, namespace: str, selector: str) -> list[Any]:
-    return list(k8s.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items)
-
-
-def ready_pod_names(api: k8s.ApiClient, namespace: str, selector: str) -> set[str]:
-    return {
-        pod.metadata.name
-        for pod in pods_of(api, namespace, selector)
-        if any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-    }
-
-
-def gateway_url(api: k8s.ApiClient, cluster: KubeCluster, gateway: dict[str, Any]) -> str | None:
-    """Where a user reaches the Gateway: the LoadBalancer's ingress address at the listener's port, or a node's
-    address at the NodePort, as `kubectl get service` shows the provisioned Service."""
-    meta = gateway["metadata"]
-    selector = f"gateway.envoyproxy.io/owning-gateway-name={meta['name']}"
-    selector += f",gateway.envoyproxy.io/owning-gateway-namespace={meta['namespace']}"
-    services = k8s.CoreV1Api(api).list_service_for_all_namespaces(label_selector=selector).items
-    if not services:
-        return None
-    [service] = services
-    [port] = service.spec.ports
-    if service.spec.type == "LoadBalancer":
-        ingress = (service.status.load_balancer.ingress or []) if service.status.load_balancer else []
-        return f"http://{ingress[0].ip}:{port.port}" if ingress else None
-    assert service.spec.type == "NodePort", service.spec.type
-    assert cluster.network is not None
-    return f"http://{cluster.network.node_ip}:{port.node_port}" if port.node_port else None
+    with local_cluster(tmp_path_factory.mktemp("cluster"), helm_binary) as (cluster, helm):
+        yield cluster, helm
 
 
 def chat(url: str, model: str) -> tuple[int, dict[str, str], str]:
@@ -121,68 +66,10 @@ def epp_picks(cluster: KubeCluster, api: k8s.ApiClient, deployment: str) -> list
     return picks
 
 
-@dataclass(frozen=True)
-class Tutorial:
-    cluster: KubeCluster
-    helm: Helm
-    url: str  # the Gateway's address, as a user finds it
-    docs: list[dict[str, Any]]
-
-
-async def install_tutorial(cluster: KubeCluster, helm: Helm) -> Tutorial:
-    """The charts with helm, then the tutorial, until its Gateway is Programmed and has an address."""
-    api = cluster.api_client
-    assert "STATUS: deployed" in helm.run("install", "xds-server-crds", str(CRDS_CHART))
-    manifest = documents(helm.run("get", "manifest", "xds-server-crds"))
-    wait_for_crds(api, [d for d in manifest if d["kind"] == "CustomResourceDefinition"])
-    # --wait: helm's own readiness (the Deployment available), which needs the kubelet's pod status to be true.
-    helm.run("install", "xds-server", str(CONTROLLER_CHART), "--namespace", SYSTEM, "--create-namespace", "--wait")
-
-    # File by file, as the tutorial's README goes, waiting for each file's Deployments to be ready before the next:
-    # the seed's 04 replaces the RoleBinding that 03 gave the first picker (both are named pod-read-binding), so
-    # that picker must have synced its pool before (a watch, once open, is not re-authorized).
-    dynamic = DynamicClient(api, cache_file=str(cluster.workdir / "discovery-cache.json"))
-    core = k8s.CoreV1Api(api)
-    docs: list[dict[str, Any]] = []
-    for path in sorted(TUTORIAL_DIR.glob("*.yaml")):
-        file_docs = documents(path.read_text())
-        docs += file_docs
-        # The seed puts its EnvoyProxy into envoy-gateway-system, which an Envoy Gateway install would have made.
-        for wanted in {d["metadata"].get("namespace", "default") for d in file_docs} - namespaces(core):
-            core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=wanted)))
-        apply(dynamic, file_docs)
-        for deployment in (d for d in file_docs if d["kind"] == "Deployment"):
-            name, replicas = deployment["metadata"]["name"], int(deployment["spec"].get("replicas", 1))
-            await ready_replicas(api, name, replicas, f"{path.name}: ")
-    [gateway] = [d for d in docs if d["kind"] == "Gateway"]
-    name, namespace = gateway["metadata"]["name"], gateway["metadata"].get("namespace", "default")
-    custom = k8s.CustomObjectsApi(api)
-
-    def programmed() -> dict[str, Any] | None:
-        found: dict[str, Any] = custom.get_namespaced_custom_object(
-            "gateway.networking.k8s.io", "v1", namespace, "gateways", name
-        )
-        return found if condition_true(found, "Programmed") else None
-
-    await eventually(programmed, f"Gateway {namespace}/{name} Programmed (its Envoy connected and ACKed)")
-    url = await eventually(lambda: gateway_url(api, cluster, gateway), "the Gateway's Service address")
-    return Tutorial(cluster, helm, url, docs)
-
-
-async def ready_replicas(api: k8s.ApiClient, deployment: str, replicas: int, what: str = "") -> None:
-    """Until the Deployment's pods are exactly `replicas`, all ready (terminating ones gone)."""
-
-    def settled() -> bool:
-        pods = pods_of(api, "default", f"app={deployment}")
-        return len(pods) == replicas and len(ready_pod_names(api, "default", f"app={deployment}")) == replicas
-
-    await eventually(settled, f"{what}Deployment {deployment} with exactly {replicas} ready pod(s)")
-
-
 @pytest.fixture(scope="module")
-def tutorial(local_cluster: KubeCluster, helm_binary: Path) -> Tutorial:
-    """Installed once for the module's tests, in their order: reference picker, disruptions, embedded picker."""
-    return asyncio.run(install_tutorial(local_cluster, helm_for(local_cluster, helm_binary)))
+def tutorial(installed: tuple[KubeCluster, Helm]) -> Tutorial:
+    """Applied once for the module's tests, in their order: reference picker, disruptions, embedded picker."""
+    return asyncio.run(install_tutorial(*installed))
 
 
 POOLS = {"vllm-llama3-8b-instruct": LLAMA, "mistral-upstream": MISTRAL}
@@ -314,7 +201,9 @@ async def test_pods_come_and_go_and_the_controller_rolls_without_a_failed_reques
         sent_before = loop.sent
         await eventually(lambda: loop.sent >= sent_before + 6, "requests after the leader changed")
     done = await loop.stopped()
-    assert done.failures == [], f"{len(done.failures)} of {done.sent} requests failed: {done.failures[:3]} ... {done.failures[-3:]}"
+    assert done.failures == [], (
+        f"{len(done.failures)} of {done.sent} requests failed: {done.failures[:3]} ... {done.failures[-3:]}"
+    )
     assert done.sent > 30, done.sent
     await assert_three_answers(tutorial)
 

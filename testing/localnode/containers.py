@@ -186,11 +186,15 @@ class Container:
         if self.readiness is None:
             self._set(ready=True)
         else:
-            tasks.append(watch(self.readiness, self.pod_ip, lambda ok: self._set(ready=ok)))
+            tasks.append(watch(self.readiness, self.pod_ip, self._readiness_changed))
         if self.liveness is not None:
             tasks.append(self._liveness(self.liveness, process))
         if tasks:
             await asyncio.gather(*tasks)
+
+    def _readiness_changed(self, ready: bool) -> None:
+        log.info("container %s of %s: %s", self.name, self.pod_ip, "ready" if ready else "NOT ready (readiness probe)")
+        self._set(ready=ready)
 
     async def _liveness(self, probe: Probe, process: asyncio.subprocess.Process) -> None:
         """Kills the container after failureThreshold failures in a row; the restart policy decides what next."""

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xds-server"
 EPP_VERSION = "v1.0.2"  # bench/peers/build.sh's; the tutorial's v1.0.1 image runs it too
 GATEWAY_API_VERSION = "v1.6.1"  # conformance/build.sh's, for echo-basic
+COREDNS_VERSION = "v1.12.2"  # conformance/build.sh's: the Gateway API suite's base manifests run it
 
 
 class Program(StrEnum):
@@ -31,6 +32,7 @@ class Program(StrEnum):
     VLLM_SIMULATOR = "vllm-simulator"
     ENDPOINT_PICKER = "endpoint-picker"
     ECHO_BASIC = "echo-basic"
+    COREDNS = "coredns"
 
 
 # Repository path suffixes, matched on whole path segments.
@@ -41,6 +43,7 @@ REPOSITORIES: dict[str, Program] = {
     "llm-d-inference-sim": Program.VLLM_SIMULATOR,
     "gateway-api-inference-extension/epp": Program.ENDPOINT_PICKER,
     "echo-basic": Program.ECHO_BASIC,
+    "coredns/coredns": Program.COREDNS,
 }
 
 
@@ -91,7 +94,10 @@ def local_image(program: Program) -> Image:
         peers = Path(os.environ.get("PEERS_CACHE") or CACHE / "peers")
         return Image((_built(peers / f"epp-{EPP_VERSION}" / "epp", "bench/peers/build.sh epp"),))
     conformance = Path(os.environ.get("XDS_SERVER_CONFORMANCE_CACHE") or CACHE / "conformance")
-    return Image((_built(conformance / GATEWAY_API_VERSION / "echo-basic", "conformance/build.sh"),))
+    if program is Program.COREDNS:
+        coredns = conformance / f"coredns-{COREDNS_VERSION}" / "coredns"
+        return Image((_built(coredns, "conformance/build.sh coredns"),))
+    return Image((_built(conformance / GATEWAY_API_VERSION / "echo-basic", "conformance/build.sh echo-basic"),))
 
 
 def argv(image: str, command: Sequence[str], args: Sequence[str]) -> list[str]:
@@ -101,7 +107,7 @@ def argv(image: str, command: Sequence[str], args: Sequence[str]) -> list[str]:
     local = local_image(program_of(image))
     if command:
         first, rest = command[0], list(command[1:])
-        if Path(first).name in {Path(local.entrypoint[-1]).name, "envoy", "xds-server", "epp", "echo-basic"}:
+        if Path(first).name in {Path(local.entrypoint[-1]).name, "envoy", "xds-server", "epp", "echo-basic", "coredns"}:
             return [*local.entrypoint, *rest, *args, *local.forced_args]
         raise UnknownImage(
             f"image {image!r}: command {first!r} is not the image's program; the local node runs only that"

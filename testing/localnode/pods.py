@@ -266,6 +266,7 @@ class PodWorker:
         staging = self._staging([Path(str(m["mountPath"])) for m in mounts])
         self.node.mount_points.ensure(staging, directory=True)
         setup.append(f"mount --bind {shlex.quote(str(self.directory / 'volumes'))} {shlex.quote(str(staging))}")
+        program = self._stage_program(program, [Path(str(m["mountPath"])) for m in mounts], staging, setup)
         for mount in sorted(mounts, key=lambda m: len(Path(str(m["mountPath"])).parts)):
             setup += self._bind(mount, staging)
         if container.get("workingDir"):
@@ -274,6 +275,19 @@ class PodWorker:
         argv = ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--", "sh", "-c", script, "sh", *program]
         log_file = self.directory / f"{container['name']}.log"
         return Container(container, f"local://{image}", argv, env, log_file, self.ip, policy, self._mark_dirty)
+
+    def _stage_program(self, program: list[str], targets: list[Path], staging: Path, setup: list[str]) -> list[str]:
+        """A program a mountPath would hide (coredns' ConfigMap goes to /root, where this machine keeps the built
+        binaries) is bound into the staging directory first and run from there."""
+        executable = Path(program[0])
+        if not any(executable.is_relative_to(target) for target in targets):
+            return program
+        placeholder = self.directory / "volumes" / ".programs" / executable.name
+        placeholder.parent.mkdir(parents=True, exist_ok=True)
+        placeholder.touch()
+        staged = staging / ".programs" / executable.name
+        setup.append(f"mount --bind {shlex.quote(str(executable))} {shlex.quote(str(staged))}")
+        return [str(staged), *program[1:]]
 
     def _staging(self, targets: list[Path]) -> Path:
         for root in (Path("/run/xds-localnode"), Path("/var/lib/xds-localnode"), Path("/dev/xds-localnode")):

@@ -209,6 +209,7 @@ class ServiceProxy:
         self._addresses: set[str] = set()  # cluster IPs put on the bridge
         self._load_balancers: dict[tuple[str, str], int] = {}  # Service -> n of network.load_balancer_ip(n)
         self._turns: dict[PortTarget, int] = {}  # round robin: connections handed to each Service port
+        self._said_no_endpoint: dict[PortTarget, float] = {}  # when the last "no endpoint" warning was logged
         self._warned: set[object] = set()  # what was logged once
         self._dirty = asyncio.Event()
         self._reconciled = asyncio.Event()
@@ -452,7 +453,13 @@ class ServiceProxy:
                 return await asyncio.wait_for(asyncio.open_connection(host, port), self._connect_timeout_s)
             except (OSError, TimeoutError) as error:
                 log.debug("%s: endpoint %s:%d: %r; trying the next", target, host, port, error)
-        log.debug("%s: no endpoint to connect to", target)
+        now = asyncio.get_running_loop().time()
+        if now - self._said_no_endpoint.get(target, -60.0) >= 1.0:  # at most once a second per Service port
+            self._said_no_endpoint[target] = now
+            what = "every ready endpoint refused" if backends else "no ready endpoint"
+            log.warning(
+                "%s/%s port %r: %s; connection closed", target.namespace, target.service, target.port_name, what
+            )
         return None
 
     async def _forward(self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

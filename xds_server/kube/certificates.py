@@ -170,13 +170,18 @@ def _new_key() -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
+# RFC 5280's upper bound on a common name. A Gateway's namespace and name can be 63 + 253 characters; the name that
+# counts is the SPIFFE URI in the subject alternative names, so a longer subject is cut.
+MAX_COMMON_NAME = 64
+
+
 def _builder(
     subject: str, public_key: ec.EllipticCurvePublicKey, now: datetime.datetime, lifetime: datetime.timedelta
 ) -> x509.CertificateBuilder:
     backdate = min(MAX_BACKDATE, lifetime / 10)
     return (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject[:MAX_COMMON_NAME])]))
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - backdate)
