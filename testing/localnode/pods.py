@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,9 +45,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ROOT = Path(__file__).resolve().parent.parent.parent  # the repository: the project runs from it (editable install)
+
 _REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 VOLUME_RETRY_SECONDS = 1.0
 STATUS_COALESCE_SECONDS = 0.05
+
+
+def _covered(path: Path, targets: list[Path]) -> bool:
+    return any(path.is_relative_to(target) for target in targets)
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
@@ -266,9 +273,17 @@ class PodWorker:
         staging = self._staging([Path(str(m["mountPath"])) for m in mounts])
         self.node.mount_points.ensure(staging, directory=True)
         setup.append(f"mount --bind {shlex.quote(str(self.directory / 'volumes'))} {shlex.quote(str(staging))}")
-        program = self._stage_program(program, [Path(str(m["mountPath"])) for m in mounts], staging, setup)
+        targets = [Path(str(m["mountPath"])) for m in mounts]
+        kept_paths = [p for p in sorted({ROOT, Path(sys.prefix), Path(sys.base_prefix)}) if _covered(p, targets)]
+        kept = self._keep_visible(kept_paths, staging, setup)
+        if not any(Path(program[0]).is_relative_to(path) for path in kept_paths):  # a virtualenv's python stays put
+            program = self._stage_program(program, targets, staging, setup)
+        read_only = []
         for mount in sorted(mounts, key=lambda m: len(Path(str(m["mountPath"])).parts)):
-            setup += self._bind(mount, staging)
+            setup.append(self._bind(mount, staging))
+            if mount.get("readOnly"):
+                read_only.append(f"mount -o remount,bind,ro {shlex.quote(str(mount['mountPath']))}")
+        setup += kept + read_only
         if container.get("workingDir"):
             setup.append(f"cd {shlex.quote(str(container['workingDir']))}")
         script = " && ".join(setup) + ' && exec "$@"'
@@ -280,7 +295,7 @@ class PodWorker:
         """A program a mountPath would hide (coredns' ConfigMap goes to /root, where this machine keeps the built
         binaries) is bound into the staging directory first and run from there."""
         executable = Path(program[0])
-        if not any(executable.is_relative_to(target) for target in targets):
+        if not _covered(executable, targets):
             return program
         placeholder = self.directory / "volumes" / ".programs" / executable.name
         placeholder.parent.mkdir(parents=True, exist_ok=True)
@@ -289,6 +304,19 @@ class PodWorker:
         setup.append(f"mount --bind {shlex.quote(str(executable))} {shlex.quote(str(staged))}")
         return [str(staged), *program[1:]]
 
+    def _keep_visible(self, paths: list[Path], staging: Path, setup: list[str]) -> list[str]:
+        """What Python programs need from this machine (the repository, the virtualenv, the interpreter's prefix)
+        stays visible under a mountPath that covers it (the chart's emptyDir at /tmp, when the repository is under
+        /tmp): bound aside before the volumes, bound back over them after. Returns the commands for after."""
+        after = []
+        for n, path in enumerate(paths):
+            placeholder = self.directory / "volumes" / ".kept" / str(n)
+            placeholder.mkdir(parents=True, exist_ok=True)
+            aside = shlex.quote(str(staging / ".kept" / str(n)))
+            setup.append(f"mount --bind {shlex.quote(str(path))} {aside}")
+            after.append(f"mkdir -p {shlex.quote(str(path))} && mount --bind {aside} {shlex.quote(str(path))}")
+        return after
+
     def _staging(self, targets: list[Path]) -> Path:
         for root in (Path("/run/xds-localnode"), Path("/var/lib/xds-localnode"), Path("/dev/xds-localnode")):
             staging = root / self.netns
@@ -296,7 +324,7 @@ class PodWorker:
                 return staging
         raise UnsupportedVolume(f"the volumeMounts {sorted(map(str, targets))} leave no place to stage volumes")
 
-    def _bind(self, mount: Mapping[str, Any], staging: Path) -> list[str]:
+    def _bind(self, mount: Mapping[str, Any], staging: Path) -> str:
         volume_dir = self._dirs.get(str(mount["name"]))
         if volume_dir is None:
             raise UnsupportedVolume(f"volumeMount {mount['name']!r} names no volume of the pod")
@@ -308,10 +336,7 @@ class PodWorker:
         volumes = (self.directory / "volumes").resolve()
         if source.resolve().is_relative_to(volumes):  # hostPath volumes are bound from where they are
             source = staging / source.resolve().relative_to(volumes)
-        commands = [f"mount --bind {shlex.quote(str(source))} {shlex.quote(str(target))}"]
-        if mount.get("readOnly"):
-            commands.append(f"mount -o remount,bind,ro {shlex.quote(str(target))}")
-        return commands
+        return f"mount --bind {shlex.quote(str(source))} {shlex.quote(str(target))}"
 
     async def _run_hook(self, hook: Mapping[str, Any]) -> None:
         """A preStop/postStart handler: httpGet against the pod, exec in the pod's namespaces."""
