@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import yaml
+from kubernetes import client as k8s
 from kubernetes.dynamic import DynamicClient
 
 
@@ -23,3 +25,10 @@ def apply(dynamic: DynamicClient, docs: list[dict[str, Any]], namespace: str = "
         dynamic.server_side_apply(  # type: ignore[no-untyped-call]  # the kubernetes client is unannotated
             resource, body=doc, namespace=target, field_manager="e2e", force_conflicts=True
         )
+
+
+def fresh_namespace(core: k8s.CoreV1Api, prefix: str = "t") -> str:
+    """A new namespace with a random name, so tests sharing a cluster never see each other's objects."""
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    return name

@@ -16,7 +16,6 @@ import re
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from kubernetes import client as k8s
 from kubernetes.dynamic import DynamicClient
 
 from testing.kube_cluster import KubeCluster, binaries_present, binary_dir, build_binaries, running_cluster
+from testing.kube_objects import fresh_namespace
 
 
 def _ensure_binaries(config: pytest.Config) -> None:
@@ -66,9 +66,7 @@ def namespace(api_client: k8s.ApiClient) -> str:
     Not deleted afterwards: without kube-controller-manager a deleted namespace stays Terminating forever, and the
     whole cluster goes away at the end of the session anyway.
     """
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    k8s.CoreV1Api(api_client).create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
-    return name
+    return fresh_namespace(k8s.CoreV1Api(api_client))
 
 
 PEERS_BUILD = Path(__file__).resolve().parents[2] / "bench" / "peers" / "build.sh"

@@ -154,6 +154,14 @@ class RequestLoop:
         return self
 
 
+def upgrade_controller(tutorial: Tutorial, setting: str) -> None:
+    """`helm upgrade` of the controller chart with one value changed; back once the Deployment is available."""
+    chart = str(CONTROLLER_CHART)
+    tutorial.helm.run(
+        "upgrade", "xds-server", chart, "--namespace", SYSTEM, "--reuse-values", "--set", setting, "--wait"
+    )
+
+
 def scale(api: k8s.ApiClient, deployment: str, replicas: int, namespace: str = "default") -> None:
     k8s.AppsV1Api(api).patch_namespaced_deployment_scale(deployment, namespace, {"spec": {"replicas": replicas}})
 
@@ -183,17 +191,7 @@ async def test_pods_come_and_go_and_the_controller_rolls_without_a_failed_reques
         k8s.CoreV1Api(api).delete_namespaced_pod(victim, "default")
         await ready_replicas(api, "vllm-llama3-8b-instruct", 3)
         # The controller goes to two replicas with leader election, and its leader is killed.
-        tutorial.helm.run(
-            "upgrade",
-            "xds-server",
-            str(CONTROLLER_CHART),
-            "--namespace",
-            SYSTEM,
-            "--reuse-values",
-            "--set",
-            "replicas=2",
-            "--wait",
-        )
+        upgrade_controller(tutorial, "replicas=2")
         first = await eventually(lambda: leader(api), "a controller holding the Lease")
         k8s.CoreV1Api(api).delete_namespaced_pod(first, SYSTEM, grace_period_seconds=0)
         await eventually(lambda: (now := leader(api)) not in (None, first) and now, "another controller leading")
@@ -210,17 +208,7 @@ async def test_pods_come_and_go_and_the_controller_rolls_without_a_failed_reques
 
 async def test_the_embedded_picker_serves_the_pools_without_the_endpoint_pickers(tutorial: Tutorial) -> None:
     cluster, api = tutorial.cluster, tutorial.cluster.api_client
-    tutorial.helm.run(
-        "upgrade",
-        "xds-server",
-        str(CONTROLLER_CHART),
-        "--namespace",
-        SYSTEM,
-        "--reuse-values",
-        "--set",
-        "endpointPicker=embedded",
-        "--wait",
-    )
+    upgrade_controller(tutorial, "endpointPicker=embedded")
     # The new controllers translate the pools to the embedded picker; Envoy takes the new routes.
     picks = {picker: len(epp_picks(cluster, api, picker)) for picker in PICKERS.values()}
 

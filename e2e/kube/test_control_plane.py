@@ -30,6 +30,7 @@ from kubernetes import client as k8s
 
 from e2e.kube.conftest import _ensure_binaries
 from testing.kube_cluster import KubeCluster, binary_dir, running_cluster
+from testing.kube_objects import fresh_namespace
 from testing.localnode.network import ClusterNetwork, create_network
 
 # Bounds a hang on a loaded 2-core machine; nothing asserts on how fast anything happens.
@@ -91,9 +92,7 @@ def apps(control_plane: KubeCluster) -> k8s.AppsV1Api:
 @pytest.fixture
 def namespace(core: k8s.CoreV1Api) -> str:
     """A fresh namespace on this module's cluster (the conftest's fixture of that name is on the session's)."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    core.create_namespace({"metadata": {"name": name}})
-    return name
+    return fresh_namespace(core)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ import functools
 import json
 import os
 import subprocess
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from kubernetes import client as k8s
 
 from e2e.kube.conftest import _ensure_binaries
 from testing.kube_cluster import KubeCluster, binary_dir, running_cluster
+from testing.kube_objects import fresh_namespace
 from testing.localnode.network import create_network
 from testing.web import Response, eventually_async, request
 
@@ -49,9 +49,7 @@ def core(cluster: KubeCluster) -> k8s.CoreV1Api:
 
 @pytest.fixture
 def namespace(core: k8s.CoreV1Api) -> str:
-    name = f"n-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
-    return name
+    return fresh_namespace(core)
 
 
 def pod(name: str, container: dict[str, Any], **spec: Any) -> dict[str, Any]:

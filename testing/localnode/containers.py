@@ -10,7 +10,6 @@ import datetime
 import logging
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from translators.resources.core import ContainerPort
-from xds_server.up.processes import backoff, die_with_parent
+from xds_server.up.processes import backoff, spawn
 from xds_server.up.readiness import Probe, UnsupportedProbe, probe_once, readiness_probe, watch
 
 log = logging.getLogger(__name__)
@@ -111,26 +110,12 @@ class Container:
         if self._task is not None:
             await asyncio.shield(self._task)
 
-    async def _spawn(self) -> asyncio.subprocess.Process:
-        with self.log_file.open("ab") as out:
-            out.write(f"--- {now()} start\n".encode())
-            out.flush()
-            return await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                start_new_session=True,
-                preexec_fn=die_with_parent(os.getpid()),
-            )
-
     async def _run(self) -> None:
         in_a_row = 0
         while not self._stopping.is_set():
             began = time.monotonic()
             try:
-                process = self._process = await self._spawn()
+                process = self._process = await spawn(self.argv, self.env, self.log_file, f"{now()} start")
             except OSError as error:
                 self._set(state={"waiting": {"reason": "CreateContainerError", "message": str(error)}})
                 return

@@ -40,6 +40,22 @@ def die_with_parent(parent: int) -> Callable[[], None]:
     return preexec
 
 
+async def spawn(argv: Sequence[str], env: Mapping[str, str], log: Path, banner: str) -> asyncio.subprocess.Process:
+    """A child in a session of its own that dies with us, its output appended to `log` after a `--- banner` line."""
+    with log.open("ab") as out:
+        out.write(f"--- {banner}\n".encode())
+        out.flush()
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            start_new_session=True,
+            preexec_fn=die_with_parent(os.getpid()),
+        )
+
+
 def backoff(restarts_in_a_row: int) -> float:
     return min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2.0**restarts_in_a_row)
 
@@ -78,22 +94,14 @@ class Supervised:
         self._task = asyncio.create_task(self._run())
 
     async def _spawn(self) -> asyncio.subprocess.Process | None:
-        with self.log.open("ab") as out:
-            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(self.argv)}\n".encode())
-            out.flush()
-            try:
-                return await asyncio.create_subprocess_exec(
-                    *self.argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=self.env,
-                    start_new_session=True,
-                    preexec_fn=die_with_parent(os.getpid()),
-                )
-            except OSError as error:
+        try:
+            return await spawn(
+                self.argv, self.env, self.log, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(self.argv)}"
+            )
+        except OSError as error:
+            with self.log.open("ab") as out:
                 out.write(f"--- cannot start: {error}\n".encode())
-                return None
+            return None
 
     async def _run(self) -> None:
         in_a_row = 0
