@@ -322,6 +322,31 @@ def test_desired_set_asks_each_gateway_its_certificate_when_tls_is_on() -> None:
     assert not [key for key in desired_set(resources(text), OURS, SETTINGS) if key[0] == "Secret"]
 
 
+def test_a_gateway_whose_objects_cannot_be_built_keeps_its_own_and_stops_no_other() -> None:
+    # As a certificate the issuer refused once did: the whole pass failed, and no Gateway got its Envoy.
+    text = "---".join([class_yaml(), gateway_yaml("a"), gateway_yaml("b")])
+
+    def certificate(gateway: str) -> EnvoyCertificate:
+        if gateway == "default/a":
+            raise ValueError("refused")
+        return CERTIFICATE
+
+    failed: set[tuple[str, str]] = set()
+    wanted = desired_set(resources(text), OURS, replace(SETTINGS, tls=TLS), certificate, failed)
+    assert failed == {("default", "a")}
+    assert ("Deployment", infra_name("default", "b")) in wanted
+    assert not [key for key in wanted if key[1].startswith(infra_name("default", "a"))]
+    # What Gateway a already has is not deleted as stale; b's leftovers would be.
+    existing = [
+        document
+        for gateway in ("a", "b")
+        for document in desired_objects(one_gateway(gateway_yaml(gateway)), None, SETTINGS)
+    ]
+    stale = stale_objects(existing, wanted, keep=failed)
+    assert not [key for key in stale if key[1].startswith(infra_name("default", "a"))]
+    assert stale_objects(existing, wanted) != stale
+
+
 def test_every_object_carries_a_hash_of_itself_that_changes_with_it() -> None:
     [proxy] = resources(PROXY).of_kind(EnvoyProxy)
     plain = by_kind(desired_objects(one_gateway(), None, SETTINGS))

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import ipaddress
 import json
+import logging
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP, EnvoyProxyK
 from translators.xds.tls import CA_FILE, CERTIFICATE_FILE, KEY_FILE, sds_documents
 from xds_server.bootstrap import DRAIN_PATH, bootstrap
 from xds_server.kube.status import GatewayInfra
+
+log = logging.getLogger(__name__)
 
 MANAGED_BY = "xds-server"  # the managed-by label's value, and the server-side apply field manager
 NAME_LABEL = "app.kubernetes.io/name"
@@ -337,16 +340,30 @@ def desired_set(
     controller_name: str,
     settings: ProvisionSettings,
     certificate: Callable[[str], EnvoyCertificate] | None = None,
+    failed: set[tuple[str, str]] | None = None,
 ) -> dict[ObjectKey, dict[str, Any]]:
     """Every object every Gateway of ours needs, by (kind, name), in the order to apply them. With `settings.tls`,
-    `certificate` gives each Gateway's ("<ns>/<name>") client certificate."""
+    `certificate` gives each Gateway's ("<ns>/<name>") client certificate. A Gateway whose objects cannot be built
+    (a bug, a certificate refused) is logged and added to `failed` as (namespace, name); the others are built all
+    the same, and what the failed one already has is left alone (`stale_objects(..., keep=failed)`)."""
     wanted: dict[ObjectKey, dict[str, Any]] = {}
+    assert settings.tls is None or certificate is not None, "mutual TLS needs the Gateways' certificates"
     for gateway, gateway_class in our_gateways(resources, controller_name):
-        tls = None
-        if settings.tls is not None:
-            assert certificate is not None, "mutual TLS needs the Gateways' certificates"
-            tls = tls_part(gateway, settings, certificate(f"{gateway.namespace}/{gateway.name}"))
-        for document in desired_objects(gateway, envoy_proxy(gateway_class, resources), settings, tls):
+        try:
+            tls = None
+            if settings.tls is not None and certificate is not None:
+                tls = tls_part(gateway, settings, certificate(f"{gateway.namespace}/{gateway.name}"))
+            documents = desired_objects(gateway, envoy_proxy(gateway_class, resources), settings, tls)
+        except Exception:  # one Gateway must not keep every other from its Envoy
+            log.exception(
+                "Gateway %s/%s: its Envoy's objects could not be built; left as they are",
+                gateway.namespace,
+                gateway.name,
+            )
+            if failed is not None:
+                failed.add((gateway.namespace, gateway.name))
+            continue
+        for document in documents:
             wanted[(document["kind"], document["metadata"]["name"])] = document
     return wanted
 
@@ -363,19 +380,26 @@ def is_managed(document: Mapping[str, Any]) -> bool:
 
 
 def stale_objects(
-    actual: Iterable[Mapping[str, Any]], wanted: Iterable[ObjectKey], namespaces: Collection[str] = ()
+    actual: Iterable[Mapping[str, Any]],
+    wanted: Iterable[ObjectKey],
+    namespaces: Collection[str] = (),
+    keep: Collection[tuple[str, str]] = (),
 ) -> list[ObjectKey]:
     """(kind, name) of every object of ours that no Gateway wants any more: its Gateway was deleted (also while the
     controller was down), is no longer of our class, or has been renamed. With `namespaces` (the controller watches
-    only those), only objects of Gateways in them: the others belong to whoever watches their Gateways."""
-    keep = set(wanted)
+    only those), only objects of Gateways in them: the others belong to whoever watches their Gateways. The objects
+    of the Gateways in `keep` ((namespace, name): those desired_set could not build) are never stale."""
+    wanted_keys = set(wanted)
     found = set()
     for document in actual:
         metadata = document.get("metadata") or {}
-        owner = (metadata.get("labels") or {}).get(OWNER_NAMESPACE_LABEL)
+        labels = metadata.get("labels") or {}
+        owner = labels.get(OWNER_NAMESPACE_LABEL)
+        if (owner, labels.get(OWNER_NAME_LABEL)) in keep:
+            continue
         if is_managed(document) and (not namespaces or owner in namespaces):
             found.add((str(document.get("kind")), str(metadata.get("name"))))
-    return sorted(found - keep)
+    return sorted(found - wanted_keys)
 
 
 def _ip_or_hostname(value: str) -> tuple[str, str]:

@@ -181,7 +181,8 @@ class Provisioner:
             gateways = our_gateways(resources, self._controller_name)
             self._certificates.keep_only(f"{gateway.namespace}/{gateway.name}" for gateway, _ in gateways)
             certificate = self._certificate
-        wanted = desired_set(resources, self._controller_name, self.settings, certificate)
+        unbuilt: set[tuple[str, str]] = set()
+        wanted = desired_set(resources, self._controller_name, self.settings, certificate, unbuilt)
         hashes = {key: applied_hash(document) or "" for key, document in wanted.items()}
         if not (resync or force or actual is not None or hashes != self._applied or self._drifted(hashes)):
             return
@@ -194,7 +195,7 @@ class Provisioner:
             for key, document in wanted.items()
             if force or key not in actual or applied_hash(actual[key]) != hashes[key]
         ]
-        stale = stale_objects(actual.values(), wanted, self._namespaces)
+        stale = stale_objects(actual.values(), wanted, self._namespaces, keep=unbuilt)
         applied = await asyncio.gather(*(self._apply(document) for document in to_apply))
         deleted = await asyncio.gather(*(self._delete(kind, name) for kind, name in stale))
         for document in applied:
@@ -212,6 +213,10 @@ class Provisioner:
         if failed:
             self._force = force
             raise PassFailed(f"{failed} of {len(to_apply) + len(stale)} writes failed")
+        if unbuilt:  # the others are applied; these are tried again, with the pass's backoff
+            self._applied = None
+            names = ", ".join(f"{namespace}/{name}" for namespace, name in sorted(unbuilt))
+            raise PassFailed(f"the objects of Gateway(s) {names} could not be built")
         self._applied = hashes
         if to_apply or stale:
             log.info("provisioned: %d applied, %d deleted", len(to_apply), len(stale))
