@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,8 @@ class ClusterNetwork:
     index: int
     _free: list[int] = field(default_factory=lambda: list(range(2, 255)))
     _pods: dict[str, PodNetwork] = field(default_factory=dict)
+    # add_pod and remove_pod run in worker threads (their `ip` calls block): one at a time.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def bridge(self) -> str:
@@ -88,6 +91,10 @@ class ClusterNetwork:
     def add_pod(self, key: str) -> PodNetwork:
         """A namespace with its own loopback and an address on the bridge, default route via the node. `key` is the
         pod's UID; adding the same key twice returns the same network."""
+        with self._lock:
+            return self._add_pod(key)
+
+    def _add_pod(self, key: str) -> PodNetwork:
         if key in self._pods:
             return self._pods[key]
         if not self._free:
@@ -115,6 +122,10 @@ class ClusterNetwork:
 
     def remove_pod(self, key: str) -> None:
         """Deletes the namespace (and with it the veth pair); its address can be given again."""
+        with self._lock:
+            self._remove_pod(key)
+
+    def _remove_pod(self, key: str) -> None:
         pod = self._pods.pop(key, None)
         if pod is None:
             return

@@ -166,12 +166,12 @@ class PodWorker:
             with contextlib.suppress(Exception):
                 await self._send_status()
             await self._confirm_deletion()
-        self.node.network.remove_pod(self.uid)
+        await asyncio.to_thread(self.node.network.remove_pod, self.uid)  # `ip` calls: off the node's event loop
         if self.netns:
             shutil.rmtree(Path("/etc/netns") / self.netns, ignore_errors=True)
 
     async def _live(self) -> None:
-        network = self.node.network.add_pod(self.uid)
+        network = await asyncio.to_thread(self.node.network.add_pod, self.uid)
         self.ip, self.netns = network.ip, network.netns
         self._write_netns_files()
         self._set_condition("PodScheduled", True)

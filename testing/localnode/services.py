@@ -409,7 +409,9 @@ class ServiceProxy:
         self._listeners[key] = listener
 
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._forward(listener, reader, writer)
+            # A connection closed with its listener ends quietly: asyncio logs a cancelled connection callback.
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._forward(listener, reader, writer)
 
         try:
             listener.server = await asyncio.start_server(accept, key[0], key[1], reuse_address=True)
