@@ -67,8 +67,15 @@ def container_state(core: k8s.CoreV1Api, namespace: str, name: str) -> Any:
 
 async def test_an_image_without_a_local_program_waits_and_says_why(core: k8s.CoreV1Api, namespace: str) -> None:
     core.create_namespaced_pod(namespace, pod("web", {"name": "web", "image": "nginx:1.27"}))
+    # (ContainerCreating first while the new namespace's kube-root-ca.crt, which every pod mounts, is published.)
     waiting = await eventually(
-        lambda: (c := container_state(core, namespace, "web")) and c.state.waiting and c.state.waiting, "a reason"
+        lambda: (
+            (c := container_state(core, namespace, "web"))
+            and (w := c.state.waiting)
+            and w.reason != "ContainerCreating"
+            and w
+        ),
+        "a reason other than ContainerCreating",
     )
     assert waiting.reason == "ErrImagePull" and "'nginx:1.27'" in waiting.message, waiting
     assert status(core, namespace, "web").phase == "Pending"
