@@ -93,15 +93,16 @@ def request(
         connection.close()
 
 
-def eventually(check: Callable[[], Any], what: str) -> Any:
+def eventually(check: Callable[[], Any], what: str, seconds: float = SECONDS) -> Any:
     """Polls `check()` until it returns something truthy, and returns that (typed Any: checks are often
-    `lambda: cond and value`)."""
-    deadline = time.monotonic() + SECONDS
+    `lambda: cond and value`); the failure names the last value."""
+    deadline = time.monotonic() + seconds
     while True:
         result = check()
-        if result or time.monotonic() > deadline:
-            assert result, f"not reached: {what}"
+        if result:
             return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached: {what} (still {result!r} after {seconds:g} s)")
         time.sleep(0.05)
 
 

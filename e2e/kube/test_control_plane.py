@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import ipaddress
 import json
 import socket
@@ -19,7 +20,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,6 +32,7 @@ from e2e.kube.conftest import _ensure_binaries
 from testing.kube_cluster import KubeCluster, binary_dir, running_cluster
 from testing.kube_objects import fresh_namespace
 from testing.localnode.network import ClusterNetwork, create_network
+from testing.web import eventually
 
 # Bounds a hang on a loaded 2-core machine; nothing asserts on how fast anything happens.
 WAIT_SECONDS = 90.0
@@ -42,16 +43,8 @@ SERVICE_ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 NOWHERE = {"kubernetes.io/hostname": "no-such-node"}
 
 
-def wait_for(probe: Callable[[], Any], what: str, seconds: float = WAIT_SECONDS) -> Any:
-    """Polls `probe` until it returns something truthy, and returns that; the failure names the last value."""
-    deadline = time.monotonic() + seconds
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {last!r} after {seconds:.0f} s")
-        time.sleep(0.2)
+# Polls a probe until it holds (testing.web.eventually), with this file's patience.
+wait_for = functools.partial(eventually, seconds=WAIT_SECONDS)
 
 
 def _now() -> str:

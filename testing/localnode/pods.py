@@ -389,8 +389,8 @@ class PodWorker:
         self._tokens[(audience, seconds)] = (token, loop.time() + 0.8 * max(seconds, 600))
         return token
 
-    async def _render_all(self, spec: Mapping[str, Any]) -> bool:
-        """Writes every volume whose content changed; True when all could be rendered."""
+    async def _render_all(self, spec: Mapping[str, Any]) -> None:
+        """Writes every volume whose content changed; raises when one cannot be rendered."""
         dirs: dict[str, Path] = {}
         for volume in spec.get("volumes") or []:
             name = str(volume["name"])
@@ -408,7 +408,6 @@ class PodWorker:
                 write_atomically(directory, rendered)
                 self._volume_digests[name] = fingerprint
         self._dirs = dirs
-        return True
 
     async def _mount_volumes(self, spec: Mapping[str, Any]) -> None:
         """Waits until every volume can be rendered (a missing ConfigMap or Secret may come), saying why meanwhile."""
