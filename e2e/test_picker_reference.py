@@ -11,9 +11,11 @@ response body chunk by chunk and copies the endpoint that served (`envoy.lb` met
 first. Its "pod" is a Pod manifest whose IP is the stand-in's own loopback address.
 
 Pools:
-- `ref`: pods ref-0 and ref-1, FailClose, EPP Service ref-epp -> the stand-in.
+- `ref`: pods ref-0 and ref-1, FailClose, EPP Service ref-epp -> the stand-in; and ref-late, running but not Ready
+  in the control plane's view (the EPP watches pods itself and may see one Ready first).
 - `orphan`: its EPP Service does not exist: 500 JSON.
-- `open`: FailOpen, its EPP Service selects no ready pod: Envoy cannot reach a picker and balances the pool itself.
+- `open`: FailOpen, its EPP Service selects no ready pod: Envoy cannot reach a picker and balances the pool itself;
+  open-late-1 and -2 run but are not Ready, so only a third of the pool is (below Envoy's default panic threshold).
 A fourth simulator, `outsider`, is in no pool: a pick naming it must not reach it.
 """
 
@@ -203,16 +205,17 @@ spec: {{selector: {{app: {name}}}, ports: [{{name: grpc, port: 9002, targetPort:
 class ReferenceGateway:
     def __init__(self, tmp_path: Path) -> None:
         octet = random.randint(1, 254)
-        self.hosts = [f"127.{octet}.92.{i}" for i in (1, 2, 3, 4)]  # ref-0, ref-1, open-0, outsider
+        names = ("ref-0", "ref-1", "open-0", "outsider", "ref-late", "open-late-1", "open-late-2")
+        self.hosts = [f"127.{octet}.92.{i}" for i in range(1, len(names) + 1)]
         self.port = port_free_on(self.hosts)
         self.sims: list[SimProcess] = []
-        names = ("ref-0", "ref-1", "open-0", "outsider")
         for name, host in zip(names, self.hosts, strict=True):
             args = ["--host", host, "--port", str(self.port), "--model", "llama", "--seed", "1"]
             log = tmp_path / f"{name}.log"
             self.sims.append(start_sim("vllm", args, host, self.port, log, env={"POD_NAME": name}))
         self.endpoints = {name: f"{host}:{self.port}" for name, host in zip(names[:2], self.hosts[:2], strict=True)}
         self.outsider = f"{self.hosts[3]}:{self.port}"
+        self.late = f"{self.hosts[4]}:{self.port}"
         epp_host = f"127.{octet}.92.10"
         self.epp = StandInServer(epp_host, free_port(epp_host), StandInPicker(self.endpoints["ref-0"]))
         self.epp.start()
@@ -236,6 +239,9 @@ class ReferenceGateway:
             pod("orphan-0", self.hosts[0], {"app": "orphan"}),
             pod("open-0", self.hosts[2], {"app": "open"}),
             pod("outsider", self.hosts[3], {"app": "elsewhere"}),
+            pod("ref-late", self.hosts[4], {"app": "ref"}, ready=False),
+            pod("open-late-1", self.hosts[5], {"app": "open"}, ready=False),
+            pod("open-late-2", self.hosts[6], {"app": "open"}, ready=False),
         ]
         (manifests / "all.yaml").write_text("---".join(documents))
         self.xds_port, self.admin_port = free_port(), free_port()
@@ -300,6 +306,14 @@ def test_a_choice_outside_the_pool_is_not_honoured(gw: ReferenceGateway) -> None
     assert all(a.status_code == 503 for a in answers), [a.text for a in answers]
 
 
+def test_a_pick_of_a_pod_not_ready_yet_in_our_view_is_honoured(gw: ReferenceGateway) -> None:
+    """The picker's view of the pool's pods may be ahead of Envoy's endpoints (it watches pods itself): its choice of
+    a pool pod that is not Ready for the control plane yet is served, not refused with "no healthy upstream"."""
+    answer = gw.chat("ref", headers={CHOICE_HEADER: gw.late})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-inference-pod"] == "ref-late"
+
+
 def test_a_missing_picker_service_answers_500_json(gw: ReferenceGateway) -> None:
     answer = gw.chat("orphan")
     assert answer.status_code == 500
@@ -312,7 +326,9 @@ def test_a_missing_picker_service_answers_500_json(gw: ReferenceGateway) -> None
 
 
 def test_a_fail_open_pool_whose_picker_cannot_be_reached_is_balanced_by_envoy(gw: ReferenceGateway) -> None:
-    answers = [gw.chat("open") for _ in range(3)]
+    """Balancing reaches only the Ready pod, though it is a third of the pool (Envoy's default would panic and
+    balance over all three)."""
+    answers = [gw.chat("open") for _ in range(9)]
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
     assert {a.headers["x-inference-pod"] for a in answers} == {"open-0"}
 

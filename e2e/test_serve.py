@@ -87,9 +87,10 @@ async def test_envoy_serves_the_files_and_follows_edits_additions_and_deletions(
     [client] = await synced(serve)
     snapshots = await serve.document("/debug/snapshots")
     assert client["node"] == "e2e" and client["gateway"] == GATEWAY and client["protocol"] == "sotw"
-    # No EDS cluster in this Gateway: Envoy subscribes to the three other types and holds their latest versions.
+    # No EDS cluster and no HTTPS listener in this Gateway: Envoy subscribes to the three other types (not to
+    # endpoints, nor to Secrets) and holds their latest versions.
     assert {name: t["acked"] for name, t in client["types"].items()} == {
-        name: t["version"] for name, t in snapshots[GATEWAY].items() if name != "ClusterLoadAssignment"
+        name: t["version"] for name, t in snapshots[GATEWAY].items() if name not in ("ClusterLoadAssignment", "Secret")
     }
     assert await serve.metric(f'xds_server_connected_envoys{{gateway="{GATEWAY}"}}') == 1.0
     status = await asyncio.to_thread(xds_server_status, serve)

@@ -9,12 +9,15 @@ from pathlib import Path
 import pytest
 from envoy.config.core.v3 import address_pb2
 
+from testing.cases import OPTIONS, translate_case
 from testing.xds_fixtures import Resources, backend_cluster, gateway
+from translators.xds.gateway import gateway_resources
 from translators.xds.names import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
     LISTENER_TYPE,
     ROUTE_TYPE,
+    SECRET_TYPE,
 )
 from xds_server.xds.cache import InconsistentSnapshot, Snapshot, SnapshotCache
 
@@ -73,12 +76,25 @@ def test_inconsistent_snapshots_are_refused(breakage: str, message: str) -> None
         build(resources)
 
 
+def test_a_listener_presenting_a_certificate_the_snapshot_lacks_is_refused() -> None:
+    """Envoy would keep such a listener warming, never serving it: the snapshot carries each certificate it names."""
+    [https_gateway] = translate_case("https-listeners").gateways
+    resources = gateway_resources(https_gateway, OPTIONS).by_type()
+    assert set(Snapshot.build(resources).resources(SECRET_TYPE)) == {
+        "secret/certs/shared-cert",
+        "secret/default/default-cert",
+    }
+    resources[SECRET_TYPE] = tuple(s for s in resources[SECRET_TYPE] if s.name != "secret/default/default-cert")
+    with pytest.raises(InconsistentSnapshot, match="uses missing Secret 'secret/default/default-cert'"):
+        Snapshot.build(resources)
+
+
 def test_cache_reports_changed_types_in_push_order_and_ignores_equal_content() -> None:
     cache = SnapshotCache()
     heard: list[str] = []
     cache.add_listener(lambda key, snapshot: heard.append(key))
     snapshot = build(gateway())
-    assert cache.set("default/gw", snapshot) == [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE]
+    assert cache.set("default/gw", snapshot) == [CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, LISTENER_TYPE, ROUTE_TYPE]
     assert cache.set("default/gw", build(gateway())) == []
     assert heard == ["default/gw"]
     assert cache.get("default/gw") is snapshot and cache.snapshot_keys() == ["default/gw"]

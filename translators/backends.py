@@ -18,6 +18,7 @@ from translators.ir import (
     Discovery,
     Endpoint,
     EndpointGroup,
+    EndpointHealth,
     EndpointPickerIR,
     ObjectRef,
     PickerMode,
@@ -26,7 +27,7 @@ from translators.ir import (
 )
 from translators.loader import ResourceSet
 from translators.picker_config import PickerConfigFinder
-from translators.pools import pool_members, pool_objectives
+from translators.pools import active_ports, pool_members, pool_objectives
 from translators.resources import (
     AIServiceBackend,
     Backend,
@@ -121,9 +122,12 @@ class BackendResolver:
         self._resolve_cluster_local = resolve_cluster_local
         self._upstream_backends = upstream_backends  # (ns, name) of AIServiceBackends with upstream-phase settings
         self._ready_pods: dict[str, list[Pod]] = {}
+        self._standby_pods: dict[str, list[Pod]] = {}  # with an address, not Ready or terminating
         for pod in resources.of_kind(Pod):
             if pod.is_ready:
                 self._ready_pods.setdefault(pod.namespace, []).append(pod)
+            elif pod.status.pod_ip:
+                self._standby_pods.setdefault(pod.namespace, []).append(pod)
         self._objectives: dict[str, list[InferenceObjective]] = {}
         for objective in resources.of_kind(InferenceObjective):
             self._objectives.setdefault(objective.namespace, []).append(objective)
@@ -131,11 +135,25 @@ class BackendResolver:
         # Every rule routing to a pool needs it: built once, with the Endpoint Picker it calls in reference mode.
         self._pools: dict[tuple[str, str], tuple[PoolIR, EndpointPickerIR | None]] = {}
 
-    def _pods(self, namespace: str, labels: dict[str, str]) -> list[Pod]:
+    def _pods(self, namespace: str, labels: dict[str, str], ready: bool = True) -> list[Pod]:
+        """The Ready pods `labels` select; with `ready=False`, those with an address that are not Ready."""
         if not labels:  # a selector-less Service has no automatic endpoints
             return []
-        pods = self._ready_pods.get(namespace, [])
+        pods = (self._ready_pods if ready else self._standby_pods).get(namespace, [])
         return [p for p in pods if all(p.metadata.labels.get(k) == v for k, v in labels.items())]
+
+    def _standby_endpoints(self, pool: InferencePool, ready: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+        """The pool's endpoints on pods that are not Ready (yet) or terminating: see EndpointHealth."""
+        target_ports = [port.number for port in pool.spec.target_ports]
+        taken = {(e.address, e.port) for e in ready}
+        found = set()
+        for pod in self._pods(pool.namespace, pool.spec.selector.match_labels, ready=False):
+            terminating = pod.metadata.deletion_timestamp is not None
+            health = EndpointHealth.TERMINATING if terminating else EndpointHealth.NOT_READY
+            for port in active_ports(pod, target_ports):
+                if (pod.status.pod_ip, port) not in taken:
+                    found.add(Endpoint(pod.status.pod_ip or "", port, health=health))
+        return tuple(sorted(found))
 
     def service_endpoints(self, namespace: str, name: str, port: int) -> tuple[Endpoint, ...]:
         service = self._resources.get(Service, namespace, name)
@@ -273,7 +291,8 @@ class BackendResolver:
         if pool is None:
             raise Unresolved("BackendNotFound", f"InferencePool {namespace}/{name} not found")
         pool_ir, endpoint_picker = self._pool(pool)
-        group = EndpointGroup(f"inferencepool/{namespace}/{name}", pool_ir.endpoints, dynamic=True)
+        endpoints = pool_ir.endpoints + self._standby_endpoints(pool, pool_ir.endpoints)
+        group = EndpointGroup(f"inferencepool/{namespace}/{name}", endpoints, dynamic=True)
         balancing = PoolBalancing(ObjectRef(InferencePool.kind, namespace, name), pool_ir.fail_open, endpoint_picker)
         cluster = ClusterIR(
             group.backend,

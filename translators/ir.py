@@ -39,11 +39,23 @@ class ObjectRef:
         return f"{self.namespace}/{self.name}" if self.namespace else self.name
 
 
+class EndpointHealth(StrEnum):
+    """Whether an endpoint takes balanced traffic. A pool's cluster also holds its pods that have an address but are
+    not Ready (yet) or are terminating: balancing skips them, but an Endpoint Picker's choice of one is honoured. The
+    picker watches pods itself and sees a new Ready pod before Envoy's endpoints do; without them, its first pick of
+    that pod would be a 503 ("no healthy upstream")."""
+
+    READY = "ready"
+    NOT_READY = "not-ready"  # EDS UNHEALTHY
+    TERMINATING = "terminating"  # EDS DRAINING
+
+
 @dataclass(frozen=True, order=True)
 class Endpoint:
     address: str  # IP, hostname or unix socket path
     port: int  # 0 for unix sockets
     kind: AddressKind = AddressKind.IP
+    health: EndpointHealth = EndpointHealth.READY
 
 
 @dataclass(frozen=True)
@@ -244,11 +256,35 @@ class VirtualHostIR:
 
 
 @dataclass(frozen=True)
+class CertificateIR:
+    """A certificate chain and its private key, from a `kubernetes.io/tls` Secret; Envoy gets them over SDS under
+    `name`, so the key is never in a listener (nor in a listener's config dump)."""
+
+    name: str  # "secret/<namespace>/<name>", the SDS resource name
+    certificate_chain: str  # PEM
+    private_key: str = field(repr=False)  # PEM; a secret: never logged or written out
+
+
+@dataclass(frozen=True)
+class TlsChainIR:
+    """One TLS filter chain of an Envoy listener: the SNI names it takes (none: every other name, and clients that
+    send none) and the certificates it presents (by CertificateIR name)."""
+
+    server_names: tuple[str, ...]
+    certificates: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ListenerIR:
     name: str  # also the name of its RouteConfiguration
     address: str
     port: int
     virtual_hosts: tuple[VirtualHostIR, ...]
+    tls: tuple[TlsChainIR, ...] = ()  # none: plain HTTP
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def routes(self) -> tuple[RouteIR, ...]:
@@ -271,6 +307,7 @@ class GatewayIR:
     name: str
     listeners: tuple[ListenerIR, ...]
     clusters: tuple[ClusterIR, ...]
+    certificates: tuple[CertificateIR, ...] = ()  # those the TLS listeners present, sorted by name
 
     @property
     def key(self) -> str:

@@ -7,8 +7,6 @@ On a conflict the backendRef wins over the AIServiceBackend, and the credential 
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 
@@ -178,14 +176,11 @@ class UpstreamSettings:
         secret = self._resources.get(Secret, namespace, ref.name)
         if secret is None:
             return self._refuse(policy, "SecretNotFound", f"Secret {namespace}/{ref.name} not found")
-        value = secret.string_data.get(API_KEY_SECRET_KEY)
-        if value is None and API_KEY_SECRET_KEY in secret.data:
-            try:
-                value = base64.b64decode(secret.data[API_KEY_SECRET_KEY], validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                return self._refuse(
-                    policy, "InvalidSecret", f"Secret {ref.name}: key {API_KEY_SECRET_KEY} is not base64"
-                )
+        try:
+            raw = secret.value(API_KEY_SECRET_KEY)
+            value = raw.decode() if raw is not None else None
+        except ValueError:  # not base64, or (UnicodeDecodeError) not text
+            return self._refuse(policy, "InvalidSecret", f"Secret {ref.name}: key {API_KEY_SECRET_KEY} is not base64")
         if value is None:
             return self._refuse(policy, "InvalidSecret", f"Secret {ref.name} has no key {API_KEY_SECRET_KEY}")
         value = value.strip()

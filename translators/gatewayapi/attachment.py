@@ -6,16 +6,18 @@ from __future__ import annotations
 
 from functools import partial
 
+from translators.gatewayapi.listener_tls import ListenerCertificates, ListenerTls, RefProblem
 from translators.gatewayapi.rules import Route
 from translators.gatewayapi.status import StatusBook, condition
 from translators.hostnames import effective_hostnames
-from translators.ir import ParentRefIR
+from translators.ir import CertificateIR, ParentRefIR
 from translators.resources import Gateway
 from translators.resources.aigateway import AIGATEWAY_GROUP
 from translators.resources.gateway_api import GATEWAY_API_GROUP, Listener, ParentReference
 
 # The route kinds an HTTP listener takes, as its status lists them: AIGatewayRoutes attach to Gateways directly.
 HTTP_ROUTE_KINDS = ((GATEWAY_API_GROUP, "HTTPRoute"), (AIGATEWAY_GROUP, "AIGatewayRoute"))
+HTTP_PROTOCOLS = ("HTTP", "HTTPS")  # HTTPS: TLS terminated by Envoy with the listener's certificates
 
 
 def parent_ref(route: Route, parent: ParentReference) -> ParentRefIR:
@@ -27,7 +29,7 @@ def parent_ref(route: Route, parent: ParentReference) -> ParentRefIR:
 
 def route_kinds(listener: Listener) -> tuple[tuple[tuple[str, str], ...], list[str]]:
     """The (group, kind) of the routes the listener takes, and the kinds its allowedRoutes names that it cannot."""
-    supported = HTTP_ROUTE_KINDS if listener.protocol == "HTTP" else ()
+    supported = HTTP_ROUTE_KINDS if listener.protocol in HTTP_PROTOCOLS else ()
     if not listener.allowed_routes.kinds:
         return supported, []
     named = [(k.group, k.kind) for k in listener.allowed_routes.kinds]
@@ -36,9 +38,12 @@ def route_kinds(listener: Listener) -> tuple[tuple[tuple[str, str], ...], list[s
 
 
 class Attachment:
-    def __init__(self, book: StatusBook, namespace_labels: dict[str, dict[str, str]]) -> None:
+    def __init__(self, book: StatusBook, namespace_labels: dict[str, dict[str, str]], tls: ListenerTls) -> None:
         self.book = book
         self.namespace_labels = namespace_labels
+        self.tls = tls
+        # The certificates of each HTTPS listener served, by (Gateway namespace, Gateway name, listener name).
+        self.certificates: dict[tuple[str, str, str], tuple[CertificateIR, ...]] = {}
 
     def _refusal(self, gateway: Gateway, listener: Listener, route: Route) -> str | None:
         """Why the listener does not admit the route (its allowedRoutes), or None when it does."""
@@ -86,37 +91,69 @@ class Attachment:
             self.book.attach(gateway, listener.name, route)
         return attached
 
+    def _certificates(self, gateway: Gateway, listener: Listener) -> ListenerCertificates:
+        """An HTTPS listener's certificates; those it can present are kept for the translator."""
+        resolved = self.tls.certificates(gateway, listener)
+        if resolved.certificates:
+            self.certificates[(gateway.namespace, gateway.name, listener.name)] = resolved.certificates
+        return resolved
+
     def gateway_listeners(self, gateway: Gateway) -> list[Listener]:
-        """The listeners that are served; every listener's status, and the Gateway's Accepted, go in the book."""
+        """The listeners that are served; every listener's status, and the Gateway's Accepted, go in the book.
+
+        Listeners sharing a port share one Envoy listener: they must speak the same protocol, and differ by
+        hostname (for HTTPS, the SNI name that selects the listener's certificates)."""
         usable: list[Listener] = []
-        seen: dict[tuple[int, str | None], str] = {}  # (port, hostname) of the HTTP listeners served
+        seen: dict[tuple[int, str | None], str] = {}  # (port, hostname) of the listeners served
+        protocols: dict[int, str] = {}  # the protocol of each port, as its first listener says
         not_valid: list[str] = []
         for listener in gateway.spec.listeners:
             kinds, invalid_kinds = route_kinds(listener)
             self.book.add_listener(gateway, listener.name, kinds)
             report = partial(self.book.report_listener, gateway, listener.name)
-            clash = seen.get((listener.port, listener.hostname)) if listener.protocol == "HTTP" else None
+            served_protocol = listener.protocol in HTTP_PROTOCOLS
+            clash = seen.get((listener.port, listener.hostname)) if served_protocol else None
+            other_protocol = protocols.get(listener.port, listener.protocol) if served_protocol else listener.protocol
             refusal: tuple[str, str] | None = None  # (reason, message) of Accepted=False
-            if listener.protocol != "HTTP":
+            conflict: tuple[str, str] | None = None  # (reason, message) of Conflicted=True
+            unprogrammed: str | None = None  # why a valid listener is not served
+            tls_problems: tuple[RefProblem, ...] = ()
+            if not served_protocol:
                 refusal = ("UnsupportedProtocol", f"protocol {listener.protocol} is not supported")
+            elif other_protocol != listener.protocol:
+                message = f"not served: port {listener.port} is already {other_protocol}"
+                refusal = conflict = ("ProtocolConflict", message)
             elif clash is not None:
-                refusal = ("HostnameConflict", f"not served: same port and hostname as listener {clash}")
-            if refusal is None:
+                refusal = conflict = ("HostnameConflict", f"not served: same port and hostname as listener {clash}")
+            elif listener.protocol == "HTTPS" and (listener.tls is None or listener.tls.mode != "Terminate"):
+                message = "an HTTPS listener needs tls with mode Terminate (Passthrough takes TLSRoutes: not supported)"
+                refusal = ("UnsupportedValue", message)
+            elif listener.protocol == "HTTPS":
+                resolved = self._certificates(gateway, listener)
+                tls_problems = resolved.problems
+                unprogrammed = None if resolved.certificates else "no certificate can be served"
+            if refusal is None and unprogrammed is None:
                 seen[(listener.port, listener.hostname)] = listener.name
+                protocols.setdefault(listener.port, listener.protocol)
                 usable.append(listener)
                 report("Accepted", True, "Accepted", "the listener is valid")
                 report("Programmed", True, "Programmed", "served by Envoy")
+            elif refusal is None:
+                report("Accepted", True, "Accepted", "the listener is valid")
+                report("Programmed", False, "Invalid", f"not served: {unprogrammed}")
             else:
                 not_valid.append(listener.name)
                 report("Accepted", False, *refusal)
                 report("Programmed", False, "Invalid", "the listener is not valid")
+            for problem in tls_problems:
+                report("ResolvedRefs", False, problem.reason, problem.message)
             if invalid_kinds:
                 message = f"route kinds not supported: {', '.join(invalid_kinds)}"
                 report("ResolvedRefs", False, "InvalidRouteKinds", message)
             else:
-                report("ResolvedRefs", True, "ResolvedRefs", "every reference resolved")
-            if clash is not None:
-                report("Conflicted", True, "HostnameConflict", f"same port and hostname as listener {clash}")
+                report("ResolvedRefs", True, "ResolvedRefs", "every reference resolved")  # any False above wins
+            if conflict is not None:
+                report("Conflicted", True, *conflict)
             else:
                 report("Conflicted", False, "NoConflicts", "no conflict with another listener")
         if not not_valid:

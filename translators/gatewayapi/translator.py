@@ -10,12 +10,14 @@ from collections import defaultdict
 
 from translators.backends import BackendResolver, ReferenceGrants
 from translators.gatewayapi.attachment import Attachment, parent_ref
+from translators.gatewayapi.listener_tls import ListenerTls
 from translators.gatewayapi.model_routes import leading_routes, trailing_routes
 from translators.gatewayapi.rules import Route, RuleRoutes, RuleTranslator
 from translators.gatewayapi.status import StatusBook
 from translators.gatewayapi.verdicts import Verdicts
 from translators.ir import (
     AiRole,
+    CertificateIR,
     ClusterIR,
     GatewayIR,
     HeaderMatchKind,
@@ -24,6 +26,7 @@ from translators.ir import (
     ObjectRef,
     ParentRefIR,
     RouteIR,
+    TlsChainIR,
     TranslateOptions,
     Translation,
     VirtualHostIR,
@@ -37,12 +40,14 @@ from translators.resources import (
     InferencePool,
     Namespace,
 )
-from translators.resources.gateway_api import GATEWAY_API_GROUP, ParentReference
+from translators.resources.gateway_api import GATEWAY_API_GROUP, Listener, ParentReference
 from translators.upstream import UpstreamSettings
 from translators.xds.names import MODEL_HEADER
 
 # A route placed on a virtual host: (Gateway listener name, precedence key, route).
 _Entry = tuple[str, tuple[object, ...], RouteIR]
+# A Gateway's TLS: the filter chains of each Envoy port, and the certificates they present by name.
+_Tls = tuple[dict[int, list[TlsChainIR]], dict[str, CertificateIR]]
 
 
 class _Translator:
@@ -57,7 +62,7 @@ class _Translator:
         )
         self.rules = RuleTranslator(self.book, upstream, self.backends)
         namespace_labels = {ns.name: ns.metadata.labels for ns in resources.of_kind(Namespace)}
-        self.attachment = Attachment(self.book, namespace_labels)
+        self.attachment = Attachment(self.book, namespace_labels, ListenerTls(resources, grants))
         self.verdicts = Verdicts(self.book, resources, self.backends)
 
     def _envoy_port(self, port: int) -> int:
@@ -97,7 +102,7 @@ class _Translator:
                                 pool_parents[cluster.pool.pool].add(ParentRefIR(gateway.namespace, gateway.name))
                         for domain in domains:
                             port_vhosts.setdefault(domain, []).extend((listener.name, key, r) for key, r in rule.routes)
-            gateway_irs.append(self._gateway_ir(gateway, vhosts, clusters))
+            gateway_irs.append(self._gateway_ir(gateway, vhosts, clusters, self._tls(gateway, listeners)))
             if listeners:
                 self.book.report(gateway, "Programmed", True, "Programmed", f"{len(vhosts)} Envoy listener(s)")
             else:
@@ -158,9 +163,23 @@ class _Translator:
                 self.book.ignore(route)
         return by_gateway
 
+    def _tls(self, gateway: Gateway, listeners: list[Listener]) -> _Tls:
+        """Per Envoy port, the TLS filter chain of each HTTPS listener there (one per hostname: its SNI name; a
+        listener without one takes every other name, and clients sending none), and the certificates they present."""
+        chains: dict[int, list[TlsChainIR]] = defaultdict(list)
+        certificates: dict[str, CertificateIR] = {}
+        for listener in listeners:
+            presented = self.attachment.certificates.get((gateway.namespace, gateway.name, listener.name))
+            if presented is not None:
+                names = (listener.hostname,) if listener.hostname else ()
+                chains[self._envoy_port(listener.port)].append(TlsChainIR(names, tuple(c.name for c in presented)))
+                certificates.update((c.name, c) for c in presented)
+        return chains, certificates
+
     def _gateway_ir(
-        self, gateway: Gateway, vhosts: dict[int, dict[str, list[_Entry]]], clusters: dict[str, ClusterIR]
+        self, gateway: Gateway, vhosts: dict[int, dict[str, list[_Entry]]], clusters: dict[str, ClusterIR], tls: _Tls
     ) -> GatewayIR:
+        chains, certificates = tls
         listeners = []
         for port, domains in sorted(vhosts.items()):
             name = f"{gateway.namespace}/{gateway.name}/{port}"
@@ -172,12 +191,14 @@ class _Translator:
                 if any(r.ai is not None for r in ordered):
                     ordered = [*leading_routes(vhost_name), *ordered, *trailing_routes(vhost_name, models)]
                 virtual_hosts.append(VirtualHostIR(vhost_name, (domain,), tuple(ordered), models))
-            listeners.append(ListenerIR(name, self.options.listener_address, port, tuple(virtual_hosts)))
+            port_chains = tuple(sorted(chains.get(port, ()), key=lambda c: c.server_names))
+            listeners.append(ListenerIR(name, self.options.listener_address, port, tuple(virtual_hosts), port_chains))
         return GatewayIR(
             gateway.namespace,
             gateway.name,
             tuple(listeners),
             tuple(cluster for _, cluster in sorted(clusters.items())),
+            tuple(certificate for _, certificate in sorted(certificates.items())),
         )
 
     def _models(self, routes: list[RouteIR]) -> tuple[ModelIR, ...]:

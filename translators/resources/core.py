@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import Annotated, Any, Literal
 
@@ -167,3 +169,15 @@ class Secret(Resource):
     type: str = "Opaque"
     data: dict[str, str] = Field(default_factory=dict, repr=False)
     string_data: dict[str, str] = Field(default_factory=dict, repr=False)
+
+    def value(self, key: str) -> bytes | None:
+        """The key's value, None when absent; stringData wins, as the API server merges it over data. Raises
+        ValueError (without the value) when data does not hold base64."""
+        if key in self.string_data:
+            return self.string_data[key].encode()
+        if key not in self.data:
+            return None
+        try:
+            return base64.b64decode(self.data[key], validate=True)
+        except binascii.Error:
+            raise ValueError(f"key {key} is not base64") from None

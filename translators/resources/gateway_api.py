@@ -55,11 +55,25 @@ class AllowedRoutes(K8sModel):
     kinds: list[RouteGroupKind] = Field(default_factory=list, max_length=8)  # empty: every kind the protocol takes
 
 
+class SecretObjectReference(K8sModel):
+    group: str = ""
+    kind: str = "Secret"
+    name: ObjectName
+    namespace: ObjectName | None = None
+
+
+class GatewayTLSConfig(K8sModel):
+    mode: Literal["Terminate", "Passthrough"] = "Terminate"
+    certificate_refs: list[SecretObjectReference] = Field(default_factory=list, max_length=64)
+    options: dict[str, str] = Field(default_factory=dict)
+
+
 class Listener(K8sModel):
     name: ObjectName
     hostname: Hostname | None = None
     port: PortNumber
     protocol: str
+    tls: GatewayTLSConfig | None = None
     allowed_routes: AllowedRoutes = Field(default_factory=AllowedRoutes)
 
 

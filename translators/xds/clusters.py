@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, extension_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, extension_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.load_balancing_policies.override_host.v3 import override_host_pb2
 from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
@@ -21,6 +21,7 @@ from translators.ir import (
     Discovery,
     Endpoint,
     EndpointGroup,
+    EndpointHealth,
     EndpointPickerIR,
     TranslateOptions,
 )
@@ -54,12 +55,22 @@ def _address(endpoint: Endpoint) -> address_pb2.Address:
     )
 
 
+# Balancing skips these; override_host (the picker's choice) still finds them (it looks hosts up by address).
+_EDS_HEALTH = {
+    EndpointHealth.NOT_READY: health_check_pb2.UNHEALTHY,
+    EndpointHealth.TERMINATING: health_check_pb2.DRAINING,
+}
+
+
 def _lb_endpoint(endpoint: Endpoint, backend: str) -> endpoint_components_pb2.LbEndpoint:
     metadata = base_pb2.Metadata()
     metadata.filter_metadata[XDS_METADATA_NAMESPACE].update({"backend": backend})
-    return endpoint_components_pb2.LbEndpoint(
+    built = endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(address=_address(endpoint)), metadata=metadata
     )
+    if endpoint.health in _EDS_HEALTH:
+        built.health_status = _EDS_HEALTH[endpoint.health]
+    return built
 
 
 def _locality(group: EndpointGroup, weighted: bool) -> endpoint_components_pb2.LocalityLbEndpoints:
@@ -153,6 +164,8 @@ def cluster(ir: ClusterIR, buffer_limit_bytes: int) -> cluster_pb2.Cluster:
         built.common_lb_config.locality_weighted_lb_config.SetInParent()
     if ir.pool is not None:
         built.load_balancing_policy.CopyFrom(_pool_policy(ir.pool.fail_open))
+        # Never balance onto a pool's not-Ready pods, however few are Ready (Envoy's default panics below 50%).
+        built.common_lb_config.healthy_panic_threshold.value = 0
     if ir.http2 or ir.upstream_settings:
         built.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(pack(_protocol_options(ir)))
     if ir.upstream_settings:

@@ -1,4 +1,4 @@
-"""IR -> Envoy xDS protobufs: the four resource types of one Gateway's snapshot, each sorted by name."""
+"""IR -> Envoy xDS protobufs: the five resource types of one Gateway's snapshot, each sorted by name."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf.message import Message
 
 from translators.ir import Discovery, EndpointPickerIR, GatewayIR, ObjectRef, TranslateOptions
@@ -18,9 +19,10 @@ from translators.xds.clusters import (
     extproc_cluster,
     load_assignment,
 )
+from translators.xds.listener_tls import certificate_secret
 from translators.xds.listeners import listener, uses_extproc
 from translators.xds.memo import Memo
-from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE
 from translators.xds.routes import route_configuration
 
 
@@ -33,12 +35,14 @@ class XdsResources:
     routes: tuple[route_pb2.RouteConfiguration, ...]
     clusters: tuple[cluster_pb2.Cluster, ...]
     endpoints: tuple[endpoint_pb2.ClusterLoadAssignment, ...]
+    secrets: tuple[secret_pb2.Secret, ...] = ()
 
     def by_type(self) -> dict[str, tuple[Message, ...]]:
         """The resources keyed by xDS type URL, the shape a snapshot is built from."""
         return {
             CLUSTER_TYPE: self.clusters,
             ENDPOINT_TYPE: self.endpoints,
+            SECRET_TYPE: self.secrets,
             LISTENER_TYPE: self.listeners,
             ROUTE_TYPE: self.routes,
         }
@@ -79,4 +83,8 @@ def gateway_resources(gateway: GatewayIR, options: TranslateOptions, memo: Memo 
         routes=tuple(sorted(routes, key=lambda r: r.name)),
         clusters=tuple(sorted(clusters, key=lambda r: r.name)),
         endpoints=tuple(sorted(assignments, key=lambda r: r.cluster_name)),
+        secrets=tuple(
+            memo.get(("secret", c), lambda c=c: certificate_secret(c))  # type: ignore[misc]
+            for c in gateway.certificates
+        ),
     )

@@ -32,6 +32,7 @@ from translators.ir import ListenerIR, PickerBodyMode, TranslateOptions
 from translators.xds.ai_listener import ai_access_log, local_reply_config, usage_log
 from translators.xds.clusters import ads_config_source
 from translators.xds.extproc import QUICK_MESSAGE_TIMEOUT, extproc_config
+from translators.xds.listener_tls import tls_filter_chain_parts, tls_inspector
 from translators.xds.model import model_config, usage_config
 from translators.xds.names import (
     INTERNAL_HEADER_PREFIXES,
@@ -181,9 +182,21 @@ def listener(ir: ListenerIR, options: TranslateOptions) -> listener_pb2.Listener
     network_filter = listener_components_pb2.Filter(
         name="envoy.filters.network.http_connection_manager", typed_config=pack(manager)
     )
-    return listener_pb2.Listener(
+    built = listener_pb2.Listener(
         name=ir.name,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=ir.address, port_value=ir.port)),
         per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=options.buffer_limit_bytes),
-        filter_chains=[listener_components_pb2.FilterChain(filters=[network_filter])],
     )
+    if not ir.tls:
+        built.filter_chains.append(listener_components_pb2.FilterChain(filters=[network_filter]))
+        return built
+    # HTTPS: one filter chain per Gateway listener (SNI), all with the same routes (the Host header picks among them).
+    built.listener_filters.append(tls_inspector())
+    for chain in ir.tls:
+        match, socket = tls_filter_chain_parts(chain)
+        built.filter_chains.append(
+            listener_components_pb2.FilterChain(
+                filter_chain_match=match, filters=[network_filter], transport_socket=socket
+            )
+        )
+    return built

@@ -11,11 +11,12 @@ from translators.ir import ObjectRef
 
 Mode = processing_mode_pb2.ProcessingMode
 
-# The four xDS resource types a Gateway's snapshot holds.
+# The five xDS resource types a Gateway's snapshot holds (SECRET: the certificates its HTTPS listeners present).
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 STRIP_HEADERS_EXTENSION = "envoy.http.early_header_mutation.header_mutation/strip-internal-headers"
 # Copies the request body's `model` into MODEL_HEADER, then has Envoy route the request again (native, no ext_proc).

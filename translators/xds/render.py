@@ -52,7 +52,15 @@ def resources_dict(resources: XdsResources) -> dict[str, Any]:
         "routes": [message_dict(m) for m in resources.routes],
         "clusters": [message_dict(m) for m in resources.clusters],
         "endpoints": [message_dict(m) for m in resources.endpoints],
+        **({"secrets": [_secret_dict(m) for m in resources.secrets]} if resources.secrets else {}),
     }
+
+
+def _secret_dict(secret: Message) -> dict[str, Any]:
+    """A certificate with its private key redacted: output is shown, logged and kept in golden files."""
+    shown = message_dict(secret)
+    shown["tls_certificate"]["private_key"] = {"inline_string": REDACTED}
+    return shown
 
 
 def _conditions(conditions: tuple[Condition, ...]) -> list[dict[str, str]]:

@@ -164,7 +164,7 @@ class Runner:
             return {}
         host = _url_host(self.config.listen_host)
         return {
-            gateway.key: [f"http://{host}:{listener.port}" for listener in gateway.listeners]
+            gateway.key: [f"{listener.scheme}://{host}:{listener.port}" for listener in gateway.listeners]
             for gateway in self.current.translation.gateways
         }
 

@@ -17,12 +17,13 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.message import Message
 
-from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
+from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE
 
-# The order pushes go out on one ADS stream: make before break (xds.md §1.7).
-PUSH_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+# The order pushes go out on one ADS stream: make before break (xds.md §1.7); a listener's certificates before it.
+PUSH_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, LISTENER_TYPE, ROUTE_TYPE)
 # LDS and CDS are wildcard in SotW (always the full state); EDS and RDS are asked for by name.
 WILDCARD_TYPES = frozenset({LISTENER_TYPE, CLUSTER_TYPE})
 # What a make-before-break removal of clusters waits on: the client holding routing that no longer uses them.
@@ -86,7 +87,8 @@ def type_snapshot(
 
 
 def empty_resource(type_url: str, name: str) -> CachedResource | None:
-    """What answers a subscribed EDS/RDS name a snapshot lacks, so Envoy never waits on it; None for other types."""
+    """What answers a subscribed EDS/RDS name a snapshot lacks, so Envoy never waits on it; None for other types
+    (a Secret has no empty form: Envoy keeps a listener that asks for a missing one warming, never serving it)."""
     message: Message
     if type_url == ENDPOINT_TYPE:
         message = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
@@ -133,6 +135,7 @@ class Snapshot:
                 raise InconsistentSnapshot(
                     f"EDS cluster {cluster.name!r} has no ClusterLoadAssignment {eds_name(cluster)!r}"
                 )
+        secrets = self.resources(SECRET_TYPE)
         for cached in self.resources(LISTENER_TYPE).values():
             assert isinstance(cached.message, listener_pb2.Listener)
             for route_name in _rds_names(cached.message):
@@ -140,6 +143,9 @@ class Snapshot:
                     raise InconsistentSnapshot(
                         f"listener {cached.name!r} uses missing RouteConfiguration {route_name!r}"
                     )
+            for secret_name in _sds_names(cached.message):
+                if secret_name not in secrets:
+                    raise InconsistentSnapshot(f"listener {cached.name!r} uses missing Secret {secret_name!r}")
         for cached in routes.values():
             assert isinstance(cached.message, route_pb2.RouteConfiguration)
             for vhost in cached.message.virtual_hosts:
@@ -159,6 +165,17 @@ def _rds_names(listener: listener_pb2.Listener) -> list[str]:
                 network_filter.typed_config.Unpack(manager)
                 if manager.HasField("rds"):
                     names.append(manager.rds.route_config_name)
+    return names
+
+
+def _sds_names(listener: listener_pb2.Listener) -> list[str]:
+    """The SDS certificates the listener's TLS filter chains present."""
+    names = []
+    for chain in listener.filter_chains:
+        if chain.HasField("transport_socket"):
+            context = tls_pb2.DownstreamTlsContext()
+            if chain.transport_socket.typed_config.Unpack(context):
+                names += [config.name for config in context.common_tls_context.tls_certificate_sds_secret_configs]
     return names
 
 
