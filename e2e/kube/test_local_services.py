@@ -552,3 +552,19 @@ def test_resolv_conf(network: ClusterNetwork) -> None:
         f"nameserver {network.node_ip}\n"
         "options ndots:5\n"
     )
+
+
+def test_the_node_keeps_its_link_address_as_pods_come_and_go(network: ClusterNetwork) -> None:
+    """A bridge whose address the kernel chose takes the lowest address of its ports, so adding a pod could change
+    it and leave every pod's ARP entry for the node stale (the pods lose the API server for tens of seconds)."""
+    link = Path("/sys/class/net") / network.bridge
+    before = (link / "address").read_text()
+    for key in ("mac-0", "mac-1", "mac-2"):
+        network.add_pod(key)
+    try:
+        assert (link / "address").read_text() == before
+        assert (link / "addr_assign_type").read_text().strip() == "3"  # NET_ADDR_SET: the kernel leaves it alone
+    finally:
+        for key in ("mac-0", "mac-1", "mac-2"):
+            network.remove_pod(key)
+    assert (link / "address").read_text() == before

@@ -206,6 +206,11 @@ def create_network(owner_pid: int | None = None) -> ClusterNetwork:
         (STATE_DIR / bridge).write_text(str(owner_pid or os.getpid()))
         network = ClusterNetwork(index)
         try:
+            # A bridge with a kernel-chosen address takes the lowest address of its ports, so it changes as pods come
+            # and go, and every pod's ARP entry for the node goes stale: the pods lose the node (the API server, the
+            # proxy's replies) for the 20-50 s it takes their neighbour entries to be probed again. Seen as a
+            # controller cut off for 50 s when the conformance suite started 30 pods. A set address stays.
+            ip("link", "set", bridge, "address", f"02:00:0a:{index:02x}:01:01")
             ip("addr", "add", f"{network.node_ip}/24", "dev", bridge)
             ip("link", "set", bridge, "up")
         except NetworkError:
