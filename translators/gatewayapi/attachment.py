@@ -44,6 +44,9 @@ class Attachment:
         self.tls = tls
         # The certificates of each HTTPS listener served, by (Gateway namespace, Gateway name, listener name).
         self.certificates: dict[tuple[str, str, str], tuple[CertificateIR, ...]] = {}
+        # Listeners that are valid, so routes attach to them and count in attachedRoutes, but have nothing to serve
+        # with (an HTTPS listener with no usable certificate): no Envoy listener or virtual host comes of them.
+        self.unserved: set[tuple[str, str, str]] = set()
 
     def _refusal(self, gateway: Gateway, listener: Listener, route: Route) -> str | None:
         """Why the listener does not admit the route (its allowedRoutes), or None when it does."""
@@ -99,7 +102,8 @@ class Attachment:
         return resolved
 
     def gateway_listeners(self, gateway: Gateway) -> list[Listener]:
-        """The listeners that are served; every listener's status, and the Gateway's Accepted, go in the book.
+        """The listeners that are valid (routes attach to them; `unserved` says which have nothing to serve with);
+        every listener's status, and the Gateway's Accepted, go in the book.
 
         Listeners sharing a port share one Envoy listener: they must speak the same protocol, and differ by
         hostname (for HTTPS, the SNI name that selects the listener's certificates)."""
@@ -139,6 +143,10 @@ class Attachment:
                 report("Accepted", True, "Accepted", "the listener is valid")
                 report("Programmed", True, "Programmed", "served by Envoy")
             elif refusal is None:
+                seen[(listener.port, listener.hostname)] = listener.name
+                protocols.setdefault(listener.port, listener.protocol)
+                usable.append(listener)
+                self.unserved.add((gateway.namespace, gateway.name, listener.name))
                 report("Accepted", True, "Accepted", "the listener is valid")
                 report("Programmed", False, "Invalid", f"not served: {unprogrammed}")
             else:

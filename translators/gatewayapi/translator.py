@@ -89,11 +89,16 @@ class _Translator:
             listeners = self.attachment.gateway_listeners(gateway)
             # (port, domain) -> precedence-keyed routes; Gateway listeners sharing a port share an Envoy listener.
             vhosts: dict[int, dict[str, list[_Entry]]] = defaultdict(dict)
-            for listener in listeners:  # a listener with no routes still listens
+            served = [
+                lis for lis in listeners if (gateway.namespace, gateway.name, lis.name) not in self.attachment.unserved
+            ]
+            for listener in served:  # a listener with no routes still listens
                 vhosts.setdefault(self._envoy_port(listener.port), {})
             clusters: dict[str, ClusterIR] = {}
             for route, parent in by_gateway[(gateway.namespace, gateway.name)]:
                 for listener, domains in self.attachment.attach(gateway, route, parent, listeners):
+                    if listener not in served:
+                        continue  # attached (and counted) where nothing is served
                     port_vhosts = vhosts[self._envoy_port(listener.port)]
                     for rule in rules_of(route):
                         for cluster in rule.clusters:
@@ -103,7 +108,7 @@ class _Translator:
                         for domain in domains:
                             port_vhosts.setdefault(domain, []).extend((listener.name, key, r) for key, r in rule.routes)
             gateway_irs.append(self._gateway_ir(gateway, vhosts, clusters, self._tls(gateway, listeners)))
-            if listeners:
+            if served:
                 self.book.report(gateway, "Programmed", True, "Programmed", f"{len(vhosts)} Envoy listener(s)")
             else:
                 self.book.report(gateway, "Programmed", False, "Invalid", "no listener is valid")
