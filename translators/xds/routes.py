@@ -77,7 +77,13 @@ def _match(route: RouteIR) -> route_components_pb2.RouteMatch:
     if route.path.kind is PathKind.EXACT:
         match.path = route.path.value
     elif route.path.kind is PathKind.PREFIX:
-        match.prefix = route.path.value
+        # Gateway API prefixes match whole path segments (`/v2` takes `/v2` and `/v2/x`, never `/v2example`), and a
+        # trailing `/` in the prefix changes nothing: Envoy's path_separated_prefix, which wants no trailing `/`.
+        segments = route.path.value.rstrip("/")
+        if segments:
+            match.path_separated_prefix = segments
+        else:
+            match.prefix = "/"
     else:
         match.safe_regex.regex = route.path.value
     if route.method:
