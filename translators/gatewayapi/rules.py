@@ -88,6 +88,10 @@ def _created(route: Route) -> int:
         return 0
 
 
+class _NoBackendRefs(Exception):
+    """A rule that names no backend (omitted or empty backendRefs)."""
+
+
 class RuleTranslator:
     def __init__(self, book: StatusBook, upstream: UpstreamSettings, backends: BackendResolver) -> None:
         self.book = book
@@ -126,7 +130,7 @@ class RuleTranslator:
         action: ForwardAction | DirectAction
         try:
             if not rule.backend_refs:
-                raise Unresolved("BackendNotFound", "the rule has no backendRefs")
+                raise _NoBackendRefs
             refs = [self._weighted(route, ref) for ref in rule.backend_refs]
             if isinstance(route, AIGatewayRoute):
                 ai_refs = self._without_refused(route, rule_index, route.spec.rules[rule_index].backend_refs)
@@ -136,6 +140,9 @@ class RuleTranslator:
             balancing = clusters[0].pool
             if balancing is not None:
                 pool = PoolRouteIR(balancing.pool, balancing.fail_open, self._body_mode(route))
+        except _NoBackendRefs:
+            # Valid, and nothing to resolve: Gateway API answers such a rule's requests with a 500.
+            action = DirectAction(500, f"{rule_id} has no backendRefs", "server_error", "backend_unavailable")
         except Unresolved as exc:
             self.book.report(route, "ResolvedRefs", False, exc.reason, f"rule {rule_index}: {exc.message}")
             # The client learns which rule failed, not why: the reason is in the route's status for the operator.

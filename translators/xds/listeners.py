@@ -173,7 +173,6 @@ def listener(ir: ListenerIR, options: TranslateOptions) -> listener_pb2.Listener
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
-        strip_any_host_port=True,
     )
     if uses_extproc(ir):
         manager.local_reply_config.CopyFrom(local_reply_config(options.buffer_limit_bytes))

@@ -247,4 +247,6 @@ def route_configuration(
             )
             for v in listener.virtual_hosts
         ],
+        # Hostnames match without the Host header's port, which the backend still gets as the client sent it.
+        ignore_port_in_host_matching=True,
     )
