@@ -58,6 +58,38 @@ class Endpoint:
     health: EndpointHealth = EndpointHealth.READY
 
 
+class CaSource(StrEnum):
+    """Whom Envoy trusts to have signed an upstream's certificate."""
+
+    INLINE = "inline"  # the CA certificates the backend's references name (ConfigMaps, Secrets): UpstreamTlsIR.ca_pem
+    SYSTEM = "system"  # the CA bundle of the system Envoy runs on, a file: TranslateOptions.system_ca_bundle
+    NONE = "none"  # insecureSkipVerify: any certificate is taken, signed or not (only when a Backend asks for it)
+
+
+class SanKind(StrEnum):
+    DNS = "dns"
+    URI = "uri"
+
+
+@dataclass(frozen=True, order=True)
+class SubjectNameIR:
+    """A name the upstream's certificate must carry as a subject alternative name."""
+
+    kind: SanKind
+    value: str
+
+
+@dataclass(frozen=True)
+class UpstreamTlsIR:
+    """TLS from Envoy to one backend: the SNI it sends, whom it trusts, and the names the certificate must carry
+    (one of them; none: any certificate the trusted CAs signed)."""
+
+    ca: CaSource
+    ca_pem: str = ""  # CaSource.INLINE: the CA certificates, PEM (public: no secret)
+    sni: str | None = None  # None: no SNI (an IP backend that names none)
+    verify_names: tuple[SubjectNameIR, ...] = ()
+
+
 @dataclass(frozen=True)
 class EndpointGroup:
     """Endpoints of one backend inside a cluster: an Envoy locality with its own priority and weight."""
@@ -67,6 +99,7 @@ class EndpointGroup:
     priority: int = 0
     weight: int = 1
     dynamic: bool = False  # endpoints are pods: they change without the configuration changing
+    tls: UpstreamTlsIR | None = None  # None: plain HTTP (or h2c) to these endpoints
 
 
 class PickerMode(StrEnum):
@@ -192,6 +225,26 @@ class PoolRouteIR:
     body_mode: PickerBodyMode = PickerBodyMode.BUFFERED
 
 
+class PathRewriteKind(StrEnum):
+    FULL = "full"  # the whole path becomes the value
+    PREFIX = "prefix"  # the matched prefix becomes the value
+
+
+@dataclass(frozen=True)
+class PathRewriteIR:
+    kind: PathRewriteKind
+    value: str
+
+
+@dataclass(frozen=True)
+class HeaderEditsIR:
+    """Headers set (replacing), added (appending) and removed, in that order of application by Envoy."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class ForwardAction:
     cluster: str
@@ -199,6 +252,19 @@ class ForwardAction:
     per_try_timeout_ms: int | None = None
     host_rewrite: bool = False  # rewrite Host to the upstream's hostname (DNS backends)
     fallback_retries: int = 0  # backends at lower priorities: a failed attempt retries on the next priority
+    rewrite_hostname: str | None = None  # URLRewrite: the Host sent upstream
+    rewrite_path: PathRewriteIR | None = None  # URLRewrite: the path sent upstream
+
+
+@dataclass(frozen=True)
+class RedirectAction:
+    """Envoy answers with a redirect (Gateway API RequestRedirect); what is None keeps the request's own."""
+
+    status: int
+    scheme: str | None = None
+    hostname: str | None = None
+    port: int | None = None
+    path: PathRewriteIR | None = None
 
 
 @dataclass(frozen=True)
@@ -232,11 +298,13 @@ class RouteIR:
     name: str
     path: PathMatchIR
     headers: tuple[HeaderMatchIR, ...]
-    action: ForwardAction | DirectAction | JsonReply
+    action: ForwardAction | DirectAction | JsonReply | RedirectAction
     method: str | None = None
     ai: AiRole | None = None  # set on the routes of a virtual host that routes by model
     pool: PoolRouteIR | None = None
     rule: str = ""  # "<kind>/<ns>/<name>/rule/<i>": which resource rule produced it
+    request_headers: HeaderEditsIR | None = None  # RequestHeaderModifier
+    response_headers: HeaderEditsIR | None = None  # ResponseHeaderModifier
 
 
 @dataclass(frozen=True)
@@ -438,6 +506,9 @@ class ControlPlaneTls:
     server_name: str
 
 
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
 @dataclass(frozen=True)
 class TranslateOptions:
     listener_address: str = "127.0.0.1"  # loopback unless told otherwise
@@ -453,6 +524,9 @@ class TranslateOptions:
     # in a cluster exactly one is claimed (`--controller-name`), so another controller's classes are left alone.
     endpoint_picker: PickerMode = PickerMode.EMBEDDED  # the pool annotation xds-server.io/endpoint-picker overrides
     controller_names: frozenset[str] = frozenset({ENVOY_GATEWAY_CONTROLLER, OWN_CONTROLLER})
+    # The CAs Envoy trusts for CaSource.SYSTEM (wellKnownCACertificates: System, fqdn Backends on port 443): a file on
+    # Envoy's filesystem, read by Envoy (Debian's and Ubuntu's path, the Envoy image's among them).
+    system_ca_bundle: str = SYSTEM_CA_BUNDLE
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,11 @@ upstream-phase settings. Computed once per rule and shared by every Gateway the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from translators.backends import BackendResolver, Unresolved, WeightedCluster, ai_backend_id, combine
+from translators.gatewayapi.filters import RuleFilters, UnsupportedFilter, rule_filters
 from translators.gatewayapi.status import StatusBook, ref_of
 from translators.ir import (
     AiRole,
@@ -22,6 +23,7 @@ from translators.ir import (
     PathMatchIR,
     PickerBodyMode,
     PoolRouteIR,
+    RedirectAction,
     RouteIR,
 )
 from translators.resources import AIGatewayRoute, HTTPRoute, parse_duration_ms
@@ -92,6 +94,10 @@ class _NoBackendRefs(Exception):
     """A rule that names no backend (omitted or empty backendRefs)."""
 
 
+class _Redirect(Exception):
+    """A rule that redirects: it forwards nothing, so its backendRefs are not resolved."""
+
+
 class RuleTranslator:
     def __init__(self, book: StatusBook, upstream: UpstreamSettings, backends: BackendResolver) -> None:
         self.book = book
@@ -127,8 +133,13 @@ class RuleTranslator:
         clusters: tuple[ClusterIR, ...] = ()
         settings: tuple[BackendSettingsIR, ...] = ()
         pool: PoolRouteIR | None = None
-        action: ForwardAction | DirectAction
+        action: ForwardAction | DirectAction | RedirectAction
+        filters = RuleFilters()
         try:
+            if isinstance(route, HTTPRoute):
+                filters = rule_filters(route.spec.rules[rule_index])
+            if filters.redirect is not None:
+                raise _Redirect
             if not rule.backend_refs:
                 raise _NoBackendRefs
             refs = [self._weighted(route, ref) for ref in rule.backend_refs]
@@ -137,9 +148,17 @@ class RuleTranslator:
                 refs = [refs[i] for i, ref in enumerate(rule.backend_refs) if ref in ai_refs]
                 settings = self._settings(route, rule_id, ai_refs)
             action, clusters = self._forward(refs, timeout_ms, per_try_ms)
+            if filters.rewrite_hostname or filters.rewrite_path:
+                action = replace(action, rewrite_hostname=filters.rewrite_hostname, rewrite_path=filters.rewrite_path)
             balancing = clusters[0].pool
             if balancing is not None:
                 pool = PoolRouteIR(balancing.pool, balancing.fail_open, self._body_mode(route))
+        except _Redirect:
+            assert filters.redirect is not None
+            action = filters.redirect  # Envoy answers: the rule's backends are never called
+        except UnsupportedFilter as exc:
+            self.book.report(route, "ResolvedRefs", False, "UnsupportedValue", f"rule {rule_index}: {exc}")
+            action = DirectAction(500, f"{rule_id} is not served as written", "server_error", "backend_unavailable")
         except _NoBackendRefs:
             # Valid, and nothing to resolve: Gateway API answers such a rule's requests with a 500.
             action = DirectAction(500, f"{rule_id} has no backendRefs", "server_error", "backend_unavailable")
@@ -174,6 +193,8 @@ class RuleTranslator:
                     ai=AiRole.MODEL if is_ai else None,
                     pool=pool,
                     rule=rule_id,
+                    request_headers=filters.request_headers,
+                    response_headers=filters.response_headers,
                 ),
             )
             for match_index, (path, headers, method) in enumerate(matches)

@@ -18,14 +18,17 @@ from translators.ir import (
     DirectAction,
     EndpointPickerIR,
     ForwardAction,
+    HeaderEditsIR,
     HeaderMatchIR,
     HeaderMatchKind,
     JsonReply,
     ListenerIR,
     ObjectRef,
     PathKind,
+    PathRewriteKind,
     PickerBodyMode,
     PoolRouteIR,
+    RedirectAction,
     RouteIR,
 )
 from translators.xds.memo import Memo
@@ -133,6 +136,13 @@ def _forward(action: ForwardAction) -> route_components_pb2.RouteAction:
         _fall_back(built.retry_policy, action.fallback_retries)
     if action.host_rewrite:
         built.auto_host_rewrite.value = True
+    if action.rewrite_hostname is not None:
+        built.host_rewrite_literal = action.rewrite_hostname
+    if action.rewrite_path is not None and action.rewrite_path.kind is PathRewriteKind.FULL:
+        built.regex_rewrite.pattern.regex = "^/.*$"
+        built.regex_rewrite.substitution = action.rewrite_path.value
+    elif action.rewrite_path is not None:
+        built.prefix_rewrite = action.rewrite_path.value
     return built
 
 
@@ -205,6 +215,8 @@ def route(
         built.direct_response.CopyFrom(_direct(ir.action))
     elif isinstance(ir.action, JsonReply):
         built.direct_response.CopyFrom(_json_reply(ir.action))
+    elif isinstance(ir.action, RedirectAction):
+        built.redirect.CopyFrom(_redirect(ir.action))
     else:
         built.route.CopyFrom(_forward(ir.action))
         if ir.pool is not None and not built.route.retry_policy.retry_on:
@@ -217,8 +229,54 @@ def route(
         built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(_picker_config(ir.pool, picker))))
     elif ir.ai is not None and picker_in_chain:
         built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(_extproc_off())))
+    if ir.request_headers is not None:
+        built.request_headers_to_add.extend(_header_values(ir.request_headers))
+        built.request_headers_to_remove.extend(ir.request_headers.remove)
+    if ir.response_headers is not None:
+        built.response_headers_to_add.extend(_header_values(ir.response_headers))
+        built.response_headers_to_remove.extend(ir.response_headers.remove)
     if ir.rule:
         built.metadata.filter_metadata[XDS_METADATA_NAMESPACE].update({"rule": ir.rule})
+    return built
+
+
+def _header_values(edits: HeaderEditsIR) -> list[base_pb2.HeaderValueOption]:
+    """`set` replaces a header the request has, `add` appends a value to it (or adds it)."""
+    options = [
+        (edits.set, base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD),
+        (edits.add, base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD),
+    ]
+    return [
+        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value), append_action=action)
+        for headers, action in options
+        for name, value in headers
+    ]
+
+
+_REDIRECT_CODES = {
+    301: route_components_pb2.RedirectAction.MOVED_PERMANENTLY,
+    302: route_components_pb2.RedirectAction.FOUND,
+    303: route_components_pb2.RedirectAction.SEE_OTHER,
+    307: route_components_pb2.RedirectAction.TEMPORARY_REDIRECT,
+    308: route_components_pb2.RedirectAction.PERMANENT_REDIRECT,
+}
+_SCHEME_PORTS = {"http": 80, "https": 443}
+
+
+def _redirect(action: RedirectAction) -> route_components_pb2.RedirectAction:
+    built = route_components_pb2.RedirectAction(response_code=_REDIRECT_CODES[action.status])
+    if action.scheme is not None:
+        built.scheme_redirect = action.scheme
+    if action.hostname is not None:
+        built.host_redirect = action.hostname
+    # Gateway API: without a port, a new scheme's well-known port (which the Location then leaves out).
+    port = action.port if action.port is not None else _SCHEME_PORTS.get(action.scheme or "")
+    if port is not None:
+        built.port_redirect = port
+    if action.path is not None and action.path.kind is PathRewriteKind.FULL:
+        built.path_redirect = action.path.value
+    elif action.path is not None:
+        built.prefix_rewrite = action.path.value
     return built
 
 
