@@ -381,6 +381,29 @@ def test_the_desired_set_covers_gateways_of_our_classes_with_their_envoy_proxy()
     assert deployment["spec"]["replicas"] == 3
 
 
+def test_a_gateways_own_envoy_proxy_wins_over_its_classs() -> None:
+    """spec.infrastructure.parametersRef: an EnvoyProxy of the Gateway's namespace shapes its Envoy alone."""
+    own = """
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyProxy
+metadata: {name: small, namespace: team}
+spec: {provider: {type: Kubernetes, kubernetes: {envoyDeployment: {replicas: 1}}}}
+"""
+    with_own = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: b, namespace: team}
+spec:
+  gatewayClassName: eg
+  listeners: [{name: l80, protocol: HTTP, port: 80}]
+  infrastructure: {parametersRef: {group: gateway.envoyproxy.io, kind: EnvoyProxy, name: small}}
+"""
+    text = "---".join([PROXY, own, class_yaml("eg", proxy="proxy"), gateway_yaml("a", "team"), with_own])
+    wanted = desired_set(resources(text), OURS, SETTINGS)
+    assert wanted[("Deployment", infra_name("team", "a"))]["spec"]["replicas"] == 3  # the class's EnvoyProxy
+    assert wanted[("Deployment", infra_name("team", "b"))]["spec"]["replicas"] == 1  # its own
+
+
 def managed(kind: str, name: str, ours: bool = True, namespace: str = "default") -> dict[str, Any]:
     labels = {
         "app.kubernetes.io/managed-by": "xds-server" if ours else "helm",

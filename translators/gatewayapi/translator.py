@@ -132,7 +132,14 @@ class _Translator:
         unserved: dict[tuple[str, str], str | None] = {}
         for gateway in self.resources.of_kind(Gateway):
             class_name = gateway.spec.gateway_class_name
-            if class_name in ours:
+            invalid_parameters = self.verdicts.gateway_parameters_problem(gateway) if class_name in ours else None
+            if invalid_parameters is not None:
+                self.book.report(gateway, "Accepted", False, "InvalidParameters", invalid_parameters)
+                self.book.report(gateway, "Programmed", False, "Invalid", "the Gateway is not accepted")
+                unserved[(gateway.namespace, gateway.name)] = (
+                    f"Gateway {gateway.ref} is not served: {invalid_parameters}"
+                )
+            elif class_name in ours:
                 served.append(gateway)
             elif class_name in classes:
                 unserved[(gateway.namespace, gateway.name)] = None

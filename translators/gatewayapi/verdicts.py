@@ -8,7 +8,15 @@ from translators.gatewayapi.rules import Route
 from translators.gatewayapi.status import StatusBook, condition, ref_of
 from translators.ir import Condition, ConditionStatus, ObjectRef, ParentRefIR, PickerMode
 from translators.loader import ResourceSet
-from translators.resources import AIGatewayRoute, AIServiceBackend, EnvoyProxy, GatewayClass, InferencePool, Service
+from translators.resources import (
+    AIGatewayRoute,
+    AIServiceBackend,
+    EnvoyProxy,
+    Gateway,
+    GatewayClass,
+    InferencePool,
+    Service,
+)
 from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP
 
 RESOLVED = condition("ResolvedRefs", True, "ResolvedRefs", "every backendRef resolved")
@@ -32,6 +40,18 @@ class Verdicts:
             self.book.report(gateway_class, "Accepted", True, "Accepted", "the GatewayClass is served")
         else:
             self.book.report(gateway_class, "Accepted", False, "InvalidParameters", problem)
+
+    def gateway_parameters_problem(self, gateway: Gateway) -> str | None:
+        """Why the Gateway's own parametersRef (spec.infrastructure) cannot be used, or None: it may name an
+        EnvoyProxy of its namespace, which then shapes its Envoy instead of the GatewayClass's."""
+        ref = gateway.spec.infrastructure.parameters_ref if gateway.spec.infrastructure else None
+        if ref is None:
+            return None
+        if (ref.group, ref.kind) != (ENVOY_GATEWAY_GROUP, "EnvoyProxy"):
+            return f"infrastructure.parametersRef: {ref.group}/{ref.kind} is not supported (an EnvoyProxy is)"
+        if self.resources.get(EnvoyProxy, gateway.namespace, ref.name) is None:
+            return f"infrastructure.parametersRef: EnvoyProxy {gateway.namespace}/{ref.name} not found"
+        return None
 
     def route_verdict(self, route: Route) -> None:
         """The backends' verdict goes on every parent entry; an AIGatewayRoute also gets one Accepted of its own

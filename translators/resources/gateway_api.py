@@ -77,9 +77,20 @@ class Listener(K8sModel):
     allowed_routes: AllowedRoutes = Field(default_factory=AllowedRoutes)
 
 
+class LocalParametersReference(K8sModel):
+    group: str
+    kind: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+
+
+class GatewayInfrastructure(K8sModel):
+    parameters_ref: LocalParametersReference | None = None
+
+
 class GatewaySpec(K8sModel):
     gateway_class_name: ObjectName
     listeners: list[Listener] = Field(min_length=1, max_length=64)
+    infrastructure: GatewayInfrastructure | None = None
 
 
 class Gateway(Resource):
@@ -272,7 +283,7 @@ class SubjectAltName(K8sModel):
 
 class BackendTLSPolicyValidation(K8sModel):
     ca_certificate_refs: list[LocalObjectReference] = Field(default_factory=list, max_length=8)
-    well_known_ca_certificates: WellKnownCas | None = None
+    well_known_ca_certificates: WellKnownCas | None = Field(default=None, alias="wellKnownCACertificates")
     hostname: str = Field(
         min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
     )

@@ -175,8 +175,16 @@ def port_mappings(gateway: Gateway, offset: int) -> list[PortMapping]:
     return [mappings[key] for key in sorted(mappings)]
 
 
-def envoy_proxy(gateway_class: GatewayClass, resources: ResourceSet) -> EnvoyProxy | None:
-    """The EnvoyProxy the class's parametersRef names, if it names one that exists."""
+def envoy_proxy(
+    gateway_class: GatewayClass, resources: ResourceSet, gateway: Gateway | None = None
+) -> EnvoyProxy | None:
+    """The EnvoyProxy the Gateway's own parametersRef (spec.infrastructure) names, else the class's, if it names one
+    that exists."""
+    own = gateway.spec.infrastructure.parameters_ref if gateway is not None and gateway.spec.infrastructure else None
+    if own is not None:
+        if (own.group, own.kind) != (ENVOY_GATEWAY_GROUP, "EnvoyProxy"):
+            return None
+        return resources.get(EnvoyProxy, gateway.namespace, own.name) if gateway is not None else None
     ref = gateway_class.spec.parameters_ref
     if ref is None or (ref.group, ref.kind) != (ENVOY_GATEWAY_GROUP, "EnvoyProxy") or not ref.namespace:
         return None
@@ -353,7 +361,7 @@ def desired_set(
             tls = None
             if settings.tls is not None and certificate is not None:
                 tls = tls_part(gateway, settings, certificate(f"{gateway.namespace}/{gateway.name}"))
-            documents = desired_objects(gateway, envoy_proxy(gateway_class, resources), settings, tls)
+            documents = desired_objects(gateway, envoy_proxy(gateway_class, resources, gateway), settings, tls)
         except Exception:  # one Gateway must not keep every other from its Envoy
             log.exception(
                 "Gateway %s/%s: its Envoy's objects could not be built; left as they are",
