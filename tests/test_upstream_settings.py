@@ -83,7 +83,7 @@ def _gateway() -> list[Doc]:
     return [gateway_class, gateway]
 
 
-def _backend(name: str, address: str = "10.0.0.1", **spec: Any) -> list[Doc]:
+def _backend(name: str, address: str = "127.0.10.1", **spec: Any) -> list[Doc]:
     """An AIServiceBackend (with extra spec fields such as headerMutation) and the Backend it points at."""
     backend_ref = {"group": "gateway.envoyproxy.io", "kind": "Backend", "name": name}
     ai_spec = {"schema": {"name": "OpenAI"}, "backendRef": backend_ref}
@@ -320,7 +320,7 @@ def test_the_key_never_shows_in_reprs_conditions_or_rendered_output() -> None:
             *_gateway(),
             _route([{"name": "a", "priority": 0}, {"name": "b", "priority": 1}]),
             *_backend("a"),
-            *_backend("b", "10.0.0.2"),
+            *_backend("b", "127.0.10.2"),
             _policy("pol", "APIKey", "key", "a"),
             _secret("key", data={"apiKey": _b64(KEY + "\n")}),
             _policy("bad", "AnthropicAPIKey", "bad-key", "b"),
@@ -425,7 +425,7 @@ def test_a_backend_without_settings_gets_one_that_removes_the_others_credential(
     translation = _translate(
         _route([{"name": "a"}, {"name": "plain", "priority": 1}]),
         *_backend("a"),
-        *_backend("plain", "10.0.0.2"),
+        *_backend("plain", "127.0.10.2"),
         _policy("pol", "AzureAPIKey", "key", "a"),
         _secret("key", string_data={"apiKey": KEY}),
     )
@@ -448,10 +448,10 @@ def test_clusters_run_the_upstream_filter_only_for_backends_with_settings() -> N
             [{"name": "plain"}, {"name": "plain2"}],
         ),
         *_backend("own", headerMutation={"remove": ["x-debug"]}),
-        *_backend("ref", "10.0.0.2"),
-        *_backend("keyed", "10.0.0.3"),
-        *_backend("plain", "10.0.0.4"),
-        *_backend("plain2", "10.0.0.5"),
+        *_backend("ref", "127.0.10.2"),
+        *_backend("keyed", "127.0.10.3"),
+        *_backend("plain", "127.0.10.4"),
+        *_backend("plain2", "127.0.10.5"),
         _policy("pol", "AWSCredentials", None, "keyed"),  # even an unusable policy: its requests must be refused
     )
     clusters = _clusters(translation)
@@ -507,8 +507,8 @@ def test_rules_with_several_priorities_retry_on_the_next_priority_and_others_do_
             [{"name": "a"}],
         ),
         *_backend("a"),
-        *_backend("b", "10.0.0.2"),
-        *_backend("c", "10.0.0.3"),
+        *_backend("b", "127.0.10.2"),
+        *_backend("c", "127.0.10.3"),
     )
     routes = _routes(translation)
     fallback = route(routes[RULE0]).route.retry_policy

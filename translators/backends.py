@@ -24,6 +24,7 @@ from translators.ir import (
     PickerMode,
     PoolBalancing,
     PoolIR,
+    UpstreamTlsIR,
 )
 from translators.loader import ResourceSet
 from translators.picker_config import PickerConfigFinder
@@ -31,6 +32,7 @@ from translators.pools import active_ports, pool_members, pool_objectives
 from translators.resources import (
     AIServiceBackend,
     Backend,
+    EndpointSlice,
     InferenceObjective,
     InferencePool,
     Pod,
@@ -38,8 +40,10 @@ from translators.resources import (
     Resource,
     Service,
 )
+from translators.resources.core import SERVICE_NAME_LABEL
 from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP
 from translators.resources.inference import INFERENCE_GROUP
+from translators.upstream_tls import TargetTls, UpstreamTls
 from translators.xds.names import ENDPOINT_PICKER_ANNOTATION
 
 CLUSTER_LOCAL_SUFFIX = ".svc.cluster.local"
@@ -95,6 +99,14 @@ class ReferenceGrants:
             raise Unresolved("RefNotPermitted", f"{kind} in namespace {namespace} needs a ReferenceGrant")
 
 
+def _usable(target: TargetTls) -> UpstreamTlsIR | None:
+    """The target's TLS (None: plain HTTP); TLS that was asked for and cannot be set up refuses the reference, so
+    that nothing is sent in plain text in its place."""
+    if target.refusal is not None:
+        raise Unresolved(target.refusal.reason, target.refusal.message)
+    return target.tls
+
+
 def discovery_for(groups: Sequence[EndpointGroup]) -> Discovery:
     endpoints = [e for g in groups for e in g.endpoints]
     if any(e.kind is AddressKind.DNS for e in endpoints):
@@ -114,15 +126,19 @@ class BackendResolver:
         upstream_backends: frozenset[tuple[str, str]] = frozenset(),
         grants: ReferenceGrants | None = None,
         endpoint_picker: PickerMode = PickerMode.EMBEDDED,
+        tls: UpstreamTls | None = None,
     ) -> None:
-        """`endpoint_picker`: who picks for a pool that does not say (its annotation ENDPOINT_PICKER_ANNOTATION)."""
+        """`endpoint_picker`: who picks for a pool that does not say (its annotation ENDPOINT_PICKER_ANNOTATION).
+        `tls`: the backends' TLS settings, resolved once per ResourceSet (built here when not given)."""
         self._resources = resources
+        self.tls = tls if tls is not None else UpstreamTls(resources)
         self._endpoint_picker = endpoint_picker
         self._grants = grants if grants is not None else ReferenceGrants(resources)
         self._resolve_cluster_local = resolve_cluster_local
         self._upstream_backends = upstream_backends  # (ns, name) of AIServiceBackends with upstream-phase settings
         self._ready_pods: dict[str, list[Pod]] = {}
         self._standby_pods: dict[str, list[Pod]] = {}  # with an address, not Ready or terminating
+        self._slices: dict[tuple[str, str], list[EndpointSlice]] | None = None  # by (namespace, Service), when asked
         for pod in resources.of_kind(Pod):
             if pod.is_ready:
                 self._ready_pods.setdefault(pod.namespace, []).append(pod)
@@ -162,6 +178,8 @@ class BackendResolver:
         service_port = next((p for p in service.spec.ports if p.port == port), None)
         if service_port is None:
             raise Unresolved("BackendNotFound", f"Service {namespace}/{name} has no port {port}")
+        if not service.spec.selector:
+            return self._slice_endpoints(namespace, name, service_port.name)
         target = service_port.target_port if service_port.target_port is not None else service_port.port
         endpoints = set()
         for pod in self._pods(namespace, service.spec.selector):
@@ -170,12 +188,31 @@ class BackendResolver:
                 endpoints.add(Endpoint(pod.status.pod_ip, pod_port))
         return tuple(sorted(endpoints))
 
+    def _slice_endpoints(self, namespace: str, service: str, port_name: str | None) -> tuple[Endpoint, ...]:
+        """A Service without a selector: the ready endpoints of the EndpointSlices that name it, on the slice port
+        named like the Service port (Kubernetes pairs them by name; an unnamed port matches an unnamed one)."""
+        if self._slices is None:
+            self._slices = {}
+            for found in self._resources.of_kind(EndpointSlice):
+                owner = found.metadata.labels.get(SERVICE_NAME_LABEL)
+                if owner is not None and found.address_type != "FQDN":
+                    self._slices.setdefault((found.namespace, owner), []).append(found)
+        endpoints: set[Endpoint] = set()
+        for endpoint_slice in self._slices.get((namespace, service), ()):
+            port = next((p.port for p in endpoint_slice.ports if (p.name or None) == (port_name or None)), None)
+            if port is None:
+                continue
+            for endpoint in endpoint_slice.endpoints:
+                if endpoint.conditions.ready is not False:
+                    endpoints.update(Endpoint(address, port) for address in endpoint.addresses)
+        return tuple(sorted(endpoints))
+
     def service_cluster(self, namespace: str, name: str, port: int | None) -> ClusterIR:
         if port is None:
             raise Unresolved("UnsupportedValue", f"backendRef to Service {namespace}/{name} needs a port")
-        group = EndpointGroup(
-            f"service/{namespace}/{name}/{port}", self.service_endpoints(namespace, name, port), dynamic=True
-        )
+        identity = f"service/{namespace}/{name}/{port}"
+        tls = _usable(self.tls.service(namespace, name, port))
+        group = EndpointGroup(identity, self.service_endpoints(namespace, name, port), dynamic=True, tls=tls)
         return ClusterIR(group.backend, Discovery.EDS, (group,))
 
     def _backend_group(self, namespace: str, name: str, identity: str) -> EndpointGroup:
@@ -196,7 +233,8 @@ class BackendResolver:
                 else:
                     endpoints.extend(pods)
                     dynamic = True
-        return EndpointGroup(identity, tuple(sorted(set(endpoints))), dynamic=dynamic)
+        tls = _usable(self.tls.backend(namespace, name))
+        return EndpointGroup(identity, tuple(sorted(set(endpoints))), dynamic=dynamic, tls=tls)
 
     def _cluster_local(self, hostname: str, port: int) -> tuple[Endpoint, ...] | None:
         """The resolver hook: `<svc>.<ns>.svc.cluster.local` -> that Service's pods, when enabled and known."""
@@ -226,7 +264,8 @@ class BackendResolver:
             if ref.port is None:
                 raise Unresolved("UnsupportedValue", f"AIServiceBackend {namespace}/{name}: Service ref needs a port")
             endpoints = self.service_endpoints(target, ref.name, ref.port)
-            group = EndpointGroup(identity, endpoints, dynamic=True)
+            tls = _usable(self.tls.service(target, ref.name, ref.port))
+            group = EndpointGroup(identity, endpoints, dynamic=True, tls=tls)
         elif (ref.group, ref.kind) == (ENVOY_GATEWAY_GROUP, "Backend"):
             group = self._backend_group(target, ref.name, identity)
         else:

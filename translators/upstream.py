@@ -2,18 +2,20 @@
 
 Settings belong to a (route rule, backend) pair: `modelNameOverride` and mutations on a backendRef apply to that
 rule only, while mutations on the AIServiceBackend and its BackendSecurityPolicy apply to every rule sending to it.
-On a conflict the backendRef wins over the AIServiceBackend, and the credential wins over both.
+On a conflict the backendRef wins over the AIServiceBackend, and the credential wins over both. A credential never
+travels in plain HTTP over the network (see UpstreamSettings).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
-from translators.backends import ReferenceGrants, ai_backend_id
-from translators.ir import ApiKey, BackendSettingsIR
+from translators.backends import BackendResolver, ReferenceGrants, Unresolved, ai_backend_id
+from translators.ir import AddressKind, ApiKey, BackendSettingsIR, Endpoint
 from translators.loader import ResourceSet
-from translators.resources import AIGatewayRoute, AIServiceBackend, BackendSecurityPolicy, Resource, Secret
+from translators.resources import AIGatewayRoute, AIServiceBackend, BackendSecurityPolicy, Secret
 from translators.resources.aigateway import (
     API_KEY_SECRET_KEY,
     API_KEY_TYPES,
@@ -21,11 +23,17 @@ from translators.resources.aigateway import (
     HTTPBodyMutation,
     HTTPHeaderMutation,
 )
-from translators.xds.names import NOT_A_HEADER_VALUE
+from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP
+from translators.upstream_tls import IMPLIED_BY_PORT, UPSTREAM_TLS_CONDITION, Report
+from translators.xds.names import ALLOW_PLAINTEXT_CREDENTIALS_ANNOTATION, NOT_A_HEADER_VALUE
 
-# (object, condition type, ok, reason, message): how problems reach the object's status.
-Report = Callable[[Resource, str, bool, str, str], None]
-# Characters Envoy refuses in a header value (a key read from a file often ends with a newline: that is stripped).
+
+def _loopback(endpoint: Endpoint) -> bool:
+    """Traffic to it never leaves the machine: a unix socket, or an IP in 127.0.0.0/8 or ::1. A name is never
+    taken for one, `localhost` included: what it resolves to is not the control plane's to know."""
+    if endpoint.kind is AddressKind.UNIX:
+        return True
+    return endpoint.kind is AddressKind.IP and ipaddress.ip_address(endpoint.address).is_loopback
 
 
 def _has_settings(ref: AIGatewayRouteBackendRef) -> bool:
@@ -63,12 +71,30 @@ def _merge_fields(*mutations: HTTPBodyMutation | None) -> tuple[tuple[tuple[str,
 
 
 class UpstreamSettings:
-    """Resolves settings within one ResourceSet, reporting each BackendSecurityPolicy's outcome once."""
+    """Resolves settings within one ResourceSet, reporting each BackendSecurityPolicy's outcome once.
 
-    def __init__(self, resources: ResourceSet, report: Report, grants: ReferenceGrants | None = None) -> None:
+    A credential goes to a backend over TLS, or in plain HTTP only where it never leaves the machine (every endpoint
+    on loopback or a unix socket) or where its policy says so (ALLOW_PLAINTEXT_CREDENTIALS_ANNOTATION: "true");
+    otherwise the policy is not Accepted and the backend's requests are refused. Being where the translation reports
+    statuses from, it also reports the verdicts of the backends' TLS settings (BackendTLSPolicy, Backend.spec.tls).
+
+    `transports` resolves an AIServiceBackend to its endpoints and TLS: the translation's own resolver, or (when not
+    given) one of its own that maps no `.svc.cluster.local` name to pods, so such a name counts as a remote host.
+    """
+
+    def __init__(
+        self,
+        resources: ResourceSet,
+        report: Report,
+        grants: ReferenceGrants | None = None,
+        transports: BackendResolver | None = None,
+    ) -> None:
         self._resources = resources
         self._report = report
         self._grants = grants if grants is not None else ReferenceGrants(resources)
+        self._transports = transports or BackendResolver(resources, resolve_cluster_local=False, grants=self._grants)
+        self._transports.tls.report(report)
+        self._report_implied_tls()
         # Backends whose every request passes the upstream phase: their own settings, or a rule's on a backendRef.
         self.backends: set[tuple[str, str]] = set()
         for backend in resources.of_kind(AIServiceBackend):
@@ -84,11 +110,48 @@ class UpstreamSettings:
         self.backends.update(self._policies)  # a policy's targets: their requests need its key
         # Every policy's key read (and reported) once, used by any backend or not.
         self._keys = {(p.namespace, p.name): self._read_key(p) for p in resources.of_kind(BackendSecurityPolicy)}
+        # Backends whose key would travel in plain HTTP over the network: their requests are refused instead.
+        self._exposed: dict[tuple[str, str], str] = {}
         for (namespace, name), policy in sorted(self._policies.items()):
             error = self._keys[(policy.namespace, policy.name)][1]
             target = resources.get(AIServiceBackend, namespace, name)
+            if error is None and target is not None:
+                error = self._exposure(policy, target)
             if error is not None and target is not None:  # its requests are refused: say so on the backend too
                 self._report(target, "Accepted", False, "InvalidBackendSecurityPolicy", error)
+
+    def _report_implied_tls(self) -> None:
+        """An AIServiceBackend of a Backend that gets TLS from its port alone says so (as the Backend does)."""
+        for backend in self._resources.of_kind(AIServiceBackend):
+            ref = backend.spec.backend_ref
+            if (ref.group, ref.kind) != (ENVOY_GATEWAY_GROUP, "Backend"):
+                continue
+            if self._transports.tls.backend(ref.namespace or backend.namespace, ref.name).implied:
+                self._report(backend, UPSTREAM_TLS_CONDITION, True, "ImpliedByPort", IMPLIED_BY_PORT)
+
+    def _exposure(self, policy: BackendSecurityPolicy, backend: AIServiceBackend) -> str | None:
+        """Why the policy's key must not go to `backend` (reported on the policy), or None when it may: over TLS, to
+        loopback only, or in plain HTTP because the policy says so. A backend that cannot be resolved gets no
+        requests at all (its routes answer 500), so it exposes nothing."""
+        if policy.metadata.annotations.get(ALLOW_PLAINTEXT_CREDENTIALS_ANNOTATION) == "true":
+            return None
+        try:
+            cluster = self._transports.ai_service_backend_cluster(backend.namespace, backend.name)
+        except Unresolved:
+            return None
+        exposed = sorted({e for g in cluster.groups if g.tls is None for e in g.endpoints if not _loopback(e)})
+        if not exposed:  # no endpoint yet (pods not Ready) exposes nothing either: a new one is a new translation
+            return None
+        shown = ", ".join(f"{e.address}:{e.port}" for e in exposed[:3]) + (", ..." if len(exposed) > 3 else "")
+        message = (
+            f"AIServiceBackend {backend.name}: the key would travel in plain HTTP to {shown}; give its backend TLS "
+            f"(Backend tls or a BackendTLSPolicy), or annotate the policy {ALLOW_PLAINTEXT_CREDENTIALS_ANNOTATION}: "
+            '"true"'
+        )
+        self._report(policy, "Accepted", False, "PlaintextUpstream", message)
+        key = (backend.namespace, backend.name)
+        self._exposed[key] = f"BackendSecurityPolicy {policy.namespace}/{policy.name} is not usable over plain HTTP"
+        return self._exposed[key]
 
     def _policies_by_backend(self) -> dict[tuple[str, str], BackendSecurityPolicy]:
         """Each AIServiceBackend's policy: the one the backend names, else the oldest whose targetRefs name it.
@@ -161,6 +224,8 @@ class UpstreamSettings:
     def _credential(self, backend: tuple[str, str]) -> tuple[ApiKey | None, str | None]:
         if backend in self._missing:
             return None, self._missing[backend]
+        if backend in self._exposed:
+            return None, self._exposed[backend]
         policy = self._policies.get(backend)
         return self._keys[(policy.namespace, policy.name)] if policy is not None else (None, None)
 

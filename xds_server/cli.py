@@ -77,6 +77,14 @@ def add_translate_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="route Backend FQDNs <svc>.<ns>.svc.cluster.local to that Service's pods",
     )
+    parser.add_argument(
+        "--system-ca-bundle",
+        default=TranslateOptions.system_ca_bundle,
+        metavar="PATH",
+        help="the CA bundle Envoy verifies upstreams with when told to trust the system's CAs (BackendTLSPolicy "
+        "wellKnownCACertificates: System, fqdn Backends on port 443): a file on Envoy's filesystem; "
+        f"default {TranslateOptions.system_ca_bundle}",
+    )
 
 
 # In a cluster, provisioned Envoys run unprivileged (Envoy Gateway's convention): a Gateway port P < 1024 is
@@ -100,6 +108,7 @@ def translate_options(args: argparse.Namespace, extproc_default: Address = TCP_E
         resolve_cluster_local=args.resolve_cluster_local,
         privileged_port_offset=offset if offset is not None else (CLUSTER_PORT_OFFSET if cluster else 0),
         buffer_limit_bytes=args.buffer_limit_bytes,
+        system_ca_bundle=args.system_ca_bundle,
     )
 
 

@@ -42,6 +42,7 @@ from translators.resources import (
 )
 from translators.resources.gateway_api import GATEWAY_API_GROUP, Listener, ParentReference
 from translators.upstream import UpstreamSettings
+from translators.upstream_tls import UpstreamTls
 from translators.xds.names import MODEL_HEADER
 
 # A route placed on a virtual host: (Gateway listener name, precedence key, route).
@@ -56,9 +57,17 @@ class _Translator:
         self.options = options
         self.book = StatusBook()
         grants = ReferenceGrants(resources)
-        upstream = UpstreamSettings(resources, self.book.report, grants)
+        tls = UpstreamTls(resources)  # resolved once, for both resolvers
+        # Where each credential would go (plain HTTP to loopback only, unless TLS), before the settings exist.
+        transports = BackendResolver(resources, options.resolve_cluster_local, grants=grants, tls=tls)
+        upstream = UpstreamSettings(resources, self.book.report, grants, transports)
         self.backends = BackendResolver(
-            resources, options.resolve_cluster_local, frozenset(upstream.backends), grants, options.endpoint_picker
+            resources,
+            options.resolve_cluster_local,
+            frozenset(upstream.backends),
+            grants,
+            options.endpoint_picker,
+            tls=tls,
         )
         self.rules = RuleTranslator(self.book, upstream, self.backends)
         namespace_labels = {ns.name: ns.metadata.labels for ns in resources.of_kind(Namespace)}

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from translators.resources.aigateway import AIGatewayRoute, AIServiceBackend, BackendSecurityPolicy
 from translators.resources.base import Resource, parse_duration_ms
-from translators.resources.core import ConfigMap, Deployment, Pod, Secret, Service
+from translators.resources.core import ConfigMap, Deployment, EndpointSlice, Pod, Secret, Service
 from translators.resources.envoy_gateway import Backend, EnvoyProxy
-from translators.resources.gateway_api import Gateway, GatewayClass, HTTPRoute, Namespace, ReferenceGrant
+from translators.resources.gateway_api import (
+    BackendTLSPolicy,
+    Gateway,
+    GatewayClass,
+    HTTPRoute,
+    Namespace,
+    ReferenceGrant,
+)
 from translators.resources.inference import InferenceObjective, InferencePool
 from translators.resources.rbac import ClusterRole, ClusterRoleBinding, Role, RoleBinding, ServiceAccount
 
@@ -15,6 +22,7 @@ KINDS: tuple[type[Resource], ...] = (
     Gateway,
     HTTPRoute,
     ReferenceGrant,
+    BackendTLSPolicy,
     Namespace,
     AIGatewayRoute,
     AIServiceBackend,
@@ -24,6 +32,7 @@ KINDS: tuple[type[Resource], ...] = (
     InferencePool,
     InferenceObjective,
     Service,
+    EndpointSlice,
     Pod,
     Deployment,
     ConfigMap,
@@ -52,8 +61,10 @@ __all__ = [
     "AIServiceBackend",
     "Backend",
     "BackendSecurityPolicy",
+    "BackendTLSPolicy",
     "ConfigMap",
     "Deployment",
+    "EndpointSlice",
     "EnvoyProxy",
     "Gateway",
     "GatewayClass",

@@ -49,6 +49,37 @@ class Service(Resource):
     spec: ServiceSpec = Field(default_factory=ServiceSpec)
 
 
+class EndpointConditions(K8sModel):
+    ready: bool | None = None  # unknown counts as ready, as Kubernetes says
+
+
+class SliceEndpoint(K8sModel):
+    addresses: list[str] = Field(min_length=1, max_length=100)
+    conditions: EndpointConditions = Field(default_factory=EndpointConditions)
+
+
+class EndpointPort(K8sModel):
+    name: str | None = None
+    port: int | None = None
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+class EndpointSlice(Resource):
+    """Endpoints written by hand (or by a controller) for a Service without a selector, which names it in its
+    `kubernetes.io/service-name` label. A Service with a selector gets its endpoints from the selected pods."""
+
+    group = "discovery.k8s.io"
+    kind = "EndpointSlice"
+    versions = ("v1",)
+
+    address_type: Literal["IPv4", "IPv6", "FQDN"]
+    endpoints: list[SliceEndpoint] = Field(default_factory=list)
+    ports: list[EndpointPort] = Field(default_factory=list)
+
+
 class ContainerPort(K8sModel):
     name: str | None = None
     container_port: PortNumber

@@ -1,4 +1,4 @@
-"""Envoy Gateway kinds (gateway.envoyproxy.io v1alpha1): Backend and EnvoyProxy."""
+"""Envoy Gateway kinds (gateway.envoyproxy.io v1alpha1): Backend (with its TLS settings) and EnvoyProxy."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from translators.resources.base import K8sModel, PortNumber, Resource
+from translators.resources.gateway_api import LocalObjectReference, WellKnownCas
 
 ENVOY_GATEWAY_GROUP = "gateway.envoyproxy.io"
 
@@ -44,8 +45,35 @@ class BackendEndpoint(K8sModel):
         return self
 
 
+class BackendTLSSettings(K8sModel):
+    """The subset of Envoy Gateway's BackendTLSSettings this project reads: whom to trust (CA certificates from
+    ConfigMaps or Secrets, or the system's), or nobody at all when asked to, and the SNI to send. Client
+    certificates, TLS versions, ciphers and ALPN are read by Envoy Gateway only: they are ignored here."""
+
+    ca_certificate_refs: list[LocalObjectReference] = Field(default_factory=list, max_length=8)
+    well_known_ca_certificates: WellKnownCas | None = Field(default=None, alias="wellKnownCACertificates")
+    insecure_skip_verify: bool = False
+    sni: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    )
+
+    @model_validator(mode="after")
+    def _one_trust_source(self) -> BackendTLSSettings:
+        """Envoy Gateway's CRD rules: CA references or well-known CAs, not both, and neither with insecureSkipVerify.
+        With none of the three the server is verified against the system CAs (Envoy Gateway's default)."""
+        if self.ca_certificate_refs and self.well_known_ca_certificates:
+            raise ValueError("caCertificateRefs and wellKnownCACertificates cannot both be set")
+        if self.insecure_skip_verify and (self.ca_certificate_refs or self.well_known_ca_certificates):
+            raise ValueError("insecureSkipVerify cannot be combined with caCertificateRefs or wellKnownCACertificates")
+        return self
+
+
 class BackendSpec(K8sModel):
     endpoints: list[BackendEndpoint] = Field(min_length=1, max_length=64)
+    tls: BackendTLSSettings | None = None  # None: plain HTTP, except fqdn endpoints on port 443 (TLS, system CAs)
 
     @model_validator(mode="after")
     def _unix_alone(self) -> BackendSpec:

@@ -16,6 +16,7 @@ from envoy.type.metadata.v3 import metadata_pb2
 from google.protobuf import duration_pb2
 
 from translators.ir import (
+    SYSTEM_CA_BUNDLE,
     AddressKind,
     ClusterIR,
     Discovery,
@@ -36,6 +37,12 @@ from translators.xds.names import (
 )
 from translators.xds.override_host import with_selected_host_key
 from translators.xds.tls import TLS_TRANSPORT_SOCKET, control_plane_transport_socket
+from translators.xds.upstream_tls import (
+    TRANSPORT_SOCKET_MATCH_KEY,
+    TRANSPORT_SOCKET_MATCH_NAMESPACE,
+    mixed_transports,
+    set_transport_sockets,
+)
 
 CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -62,9 +69,12 @@ _EDS_HEALTH = {
 }
 
 
-def _lb_endpoint(endpoint: Endpoint, backend: str) -> endpoint_components_pb2.LbEndpoint:
+def _lb_endpoint(endpoint: Endpoint, backend: str, socket_match: bool) -> endpoint_components_pb2.LbEndpoint:
+    """`socket_match`: the endpoint's cluster mixes transports, and its backend selects the endpoint's socket."""
     metadata = base_pb2.Metadata()
     metadata.filter_metadata[XDS_METADATA_NAMESPACE].update({"backend": backend})
+    if socket_match:
+        metadata.filter_metadata[TRANSPORT_SOCKET_MATCH_NAMESPACE].update({TRANSPORT_SOCKET_MATCH_KEY: backend})
     built = endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(address=_address(endpoint)), metadata=metadata
     )
@@ -73,10 +83,10 @@ def _lb_endpoint(endpoint: Endpoint, backend: str) -> endpoint_components_pb2.Lb
     return built
 
 
-def _locality(group: EndpointGroup, weighted: bool) -> endpoint_components_pb2.LocalityLbEndpoints:
+def _locality(group: EndpointGroup, weighted: bool, socket_match: bool) -> endpoint_components_pb2.LocalityLbEndpoints:
     locality = endpoint_components_pb2.LocalityLbEndpoints(
         locality=base_pb2.Locality(sub_zone=group.backend),
-        lb_endpoints=[_lb_endpoint(e, group.backend) for e in group.endpoints],
+        lb_endpoints=[_lb_endpoint(e, group.backend, socket_match) for e in group.endpoints],
         priority=group.priority,
     )
     if weighted:
@@ -86,8 +96,9 @@ def _locality(group: EndpointGroup, weighted: bool) -> endpoint_components_pb2.L
 
 def load_assignment(cluster: ClusterIR) -> endpoint_pb2.ClusterLoadAssignment:
     weighted = len(cluster.groups) > 1
+    socket_match = mixed_transports(cluster)
     return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=cluster.name, endpoints=[_locality(g, weighted) for g in cluster.groups]
+        cluster_name=cluster.name, endpoints=[_locality(g, weighted, socket_match) for g in cluster.groups]
     )
 
 
@@ -151,9 +162,11 @@ def _pool_policy(fail_open: bool) -> cluster_pb2.LoadBalancingPolicy:
     return cluster_pb2.LoadBalancingPolicy(policies=[_policy("envoy.load_balancing_policies.override_host", override)])
 
 
-def cluster(ir: ClusterIR, buffer_limit_bytes: int) -> cluster_pb2.Cluster:
-    """`buffer_limit_bytes`: room for a whole request body in the upstream-settings filter."""
+def cluster(ir: ClusterIR, buffer_limit_bytes: int, system_ca_bundle: str = SYSTEM_CA_BUNDLE) -> cluster_pb2.Cluster:
+    """`buffer_limit_bytes`: room for a whole request body in the upstream-settings filter. `system_ca_bundle`: the
+    file of CAs the backends reached with CaSource.SYSTEM are verified against."""
     built = cluster_pb2.Cluster(name=ir.name, connect_timeout=CONNECT_TIMEOUT)
+    set_transport_sockets(built, ir, system_ca_bundle)
     if ir.discovery is Discovery.EDS:
         built.type = cluster_pb2.Cluster.EDS
         built.eds_cluster_config.eds_config.CopyFrom(ads_config_source())

@@ -56,9 +56,9 @@ def endpoint_pickers(gateway: GatewayIR) -> dict[ObjectRef, EndpointPickerIR]:
 def gateway_resources(gateway: GatewayIR, options: TranslateOptions, memo: Memo | None = None) -> XdsResources:
     """`memo` (kept by a caller that translates again and again) reuses the messages of unchanged IR values."""
     memo = memo or Memo()
-    limit = options.buffer_limit_bytes
+    limit, cas = options.buffer_limit_bytes, options.system_ca_bundle
     clusters = [
-        memo.get(("cluster", c, limit), lambda c=c: cluster(c, limit))  # type: ignore[misc]
+        memo.get(("cluster", c, limit, cas), lambda c=c: cluster(c, limit, cas))  # type: ignore[misc]
         for c in gateway.clusters
     ]
     pickers = endpoint_pickers(gateway)

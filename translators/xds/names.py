@@ -43,6 +43,9 @@ EXTPROC_CLUSTER = "xds-server/extproc"
 PICKER_POOL_METADATA = "x-inference-pool"
 # InferencePool annotation: "embedded" or "reference" (PickerMode), whoever picks for the pool whatever the option.
 ENDPOINT_PICKER_ANNOTATION = "xds-server.io/endpoint-picker"
+# On a BackendSecurityPolicy, "true": its key may go to backends in plain HTTP over the network (by default only over
+# TLS, or to loopback and unix socket endpoints).
+ALLOW_PLAINTEXT_CREDENTIALS_ANNOTATION = "xds-server.io/allow-plaintext-credentials"
 # gRPC metadata marking the upstream-settings filter's streams (one per attempt).
 UPSTREAM_SETTINGS_METADATA = "x-ai-eg-upstream-settings"
 DESTINATION_HEADER = "x-gateway-destination-endpoint"

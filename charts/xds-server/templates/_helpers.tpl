@@ -73,8 +73,9 @@ provisions to reach it through the Service, like ADS. */}}
 {{/* What the controller reads in the namespaces it watches, and the status it writes there: one list for the
 ClusterRole of a cluster-wide install and for the Role in each namespace of a namespaced install. */}}
 {{- define "xds-server.watchRules" -}}
+# BackendTLSPolicies are read only: their status (ancestors) is not written yet.
 - apiGroups: [gateway.networking.k8s.io]
-  resources: [gateways, httproutes, referencegrants]
+  resources: [gateways, httproutes, referencegrants, backendtlspolicies]
   verbs: [get, list, watch]
 - apiGroups: [gateway.networking.k8s.io]
   resources: [gateways/status, httproutes/status]
@@ -104,6 +105,10 @@ ClusterRole of a cluster-wide install and for the Role in each namespace of a na
   verbs: [get, list, watch]
 - apiGroups: [apps]
   resources: [deployments]
+  verbs: [get, list, watch]
+# The endpoints of Services without a selector.
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
   verbs: [get, list, watch]
 {{- end -}}
 

@@ -25,6 +25,8 @@ class Kind:
     # Narrows what is listed and watched (a `fieldSelector`), for kinds with many objects the translator never
     # reads.
     field_selector: str = ""
+    # The same with labels (a `labelSelector`).
+    label_selector: str = ""
     # Stored trimmed to what the translator reads (objects.strip): thousands of Pods then cost little memory. A
     # reader that needs whole objects (the test suite's local kubelet) watches an untrimmed Kind.
     trimmed: bool = False
@@ -58,6 +60,9 @@ KINDS: tuple[Kind, ...] = (
     Kind(GATEWAY_API, "v1", "HTTPRoute", "httproutes", status_subresource=True),
     # v1beta1: the storage version of our CRDs, and the one Gateway API installs older than its v1 serve. No status.
     Kind(GATEWAY_API, "v1beta1", "ReferenceGrant", "referencegrants"),
+    # v1: the storage version; v1alpha3 objects (Envoy AI Gateway's examples) are served at v1 with the same content.
+    # Its status (`ancestors`, per Gateway) is not written yet: translate, /debug/status and `up` show its conditions.
+    Kind(GATEWAY_API, "v1", "BackendTLSPolicy", "backendtlspolicies", status_subresource=True),
     # The AI Gateway CRDs serve v1alpha1 and v1beta1 from v1beta1 storage with the same schema (v1beta1 adds
     # BackendSecurityPolicy.spec.credentialOverride), conversion None: an object created as v1alpha1 is listed and
     # watched as v1beta1 with the same content (e2e/kube/test_source.py checks it), so v1beta1 alone sees them all.
@@ -76,6 +81,15 @@ KINDS: tuple[Kind, ...] = (
     # credential, so they are not even listed.
     Kind("", "v1", "Secret", "secrets", field_selector="type!=helm.sh/release.v1,type!=xds-server.io/ca"),
     Kind("", "v1", "ConfigMap", "configmaps"),
+    # Only those a Service without a selector takes its endpoints from: the EndpointSlice controller's own (one or
+    # more per Service, changing with every pod) say what the translator already reads from the Pods.
+    Kind(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        label_selector="endpointslice.kubernetes.io/managed-by!=endpointslice-controller.k8s.io",
+    ),
     Kind("apps", "v1", "Deployment", "deployments"),
     Kind("", "v1", "Namespace", "namespaces", namespaced=False),
 )

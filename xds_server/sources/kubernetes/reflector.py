@@ -89,7 +89,8 @@ class Reflector:
         # round lists afresh). Kept across stop() and start(), so a restarted reflector resumes where it stopped.
         self.version = ""
         self._backoff = Backoff(timing.backoff_initial_s, timing.backoff_max_s)
-        self._selector: Query = (("fieldSelector", kind.field_selector),) if kind.field_selector else ()
+        selectors = (("fieldSelector", kind.field_selector), ("labelSelector", kind.label_selector))
+        self._selector: Query = tuple((name, value) for name, value in selectors if value)
         self._task: asyncio.Task[None] | None = None
 
     def __str__(self) -> str:
