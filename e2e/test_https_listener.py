@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 import http.client
 import json
 import os
@@ -33,10 +32,8 @@ import httpx2
 import openai
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from testing.certificates import ServerCertificate, TestCertificateAuthority
 from testing.envoy import Envoy
 from testing.manifests import ai_gateway_route, ai_service_backend
 from testing.ports import free_port, loopback_address
@@ -49,84 +46,7 @@ SERVER_NAMES = ("localhost", "ai.example")
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
-# --- a test CA ---
-
-
-@dataclass(frozen=True)
-class Issued:
-    """A server certificate and its private key, PEM."""
-
-    certificate: bytes
-    key: bytes
-
-    @property
-    def serial(self) -> int:
-        return x509.load_pem_x509_certificate(self.certificate).serial_number
-
-
-class CertificateAuthority:
-    """A self-signed CA that issues server certificates for DNS names."""
-
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        self.name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "xds-server e2e test CA")])
-        now = datetime.datetime.now(datetime.UTC)
-        self.certificate = (
-            x509.CertificateBuilder()
-            .subject_name(self.name)
-            .issuer_name(self.name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-
-    @property
-    def pem(self) -> bytes:
-        return self.certificate.public_bytes(serialization.Encoding.PEM)
-
-    def issue(self, names: tuple[str, ...]) -> Issued:
-        """A new key and a certificate for `names` (SAN DNS), with a serial of its own."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(self.name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        return Issued(certificate.public_bytes(serialization.Encoding.PEM), key_pem)
-
-
-def tls_secret(name: str, issued: Issued, string_data: bool = False) -> str:
+def tls_secret(name: str, issued: ServerCertificate, string_data: bool = False) -> str:
     """A `kubernetes.io/tls` Secret holding `issued`: base64 in `data`, or PEM text in `stringData`."""
     if string_data:
 
@@ -263,9 +183,9 @@ class HttpsGateway:
             raise
 
     def _start(self) -> None:
-        self.ca = CertificateAuthority()
+        self.ca = TestCertificateAuthority()
         self.ca_file = self.tmp_path / "ca.pem"
-        self.ca_file.write_bytes(self.ca.pem)
+        self.ca_file.write_text(self.ca.pem)
         self.first = self.ca.issue(SERVER_NAMES)
         self.second = self.ca.issue(SERVER_NAMES)
         self.keys = [self.first.key, self.second.key]  # every private key written to a Secret
@@ -529,7 +449,7 @@ def test_a_secret_whose_key_does_not_match_is_refused_and_the_other_listener_ser
     assert gw.status_listeners()["second"]["Programmed"]["status"] == "True"
     other_key = gw.ca.issue(SERVER_NAMES).key
     gw.keys.append(other_key)
-    mismatched = Issued(gw.second.certificate, other_key)
+    mismatched = ServerCertificate(gw.second.certificate, other_key)
     gw.write("second-cert.yaml", tls_secret("second-cert", mismatched, string_data=True))
 
     def refused() -> dict[str, dict[str, str]] | None:

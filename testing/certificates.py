@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +23,16 @@ class ServerCertificate:
     certificate: bytes
     key: bytes
 
+    @property
+    def serial(self) -> int:
+        return x509.load_pem_x509_certificate(self.certificate).serial_number
+
     def write(self, directory: Path, stem: str) -> tuple[Path, Path]:
         """Both as files (`<stem>.crt`, `<stem>.key`), the form `ssl.SSLContext.load_cert_chain` reads."""
         certificate, key = directory / f"{stem}.crt", directory / f"{stem}.key"
         certificate.write_bytes(self.certificate)
         key.write_bytes(self.key)
+        key.chmod(0o600)
         return certificate, key
 
 
@@ -70,19 +76,26 @@ class TestCertificateAuthority:
     def pem(self) -> str:
         return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
 
-    def issue(self, names: tuple[str, ...]) -> ServerCertificate:
-        """A new key and a server certificate naming `names` (subject alternative names of type DNS)."""
+    def issue(
+        self, names: tuple[str, ...], ips: tuple[str, ...] = (), common_name: str | None = None
+    ) -> ServerCertificate:
+        """A new key and a server certificate naming `names` (DNS) and `ips` (IP addresses) as subject alternative
+        names; its common name is `common_name`, else the first DNS name."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
+        alternatives = [
+            *(x509.IPAddress(ipaddress.ip_address(address)) for address in ips),
+            *(x509.DNSName(name) for name in names),
+        ]
         certificate = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or names[0])]))
             .issuer_name(self.name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _SKEW)
             .not_valid_after(now + _VALIDITY)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)

@@ -18,9 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
-import datetime
 import functools
-import ipaddress
 import json
 import os
 import secrets
@@ -38,13 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from testing.certificates import TestCertificateAuthority
 from testing.kube_controllers import (
     COMPONENT_READY_TIMEOUT,
     COMPONENT_USERS,
@@ -143,10 +140,6 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     path.chmod(0o600)
 
 
-def _write_cert(path: Path, cert: x509.Certificate) -> None:
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
 def _make_pki(directory: Path, extra_ips: Sequence[str] = ()) -> dict[str, Path]:
     """A CA, a serving certificate for 127.0.0.1/localhost (and `extra_ips`) signed by it, and a service-account
     signing key.
@@ -155,71 +148,10 @@ def _make_pki(directory: Path, extra_ips: Sequence[str] = ()) -> dict[str, Path]
     TLS stack and its service-account token signer (ES256) accept it.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    # Backdated a little so a clock step on a shared machine cannot make the certificate "not yet valid".
-    not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=1)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "xds-server-test-ca")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    serving_key = ec.generate_private_key(ec.SECP256R1())
-    serving_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-        .issuer_name(ca_name)
-        .public_key(serving_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
-                    *(x509.IPAddress(ipaddress.ip_address(address)) for address in extra_ips),
-                    x509.DNSName("localhost"),
-                    # The in-cluster names, so a client configured the in-cluster way still verifies the server.
-                    x509.DNSName("kubernetes"),
-                    x509.DNSName("kubernetes.default"),
-                    x509.DNSName("kubernetes.default.svc"),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
+    authority = TestCertificateAuthority("xds-server-test-ca")
+    # The in-cluster names too, so a client configured the in-cluster way still verifies the server.
+    in_cluster = ("kubernetes", "kubernetes.default", "kubernetes.default.svc")
+    serving = authority.issue(("localhost", *in_cluster), ("127.0.0.1", *extra_ips), common_name="kube-apiserver")
     paths = {
         "ca": directory / "ca.crt",
         "serving_cert": directory / "apiserver.crt",
@@ -227,9 +159,8 @@ def _make_pki(directory: Path, extra_ips: Sequence[str] = ()) -> dict[str, Path]
         "sa_key": directory / "service-account.key",
         "sa_pub": directory / "service-account.pub",
     }
-    _write_cert(paths["ca"], ca_cert)
-    _write_cert(paths["serving_cert"], serving_cert)
-    _write_key(paths["serving_key"], serving_key)
+    paths["ca"].write_text(authority.pem)
+    serving.write(directory, "apiserver")
     sa_key = ec.generate_private_key(ec.SECP256R1())
     _write_key(paths["sa_key"], sa_key)
     # The verifying side wants the public half on its own: kube-apiserver does not derive it from a PKCS#8 file.
