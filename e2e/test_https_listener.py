@@ -35,7 +35,7 @@ from cryptography import x509
 
 from testing.certificates import ServerCertificate, TestCertificateAuthority
 from testing.envoy import Envoy
-from testing.manifests import ai_gateway_route, ai_service_backend
+from testing.manifests import ai_gateway_route, ai_service_backend, gateway
 from testing.ports import free_port, loopback_address
 from testing.processes import Serve, synced
 from testing.sims import SimProcess, start_testupstream
@@ -219,21 +219,7 @@ class HttpsGateway:
             f"{{name: second, protocol: HTTPS, port: {self.second_port}, "
             "tls: {mode: Terminate, certificateRefs: [{name: second-cert}]}}",
         ]
-        return f"""
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: eg}}
-spec: {{controllerName: gateway.envoyproxy.io/gatewayclass-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw}}
-spec:
-  gatewayClassName: eg
-  listeners:
-  - {listeners[0]}
-  - {listeners[1]}
-"""
+        return gateway([], listeners=listeners)
 
     def write(self, name: str, text: str) -> None:
         """Replaces a manifest file at once (a rename), so `serve` never reads half of it."""

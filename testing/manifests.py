@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 
-def gateway(listen_ports: list[int], name: str = "gw") -> str:
-    """GatewayClass `eg` (a controller this project serves) and Gateway `name` with one HTTP listener per port."""
-    listeners = ", ".join(f"{{name: l{p}, protocol: HTTP, port: {p}}}" for p in listen_ports)
+def gateway(listen_ports: list[int], name: str = "gw", listeners: list[str] | None = None) -> str:
+    """GatewayClass `eg` (a controller this project serves) and Gateway `name` with one HTTP listener per port, or
+    with `listeners` (each a listener in YAML flow style) when given."""
+    listed = listeners or [f"{{name: l{p}, protocol: HTTP, port: {p}}}" for p in listen_ports]
     return f"""
 apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
@@ -15,7 +16,7 @@ spec: {{controllerName: gateway.envoyproxy.io/gatewayclass-controller}}
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: {name}}}
-spec: {{gatewayClassName: eg, listeners: [{listeners}]}}
+spec: {{gatewayClassName: eg, listeners: [{", ".join(listed)}]}}
 """
 
 
