@@ -24,7 +24,7 @@ def test_invalid_objects_print_what_translated_and_exit_1() -> None:
     assert [g["gateway"] for g in document["gateways"]] == ["default/gw"]
     assert "errors" not in document  # errors go to stderr, one line each
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 5 and all(line.startswith("error: ") for line in lines)
+    assert len(lines) == 6 and all(line.startswith("error: ") for line in lines)
     assert any(
         "AIGatewayRoute/default/bogus-match: field spec.rules[0].matches[0].headers[0].type" in ln for ln in lines
     )

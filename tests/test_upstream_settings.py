@@ -640,13 +640,6 @@ async def test_the_service_answers_each_attempt_with_its_rule_and_backends_setti
 # --- edge cases found in review ---
 
 
-def test_a_backend_naming_a_missing_policy_is_refused_and_says_why() -> None:
-    translation = _translate(_route([{"name": "a"}]), *_backend("a", backendSecurityPolicyRef={"name": "gone"}))
-    assert _settings(translation, "a").credential_error == "BackendSecurityPolicy default/gone not found"
-    condition = _condition(translation, "AIServiceBackend", "a")
-    assert (condition.status, condition.reason) == ("False", "BackendSecurityPolicyNotFound")
-
-
 def test_integers_past_64_bits_survive_the_rewrite() -> None:
     huge = 123456789012345678901234567890
     reply = UpstreamPlan(BackendSettingsIR(RULE0, "b", model_name_override="m")).body_reply(

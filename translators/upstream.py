@@ -99,7 +99,7 @@ class UpstreamSettings:
         self.backends: set[tuple[str, str]] = set()
         for backend in resources.of_kind(AIServiceBackend):
             spec = backend.spec
-            if spec.header_mutation or spec.body_mutation or spec.backend_security_policy_ref:
+            if spec.header_mutation or spec.body_mutation:
                 self.backends.add((backend.namespace, backend.name))
         for route in resources.of_kind(AIGatewayRoute):
             for rule in route.spec.rules:
@@ -154,27 +154,12 @@ class UpstreamSettings:
         return self._exposed[key]
 
     def _policies_by_backend(self) -> dict[tuple[str, str], BackendSecurityPolicy]:
-        """Each AIServiceBackend's policy: the one the backend names, else the oldest whose targetRefs name it.
-
-        A backend naming a policy that does not exist is refused requests (`_missing`), never sent without a key.
-        """
+        """Each AIServiceBackend's policy: the oldest whose targetRefs name it (the others are told so)."""
         found: dict[tuple[str, str], BackendSecurityPolicy] = {}
-        self._missing: dict[tuple[str, str], str] = {}
         policies = sorted(
             self._resources.of_kind(BackendSecurityPolicy),
             key=lambda p: (p.metadata.creation_timestamp or "", p.namespace, p.name),
         )
-        by_name = {(p.namespace, p.name): p for p in policies}
-        for backend in self._resources.of_kind(AIServiceBackend):
-            ref = backend.spec.backend_security_policy_ref
-            if ref is not None:
-                policy = by_name.get((backend.namespace, ref.name))
-                if policy is not None:
-                    found[(backend.namespace, backend.name)] = policy
-                else:
-                    message = f"BackendSecurityPolicy {backend.namespace}/{ref.name} not found"
-                    self._missing[(backend.namespace, backend.name)] = message
-                    self._report(backend, "Accepted", False, "BackendSecurityPolicyNotFound", message)
         for policy in policies:
             for target in policy.spec.target_refs:
                 if target.kind != "AIServiceBackend":
@@ -222,8 +207,6 @@ class UpstreamSettings:
         return self._credential((namespace, name))[1] is not None
 
     def _credential(self, backend: tuple[str, str]) -> tuple[ApiKey | None, str | None]:
-        if backend in self._missing:
-            return None, self._missing[backend]
         if backend in self._exposed:
             return None, self._exposed[backend]
         policy = self._policies.get(backend)

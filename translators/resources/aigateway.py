@@ -133,14 +133,9 @@ class BackendObjectRef(K8sModel):
     port: PortNumber | None = None
 
 
-class LocalObjectRef(K8sModel):
-    name: ObjectName
-
-
 class AIServiceBackendSpec(K8sModel):
     schema_: VersionedAPISchema = Field(alias="schema")
     backend_ref: BackendObjectRef
-    backend_security_policy_ref: LocalObjectRef | None = None
     header_mutation: HTTPHeaderMutation | None = None
     body_mutation: HTTPBodyMutation | None = None
 
