@@ -118,3 +118,14 @@ def test_bootstrap_reaches_the_users_ads_socket_by_default_and_tcp_or_tls_by_fla
     alone = run("bootstrap", "--gateway", "default/gw", "--tls-dir", str(tmp_path))
     assert alone.returncode == 2 and "--tls-dir and --tls-server-name go together" in alone.stderr
     assert run("bootstrap", "--gateway", "no-slash").returncode == 2
+
+
+def test_objects_of_unsupported_kinds_are_warned_about_and_exit_0() -> None:
+    result = run("translate", str(TESTDATA / "unsupported-kinds" / "input.yaml"))
+    assert result.returncode == 0, result.stderr
+    warnings = sorted(line for line in result.stderr.splitlines() if line.startswith("warning: "))
+    assert len(warnings) == 5, result.stderr  # the ServiceMonitor (not a gateway group) is not one of them
+    assert warnings[-2] == (
+        "warning: SecurityPolicy default/require-jwt: SecurityPolicy (gateway.envoyproxy.io) is not implemented by "
+        "this controller; not enforced: authentication and authorization (the routes it targets are open)"
+    )

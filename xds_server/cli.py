@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from translators.gatewayapi import translate
+from translators.gatewayapi.unsupported import unsupported_objects
 from translators.ir import ENVOY_GATEWAY_CONTROLLER, ControlPlaneTls, PickerMode, TranslateOptions
 from translators.xds.render import translation_dict
 from xds_server.bootstrap import bootstrap
@@ -115,7 +116,8 @@ def translate_options(args: argparse.Namespace, extproc_default: Address = TCP_E
 def run_translate(args: argparse.Namespace) -> int:
     resources = load_paths(args.paths)
     options = translate_options(args)
-    document = translation_dict(translate(resources, options), resources.errors, options)
+    translation = translate(resources, options)
+    document = translation_dict(translation, resources.errors, options)
     errors = document.pop("errors")
     if args.output == "json":
         json.dump(document, sys.stdout, indent=2)
@@ -124,6 +126,8 @@ def run_translate(args: argparse.Namespace) -> int:
         yaml.safe_dump(document, sys.stdout, sort_keys=False)
     for error in resources.errors:
         print(f"error: {error}", file=sys.stderr)
+    for ref, message in unsupported_objects(translation):
+        print(f"warning: {ref.kind} {ref.key}: {message}", file=sys.stderr)
     return 1 if errors else 0
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from translators.gatewayapi import translate
+from translators.gatewayapi.unsupported import unsupported_objects
 from translators.ir import Condition, ConditionStatus, ObjectRef, ObjectStatus, TranslateOptions, Translation
 from translators.loader import ResourceSet
 from translators.runtime import RuntimeTables, runtime_tables
@@ -100,6 +101,7 @@ class ControlPlane:
     rejected: dict[str, Nack] = field(default_factory=dict)  # gateway key -> latest NACK not yet superseded
     # Called on the event loop with every applied build (the Endpoint Picker follows pools this way).
     build_listeners: list[Callable[[Build], None]] = field(default_factory=list)
+    _unsupported_said: set[ObjectRef] = field(default_factory=set)  # objects of unsupported kinds already logged
 
     def __post_init__(self) -> None:
         self.clients.add_nack_listener(self._nacked)
@@ -132,6 +134,10 @@ class ControlPlane:
         metrics.LOAD_ERRORS.set(len(built.resources.errors))
         for error in built.resources.errors:
             log.error("invalid object: %s", error)
+        for ref, message in unsupported_objects(built.translation):
+            if ref not in self._unsupported_said:  # once per object, not at every reload
+                self._unsupported_said.add(ref)
+                log.warning("%s %s: %s", ref.kind, ref.key, message)
 
     def _nacked(self, nack: Nack) -> None:
         self.rejected[nack.key] = nack

@@ -55,6 +55,10 @@ class StatusBook:
         """The object is not this controller's to judge: whatever was reported on it is left out."""
         self._ignored.add(ref_of(obj))
 
+    def report_unread(self, ref: ObjectRef, type_: str, ok: bool, reason: str, message: str) -> None:
+        """A condition on an object no model reads (an unsupported kind), known by reference only."""
+        self._entries.setdefault(ref, _Entry(0)).conditions.append(condition(type_, ok, reason, message))
+
     def report(self, obj: Resource, type_: str, ok: bool, reason: str, message: str) -> None:
         self._entry(obj).conditions.append(condition(type_, ok, reason, message))
 

@@ -14,6 +14,7 @@ from translators.gatewayapi.listener_tls import ListenerTls
 from translators.gatewayapi.model_routes import leading_routes, trailing_routes
 from translators.gatewayapi.rules import Route, RuleRoutes, RuleTranslator
 from translators.gatewayapi.status import StatusBook
+from translators.gatewayapi.unsupported import UNSUPPORTED_REASON, unsupported_message
 from translators.gatewayapi.verdicts import Verdicts
 from translators.ir import (
     AiRole,
@@ -31,7 +32,7 @@ from translators.ir import (
     Translation,
     VirtualHostIR,
 )
-from translators.loader import ResourceSet
+from translators.loader import DEFAULT_NAMESPACE, ResourceSet
 from translators.resources import (
     AIGatewayRoute,
     Gateway,
@@ -126,6 +127,12 @@ class _Translator:
             self.verdicts.route_verdict(route)
         self.verdicts.pool_statuses(pool_parents)
         self.verdicts.ai_backend_statuses()
+        for unknown in self.resources.unknown:
+            message = unsupported_message(unknown)
+            if message is not None:
+                # Namespaced like nearly every kind of these groups: as kubectl would place it.
+                ref = ObjectRef(unknown.kind, unknown.namespace or DEFAULT_NAMESPACE, unknown.name)
+                self.book.report_unread(ref, "Accepted", False, UNSUPPORTED_REASON, message)
         pools = tuple(self.backends.pool(p) for p in self.resources.of_kind(InferencePool))
         settings = sorted((s for rule in rule_cache.values() for s in rule.settings), key=lambda s: (s.rule, s.backend))
         return Translation(tuple(gateway_irs), self.book.statuses(), pools, tuple(settings))

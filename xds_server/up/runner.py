@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from translators.gatewayapi.unsupported import unsupported_message
 from translators.ir import TranslateOptions
 from translators.loader import ResourceSet
 from translators.resources.rbac import ClusterRole, ClusterRoleBinding, Role, RoleBinding, ServiceAccount
@@ -176,7 +177,8 @@ class Runner:
         if rbac:
             self.reporter.warn(f"{len(rbac)} RBAC object(s) (ServiceAccount, Role, ...) have no effect on one machine")
         for unknown in resources.unknown:
-            self.reporter.warn(f"{unknown.kind} {unknown.namespace}/{unknown.name} ({unknown.api_version}) is not read")
+            what = unsupported_message(unknown) or f"{unknown.api_version} {unknown.kind} is not read"
+            self.reporter.warn(f"{unknown.kind} {unknown.namespace}/{unknown.name}: {what}")
         self.workloads.reconcile(resources)
 
     async def _reload(self, resources: ResourceSet) -> None:
