@@ -9,7 +9,6 @@ from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, exten
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.load_balancing_policies.override_host.v3 import override_host_pb2
 from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
-from envoy.extensions.load_balancing_policies.subset.v3 import subset_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.metadata.v3 import metadata_pb2
@@ -132,30 +131,21 @@ def _lb_key(key: str) -> metadata_pb2.MetadataKey:
     return metadata_pb2.MetadataKey(key=LB_METADATA_NAMESPACE, path=[metadata_pb2.MetadataKey.PathSegment(key=key)])
 
 
-def _pool_policy(fail_open: bool) -> cluster_pb2.LoadBalancingPolicy:
+def _pool_policy() -> cluster_pb2.LoadBalancingPolicy:
     """Envoy takes the picker's endpoint (header, then `envoy.lb` metadata); only pool endpoints can be reached.
 
-    FailOpen falls back to round robin over the pool. FailClose falls back to a subset policy whose empty
-    selection picks no host, so a missing or unknown choice is a 503, never a pod the picker did not choose
-    (Envoy requires some fallback policy, hence this instead of none).
+    A pick Envoy does not hold falls back to round robin over the pool's Ready endpoints, FailOpen or FailClose
+    alike (failureMode is about the picker failing, which ext_proc's failure_mode_allow decides before any host is
+    chosen). The picker watches pods itself and may pick a pod that became Ready a moment before the control plane
+    could tell Envoy about it (a pod without a readiness probe gets its address and Ready at once): another Ready
+    pod of the pool serves that request, where failing it would be a 503 "no healthy upstream".
     """
-    if fail_open:
-        fallback = _round_robin()
-    else:
-        fallback = cluster_pb2.LoadBalancingPolicy(
-            policies=[
-                _policy(
-                    "envoy.load_balancing_policies.subset",
-                    subset_pb2.Subset(fallback_policy=subset_pb2.Subset.NO_FALLBACK, subset_lb_policy=_round_robin()),
-                )
-            ]
-        )
     override = override_host_pb2.OverrideHost(
         override_host_sources=[
             override_host_pb2.OverrideHost.OverrideHostSource(header=DESTINATION_HEADER),
             override_host_pb2.OverrideHost.OverrideHostSource(metadata=_lb_key(DESTINATION_HEADER)),
         ],
-        fallback_policy=fallback,
+        fallback_policy=_round_robin(),
     )
     # Envoy reports the endpoint that served (after retries) to the picker in `envoy.lb` metadata.
     override = with_selected_host_key(override, _lb_key(SERVED_ENDPOINT_KEY))
@@ -176,7 +166,7 @@ def cluster(ir: ClusterIR, buffer_limit_bytes: int, system_ca_bundle: str = SYST
     if len(ir.groups) > 1:
         built.common_lb_config.locality_weighted_lb_config.SetInParent()
     if ir.pool is not None:
-        built.load_balancing_policy.CopyFrom(_pool_policy(ir.pool.fail_open))
+        built.load_balancing_policy.CopyFrom(_pool_policy())
         # Never balance onto a pool's not-Ready pods, however few are Ready (Envoy's default panics below 50%).
         built.common_lb_config.healthy_panic_threshold.value = 0
     if ir.http2 or ir.upstream_settings:
