@@ -29,6 +29,18 @@ from testing.web import SECONDS, Response, eventually, http_get, metric, request
 from translators.xds.ai_listener import USAGE_LOG_FLUSH
 
 UPSTREAMS = {"a": "127.0.7.1", "b": "127.0.7.2"}
+# A backend whose Service has no endpoints at all (no selector, no EndpointSlice).
+EMPTY_SERVICE_BACKEND = """
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: AIServiceBackend
+metadata: {name: empty}
+spec: {schema: {name: OpenAI}, backendRef: {kind: Service, name: empty, port: 8080}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty}
+spec: {ports: [{port: 8080}]}
+"""
 BUFFER_LIMIT = 1024 * 1024
 
 
@@ -47,6 +59,9 @@ class AiGateway:
         documents = [
             gateway([self.listen_port]),
             ai_gateway_route("models", {"model-a": "a", "model-b": "b"}),
+            ai_gateway_route("broken", {"model-down": "down", "model-empty": "empty"}, hostnames=("broken.example",)),
+            ai_service_backend("down", "127.0.7.3", free_port("127.0.7.3")),  # nothing listens there
+            EMPTY_SERVICE_BACKEND,
             ai_gateway_route("team", {"model-t": "b"}, hostnames=("*.team.example",)),
             *(ai_service_backend(name, UPSTREAMS[name], u.port) for name, u in self.upstreams.items()),
         ]
@@ -190,6 +205,16 @@ def test_errors_are_openai_json(ai: AiGateway, body: bytes, status: int, code: s
     assert error["code"] == code
     if code == "model_not_found":
         assert "'no-such-model'" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("model", "code"), [("model-down", "upstream_unavailable"), ("model-empty", "no_healthy_upstream")]
+)
+def test_a_backend_that_cannot_be_reached_is_an_openai_error(ai: AiGateway, model: str, code: str) -> None:
+    """Envoy's own plain-text answers ("upstream connect error or disconnect/reset before headers...", "no healthy
+    upstream") become the error envelope with a stable code."""
+    error = error_of(ai.chat(model, {"host": "broken.example"}), 503)
+    assert (error["code"], error["type"]) == (code, "server_error")
 
 
 def test_a_body_just_under_the_limit_is_routed(ai: AiGateway) -> None:

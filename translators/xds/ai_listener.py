@@ -1,10 +1,11 @@
 """What an HTTP connection manager serving ext_proc routes adds: JSON local replies and the AI access log.
 
-Envoy answers some requests itself (local replies) in plain text. Two of them belong to the error contract and are
-rewritten to the OpenAI error envelope: a failed or silent ext_proc service (any `ext_proc_error*` reply, 500 or
-504 from Envoy, becomes 503: the gateway is unavailable, not broken) and a buffered request body over the buffer
-limit (413). Every other local reply is left alone: direct responses and the services' own immediate responses
-already carry JSON.
+Envoy answers some requests itself (local replies) in plain text. Those of the error contract are rewritten to the
+OpenAI error envelope: a backend that cannot be reached (no healthy endpoint, connection failure or reset,
+overflow: 503 with codes `no_healthy_upstream` and `upstream_unavailable`; a timeout: 504 `upstream_timeout`), a
+failed or silent ext_proc service (any `ext_proc_error*` reply, 500 or 504 from Envoy, becomes 503: the gateway is
+unavailable, not broken) and a buffered request body over the buffer limit (413). Every other local reply is left
+alone: direct responses and the services' own immediate responses already carry JSON.
 """
 
 from __future__ import annotations
@@ -77,8 +78,34 @@ def local_reply_config(buffer_limit_bytes: int) -> hcm_pb2.LocalReplyConfig:
                     "request_too_large",
                 ),
             ),
+            *(
+                hcm_pb2.ResponseMapper(
+                    filter=_response_flags(*flags),
+                    status_code=wrappers_pb2.UInt32Value(value=status),
+                    body_format_override=json_error_body(message, "server_error", code),
+                )
+                for flags, status, message, code in UPSTREAM_FAILURES
+            ),
         ]
     )
+
+
+# Envoy's own answers when the backend cannot be reached (by response flag), as OpenAI-style errors with a stable
+# code instead of its plain text ("upstream connect error or disconnect/reset before headers...").
+UPSTREAM_FAILURES = (
+    (("UH",), 503, "no backend of this model is available right now; retry later", "no_healthy_upstream"),
+    (
+        ("UF", "URX", "UR", "UC", "UO"),
+        503,
+        "the model's backend could not be reached or dropped the request; retry later",
+        "upstream_unavailable",
+    ),
+    (("UT",), 504, "the model's backend did not answer in time", "upstream_timeout"),
+)
+
+
+def _response_flags(*flags: str) -> accesslog_pb2.AccessLogFilter:
+    return accesslog_pb2.AccessLogFilter(response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags)))
 
 
 def ai_access_log() -> accesslog_pb2.AccessLog:
