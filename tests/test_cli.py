@@ -129,3 +129,8 @@ def test_objects_of_unsupported_kinds_are_warned_about_and_exit_0() -> None:
         "warning: SecurityPolicy default/require-jwt: SecurityPolicy (gateway.envoyproxy.io) is not implemented by "
         "this controller; not enforced: authentication and authorization (the routes it targets are open)"
     )
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.strip() == "xds-server 0.1.0"  # pyproject.toml's version

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import datetime
 import importlib
+import importlib.metadata
 import json
 import os
 import sys
@@ -320,8 +321,17 @@ def run_sim(args: argparse.Namespace) -> int:
     return result
 
 
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml's), or "unknown" when run from an uninstalled tree."""
+    try:
+        return importlib.metadata.version("xds-server")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xds-server", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"xds-server {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     translate_cmd = commands.add_parser(
         "translate", help="print the Envoy resources (per Gateway) and conditions that manifests translate to"
