@@ -132,6 +132,11 @@ def test_yaml_syntax_error_keeps_documents_before_it() -> None:
     [error] = loaded.errors
     assert error.origin.document == 2 and error.reason.startswith("invalid YAML")
     assert loaded.get(ConfigMap, "default", "before") is not None
+    # Where, in the file's own lines, and what: not the parser's echo of the input.
+    assert str(error) == (
+        "f.yaml document 2: invalid YAML at line 7, column 1: did not find expected ',' or ']'"
+        " (while parsing a flow sequence started at line 6, column 6)"
+    )
 
 
 def test_unknown_kinds_are_kept_aside_once_per_object() -> None:
@@ -155,7 +160,8 @@ def test_directory_files_load_in_name_order(tmp_path: Path) -> None:
     cm = loaded.get(ConfigMap, "default", "cm")
     assert cm is not None and cm.data == {"k": "from-b"}
     [error] = loaded.errors
-    assert error.origin.file.endswith("missing.yaml") and "cannot read file" in error.reason
+    assert error.origin.file.endswith("missing.yaml") and error.reason == "no such file or directory"
+    assert str(error) == f"{tmp_path / 'missing.yaml'}: no such file or directory"  # no "?/?" for no object
 
 
 def test_secret_values_never_appear_in_repr() -> None:

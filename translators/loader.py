@@ -56,9 +56,11 @@ class LoadError:
     reason: str
 
     def __str__(self) -> str:
+        place = f"{self.origin.file} document {self.origin.document}" if self.origin.document else self.origin.file
+        if not (self.kind or self.name):  # about the file or the document itself: no object to name
+            return f"{place}: {self.reason}"
         who = "/".join(part for part in (self.kind or "?", self.namespace, self.name or "?") if part)
         where = f" field {self.field}:" if self.field else ""
-        place = f"{self.origin.file} document {self.origin.document}" if self.origin.document else self.origin.file
         return f"{place}: {who}:{where} {self.reason}"
 
 
@@ -178,8 +180,19 @@ def _documents(text: str, file: str) -> Iterator[tuple[Any, Origin] | LoadError]
                 continue
             yield raw, Origin(file, number)
     except Exception as exc:  # PyYAML constructors raise ValueError, KeyError, ... on bad scalars, not only YAMLError
-        reason = f"invalid YAML: {exc}".replace("\n", " ")
-        yield LoadError(Origin(file, number + 1), "", "", "", "", reason)
+        yield LoadError(Origin(file, number + 1), "", "", "", "", _yaml_reason(exc))
+
+
+def _yaml_reason(exc: Exception) -> str:
+    """`line L, column C: what` from PyYAML's marked errors, without its echo of the input."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        reason = f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+        if exc.context and exc.context_mark is not None:
+            start = exc.context_mark
+            reason += f" ({exc.context} started at line {start.line + 1}, column {start.column + 1})"
+        return reason
+    return f"invalid YAML: {exc}".replace("\n", " ")
 
 
 Parsed = tuple[Resource, Origin] | UnknownObject | LoadError

@@ -33,8 +33,13 @@ def parse_file(file: Path) -> tuple[Parsed, ...]:
     """Reads and parses one file; a file that cannot be read is one error."""
     try:
         text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return (LoadError(Origin(str(file), 0), "", "", "", "", f"cannot read file: {exc}"),)
+    except FileNotFoundError:
+        return (LoadError(Origin(str(file), 0), "", "", "", "", "no such file or directory"),)
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text (byte {exc.start}): a manifest is YAML or JSON"
+        return (LoadError(Origin(str(file), 0), "", "", "", "", reason),)
+    except OSError as exc:
+        return (LoadError(Origin(str(file), 0), "", "", "", "", f"cannot read file: {exc.strerror or exc}"),)
     return parse_text(str(file), text)
 
 
