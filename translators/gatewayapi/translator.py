@@ -74,6 +74,9 @@ class _Translator:
         namespace_labels = {ns.name: ns.metadata.labels for ns in resources.of_kind(Namespace)}
         self.attachment = Attachment(self.book, namespace_labels, ListenerTls(resources, grants))
         self.verdicts = Verdicts(self.book, resources, self.backends)
+        self._rule_routes: dict[str, Route] = {}  # rule id -> the route it belongs to
+        self._shadowed: set[tuple[str, str]] = set()  # (rule id, domain) already reported
+        self._shadow_messages: dict[tuple[str, str, str], tuple[Route, list[str]]] = {}  # by route
 
     def _envoy_port(self, port: int) -> int:
         return port + self.options.privileged_port_offset if port < 1024 else port
@@ -89,6 +92,7 @@ class _Translator:
                 key = (route.kind, route.namespace, route.name, index)
                 if key not in rule_cache:
                     rule_cache[key] = self.rules.rule_routes(route, index)
+                    self._rule_routes[f"{route.kind.lower()}/{route.namespace}/{route.name}/rule/{index}"] = route
                 found.append(rule_cache[key])
             return found
 
@@ -122,6 +126,8 @@ class _Translator:
                 self.book.report(gateway, "Programmed", True, "Programmed", f"{len(vhosts)} Envoy listener(s)")
             else:
                 self.book.report(gateway, "Programmed", False, "Invalid", "no listener is valid")
+        for route, messages in self._shadow_messages.values():
+            self.book.report(route, SHADOWED, True, "ShadowedByPrecedence", "; ".join(messages))
         for route in routes:
             rules_of(route)  # routes attached nowhere still report their unresolved references
             self.verdicts.route_verdict(route)
@@ -215,6 +221,7 @@ class _Translator:
             for domain in sorted(domains):
                 vhost_name = f"{name}/{domain}"
                 ordered = _virtual_host_routes(domain, domains)
+                self._report_shadowed(ordered, domain)
                 models = self._models(ordered)
                 if any(r.ai is not None for r in ordered):
                     ordered = [*leading_routes(vhost_name), *ordered, *trailing_routes(vhost_name, models)]
@@ -229,6 +236,23 @@ class _Translator:
             tuple(certificate for _, certificate in sorted(certificates.items())),
         )
 
+    def _report_shadowed(self, routes: list[RouteIR], domain: str) -> None:
+        """A route whose match an earlier route of the virtual host has already (a second AIGatewayRoute for the same
+        model, a repeated rule) never gets a request: Gateway API precedence gave it to the other (older, then first
+        by namespace/name). Said on the losing route, naming the winner, once per rule."""
+        seen: dict[tuple[object, ...], RouteIR] = {}
+        for route in routes:
+            key = (route.path, route.headers, route.method)
+            winner = seen.setdefault(key, route)
+            owner = self._rule_routes.get(route.rule)
+            if winner is route or owner is None or (route.rule, domain) in self._shadowed:
+                continue
+            self._shadowed.add((route.rule, domain))
+            what = _match_text(route)
+            rule = route.rule.rsplit("/", 1)[-1]
+            message = f"rule {rule}: {what} on {domain} goes to {_rule_text(winner.rule)}, which takes precedence"
+            self._shadow_messages.setdefault((owner.kind, owner.namespace, owner.name), (owner, []))[1].append(message)
+
     def _models(self, routes: list[RouteIR]) -> tuple[ModelIR, ...]:
         """The models a virtual host names exactly, in route order, once each. Regex matches are not listable."""
         models: dict[str, ModelIR] = {}
@@ -238,6 +262,24 @@ class _Translator:
                     if match.name == MODEL_HEADER and match.kind is HeaderMatchKind.EXACT and match.value not in models:
                         models[match.value] = ModelIR(match.value, self.rules.created.get(route.rule, 0))
         return tuple(models.values())
+
+
+# A route's condition when one of its rules is never reached (a custom type: Gateway API has none for it).
+SHADOWED = "xds-server.io/Shadowed"
+
+
+def _match_text(route: RouteIR) -> str:
+    model = next((h.value for h in route.headers if h.name == MODEL_HEADER), None)
+    if model is not None:
+        return f"model {model}"
+    return f"{route.method + ' ' if route.method else ''}{route.path.kind} {route.path.value}"
+
+
+def _rule_text(rule: str) -> str:
+    """`aigatewayroute/ns/name/rule/0` -> `AIGatewayRoute ns/name rule 0`."""
+    kind, namespace, name, _, index = rule.split("/")
+    kinds = {"aigatewayroute": "AIGatewayRoute", "httproute": "HTTPRoute"}
+    return f"{kinds.get(kind, kind)} {namespace}/{name} rule {index}"
 
 
 def _covers(wildcard: str, domain: str) -> bool:
