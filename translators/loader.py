@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from translators.resources import MODELS, Resource, split_api_version
-from translators.resources.fields import unknown_fields
+from translators.resources.fields import TooLarge, unknown_fields
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,10 @@ def parse_document(raw: Any, origin: Origin) -> Resource | UnknownObject | list[
         namespace = DEFAULT_NAMESPACE
     if version not in model.versions:
         return error("apiVersion", f"version {version} of {kind} is not supported (use {', '.join(model.versions)})")
-    unknown = unknown_fields(group, version, kind, raw)
+    try:
+        unknown = unknown_fields(group, version, kind, raw)
+    except TooLarge as exc:
+        return error("", str(exc))
     if unknown:  # refused whole, as the API server's strict field validation refuses it: never half-understood
         return [
             LoadError(origin, kind, namespace if model.namespaced else "", name, path, "unknown field")

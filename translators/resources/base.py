@@ -18,6 +18,11 @@ _HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0
 _UNIT_MS = {"h": 3_600_000, "m": 60_000, "s": 1_000, "ms": 1}
 
 
+def shown(value: str, limit: int = 64) -> str:
+    """A value quoted in an error, cut so that a huge one cannot make a huge message."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
+
+
 class K8sModel(BaseModel):
     """Base of every model: immutable, camelCase on the wire, unknown fields ignored as an API server prunes them."""
 
@@ -26,7 +31,7 @@ class K8sModel(BaseModel):
 
 def _check_name(value: str) -> str:
     if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
-        raise ValueError(f"{value!r} is not a valid name (lowercase RFC 1123 subdomain)")
+        raise ValueError(f"{shown(value)} is not a valid name (lowercase RFC 1123 subdomain)")
     return value
 
 
@@ -37,7 +42,7 @@ PortNumber = Annotated[int, Field(ge=1, le=65535)]
 def parse_duration_ms(value: str) -> int:
     """Gateway API duration ("1h30m", "500ms", "10s") in milliseconds."""
     if not _DURATION.match(value):
-        raise ValueError(f"{value!r} is not a duration like 10s, 500ms or 1h30m (at most 5 digits per unit)")
+        raise ValueError(f"{shown(value)} is not a duration like 10s, 500ms or 1h30m (at most 5 digits per unit)")
     return sum(int(n) * _UNIT_MS[unit] for n, unit in _DURATION_PART.findall(value))
 
 
@@ -51,7 +56,7 @@ Duration = Annotated[str, AfterValidator(_check_duration)]
 
 def _check_hostname(value: str) -> str:
     if len(value) > 253 or not _HOSTNAME.match(value):
-        raise ValueError(f"{value!r} is not a valid hostname (lowercase, optionally starting with '*.')")
+        raise ValueError(f"{shown(value)} is not a valid hostname (lowercase, optionally starting with '*.')")
     return value
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
-from translators.resources.base import K8sModel, LabelSelector, PortNumber, Resource
+from translators.resources.base import K8sModel, LabelSelector, PortNumber, Resource, shown
 
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -19,7 +19,7 @@ def _check_target_port(value: int | str) -> int | str:
     if isinstance(value, int) and not 1 <= value <= 65535:
         raise ValueError(f"{value} is not a port number (1-65535)")
     if isinstance(value, str) and (len(value) > 15 or not _PORT_NAME.match(value)):
-        raise ValueError(f"{value!r} is not a port name")
+        raise ValueError(f"{shown(value)} is not a port name")
     return value
 
 

@@ -28,6 +28,7 @@ ANY, SCALAR = 1, 0
 # Top-level fields every object has, whose shape the CRD does not describe here; `status` is the controller's.
 _UNCHECKED_TOP = frozenset({"apiVersion", "kind", "metadata", "status"})
 _MAX_REPORTED = 20
+MAX_VALUES = 100_000  # far more than a real object holds; a bound on the work an object can ask for
 # Fields the translator reads that the shipped CRD lacks: InferencePool's appProtocol (h2c pools) comes from a later
 # Inference Extension release than the v1.0.2 CRDs. Files may use it; an API server with these CRDs prunes it.
 EXTENSIONS: Mapping[str, frozenset[str]] = {
@@ -73,7 +74,14 @@ def _trees() -> dict[str, Any]:
     return loaded
 
 
-def _walk(value: Any, node: Any, path: str) -> Iterator[str]:
+class TooLarge(ValueError):
+    """More values than any object of the kind needs (YAML aliases can make a small file an enormous tree)."""
+
+
+def _walk(value: Any, node: Any, path: str, budget: list[int]) -> Iterator[str]:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise TooLarge(f"more than {MAX_VALUES} values (YAML aliases expanding?)")
     if isinstance(node, int):  # ANY or SCALAR
         return  # a scalar where an object was expected is a type error: the model says so
     if "p" in node and isinstance(value, Mapping):
@@ -82,28 +90,30 @@ def _walk(value: Any, node: Any, path: str) -> Iterator[str]:
             if key not in node["p"]:
                 yield where
             else:
-                yield from _walk(sub, node["p"][key], where)
+                yield from _walk(sub, node["p"][key], where, budget)
     elif "m" in node and isinstance(value, Mapping):
         for key, sub in value.items():
-            yield from _walk(sub, node["m"], f"{path}.{key}")
+            yield from _walk(sub, node["m"], f"{path}.{key}", budget)
     elif "i" in node and isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _walk(item, node["i"], f"{path}[{index}]")
+            yield from _walk(item, node["i"], f"{path}[{index}]", budget)
 
 
 def unknown_fields(group: str, version: str, kind: str, raw: Mapping[str, Any]) -> list[str]:
-    """The paths of the fields `raw` has that its CRD's schema does not (at most 20); [] for kinds without a CRD."""
+    """The paths of the fields `raw` has that its CRD's schema does not (at most 20); [] for kinds without a CRD.
+    Raises TooLarge for an object with more than MAX_VALUES values."""
     tree = _trees().get(f"{group}/{version}/{kind}")
     if tree is None or not isinstance(tree, dict) or "p" not in tree:
         return []
     found: list[str] = []
+    budget = [MAX_VALUES]
     for key, value in raw.items():
         if key in _UNCHECKED_TOP:
             continue
         if key not in tree["p"]:
             found.append(str(key))
         else:
-            found.extend(_walk(value, tree["p"][key], str(key)))
+            found.extend(_walk(value, tree["p"][key], str(key), budget))
         if len(found) >= _MAX_REPORTED:
             break
     allowed = EXTENSIONS.get(f"{group}/{kind}", frozenset())
