@@ -20,6 +20,7 @@ from translators.ir import (
     AiRole,
     CertificateIR,
     ClusterIR,
+    DirectAction,
     GatewayIR,
     HeaderMatchKind,
     ListenerIR,
@@ -254,14 +255,17 @@ class _Translator:
             self._shadow_messages.setdefault((owner.kind, owner.namespace, owner.name), (owner, []))[1].append(message)
 
     def _models(self, routes: list[RouteIR]) -> tuple[ModelIR, ...]:
-        """The models a virtual host names exactly, in route order, once each. Regex matches are not listable."""
-        models: dict[str, ModelIR] = {}
+        """The models a virtual host names exactly, in route order, once each. Regex matches are not listable, and
+        neither is a model whose route (the first for it: the one requests get) has no backend to send to."""
+        models: dict[str, ModelIR | None] = {}
         for route in routes:
             if route.ai is AiRole.MODEL:
                 for match in route.headers:
                     if match.name == MODEL_HEADER and match.kind is HeaderMatchKind.EXACT and match.value not in models:
-                        models[match.value] = ModelIR(match.value, self.rules.created.get(route.rule, 0))
-        return tuple(models.values())
+                        served = not isinstance(route.action, DirectAction)
+                        listed = ModelIR(match.value, self.rules.created.get(route.rule, 0)) if served else None
+                        models[match.value] = listed
+        return tuple(model for model in models.values() if model is not None)
 
 
 # A route's condition when one of its rules is never reached (a custom type: Gateway API has none for it).
