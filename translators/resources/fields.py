@@ -120,6 +120,22 @@ def unknown_fields(group: str, version: str, kind: str, raw: Mapping[str, Any]) 
     return [path for path in found if path not in allowed][:_MAX_REPORTED]
 
 
+def has_properties(group: str, version: str, kind: str, path: tuple[str | int, ...]) -> bool:
+    """Whether the value at `path` (keys and list indices) is an object of named properties in the kind's schema (a
+    key renamed there is an unknown field), rather than a map, a list, a scalar or anything-goes."""
+    node = _trees().get(f"{group}/{version}/{kind}")
+    for step in path:
+        if not isinstance(node, dict):
+            return False
+        if isinstance(step, int):
+            node = node.get("i")
+        elif "p" in node:
+            node = node["p"].get(step)
+        else:
+            node = node.get("m")
+    return isinstance(node, dict) and "p" in node
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m translators.resources.fields CRD_DIR", file=sys.stderr)
