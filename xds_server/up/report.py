@@ -17,7 +17,9 @@ class Reporter:
     def __init__(self, out: TextIO, interactive: bool) -> None:
         self.out = out
         self.interactive = interactive  # a terminal: the progress line is rewritten in place
-        self.warnings: list[str] = []
+        self.warnings: list[str] = []  # said once each, listed under every table
+        # What the manifests as they are now get wrong: replaced at every reload, so a fixed mistake leaves the table.
+        self.manifest_warnings: list[str] = []
         self._progress = ""
 
     def _write(self, text: str) -> None:
@@ -35,6 +37,16 @@ class Reporter:
         if text not in self.warnings:
             self.warnings.append(text)
             self.info(f"warning: {text}")
+
+    def set_manifest_warnings(self, texts: Sequence[str]) -> None:
+        """The current manifests' problems: each new one is said, and the table lists exactly these."""
+        for text in texts:
+            if text not in self.manifest_warnings:
+                self.info(f"warning: {text}")
+        self.manifest_warnings = list(dict.fromkeys(texts))
+
+    def table_warnings(self) -> list[str]:
+        return [*self.manifest_warnings, *self.warnings]
 
     def progress(self, text: str) -> None:
         if text == self._progress:

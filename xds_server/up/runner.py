@@ -171,14 +171,14 @@ class Runner:
 
     def _apply_manifests(self, resources: ResourceSet) -> None:
         self.files = resources
-        for error in resources.errors:
-            self.reporter.warn(f"invalid object: {error}")
+        problems = [f"invalid object: {error}" for error in resources.errors]
         rbac = [o for kind in RBAC_KINDS for o in resources.of_kind(kind)]
         if rbac:
-            self.reporter.warn(f"{len(rbac)} RBAC object(s) (ServiceAccount, Role, ...) have no effect on one machine")
+            problems.append(f"{len(rbac)} RBAC object(s) (ServiceAccount, Role, ...) have no effect on one machine")
         for unknown in resources.unknown:
             what = unsupported_message(unknown) or f"{unknown.api_version} {unknown.kind} is not read"
-            self.reporter.warn(f"{unknown.kind} {unknown.namespace}/{unknown.name}: {what}")
+            problems.append(f"{unknown.kind} {unknown.namespace}/{unknown.name}: {what}")
+        self.reporter.set_manifest_warnings(problems)
         self.workloads.reconcile(resources)
 
     async def _reload(self, resources: ResourceSet) -> None:
@@ -209,7 +209,7 @@ class Runner:
             self.control_plane.statuses(),
             self.gateway_urls(),
             self.pod_rows(),
-            self.reporter.warnings,
+            self.reporter.table_warnings(),
         )
 
     def _progress(self) -> tuple[str, bool]:
