@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TextIO
 
-from translators.ir import Condition, ConditionStatus, Discovery, ObjectStatus, Translation
+from translators.ir import Condition, ConditionStatus, Discovery, EndpointHealth, ObjectStatus, Translation
 
 ROUTE_KINDS = ("AIGatewayRoute", "HTTPRoute")
 
@@ -130,9 +130,22 @@ def status_table(
     backend_rows = {}
     for gateway in translation.gateways:
         for cluster in gateway.clusters:
-            endpoints = [(e.address, e.port) for g in cluster.groups for e in g.endpoints]
-            ready = str(len(endpoints)) if cluster.discovery is not Discovery.STRICT_DNS else "DNS"
-            backend_rows[cluster.name] = [cluster.name, ready, _endpoint_names(endpoints, pod_names)]
+            # A pool's cluster also holds its not-Ready pods (for the picker's sake): they are not counted as ready.
+            ready_endpoints = {
+                g.backend: [(e.address, e.port) for e in g.endpoints if e.health is EndpointHealth.READY]
+                for g in cluster.groups
+            }
+            count = sum(len(found) for found in ready_endpoints.values())
+            ready = str(count) if cluster.discovery is not Discovery.STRICT_DNS else "DNS"
+            if len(cluster.groups) == 1:
+                shown = _endpoint_names(ready_endpoints[cluster.groups[0].backend], pod_names)
+            else:  # a weighted rule: each backend with its weight (and priority, when it is a fallback)
+                shown = "; ".join(
+                    f"{g.backend} weight {g.weight}{f' priority {g.priority}' if g.priority else ''}: "
+                    f"{_endpoint_names(ready_endpoints[g.backend], pod_names)}"
+                    for g in cluster.groups
+                )
+            backend_rows[cluster.name] = [cluster.name, ready, shown]
     lines += ["", *table(["BACKEND", "READY", "ENDPOINTS"], [backend_rows[k] for k in sorted(backend_rows)])]
     pool_rows = []
     for pool in translation.pools:
