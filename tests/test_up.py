@@ -22,7 +22,7 @@ from xds_server.up.pods import (
     pod_object,
     with_pods,
 )
-from xds_server.up.processes import MAX_BACKOFF_SECONDS, backoff
+from xds_server.up.processes import HEALTHY_RUN_SECONDS, MAX_BACKOFF_SECONDS, backoff, next_restart
 from xds_server.up.readiness import Probe, UnsupportedProbe, readiness_probe
 
 DEPLOYMENT = """\
@@ -174,3 +174,10 @@ def test_loopback_addresses_are_never_127_0_0_1_and_skip_taken_ports() -> None:
 def test_restart_backoff_doubles_up_to_a_cap() -> None:
     assert [backoff(n) for n in range(4)] == [1.0, 2.0, 4.0, 8.0]
     assert backoff(20) == MAX_BACKOFF_SECONDS
+
+
+def test_the_first_restart_waits_a_second_and_a_crash_loop_doubles() -> None:
+    """The README's 1 s, doubling: also after a process that ran healthy for a while (it restarted at once before)."""
+    assert next_restart(0, 0.5) == (1, 1.0)  # a first crash, early
+    assert next_restart(5, HEALTHY_RUN_SECONDS + 1) == (1, 1.0)  # after a healthy run: starts over at 1 s, not 0
+    assert next_restart(1, 0.5) == (2, 2.0) and next_restart(2, 0.5) == (3, 4.0)

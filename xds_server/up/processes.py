@@ -60,6 +60,13 @@ def backoff(restarts_in_a_row: int) -> float:
     return min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2.0**restarts_in_a_row)
 
 
+def next_restart(crashes_in_a_row: int, ran_seconds: float) -> tuple[int, float]:
+    """After a crash: the crashes in a row counting this one, and the wait before the restart. A process that ran a
+    minute starts over at the first wait (1 s), never at none: a crash loop always backs off."""
+    crashes = 1 if ran_seconds >= HEALTHY_RUN_SECONDS else crashes_in_a_row + 1
+    return crashes, backoff(crashes - 1)
+
+
 Started = Callable[[int], None]  # pid
 Exited = Callable[[int, float], None]  # exit code (negative: signal), seconds until the restart
 
@@ -122,8 +129,7 @@ class Supervised:
                 code = 127
             if self._stop.is_set():
                 return
-            in_a_row = 0 if time.monotonic() - began >= HEALTHY_RUN_SECONDS else in_a_row + 1
-            delay = backoff(in_a_row - 1) if in_a_row else 0.0
+            in_a_row, delay = next_restart(in_a_row, time.monotonic() - began)
             self.restarts += 1
             self._exited(code, delay)
             with contextlib.suppress(TimeoutError):
