@@ -195,3 +195,29 @@ async def test_envoy_keeps_serving_while_the_control_plane_restarts_and_resyncs(
         assert await asyncio.to_thread(http_get, url) == (200, "from-a")
     finally:
         again.terminate()
+
+
+async def test_two_gateways_on_one_port_do_not_share_it(
+    running: tuple[Path, Serve, Envoy, int], tmp_path: Path
+) -> None:
+    """Each Envoy binds its listeners without SO_REUSEPORT: a second Gateway on a port the first already holds (both
+    on this machine's loopback) is refused by its Envoy and not Programmed, instead of splitting the port's traffic
+    with the first."""
+    manifests, serve, _first, listen_port = running
+    (manifests / "11-second.yaml").write_text(gateway([listen_port], name="second").split("---", 1)[1])
+    second = Envoy(tmp_path, "default/second", int(serve_port(serve, "--xds-address")), node_id="second")
+    try:
+        await second.wait_live()
+        for _ in range(200):
+            if await second.stat("listener_manager.lds.update_rejected") >= 1:
+                break
+            await asyncio.sleep(0.05)
+        assert await second.stat("listener_manager.lds.update_rejected") >= 1, second.log_tail()
+        statuses = {(s["kind"], s["name"]): s for s in (await serve.document("/debug/status"))["status"]}
+        [programmed] = [c for c in statuses[("Gateway", "second")]["conditions"] if c["type"] == "Programmed"]
+        assert programmed["status"] == "False" and str(listen_port) in programmed["message"], programmed
+        # The first Gateway keeps its port, and all of its traffic.
+        for _ in range(10):
+            assert await asyncio.to_thread(http_get, f"http://127.0.0.1:{listen_port}/") == (200, "from-a")
+    finally:
+        second.stop()

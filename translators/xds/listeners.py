@@ -185,6 +185,9 @@ def listener(ir: ListenerIR, options: TranslateOptions) -> listener_pb2.Listener
         name=ir.name,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=ir.address, port_value=ir.port)),
         per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=options.buffer_limit_bytes),
+        # No SO_REUSEPORT: a port another process (or another Gateway's Envoy) holds is a bind error, which Envoy
+        # rejects and the Gateway's status says, instead of a second socket sharing the traffic with the first.
+        enable_reuse_port=wrappers_pb2.BoolValue(value=False),
     )
     if not ir.tls:
         built.filter_chains.append(listener_components_pb2.FilterChain(filters=[network_filter]))
