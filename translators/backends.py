@@ -123,19 +123,18 @@ class BackendResolver:
         self,
         resources: ResourceSet,
         resolve_cluster_local: bool,
-        upstream_backends: frozenset[tuple[str, str]] = frozenset(),
         grants: ReferenceGrants | None = None,
         endpoint_picker: PickerMode = PickerMode.EMBEDDED,
-        tls: UpstreamTls | None = None,
     ) -> None:
-        """`endpoint_picker`: who picks for a pool that does not say (its annotation ENDPOINT_PICKER_ANNOTATION).
-        `tls`: the backends' TLS settings, resolved once per ResourceSet (built here when not given)."""
+        """`endpoint_picker`: who picks for a pool that does not say (its annotation ENDPOINT_PICKER_ANNOTATION)."""
         self._resources = resources
-        self.tls = tls if tls is not None else UpstreamTls(resources)
+        self.tls = UpstreamTls(resources)  # the backends' TLS settings, resolved once
         self._endpoint_picker = endpoint_picker
         self._grants = grants if grants is not None else ReferenceGrants(resources)
         self._resolve_cluster_local = resolve_cluster_local
-        self._upstream_backends = upstream_backends  # (ns, name) of AIServiceBackends with upstream-phase settings
+        # (ns, name) of the AIServiceBackends with upstream-phase settings: set by the translation once
+        # UpstreamSettings, which resolves backends with this very resolver, has found them.
+        self.upstream_backends: frozenset[tuple[str, str]] = frozenset()
         self._ready_pods: dict[str, list[Pod]] = {}
         self._standby_pods: dict[str, list[Pod]] = {}  # with an address, not Ready or terminating
         self._slices: dict[tuple[str, str], list[EndpointSlice]] | None = None  # by (namespace, Service), when asked
@@ -270,7 +269,7 @@ class BackendResolver:
             group = self._backend_group(target, ref.name, identity)
         else:
             raise Unresolved("InvalidKind", f"AIServiceBackend {namespace}/{name}: cannot reference {ref.kind}")
-        upstream = (namespace, name) in self._upstream_backends
+        upstream = (namespace, name) in self.upstream_backends
         return ClusterIR(identity, discovery_for([group]), (group,), upstream_settings=upstream)
 
     def pool(self, pool: InferencePool) -> PoolIR:

@@ -158,7 +158,7 @@ class UpstreamSettings:
         found: dict[tuple[str, str], BackendSecurityPolicy] = {}
         policies = sorted(
             self._resources.of_kind(BackendSecurityPolicy),
-            key=lambda p: (p.metadata.creation_timestamp or "", p.namespace, p.name),
+            key=lambda p: p.seniority,
         )
         for policy in policies:
             for target in policy.spec.target_refs:

@@ -102,7 +102,7 @@ class UpstreamTls:
         self._backends: dict[tuple[str, str], TargetTls] = {}
         policies = sorted(
             resources.of_kind(BackendTLSPolicy),
-            key=lambda p: (p.metadata.creation_timestamp or "", p.namespace, p.name),
+            key=lambda p: p.seniority,
         )
         for policy in policies:
             self._policy_tls[(policy.namespace, policy.name)] = self._resolve_policy(policy)

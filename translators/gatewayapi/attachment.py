@@ -136,19 +136,16 @@ class Attachment:
                 resolved = self._certificates(gateway, listener)
                 tls_problems = resolved.problems
                 unprogrammed = None if resolved.certificates else "no certificate can be served"
-            if refusal is None and unprogrammed is None:
+            if refusal is None:
                 seen[(listener.port, listener.hostname)] = listener.name
                 protocols.setdefault(listener.port, listener.protocol)
                 usable.append(listener)
                 report("Accepted", True, "Accepted", "the listener is valid")
-                report("Programmed", True, "Programmed", "served by Envoy")
-            elif refusal is None:
-                seen[(listener.port, listener.hostname)] = listener.name
-                protocols.setdefault(listener.port, listener.protocol)
-                usable.append(listener)
-                self.unserved.add((gateway.namespace, gateway.name, listener.name))
-                report("Accepted", True, "Accepted", "the listener is valid")
-                report("Programmed", False, "Invalid", f"not served: {unprogrammed}")
+                if unprogrammed is None:
+                    report("Programmed", True, "Programmed", "served by Envoy")
+                else:
+                    self.unserved.add((gateway.namespace, gateway.name, listener.name))
+                    report("Programmed", False, "Invalid", f"not served: {unprogrammed}")
             else:
                 not_valid.append(listener.name)
                 report("Accepted", False, *refusal)

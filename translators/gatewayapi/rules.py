@@ -68,9 +68,7 @@ def _precedence(
         -len(path.value),
         method is None,
         -headers,
-        route.metadata.creation_timestamp or "",
-        route.namespace,
-        route.name,
+        *route.seniority,
         rule,
         match,
     )
@@ -90,12 +88,9 @@ def _created(route: Route) -> int:
         return 0
 
 
-class _NoBackendRefs(Exception):
-    """A rule that names no backend (omitted or empty backendRefs)."""
-
-
-class _Redirect(Exception):
-    """A rule that redirects: it forwards nothing, so its backendRefs are not resolved."""
+def rule_id_of(route: Route, index: int) -> str:
+    """`<kind>/<ns>/<name>/rule/<index>`: how routes, settings and statuses name a rule."""
+    return f"{route.kind.lower()}/{route.namespace}/{route.name}/rule/{index}"
 
 
 class RuleTranslator:
@@ -123,7 +118,7 @@ class RuleTranslator:
     def rule_routes(self, route: Route, rule_index: int) -> RuleRoutes:
         is_ai = isinstance(route, AIGatewayRoute)
         rule = route.spec.rules[rule_index]
-        rule_id = f"{route.kind.lower()}/{route.namespace}/{route.name}/rule/{rule_index}"
+        rule_id = rule_id_of(route, rule_index)
         timeouts = rule.timeouts
         timeout_ms = parse_duration_ms(timeouts.request) if timeouts and timeouts.request else None
         if is_ai and timeout_ms is None:
@@ -139,29 +134,27 @@ class RuleTranslator:
             if isinstance(route, HTTPRoute):
                 filters = rule_filters(route.spec.rules[rule_index])
             if filters.redirect is not None:
-                raise _Redirect
-            if not rule.backend_refs:
-                raise _NoBackendRefs
-            refs = [self._weighted(route, ref) for ref in rule.backend_refs]
-            if isinstance(route, AIGatewayRoute):
-                ai_refs = self._without_refused(route, rule_index, route.spec.rules[rule_index].backend_refs)
-                refs = [refs[i] for i, ref in enumerate(rule.backend_refs) if ref in ai_refs]
-                settings = self._settings(route, rule_id, ai_refs)
-            action, clusters = self._forward(refs, timeout_ms, per_try_ms)
-            if filters.rewrite_hostname or filters.rewrite_path:
-                action = replace(action, rewrite_hostname=filters.rewrite_hostname, rewrite_path=filters.rewrite_path)
-            balancing = clusters[0].pool
-            if balancing is not None:
-                pool = PoolRouteIR(balancing.pool, balancing.fail_open, self._body_mode(route))
-        except _Redirect:
-            assert filters.redirect is not None
-            action = filters.redirect  # Envoy answers: the rule's backends are never called
+                action = filters.redirect  # Envoy answers: the rule's backends are never called
+            elif not rule.backend_refs:
+                # Valid, and nothing to resolve: Gateway API answers such a rule's requests with a 500.
+                action = DirectAction(500, f"{rule_id} has no backendRefs", "server_error", "backend_unavailable")
+            else:
+                refs = [self._weighted(route, ref) for ref in rule.backend_refs]
+                if isinstance(route, AIGatewayRoute):
+                    ai_refs = self._without_refused(route, rule_index, route.spec.rules[rule_index].backend_refs)
+                    refs = [refs[i] for i, ref in enumerate(rule.backend_refs) if ref in ai_refs]
+                    settings = self._settings(route, rule_id, ai_refs)
+                action, clusters = self._forward(refs, timeout_ms, per_try_ms)
+                if filters.rewrite_hostname or filters.rewrite_path:
+                    action = replace(
+                        action, rewrite_hostname=filters.rewrite_hostname, rewrite_path=filters.rewrite_path
+                    )
+                balancing = clusters[0].pool
+                if balancing is not None:
+                    pool = PoolRouteIR(balancing.pool, balancing.fail_open, self._body_mode(route))
         except UnsupportedFilter as exc:
             self.book.report(route, "ResolvedRefs", False, "UnsupportedValue", f"rule {rule_index}: {exc}")
             action = DirectAction(500, f"{rule_id} is not served as written", "server_error", "backend_unavailable")
-        except _NoBackendRefs:
-            # Valid, and nothing to resolve: Gateway API answers such a rule's requests with a 500.
-            action = DirectAction(500, f"{rule_id} has no backendRefs", "server_error", "backend_unavailable")
         except Unresolved as exc:
             self.book.report(route, "ResolvedRefs", False, exc.reason, f"rule {rule_index}: {exc.message}")
             # The client learns which rule failed, not why: the reason is in the route's status for the operator.

@@ -12,7 +12,7 @@ from translators.backends import BackendResolver, ReferenceGrants
 from translators.gatewayapi.attachment import Attachment, parent_ref
 from translators.gatewayapi.listener_tls import ListenerTls
 from translators.gatewayapi.model_routes import leading_routes, trailing_routes
-from translators.gatewayapi.rules import Route, RuleRoutes, RuleTranslator
+from translators.gatewayapi.rules import Route, RuleRoutes, RuleTranslator, rule_id_of
 from translators.gatewayapi.status import StatusBook
 from translators.gatewayapi.unsupported import UNSUPPORTED_REASON, unsupported_message
 from translators.gatewayapi.verdicts import Verdicts
@@ -44,7 +44,6 @@ from translators.resources import (
 )
 from translators.resources.gateway_api import GATEWAY_API_GROUP, Listener, ParentReference
 from translators.upstream import UpstreamSettings
-from translators.upstream_tls import UpstreamTls
 from translators.xds.names import MODEL_HEADER
 
 # A route placed on a virtual host: (Gateway listener name, precedence key, route).
@@ -59,18 +58,10 @@ class _Translator:
         self.options = options
         self.book = StatusBook()
         grants = ReferenceGrants(resources)
-        tls = UpstreamTls(resources)  # resolved once, for both resolvers
-        # Where each credential would go (plain HTTP to loopback only, unless TLS), before the settings exist.
-        transports = BackendResolver(resources, options.resolve_cluster_local, grants=grants, tls=tls)
-        upstream = UpstreamSettings(resources, self.book.report, grants, transports)
-        self.backends = BackendResolver(
-            resources,
-            options.resolve_cluster_local,
-            frozenset(upstream.backends),
-            grants,
-            options.endpoint_picker,
-            tls=tls,
-        )
+        self.backends = BackendResolver(resources, options.resolve_cluster_local, grants, options.endpoint_picker)
+        # Settings first: where each credential would go (plain HTTP to loopback only, unless TLS) needs the backends.
+        upstream = UpstreamSettings(resources, self.book.report, grants, self.backends)
+        self.backends.upstream_backends = frozenset(upstream.backends)
         self.rules = RuleTranslator(self.book, upstream, self.backends)
         namespace_labels = {ns.name: ns.metadata.labels for ns in resources.of_kind(Namespace)}
         self.attachment = Attachment(self.book, namespace_labels, ListenerTls(resources, grants))
@@ -93,7 +84,7 @@ class _Translator:
                 key = (route.kind, route.namespace, route.name, index)
                 if key not in rule_cache:
                     rule_cache[key] = self.rules.rule_routes(route, index)
-                    self._rule_routes[f"{route.kind.lower()}/{route.namespace}/{route.name}/rule/{index}"] = route
+                    self._rule_routes[rule_id_of(route, index)] = route
                 found.append(rule_cache[key])
             return found
 

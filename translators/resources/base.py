@@ -100,5 +100,10 @@ class Resource(K8sModel):
         return self.metadata.namespace or ""
 
     @property
+    def seniority(self) -> tuple[str, str, str]:
+        """Gateway API's order between conflicting objects: the oldest first, then by namespace/name."""
+        return (self.metadata.creation_timestamp or "", self.namespace, self.name)
+
+    @property
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}" if self.namespaced else self.name
