@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -220,4 +221,48 @@ async def test_two_gateways_on_one_port_do_not_share_it(
         for _ in range(10):
             assert await asyncio.to_thread(http_get, f"http://127.0.0.1:{listen_port}/") == (200, "from-a")
     finally:
+        second.stop()
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_a_listener_whose_port_another_process_holds_is_served_once_the_port_is_free(
+    running: tuple[Path, Serve, Envoy, int], upstreams: dict[str, int], tmp_path: Path, delta: bool
+) -> None:
+    """Envoy never retries a listener it could not bind: the control plane sends it again, with a backoff, so the
+    Gateway is `Programmed: False` (saying the port is taken) while another process holds the port, and serves as
+    soon as that process lets it go, with no configuration change."""
+    manifests, serve, _first, _listen_port = running
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    port = squatter.getsockname()[1]
+    second_route = backend_route("second", "127.0.4.1", upstreams["127.0.4.1"], gateway_name="second")
+    (manifests / "11-second.yaml").write_text(gateway([port], name="second").split("---", 1)[1] + "---" + second_route)
+    second = Envoy(tmp_path, "default/second", int(serve_port(serve, "--xds-address")), node_id="second", delta=delta)
+    try:
+        await second.wait_live()
+
+        async def programmed() -> dict[str, str]:
+            statuses = {(s["kind"], s["name"]): s for s in (await serve.document("/debug/status"))["status"]}
+            conditions = statuses.get(("Gateway", "second"), {"conditions": []})["conditions"]
+            return next((c for c in conditions if c["type"] == "Programmed"), {"status": "missing"})
+
+        for _ in range(200):
+            if (await programmed())["status"] == "False" and "tried again" in (await programmed())["message"]:
+                break
+            await asyncio.sleep(0.05)
+        condition = await programmed()
+        assert condition["status"] == "False", condition
+        assert (
+            f"127.0.0.1:{port}" in condition["message"] and "tried again until the port is free" in condition["message"]
+        ), condition
+        squatter.close()
+        assert await wait_for(f"http://127.0.0.1:{port}/", (200, "from-a"), seconds=20) == (200, "from-a")
+        for _ in range(100):
+            if (await programmed())["status"] == "True":
+                break
+            await asyncio.sleep(0.05)
+        assert (await programmed())["status"] == "True", await programmed()
+    finally:
+        squatter.close()
         second.stop()

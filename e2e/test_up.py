@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import threading
 import time
@@ -19,8 +20,10 @@ import openai
 import pytest
 
 from testing.cases import SEED, TUTORIAL
+from testing.manifests import backend_route, gateway
+from testing.ports import loopback_address
 from testing.processes import Up, listening_tcp_ports, run_processes
-from testing.web import Response, eventually, http_get, request
+from testing.web import Response, eventually, http_get, request, upstream
 
 GATEWAY = "default/inference-pool-with-aigwroute"
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
@@ -253,3 +256,35 @@ def test_a_crashed_pod_restarts_and_a_killed_runner_leaves_no_child(tmp_path: Pa
 
     up.stop(signal.SIGKILL)
     eventually(lambda: run_processes(up.document["run_id"]) == [], "no child outlives a SIGKILLed runner")
+
+
+def test_a_gateway_whose_port_another_process_holds_is_announced_once_the_port_is_free(
+    tmp_path: Path, started: list[Up]
+) -> None:
+    """A second `up` (or anything else) on the Gateway's port: `up` says the port is taken and that it keeps trying,
+    announces no URL (which would reach the other process), and serves as soon as the port is free."""
+    host, port = loopback_address()
+    squatter = socket.socket()
+    squatter.bind((host, port))
+    squatter.listen()
+    answers = upstream("127.0.4.9", "from-the-backend")
+    manifest = tmp_path / "gateway.yaml"
+    manifest.write_text(gateway([port]) + "---" + backend_route("web", "127.0.4.9", next(answers)))
+    try:
+        (tmp_path / "run").mkdir()
+        up = Up([manifest], tmp_path / "run", listen_host=host)
+        started.append(up)
+        document = up.ready()
+        assert document["gateways"] == [], document  # not announced: its URL would reach the other process
+        output = up.output.read_text()
+        assert f"cannot bind '{host}:{port}'" in output and "tried again until the port is free" in output, up.tail()
+        assert "ready at" not in output, up.tail()
+        squatter.close()
+        eventually(lambda: bool(up.refresh()["gateways"]), "the Gateway announced once its port is free", 30)
+        assert up.url == f"http://{host}:{port}"
+        assert http_get(f"{up.url}/") == (200, "from-the-backend")
+        assert f"gateway default/gw ready at http://{host}:{port}" in up.output.read_text()
+        assert up.stop(signal.SIGTERM) == 0, up.tail()
+    finally:
+        squatter.close()
+        next(answers, None)

@@ -102,11 +102,11 @@ class Up:
     """`xds-server up` as a user runs it, in its own process: random free control-plane ports, the Gateways on a
     loopback address of their own (so runs side by side never share a listener), output and logs under `directory`."""
 
-    def __init__(self, paths: Sequence[Path], directory: Path) -> None:
+    def __init__(self, paths: Sequence[Path], directory: Path, listen_host: str | None = None) -> None:
         self.directory = directory
         self.ready_file = directory / "ready.json"
         self.output = directory / "up.out"
-        self.listen_host = loopback_address()[0]
+        self.listen_host = listen_host or loopback_address()[0]
         command = [sys.executable, "-m", "xds_server.cli", "up", *map(str, paths), "--free-ports"]
         command += ["--listen-host", self.listen_host, "--ready-file", str(self.ready_file)]
         command += ["--log-dir", str(directory / "logs")]

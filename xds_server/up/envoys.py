@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection
 
 import yaml
 
 from xds_server.bootstrap import bootstrap
 from xds_server.envoy import envoy_binary
 from xds_server.listen import Address
-from xds_server.up.addresses import port_free
 from xds_server.up.processes import Supervised
 from xds_server.up.readiness import Probe, probe_once
 from xds_server.up.workloads import RunContext
@@ -61,21 +60,12 @@ class Envoys:
         self.by_gateway: dict[str, GatewayEnvoy] = {}
         self._stopping: set[asyncio.Task[None]] = set()
 
-    def reconcile(self, gateways: Mapping[str, Sequence[tuple[str, int]]]) -> None:
-        """An Envoy for every Gateway served (given with its listeners' addresses), none for one that went away.
-
-        Envoy binds listeners with SO_REUSEPORT, so a port another Envoy (another run) listens on would be shared
-        with it silently, each getting part of the connections: such a Gateway gets no Envoy until its ports are free.
-        """
+    def reconcile(self, gateways: Collection[str]) -> None:
+        """An Envoy for every Gateway served, none for one that went away. A listener port another process holds
+        is the control plane's to report and retry: that Envoy rejects the listener, and gets it again until it
+        binds."""
         wanted = set(gateways)
         for key in sorted(wanted - self.by_gateway.keys()):
-            taken = [f"{host}:{port}" for host, port in gateways[key] if not port_free(host, port)]
-            if taken:
-                self.run.reporter.warn(
-                    f"gateway {key}: {', '.join(taken)} already in use (another `xds-server up`?), so no Envoy runs "
-                    "for it; --listen-host or --privileged-port-offset choose other addresses"
-                )
-                continue
             envoy = GatewayEnvoy(key, self.run, self.xds, self._admin_port())
             self.by_gateway[key] = envoy
             envoy.process.start()

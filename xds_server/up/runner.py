@@ -124,7 +124,7 @@ class Runner:
     async def _publish(self) -> None:
         await self.service.publish(with_pods(self.files, self.workloads.pod_objects()))
         if self._serving:
-            self.envoys.reconcile(self.gateway_listeners())
+            self.envoys.reconcile(self.gateway_urls().keys())
 
     async def _drained(self) -> None:
         """Returns once the Envoys have the configuration built after this call (bounded), plus a grace period."""
@@ -154,11 +154,6 @@ class Runner:
     @property
     def current(self) -> Build | None:
         return self.service.control_plane.current
-
-    def gateway_listeners(self) -> dict[str, list[tuple[str, int]]]:
-        if self.current is None:
-            return {}
-        return {g.key: [(lst.address, lst.port) for lst in g.listeners] for g in self.current.translation.gateways}
 
     def gateway_urls(self) -> dict[str, list[str]]:
         if self.current is None:
@@ -374,7 +369,7 @@ class Runner:
             if not await self._serve():
                 return 1
             self._apply_manifests(self.files)  # the pods start once the control plane could start
-            self.envoys.reconcile(self.gateway_listeners())
+            self.envoys.reconcile(self.gateway_urls().keys())
             tasks.append(asyncio.create_task(self.source.watch(self._reload, stop)))
             if await self._start(stop):
                 self._show_ready(time.monotonic() - started)

@@ -113,6 +113,16 @@ class DeltaSession:
         snapshot = self._cache.get(self._stream.key)
         return [] if snapshot is None else self._push(snapshot, PUSH_ORDER)
 
+    def on_retry(self, type_url: str) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        """Every resource of the type the client holds, sent again though it rejected some: a listener it could not
+        bind is tried anew (the others are unchanged, so Envoy keeps them as they are)."""
+        snapshot = self._cache.get(self._stream.key)
+        sub = self._subscriptions.get(type_url)
+        if snapshot is None or sub is None:
+            return []
+        sub.to_answer |= self._stream.state(type_url).sent.keys()
+        return self._push(snapshot, [type_url])
+
     def _subscribe(self, type_url: str, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         subscribe = set(request.resource_names_subscribe)
         unsubscribe = set(request.resource_names_unsubscribe)

@@ -95,6 +95,14 @@ class SotwSession:
             responses.append(self._response(type_url, snapshot))
         return responses
 
+    def on_retry(self, type_url: str) -> list[discovery_pb2.DiscoveryResponse]:
+        """The type's current state again, though the client rejected it: Envoy applies a SotW response whatever its
+        version, so a listener it could not bind is tried anew."""
+        snapshot = self._cache.get(self._stream.key)
+        if snapshot is None or type_url not in self._stream.types:
+            return []
+        return [self._response(type_url, snapshot)]
+
     def _pending(self, snapshot: Snapshot, types: Iterable[str]) -> list[str]:
         """The subscribed types among `types` whose latest snapshot version has not been sent."""
         held = self._stream.types

@@ -10,8 +10,9 @@ from typing import Any, Protocol, TypeVar
 import grpc
 from envoy.config.core.v3 import base_pb2
 
+from translators.xds.names import LISTENER_TYPE
 from xds_server import metrics
-from xds_server.xds.streams import ClientRegistry, ClientStream, XdsProtocol
+from xds_server.xds.streams import Answer, ClientRegistry, ClientStream, XdsProtocol, says_port_in_use
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,24 @@ class Session(Protocol[ReqT, Resp]):
     def on_request(self, request: ReqT) -> list[Resp]: ...
 
     def on_change(self) -> list[Resp]: ...
+
+    def on_retry(self, type_url: str) -> list[Resp]: ...
+
+
+# A listener whose port is taken (by another process, or another Gateway's Envoy) is rejected by Envoy, which never
+# tries it again by itself: the listeners are sent again, with a backoff, until the port is free and they are ACKed.
+RETRY_FIRST_SECONDS = 1.0
+RETRY_MAX_SECONDS = 30.0
+
+
+def port_in_use(stream: ClientStream) -> bool:
+    """Whether the stream's Envoy holds its listeners rejected because a port is taken (what a retry can mend)."""
+    state = stream.types.get(LISTENER_TYPE)
+    return state is not None and state.answer is Answer.NACK and says_port_in_use(state.last_error)
+
+
+class _Retry:
+    """The event a retry timer puts on a stream's queue."""
 
 
 class Wakeups:
@@ -68,10 +87,13 @@ async def run_stream(
     """Requests and snapshot changes (a `None` put on the stream's queue) share one queue per stream, so each stream
     handles them in order and on its own: a slow client only fills its own gRPC send buffer. With `authorize`, a
     stream whose node asks for a snapshot its peer may not have is ended with PERMISSION_DENIED before anything is
-    sent."""
+    sent. Listeners rejected for a port in use are sent again (see `port_in_use`)."""
     events: asyncio.Queue[object] = asyncio.Queue()
     stream = clients.open(protocol)
     session = session_for(stream)
+    loop = asyncio.get_running_loop()
+    retry: asyncio.TimerHandle | None = None
+    retry_delay = RETRY_FIRST_SECONDS
 
     async def read() -> None:
         async for request in request_iterator:
@@ -86,6 +108,9 @@ async def run_stream(
                 return
             if event is None:
                 responses = session.on_change()
+            elif isinstance(event, _Retry):
+                retry = None
+                responses = session.on_retry(LISTENER_TYPE) if port_in_use(stream) else []
             else:
                 request: Req = event  # type: ignore[assignment]  # only requests and None are queued
                 if not stream.key:
@@ -102,7 +127,14 @@ async def run_stream(
                 responses = session.on_request(request)
             for response in responses:
                 yield response
+            if not port_in_use(stream):
+                retry_delay = RETRY_FIRST_SECONDS
+            elif retry is None:
+                retry = loop.call_later(retry_delay, events.put_nowait, _Retry())
+                retry_delay = min(2 * retry_delay, RETRY_MAX_SECONDS)
     finally:
+        if retry is not None:
+            retry.cancel()
         reader.cancel()
         wakeups.discard(stream.key, events)
         clients.close(stream)

@@ -92,6 +92,18 @@ class Retention:
         self.waiting.clear()
 
 
+_PORT_IN_USE = ("cannot bind", "address already in use")  # Envoy's words for a listen socket it could not bind
+PORT_IN_USE_HINT = (
+    " (another process or another Gateway's Envoy holds that port: the listener is tried again until the port is"
+    " free; stop the other, or give this listener another port)"
+)
+
+
+def says_port_in_use(error: str) -> bool:
+    """Whether an Envoy's rejection is a listener port another process (or another Envoy) holds."""
+    return any(words in error.lower() for words in _PORT_IN_USE)
+
+
 @dataclass(frozen=True)
 class Nack:
     key: str
@@ -198,6 +210,7 @@ class ClientRegistry:
 
     def nacked(self, stream: ClientStream, type_url: str, message: str) -> None:
         """The client rejected the latest response of `type_url`."""
+        message = message.strip()  # Envoy ends some of its messages with a newline
         state = stream.state(type_url)
         version = state.sent_version or ""
         state.nacked_version, state.last_error, state.answer = version, message, Answer.NACK
