@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from translators.resources import MODELS, Resource, split_api_version
 from translators.resources.fields import TooLarge, unknown_fields
+from translators.resources.gateway_api import GATEWAY_API_GROUP
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +65,37 @@ class LoadError:
         return f"{place}: {who}:{where} {self.reason}"
 
 
+@dataclass(frozen=True, order=True)
+class Reference:
+    """A reference an object of an unknown kind makes, with the API's defaults filled in: `parent` for
+    `spec.parentRefs[]` and `spec.parentRef` (the object attaches to the one named, as a route to its Gateway;
+    group and kind default to Gateway API's Gateway), else `spec.targetRef` or `spec.targetRefs[]` (a policy applies
+    to the one named). The namespace defaults to the object's."""
+
+    parent: bool
+    group: str
+    kind: str
+    namespace: str
+    name: str
+    section_name: str | None = None
+    port: int | None = None
+
+
+REFERENCE_LIMIT = 64  # more than any of these kinds allows (parentRefs: 32, targetRefs: 16)
+
+
 @dataclass(frozen=True)
 class UnknownObject:
-    """A document of a kind the project does not read (RBAC, ServiceAccount, ...), kept for reporting."""
+    """A document of a kind the project does not read (RBAC, ServiceAccount, SecurityPolicy, ...), kept for
+    reporting, with the references it makes and its metadata.generation."""
 
     api_version: str
     kind: str
     namespace: str
     name: str
     origin: Origin
+    references: tuple[Reference, ...] = ()
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,7 +145,11 @@ def parse_document(raw: Any, origin: Origin) -> Resource | UnknownObject | list[
     model = MODELS.get((group, kind))
     if model is None:
         log.debug("keeping aside object of unknown kind", extra={"kind": kind, "apiVersion": api_version})
-        return UnknownObject(api_version, kind, namespace, name, origin)
+        generation = metadata.get("generation")
+        generation = generation if isinstance(generation, int) and not isinstance(generation, bool) else 0
+        spec = raw.get("spec")
+        references = unknown_references(spec, namespace or DEFAULT_NAMESPACE) if isinstance(spec, dict) else ()
+        return UnknownObject(api_version, kind, namespace, name, origin, references, generation)
     if model.namespaced and not namespace:
         namespace = DEFAULT_NAMESPACE
     if version not in model.versions:
@@ -151,6 +178,36 @@ def parse_document(raw: Any, origin: Origin) -> Resource | UnknownObject | list[
             for err in exc.errors()
         ]
     return _with_namespace(obj)
+
+
+REFERENCE_FIELDS = ("parentRefs", "parentRef", "targetRef", "targetRefs")
+
+
+def unknown_references(spec: Mapping[str, Any], namespace: str) -> tuple[Reference, ...]:
+    """The references in an unknown kind's spec (REFERENCE_FIELDS), in spec order; malformed entries (no name, not
+    a mapping) are skipped: nothing validated the object."""
+    found: list[Reference] = []
+    for field_name in REFERENCE_FIELDS:
+        value = spec.get(field_name)
+        entries = value if isinstance(value, list) else [value] if value is not None else []
+        parent = field_name.startswith("parent")
+        for entry in entries:
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str) or not entry["name"]:
+                continue
+            group, kind = entry.get("group"), entry.get("kind")
+            section, port = entry.get("sectionName"), entry.get("port")
+            found.append(
+                Reference(
+                    parent,
+                    group if isinstance(group, str) else GATEWAY_API_GROUP,
+                    kind if isinstance(kind, str) else ("Gateway" if parent else ""),
+                    entry["namespace"] if isinstance(entry.get("namespace"), str) and entry["namespace"] else namespace,
+                    entry["name"],
+                    section if isinstance(section, str) else None,
+                    port if isinstance(port, int) and not isinstance(port, bool) else None,
+                )
+            )
+    return tuple(found[:REFERENCE_LIMIT])
 
 
 def _with_namespace(obj: R) -> R:

@@ -127,6 +127,11 @@ def test_defaults_render_a_cluster_wide_least_privilege_controller(helm: Helm) -
         ("aigateway.envoyproxy.io", "aiservicebackends"),
         ("aigateway.envoyproxy.io", "backendsecuritypolicies"),
         ("inference.networking.k8s.io", "inferencepools"),
+        # Kinds it does not implement, whose status says so.
+        ("gateway.networking.k8s.io", "grpcroutes"),
+        ("gateway.networking.x-k8s.io", "xlistenersets"),
+        ("gateway.envoyproxy.io", "securitypolicies"),
+        ("gateway.envoyproxy.io", "envoypatchpolicies"),
     ]:
         assert granted(rules, group, resource) == {"get", "list", "watch"}, resource
         assert granted(rules, group, f"{resource}/status") == {"update"}, resource

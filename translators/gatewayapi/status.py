@@ -3,6 +3,7 @@ the way Kubernetes shows them (one condition per type; any False wins and carrie
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from translators.ir import (
@@ -55,9 +56,23 @@ class StatusBook:
         """The object is not this controller's to judge: whatever was reported on it is left out."""
         self._ignored.add(ref_of(obj))
 
-    def report_unread(self, ref: ObjectRef, type_: str, ok: bool, reason: str, message: str) -> None:
-        """A condition on an object no model reads (an unsupported kind), known by reference only."""
-        self._entries.setdefault(ref, _Entry(0)).conditions.append(condition(type_, ok, reason, message))
+    def report_unread(
+        self,
+        ref: ObjectRef,
+        type_: str,
+        ok: bool,
+        reason: str,
+        message: str,
+        generation: int = 0,
+        parents: Sequence[ParentRefIR] = (),
+    ) -> None:
+        """A condition on an object no model reads (an unsupported kind), known by reference only; the same condition
+        goes on each of `parents` (the Gateways of this controller a route attaches to, or a policy applies to)."""
+        entry = self._entries.setdefault(ref, _Entry(generation))
+        found = condition(type_, ok, reason, message)
+        entry.conditions.append(found)
+        for parent in parents:
+            entry.parents.setdefault(parent, []).append(found)
 
     def report(self, obj: Resource, type_: str, ok: bool, reason: str, message: str) -> None:
         self._entry(obj).conditions.append(condition(type_, ok, reason, message))

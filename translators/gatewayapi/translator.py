@@ -14,7 +14,7 @@ from translators.gatewayapi.listener_tls import ListenerTls
 from translators.gatewayapi.model_routes import leading_routes, trailing_routes
 from translators.gatewayapi.rules import Route, RuleRoutes, RuleTranslator, rule_id_of
 from translators.gatewayapi.status import StatusBook
-from translators.gatewayapi.unsupported import UNSUPPORTED_REASON, unsupported_message
+from translators.gatewayapi.unsupported import report_unsupported
 from translators.gatewayapi.verdicts import Verdicts
 from translators.ir import (
     AiRole,
@@ -33,7 +33,7 @@ from translators.ir import (
     Translation,
     VirtualHostIR,
 )
-from translators.loader import DEFAULT_NAMESPACE, ResourceSet
+from translators.loader import ResourceSet
 from translators.resources import (
     AIGatewayRoute,
     Gateway,
@@ -125,12 +125,7 @@ class _Translator:
             self.verdicts.route_verdict(route)
         self.verdicts.pool_statuses(pool_parents)
         self.verdicts.ai_backend_statuses()
-        for unknown in self.resources.unknown:
-            message = unsupported_message(unknown)
-            if message is not None:
-                # Namespaced like nearly every kind of these groups: as kubectl would place it.
-                ref = ObjectRef(unknown.kind, unknown.namespace or DEFAULT_NAMESPACE, unknown.name)
-                self.book.report_unread(ref, "Accepted", False, UNSUPPORTED_REASON, message)
+        report_unsupported(self.book, self.resources.unknown, self._our_gateways(), routes)
         pools = tuple(self.backends.pool(p) for p in self.resources.of_kind(InferencePool))
         settings = sorted((s for rule in rule_cache.values() for s in rule.settings), key=lambda s: (s.rule, s.backend))
         return Translation(tuple(gateway_irs), self.book.statuses(), pools, tuple(settings))
@@ -163,6 +158,15 @@ class _Translator:
                 self.book.report(gateway, "Programmed", False, "Invalid", "the Gateway is not accepted")
                 unserved[(gateway.namespace, gateway.name)] = f"Gateway {gateway.ref} is not served: {message}"
         return served, unserved
+
+    def _our_gateways(self) -> set[tuple[str, str]]:
+        """(namespace, name) of every Gateway of this controller's classes, served or not."""
+        classes = {
+            gc.name
+            for gc in self.resources.of_kind(GatewayClass)
+            if gc.spec.controller_name in self.options.controller_names
+        }
+        return {(g.namespace, g.name) for g in self.resources.of_kind(Gateway) if g.spec.gateway_class_name in classes}
 
     def _route_parents(
         self, routes: list[Route], served: set[tuple[str, str]], unserved: dict[tuple[str, str], str | None]

@@ -2,9 +2,10 @@
 `status_writer` does the reading and the PUTs).
 
 The rules (Gateway API implementers guide, reference/controller.md §1-2): only our own entries change. Conditions
-are a map by type: types we do not set are kept as they are. Route `parents` are ours when their `controllerName` is
-ours; InferencePool `parents` (no controllerName in the v1.0.2 API) are ours unless they name a Gateway of another
-controller. Our stale entries are removed. `lastTransitionTime` moves only when a condition's status flips, and a
+are a map by type: types we do not set are kept as they are. Route `parents` and policy `ancestors` are ours when
+their `controllerName` is ours; InferencePool `parents` (no controllerName in the v1.0.2 API) are ours unless they name
+a Gateway of another controller. Our stale entries are removed; an object that has no such list and gets no entry of
+ours is not written at all. `lastTransitionTime` moves only when a condition's status flips, and a
 status that did not change is not written at all, so nothing flaps.
 """
 
@@ -39,6 +40,8 @@ class StatusShape(StrEnum):
     ROUTE_PARENTS = "route-parents"  # HTTPRoute: status.parents[] with controllerName
     POOL_PARENTS = "pool-parents"  # InferencePool: status.parents[] by Gateway, no controllerName
     AI_GATEWAY = "ai-gateway"  # AIGW kinds: status.conditions with Accepted / NotAccepted, as Envoy AI Gateway does
+    # Policies (Gateway API's PolicyAncestorStatus): status.ancestors[] of {ancestorRef, controllerName, conditions}.
+    POLICY_ANCESTORS = "policy-ancestors"
 
 
 # The kinds whose status this controller writes.
@@ -50,6 +53,15 @@ SHAPES: Mapping[str, StatusShape] = {
     "AIGatewayRoute": StatusShape.AI_GATEWAY,
     "AIServiceBackend": StatusShape.AI_GATEWAY,
     "BackendSecurityPolicy": StatusShape.AI_GATEWAY,
+    # Kinds this controller does not implement (translators/gatewayapi/unsupported.py): Accepted False/Unsupported,
+    # per Gateway of ours for routes and policies.
+    **dict.fromkeys(("GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute"), StatusShape.ROUTE_PARENTS),
+    **dict.fromkeys(
+        ("SecurityPolicy", "BackendTrafficPolicy", "ClientTrafficPolicy", "EnvoyExtensionPolicy", "EnvoyPatchPolicy"),
+        StatusShape.POLICY_ANCESTORS,
+    ),
+    # Their conditions are their parent Gateway's controller's: ours when their parent is our Gateway.
+    **dict.fromkeys(("ListenerSet", "XListenerSet"), StatusShape.CONDITIONS),
 }
 
 # Envoy AI Gateway's reasons, kept so tools written against it keep working; our reason leads the message.
@@ -58,6 +70,7 @@ AI_GATEWAY_REJECTED = ("NotAccepted", "ReconciliationFailed")
 
 
 ADDRESS_LIMIT = 16  # Gateway status.addresses is MaxItems=16
+ANCESTOR_LIMIT = 16  # PolicyStatus.ancestors is MaxItems=16
 
 
 @dataclass(frozen=True)
@@ -155,15 +168,16 @@ def _parent_entries(
     generation: int,
     now: str,
     controller_name: str | None,
+    ref_key: str = "parentRef",
 ) -> list[dict[str, Any]]:
     kept = [entry for entry in stored if isinstance(entry, Mapping) and not is_ours(entry)]
     mine = [entry for entry in stored if isinstance(entry, Mapping) and is_ours(entry)]
     entries: list[dict[str, Any]] = [dict(entry) for entry in kept]
     for parent in ours:
         ref = parent_ref_dict(parent.parent)
-        previous = next((e for e in mine if _same_ref(e.get("parentRef"), ref, namespace)), None)
+        previous = next((e for e in mine if _same_ref(e.get(ref_key), ref, namespace)), None)
         conditions = condition_dicts(parent.conditions, (previous or {}).get("conditions") or [], generation, now)
-        entry: dict[str, Any] = {"parentRef": ref}
+        entry: dict[str, Any] = {ref_key: ref}
         if controller_name is not None:
             entry["controllerName"] = controller_name
         entry["conditions"] = conditions
@@ -236,26 +250,33 @@ def desired_status(
     namespace = str(metadata.get("namespace") or "")
     generation = ours.generation if ours is not None else int(metadata.get("generation") or 0)
     status = dict(stored)
-    if shape in (StatusShape.ROUTE_PARENTS, StatusShape.POOL_PARENTS):
+    if shape in (StatusShape.ROUTE_PARENTS, StatusShape.POOL_PARENTS, StatusShape.POLICY_ANCESTORS):
         # An object we say nothing of has no parents of ours any more: our old entries go.
         parents = ours.parents if ours is not None else ()
-        if shape is StatusShape.ROUTE_PARENTS:
-
-            def is_ours(entry: Mapping[str, Any]) -> bool:
-                return entry.get("controllerName") == ownership.controller_name
-
-            controller: str | None = ownership.controller_name
-        else:
+        if shape is StatusShape.POOL_PARENTS:
 
             def is_ours(entry: Mapping[str, Any]) -> bool:
                 ref = entry.get("parentRef") or {}
                 gateway = (str(ref.get("namespace") or namespace), str(ref.get("name") or ""))
                 return gateway not in ownership.foreign_gateways
 
-            controller = None
-        status["parents"] = _parent_entries(
-            parents, stored.get("parents") or [], is_ours, namespace, generation, now, controller
+            controller: str | None = None
+        else:
+
+            def is_ours(entry: Mapping[str, Any]) -> bool:
+                return entry.get("controllerName") == ownership.controller_name
+
+            controller = ownership.controller_name
+        key, ref_key = (
+            ("ancestors", "ancestorRef") if shape is StatusShape.POLICY_ANCESTORS else ("parents", "parentRef")
         )
+        entries = _parent_entries(
+            parents, stored.get(key) or [], is_ours, namespace, generation, now, controller, ref_key
+        )
+        if shape is StatusShape.POLICY_ANCESTORS:
+            entries = entries[:ANCESTOR_LIMIT]
+        if entries or key in stored:  # an object that had none and gets none of ours is left as it is
+            status[key] = entries
     elif ours is None:
         return None  # a Gateway, class or AIGW object we do not manage: its conditions are someone else's
     elif shape is StatusShape.AI_GATEWAY:

@@ -110,6 +110,31 @@ ClusterRole of a cluster-wide install and for the Role in each namespace of a na
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
   verbs: [get, list, watch]
+# Kinds this controller does not implement: read to say so (Accepted False/Unsupported) in the status of those that
+# concern its Gateways. A kind whose CRD is not installed is simply looked for again now and then.
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [grpcroutes, tlsroutes, tcproutes, udproutes, listenersets]
+  verbs: [get, list, watch]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [grpcroutes/status, tlsroutes/status, tcproutes/status, udproutes/status, listenersets/status]
+  verbs: [update]
+- apiGroups: [gateway.networking.x-k8s.io]
+  resources: [xlistenersets]
+  verbs: [get, list, watch]
+- apiGroups: [gateway.networking.x-k8s.io]
+  resources: [xlistenersets/status]
+  verbs: [update]
+- apiGroups: [gateway.envoyproxy.io]
+  resources: [securitypolicies, backendtrafficpolicies, clienttrafficpolicies, envoyextensionpolicies, envoypatchpolicies]
+  verbs: [get, list, watch]
+- apiGroups: [gateway.envoyproxy.io]
+  resources:
+    - securitypolicies/status
+    - backendtrafficpolicies/status
+    - clienttrafficpolicies/status
+    - envoyextensionpolicies/status
+    - envoypatchpolicies/status
+  verbs: [update]
 {{- end -}}
 
 {{/* Cluster-scoped kinds: needed by every install, namespaced or not. */}}

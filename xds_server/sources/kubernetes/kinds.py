@@ -30,6 +30,10 @@ class Kind:
     # Stored trimmed to what the translator reads (objects.strip): thousands of Pods then cost little memory. A
     # reader that needs whole objects (the test suite's local kubelet) watches an untrimmed Kind.
     trimmed: bool = False
+    # A kind the translator has no model of but reports (translators/gatewayapi/unsupported.py): its objects are
+    # stored trimmed to metadata, their references and status (objects.strip), become the ResourceSet's `unknown`,
+    # and get Accepted False/Unsupported in their status when they concern one of our Gateways.
+    report_only: bool = False
 
     @property
     def api_version(self) -> str:
@@ -53,6 +57,7 @@ AI_GATEWAY = "aigateway.envoyproxy.io"
 ENVOY_GATEWAY = "gateway.envoyproxy.io"
 INFERENCE = "inference.networking.k8s.io"
 INFERENCE_X = "inference.networking.x-k8s.io"
+GATEWAY_API_X = "gateway.networking.x-k8s.io"
 
 KINDS: tuple[Kind, ...] = (
     Kind(GATEWAY_API, "v1", "GatewayClass", "gatewayclasses", namespaced=False, status_subresource=True),
@@ -92,11 +97,35 @@ KINDS: tuple[Kind, ...] = (
     ),
     Kind("apps", "v1", "Deployment", "deployments"),
     Kind("", "v1", "Namespace", "namespaces", namespaced=False),
+    # Kinds of the gateway API groups this controller does not implement: an operator who applies one to our Gateway
+    # (or to a route attached to it) is told in its status that it does nothing here. Their CRDs are often not
+    # installed (Envoy Gateway's policies): such a kind counts as listed and empty, and is looked for again now and
+    # then. Envoy Gateway's HTTPRouteFilter is not among them: it references nothing (routes name it in an
+    # extensionRef filter, which the route's own status already reports as not implemented).
+    *(
+        Kind(ENVOY_GATEWAY, "v1alpha1", kind, plural, status_subresource=True, report_only=True)
+        for kind, plural in (
+            ("SecurityPolicy", "securitypolicies"),
+            ("BackendTrafficPolicy", "backendtrafficpolicies"),
+            ("ClientTrafficPolicy", "clienttrafficpolicies"),
+            ("EnvoyExtensionPolicy", "envoyextensionpolicies"),
+            ("EnvoyPatchPolicy", "envoypatchpolicies"),
+        )
+    ),
+    Kind(GATEWAY_API, "v1", "GRPCRoute", "grpcroutes", status_subresource=True, report_only=True),
+    # v1alpha2: served by every Gateway API bundle that has these kinds (v1.6 serves v1 too, from the same storage).
+    Kind(GATEWAY_API, "v1alpha2", "TLSRoute", "tlsroutes", status_subresource=True, report_only=True),
+    Kind(GATEWAY_API, "v1alpha2", "TCPRoute", "tcproutes", status_subresource=True, report_only=True),
+    Kind(GATEWAY_API, "v1alpha2", "UDPRoute", "udproutes", status_subresource=True, report_only=True),
+    # ListenerSet (v1 in the Gateway API v1.6 bundle), and XListenerSet, its predecessor in the experimental group.
+    Kind(GATEWAY_API, "v1", "ListenerSet", "listenersets", status_subresource=True, report_only=True),
+    Kind(GATEWAY_API_X, "v1alpha1", "XListenerSet", "xlistenersets", status_subresource=True, report_only=True),
 )
 
 BY_NAME: dict[str, Kind] = {kind.kind: kind for kind in KINDS}
 
 
 def watched_kinds() -> tuple[Kind, ...]:
-    """The kinds of KINDS the translator has a model for (a kind whose model is still to come is not watched)."""
-    return tuple(kind for kind in KINDS if kind.model is not None)
+    """The kinds of KINDS the translator has a model for (a kind whose model is still to come is not watched), and
+    the report-only ones."""
+    return tuple(kind for kind in KINDS if kind.model is not None or kind.report_only)

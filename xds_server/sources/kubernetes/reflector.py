@@ -7,7 +7,9 @@ the next one resumes from the last version seen. Anything else (410 Gone because
 watch needed, an error, a refused request) is followed by a jittered, capped exponential backoff and a fresh
 LIST, and the store is diffed against it: objects deleted meanwhile go (synthetic deletes), changed ones update.
 A watch that stays silent for twice the server's timeout is taken for stuck (kubernetes_asyncio #360) and
-reopened. A kind whose CRD is not installed counts as listed and empty, and is looked for again now and then.
+reopened. A kind whose CRD is not installed counts as listed and empty, and is looked for again now and then; so
+does a report-only kind (a SecurityPolicy, ...) the controller may not read (403: an older chart's RBAC), and the
+absence of these, common and harmless, is said once at INFO, then only at DEBUG.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class Reflector:
         selectors = (("fieldSelector", kind.field_selector), ("labelSelector", kind.label_selector))
         self._selector: Query = tuple((name, value) for name, value in selectors if value)
         self._task: asyncio.Task[None] | None = None
+        self._absence_said = False
 
     def __str__(self) -> str:
         return f"{self.kind.kind} in {self.namespace}" if self.namespace else f"{self.kind.kind} (all namespaces)"
@@ -117,19 +120,15 @@ class Reflector:
                 while True:
                     await self._watch()
             except NotFound:
-                # The store empties (a CRD deleted while watched takes its objects with it) and nothing blocks on
-                # a kind nobody installed; the warning repeats at every look, as the situation persists.
-                self.version = ""
-                self._count_synthetic_deletes(self.store.replace(self.kind, self.namespace, ()))
-                self.synced.set()
-                log.warning("%s: not served by the API server (CRD not installed?); looking again later", self)
-                metrics.KUBE_WATCH_RESTARTS.labels(self.kind.kind, "not_found").inc()
-                await asyncio.sleep(self.timing.absent_retry_s)
+                await self._absent("not served by the API server (CRD not installed?)", "not_found")
                 continue
             except Gone as gone:
                 reason, level = "gone", logging.INFO
                 detail: object = gone
             except ApiError as error:
+                if error.status == 403 and self.kind.report_only:
+                    await self._absent(f"not readable ({error}); the controller's RBAC lacks it", "forbidden")
+                    continue
                 reason, level, detail = "error", logging.WARNING, error
             except Exception as error:  # connection reset, bad JSON, a bug: never stop reflecting
                 reason, level, detail = "error", logging.WARNING, repr(error)
@@ -138,6 +137,21 @@ class Reflector:
             delay = self._backoff.next_delay()
             log.log(level, "%s: watch failed (%s); listing again in %.2f s", self, detail, delay)
             await asyncio.sleep(delay)
+
+    async def _absent(self, why: str, reason: str) -> None:
+        """The kind cannot be listed: the store empties (a CRD deleted while watched takes its objects with it) and
+        nothing blocks on it; looked for again after a while. The warning repeats at every look, as the situation
+        persists, except for report-only kinds: once at INFO, then at DEBUG."""
+        self.version = ""
+        self._count_synthetic_deletes(self.store.replace(self.kind, self.namespace, ()))
+        self.synced.set()
+        level = logging.WARNING
+        if self.kind.report_only:
+            level = logging.DEBUG if self._absence_said else logging.INFO
+            self._absence_said = True
+        log.log(level, "%s: %s; looking again every %g s", self, why, self.timing.absent_retry_s)
+        metrics.KUBE_WATCH_RESTARTS.labels(self.kind.kind, reason).inc()
+        await asyncio.sleep(self.timing.absent_retry_s)
 
     async def _list(self) -> str:
         """Every object, page by page, into the store; returns the version the list is a snapshot of."""

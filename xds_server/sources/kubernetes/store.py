@@ -3,7 +3,9 @@
 Per kind, (namespace, name) -> the raw object (as the API server returned it, stripped as `objects.strip` says)
 and its parse: the valid version served (the latest, or the last good one when the latest is invalid) and the
 latest version's errors. Objects are parsed only when their resourceVersion moves, and a change that cannot
-affect translation (a status write) updates the raw object without telling anyone.
+affect translation (a status write) updates the raw object without telling anyone. Objects of report-only kinds
+become the ResourceSet's `unknown` when they reference something (an object that references nothing cannot be told
+to concern this controller: in a cluster, it may be another controller's).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Store:
         self._entries: dict[str, dict[tuple[str, str], Entry]] = {}
         self._served: dict[ObjectKey, Resource] = {}
         self._errors: dict[ObjectKey, tuple[LoadError, ...]] = {}
+        self._unknown: dict[ObjectKey, UnknownObject] = {}  # objects of report-only kinds that reference something
 
     def key(self, kind: Kind, raw: dict[str, Any]) -> tuple[str, str]:
         meta = metadata(raw)
@@ -68,8 +71,17 @@ class Store:
             entry = Entry(raw, old.resource if old is not None else None, tuple(parsed))
             self._errors[object_key] = entry.errors
             log.warning("invalid object kept out: %s", "; ".join(map(str, parsed)))
-        elif isinstance(parsed, UnknownObject):  # only kinds with a model are watched
-            raise TypeError(f"no model for {kind.api_version} {kind.kind}")
+        elif isinstance(parsed, UnknownObject):
+            if not kind.report_only:  # every other watched kind has a model
+                raise TypeError(f"no model for {kind.api_version} {kind.kind}")
+            entry = Entry(raw, None, ())
+            if parsed.references:
+                self._unknown[object_key] = parsed
+            elif self._unknown.pop(object_key, None) is None:  # nothing for translation, before or now
+                if old is None:
+                    metrics.KUBE_OBJECTS.labels(kind.kind).inc()
+                entries[key] = entry
+                return False
         else:
             entry = Entry(raw, parsed, ())
             self._errors.pop(object_key, None)
@@ -89,6 +101,8 @@ class Store:
         self._served.pop(object_key, None)
         self._errors.pop(object_key, None)
         metrics.KUBE_OBJECTS.labels(kind.kind).dec()
+        if kind.report_only and self._unknown.pop(object_key, None) is None:
+            return False  # it referenced nothing: translation never saw it
         self._on_change()
         return True
 
@@ -121,4 +135,5 @@ class Store:
         """Valid objects (last good versions included) and the errors of invalid ones, in key order."""
         objects = dict(self._served)
         errors = tuple(error for key in sorted(self._errors) for error in self._errors[key])
-        return ResourceSet(objects, dict.fromkeys(objects, ORIGIN), (), errors)
+        unknown = tuple(self._unknown[key] for key in sorted(self._unknown))
+        return ResourceSet(objects, dict.fromkeys(objects, ORIGIN), unknown, errors)
