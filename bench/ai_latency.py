@@ -228,9 +228,14 @@ class Run:
     metered_requests: int  # requests metering recorded in its metrics during the run (AI path: all of them)
 
 
-# --upstream-settings: the AI path's backend also has a model name override and an API key, so every request
-# passes the upstream-settings filter too (headers and body: two more ext_proc messages, on a stream of their own).
-SETTINGS_ROUTE = f"""
+# --upstream-settings key: the AI path's backend has an API key and its backendRef a header mutation, which Envoy
+# applies itself (the route sets the header, the cluster injects the key from an SDS secret): no service call.
+# --upstream-settings override: a model name override besides, so every request also passes the upstream-settings
+# filter (headers and body: two more ext_proc messages, on a stream of their own).
+def settings_route(override: bool) -> str:
+    headers = "headerMutation: {set: [{name: x-tenant, value: a}]}"
+    setting = f"modelNameOverride: {MODEL}-pinned" if override else headers
+    return f"""
 apiVersion: aigateway.envoyproxy.io/v1beta1
 kind: AIGatewayRoute
 metadata: {{name: ai}}
@@ -239,8 +244,10 @@ spec:
   hostnames: ["{AI_HOST}"]
   rules:
   - matches: [{{headers: [{{type: Exact, name: x-ai-eg-model, value: {MODEL}}}]}}]
-    backendRefs: [{{name: upstream, modelNameOverride: {MODEL}-pinned}}]
+    backendRefs: [{{name: upstream, {setting}}}]
 """
+
+
 SETTINGS_POLICY = """
 apiVersion: aigateway.envoyproxy.io/v1beta1
 kind: BackendSecurityPolicy
@@ -279,7 +286,7 @@ def wrk_summary(finished: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 class Bench:
     """Upstream, `serve` and the gateway Envoy, up and routing both paths."""
 
-    def __init__(self, directory: Path, upstream_settings: bool = False) -> None:
+    def __init__(self, directory: Path, upstream_settings: str | None = None) -> None:
         self.directory = directory
         self.upstream = Upstream(directory)
         self.listen_port = free_port()
@@ -291,8 +298,8 @@ class Bench:
             ai_service_backend("upstream", UPSTREAM_HOST, self.upstream.port),
             header_route("plain", PLAIN_HOST, PLAIN_HEADER, MODEL, "upstream"),
         ]
-        if upstream_settings:
-            documents[1] = SETTINGS_ROUTE
+        if upstream_settings is not None:
+            documents[1] = settings_route(upstream_settings == "override")
             documents.append(SETTINGS_POLICY)
         (manifests / "gateway.yaml").write_text("---".join(documents))
         xds_port = free_port()
@@ -513,7 +520,9 @@ async def main() -> None:
     parser.add_argument("--profile-rate", type=int, default=TARGET_RATE)
     parser.add_argument("--smoke", action="store_true", help="CI: one short run per path at 50 requests/s")
     parser.add_argument(
-        "--upstream-settings", action="store_true", help="the AI backend has a model override and an API key"
+        "--upstream-settings",
+        choices=["key", "override"],
+        help="the AI backend has an API key and a header mutation (key), or a model name override besides (override)",
     )
     args = parser.parse_args()
     if args.smoke:

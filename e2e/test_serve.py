@@ -124,9 +124,11 @@ async def test_a_broken_edit_keeps_the_last_good_object_and_is_reported(
     assert await serve.metric("xds_server_load_errors") == 1.0
 
 
-async def test_a_rejected_config_is_a_gateway_condition_never_resent_and_recovers(
+async def test_a_rejected_config_is_a_gateway_condition_resent_only_with_a_backoff(
     running: tuple[Path, Serve, Envoy, int], tmp_path: Path
 ) -> None:
+    """A listener whose port is taken is the one rejection sent again (the port may free up), after 1 s, then 2 s,
+    4 s...: never in a loop. The rejection is the Gateway's condition and shows in `xds-server status`."""
     manifests, serve, envoy, listen_port = running
     occupied = free_port()
     blocker = __import__("socket").socket()
@@ -138,9 +140,8 @@ async def test_a_rejected_config_is_a_gateway_condition_never_resent_and_recover
             if await envoy.stat("listener_manager.lds.update_rejected") >= 1:
                 break
             await asyncio.sleep(0.05)
-        assert await envoy.stat("listener_manager.lds.update_rejected") == 1, envoy.log_tail()
-        await asyncio.sleep(1.0)  # room for a resend loop to show
-        assert await envoy.stat("listener_manager.lds.update_rejected") == 1
+        await asyncio.sleep(2.5)  # room for a resend loop to show: the backoff allows at most two more
+        assert 1 <= await envoy.stat("listener_manager.lds.update_rejected") <= 3, envoy.log_tail()
         [client] = await serve.document("/debug/clients")
         assert client["types"]["Listener"]["state"] == "NACKED"
         assert str(occupied) in client["types"]["Listener"]["last_error"]
@@ -155,7 +156,7 @@ async def test_a_rejected_config_is_a_gateway_condition_never_resent_and_recover
         assert programmed and programmed[0]["status"] == "False" and "rejected Listener" in programmed[0]["message"]
         status = await asyncio.to_thread(xds_server_status, serve)
         assert "NACKED" in status and "rejected: e2e Listener" in status and str(occupied) in status
-        assert await serve.metric(f'xds_server_nacks_total{{gateway="{GATEWAY}",type="Listener"}}') == 1.0
+        assert await serve.metric(f'xds_server_nacks_total{{gateway="{GATEWAY}",type="Listener"}}') >= 1.0
     finally:
         blocker.close()
     (manifests / "10-gateway.yaml").write_text(gateway([listen_port]))

@@ -73,6 +73,10 @@ spec:
     - name: primary
       headerMutation: {set: [{name: x-tenant, value: blue}], remove: [x-client-debug]}
       bodyMutation: {set: [{path: temperature, value: "0.25"}], remove: [user]}
+  - matches: [{headers: [{type: Exact, name: x-ai-eg-model, value: headers-only}]}]
+    backendRefs:
+    - name: primary
+      headerMutation: {set: [{name: x-quota, value: "50%"}], remove: [x-client-debug]}
   - matches: [{headers: [{type: Exact, name: x-ai-eg-model, value: fallback}]}]
     backendRefs:
     - {name: failing, priority: 0}
@@ -194,6 +198,23 @@ def test_body_and_header_mutations_of_the_backend_ref(gw: Gateway) -> None:
     }
     answer = request(gw.url, "POST", "/v1/chat/completions", compact(sent), headers)
     assert answer.status_code == 200, answer.text
+
+
+def test_settings_envoy_applies_itself_call_no_service(gw: Gateway) -> None:
+    """A rule to one backend whose settings leave the body alone (headers, an API key) is served by Envoy alone: the
+    route sets and removes the headers (a `%` in a value arrives as written), the cluster injects the key from an SDS
+    secret. A body change still takes the upstream-settings service, one stream per attempt."""
+    started = asyncio.run(gw.envoy.stat_total("ext_proc.streams_started"))
+    headers = {
+        "x-client-debug": "1",
+        "x-expected-headers": b64("x-quota:50%"),
+        "x-non-expected-request-headers": b64("x-client-debug"),
+    }
+    assert gw.chat("headers-only", headers).status_code == 200
+    assert gw.chat("keyed", {"x-expected-headers": b64(f"authorization:Bearer {API_KEY}")}).status_code == 200
+    assert asyncio.run(gw.envoy.stat_total("ext_proc.streams_started")) == started
+    assert gw.chat("override-me").status_code == 200
+    assert asyncio.run(gw.envoy.stat_total("ext_proc.streams_started")) == started + 1
 
 
 def test_the_api_key_replaces_the_client_authorization_and_is_shown_nowhere(gw: Gateway) -> None:

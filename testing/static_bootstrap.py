@@ -1,7 +1,9 @@
 """Turns one Gateway's xDS resources into a static Envoy bootstrap, so `envoy --mode validate` checks them.
 
-RDS becomes an inline route_config and EDS clusters get their ClusterLoadAssignment inline (as STATIC): every
-resource we would serve is then parsed and validated by the real Envoy, without a control plane.
+RDS becomes an inline route_config and EDS clusters get their ClusterLoadAssignment inline (as STATIC), and the API
+keys' SDS secrets become static secrets (Envoy's validate mode crashes on a credential it would fetch over ADS, which
+it does not run): every resource we would serve is then parsed and validated by the real Envoy, without a control
+plane.
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ def static_bootstrap(resources: dict[str, Any]) -> dict[str, Any]:
             del cluster["eds_cluster_config"]
             cluster["type"] = "STATIC"
             cluster["load_assignment"] = assignments[cluster["name"]]
-    return {
-        "node": {"id": "validate", "cluster": resources["gateway"]},
-        "static_resources": {"listeners": listeners, "clusters": clusters},
-    }
+    generic = [secret for secret in resources.get("secrets", []) if "generic_secret" in secret]
+    for cluster in clusters:
+        options = cluster.get("typed_extension_protocol_options", {}).values()
+        for http_filter in (f for option in options for f in option.get("http_filters", [])):
+            credential = http_filter["typed_config"].get("credential", {}).get("typed_config", {}).get("credential")
+            if credential is not None:
+                del credential["sds_config"]  # a name alone: the static secret of that name
+    static: dict[str, Any] = {"listeners": listeners, "clusters": clusters}
+    if generic:
+        static["secrets"] = generic
+    return {"node": {"id": "validate", "cluster": resources["gateway"]}, "static_resources": static}

@@ -85,7 +85,10 @@ async def servers(authority: Authority) -> AsyncIterator[Servers]:
             gateway([8080]),
             gateway([8081], "gw2"),
             keyed_backend("keyed", "127.0.0.9", 9999, API_KEY),
-            ai_gateway_route("llm", {"keyed": "keyed"}),
+            # A model name override keeps the rule's settings (the key with them) with the upstream-settings service.
+            ai_gateway_route("llm", {"keyed": "keyed"}).replace(
+                "{name: keyed}", "{name: keyed, modelNameOverride: v2}"
+            ),
             inference_pool("llama", 8000),
             pod("llama-0", "127.0.62.1", {"app": "llama"}),
             pool_route("pool", "llama", "llm.example"),

@@ -142,6 +142,14 @@ class PoolBalancing:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """A backend's credential: the request header it goes in, and the header's value. Never shown in a repr."""
+
+    header: str
+    value: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class ClusterIR:
     name: str
     discovery: Discovery
@@ -149,14 +157,7 @@ class ClusterIR:
     pool: PoolBalancing | None = None
     http2: bool = False
     upstream_settings: bool = False  # some backend of it has BackendSettingsIR: the upstream ext_proc filter runs
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """A backend's credential: the request header it goes in, and the header's value. Never shown in a repr."""
-
-    header: str
-    value: str = field(repr=False)
+    api_key: ApiKey | None = None  # Envoy injects it into each request (credential_injector, from an SDS secret)
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from translators.backends import BackendResolver, ReferenceGrants, Unresolved, ai_backend_id
-from translators.ir import AddressKind, ApiKey, BackendSettingsIR, Endpoint
+from translators.ir import AddressKind, ApiKey, BackendSettingsIR, ClusterIR, Endpoint, HeaderEditsIR
 from translators.loader import ResourceSet
 from translators.resources import AIGatewayRoute, AIServiceBackend, BackendSecurityPolicy, Secret
 from translators.resources.aigateway import (
@@ -273,3 +273,41 @@ def isolate_attempts(
         foreign = others - _header_names(own)
         isolated.append(replace(own, remove_headers=tuple(sorted(set(own.remove_headers) | foreign))))
     return tuple(isolated)
+
+
+# A backend's own cluster, when some rule sends to it settings only the upstream-settings service can apply: the
+# rules whose settings Envoy applies itself share the backend's plain cluster, which never calls the service.
+SERVICE_CLUSTER_SUFFIX = "/upstream-settings"
+
+
+@dataclass(frozen=True)
+class PlacedSettings:
+    """Where a rule's settings are applied. `headers`: Envoy sets and removes them on the route. `cluster`: the
+    cluster the rule routes to; its API key, if any, Envoy injects from an SDS secret, and when it calls the
+    upstream-settings service (`upstream_settings`), the service applies the rest on every attempt."""
+
+    headers: HeaderEditsIR | None
+    cluster: ClusterIR
+
+
+def place_settings(settings: tuple[BackendSettingsIR, ...], cluster: ClusterIR) -> PlacedSettings:
+    """Envoy applies a rule's settings itself when the rule sends to one backend (each attempt then goes to that
+    backend, so settings on the route are that backend's) and they leave the body alone: headers on the route, the
+    credential from an SDS secret (so it never appears in a route, a cluster or a config dump). A body change stays
+    with the service, which rewrites JSON exactly (Envoy's own JSON handling would round integers past 2^53, a
+    client's `seed` for one), as does a credential that cannot be used (the service refuses those requests with the
+    reason). A rule sending to several backends keeps the service, which tells attempts to each backend apart."""
+    if cluster.pool is not None or len(cluster.groups) != 1:
+        return PlacedSettings(None, cluster)
+    own = [s for s in settings if s.backend == cluster.groups[0].backend]
+    if not own:
+        return PlacedSettings(None, replace(cluster, upstream_settings=False))
+    [mine] = own
+    if mine.changes_body or mine.credential_error is not None:
+        return PlacedSettings(
+            None, replace(cluster, name=cluster.name + SERVICE_CLUSTER_SUFFIX, upstream_settings=True)
+        )
+    headers = None
+    if mine.set_headers or mine.remove_headers:
+        headers = HeaderEditsIR(set=mine.set_headers, remove=mine.remove_headers)
+    return PlacedSettings(headers, replace(cluster, upstream_settings=False, api_key=mine.api_key))

@@ -30,7 +30,7 @@ from translators.resources import AIGatewayRoute, HTTPRoute, parse_duration_ms
 from translators.resources.aigateway import AIGATEWAY_GROUP, AIGatewayRouteBackendRef
 from translators.resources.gateway_api import HeaderMatch, HTTPBackendRef
 from translators.resources.inference import INFERENCE_GROUP
-from translators.upstream import UpstreamSettings, isolate_attempts
+from translators.upstream import UpstreamSettings, isolate_attempts, place_settings
 from translators.xds.names import JSON_BODY_HEADER
 
 AI_DEFAULT_TIMEOUT_MS = 60_000
@@ -145,6 +145,11 @@ class RuleTranslator:
                     refs = [refs[i] for i, ref in enumerate(rule.backend_refs) if ref in ai_refs]
                     settings = self._settings(route, rule_id, ai_refs)
                 action, clusters = self._forward(refs, timeout_ms, per_try_ms)
+                if isinstance(route, AIGatewayRoute):
+                    placed = place_settings(settings, clusters[0])
+                    clusters = (placed.cluster,)
+                    action = replace(action, cluster=placed.cluster.name)
+                    filters = replace(filters, request_headers=placed.headers)
                 if filters.rewrite_hostname or filters.rewrite_path:
                     action = replace(
                         action, rewrite_hostname=filters.rewrite_hostname, rewrite_path=filters.rewrite_path

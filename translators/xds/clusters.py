@@ -7,9 +7,13 @@ import ipaddress
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, extension_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.filters.http.credential_injector.v3 import credential_injector_pb2
+from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.http.injected_credentials.generic.v3 import generic_pb2
 from envoy.extensions.load_balancing_policies.override_host.v3 import override_host_pb2
 from envoy.extensions.load_balancing_policies.round_robin.v3 import round_robin_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.metadata.v3 import metadata_pb2
 from google.protobuf import duration_pb2
@@ -27,10 +31,14 @@ from translators.ir import (
 )
 from translators.xds.extproc import upstream_settings_filters
 from translators.xds.names import (
+    CREDENTIAL_FILTER,
+    CREDENTIAL_SECRET_PREFIX,
     DESTINATION_HEADER,
     EXTPROC_CLUSTER,
+    GENERIC_CREDENTIAL,
     LB_METADATA_NAMESPACE,
     SERVED_ENDPOINT_KEY,
+    UPSTREAM_CODEC_FILTER,
     XDS_METADATA_NAMESPACE,
     pack,
 )
@@ -112,7 +120,41 @@ def _protocol_options(ir: ClusterIR) -> http_protocol_options_pb2.HttpProtocolOp
     options = http_protocol_options_pb2.HttpProtocolOptions(explicit_http_config=explicit)
     if ir.upstream_settings:
         options.http_filters.extend(upstream_settings_filters())
+    elif ir.api_key is not None:
+        options.http_filters.extend(_credential_filters(ir))
     return options
+
+
+def credential_secret_name(cluster_name: str) -> str:
+    return CREDENTIAL_SECRET_PREFIX + cluster_name
+
+
+def credential_secret(ir: ClusterIR) -> secret_pb2.Secret:
+    """The SDS secret holding a cluster's API key, as the header value Envoy injects (`Bearer <key>` for
+    Authorization). A rotated key is a new version of this secret alone: no cluster changes."""
+    assert ir.api_key is not None
+    return secret_pb2.Secret(
+        name=credential_secret_name(ir.name),
+        generic_secret=secret_pb2.GenericSecret(secret=base_pb2.DataSource(inline_string=ir.api_key.value)),
+    )
+
+
+def _credential_filters(ir: ClusterIR) -> list[hcm_pb2.HttpFilter]:
+    """Each request to the cluster gets the API key, replacing any the client sent; the cluster names the secret,
+    never the key, so neither the cluster nor a config dump shows it (Envoy redacts secrets)."""
+    assert ir.api_key is not None
+    generic = generic_pb2.Generic(
+        credential=secret_pb2.SdsSecretConfig(name=credential_secret_name(ir.name), sds_config=ads_config_source()),
+        header=ir.api_key.header,
+    )
+    injector = credential_injector_pb2.CredentialInjector(
+        overwrite=True,
+        credential=extension_pb2.TypedExtensionConfig(name=GENERIC_CREDENTIAL, typed_config=pack(generic)),
+    )
+    return [
+        hcm_pb2.HttpFilter(name=CREDENTIAL_FILTER, typed_config=pack(injector)),
+        hcm_pb2.HttpFilter(name=UPSTREAM_CODEC_FILTER, typed_config=pack(upstream_codec_pb2.UpstreamCodec())),
+    ]
 
 
 def _policy(name: str, config: object) -> cluster_pb2.LoadBalancingPolicy.Policy:
@@ -169,7 +211,7 @@ def cluster(ir: ClusterIR, buffer_limit_bytes: int, system_ca_bundle: str = SYST
         built.load_balancing_policy.CopyFrom(_pool_policy())
         # Never balance onto a pool's not-Ready pods, however few are Ready (Envoy's default panics below 50%).
         built.common_lb_config.healthy_panic_threshold.value = 0
-    if ir.http2 or ir.upstream_settings:
+    if ir.http2 or ir.upstream_settings or ir.api_key is not None:
         built.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(pack(_protocol_options(ir)))
     if ir.upstream_settings:
         built.per_connection_buffer_limit_bytes.value = buffer_limit_bytes

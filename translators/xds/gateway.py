@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 from translators.ir import Discovery, EndpointPickerIR, GatewayIR, ObjectRef, TranslateOptions
 from translators.xds.clusters import (
     cluster,
+    credential_secret,
     endpoint_picker_cluster,
     endpoint_picker_cluster_ir,
     extproc_cluster,
@@ -77,14 +78,20 @@ def gateway_resources(gateway: GatewayIR, options: TranslateOptions, memo: Memo 
         for c in eds
     ]
     routes = (route_configuration(lis, memo, pickers) for lis in gateway.listeners)
+    secrets = [
+        memo.get(("secret", c), lambda c=c: certificate_secret(c))  # type: ignore[misc]
+        for c in gateway.certificates
+    ]
+    secrets += [
+        memo.get(("credential", c), lambda c=c: credential_secret(c))  # type: ignore[misc]
+        for c in gateway.clusters
+        if c.api_key is not None
+    ]
     return XdsResources(
         gateway=gateway.key,
         listeners=tuple(sorted((listener(lis, options) for lis in gateway.listeners), key=lambda r: r.name)),
         routes=tuple(sorted(routes, key=lambda r: r.name)),
         clusters=tuple(sorted(clusters, key=lambda r: r.name)),
         endpoints=tuple(sorted(assignments, key=lambda r: r.cluster_name)),
-        secrets=tuple(
-            memo.get(("secret", c), lambda c=c: certificate_secret(c))  # type: ignore[misc]
-            for c in gateway.certificates
-        ),
+        secrets=tuple(sorted(secrets, key=lambda s: s.name)),
     )

@@ -37,6 +37,10 @@ ROUTER_FILTER = "envoy.filters.http.router"
 # A cluster's upstream filters: the backend settings ext_proc (per attempt), then the codec Envoy requires last.
 UPSTREAM_SETTINGS_FILTER = "envoy.filters.http.ext_proc/upstream-settings"
 UPSTREAM_CODEC_FILTER = "envoy.filters.http.upstream_codec"
+# A backend's API key, injected by Envoy on each request to its cluster from an SDS secret of that name.
+CREDENTIAL_FILTER = "envoy.filters.http.credential_injector"
+GENERIC_CREDENTIAL = "envoy.http.injected_credentials.generic"
+CREDENTIAL_SECRET_PREFIX = "credential/"
 EXTPROC_CLUSTER = "xds-server/extproc"
 
 # gRPC metadata on the embedded picker's ext_proc stream naming the pool ("<ns>/<name>") the route targets.

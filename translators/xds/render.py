@@ -57,9 +57,13 @@ def resources_dict(resources: XdsResources) -> dict[str, Any]:
 
 
 def _secret_dict(secret: Message) -> dict[str, Any]:
-    """A certificate with its private key redacted: output is shown, logged and kept in golden files."""
+    """A certificate with its private key redacted, an API key redacted: output is shown, logged and kept in golden
+    files."""
     shown = message_dict(secret)
-    shown["tls_certificate"]["private_key"] = {"inline_string": REDACTED}
+    if "tls_certificate" in shown:
+        shown["tls_certificate"]["private_key"] = {"inline_string": REDACTED}
+    else:
+        shown["generic_secret"]["secret"] = {"inline_string": REDACTED}
     return shown
 
 

@@ -241,13 +241,16 @@ def route(
 
 
 def _header_values(edits: HeaderEditsIR) -> list[base_pb2.HeaderValueOption]:
-    """`set` replaces a header the request has, `add` appends a value to it (or adds it)."""
+    """`set` replaces a header the request has, `add` appends a value to it (or adds it). Envoy reads the values
+    as format strings: a literal `%` is written `%%` (else `100%` would be refused, and `%UPSTREAM_HOST%` expanded)."""
     options = [
         (edits.set, base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD),
         (edits.add, base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD),
     ]
     return [
-        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value), append_action=action)
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=name, value=value.replace("%", "%%")), append_action=action
+        )
         for headers, action in options
         for name, value in headers
     ]
