@@ -14,6 +14,8 @@ import orjson
 import pytest
 import yaml
 
+from translators.gatewayapi import translate
+from translators.ir import ConditionStatus, TranslateOptions
 from translators.loader import ObjectKey
 from translators.resources import MODELS, HTTPRoute, Pod, Secret
 from xds_server.sources.kubernetes import config
@@ -529,3 +531,41 @@ def test_in_a_pod_the_service_account_says_where_we_are(tmp_path: Path, monkeypa
     assert config.default_namespace(None) == "xds-system"
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
     assert not config.in_cluster(None)
+
+
+def test_a_field_the_clusters_crd_has_and_ours_lack_is_served_without_it_and_said() -> None:
+    """The API server validated the object against its own CRD (another version than ours): refusing it would stop
+    serving a route the cluster accepted, so it is served, without the field, and a warning condition names it."""
+    gateway_class = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "GatewayClass",
+        "metadata": {"name": "eg", "resourceVersion": "1"},
+        "spec": {"controllerName": "gateway.envoyproxy.io/gatewayclass-controller"},
+    }
+    gateway = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": "ns", "resourceVersion": "1"},
+        "spec": {"gatewayClassName": "eg", "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]},
+    }
+    newer = route("1")
+    newer["spec"]["parentRefs"] = [{"name": "gw"}]
+    newer["spec"]["rules"][0]["sessionPersistenceV9"] = {"type": "Cookie"}
+    store = Store()
+    for kind, raw in (("GatewayClass", gateway_class), ("Gateway", gateway), ("HTTPRoute", newer)):
+        store.upsert(BY_NAME[kind], raw)
+    resources = store.resource_set()
+    assert resources.errors == () and resources.get(HTTPRoute, "ns", "r") is not None
+    assert resources.ignored == {ObjectKey("HTTPRoute", "ns", "r"): ("spec.rules[0].sessionPersistenceV9",)}
+    translation = translate(resources, TranslateOptions())
+    [status] = [s for s in translation.statuses if (s.ref.kind, s.ref.name) == ("HTTPRoute", "r")]
+    [parent] = status.parents
+    conditions = parent.conditions
+    [warning] = [c for c in conditions if c.type == "xds-server.io/IgnoredFields"]
+    assert warning.status is ConditionStatus.TRUE and "spec.rules[0].sessionPersistenceV9" in warning.message
+    assert {c.type: c.status for c in conditions}["Accepted"] is ConditionStatus.TRUE
+    assert translation.gateways[0].listeners[0].virtual_hosts, "the route is served"
+    fixed = route("2", generation=2)
+    fixed["spec"]["parentRefs"] = [{"name": "gw"}]
+    store.upsert(ROUTE, fixed)
+    assert store.resource_set().ignored == {}

@@ -104,6 +104,8 @@ class ResourceSet:
     origins: Mapping[ObjectKey, Origin] = field(default_factory=dict)
     unknown: tuple[UnknownObject, ...] = ()
     errors: tuple[LoadError, ...] = ()
+    # Served objects read from an API server with fields the translator does not read (see `ignored_fields`).
+    ignored: Mapping[ObjectKey, tuple[str, ...]] = field(default_factory=dict)
 
     def of_kind(self, model: type[R]) -> list[R]:
         """Every object of one kind, in key order (namespace, name), never in document order."""
@@ -120,12 +122,24 @@ class ResourceSet:
         return obj if isinstance(obj, model) else None
 
 
+def ignored_fields(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    """The fields of a stored object that the CRDs this project was built with do not have: an API server whose CRD
+    is of another version kept them, and the translator does not read them."""
+    group, version = split_api_version(str(raw.get("apiVersion") or ""))
+    try:
+        return tuple(unknown_fields(group, version, str(raw.get("kind") or ""), raw))
+    except TooLarge:
+        return ()
+
+
 def object_key(obj: Resource) -> ObjectKey:
     return ObjectKey(obj.kind, obj.namespace, obj.name)
 
 
-def parse_document(raw: Any, origin: Origin) -> Resource | UnknownObject | list[LoadError]:
-    """One decoded YAML document -> a validated object, an unknown object, or its errors."""
+def parse_document(raw: Any, origin: Origin, strict_fields: bool = True) -> Resource | UnknownObject | list[LoadError]:
+    """One decoded YAML document -> a validated object, an unknown object, or its errors. `strict_fields`: a field
+    the CRDs do not have refuses the object (files, as the API server's strict field validation would); otherwise
+    (an object an API server stored, so its own CRD has the field) it is left to `ignored_fields` to report."""
     if not isinstance(raw, dict):
         return [LoadError(origin, "", "", "", "", f"document is a {type(raw).__name__}, not a mapping")]
     kind = raw.get("kind")
@@ -155,7 +169,7 @@ def parse_document(raw: Any, origin: Origin) -> Resource | UnknownObject | list[
     if version not in model.versions:
         return error("apiVersion", f"version {version} of {kind} is not supported (use {', '.join(model.versions)})")
     try:
-        unknown = unknown_fields(group, version, kind, raw)
+        unknown = unknown_fields(group, version, kind, raw) if strict_fields else []
     except TooLarge as exc:
         return error("", str(exc))
     if unknown:  # refused whole, as the API server's strict field validation refuses it: never half-understood

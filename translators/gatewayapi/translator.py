@@ -13,7 +13,7 @@ from translators.gatewayapi.attachment import Attachment, parent_ref
 from translators.gatewayapi.listener_tls import ListenerTls
 from translators.gatewayapi.model_routes import leading_routes, trailing_routes
 from translators.gatewayapi.rules import Route, RuleRoutes, RuleTranslator, rule_id_of
-from translators.gatewayapi.status import StatusBook
+from translators.gatewayapi.status import StatusBook, condition
 from translators.gatewayapi.unsupported import report_unsupported
 from translators.gatewayapi.verdicts import Verdicts
 from translators.ir import (
@@ -126,6 +126,7 @@ class _Translator:
         self.verdicts.pool_statuses(pool_parents)
         self.verdicts.ai_backend_statuses()
         report_unsupported(self.book, self.resources.unknown, self._our_gateways(), routes)
+        self._report_ignored_fields()
         pools = tuple(self.backends.pool(p) for p in self.resources.of_kind(InferencePool))
         settings = sorted((s for rule in rule_cache.values() for s in rule.settings), key=lambda s: (s.rule, s.backend))
         return Translation(tuple(gateway_irs), self.book.statuses(), pools, tuple(settings))
@@ -158,6 +159,24 @@ class _Translator:
                 self.book.report(gateway, "Programmed", False, "Invalid", "the Gateway is not accepted")
                 unserved[(gateway.namespace, gateway.name)] = f"Gateway {gateway.ref} is not served: {message}"
         return served, unserved
+
+    def _report_ignored_fields(self) -> None:
+        """An object an API server stored with fields this controller does not read (its CRD is of another version
+        than ours) is served without them, and says so: on the object, or on each of its parents where the status is
+        per parent (HTTPRoute, InferencePool)."""
+        for key, paths in sorted(self.resources.ignored.items()):
+            obj = self.resources.objects.get(key)
+            if obj is None:
+                continue
+            message = (
+                f"fields this controller does not read, ignored: {', '.join(paths)} (the cluster's CRD has them, the "
+                "CRDs this controller was built with do not: remove them, or install the CRDs of its chart)"
+            )
+            if isinstance(obj, HTTPRoute | InferencePool):
+                for parent in self.book.parent_conditions(obj):
+                    self.book.report_parent(obj, parent, condition(IGNORED_FIELDS, True, "UnknownFields", message))
+            else:
+                self.book.report(obj, IGNORED_FIELDS, True, "UnknownFields", message)
 
     def _our_gateways(self) -> set[tuple[str, str]]:
         """(namespace, name) of every Gateway of this controller's classes, served or not."""
@@ -265,6 +284,8 @@ class _Translator:
 
 # A route's condition when one of its rules is never reached (a custom type: Gateway API has none for it).
 SHADOWED = "xds-server.io/Shadowed"
+# An object read from a cluster with fields the translator does not read (a warning: the object is served).
+IGNORED_FIELDS = "xds-server.io/IgnoredFields"
 
 
 def _match_text(route: RouteIR) -> str:

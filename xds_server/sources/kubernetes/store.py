@@ -15,7 +15,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from translators.loader import LoadError, ObjectKey, Origin, ResourceSet, UnknownObject, parse_document
+from translators.loader import (
+    LoadError,
+    ObjectKey,
+    Origin,
+    ResourceSet,
+    UnknownObject,
+    ignored_fields,
+    parse_document,
+)
 from translators.resources import Resource
 from xds_server import metrics
 from xds_server.sources.kubernetes.kinds import Kind
@@ -47,6 +55,7 @@ class Store:
         self._served: dict[ObjectKey, Resource] = {}
         self._errors: dict[ObjectKey, tuple[LoadError, ...]] = {}
         self._unknown: dict[ObjectKey, UnknownObject] = {}  # objects of report-only kinds that reference something
+        self._ignored: dict[ObjectKey, tuple[str, ...]] = {}  # served versions' fields the translator does not read
 
     def key(self, kind: Kind, raw: dict[str, Any]) -> tuple[str, str]:
         meta = metadata(raw)
@@ -65,7 +74,8 @@ class Store:
             if not translation_input_changed(kind, old.raw, raw):
                 old.raw = raw
                 return False
-        parsed = parse_document(raw, ORIGIN)
+        # The API server validated the object against its CRD: a field ours lack is reported, not refused.
+        parsed = parse_document(raw, ORIGIN, strict_fields=False)
         object_key = ObjectKey(kind.kind, *key)
         if isinstance(parsed, list):
             entry = Entry(raw, old.resource if old is not None else None, tuple(parsed))
@@ -85,6 +95,12 @@ class Store:
         else:
             entry = Entry(raw, parsed, ())
             self._errors.pop(object_key, None)
+            ignored = ignored_fields(raw)
+            if ignored:
+                self._ignored[object_key] = ignored
+                log.warning("%s %s/%s: fields ignored: %s", kind.kind, *key, ", ".join(ignored))
+            else:
+                self._ignored.pop(object_key, None)
         if entry.resource is not None:
             self._served[object_key] = entry.resource
         if old is None:
@@ -100,6 +116,7 @@ class Store:
         object_key = ObjectKey(kind.kind, *key)
         self._served.pop(object_key, None)
         self._errors.pop(object_key, None)
+        self._ignored.pop(object_key, None)
         metrics.KUBE_OBJECTS.labels(kind.kind).dec()
         if kind.report_only and self._unknown.pop(object_key, None) is None:
             return False  # it referenced nothing: translation never saw it
@@ -136,4 +153,4 @@ class Store:
         objects = dict(self._served)
         errors = tuple(error for key in sorted(self._errors) for error in self._errors[key])
         unknown = tuple(self._unknown[key] for key in sorted(self._unknown))
-        return ResourceSet(objects, dict.fromkeys(objects, ORIGIN), unknown, errors)
+        return ResourceSet(objects, dict.fromkeys(objects, ORIGIN), unknown, errors, dict(self._ignored))
