@@ -27,6 +27,7 @@ from testing.processes import Serve
 from testing.sims import b64, start_testupstream
 from testing.web import SECONDS, Response, eventually, http_get, metric, request
 from translators.xds.ai_listener import USAGE_LOG_FLUSH
+from translators.xds.names import ECHO_LIMIT
 
 UPSTREAMS = {"a": "127.0.7.1", "b": "127.0.7.2"}
 # A backend whose Service has no endpoints at all (no selector, no EndpointSlice).
@@ -355,3 +356,21 @@ def test_requests_are_routed_while_the_control_plane_is_stuck_or_restarting(tmp_
         )
     finally:
         environment.close()
+
+
+# --- input bounds ---
+
+
+def test_a_client_sized_model_is_echoed_and_logged_bounded(ai: AiGateway) -> None:
+    """A model as large as the body limit allows is routed like any unknown one (Envoy copies it into a header
+    without complaint), and its 404 and its access log line carry at most ECHO_LIMIT characters of it."""
+    path = "/v1/chat/completions?long-model"
+    unknown = ai.post(path, json.dumps({"model": "n" * (BUFFER_LIMIT - 1024)}).encode())
+    error = error_of(unknown, 404)
+    assert error["code"] == "model_not_found" and len(unknown.text) < 1024, unknown.text[:300]
+    assert "n" * ECHO_LIMIT in error["message"] and "n" * (ECHO_LIMIT + 1) not in error["message"]
+    entry = eventually(lambda: ai.access_log(path), "the access log entry")
+    assert entry["model"] == "n" * ECHO_LIMIT
+    long_path = "/v1/" + "p" * 10_000
+    unsupported = error_of(ai.post(long_path, b'{"model": "model-a"}'), 404)
+    assert unsupported["code"] == "unsupported_path" and len(unsupported["message"]) < 2 * ECHO_LIMIT

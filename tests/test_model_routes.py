@@ -52,6 +52,7 @@ from translators.xds.gateway import gateway_resources
 from translators.xds.memo import Memo
 from translators.xds.model import json_content_type_config, model_config, usage_config
 from translators.xds.names import (
+    ECHO_LIMIT,
     EXTPROC_CLUSTER,
     INTERNAL_HEADER_PREFIXES,
     JSON_BODY_HEADER,
@@ -275,7 +276,8 @@ def test_each_route_of_the_contract_answers_its_status_and_code() -> None:
             assert isinstance(action, DirectAction), name
             assert (action.status, action.code, action.error_type) == (*answer, "invalid_request_error")
     route_not_found = by_name["route-not-found"].action
-    assert isinstance(route_not_found, DirectAction) and f"%REQ({MODEL_HEADER})%" in route_not_found.message
+    assert isinstance(route_not_found, DirectAction)
+    assert f"%REQ({MODEL_HEADER}):{ECHO_LIMIT}%" in route_not_found.message  # the echo is bounded
 
 
 def test_what_the_refusals_match() -> None:
@@ -589,7 +591,7 @@ def test_the_endpoints_carry_the_backend_the_usage_log_and_access_log_read() -> 
     assert stdout.typed_config.Unpack(config)
     fields = config.log_format.json_format.fields
     assert fields["backend"].string_value == f"%UPSTREAM_METADATA({XDS_METADATA_NAMESPACE}:backend)%"
-    assert fields["model"].string_value == f"%REQ({MODEL_HEADER})%"
+    assert fields["model"].string_value == f"%REQ({MODEL_HEADER}):{ECHO_LIMIT}%"  # a client-sized model is cut
     usage = {"response_model", "input_tokens", "output_tokens", "total_tokens"}
     for key in usage:
         assert fields[key].string_value == f"%DYNAMIC_METADATA({METERING_METADATA_NAMESPACE}:{key})%"

@@ -13,7 +13,7 @@ matches again. Then, in order:
 - a model that is not a JSON string (rendered as JSON text: a number, true/false, an array or object): 400
   `invalid_model` (Envoy renders the string "42" and the number 42 alike: an unknown model named like a number is
   refused as not a string rather than as not found);
-- any other model: 404 `model_not_found`, naming it;
+- any other model: 404 `model_not_found`, naming it (at most ECHO_LIMIT characters of it, as every echo);
 - a JSON object without a model (missing, null or ""): 400 `missing_model`;
 - the entry route itself, where a request stays when its body is not one JSON object (malformed, another JSON type,
   a repeated key, or no body): 400 `invalid_json`.
@@ -34,7 +34,14 @@ from translators.ir import (
     PathMatchIR,
     RouteIR,
 )
-from translators.xds.names import AI_PATHS, HEADER_VALUE_FORBIDDEN, JSON_BODY_HEADER, MODEL_HEADER, MODELS_PATH
+from translators.xds.names import (
+    AI_PATHS,
+    ECHO_LIMIT,
+    HEADER_VALUE_FORBIDDEN,
+    JSON_BODY_HEADER,
+    MODEL_HEADER,
+    MODELS_PATH,
+)
 
 OWNED_BY = "xds-server"
 NOT_FOUND = "model_not_found"
@@ -68,7 +75,7 @@ def leading_routes(vhost_name: str) -> list[RouteIR]:
 
 
 def trailing_routes(vhost_name: str, models: tuple[ModelIR, ...]) -> list[RouteIR]:
-    model = f"%REQ({MODEL_HEADER})%"
+    model = f"%REQ({MODEL_HEADER}):{ECHO_LIMIT}%"  # a client's value, echoed bounded
     return [
         RouteIR(
             name=f"{vhost_name}/models",
@@ -80,7 +87,7 @@ def trailing_routes(vhost_name: str, models: tuple[ModelIR, ...]) -> list[RouteI
             name=f"{vhost_name}/unsupported-path",
             path=EVERYTHING,
             headers=(HeaderMatchIR(":path", SERVED_PATHS, HeaderMatchKind.REGEX, invert=True),),
-            action=_error(404, "unsupported path: %PATH(NQ)%", "unsupported_path"),
+            action=_error(404, f"unsupported path: %PATH(NQ):{ECHO_LIMIT}%", "unsupported_path"),
         ),
         RouteIR(
             name=f"{vhost_name}/no-body",

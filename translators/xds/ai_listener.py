@@ -22,6 +22,7 @@ from envoy.type.tracing.v3 import custom_tag_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
 
 from translators.xds.names import (
+    ECHO_LIMIT,
     EXTPROC_CLUSTER,
     JSON_BODY_HEADER,
     METERING_METADATA_NAMESPACE,
@@ -110,18 +111,19 @@ def _response_flags(*flags: str) -> accesslog_pb2.AccessLogFilter:
 
 def ai_access_log() -> accesslog_pb2.AccessLog:
     """One JSON line per request on Envoy's stdout: the routed model, the backend, and the answer's usage."""
+    # What the client chose is written bounded (ECHO_LIMIT), so a client-sized value never makes a client-sized line.
     fields = {
         "start_time": "%START_TIME%",
-        "method": "%REQ(:METHOD)%",
-        "path": "%REQ(:PATH)%",
-        "authority": "%REQ(:AUTHORITY)%",
+        "method": f"%REQ(:METHOD):{ECHO_LIMIT}%",
+        "path": f"%REQ(:PATH):{ECHO_LIMIT}%",
+        "authority": f"%REQ(:AUTHORITY):{ECHO_LIMIT}%",
         "status": "%RESPONSE_CODE%",
         "details": "%RESPONSE_CODE_DETAILS%",
         "duration_ms": "%DURATION%",
         "route": "%ROUTE_NAME%",
         "upstream_host": "%UPSTREAM_HOST%",
-        "request_id": "%REQ(X-REQUEST-ID)%",
-        "model": f"%REQ({MODEL_HEADER})%",
+        "request_id": f"%REQ(X-REQUEST-ID):{ECHO_LIMIT}%",
+        "model": f"%REQ({MODEL_HEADER}):{ECHO_LIMIT}%",
         "backend": f"%UPSTREAM_METADATA({XDS_METADATA_NAMESPACE}:backend)%",
     }
     fields.update({key: f"%DYNAMIC_METADATA({METERING_METADATA_NAMESPACE}:{key})%" for key in LOGGED_USAGE_KEYS})

@@ -41,6 +41,9 @@ UPSTREAM_CODEC_FILTER = "envoy.filters.http.upstream_codec"
 CREDENTIAL_FILTER = "envoy.filters.http.credential_injector"
 GENERIC_CREDENTIAL = "envoy.http.injected_credentials.generic"
 CREDENTIAL_SECRET_PREFIX = "credential/"
+# At most this much of a client's value is echoed in an error or written in an access log field (the model, the
+# path): client-sized input never makes a client-sized log line or answer.
+ECHO_LIMIT = 256
 EXTPROC_CLUSTER = "xds-server/extproc"
 
 # gRPC metadata on the embedded picker's ext_proc stream naming the pool ("<ns>/<name>") the route targets.
