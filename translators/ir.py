@@ -528,6 +528,12 @@ class TranslateOptions:
     # The CAs Envoy trusts for CaSource.SYSTEM (wellKnownCACertificates: System, fqdn Backends on port 443): a file on
     # Envoy's filesystem, read by Envoy (Debian's and Ubuntu's path, the Envoy image's among them).
     system_ca_bundle: str = SYSTEM_CA_BUNDLE
+    # Edge limits of every listener (Envoy's edge best practices): a client has this long to send its headers, and
+    # this long to send its whole request (0: no limit); a stream with no activity for stream_idle_seconds ends. None
+    # of them bounds an answer: a long streamed completion keeps going as long as it sends something.
+    request_headers_timeout_seconds: int = 10
+    request_timeout_seconds: int = 300
+    stream_idle_timeout_seconds: int = 300
 
 
 @dataclass(frozen=True)

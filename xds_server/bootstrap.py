@@ -117,6 +117,23 @@ def _readiness_listener(port: int, drain_seconds: int) -> dict[str, Any]:
     }
 
 
+# Envoy's edge best practice: a cap on client connections across all listeners (Envoy warns without one), so a flood
+# of idle connections cannot exhaust file descriptors and memory; past it, new connections are refused.
+MAX_DOWNSTREAM_CONNECTIONS = 50_000
+OVERLOAD_MANAGER = {
+    "resource_monitors": [
+        {
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+            },
+        }
+    ]
+}
+
+
 def bootstrap(
     gateway: str,
     node_id: str,
@@ -155,6 +172,7 @@ def bootstrap(
     return {
         "node": {"id": node_id, "cluster": gateway},
         "admin": {"address": {"socket_address": {"address": admin[0], "port_value": admin[1]}}},
+        "overload_manager": OVERLOAD_MANAGER,
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC" if delta else "GRPC",

@@ -46,6 +46,13 @@ def grpc_address(value: str) -> Address:
 ADDRESS_HELP = "HOST:PORT, or unix:PATH for a Unix socket"
 
 
+def _seconds(value: str) -> int:
+    seconds = int(value)
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"{value}: a number of seconds >= 0")
+    return seconds
+
+
 def add_translate_options(parser: argparse.ArgumentParser) -> None:
     """Options that shape the generated configuration; shared by every command that translates."""
     parser.add_argument(
@@ -73,6 +80,30 @@ def add_translate_options(parser: argparse.ArgumentParser) -> None:
         default=TranslateOptions.buffer_limit_bytes,
         metavar="N",
         help="Envoy's per-connection buffer: the largest request body AI routes accept (413 above it); default 50 MiB",
+    )
+    parser.add_argument(
+        "--request-headers-timeout",
+        type=_seconds,
+        default=TranslateOptions.request_headers_timeout_seconds,
+        metavar="SECONDS",
+        help="a client has this long to send its request headers (slow clients are cut off); default "
+        f"{TranslateOptions.request_headers_timeout_seconds}",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=_seconds,
+        default=TranslateOptions.request_timeout_seconds,
+        metavar="SECONDS",
+        help="a client has this long to send its whole request, body included (0: no limit; answers are not "
+        f"bounded by it); default {TranslateOptions.request_timeout_seconds}",
+    )
+    parser.add_argument(
+        "--stream-idle-timeout",
+        type=_seconds,
+        default=TranslateOptions.stream_idle_timeout_seconds,
+        metavar="SECONDS",
+        help="a request or answer with nothing sent either way for this long ends (a streamed answer that keeps "
+        f"sending is never cut); default {TranslateOptions.stream_idle_timeout_seconds}",
     )
     parser.add_argument(
         "--resolve-cluster-local",
@@ -111,6 +142,9 @@ def translate_options(args: argparse.Namespace, extproc_default: Address = TCP_E
         privileged_port_offset=offset if offset is not None else (CLUSTER_PORT_OFFSET if cluster else 0),
         buffer_limit_bytes=args.buffer_limit_bytes,
         system_ca_bundle=args.system_ca_bundle,
+        request_headers_timeout_seconds=args.request_headers_timeout,
+        request_timeout_seconds=args.request_timeout,
+        stream_idle_timeout_seconds=args.stream_idle_timeout,
     )
 
 

@@ -12,7 +12,7 @@ get JSON local replies and, with AI routes, an access log on stdout and the usag
 from __future__ import annotations
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
-from envoy.config.core.v3 import address_pb2, extension_pb2
+from envoy.config.core.v3 import address_pb2, extension_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
 from envoy.extensions.filters.http.composite.v3 import composite_pb2
@@ -159,6 +159,10 @@ def http_filters(listener: ListenerIR) -> list[hcm_pb2.HttpFilter]:
     return filters
 
 
+def _seconds(value: int) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=value)
+
+
 def uses_extproc(listener: ListenerIR) -> bool:
     return listener.routes_by_model or listener.runs_picker
 
@@ -173,6 +177,12 @@ def listener(ir: ListenerIR, options: TranslateOptions) -> listener_pb2.Listener
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
+        # Slow clients (one header byte, or one body byte, every few seconds) are cut off; answers are not bounded.
+        request_headers_timeout=_seconds(options.request_headers_timeout_seconds),
+        request_timeout=_seconds(options.request_timeout_seconds),
+        stream_idle_timeout=_seconds(options.stream_idle_timeout_seconds),
+        # HTTP/1.0 clients (load balancers' health checks, old tools) are served, not answered 426.
+        http_protocol_options=protocol_pb2.Http1ProtocolOptions(accept_http_10=True),
     )
     if uses_extproc(ir):
         manager.local_reply_config.CopyFrom(local_reply_config(options.buffer_limit_bytes))

@@ -1,0 +1,127 @@
+"""Edge limits with real Envoy: slow clients are cut off by the listener's timeouts while normal traffic goes on,
+HTTP/1.0 clients are served, and Envoy runs with a cap on downstream connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from testing.envoy import Envoy
+from testing.manifests import backend_route, gateway
+from testing.ports import free_port
+from testing.processes import Serve
+from testing.sims import start_testupstream
+from testing.web import http_get, upstream, wait_for
+
+HEADERS_TIMEOUT, REQUEST_TIMEOUT = 1, 2
+
+
+class Edge:
+    def __init__(self, tmp_path: Path) -> None:
+        self.answers = upstream("127.0.4.21", "from-edge")
+        port = next(self.answers)
+        # POSTs go to a testupstream, which reads a whole body before it answers.
+        self.reader = start_testupstream("reader", "127.0.4.22", tmp_path / "reader.log")
+        self.listen_port = free_port()
+        manifests = tmp_path / "manifests"
+        manifests.mkdir()
+        (manifests / "gw.yaml").write_text(
+            "---".join(
+                [
+                    gateway([self.listen_port]),
+                    backend_route("web", "127.0.4.21", port),
+                    backend_route("reader", "127.0.4.22", self.reader.port, "/v1"),
+                ]
+            )
+        )
+        xds_port = free_port()
+        limits = ["--request-headers-timeout", str(HEADERS_TIMEOUT), "--request-timeout", str(REQUEST_TIMEOUT)]
+        self.serve = Serve(manifests, xds_port, free_port(), tmp_path / "serve.log", limits)
+        asyncio.run(self.serve.ready())
+        self.envoy = Envoy(tmp_path, "default/gw", xds_port)
+        asyncio.run(self.envoy.wait_live())
+        self.url = f"http://127.0.0.1:{self.listen_port}/"
+        assert asyncio.run(wait_for(self.url, (200, "from-edge"))) == (200, "from-edge")
+
+    def connect(self) -> socket.socket:
+        client = socket.create_connection(("127.0.0.1", self.listen_port), timeout=10)
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client
+
+    def close(self) -> None:
+        self.envoy.stop()
+        self.serve.terminate()
+        self.reader.kill()
+        next(self.answers, None)
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    environment = Edge(tmp_path_factory.mktemp("edge"))
+    try:
+        yield environment
+    finally:
+        environment.close()
+
+
+def answer_of(client: socket.socket) -> bytes:
+    """What the server sent before it closed the connection (b"" if it closed without a word)."""
+    client.settimeout(10)
+    received = b""
+    while chunk := client.recv(65536):
+        received += chunk
+    return received
+
+
+def trickle(clients: list[socket.socket], seconds: float, byte: bytes = b"a") -> None:
+    """One byte per client every 0.25 s for `seconds`, as a slowloris client does (writes to a client Envoy has
+    closed fail, which is what the test waits for)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for client in clients:
+            with contextlib.suppress(OSError):
+                client.send(byte)
+        time.sleep(0.25)
+
+
+def test_clients_sending_headers_slowly_are_cut_off_and_others_are_served(edge: Edge) -> None:
+    slow = [edge.connect() for _ in range(20)]
+    for client in slow:
+        client.send(b"GET / HTTP/1.1\r\nHost: edge\r\nX-Slow: ")
+    trickle(slow, 3 * HEADERS_TIMEOUT)
+    assert http_get(edge.url) == (200, "from-edge")  # normal traffic meanwhile
+    answers = [answer_of(client) for client in slow]
+    assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers[:3]
+    for client in slow:
+        client.close()
+
+
+def test_a_client_sending_its_body_slowly_is_cut_off(edge: Edge) -> None:
+    client = edge.connect()
+    client.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nContent-Length: 1000\r\n\r\n")
+    started = time.monotonic()
+    trickle([client], 2 * REQUEST_TIMEOUT)
+    answer = answer_of(client)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert time.monotonic() - started < 4 * REQUEST_TIMEOUT
+    client.close()
+
+
+def test_http_10_clients_are_served(edge: Edge) -> None:
+    client = edge.connect()
+    client.send(b"GET / HTTP/1.0\r\nHost: edge\r\n\r\n")
+    answer = answer_of(client)
+    assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"from-edge"), answer
+    client.close()
+
+
+def test_envoy_runs_with_a_cap_on_downstream_connections(edge: Edge) -> None:
+    assert "no configured limit to the number of allowed active downstream connections" not in edge.envoy.log_tail(200)
+    stats = asyncio.run(edge.envoy.get("/stats?filter=global_downstream_max_connections"))[1]
+    assert "global_downstream_max_connections" in stats, stats
