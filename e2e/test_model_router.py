@@ -8,6 +8,7 @@ the official `openai` SDK works through the gateway; requests keep being routed 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import signal
@@ -374,3 +375,19 @@ def test_a_client_sized_model_is_echoed_and_logged_bounded(ai: AiGateway) -> Non
     long_path = "/v1/" + "p" * 10_000
     unsupported = error_of(ai.post(long_path, b'{"model": "model-a"}'), 404)
     assert unsupported["code"] == "unsupported_path" and len(unsupported["message"]) < 2 * ECHO_LIMIT
+
+
+def test_a_chunked_body_reaches_the_backend_with_a_content_length(ai: AiGateway) -> None:
+    """A client that streams its body without Content-Length (chunked) still reaches a backend that reads only sized
+    bodies: Envoy holds the body to read its model anyway, and sets Content-Length from it."""
+    body = json.dumps({"model": "model-b", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", ai.listen_port, timeout=SECONDS)
+    try:
+        headers = {"content-type": "application/json", "x-expected-headers": b64(f"content-length:{len(body)}")}
+        connection.request("POST", "/v1/chat/completions", iter([body[:10], body[10:]]), headers, encode_chunked=True)
+        answer = connection.getresponse()
+        text = answer.read()
+    finally:
+        connection.close()
+    assert answer.status == 200, text
+    assert answer.getheader("x-testupstream-id") == "b"

@@ -52,6 +52,7 @@ from translators.xds.gateway import gateway_resources
 from translators.xds.memo import Memo
 from translators.xds.model import json_content_type_config, model_config, usage_config
 from translators.xds.names import (
+    CONTENT_LENGTH_FILTER,
     ECHO_LIMIT,
     EXTPROC_CLUSTER,
     INTERNAL_HEADER_PREFIXES,
@@ -175,6 +176,7 @@ TRAILING = [
     ("model-not-a-string", (400, "invalid_model")),
     ("route-not-found", (404, "model_not_found")),
     ("model-missing", (400, "missing_model")),
+    ("entry-unsized", (400, "invalid_json")),
     ("entry", (400, "invalid_json")),
 ]
 
@@ -320,14 +322,22 @@ def test_each_route_turns_on_the_filters_of_its_role() -> None:
         "model-not-a-string": AiRole.REFUSAL,
         "route-not-found": AiRole.REFUSAL,
         "model-missing": AiRole.REFUSAL,
+        "entry-unsized": AiRole.ENTRY_UNSIZED,
         "entry": AiRole.ENTRY,
     }
     for route_ir in ir.routes:
         route = routes[route_ir.name]
         configs = set(route.typed_per_filter_config)
-        if route_ir.ai is AiRole.ENTRY:
-            # Reads the body's model (with a JSON content type where none was sent), and the answer's usage.
-            assert configs == {JSON_CONTENT_TYPE_FILTER, MODEL_FILTER, USAGE_FILTER}
+        if route_ir.ai in (AiRole.ENTRY, AiRole.ENTRY_UNSIZED):
+            # Reads the body's model (with a JSON content type where none was sent), and the answer's usage; a body
+            # without Content-Length (only such a request starts on entry-unsized) gets one.
+            unsized = route_ir.ai is AiRole.ENTRY_UNSIZED
+            assert route_ir.headers == (
+                (HeaderMatchIR("content-length", kind=HeaderMatchKind.ABSENT),) if unsized else ()
+            )
+            assert configs == {JSON_CONTENT_TYPE_FILTER, MODEL_FILTER, USAGE_FILTER} | (
+                {CONTENT_LENGTH_FILTER} if unsized else set()
+            )
             assert unpack(route, MODEL_FILTER, transform_pb2.TransformConfig()) == model_config()
             content_type = unpack(route, JSON_CONTENT_TYPE_FILTER, header_mutation_pb2.HeaderMutationPerRoute())
             assert content_type == json_content_type_config()
@@ -360,7 +370,7 @@ def test_with_a_pool_on_the_listener_the_picker_is_off_but_where_a_route_goes_to
             assert set(route.typed_per_filter_config) == {PICKER_FILTER}  # metered like any model route: by the chain
         else:
             assert picker == ext_proc_pb2.ExtProcPerRoute(disabled=True), route.name
-            if route_ir.ai is not AiRole.ENTRY:
+            if route_ir.ai not in (AiRole.ENTRY, AiRole.ENTRY_UNSIZED):
                 assert set(route.typed_per_filter_config) == {PICKER_FILTER}, route.name
     entry = routes[f"{ir.name}/entry"]
     assert set(entry.typed_per_filter_config) == {
@@ -461,7 +471,7 @@ def filter_config(hcm: hcm_pb2.HttpConnectionManager, name: str, message: Messag
     return message
 
 
-AI_FILTERS = [JSON_CONTENT_TYPE_FILTER, MODEL_FILTER, USAGE_FILTER, STREAM_METERING_FILTER]
+AI_FILTERS = [JSON_CONTENT_TYPE_FILTER, MODEL_FILTER, CONTENT_LENGTH_FILTER, USAGE_FILTER, STREAM_METERING_FILTER]
 
 
 @pytest.mark.parametrize(
@@ -480,7 +490,7 @@ def test_an_ai_listener_runs_model_routing_usage_stream_metering_picker_and_rout
     in the chain and decides per request (its matcher), the router always last."""
     hcm = manager(translated(text))
     assert [f.name for f in hcm.http_filters] == names
-    off = {JSON_CONTENT_TYPE_FILTER, MODEL_FILTER, USAGE_FILTER, PICKER_FILTER}
+    off = {JSON_CONTENT_TYPE_FILTER, MODEL_FILTER, CONTENT_LENGTH_FILTER, USAGE_FILTER, PICKER_FILTER}
     assert [f.disabled for f in hcm.http_filters] == [name in off for name in names]
     assert filter_config(hcm, MODEL_FILTER, transform_pb2.TransformConfig()) == model_config()
     assert filter_config(hcm, USAGE_FILTER, json_to_metadata_pb2.JsonToMetadata()) == usage_config()

@@ -291,6 +291,7 @@ class AiRole(StrEnum):
 
     MODEL = "model"  # forwards the requests of a model (or a pool): usage metering reads the response
     ENTRY = "entry"  # where requests start: the body's `model` is copied into x-ai-eg-model, then Envoy routes again
+    ENTRY_UNSIZED = "entry-unsized"  # the same for a body without Content-Length: Envoy also sets one
     REFUSAL = "refusal"  # answers a request whose body was read but names no model this host serves
 
 

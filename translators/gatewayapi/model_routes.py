@@ -15,8 +15,9 @@ matches again. Then, in order:
   refused as not a string rather than as not found);
 - any other model: 404 `model_not_found`, naming it (at most ECHO_LIMIT characters of it, as every echo);
 - a JSON object without a model (missing, null or ""): 400 `missing_model`;
-- the entry route itself, where a request stays when its body is not one JSON object (malformed, another JSON type,
-  a repeated key, or no body): 400 `invalid_json`.
+- the entry routes themselves, where a request stays when its body is not one JSON object (malformed, another JSON
+  type, a repeated key, or no body): 400 `invalid_json`. A request without Content-Length (a chunked body) starts on
+  the first, which also has Envoy set Content-Length once it holds the body: many backends read only sized bodies.
 """
 
 from __future__ import annotations
@@ -117,6 +118,13 @@ def trailing_routes(vhost_name: str, models: tuple[ModelIR, ...]) -> list[RouteI
             headers=(HeaderMatchIR(JSON_BODY_HEADER, kind=HeaderMatchKind.PRESENT),),
             action=_error(400, "'model' is required: name the model to use", "missing_model"),
             ai=AiRole.REFUSAL,
+        ),
+        RouteIR(
+            name=f"{vhost_name}/entry-unsized",
+            path=EVERYTHING,
+            headers=(HeaderMatchIR("content-length", kind=HeaderMatchKind.ABSENT),),
+            action=_error(400, "the request body must be a JSON object with a string 'model'", "invalid_json"),
+            ai=AiRole.ENTRY_UNSIZED,
         ),
         RouteIR(
             name=f"{vhost_name}/entry",

@@ -33,8 +33,9 @@ from translators.xds.ai_listener import ai_access_log, local_reply_config, usage
 from translators.xds.clusters import ads_config_source
 from translators.xds.extproc import QUICK_MESSAGE_TIMEOUT, extproc_config
 from translators.xds.listener_tls import tls_filter_chain_parts, tls_inspector
-from translators.xds.model import model_config, usage_config
+from translators.xds.model import content_length_config, model_config, usage_config
 from translators.xds.names import (
+    CONTENT_LENGTH_FILTER,
     INTERNAL_HEADER_PREFIXES,
     JSON_CONTENT_TYPE_FILTER,
     LB_METADATA_NAMESPACE,
@@ -80,6 +81,10 @@ def json_content_type_filter() -> hcm_pb2.HttpFilter:
 
 def model_filter() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=MODEL_FILTER, typed_config=pack(model_config()), disabled=True)
+
+
+def content_length_filter() -> hcm_pb2.HttpFilter:
+    return hcm_pb2.HttpFilter(name=CONTENT_LENGTH_FILTER, typed_config=pack(content_length_config()), disabled=True)
 
 
 def usage_filter() -> hcm_pb2.HttpFilter:
@@ -152,7 +157,13 @@ def _router() -> hcm_pb2.HttpFilter:
 def http_filters(listener: ListenerIR) -> list[hcm_pb2.HttpFilter]:
     filters = []
     if listener.routes_by_model:
-        filters += [json_content_type_filter(), model_filter(), usage_filter(), stream_metering_filter()]
+        filters += [
+            json_content_type_filter(),
+            model_filter(),
+            content_length_filter(),
+            usage_filter(),
+            stream_metering_filter(),
+        ]
     if listener.runs_picker:
         filters.append(picker_filter())
     filters.append(_router())

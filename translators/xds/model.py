@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
 from envoy.extensions.filters.http.transform.v3 import transform_pb2
 from envoy.type.matcher.v3 import regex_pb2
+from google.protobuf import wrappers_pb2
 
 from translators.xds.names import JSON_BODY_HEADER, METERING_METADATA_NAMESPACE, MODEL_HEADER, STREAM_HEADER
 
@@ -79,3 +81,13 @@ def usage_config() -> json_to_metadata_pb2.JsonToMetadata:
             rules=rules, allow_content_types_regex=regex_pb2.RegexMatcher(regex=JSON_CONTENT_TYPE)
         )
     )
+
+
+def content_length_config() -> buffer_pb2.Buffer:
+    """The buffer filter sets Content-Length once it holds the whole body. The model filter before it already holds
+    the body (within the connection's buffer limit, 413 beyond), so this filter's own limit never applies."""
+    return buffer_pb2.Buffer(max_request_bytes=wrappers_pb2.UInt32Value(value=2**32 - 1))
+
+
+def content_length_route_config() -> buffer_pb2.BufferPerRoute:
+    return buffer_pb2.BufferPerRoute(buffer=content_length_config())

@@ -25,6 +25,9 @@ MODEL_FILTER = "envoy.filters.http.transform/model"
 JSON_CONTENT_TYPE_FILTER = "envoy.filters.http.header_mutation/json-content-type"
 # Token usage of a JSON answer into dynamic metadata (Envoy's json_to_metadata filter: no Python per request).
 USAGE_FILTER = "envoy.filters.http.json_to_metadata/usage"
+# For a request body sent without Content-Length (chunked): Envoy counts the body it holds and sets Content-Length,
+# as backends that read only sized bodies want.
+CONTENT_LENGTH_FILTER = "envoy.filters.http.buffer/content-length"
 # Token usage of a streamed answer: a composite filter that runs the metering ext_proc (response phase only, fails
 # open) for requests whose body asked for a stream, and nothing for the others.
 STREAM_METERING_FILTER = "envoy.filters.http.composite/stream-metering"

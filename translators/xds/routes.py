@@ -32,8 +32,14 @@ from translators.ir import (
     RouteIR,
 )
 from translators.xds.memo import Memo
-from translators.xds.model import json_content_type_config, model_config, usage_config
+from translators.xds.model import (
+    content_length_route_config,
+    json_content_type_config,
+    model_config,
+    usage_config,
+)
 from translators.xds.names import (
+    CONTENT_LENGTH_FILTER,
     JSON_CONTENT_TYPE_FILTER,
     MODEL_FILTER,
     PICKER_FILTER,
@@ -221,10 +227,12 @@ def route(
         built.route.CopyFrom(_forward(ir.action))
         if ir.pool is not None and not built.route.retry_policy.retry_on:
             _retry_elsewhere_in_the_pool(built.route.retry_policy)
-    if ir.ai is AiRole.ENTRY:
+    if ir.ai in (AiRole.ENTRY, AiRole.ENTRY_UNSIZED):
         built.typed_per_filter_config[JSON_CONTENT_TYPE_FILTER].CopyFrom(pack(_enable(json_content_type_config())))
         built.typed_per_filter_config[MODEL_FILTER].CopyFrom(pack(_enable(model_config())))
         built.typed_per_filter_config[USAGE_FILTER].CopyFrom(pack(_enable(usage_config())))
+    if ir.ai is AiRole.ENTRY_UNSIZED:
+        built.typed_per_filter_config[CONTENT_LENGTH_FILTER].CopyFrom(pack(_enable(content_length_route_config())))
     if ir.pool is not None and missing is None:
         built.typed_per_filter_config[PICKER_FILTER].CopyFrom(pack(_enable(_picker_config(ir.pool, picker))))
     elif ir.ai is not None and picker_in_chain:
