@@ -62,6 +62,8 @@ def admin_app(
         return web.Response(text="ok\n")
 
     async def readyz(_request: web.Request) -> web.Response:
+        if control_plane.stopping.is_set():
+            return web.Response(status=503, text="not ready: shutting down, finishing requests in flight\n")
         if not control_plane.ready:
             return web.Response(status=503, text="not ready: resources not loaded yet\n")
         if cluster is None:

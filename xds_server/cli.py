@@ -265,7 +265,9 @@ def run_serve(args: argparse.Namespace) -> int:
         options = translate_options(args, default_socket(EXTPROC_SOCKET))
         xds = args.xds_address or default_socket(XDS_SOCKET)
         try:
-            return asyncio.run(serve(args.resources, options, xds, args.admin_address, args.picker_debug))
+            return asyncio.run(
+                serve(args.resources, options, xds, args.admin_address, args.picker_debug, args.shutdown_grace)
+            )
         except OSError as error:  # a socket another server answers on, a socket directory that is not private
             print(f"error: {error}", file=sys.stderr)
             return 1
@@ -290,7 +292,9 @@ def run_serve(args: argparse.Namespace) -> int:
         cluster = replace(cluster, lifetimes=replace(cluster.lifetimes, client=lifetime))
     options = replace(options, endpoint_picker=PickerMode(args.endpoint_picker))
     xds = args.xds_address or TCP_XDS
-    return asyncio.run(serve_kubernetes(cluster, options, xds, args.admin_address, args.picker_debug))
+    return asyncio.run(
+        serve_kubernetes(cluster, options, xds, args.admin_address, args.picker_debug, args.shutdown_grace)
+    )
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -487,6 +491,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument("--admin-address", type=host_port, default=("127.0.0.1", 19000), metavar="HOST:PORT")
     serve_cmd.add_argument("--log-format", choices=("json", "console"), default="json")
+    serve_cmd.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGTERM or Ctrl-C: /readyz fails at once, new ext_proc streams are refused, and those of requests "
+        "in flight get this long to finish (a second signal stops at once); default 10",
+    )
     add_picker_debug_option(serve_cmd)
     add_translate_options(serve_cmd)
     serve_cmd.set_defaults(run=run_serve)

@@ -7,6 +7,7 @@ a condition on the Gateway whose snapshot was rejected, until that Envoy ACKs a 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -102,6 +103,9 @@ class ControlPlane:
     # Called on the event loop with every applied build (the Endpoint Picker follows pools this way).
     build_listeners: list[Callable[[Build], None]] = field(default_factory=list)
     _unsupported_said: set[ObjectRef] = field(default_factory=set)  # objects of unsupported kinds already logged
+    # Set when the process is told to stop: /readyz fails, long-lived streams (the usage log) end, in-flight
+    # requests' streams finish (ControlPlaneService.stop).
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.clients.add_nack_listener(self._nacked)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -59,6 +60,9 @@ from xds_server.xds.streams import ClientRegistry
 log = logging.getLogger(__name__)
 
 CERTIFICATE_RETRY_SECONDS = 2.0
+# How long a stopping process waits for the ext_proc streams of requests in flight (Kubernetes kills a pod 30 s
+# after SIGTERM by default).
+SHUTDOWN_GRACE_SECONDS = 10.0
 
 # Envoy's own receive limit is unlimited; ours must not cut a large config (the gRPC default is 4 MiB). A second
 # control plane on the same port must fail, not silently share the Envoys' streams with this one (SO_REUSEPORT).
@@ -102,7 +106,7 @@ async def start_extproc(
     )
     address = listen or extproc_address(options)
     claim_socket(address)
-    usage_log = UsageLog()
+    usage_log = UsageLog(control_plane.stopping)
     server = await start_server(
         processor,
         address.target,
@@ -147,6 +151,7 @@ class ControlPlaneService:
         self.extproc_listen: Address | None = None  # where ext_proc listens, when not where Envoys are told
         # Cluster mode: ADS and ext_proc require client certificates of our CA and present this one.
         self.server_certificate: ServerCertificate | None = None
+        self.shutdown_grace_seconds = SHUTDOWN_GRACE_SECONDS
 
     async def publish(self, resources: ResourceSet) -> None:
         """Translates in a worker thread, then publishes on the event loop (where the ADS streams listen)."""
@@ -196,21 +201,33 @@ class ControlPlaneService:
         log.info("admin on http://%s:%d", *self.admin_address)
 
     async def stop(self) -> None:
+        """Gracefully: /readyz fails at once; ADS streams end (Envoys keep their configuration, and in a cluster
+        find another replica); the ext_proc server takes no new stream and waits up to `shutdown_grace_seconds` for
+        those in flight (a pick, a streamed answer being metered); then the rest."""
+        self.control_plane.stopping.set()
         if self._grpc is not None:
-            await self._grpc.stop(grace=1.0)
+            await self._grpc.stop(grace=0)
         if self._extproc is not None:
-            await self._extproc.stop(grace=1.0)
+            await self._extproc.stop(grace=self.shutdown_grace_seconds)
         await self.picker.scraper.close()
         if self._admin is not None:
             await self._admin.cleanup()
 
 
 def stop_on_signals() -> asyncio.Event:
-    """An event set by SIGTERM or Ctrl-C (SIGINT), so the caller shuts down in order instead of being killed."""
+    """An event set by SIGTERM or Ctrl-C (SIGINT), so the caller shuts down in order instead of being killed; a
+    second one, while requests in flight are being waited for, ends the process at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def signalled() -> None:
+        if stop.is_set():
+            log.warning("stopping now, without waiting for requests in flight")
+            os._exit(1)
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, signalled)
     return stop
 
 
@@ -220,8 +237,10 @@ async def serve(
     xds_address: Address,
     admin_address: tuple[str, int],
     picker_debug: bool = False,
+    shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
 ) -> int:
     service = ControlPlaneService(options, xds_address, admin_address, picker_debug)
+    service.shutdown_grace_seconds = shutdown_grace_seconds
     source: Source = FileSource(paths)
     await service.publish(await asyncio.to_thread(source.load))
     await service.start()
@@ -272,6 +291,7 @@ async def serve_kubernetes(
     xds_address: Address,
     admin_address: tuple[str, int],
     picker_debug: bool = False,
+    shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
 ) -> int:
     """Every replica lists and watches, translates and serves ADS and ext_proc (mutual TLS: the servers' certificate
     and the CA in Secrets of the controller namespace); the Lease's holder writes status and provisions each
@@ -290,6 +310,7 @@ async def serve_kubernetes(
     options = replace(options, control_plane_tls=tls)
     source = KubernetesSource(api, cluster.namespaces)
     service = ControlPlaneService(options, xds_address, admin_address, picker_debug)
+    service.shutdown_grace_seconds = shutdown_grace_seconds
     service.extproc_listen = extproc_listen
     leadership: LeaderElector | AlwaysLeader
     if cluster.leader_election:

@@ -8,6 +8,7 @@ Envoy's json_to_metadata filter (JSON answers) or stream metering (event streams
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator, Mapping
@@ -102,14 +103,30 @@ class UsageEntry:
 
 
 class UsageLog(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]  # the generated base is untyped
+    """Envoy keeps one access-log stream open per worker for as long as it runs; `closing` (the process stopping)
+    ends them, so that stopping waits for requests in flight, not for streams that never end."""
+
+    def __init__(self, closing: asyncio.Event | None = None) -> None:
+        self._closing = closing or asyncio.Event()
+
     async def StreamAccessLogs(  # gRPC's method name
         self,
         request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> als_pb2.StreamAccessLogsResponse:
+        reading = asyncio.ensure_future(self._record(request_iterator))
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({reading, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            reading.cancel()
+        return als_pb2.StreamAccessLogsResponse()
+
+    @staticmethod
+    async def _record(request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage]) -> None:
         async for message in request_iterator:
             for entry in message.http_logs.log_entry:
                 usage = UsageEntry.of(entry)
                 if usage is not None:
                     usage.record()
-        return als_pb2.StreamAccessLogsResponse()
