@@ -15,13 +15,22 @@ FIRST_HOST = 1
 LAST_HOST = 254
 
 
+# Ports this process has handed out: the kernel may hand the same free port out twice in a row (it was seen: an
+# admin port equal to the ADS port picked just before it), and the second taker then fails to bind it.
+_HANDED_OUT: set[tuple[str, int]] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel just handed out on `host`. Another process could take it before ours binds it; with
-    ephemeral ports that is rare enough not to retry, and the startup error would show it."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port the kernel just handed out on `host`, never one this process was given before. Another process could
+    still take it before ours binds it; with ephemeral ports that is rare enough not to retry, and the startup error
+    would show it."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if (host, port) not in _HANDED_OUT:
+            _HANDED_OUT.add((host, port))
+            return port
 
 
 def port_free(address: str, port: int) -> bool:
