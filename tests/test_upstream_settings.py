@@ -31,9 +31,12 @@ from translators.ir import (
     BackendSettingsIR,
     ClusterIR,
     Condition,
+    ConditionStatus,
+    DirectAction,
     Discovery,
     Endpoint,
     EndpointGroup,
+    ForwardAction,
     RouteIR,
     TranslateOptions,
     Translation,
@@ -662,3 +665,28 @@ def test_a_header_value_with_a_control_character_is_an_error_for_its_object() ->
     resources = load_texts([("test.yaml", yaml.safe_dump_all(docs))])
     assert [(e.kind, e.name) for e in resources.errors] == [("AIServiceBackend", "a")]
     assert "headerMutation" in resources.errors[0].field
+
+
+@pytest.mark.parametrize(
+    ("schema", "said"),
+    [
+        ({"name": "Anthropic"}, "schema Anthropic is not translated by this controller yet"),
+        ({"name": "AWSBedrock"}, "schema AWSBedrock is not translated by this controller yet"),
+        ({"name": "OpenAI", "prefix": "/openai/v2"}, "schema prefix '/openai/v2' is not supported"),
+    ],
+)
+def test_a_backend_whose_requests_would_need_translating_is_refused_not_sent_them(
+    schema: dict[str, str], said: str
+) -> None:
+    """Requests go out in OpenAI's format on the client's path: a backend of another schema (or path prefix) would
+    fail every one, so it is refused with the reason, and its rule answers 500 instead of forwarding."""
+    translation = _translate(_route([{"name": "a"}], [{"name": "b"}]), *_backend("a", schema=schema), *_backend("b"))
+    accepted = _condition(translation, "AIServiceBackend", "a")
+    assert accepted.status is ConditionStatus.FALSE and said in accepted.message
+    assert _condition(translation, "AIServiceBackend", "b").status is ConditionStatus.TRUE
+    routes = _routes(translation)
+    refused = routes[RULE0].action
+    assert isinstance(refused, DirectAction) and refused.status == 500
+    assert isinstance(routes[RULE0.replace("rule/0", "rule/1")].action, ForwardAction)
+    resolved = _condition(translation, "AIGatewayRoute", "llm")
+    assert said in resolved.message

@@ -255,6 +255,7 @@ class BackendResolver:
         ai_backend = self._resources.get(AIServiceBackend, namespace, name)
         if ai_backend is None:
             raise Unresolved("BackendNotFound", f"AIServiceBackend {namespace}/{name} not found")
+        _check_schema(ai_backend)
         ref = ai_backend.spec.backend_ref
         target = ref.namespace or namespace
         self._grants.check(ai_backend, ref.group or "", ref.kind or "Backend", target, ref.name)
@@ -356,6 +357,30 @@ class BackendResolver:
         if kind == "AIServiceBackend":
             return self.ai_service_backend_cluster(target, name)
         raise Unresolved("InvalidKind", f"backendRef kind {group}/{kind} is not supported")
+
+
+# The schema every request is in, and the one path prefix it is sent with: requests go out as the client sent them.
+OPENAI_SCHEMA = "OpenAI"
+OPENAI_PREFIXES = frozenset({"v1", "/v1"})
+
+
+def _check_schema(backend: AIServiceBackend) -> None:
+    """A backend whose provider needs another request format, or another path, is refused rather than sent requests
+    it would fail: the schemas of hosted providers are not translated yet."""
+    schema = backend.spec.schema_
+    where = f"AIServiceBackend {backend.namespace}/{backend.name}"
+    if schema.name != OPENAI_SCHEMA:
+        raise Unresolved(
+            "UnsupportedValue",
+            f"{where}: schema {schema.name} is not translated by this controller yet, so its requests would reach the "
+            "provider in OpenAI's format and fail; point it at an OpenAI-compatible endpoint with schema OpenAI",
+        )
+    if schema.prefix is not None and schema.prefix not in OPENAI_PREFIXES:
+        raise Unresolved(
+            "UnsupportedValue",
+            f"{where}: schema prefix {schema.prefix!r} is not supported: requests are sent on the client's own path "
+            "(/v1/...); leave prefix out or set it to v1",
+        )
 
 
 def combine(refs: Sequence[WeightedCluster]) -> ClusterIR:
