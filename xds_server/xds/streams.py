@@ -92,7 +92,9 @@ class Retention:
         self.waiting.clear()
 
 
-_PORT_IN_USE = ("cannot bind", "address already in use")  # Envoy's words for a listen socket it could not bind
+# Envoy's words for a listen socket another socket holds: the one bind failure that mends itself (a port that is not
+# the process's to take, or an address not on the machine, does not, and is not retried).
+_PORT_IN_USE = ("address already in use",)
 PORT_IN_USE_HINT = (
     " (another process or another Gateway's Envoy holds that port: the listener is tried again until the port is"
     " free; stop the other, or give this listener another port)"
