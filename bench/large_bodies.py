@@ -1,0 +1,129 @@
+"""Memory of `serve` under concurrent large request bodies it must hold (issue 22: bounded memory).
+
+    python -m bench.large_bodies [--bodies 8] [--mib 45] [--smoke]
+
+One `xds-server serve`, one Envoy, one testupstream. The AI route's backendRef has a `modelNameOverride`, so every
+request's body passes through the upstream-settings service, which parses and rewrites it: the case where `serve`
+holds a whole client body (as the embedded picker does in its buffered mode). `--bodies` requests of `--mib` MiB
+each are sent at once; `serve`'s resident set size (VmRSS) is sampled every 20 ms from before the burst until 10 s
+after it, and every answer's status and error code are counted (a refusal must be the OpenAI error envelope).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench.soak import rss_kib
+from testing.envoy import Envoy
+from testing.manifests import ai_service_backend, gateway
+from testing.ports import free_port
+from testing.processes import Serve
+from testing.sims import start_testupstream
+from testing.web import eventually, request
+
+UPSTREAM_HOST = "127.0.8.9"
+ROUTE = """
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: AIGatewayRoute
+metadata: {name: big}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{headers: [{type: Exact, name: x-ai-eg-model, value: big}]}]
+    backendRefs: [{name: big, modelNameOverride: big-pinned}]
+"""
+
+
+def body_of(mib: int) -> bytes:
+    content = "lorem ipsum " * (mib * 1024 * 1024 // 12)
+    return json.dumps({"model": "big", "messages": [{"role": "user", "content": content}]}).encode()
+
+
+def outcome(url: str, body: bytes) -> str:
+    try:
+        answer = request(url, "POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+    except OSError as error:  # a connection Envoy closed (a listener not there yet, a reset): counted, not raised
+        return f"no answer ({type(error).__name__})"
+    if answer.status_code == 200:
+        return "200"
+    try:
+        code = answer.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        code = "not JSON"
+    return f"{answer.status_code} {code}"
+
+
+async def burst(bodies: int, mib: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        upstream = start_testupstream("big", UPSTREAM_HOST, directory / "upstream.log")
+        listen_port, xds_port, admin_port = free_port(), free_port(), free_port()
+        manifests = directory / "manifests"
+        manifests.mkdir()
+        documents = [gateway([listen_port]), ROUTE, ai_service_backend("big", UPSTREAM_HOST, upstream.port)]
+        (manifests / "all.yaml").write_text("---".join(documents))
+        extra = ["--extproc-address", f"127.0.0.1:{free_port()}", "--buffer-limit-bytes", str((mib + 4) << 20)]
+        serve = Serve(manifests, xds_port, admin_port, directory / "serve.log", extra)
+        envoy: Envoy | None = None
+        try:
+            await serve.ready()
+            envoy = Envoy(directory, "default/gw", xds_port)
+            await envoy.wait_live()
+            url = f"http://127.0.0.1:{listen_port}"
+            small = body_of(0) if mib else b""
+            eventually(lambda: outcome(url, small) == "200", "the route answers")
+            baseline = rss_kib(serve.process.pid)
+            samples: list[int] = []
+            done = threading.Event()
+
+            def sample() -> None:
+                while not done.is_set():
+                    samples.append(rss_kib(serve.process.pid))
+                    time.sleep(0.02)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            body = body_of(mib)
+            started = time.monotonic()
+            with ThreadPoolExecutor(bodies) as pool:
+                outcomes = Counter(pool.map(lambda _: outcome(url, body), range(bodies)))
+            elapsed = time.monotonic() - started
+            time.sleep(10)
+            done.set()
+            sampler.join()
+            after = rss_kib(serve.process.pid)
+            print(
+                f"{bodies} bodies of {len(body) / 2**20:.1f} MiB at once, answered in {elapsed:.1f} s: {dict(outcomes)}"
+            )
+            print(
+                f"serve RSS: baseline {baseline / 1024:.0f} MiB, peak {max(samples) / 1024:.0f} MiB, "
+                f"10 s after {after / 1024:.0f} MiB ({(after - baseline) / 1024:+.0f} MiB)"
+            )
+        finally:
+            if envoy is not None:
+                envoy.stop()
+            serve.terminate()
+            upstream.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bodies", type=int, default=8)
+    parser.add_argument("--mib", type=int, default=45)
+    parser.add_argument("--smoke", action="store_true", help="CI: two bodies of 2 MiB")
+    args = parser.parse_args()
+    if args.smoke:
+        args.bodies, args.mib = 2, 2
+    asyncio.run(burst(args.bodies, args.mib))
+
+
+if __name__ == "__main__":
+    main()
