@@ -31,6 +31,7 @@ from testing.ports import free_port, port_free_on
 from testing.processes import Serve
 from testing.sims import SimProcess, start_sim
 from testing.web import Response, eventually, http_get, request
+from translators.xds.names import TEST_SELECTION_HEADER
 
 POOLS = ("llama", "duplex", "conformance")
 TINY_CONFIG = """
@@ -264,6 +265,22 @@ def test_a_pod_turning_not_ready_drains(gw: PickerGateway) -> None:
     assert "llama-1" not in pods_of(answers)
     gw.write_manifests(not_ready=set())
     eventually(lambda: len(gw.pool_document("llama")["endpoints"]) == 3, "llama-1 is back")
+
+
+def test_a_pick_costs_two_messages_unless_the_answer_needs_the_picker(gw: PickerGateway) -> None:
+    """The fewest messages the protocol allows: a buffered pick reads the headers and the body, and turns the
+    response phase off, unless a response plugin (the conformance pool's served-endpoint verifier) or asked-for
+    scores need the answer."""
+
+    def messages_for(pool: str, headers: dict[str, str] | None = None) -> int:
+        before = asyncio.run(gw.envoy.stat_total("ext_proc.stream_msgs_sent"))
+        answer = gw.chat(pool, "count my messages", headers)
+        assert answer.status_code == 200, answer.text
+        return asyncio.run(gw.envoy.stat_total("ext_proc.stream_msgs_sent")) - before
+
+    assert messages_for("llama") == 2
+    assert messages_for("conformance", {TEST_SELECTION_HEADER: f"{gw.hosts[0]}:{gw.port}"}) == 3
+    assert messages_for("llama", {"x-gateway-picker-debug": "true"}) == 3
 
 
 def test_when_the_picker_fails_fail_open_answers_and_fail_close_refuses(gw: PickerGateway) -> None:

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
@@ -837,7 +838,9 @@ async def test_streams_are_dispatched_by_their_initial_metadata(channel: grpc.ai
         pb.ProcessingRequest(request_body=pb.HttpBody(body=b'{"model": "x", "prompt": "hi"}', end_of_stream=True)),
     )
     answers = [r async for r in stub.Process(requests(*picker), metadata=((PICKER_POOL_METADATA, "default/pool"),))]
-    assert answers[0] == PASS_THROUGH["request_headers"]
+    # Headers pass; nothing is to be done with the answer, so the response phase is turned off (fewest messages).
+    assert answers[0].request_headers == PASS_THROUGH["request_headers"].request_headers
+    assert answers[0].mode_override.response_header_mode == processing_mode_pb2.ProcessingMode.SKIP
     assert answers[1].immediate_response.details == "endpoint_picker_unknown_pool"
 
     # The upstream-settings filter's stream: an attempt of a rule with no settings turns its body off.

@@ -144,7 +144,7 @@ def picker_filter() -> hcm_pb2.HttpFilter:
         PICKER_MODES[PickerBodyMode.BUFFERED],
         [LB_METADATA_NAMESPACE],
         [LB_METADATA_NAMESPACE, SUBSET_HINT_NAMESPACE],
-        allow_mode_override=False,
+        allow_mode_override=True,  # a pick whose answer needs nothing from the picker turns the response phase off
         message_timeout=duration_pb2.Duration(seconds=PICKER_MESSAGE_TIMEOUT_SECONDS),
     )
     return hcm_pb2.HttpFilter(name=PICKER_FILTER, typed_config=pack(config), disabled=True)

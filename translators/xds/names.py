@@ -147,6 +147,9 @@ PICKER_MODES = {
     "BUFFERED": _mode(Mode.BUFFERED),
     "FULL_DUPLEX_STREAMED": _mode(Mode.FULL_DUPLEX_STREAMED, trailers=Mode.SEND),
 }
+# The buffered picker's mode for a request whose answer it has nothing to do with (no response plugin, no scores
+# asked for): its pick turns the response phase off, so a pick costs two messages, the headers and the body.
+PICKER_MODE_WITHOUT_RESPONSE = _mode(Mode.BUFFERED, response_headers=Mode.SKIP)
 # An Endpoint Picker a pool references (the Inference Extension's EPP): everything, bodies in full duplex, as the
 # Inference Extension's own Envoy configuration has it. The EPP answers the request headers only once it has the
 # whole body (in any other body mode Envoy would wait for that answer before sending the body: a deadlock until the

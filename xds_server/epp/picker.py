@@ -28,6 +28,7 @@ from translators.xds.names import (
     MODEL_REWRITE_HEADER,
     OBJECTIVE_HEADER,
     PICKER_DEBUG_HEADER,
+    PICKER_MODE_WITHOUT_RESPONSE,
     PICKER_POOL_METADATA,
     PICKER_SCORES_HEADER,
     TEST_SELECTION_HEADER,
@@ -196,7 +197,7 @@ class PickerStream:
         self.subset = protocol.subset_hint(request)
         if request.request_headers.end_of_stream:  # no body to read: any candidate will do
             return (self.pick_without_body(),)
-        return () if self.full_duplex else (CONTINUE_REQUEST_HEADERS,)
+        return () if self.full_duplex else (self._headers_reply(CONTINUE_REQUEST_HEADERS),)
 
     def _candidates(self) -> tuple[PoolState, Sequence[Candidate]]:
         pool = self.pool
@@ -216,7 +217,20 @@ class PickerStream:
                 raise SchedulingError(503, "no_endpoints", "no ready endpoint in the pool")
         except SchedulingError as error:
             return self._refuse(error)
-        return protocol.routed(random.choice(candidates).key, "request_headers")
+        return self._headers_reply(protocol.routed(random.choice(candidates).key, "request_headers"))
+
+    def _headers_reply(self, reply: ProcessingResponse) -> ProcessingResponse:
+        """The fewest messages: when nothing is to be done with the answer (no response plugin, no scores asked
+        for), the reply to the request headers (where Envoy honours a mode override) turns the response phase off.
+        Full-duplex streams keep their mode."""
+        needs_answer = self.pool is not None and bool(self.pool.config.response_plugins)
+        needs_answer = needs_answer or (self.picker.debug and self.headers.get(PICKER_DEBUG_HEADER) == "true")
+        if needs_answer or self.full_duplex:
+            return reply
+        overridden = ProcessingResponse()
+        overridden.CopyFrom(reply)
+        overridden.mode_override.CopyFrom(PICKER_MODE_WITHOUT_RESPONSE)
+        return overridden
 
     def pick(self, end_of_stream: bool) -> Iterable[ProcessingResponse]:
         started = time.perf_counter()
