@@ -26,7 +26,7 @@ from translators.xds.names import objects_named_in
 from translators.xds.render import error_dict, status_dict
 from xds_server import metrics
 from xds_server.xds.cache import PUSH_ORDER, InconsistentSnapshot, Snapshot, SnapshotCache
-from xds_server.xds.streams import PORT_IN_USE_HINT, ClientRegistry, ClientStream, Nack, says_port_in_use, short_type
+from xds_server.xds.streams import ClientRegistry, ClientStream, Nack, explained, short_type
 from xds_server.xds.sync import gateway_holders, stream_sync
 
 log = logging.getLogger(__name__)
@@ -160,10 +160,9 @@ class ControlPlane:
         problems: dict[ObjectRef, list[str]] = {}
         for key, nack in self.rejected.items():
             message = (
-                f"Envoy {nack.node_id} rejected {short_type(nack.type_url)} version {nack.version}: {nack.message}"
+                f"Envoy {nack.node_id} rejected {short_type(nack.type_url)} version {nack.version}: "
+                f"{explained(nack.message)}"
             )
-            if says_port_in_use(nack.message):
-                message += PORT_IN_USE_HINT
             for named in [_gateway_ref(key), *objects_named_in(nack.message)]:
                 problems.setdefault(named, []).append(message)
         for key, reason in self.current.refused.items():

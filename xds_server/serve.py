@@ -135,6 +135,7 @@ class ControlPlaneService:
         xds_address: Address,
         admin_address: tuple[str, int],
         picker_debug: bool = False,
+        shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
     ) -> None:
         self.control_plane = ControlPlane(SnapshotCache(), ClientRegistry(), options)
         self.options = options
@@ -151,7 +152,7 @@ class ControlPlaneService:
         self.extproc_listen: Address | None = None  # where ext_proc listens, when not where Envoys are told
         # Cluster mode: ADS and ext_proc require client certificates of our CA and present this one.
         self.server_certificate: ServerCertificate | None = None
-        self.shutdown_grace_seconds = SHUTDOWN_GRACE_SECONDS
+        self.shutdown_grace_seconds = shutdown_grace_seconds
 
     async def publish(self, resources: ResourceSet) -> None:
         """Translates in a worker thread, then publishes on the event loop (where the ADS streams listen)."""
@@ -239,8 +240,7 @@ async def serve(
     picker_debug: bool = False,
     shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
 ) -> int:
-    service = ControlPlaneService(options, xds_address, admin_address, picker_debug)
-    service.shutdown_grace_seconds = shutdown_grace_seconds
+    service = ControlPlaneService(options, xds_address, admin_address, picker_debug, shutdown_grace_seconds)
     source: Source = FileSource(paths)
     await service.publish(await asyncio.to_thread(source.load))
     await service.start()
@@ -309,8 +309,7 @@ async def serve_kubernetes(
     tls = ControlPlaneTls(cluster.envoy_tls_dir, certificates.server_name)
     options = replace(options, control_plane_tls=tls)
     source = KubernetesSource(api, cluster.namespaces)
-    service = ControlPlaneService(options, xds_address, admin_address, picker_debug)
-    service.shutdown_grace_seconds = shutdown_grace_seconds
+    service = ControlPlaneService(options, xds_address, admin_address, picker_debug, shutdown_grace_seconds)
     service.extproc_listen = extproc_listen
     leadership: LeaderElector | AlwaysLeader
     if cluster.leader_election:

@@ -29,7 +29,7 @@ from translators.ir import (
     EndpointPickerIR,
     TranslateOptions,
 )
-from translators.xds.extproc import upstream_settings_filters
+from translators.xds.extproc import upstream_settings_filter
 from translators.xds.names import (
     CREDENTIAL_FILTER,
     CREDENTIAL_SECRET_PREFIX,
@@ -119,9 +119,12 @@ def _protocol_options(ir: ClusterIR) -> http_protocol_options_pb2.HttpProtocolOp
         explicit.http_protocol_options.SetInParent()
     options = http_protocol_options_pb2.HttpProtocolOptions(explicit_http_config=explicit)
     if ir.upstream_settings:
-        options.http_filters.extend(upstream_settings_filters())
+        options.http_filters.append(upstream_settings_filter())
     elif ir.api_key is not None:
-        options.http_filters.extend(_credential_filters(ir))
+        options.http_filters.append(_credential_filter(ir))
+    if options.http_filters:  # an upstream filter chain ends with the codec
+        codec = pack(upstream_codec_pb2.UpstreamCodec())
+        options.http_filters.append(hcm_pb2.HttpFilter(name=UPSTREAM_CODEC_FILTER, typed_config=codec))
     return options
 
 
@@ -139,7 +142,7 @@ def credential_secret(ir: ClusterIR) -> secret_pb2.Secret:
     )
 
 
-def _credential_filters(ir: ClusterIR) -> list[hcm_pb2.HttpFilter]:
+def _credential_filter(ir: ClusterIR) -> hcm_pb2.HttpFilter:
     """Each request to the cluster gets the API key, replacing any the client sent; the cluster names the secret,
     never the key, so neither the cluster nor a config dump shows it (Envoy redacts secrets)."""
     assert ir.api_key is not None
@@ -151,10 +154,7 @@ def _credential_filters(ir: ClusterIR) -> list[hcm_pb2.HttpFilter]:
         overwrite=True,
         credential=extension_pb2.TypedExtensionConfig(name=GENERIC_CREDENTIAL, typed_config=pack(generic)),
     )
-    return [
-        hcm_pb2.HttpFilter(name=CREDENTIAL_FILTER, typed_config=pack(injector)),
-        hcm_pb2.HttpFilter(name=UPSTREAM_CODEC_FILTER, typed_config=pack(upstream_codec_pb2.UpstreamCodec())),
-    ]
+    return hcm_pb2.HttpFilter(name=CREDENTIAL_FILTER, typed_config=pack(injector))
 
 
 def _policy(name: str, config: object) -> cluster_pb2.LoadBalancingPolicy.Policy:

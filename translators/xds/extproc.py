@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from envoy.config.core.v3 import base_pb2, grpc_service_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2, processing_mode_pb2
-from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from google.protobuf import duration_pb2
 
@@ -12,7 +11,6 @@ from translators.xds.names import (
     BACKEND_ATTRIBUTE,
     EXTPROC_CLUSTER,
     RULE_ATTRIBUTE,
-    UPSTREAM_CODEC_FILTER,
     UPSTREAM_SETTINGS_FILTER,
     UPSTREAM_SETTINGS_METADATA,
     UPSTREAM_SETTINGS_MODE,
@@ -48,10 +46,10 @@ def extproc_config(
     return config
 
 
-def upstream_settings_filters() -> list[hcm_pb2.HttpFilter]:
-    """A cluster's upstream HTTP filters: the backend's settings applied to each attempt, then the codec.
+def upstream_settings_filter() -> hcm_pb2.HttpFilter:
+    """A cluster's upstream filter applying the backend's settings to each attempt (the codec follows it).
 
-    Envoy runs them after it has chosen the host, so the request attributes name the rule (route metadata) and the
+    Envoy runs it after it has chosen the host, so the request attributes name the rule (route metadata) and the
     backend (endpoint metadata) of this very attempt: a retry on a lower-priority backend gets that backend's
     settings. The body is asked for in BUFFERED mode, so Envoy keeps Content-Length and holds the headers until the
     service has answered the body (and set Content-Length to the new body's); the service turns the body off with a
@@ -62,7 +60,4 @@ def upstream_settings_filters() -> list[hcm_pb2.HttpFilter]:
     )
     config.grpc_service.initial_metadata.append(base_pb2.HeaderValue(key=UPSTREAM_SETTINGS_METADATA, value="1"))
     config.request_attributes.extend([RULE_ATTRIBUTE, BACKEND_ATTRIBUTE])
-    return [
-        hcm_pb2.HttpFilter(name=UPSTREAM_SETTINGS_FILTER, typed_config=pack(config)),
-        hcm_pb2.HttpFilter(name=UPSTREAM_CODEC_FILTER, typed_config=pack(upstream_codec_pb2.UpstreamCodec())),
-    ]
+    return hcm_pb2.HttpFilter(name=UPSTREAM_SETTINGS_FILTER, typed_config=pack(config))

@@ -170,10 +170,6 @@ def http_filters(listener: ListenerIR) -> list[hcm_pb2.HttpFilter]:
     return filters
 
 
-def _seconds(value: int) -> duration_pb2.Duration:
-    return duration_pb2.Duration(seconds=value)
-
-
 def uses_extproc(listener: ListenerIR) -> bool:
     return listener.routes_by_model or listener.runs_picker
 
@@ -189,9 +185,9 @@ def listener(ir: ListenerIR, options: TranslateOptions) -> listener_pb2.Listener
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
         # Slow clients (one header byte, or one body byte, every few seconds) are cut off; answers are not bounded.
-        request_headers_timeout=_seconds(options.request_headers_timeout_seconds),
-        request_timeout=_seconds(options.request_timeout_seconds),
-        stream_idle_timeout=_seconds(options.stream_idle_timeout_seconds),
+        request_headers_timeout=duration_pb2.Duration(seconds=options.request_headers_timeout_seconds),
+        request_timeout=duration_pb2.Duration(seconds=options.request_timeout_seconds),
+        stream_idle_timeout=duration_pb2.Duration(seconds=options.stream_idle_timeout_seconds),
         # HTTP/1.0 clients (load balancers' health checks, old tools) are served, not answered 426.
         http_protocol_options=protocol_pb2.Http1ProtocolOptions(accept_http_10=True),
     )

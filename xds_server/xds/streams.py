@@ -94,8 +94,8 @@ class Retention:
 
 # Envoy's words for a listen socket another socket holds: the one bind failure that mends itself (a port that is not
 # the process's to take, or an address not on the machine, does not, and is not retried).
-_PORT_IN_USE = ("address already in use",)
-PORT_IN_USE_HINT = (
+_PORT_IN_USE = "address already in use"
+_PORT_IN_USE_HINT = (
     " (another process or another Gateway's Envoy holds that port: the listener is tried again until the port is"
     " free; stop the other, or give this listener another port)"
 )
@@ -103,7 +103,12 @@ PORT_IN_USE_HINT = (
 
 def says_port_in_use(error: str) -> bool:
     """Whether an Envoy's rejection is a listener port another process (or another Envoy) holds."""
-    return any(words in error.lower() for words in _PORT_IN_USE)
+    return _PORT_IN_USE in error.lower()
+
+
+def explained(error: str) -> str:
+    """An Envoy's rejection as every view shows it: a port in use says what to do about it."""
+    return error + _PORT_IN_USE_HINT if says_port_in_use(error) else error
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,7 @@ import contextlib
 from enum import StrEnum
 
 from xds_server.xds.cache import SnapshotCache
-from xds_server.xds.streams import (
-    PORT_IN_USE_HINT,
-    Answer,
-    ClientRegistry,
-    ClientStream,
-    TypeState,
-    says_port_in_use,
-    short_type,
-)
+from xds_server.xds.streams import Answer, ClientRegistry, ClientStream, TypeState, explained, short_type
 
 
 class SyncState(StrEnum):
@@ -74,7 +66,7 @@ def gateway_holders(clients: ClientRegistry, cache: SnapshotCache, gateway: str)
 def rejections(clients: ClientRegistry, gateway: str) -> list[str]:
     """What the Envoys of `gateway` rejected and still hold rejected (a listener port in use, for one)."""
     return [
-        f"{short_type(type_url)}: {state.last_error}{PORT_IN_USE_HINT if says_port_in_use(state.last_error) else ''}"
+        f"{short_type(type_url)}: {explained(state.last_error)}"
         for stream in clients.streams()
         if stream.key == gateway
         for type_url, state in stream.types.items()
