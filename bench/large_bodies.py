@@ -22,10 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.soak import rss_kib
-from testing.envoy import Envoy
-from testing.manifests import ai_service_backend, gateway
+from testing.gateway_run import gateway_run
+from testing.manifests import ai_service_backend
 from testing.ports import free_port
-from testing.processes import Serve
 from testing.sims import start_testupstream
 from testing.web import eventually, request
 
@@ -65,53 +64,41 @@ async def burst(bodies: int, mib: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         upstream = start_testupstream("big", UPSTREAM_HOST, directory / "upstream.log")
-        listen_port, xds_port, admin_port = free_port(), free_port(), free_port()
-        manifests = directory / "manifests"
-        manifests.mkdir()
-        documents = [gateway([listen_port]), ROUTE, ai_service_backend("big", UPSTREAM_HOST, upstream.port)]
-        (manifests / "all.yaml").write_text("---".join(documents))
-        extra = ["--extproc-address", f"127.0.0.1:{free_port()}", "--buffer-limit-bytes", str((mib + 4) << 20)]
-        serve = Serve(manifests, xds_port, admin_port, directory / "serve.log", extra)
-        envoy: Envoy | None = None
+        documents = [ROUTE, ai_service_backend("big", UPSTREAM_HOST, upstream.port)]
+        serve_args = ["--extproc-address", f"127.0.0.1:{free_port()}", "--buffer-limit-bytes", str((mib + 4) << 20)]
         try:
-            await serve.ready()
-            envoy = Envoy(directory, "default/gw", xds_port)
-            await envoy.wait_live()
-            url = f"http://127.0.0.1:{listen_port}"
-            small = body_of(0) if mib else b""
-            eventually(lambda: outcome(url, small) == "200", "the route answers")
-            baseline = rss_kib(serve.process.pid)
-            samples: list[int] = []
-            done = threading.Event()
+            async with gateway_run(directory, documents, serve_args) as run:
+                small = body_of(0) if mib else b""
+                eventually(lambda: outcome(run.url, small) == "200", "the route answers")
+                pid = run.serve.process.pid
+                baseline = rss_kib(pid)
+                samples: list[int] = []
+                done = threading.Event()
 
-            def sample() -> None:
-                while not done.is_set():
-                    samples.append(rss_kib(serve.process.pid))
-                    time.sleep(0.02)
+                def sample() -> None:
+                    while not done.is_set():
+                        samples.append(rss_kib(pid))
+                        time.sleep(0.02)
 
-            sampler = threading.Thread(target=sample)
-            sampler.start()
-            body = body_of(mib)
-            started = time.monotonic()
-            with ThreadPoolExecutor(bodies) as pool:
-                outcomes = Counter(pool.map(lambda _: outcome(url, body), range(bodies)))
-            elapsed = time.monotonic() - started
-            time.sleep(10)
-            done.set()
-            sampler.join()
-            after = rss_kib(serve.process.pid)
-            print(
-                f"{bodies} bodies of {len(body) / 2**20:.1f} MiB at once, answered in {elapsed:.1f} s: {dict(outcomes)}"
-            )
-            print(
-                f"serve RSS: baseline {baseline / 1024:.0f} MiB, peak {max(samples) / 1024:.0f} MiB, "
-                f"10 s after {after / 1024:.0f} MiB ({(after - baseline) / 1024:+.0f} MiB)"
-            )
+                sampler = threading.Thread(target=sample)
+                sampler.start()
+                body = body_of(mib)
+                started = time.monotonic()
+                with ThreadPoolExecutor(bodies) as pool:
+                    outcomes = Counter(pool.map(lambda _: outcome(run.url, body), range(bodies)))
+                elapsed = time.monotonic() - started
+                time.sleep(10)
+                done.set()
+                sampler.join()
+                after = rss_kib(pid)
         finally:
-            if envoy is not None:
-                envoy.stop()
-            serve.terminate()
             upstream.kill()
+    size = len(body) / 2**20
+    print(f"{bodies} bodies of {size:.1f} MiB at once, answered in {elapsed:.1f} s: {dict(outcomes)}")
+    print(
+        f"serve RSS: baseline {baseline / 1024:.0f} MiB, peak {max(samples) / 1024:.0f} MiB, "
+        f"10 s after {after / 1024:.0f} MiB ({(after - baseline) / 1024:+.0f} MiB)"
+    )
 
 
 def main() -> None:

@@ -21,10 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.ai_latency import cpu_seconds
-from testing.envoy import Envoy
-from testing.manifests import ai_gateway_route, ai_service_backend, gateway
-from testing.ports import free_port
-from testing.processes import Serve
+from testing.gateway_run import GatewayRun, gateway_run
+from testing.manifests import ai_gateway_route, ai_service_backend
 from testing.sims import start_testupstream
 from testing.web import eventually, request
 from translators.xds.ai_listener import USAGE_LOG_FLUSH
@@ -41,9 +39,8 @@ def chat(url: str, stream: bool) -> int:
     return len(answer.content)
 
 
-async def measure(
-    envoy: Envoy, serve: Serve, url: str, stream: bool, requests: int, concurrency: int
-) -> dict[str, float]:
+async def measure(gw: GatewayRun, stream: bool, requests: int, concurrency: int) -> dict[str, float]:
+    envoy, serve, url = gw.envoy, gw.serve, gw.url
     messages_before = await envoy.stat_total("ext_proc.stream_msgs_sent")
     serve_before, envoy_before = cpu_seconds(serve.process.pid), cpu_seconds(envoy.process.pid)
     started = time.monotonic()
@@ -75,29 +72,16 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="stream-metering-") as work:
         directory = Path(work)
         upstream = start_testupstream("stream", UPSTREAM_HOST, directory / "upstream.log")
-        listen_port, xds_port, admin_port = free_port(), free_port(), free_port()
-        manifests = directory / "manifests"
-        manifests.mkdir()
         documents = [
-            gateway([listen_port]),
             ai_gateway_route("bench", {MODEL: "upstream"}),
             ai_service_backend("upstream", UPSTREAM_HOST, upstream.port),
         ]
-        (manifests / "gateway.yaml").write_text("---".join(documents))
-        serve = Serve(manifests, xds_port, admin_port, directory / "serve.log")
-        envoy: Envoy | None = None
         try:
-            await serve.ready()
-            envoy = Envoy(directory, "default/gw", xds_port)
-            await envoy.wait_live()
-            url = f"http://127.0.0.1:{listen_port}"
-            eventually(lambda: chat(url, False) > 0, "the route answers")
-            json_run = await measure(envoy, serve, url, False, args.requests, args.concurrency)
-            stream_run = await measure(envoy, serve, url, True, args.requests, args.concurrency)
+            async with gateway_run(directory, documents) as gw:
+                eventually(lambda: chat(gw.url, False) > 0, "the route answers")
+                json_run = await measure(gw, False, args.requests, args.concurrency)
+                stream_run = await measure(gw, True, args.requests, args.concurrency)
         finally:
-            if envoy is not None:
-                envoy.stop()
-            serve.terminate()
             upstream.kill()
     assert json_run["messages"] == 0, json_run  # JSON answers: no ext_proc at all
     messages_per_request = stream_run["messages"] / args.requests
