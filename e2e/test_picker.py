@@ -295,46 +295,92 @@ def test_when_the_picker_fails_fail_open_answers_and_fail_close_refuses(gw: Pick
     assert set(closed.json()["error"]) == {"message", "type", "code"}
 
 
+class SoloPool:
+    """A pool of its own (`solo`, on `hosts`), with vLLM simulators on the `alive` ones only, behind `serve` and
+    Envoy: the other pods are in the pool, Ready as far as the control plane knows, and refuse connections."""
+
+    def __init__(self, tmp_path: Path, hosts: list[str], alive: list[str], config: str | None = None) -> None:
+        port = port_free_on(hosts)
+        self.sims = {
+            host: start_vllm(f"solo-{i}", host, port, tmp_path / f"sim-{i}.log")
+            for i, host in enumerate(hosts)
+            if host in alive
+        }
+        listen_port, xds_port, admin_port = free_port(), free_port(), free_port()
+        manifests = tmp_path / "manifests"
+        manifests.mkdir()
+        documents = [gateway([listen_port]), inference_pool("solo", port, config=config)]
+        documents += [pool_route("solo", "solo", "solo.example")]
+        documents += [pod(f"solo-{i}", host, {"app": "solo"}) for i, host in enumerate(hosts)]
+        (manifests / "all.yaml").write_text("---".join(documents))
+        self.url = f"http://127.0.0.1:{listen_port}"
+        self.serve = Serve(manifests, xds_port, admin_port, tmp_path / "serve.log")
+        self.envoy: Envoy | None = None
+        try:
+            asyncio.run(self.serve.ready())
+            self.envoy = Envoy(tmp_path, "default/gw", xds_port)
+            asyncio.run(self.envoy.wait_live())
+        except BaseException:
+            self.stop()
+            raise
+
+    def chat(self, headers: dict[str, str] | None = None) -> Response:
+        body = json.dumps({"model": "llama", "messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 3})
+        sent = {"host": "solo.example", "content-type": "application/json", **(headers or {})}
+        return request(self.url, "POST", "/v1/chat/completions", body.encode(), sent)
+
+    def retries(self) -> int:
+        assert self.envoy is not None
+        return int(asyncio.run(self.envoy.stat_total("upstream_rq_retry")))
+
+    def stop(self) -> None:
+        if self.envoy is not None:
+            self.envoy.stop()
+        self.serve.terminate()
+        for sim in self.sims.values():
+            sim.kill()
+
+
+def solo_hosts(count: int) -> list[str]:
+    octet = random.randint(1, 254)
+    return [f"127.{octet}.91.{i}" for i in range(1, count + 1)]
+
+
 def test_a_request_whose_pod_died_is_retried_on_the_pickers_fallback_endpoint(tmp_path: Path) -> None:
     """The pick carries fallback endpoints and pool routes retry on a refused or dropped connection: a pod killed
     (before the control plane hears of it) costs a retry, not a failed request."""
-    octet = random.randint(1, 254)
-    hosts = [f"127.{octet}.91.{i}" for i in (1, 2, 3)]
-    port = port_free_on(hosts)
-    sims = [start_vllm(f"solo-{i}", host, port, tmp_path / f"sim-{i}.log") for i, host in enumerate(hosts)]
-    listen_port, xds_port, admin_port = free_port(), free_port(), free_port()
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    documents = [gateway([listen_port]), inference_pool("solo", port), pool_route("solo", "solo", "solo.example")]
-    documents += [pod(f"solo-{i}", host, {"app": "solo"}) for i, host in enumerate(hosts)]
-    (manifests / "all.yaml").write_text("---".join(documents))
-    serve = Serve(manifests, xds_port, admin_port, tmp_path / "serve.log")
-    envoy: Envoy | None = None
+    hosts = solo_hosts(3)
+    pool = SoloPool(tmp_path, hosts, alive=hosts)
     try:
-        asyncio.run(serve.ready())
-        envoy = Envoy(tmp_path, "default/gw", xds_port)
-        asyncio.run(envoy.wait_live())
-        url = f"http://127.0.0.1:{listen_port}"
-        body = json.dumps({"model": "llama", "messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 3})
-
-        def chat() -> Response:
-            headers = {"host": "solo.example", "content-type": "application/json"}
-            return request(url, "POST", "/v1/chat/completions", body.encode(), headers)
-
-        first = eventually(lambda: (r := chat()).status_code == 200 and r, "the pool answers")
+        first = eventually(lambda: (r := pool.chat()).status_code == 200 and r, "the pool answers")
         # The same long prompt again: prefix affinity sends it to the pod that answered first. Kill that one.
         dead = first.headers["x-inference-pod"]
-        sims[[f"solo-{i}" for i in range(3)].index(dead)].kill()
-        retried_before = asyncio.run(envoy.stat_total("upstream_rq_retry"))
-        answers = [chat() for _ in range(10)]
+        pool.sims[hosts[int(dead.rsplit("-", 1)[1])]].kill()
+        retried_before = pool.retries()
+        answers = [pool.chat() for _ in range(10)]
         assert [a.status_code for a in answers] == [200] * 10, [a.text for a in answers]
         assert dead not in {a.headers["x-inference-pod"] for a in answers}
-        assert (
-            asyncio.run(envoy.stat_total("upstream_rq_retry")) > retried_before
-        )  # the dead pod was picked, then skipped
+        assert pool.retries() > retried_before  # the dead pod was picked, then skipped
     finally:
-        if envoy is not None:
-            envoy.stop()
-        serve.terminate()
-        for sim in sims:
-            sim.kill()
+        pool.stop()
+
+
+def test_a_pick_of_one_dead_pod_is_retried_on_pods_not_tried_yet(tmp_path: Path) -> None:
+    """A picker that names a single endpoint (the Inference Extension's does) leaves the retries to the cluster's
+    round robin. While a pod is deleted and its replacement is not listening yet, two of the pool's pods refuse: a
+    retry must not draw the pod that just refused, or the request fails with two good pods left.
+
+    Here the picked pod and one more are dead, two are alive; the conformance filter makes the pick exactly the
+    dead pod named in the request."""
+    hosts = solo_hosts(4)
+    pool = SoloPool(tmp_path, hosts, alive=hosts[2:], config=CONFORMANCE_PICKER_CONFIG)
+    try:
+        alive = {TEST_SELECTION_HEADER: hosts[2]}
+        eventually(lambda: pool.chat(alive).status_code == 200, "the pool answers")
+        retried_before = pool.retries()
+        answers = [pool.chat({TEST_SELECTION_HEADER: hosts[i % 2]}) for i in range(16)]
+        assert [a.status_code for a in answers] == [200] * 16, [a.text for a in answers]
+        assert {a.headers["x-inference-pod"] for a in answers} <= {"solo-2", "solo-3"}
+        assert pool.retries() >= retried_before + 16  # every pick was a dead pod, and was retried
+    finally:
+        pool.stop()

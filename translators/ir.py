@@ -134,7 +134,7 @@ class EndpointPickerIR:
 
 @dataclass(frozen=True)
 class PoolBalancing:
-    """An InferencePool cluster: the picker's choice (header, then metadata) decides the host."""
+    """An InferencePool cluster: the picker's choice (its `envoy.lb` metadata) decides the host."""
 
     pool: ObjectRef  # the InferencePool
     fail_open: bool  # when no valid choice arrives, round-robin over the pool instead of failing

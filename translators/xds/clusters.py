@@ -174,7 +174,11 @@ def _lb_key(key: str) -> metadata_pb2.MetadataKey:
 
 
 def _pool_policy() -> cluster_pb2.LoadBalancingPolicy:
-    """Envoy takes the picker's endpoint (header, then `envoy.lb` metadata); only pool endpoints can be reached.
+    """Envoy takes the picker's endpoints from `envoy.lb` metadata; only pool endpoints can be reached.
+
+    The picker sends the same list as a header too (the protocol asks for both), but only one source is read:
+    override_host concatenates its sources, so reading both would list each endpoint twice, and the first retry
+    would go back to the endpoint that just failed. Metadata is the one a client can never write.
 
     A pick Envoy does not hold falls back to round robin over the pool's Ready endpoints, FailOpen or FailClose
     alike (failureMode is about the picker failing, which ext_proc's failure_mode_allow decides before any host is
@@ -184,7 +188,6 @@ def _pool_policy() -> cluster_pb2.LoadBalancingPolicy:
     """
     override = override_host_pb2.OverrideHost(
         override_host_sources=[
-            override_host_pb2.OverrideHost.OverrideHostSource(header=DESTINATION_HEADER),
             override_host_pb2.OverrideHost.OverrideHostSource(metadata=_lb_key(DESTINATION_HEADER)),
         ],
         fallback_policy=_round_robin(),

@@ -8,6 +8,7 @@ from dataclasses import replace
 from envoy.config.core.v3 import base_pb2, grpc_service_pb2, substitution_format_string_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
@@ -58,6 +59,10 @@ FALLBACK_STATUS_CODES = (429,)
 PREVIOUS_PRIORITIES = "envoy.retry_priorities.previous_priorities"
 POOL_RETRY_ON = "connect-failure,refused-stream,reset"
 POOL_RETRIES = 2  # the picker's fallback endpoints (scheduler.FALLBACK_ENDPOINTS)
+PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
+# How often a retry's load balancer may draw again to find a pod not tried yet (Envoy's draws are cheap; a pool of
+# a few pods with one or two just gone needs only a few).
+POOL_HOST_SELECTION_ATTEMPTS = 5
 
 
 def _duration(ms: int) -> duration_pb2.Duration:
@@ -127,9 +132,17 @@ def _json_reply(reply: JsonReply) -> route_components_pb2.DirectResponseAction:
 def _retry_elsewhere_in_the_pool(policy: route_components_pb2.RetryPolicy) -> None:
     """A pool route: a request whose pod refused or dropped it before answering goes to the picker's next endpoint
     (override_host takes the pick's comma list in order). Not on 5xx: a model server that answered has done the
-    work, and its error is the client's to see."""
+    work, and its error is the client's to see.
+
+    A picker that names fewer endpoints than there are attempts (the Inference Extension's names one) leaves the
+    retries to the cluster's round robin, which knows nothing of what failed: while a pod is deleted and its
+    replacement starts, it could draw the pod that just refused. So a retry never goes to a pod already tried."""
     policy.retry_on = POOL_RETRY_ON
     policy.num_retries.value = POOL_RETRIES
+    policy.retry_host_predicate.add(name=PREVIOUS_HOSTS).typed_config.CopyFrom(
+        pack(previous_hosts_pb2.PreviousHostsPredicate())
+    )
+    policy.host_selection_retry_max_attempts = POOL_HOST_SELECTION_ATTEMPTS
 
 
 def _forward(action: ForwardAction) -> route_components_pb2.RouteAction:

@@ -1,8 +1,8 @@
 """The Endpoint Picker protocol's messages: reading a request's body and control headers, and the replies.
 
 The pick goes to Envoy twice, with the same value: as the request header `x-gateway-destination-endpoint` and as
-dynamic metadata `envoy.lb/x-gateway-destination-endpoint`. The pool cluster's override_host policy reads the
-header, then the metadata; it only ever connects to endpoints of the pool, whatever the value says.
+dynamic metadata `envoy.lb/x-gateway-destination-endpoint`, as the protocol asks. The pool cluster's override_host
+policy reads the metadata only; it only ever connects to endpoints of the pool, whatever the value says.
 """
 
 from __future__ import annotations
