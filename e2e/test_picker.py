@@ -14,6 +14,7 @@ Each simulator is a pod on its own 127.x.y.z address, all on one port (the pools
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 
 from testing.envoy import Envoy
+from testing.gateway_run import gateway_running
 from testing.manifests import CONFORMANCE_PICKER_CONFIG, gateway, inference_objective, inference_pool, pod, pool_route
 from testing.ports import free_port, port_free_on
 from testing.processes import Serve
@@ -300,29 +302,21 @@ class SoloPool:
     Envoy: the other pods are in the pool, Ready as far as the control plane knows, and refuse connections."""
 
     def __init__(self, tmp_path: Path, hosts: list[str], alive: list[str], config: str | None = None) -> None:
+        self._stack = contextlib.ExitStack()
         port = port_free_on(hosts)
-        self.sims = {
-            host: start_vllm(f"solo-{i}", host, port, tmp_path / f"sim-{i}.log")
-            for i, host in enumerate(hosts)
-            if host in alive
-        }
-        listen_port, xds_port, admin_port = free_port(), free_port(), free_port()
-        manifests = tmp_path / "manifests"
-        manifests.mkdir()
-        documents = [gateway([listen_port]), inference_pool("solo", port, config=config)]
-        documents += [pool_route("solo", "solo", "solo.example")]
-        documents += [pod(f"solo-{i}", host, {"app": "solo"}) for i, host in enumerate(hosts)]
-        (manifests / "all.yaml").write_text("---".join(documents))
-        self.url = f"http://127.0.0.1:{listen_port}"
-        self.serve = Serve(manifests, xds_port, admin_port, tmp_path / "serve.log")
-        self.envoy: Envoy | None = None
+        self.sims: dict[str, SimProcess] = {}
         try:
-            asyncio.run(self.serve.ready())
-            self.envoy = Envoy(tmp_path, "default/gw", xds_port)
-            asyncio.run(self.envoy.wait_live())
+            for i, host in enumerate(hosts):
+                if host in alive:
+                    self.sims[host] = start_vllm(f"solo-{i}", host, port, tmp_path / f"sim-{i}.log")
+                    self._stack.callback(self.sims[host].kill)
+            documents = [inference_pool("solo", port, config=config), pool_route("solo", "solo", "solo.example")]
+            documents += [pod(f"solo-{i}", host, {"app": "solo"}) for i, host in enumerate(hosts)]
+            run = self._stack.enter_context(gateway_running(tmp_path, documents))
         except BaseException:
-            self.stop()
+            self._stack.close()
             raise
+        self.url, self.envoy = run.url, run.envoy
 
     def chat(self, headers: dict[str, str] | None = None) -> Response:
         body = json.dumps({"model": "llama", "messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 3})
@@ -330,15 +324,10 @@ class SoloPool:
         return request(self.url, "POST", "/v1/chat/completions", body.encode(), sent)
 
     def retries(self) -> int:
-        assert self.envoy is not None
         return int(asyncio.run(self.envoy.stat_total("upstream_rq_retry")))
 
     def stop(self) -> None:
-        if self.envoy is not None:
-            self.envoy.stop()
-        self.serve.terminate()
-        for sim in self.sims.values():
-            sim.kill()
+        self._stack.close()
 
 
 def solo_hosts(count: int) -> list[str]:

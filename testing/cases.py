@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = ROOT / "testdata"
 GATEWAYAPI = TESTDATA / "gatewayapi"  # layer 1: <case>/input.yaml -> <case>/output.yaml
 XDS = TESTDATA / "xds"  # layer 2: <case>/ir.yaml -> <case>/xds.yaml
+# Not configuration: the data path's request and answer translation per provider schema (tests/test_schema_*.py).
+PROVIDERS = TESTDATA / "providers"
 TUTORIAL = ROOT / "examples" / "tutorial"
 # The verbatim tutorial, kept beside the repository (../shared/seed); XDS_SERVER_SEED points elsewhere.
 SEED = Path(os.environ.get("XDS_SERVER_SEED", ROOT.parent / "shared" / "seed"))

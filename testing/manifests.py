@@ -39,13 +39,16 @@ spec:
 """
 
 
-def ai_service_backend(name: str, address: str, port: int) -> str:
-    """An OpenAI-schema AIServiceBackend `name` in front of a Backend at address:port."""
+def ai_service_backend(name: str, address: str, port: int, schema: str = "OpenAI", version: str | None = None) -> str:
+    """An AIServiceBackend `name` of `schema` (and its version) in front of a Backend at address:port."""
+    versioned = f", version: {version!r}" if version is not None else ""
     return f"""
 apiVersion: aigateway.envoyproxy.io/v1beta1
 kind: AIServiceBackend
 metadata: {{name: {name}}}
-spec: {{schema: {{name: OpenAI}}, backendRef: {{group: gateway.envoyproxy.io, kind: Backend, name: {name}}}}}
+spec:
+  schema: {{name: {schema}{versioned}}}
+  backendRef: {{group: gateway.envoyproxy.io, kind: Backend, name: {name}}}
 ---
 apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: Backend
@@ -54,19 +57,32 @@ spec: {{endpoints: [{{ip: {{address: {address}, port: {port}}}}}]}}
 """
 
 
-def keyed_backend(name: str, address: str, port: int, api_key: str) -> str:
-    """`ai_service_backend` with a BackendSecurityPolicy of type APIKey reading `api_key` from Secret `name`: the
-    upstream-settings service puts `authorization: Bearer <api_key>` on each attempt to it."""
+# A BackendSecurityPolicy type's block, and where the upstream-settings service puts its key.
+KEY_BLOCKS = {"APIKey": "apiKey", "AzureAPIKey": "azureAPIKey", "AnthropicAPIKey": "anthropicAPIKey"}
+
+
+def keyed_backend(
+    name: str,
+    address: str,
+    port: int,
+    api_key: str,
+    schema: str = "OpenAI",
+    version: str | None = None,
+    policy_type: str = "APIKey",
+) -> str:
+    """`ai_service_backend` with a BackendSecurityPolicy of `policy_type` reading `api_key` from Secret `name`: the
+    key goes on each attempt to it (APIKey: `authorization: Bearer <key>`; AzureAPIKey: `api-key`; AnthropicAPIKey:
+    `x-api-key`)."""
     return (
-        ai_service_backend(name, address, port)
+        ai_service_backend(name, address, port, schema, version)
         + f"""
 ---
 apiVersion: aigateway.envoyproxy.io/v1beta1
 kind: BackendSecurityPolicy
 metadata: {{name: {name}}}
 spec:
-  type: APIKey
-  apiKey: {{secretRef: {{name: {name}}}}}
+  type: {policy_type}
+  {KEY_BLOCKS[policy_type]}: {{secretRef: {{name: {name}}}}}
   targetRefs: [{{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: {name}}}]
 ---
 apiVersion: v1

@@ -39,8 +39,18 @@ def start_sim(
 ) -> SimProcess:
     """Starts `xds-server sim NAME ARGS...` (the args place it on host:port) and waits until /health answers 200."""
     command = [sys.executable, "-m", "xds_server.cli", "sim", name, *args]
+    return _started(command, host, port, log, f"sim {name}", env)
+
+
+def _started(
+    command: Sequence[str], host: str, port: int, log: Path, what: str, env: dict[str, str] | None = None
+) -> SimProcess:
+    """`command` as a process (run from the checkout: `testing` is not installed), once /health answers 200."""
+    repository = Path(__file__).resolve().parent.parent
     with log.open("ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=repository
+        )
     sim = SimProcess(host, port, process, log)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -49,7 +59,7 @@ def start_sim(
             return sim
         time.sleep(0.05)
     sim.kill()
-    raise AssertionError(f"sim {name} did not become healthy:\n{log.read_text()}")
+    raise AssertionError(f"{what} did not become healthy:\n{log.read_text()}")
 
 
 def start_testupstream(upstream_id: str, host: str, log: Path) -> SimProcess:
@@ -62,3 +72,21 @@ def start_testupstream(upstream_id: str, host: str, log: Path) -> SimProcess:
 def b64(text: str | bytes) -> str:
     """Base64 for the testupstream's x-expected-* and x-response-* headers."""
     return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+def start_anthropic_sim(host: str, log: Path, api_key: str) -> SimProcess:
+    """The Anthropic Messages API simulator (`python -m testing.providers.anthropic_sim`), accepting only `api_key`,
+    on a free port of `host`."""
+    port = free_port(host)
+    command = [sys.executable, "-m", "testing.providers.anthropic_sim", "--host", host, "--port", str(port)]
+    command += ["--api-key", api_key]
+    return _started(command, host, port, log, "the Anthropic simulator")
+
+
+def start_azure_sim(host: str, log: Path, api_key: str, deployments: dict[str, str]) -> SimProcess:
+    """The Azure OpenAI simulator (`python -m testing.providers.azure_sim`) with `deployments` (name -> model),
+    accepting only `api_key`, on a free port of `host`."""
+    port = free_port(host)
+    command = [sys.executable, "-m", "testing.providers.azure_sim", "--host", host, "--port", str(port)]
+    command += ["--api-key", api_key, *(f"--deployment={name}={model}" for name, model in deployments.items())]
+    return _started(command, host, port, log, "the Azure OpenAI simulator")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from testing.cases import GATEWAYAPI, INPUT_DIRS, TESTDATA, XDS, case_names, xds_case_names
+from testing.cases import GATEWAYAPI, INPUT_DIRS, PROVIDERS, TESTDATA, XDS, case_names, xds_case_names
 from testing.golden import (
     GATEWAYAPI_FILES,
     XDS_FILES,
@@ -62,7 +62,7 @@ def test_ir_to_xds(case: str, update: bool) -> None:
 
 
 def test_testdata_holds_only_the_two_layers() -> None:
-    assert {p.name for p in TESTDATA.iterdir()} <= {GATEWAYAPI.name, XDS.name}
+    assert {p.name for p in TESTDATA.iterdir()} <= {GATEWAYAPI.name, XDS.name, PROVIDERS.name}
     for layer, names in ((GATEWAYAPI, GATEWAYAPI_FILES), (XDS, XDS_FILES)):
         for case in _dirs(layer):
             strays = {p.name for p in (layer / case).iterdir()} - set(names)

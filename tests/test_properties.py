@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from translators.gatewayapi import translate
 from translators.ir import TranslateOptions
 from translators.loader import ResourceSet, load_texts
-from translators.resources import KINDS
+from translators.resources import KINDS, AIServiceBackend
 from translators.xds.gateway import XdsResources, gateway_resources
 from translators.xds.render import translation_dict
 
@@ -814,20 +814,36 @@ def test_weighted_backends_become_localities_with_dense_priorities(
 @pytest.mark.parametrize(
     "text",
     [
-        "a: 2024-13-01\n",
-        "a: 2024-02-30\n",
-        "a: 2024-01-01 25:00:00\n",
         "a: !!int x\n",
         "a: !!bool x\n",
         "a: !!float x\n",
         "a: !!timestamp x\n",
+        "a: !!timestamp 2024-02-30\n",
     ],
 )
 def test_yaml_constructor_errors_are_load_errors(text: str) -> None:
+    """An explicit tag the value does not fit. (An unquoted date is no tag: it stays a string, as Kubernetes reads it,
+    however impossible a date it would be.)"""
     resources = load_texts([("junk.yaml", text), ("valid.yaml", dump_docs(GATEWAY_DOCS))])
     [error] = resources.errors
     assert error.origin.file == "junk.yaml" and error.reason.startswith("invalid YAML")
     assert len(resources.objects) == len(GATEWAY_DOCS)
+
+
+def test_an_unquoted_date_is_the_string_it_was_written_as() -> None:
+    """Kubernetes reads `version: 2024-10-21` (an Azure api-version) as a string; so does the loader."""
+    text = """
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: AIServiceBackend
+metadata: {name: azure}
+spec:
+  schema: {name: AzureOpenAI, version: 2024-10-21}
+  backendRef: {group: gateway.envoyproxy.io, kind: Backend, name: azure}
+"""
+    resources = load_texts([("azure.yaml", text)])
+    assert resources.errors == ()
+    [backend] = resources.of_kind(AIServiceBackend)
+    assert backend.spec.schema_.version == "2024-10-21"
 
 
 def service_route_docs(target_port: int) -> list[Doc]:

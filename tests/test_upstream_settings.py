@@ -17,6 +17,7 @@ import orjson
 import pytest
 import yaml
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
@@ -28,6 +29,7 @@ from testing.ports import free_port
 from translators.gatewayapi import translate
 from translators.ir import (
     ApiKey,
+    ApiSchema,
     BackendSettingsIR,
     ClusterIR,
     Condition,
@@ -38,6 +40,7 @@ from translators.ir import (
     EndpointGroup,
     ForwardAction,
     RouteIR,
+    SchemaIR,
     TranslateOptions,
     Translation,
 )
@@ -52,6 +55,8 @@ from translators.xds.names import (
     UPSTREAM_CODEC_FILTER,
     UPSTREAM_SETTINGS_FILTER,
     UPSTREAM_SETTINGS_METADATA,
+    UPSTREAM_SETTINGS_MODE,
+    UPSTREAM_TRANSLATION_MODE,
 )
 from translators.xds.render import translation_dict
 from translators.xds.routes import PREVIOUS_PRIORITIES, route
@@ -573,10 +578,13 @@ def test_headers_only_settings_turn_the_body_off_and_keep_responses_skipped() ->
     assert _headers_of(reply) == ({"x-region": b"eu", "api-key": KEY.encode()}, ["x-debug"])
 
 
-def test_body_changing_settings_leave_the_filters_buffered_body_on() -> None:
+def test_body_changing_settings_leave_the_filters_buffered_body_on_and_the_answer_off() -> None:
+    """The answer's phase off too: in a cluster whose filter sees answers (another backend's are translated), an
+    attempt that only changes the body must not have its answer buffered by the filter."""
     reply = UpstreamPlan(BODY_SETTINGS).headers_reply
     assert reply.WhichOneof("response") == "request_headers"
-    assert not reply.HasField("mode_override")
+    assert reply.mode_override.request_body_mode == Mode.BUFFERED
+    assert reply.mode_override.response_header_mode == Mode.SKIP
 
 
 def test_a_credential_error_answers_503_without_any_key() -> None:
@@ -638,7 +646,7 @@ async def test_the_service_answers_each_attempt_with_its_rule_and_backends_setti
     known = _attempt(RULE0, "aiservicebackend/default/a", body)
     headers, body_reply = [r async for r in stub.Process(known, metadata=metadata)]
     assert _headers_of(headers) == ({"authorization": f"Bearer {KEY}".encode()}, [])
-    assert not headers.HasField("mode_override")
+    assert headers.mode_override.request_body_mode == Mode.BUFFERED
     assert orjson.loads(body_reply.request_body.response.body_mutation.body) == {"model": "renamed"}
 
 
@@ -667,12 +675,55 @@ def test_a_header_value_with_a_control_character_is_an_error_for_its_object() ->
     assert "headerMutation" in resources.errors[0].field
 
 
+def test_a_backend_of_another_api_is_sent_requests_through_the_service_which_sees_its_answers() -> None:
+    """An Anthropic or Azure OpenAI backend needs its requests rewritten (and Anthropic's answers translated) on every
+    attempt: it has settings even with nothing else set, and its cluster runs the service with the answer's phase."""
+    translation = _translate(
+        _route(
+            [{"name": "claude"}], [{"name": "azure"}], [{"name": "a", "weight": 1}, {"name": "claude", "weight": 1}]
+        ),
+        *_backend("claude", schema={"name": "Anthropic", "version": "2023-06-01"}),
+        *_backend("azure", schema={"name": "AzureOpenAI", "version": "2024-10-21"}),
+        *_backend("a"),
+    )
+    assert _settings(translation, "claude").schema == SchemaIR(ApiSchema.ANTHROPIC, "2023-06-01")
+    azure = _settings(translation, "azure", RULE0.replace("rule/0", "rule/1"))
+    assert azure.schema == SchemaIR(ApiSchema.AZURE_OPENAI, "2024-10-21")
+    for name in ("claude", "azure"):
+        assert _condition(translation, "AIServiceBackend", name).status is ConditionStatus.TRUE
+    clusters = _clusters(translation)
+    claude = clusters["aiservicebackend/default/claude/upstream-settings"]
+    assert claude.upstream_settings and claude.translates
+    [weighted] = [c for name, c in clusters.items() if name.startswith("weighted/")]
+    assert weighted.upstream_settings and weighted.translates  # one backend of the two translates: the filter sees all
+    built = cluster(claude, 1 << 20)
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    built.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Unpack(options)
+    [service, _codec] = options.http_filters
+    assert service.name == UPSTREAM_SETTINGS_FILTER
+    config = ext_proc_pb2.ExternalProcessor()
+    service.typed_config.Unpack(config)
+    assert config.processing_mode == UPSTREAM_TRANSLATION_MODE
+    plain = cluster(
+        _clusters(_translate(_route([{"name": "a"}]), *_backend("a", bodyMutation={"remove": ["n"]})))[
+            "aiservicebackend/default/a/upstream-settings"
+        ],
+        1 << 20,
+    )
+    plain.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].Unpack(options)
+    options.http_filters[0].typed_config.Unpack(config)
+    assert config.processing_mode == UPSTREAM_SETTINGS_MODE  # no answer phase where nothing is translated
+
+
 @pytest.mark.parametrize(
     ("schema", "said"),
     [
-        ({"name": "Anthropic"}, "schema Anthropic is not translated by this controller yet"),
         ({"name": "AWSBedrock"}, "schema AWSBedrock is not translated by this controller yet"),
+        ({"name": "GCPVertexAI"}, "schema GCPVertexAI is not translated by this controller yet"),
         ({"name": "OpenAI", "prefix": "/openai/v2"}, "schema prefix '/openai/v2' is not supported"),
+        ({"name": "OpenAI", "version": "2024-10-21"}, "schema OpenAI has no version"),
+        ({"name": "AzureOpenAI", "prefix": "v1"}, "schema AzureOpenAI has no prefix"),
+        ({"name": "Anthropic", "prefix": "v1/extra"}, "schema prefix 'v1/extra' is not one path segment"),
     ],
 )
 def test_a_backend_whose_requests_would_need_translating_is_refused_not_sent_them(

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from translators.ir import (
     AddressKind,
+    ApiSchema,
     ClusterIR,
     Discovery,
     Endpoint,
@@ -24,6 +26,7 @@ from translators.ir import (
     PickerMode,
     PoolBalancing,
     PoolIR,
+    SchemaIR,
     UpstreamTlsIR,
 )
 from translators.loader import ResourceSet
@@ -44,7 +47,7 @@ from translators.resources.core import SERVICE_NAME_LABEL
 from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP
 from translators.resources.inference import INFERENCE_GROUP
 from translators.upstream_tls import TargetTls, UpstreamTls
-from translators.xds.names import ENDPOINT_PICKER_ANNOTATION
+from translators.xds.names import ENDPOINT_PICKER_ANNOTATION, NOT_A_HEADER_VALUE
 
 CLUSTER_LOCAL_SUFFIX = ".svc.cluster.local"
 # A Service port's (or a pool's) appProtocol saying HTTP/2 in cleartext.
@@ -255,7 +258,7 @@ class BackendResolver:
         ai_backend = self._resources.get(AIServiceBackend, namespace, name)
         if ai_backend is None:
             raise Unresolved("BackendNotFound", f"AIServiceBackend {namespace}/{name} not found")
-        _check_schema(ai_backend)
+        schema = schema_of(ai_backend)
         ref = ai_backend.spec.backend_ref
         target = ref.namespace or namespace
         self._grants.check(ai_backend, ref.group or "", ref.kind or "Backend", target, ref.name)
@@ -271,7 +274,8 @@ class BackendResolver:
         else:
             raise Unresolved("InvalidKind", f"AIServiceBackend {namespace}/{name}: cannot reference {ref.kind}")
         upstream = (namespace, name) in self.upstream_backends
-        return ClusterIR(identity, discovery_for([group]), (group,), upstream_settings=upstream)
+        answers = schema.answers_translated
+        return ClusterIR(identity, discovery_for([group]), (group,), upstream_settings=upstream, translates=answers)
 
     def pool(self, pool: InferencePool) -> PoolIR:
         return self._pool(pool)[0]
@@ -360,27 +364,46 @@ class BackendResolver:
 
 
 # The schema every request is in, and the one path prefix it is sent with: requests go out as the client sent them.
-OPENAI_SCHEMA = "OpenAI"
 OPENAI_PREFIXES = frozenset({"v1", "/v1"})
+# The schemas whose requests this controller can send (ApiSchema); the others are refused with a reason.
+TRANSLATED_SCHEMAS = {schema.value: schema for schema in ApiSchema}
 
 
-def _check_schema(backend: AIServiceBackend) -> None:
-    """A backend whose provider needs another request format, or another path, is refused rather than sent requests
-    it would fail: the schemas of hosted providers are not translated yet."""
+def schema_of(backend: AIServiceBackend) -> SchemaIR:
+    """The backend's API, checked: a schema whose requests this controller cannot make yet, or a field it would have
+    to ignore, refuses the backend rather than send it requests it would fail."""
     schema = backend.spec.schema_
     where = f"AIServiceBackend {backend.namespace}/{backend.name}"
-    if schema.name != OPENAI_SCHEMA:
+    name = TRANSLATED_SCHEMAS.get(schema.name)
+    if name is None:
+        supported = ", ".join(TRANSLATED_SCHEMAS)
         raise Unresolved(
             "UnsupportedValue",
             f"{where}: schema {schema.name} is not translated by this controller yet, so its requests would reach the "
-            "provider in OpenAI's format and fail; point it at an OpenAI-compatible endpoint with schema OpenAI",
+            f"provider in OpenAI's format and fail; the schemas translated are {supported}",
         )
-    if schema.prefix is not None and schema.prefix not in OPENAI_PREFIXES:
+    if name is ApiSchema.OPENAI and schema.prefix is not None and schema.prefix not in OPENAI_PREFIXES:
         raise Unresolved(
             "UnsupportedValue",
             f"{where}: schema prefix {schema.prefix!r} is not supported: requests are sent on the client's own path "
             "(/v1/...); leave prefix out or set it to v1",
         )
+    if name is ApiSchema.AZURE_OPENAI and schema.prefix is not None:
+        raise Unresolved(
+            "UnsupportedValue",
+            f"{where}: schema AzureOpenAI has no prefix (requests go to /openai/deployments/<model>/...); remove it",
+        )
+    if name is ApiSchema.OPENAI and schema.version is not None:
+        raise Unresolved("UnsupportedValue", f"{where}: schema OpenAI has no version; remove it")
+    if name is ApiSchema.ANTHROPIC and schema.prefix is not None and not _PATH_SEGMENT.fullmatch(schema.prefix):
+        raise Unresolved("UnsupportedValue", f"{where}: schema prefix {schema.prefix!r} is not one path segment")
+    for value, what in ((schema.version, "version"), (schema.prefix, "prefix")):
+        if value is not None and NOT_A_HEADER_VALUE.search(value):
+            raise Unresolved("UnsupportedValue", f"{where}: schema {what} has control characters")
+    return SchemaIR(name, schema.version, schema.prefix.strip("/") if schema.prefix is not None else None)
+
+
+_PATH_SEGMENT = re.compile(r"/?[A-Za-z0-9._~-]+/?")
 
 
 def combine(refs: Sequence[WeightedCluster]) -> ClusterIR:
@@ -401,4 +424,7 @@ def combine(refs: Sequence[WeightedCluster]) -> ClusterIR:
     digest = hashlib.sha256(json.dumps(members).encode()).hexdigest()[:16]
     ordered = tuple(sorted(groups, key=lambda g: (g.priority, g.backend)))
     upstream = any(ref.cluster.upstream_settings for ref in live)
-    return ClusterIR(f"weighted/{digest}", discovery_for(ordered), ordered, http2=False, upstream_settings=upstream)
+    translates = any(ref.cluster.translates for ref in live)
+    return ClusterIR(
+        f"weighted/{digest}", discovery_for(ordered), ordered, upstream_settings=upstream, translates=translates
+    )

@@ -158,6 +158,27 @@ class ClusterIR:
     http2: bool = False
     upstream_settings: bool = False  # some backend of it has BackendSettingsIR: the upstream ext_proc filter runs
     api_key: ApiKey | None = None  # Envoy injects it into each request (credential_injector, from an SDS secret)
+    translates: bool = False  # some backend answers in another API (SchemaIR.answers_translated): the filter sees it
+
+
+class ApiSchema(StrEnum):
+    """The API a backend speaks (AIServiceBackend.spec.schema.name); clients always speak OpenAI's."""
+
+    OPENAI = "OpenAI"
+    AZURE_OPENAI = "AzureOpenAI"  # OpenAI's bodies, on a deployment's path with an api-version
+    ANTHROPIC = "Anthropic"  # the Messages API: requests, answers and streams translated
+
+
+@dataclass(frozen=True)
+class SchemaIR:
+    name: ApiSchema = ApiSchema.OPENAI
+    version: str | None = None  # AzureOpenAI: the api-version; Anthropic: the anthropic-version header
+    prefix: str | None = None  # Anthropic: the path's version segment (default v1)
+
+    @property
+    def answers_translated(self) -> bool:
+        """Answers come back in another API's format (Azure OpenAI's are OpenAI's already)."""
+        return self.name is ApiSchema.ANTHROPIC
 
 
 @dataclass(frozen=True)
@@ -177,10 +198,16 @@ class BackendSettingsIR:
     remove_fields: tuple[str, ...] = ()
     api_key: ApiKey | None = None
     credential_error: str | None = None  # the backend's security policy is unusable: its requests are refused
+    schema: SchemaIR = field(default_factory=SchemaIR)
 
     @property
     def changes_body(self) -> bool:
         return self.model_name_override is not None or bool(self.set_fields) or bool(self.remove_fields)
+
+    @property
+    def translates(self) -> bool:
+        """The backend speaks another API: only the upstream-settings service can send it requests."""
+        return self.schema.name is not ApiSchema.OPENAI
 
 
 class HeaderMatchKind(StrEnum):

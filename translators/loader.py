@@ -22,7 +22,20 @@ from translators.resources.gateway_api import GATEWAY_API_GROUP
 
 log = logging.getLogger(__name__)
 
-_YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+
+
+class _YamlLoader(_BaseLoader):  # type: ignore[valid-type,misc]  # CSafeLoader or SafeLoader, chosen at import
+    """YAML as Kubernetes reads it: an unquoted date (`version: 2024-10-21`, an Azure api-version) stays the string
+    it was written as, where YAML 1.1 would make it a date that no string field accepts."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, pattern) for tag, pattern in resolvers if tag != _TIMESTAMP]
+        for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
+    }
+
+
 DEFAULT_NAMESPACE = "default"
 
 R = TypeVar("R", bound=Resource)

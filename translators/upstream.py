@@ -12,8 +12,17 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from translators.backends import BackendResolver, ReferenceGrants, Unresolved, ai_backend_id
-from translators.ir import AddressKind, ApiKey, BackendSettingsIR, ClusterIR, Endpoint, HeaderEditsIR
+from translators.backends import BackendResolver, ReferenceGrants, Unresolved, ai_backend_id, schema_of
+from translators.ir import (
+    AddressKind,
+    ApiKey,
+    ApiSchema,
+    BackendSettingsIR,
+    ClusterIR,
+    Endpoint,
+    HeaderEditsIR,
+    SchemaIR,
+)
 from translators.loader import ResourceSet
 from translators.resources import AIGatewayRoute, AIServiceBackend, BackendSecurityPolicy, Secret
 from translators.resources.aigateway import (
@@ -97,10 +106,18 @@ class UpstreamSettings:
         self._report_implied_tls()
         # Backends whose every request passes the upstream phase: their own settings, or a rule's on a backendRef.
         self.backends: set[tuple[str, str]] = set()
+        self._schemas: dict[tuple[str, str], SchemaIR] = {}  # the backends speaking another API than OpenAI's
         for backend in resources.of_kind(AIServiceBackend):
             spec = backend.spec
             if spec.header_mutation or spec.body_mutation:
                 self.backends.add((backend.namespace, backend.name))
+            try:
+                schema = schema_of(backend)
+            except Unresolved:
+                continue  # the backend is refused where routes resolve it, and says why
+            if schema.name is not ApiSchema.OPENAI:
+                self._schemas[(backend.namespace, backend.name)] = schema
+        self.backends.update(self._schemas)
         for route in resources.of_kind(AIGatewayRoute):
             for rule in route.spec.rules:
                 for ref in rule.backend_refs:
@@ -200,6 +217,7 @@ class UpstreamSettings:
             remove_fields=remove_fields,
             api_key=api_key,
             credential_error=error,
+            schema=self._schemas.get(key, SchemaIR()),
         )
 
     def refused(self, namespace: str, name: str) -> bool:
@@ -296,14 +314,15 @@ def place_settings(settings: tuple[BackendSettingsIR, ...], cluster: ClusterIR) 
     credential from an SDS secret (so it never appears in a route, a cluster or a config dump). A body change stays
     with the service, which rewrites JSON exactly (Envoy's own JSON handling would round integers past 2^53, a
     client's `seed` for one), as does a credential that cannot be used (the service refuses those requests with the
-    reason). A rule sending to several backends keeps the service, which tells attempts to each backend apart."""
+    reason), and so does a backend of another API than OpenAI's (its requests and answers are translated). A rule
+    sending to several backends keeps the service, which tells attempts to each backend apart."""
     if cluster.pool is not None or len(cluster.groups) != 1:
         return PlacedSettings(None, cluster)
     own = [s for s in settings if s.backend == cluster.groups[0].backend]
     if not own:
         return PlacedSettings(None, replace(cluster, upstream_settings=False))
     [mine] = own
-    if mine.changes_body or mine.credential_error is not None:
+    if mine.changes_body or mine.translates or mine.credential_error is not None:
         return PlacedSettings(
             None, replace(cluster, name=cluster.name + SERVICE_CLUSTER_SUFFIX, upstream_settings=True)
         )

@@ -102,6 +102,8 @@ UPSTREAM_FAILURES = (
         "upstream_unavailable",
     ),
     (("UT",), 504, "the model's backend did not answer in time", "upstream_timeout"),
+    # A backend that broke the protocol (a response cut before it was whole, a malformed one).
+    (("UPE",), 502, "the model's backend sent a malformed or incomplete response", "upstream_protocol_error"),
 )
 
 

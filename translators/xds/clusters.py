@@ -119,7 +119,7 @@ def _protocol_options(ir: ClusterIR) -> http_protocol_options_pb2.HttpProtocolOp
         explicit.http_protocol_options.SetInParent()
     options = http_protocol_options_pb2.HttpProtocolOptions(explicit_http_config=explicit)
     if ir.upstream_settings:
-        options.http_filters.append(upstream_settings_filter())
+        options.http_filters.append(upstream_settings_filter(translates=ir.translates))
     elif ir.api_key is not None:
         options.http_filters.append(_credential_filter(ir))
     if options.http_filters:  # an upstream filter chain ends with the codec

@@ -14,6 +14,7 @@ from translators.xds.names import (
     UPSTREAM_SETTINGS_FILTER,
     UPSTREAM_SETTINGS_METADATA,
     UPSTREAM_SETTINGS_MODE,
+    UPSTREAM_TRANSLATION_MODE,
     pack,
 )
 
@@ -46,7 +47,7 @@ def extproc_config(
     return config
 
 
-def upstream_settings_filter() -> hcm_pb2.HttpFilter:
+def upstream_settings_filter(translates: bool = False) -> hcm_pb2.HttpFilter:
     """A cluster's upstream filter applying the backend's settings to each attempt (the codec follows it).
 
     Envoy runs it after it has chosen the host, so the request attributes name the rule (route metadata) and the
@@ -54,10 +55,13 @@ def upstream_settings_filter() -> hcm_pb2.HttpFilter:
     settings. The body is asked for in BUFFERED mode, so Envoy keeps Content-Length and holds the headers until the
     service has answered the body (and set Content-Length to the new body's); the service turns the body off with a
     mode override when the settings only touch headers.
+
+    `translates`: some backend of the cluster speaks another API than OpenAI's, so the filter also sees the answer's
+    headers, and its body (buffered, or streamed for an event stream, by a mode override at the headers); attempts to
+    the cluster's other backends turn the answer off in their first reply.
     """
-    config = extproc_config(
-        UPSTREAM_SETTINGS_MODE, [], [], allow_mode_override=True, message_timeout=QUICK_MESSAGE_TIMEOUT
-    )
+    mode = UPSTREAM_TRANSLATION_MODE if translates else UPSTREAM_SETTINGS_MODE
+    config = extproc_config(mode, [], [], allow_mode_override=True, message_timeout=QUICK_MESSAGE_TIMEOUT)
     config.grpc_service.initial_metadata.append(base_pb2.HeaderValue(key=UPSTREAM_SETTINGS_METADATA, value="1"))
     config.request_attributes.extend([RULE_ATTRIBUTE, BACKEND_ATTRIBUTE])
     return hcm_pb2.HttpFilter(name=UPSTREAM_SETTINGS_FILTER, typed_config=pack(config))

@@ -165,6 +165,18 @@ REFERENCE_PICKER_MODE = Mode(
 )
 # The upstream-settings filter: request headers and buffered body; responses are the router filter's.
 UPSTREAM_SETTINGS_MODE = _mode(Mode.BUFFERED, response_headers=Mode.SKIP)
+# Its mode override for an attempt whose settings touch headers only (a mode override replaces the whole mode).
+UPSTREAM_HEADERS_ONLY_MODE = _mode(Mode.NONE, response_headers=Mode.SKIP)
+# The same for a cluster with a backend whose answers are translated: their headers, and their body, buffered (an
+# event stream is switched to STREAMED at its headers).
+UPSTREAM_TRANSLATION_MODE = Mode(
+    request_header_mode=Mode.SEND,
+    request_body_mode=Mode.BUFFERED,
+    request_trailer_mode=Mode.SKIP,
+    response_header_mode=Mode.SEND,
+    response_body_mode=Mode.BUFFERED,
+    response_trailer_mode=Mode.SKIP,
+)
 
 
 def pack(message: Message) -> any_pb2.Any:

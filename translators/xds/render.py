@@ -139,7 +139,12 @@ REDACTED = "<redacted>"
 
 def settings_dict(settings: BackendSettingsIR) -> dict[str, Any]:
     """The upstream-phase settings of a (rule, backend), with the credential's value never shown."""
-    shown = {k: v for k, v in asdict(settings).items() if v not in (None, ())}
+    shown = {k: v for k, v in asdict(settings).items() if v not in (None, ()) and k != "schema"}
+    if settings.translates:
+        schema = settings.schema
+        shown["schema"] = {k: str(v) for k, v in (("name", schema.name), ("version", schema.version)) if v is not None}
+        if schema.prefix is not None:
+            shown["schema"]["prefix"] = schema.prefix
     if settings.api_key is not None:
         shown["api_key"] = {"header": settings.api_key.header, "value": REDACTED}
     return shown

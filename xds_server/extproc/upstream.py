@@ -18,21 +18,24 @@ import grpc
 import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 
-from translators.ir import BackendSettingsIR
+from translators.ir import ApiSchema, BackendSettingsIR
 from translators.runtime import EMPTY_TABLES, RuntimeTables
-from translators.xds.names import BACKEND_ATTRIBUTE, RULE_ATTRIBUTE, UPSTREAM_SETTINGS_MODE
+from translators.xds.names import (
+    BACKEND_ATTRIBUTE,
+    RULE_ATTRIBUTE,
+    UPSTREAM_HEADERS_ONLY_MODE,
+    UPSTREAM_SETTINGS_MODE,
+)
 from xds_server import metrics
-from xds_server.extproc.protocol import PASS_THROUGH, Context, Mode, ProcessingResponse, attribute, error, set_header
+from xds_server.extproc.protocol import PASS_THROUGH, Context, ProcessingResponse, attribute, error, set_header
+from xds_server.extproc.providers import ProviderAttempt
 from xds_server.identity import peer_gateway
 
 log = logging.getLogger(__name__)
 
-# The filter's own mode with the request body off: a mode override replaces the whole mode, so it starts from the
-# filter's (responses stay skipped: the router filter handles them).
-_HEADERS_ONLY = Mode()
-_HEADERS_ONLY.CopyFrom(UPSTREAM_SETTINGS_MODE)
-_HEADERS_ONLY.request_body_mode = Mode.NONE
-NO_SETTINGS = ProcessingResponse(request_headers=ext_proc_pb2.HeadersResponse(), mode_override=_HEADERS_ONLY)
+NO_SETTINGS = ProcessingResponse(
+    request_headers=ext_proc_pb2.HeadersResponse(), mode_override=UPSTREAM_HEADERS_ONLY_MODE
+)
 # 20 digits or more: possibly an integer past 64 bits.
 _HUGE_INTEGER = re.compile(rb"\d{20}")
 
@@ -40,13 +43,16 @@ _HUGE_INTEGER = re.compile(rb"\d{20}")
 class UpstreamPlan:
     """One (rule, backend)'s settings as ready-made replies: built once per build, used by every attempt."""
 
-    __slots__ = ("fields", "headers_reply", "removed_fields")
+    __slots__ = ("changes_body", "fields", "headers_reply", "mutation", "removed_fields", "settings")
 
     def __init__(self, settings: BackendSettingsIR) -> None:
+        self.settings = settings
+        self.changes_body = settings.changes_body
         set_headers = [set_header(name, value.encode()) for name, value in settings.set_headers]
         if settings.api_key is not None:
             set_headers.append(set_header(settings.api_key.header, settings.api_key.value.encode()))
         mutation = ext_proc_pb2.HeaderMutation(set_headers=set_headers, remove_headers=list(settings.remove_headers))
+        self.mutation = mutation
         headers = ext_proc_pb2.HeadersResponse(response=ext_proc_pb2.CommonResponse(header_mutation=mutation))
         self.headers_reply: ProcessingResponse
         if settings.credential_error is not None:
@@ -54,13 +60,19 @@ class UpstreamPlan:
             message = f"{settings.backend}: {settings.credential_error}"
             self.headers_reply = error(503, message, "backend_credentials_unavailable", "upstream_settings")
         elif settings.changes_body:
-            self.headers_reply = ProcessingResponse(request_headers=headers)
+            self.headers_reply = ProcessingResponse(request_headers=headers, mode_override=UPSTREAM_SETTINGS_MODE)
         else:
-            self.headers_reply = ProcessingResponse(request_headers=headers, mode_override=_HEADERS_ONLY)
+            self.headers_reply = ProcessingResponse(request_headers=headers, mode_override=UPSTREAM_HEADERS_ONLY_MODE)
         self.fields: dict[str, object] = {path: orjson.loads(value) for path, value in settings.set_fields}
         if settings.model_name_override is not None:
             self.fields["model"] = settings.model_name_override
         self.removed_fields = settings.remove_fields
+
+    def attempt(self) -> ProviderAttempt | None:
+        """The attempt's own state when the backend speaks another API (and its credential is usable)."""
+        if not self.settings.translates or self.settings.credential_error is not None:
+            return None
+        return ProviderAttempt(self.settings.schema, self.mutation, self.settings.model_name_override)
 
     def __repr__(self) -> str:  # the headers reply holds the credential
         return f"UpstreamPlan(fields={sorted(self.fields)}, removed={list(self.removed_fields)})"
@@ -130,6 +142,7 @@ class UpstreamSettingsService:
 
     async def handle(self, context: Context, metadata: Mapping[str, str]) -> None:
         plan: UpstreamPlan | None = None
+        attempt: ProviderAttempt | None = None
         plans = self.plans
         while (request := await context.read()) is not grpc.aio.EOF:
             kind = request.WhichOneof("request")
@@ -140,11 +153,27 @@ class UpstreamSettingsService:
                     plan = None
                     await context.write(refused)
                     continue
-                await context.write(plan.headers_reply if plan is not None else NO_SETTINGS)
+                attempt = plan.attempt() if plan is not None else None
+                if attempt is not None and plan is not None:
+                    await context.write(attempt.request_headers(request.request_headers, plan.changes_body))
+                else:
+                    await context.write(plan.headers_reply if plan is not None else NO_SETTINGS)
+            elif attempt is not None and attempt.schema.name is ApiSchema.ANTHROPIC and kind != "request_trailers":
+                await context.write(self._translate(attempt, request, kind))
             elif kind == "request_body" and plan is not None:
                 await context.write(plan.body_reply(request.request_body.body))
             else:
                 await context.write(PASS_THROUGH[kind])
+
+    @staticmethod
+    def _translate(attempt: ProviderAttempt, request: ext_proc_pb2.ProcessingRequest, kind: str) -> ProcessingResponse:
+        if kind == "request_body":
+            return attempt.request_body(request.request_body.body)
+        if kind == "response_headers":
+            return attempt.response_headers(request.response_headers)
+        if kind == "response_body":
+            return attempt.response_body(request.response_body)
+        return PASS_THROUGH[kind]
 
 
 def _refusal(context: Context, plans: UpstreamPlans, rule: str) -> ProcessingResponse | None:

@@ -1,0 +1,203 @@
+"""Hosted providers behind real Envoy and `xds-server serve`, against loopback simulators that check the providers'
+own contracts (testing/providers): Azure OpenAI (deployment paths, api-version, api-key) and Anthropic (the Messages
+API, translated both ways). The client is the official `openai` SDK, streaming and not; it never knows which
+provider answered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from testing.gateway_run import gateway_running
+from testing.manifests import ai_gateway_route, keyed_backend
+from testing.sims import SimProcess, start_anthropic_sim, start_azure_sim
+from testing.web import eventually, http_get
+
+AZURE_KEY = "azure-e2e-not-a-real-key-61c0"
+ANTHROPIC_KEY = "sk-ant-e2e-not-a-real-key-93b1"
+# The Anthropic simulator's error hooks are models of their own (testing/providers/anthropic_sim.py).
+HOOKS = ("claude-overloaded", "claude-midstream-error", "claude-cut")
+MODELS = {"gpt-4o-mini": "azure", "claude-sonnet-4-5": "claude", **dict.fromkeys(HOOKS, "claude")}
+
+
+class Providers:
+    """The two simulators on addresses of their own, and a Gateway routing models to them (the Anthropic error hooks
+    are models too)."""
+
+    def __init__(self, tmp_path: Path, stack: contextlib.ExitStack) -> None:
+        octet = random.randint(1, 254)
+        azure_host, claude_host = f"127.{octet}.33.1", f"127.{octet}.33.2"
+        self.azure = start_azure_sim(azure_host, tmp_path / "azure.log", AZURE_KEY, {"gpt-4o-mini": "gpt-4o"})
+        stack.callback(self.azure.kill)
+        self.claude = start_anthropic_sim(claude_host, tmp_path / "anthropic.log", ANTHROPIC_KEY)
+        stack.callback(self.claude.kill)
+        documents = [
+            ai_gateway_route("providers", MODELS),
+            keyed_backend("azure", azure_host, self.azure.port, AZURE_KEY, "AzureOpenAI", "2024-10-21", "AzureAPIKey"),
+            keyed_backend("claude", claude_host, self.claude.port, ANTHROPIC_KEY, "Anthropic", None, "AnthropicAPIKey"),
+        ]
+        run = stack.enter_context(gateway_running(tmp_path, documents))
+        self.client = openai.OpenAI(base_url=f"{run.url}/v1", api_key="client-token", max_retries=0)
+
+    def requests(self, sim: SimProcess) -> list[dict[str, Any]]:
+        status, body = http_get(f"{sim.url}/debug/requests")
+        assert status == 200, body
+        found: list[dict[str, Any]] = json.loads(body)
+        return found
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
+    with contextlib.ExitStack() as stack:
+        providers = Providers(tmp_path_factory.mktemp("providers"), stack)
+        eventually(lambda: _answers(providers, "gpt-4o-mini"), "the Azure route answering")
+        yield providers
+
+
+def _answers(gw: Providers, model: str) -> bool:
+    try:
+        gw.client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    except openai.APIError:
+        return False
+    return True
+
+
+def test_azure_openai_gets_its_deployment_path_api_version_and_key(gw: Providers) -> None:
+    completion = gw.client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Say this is a test"}]
+    )
+    assert completion.choices[0].message.content == "This is a test."
+    assert completion.model == "gpt-4o"  # Azure answers with the deployment's model
+    last = gw.requests(gw.azure)[-1]
+    assert last["path"] == "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21"
+    # The sim refuses the client's authorization and the gateway's own headers: the answer proves none came.
+    assert "authorization" not in last["headers"] and last["headers"]["api-key"] == "<redacted>"
+
+
+def test_azure_openai_streams(gw: Providers) -> None:
+    stream = gw.client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Say this is a test"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip() == "This is a test."
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+
+
+def test_anthropic_answers_an_openai_chat_completion(gw: Providers) -> None:
+    completion = gw.client.chat.completions.create(
+        model="claude-sonnet-4-5",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say this is a test"}],
+        max_tokens=50,
+    )
+    assert completion.object == "chat.completion" and completion.model == "claude-sonnet-4-5"
+    assert completion.choices[0].finish_reason == "stop"
+    assert "Say this is a test" in (completion.choices[0].message.content or "")
+    assert completion.usage is not None and completion.usage.prompt_tokens > 0
+    last = gw.requests(gw.claude)[-1]
+    assert last["path"] == "/v1/messages"
+    assert last["body"]["system"] == [{"type": "text", "text": "Be brief."}]
+    assert "authorization" not in last["headers"] and "anthropic-version" in last["headers"]
+
+
+def test_anthropic_streams_as_openai_chunks(gw: Providers) -> None:
+    stream = gw.client.chat.completions.create(
+        model="claude-sonnet-4-5",
+        messages=[{"role": "user", "content": "Say this is a test"}],
+        max_tokens=50,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Say this is a test" in text
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_anthropic_tool_calls_come_back_as_openai_tool_calls(gw: Providers) -> None:
+    tools: Any = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "The weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+        }
+    ]
+    first = gw.client.chat.completions.create(
+        model="claude-sonnet-4-5",
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=tools,
+        tool_choice="required",
+        max_tokens=100,
+    )
+    assert first.choices[0].finish_reason == "tool_calls"
+    [call] = first.choices[0].message.tool_calls or []
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert "city" in json.loads(call.function.arguments)
+    # The tool's answer goes back; the provider sees a tool_result for that very call.
+    follow_up = gw.client.chat.completions.create(
+        model="claude-sonnet-4-5",
+        messages=[
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {"role": "assistant", "tool_calls": [call.model_dump()]},  # type: ignore[list-item]
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"},
+        ],
+        tools=tools,
+        max_tokens=100,
+    )
+    assert follow_up.choices[0].finish_reason == "stop"
+    assert "sunny" in (follow_up.choices[0].message.content or "")
+
+
+def test_a_field_anthropic_cannot_honour_is_a_400_naming_it_and_never_sent(gw: Providers) -> None:
+    sent = len(gw.requests(gw.claude))
+    with pytest.raises(openai.BadRequestError) as raised:
+        gw.client.chat.completions.create(
+            model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hi"}], n=2, max_tokens=10
+        )
+    assert raised.value.param == "n" and "n" in raised.value.message
+    assert len(gw.requests(gw.claude)) == sent
+
+
+def test_a_provider_error_is_an_openai_error_with_its_status(gw: Providers) -> None:
+    with pytest.raises(openai.APIStatusError) as raised:
+        gw.client.chat.completions.create(
+            model="claude-overloaded", messages=[{"role": "user", "content": "hi"}], max_tokens=10
+        )
+    assert raised.value.status_code == 529
+    body = raised.value.body
+    assert isinstance(body, dict) and body["type"] == "server_error" and body["message"]
+
+
+@pytest.mark.parametrize("model", ["claude-midstream-error", "claude-cut"])
+def test_a_stream_that_breaks_off_ends_in_an_error_the_sdk_raises(gw: Providers, model: str) -> None:
+    """An Anthropic error event after the 200, or a stream cut before message_stop: the client gets an error the SDK
+    raises (an error event after the text so far, or an error status when the cut came before the answer started),
+    never a stream that looks complete."""
+    received: list[str] = []
+    with pytest.raises(openai.APIError) as raised:
+        stream = gw.client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Say this is a test"}], max_tokens=50, stream=True
+        )
+        for chunk in stream:
+            received.extend(c.delta.content or "" for c in chunk.choices)
+    if isinstance(raised.value, openai.APIStatusError):  # the cut came first: a JSON error, not Envoy's plain text
+        assert isinstance(raised.value.body, dict) and raised.value.body["code"], raised.value.body
+    else:
+        assert "".join(received)  # the text that came before the break

@@ -1,0 +1,1 @@
+"""Simulators of hosted providers' APIs, for tests."""

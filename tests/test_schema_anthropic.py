@@ -1,0 +1,686 @@
+"""OpenAI chat completions <-> Anthropic Messages (xds_server.extproc.schemas.anthropic).
+
+Golden cases: every directory of testdata/providers/anthropic/ is a case holding one or more pairs, input -> output:
+
+    openai-request.json     -> anthropic-request.json  chat_request (the model sent: the request's own)
+    anthropic-response.json -> openai-response.json    chat_response (the client's model: the case's request's)
+    anthropic-stream.txt    -> openai-stream.txt       ChatStream, fed whole (include_usage: the case's request's)
+    anthropic-error.txt     -> openai-error.json       error_response (the HTTP status on the first line, the body
+                                                       after it)
+
+`python -m pytest tests/test_schema_anthropic.py --update-golden` rewrites the outputs; review the diff. The inputs
+were written from the documented shapes, and are checked here against the SDKs' own types, as are the outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic.types
+import httpx2
+import openai
+import orjson
+import pydantic
+import pytest
+from anthropic.types import message_create_params
+from anthropic.types.shared.error_response import ErrorResponse
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, completion_create_params
+from openai.types.shared import ErrorObject
+from pydantic_core import SchemaValidator
+
+from xds_server.extproc.schemas.anthropic import (
+    ANTHROPIC_VERSION,
+    DEFAULT_MAX_TOKENS,
+    DROPPED_FIELDS,
+    SAMPLING_FIELDS,
+    ChatStream,
+    RequestRejected,
+    chat_request,
+    chat_response,
+    error_response,
+)
+
+CASES = Path(__file__).resolve().parent.parent / "testdata" / "providers" / "anthropic"
+CLIENT_MODEL = "claude-sonnet-4-5"  # the model the client asked for, when the case has no request
+CREATED = 1767225600
+PAIRS = {
+    "openai-request.json": "anthropic-request.json",
+    "anthropic-response.json": "openai-response.json",
+    "anthropic-stream.txt": "openai-stream.txt",
+    "anthropic-error.txt": "openai-error.json",
+}
+# Inputs deliberately outside the SDK's types: what is newer than the SDK must still translate.
+OFF_SPEC = {"finish-unknown", "error-unknown-type", "error-html", "error-empty"}
+
+
+def case_names(with_file: str | None = None) -> list[str]:
+    names = sorted(p.name for p in CASES.iterdir() if p.is_dir())
+    return [n for n in names if with_file is None or (CASES / n / with_file).exists()]
+
+
+def client_request(case: str) -> dict[str, Any]:
+    path = CASES / case / "openai-request.json"
+    return dict(orjson.loads(path.read_bytes())) if path.exists() else {}
+
+
+def include_usage(case: str) -> bool:
+    return bool((client_request(case).get("stream_options") or {}).get("include_usage"))
+
+
+def stream_of(case: str) -> ChatStream:
+    return ChatStream(client_request(case).get("model", CLIENT_MODEL), CREATED, include_usage(case))
+
+
+def rendered(document: Any) -> str:
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def translate(case: str, name: str) -> str:
+    raw = (CASES / case / name).read_bytes()
+    if name == "openai-request.json":
+        body = orjson.loads(raw)
+        return rendered(chat_request(body, body["model"]))
+    if name == "anthropic-response.json":
+        return rendered(chat_response(orjson.loads(raw), client_request(case).get("model", CLIENT_MODEL), CREATED))
+    if name == "anthropic-stream.txt":
+        stream = stream_of(case)
+        return (stream.feed(raw) + stream.finish()).decode()
+    status, _, body = raw.partition(b"\n")
+    return rendered(orjson.loads(error_response(int(status), body)))
+
+
+@pytest.fixture
+def update(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.mark.parametrize("case", case_names())
+def test_golden(case: str, update: bool) -> None:
+    files = {p.name for p in (CASES / case).iterdir()}
+    assert not files - PAIRS.keys() - set(PAIRS.values()), f"{case}: unexpected files; a case holds only {PAIRS}"
+    orphans = [output for source, output in PAIRS.items() if output in files and source not in files]
+    assert not orphans, f"{case}: {orphans} without their input"
+    inputs = [name for name in PAIRS if name in files]
+    assert inputs, f"{case} holds no input"
+    for name in inputs:
+        output = CASES / case / PAIRS[name]
+        actual = translate(case, name)
+        if update:
+            output.write_text(actual)
+        assert output.exists(), f"{output} missing: run with --update-golden and review it"
+        assert actual == output.read_text(), f"{case}: {output.name} changed; review and run --update-golden"
+
+
+# ---- the SDKs' types
+
+
+def _forbid_extra(schema: Any) -> None:
+    """pydantic ignores unknown keys of TypedDicts and the SDK's models allow them: forbid them everywhere a type did
+    not say otherwise, and read Iterable fields as lists (pydantic validates an iterable's items only lazily).
+
+    A model is validated by its fields alone, into a dict: for a "model" schema whose class has completed its build,
+    pydantic-core does not build a validator from the schema but reuses the class's own `__pydantic_validator__`
+    (which allows extra keys), whatever the schema says. The SDKs' models build lazily, on their first use anywhere
+    in the process (an SDK call parsing an answer), so keeping them would make the check depend on what ran before.
+    """
+    if isinstance(schema, dict):
+        if schema.get("type") == "model":
+            ref = schema.get("ref")  # what "definition-ref" schemas point at
+            fields = schema["schema"]
+            schema.clear()
+            schema.update(fields)
+            if ref is not None:
+                schema["ref"] = ref
+        kind = schema.get("type")
+        if kind == "model-fields" or (kind == "typed-dict" and schema.get("extra_behavior") in (None, "ignore")):
+            schema["extra_behavior"] = "forbid"
+        elif kind == "generator":
+            schema["type"] = "list"
+        for value in schema.values():
+            _forbid_extra(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            _forbid_extra(value)
+
+
+@functools.cache
+def strict(tp: Any) -> SchemaValidator:
+    if isinstance(tp, type) and issubclass(tp, pydantic.BaseModel):
+        tp.model_rebuild()  # the SDKs' models build their schema lazily: as on their first use
+        schema = copy.deepcopy(tp.__pydantic_core_schema__)
+    else:
+        schema = copy.deepcopy(pydantic.TypeAdapter(tp).core_schema)
+    _forbid_extra(schema)
+    return SchemaValidator(schema)
+
+
+def test_strict_validation_catches_extra_keys() -> None:
+    """Also once the SDK's models have been built, as any SDK call parsing an answer builds them (see _forbid_extra),
+    and in the SDK's models themselves."""
+    good: Any = {
+        "model": "m",
+        "max_tokens": 1,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}],
+    }
+    bad = copy.deepcopy(good)
+    bad["messages"][0]["content"][0]["cache"] = True
+    message: Any = orjson.loads((CASES / "response-text-tool-thinking" / "anthropic-response.json").read_bytes())
+    messages = [copy.deepcopy(message) for _ in range(3)]
+    messages[0]["cache"] = True
+    messages[1]["content"][2]["cache"] = True
+    messages[2]["usage"]["cache"] = True
+    for built in (False, True):
+        if built:
+            for model in (anthropic.types.TextBlock, anthropic.types.Usage, anthropic.types.Message):
+                model.model_rebuild()
+        request = strict.__wrapped__(message_create_params.MessageCreateParamsNonStreaming)
+        request.validate_python(good)
+        with pytest.raises(pydantic.ValidationError):
+            request.validate_python(bad)
+        response = strict.__wrapped__(anthropic.types.Message)
+        response.validate_python(message)
+        for extra in messages:
+            with pytest.raises(pydantic.ValidationError):
+                response.validate_python(extra)
+
+
+@pytest.mark.parametrize("case", case_names("openai-request.json"))
+def test_requests_fit_the_sdk_types(case: str) -> None:
+    body = client_request(case)
+    openai_type = completion_create_params.CompletionCreateParamsStreaming
+    if not body.get("stream"):
+        openai_type = completion_create_params.CompletionCreateParamsNonStreaming  # type: ignore[assignment]
+    strict(openai_type).validate_python(body)  # the input is a real OpenAI request
+
+    request = chat_request(body, body["model"])
+    # The SDK no longer declares the sampling fields (see SAMPLING_FIELDS); everything else must fit its type.
+    sampling = {name: request.pop(name) for name in SAMPLING_FIELDS if name in request}
+    assert all(isinstance(v, int | float) and 0 <= v <= 1 for v in sampling.values())
+    anthropic_type = message_create_params.MessageCreateParamsStreaming
+    if not request.get("stream"):
+        anthropic_type = message_create_params.MessageCreateParamsNonStreaming  # type: ignore[assignment]
+    strict(anthropic_type).validate_python(request)
+
+
+def stream_events(case: str) -> Iterator[Any]:
+    for block in (CASES / case / "anthropic-stream.txt").read_text().split("\n\n"):
+        data = [line[6:] for line in block.splitlines() if line.startswith("data: ")]
+        if data:
+            yield json.loads("\n".join(data))
+
+
+@pytest.mark.parametrize("case", sorted(set(case_names()) - OFF_SPEC))
+def test_provider_inputs_fit_the_sdk_types(case: str) -> None:
+    directory = CASES / case
+    if (directory / "anthropic-response.json").exists():
+        strict(anthropic.types.Message).validate_json((directory / "anthropic-response.json").read_bytes())
+    if (directory / "anthropic-stream.txt").exists():
+        for event in stream_events(case):
+            if event["type"] == "ping":
+                assert event == {"type": "ping"}
+            else:
+                strict(
+                    ErrorResponse if event["type"] == "error" else anthropic.types.RawMessageStreamEvent
+                ).validate_python(event)
+    if (directory / "anthropic-error.txt").exists():
+        strict(ErrorResponse).validate_json((directory / "anthropic-error.txt").read_bytes().partition(b"\n")[2])
+
+
+def openai_events(case: str) -> list[bytes]:
+    return [event for event in translate(case, "anthropic-stream.txt").encode().split(b"\n\n") if event]
+
+
+@pytest.mark.parametrize("case", case_names())
+def test_outputs_fit_the_openai_types(case: str) -> None:
+    directory = CASES / case
+    if (directory / "anthropic-response.json").exists():
+        ChatCompletion.model_validate_json(translate(case, "anthropic-response.json"))
+    if (directory / "anthropic-error.txt").exists():
+        envelope = json.loads(translate(case, "anthropic-error.txt"))
+        assert set(envelope) == {"error"} and set(envelope["error"]) == {"message", "type", "param", "code"}
+        ErrorObject.model_validate(envelope["error"])
+    if (directory / "anthropic-stream.txt").exists():
+        for event in openai_events(case):
+            if event.startswith(b"data: {"):
+                document = json.loads(event[6:])
+                if "error" in document:
+                    assert set(document["error"]) == {"message", "type", "param", "code"}
+                    ErrorObject.model_validate(document["error"])
+                else:
+                    ChatCompletionChunk.model_validate(document)
+
+
+@pytest.mark.parametrize("case", case_names("anthropic-stream.txt"))
+def test_stream_shape(case: str) -> None:
+    """What every OpenAI client may rely on, whatever the upstream sent."""
+    events = openai_events(case)
+    chunks = [json.loads(e[6:]) for e in events if e.startswith(b"data: {")]
+    errors = [c for c in chunks if "error" in c]
+    chunks = [c for c in chunks if "error" not in c]
+    message_id = next(stream_events(case))["message"]["id"]
+    usage_asked = include_usage(case)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    seen_calls: set[int] = set()
+    for chunk in chunks:
+        assert (chunk["id"], chunk["object"], chunk["created"]) == (message_id, "chat.completion.chunk", CREATED)
+        assert chunk["model"] == client_request(case).get("model", CLIENT_MODEL)
+        assert ("usage" in chunk) == usage_asked
+        if chunk["choices"]:
+            assert chunk["choices"][0]["index"] == 0
+            assert not usage_asked or chunk["usage"] is None
+            for call in chunk["choices"][0]["delta"].get("tool_calls", []):
+                first = call["index"] not in seen_calls
+                seen_calls.add(call["index"])
+                assert ("id" in call) == ("type" in call) == ("name" in call["function"]) == first
+                assert not first or call["function"]["arguments"] == ""
+    if errors:  # an error ends the answer, without a finish reason: nothing follows but a truncation's [DONE]
+        assert len(errors) == 1 and not any(c["choices"] and c["choices"][0]["finish_reason"] for c in chunks)
+        after = events[[e.startswith(b'data: {"error"') for e in events].index(True) + 1 :]
+        assert after in ([], [b"data: [DONE]"])
+    else:
+        assert events[-1] == b"data: [DONE]"
+        finish = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+        assert len(finish) == 1 and finish[0]["choices"][0]["delta"] == {}
+        assert not usage_asked or (chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0)
+    assert seen_calls == set(range(len(seen_calls)))
+
+
+def test_mid_stream_error_ends_without_done_and_truncation_says_so() -> None:
+    assert openai_events("stream-error")[-1].startswith(b'data: {"error":')
+    assert b"[DONE]" not in translate("stream-error", "anthropic-stream.txt").encode()
+    truncated = openai_events("stream-truncated")
+    assert truncated[-2].startswith(b'data: {"error":') and b'"incomplete_stream"' in truncated[-2]
+    assert truncated[-1] == b"data: [DONE]"
+
+
+# ---- streams fed in pieces
+
+
+STREAMS = case_names("anthropic-stream.txt")
+
+
+def fed(case: str, pieces: list[bytes]) -> bytes:
+    stream = stream_of(case)
+    return b"".join(stream.feed(piece) for piece in pieces) + stream.finish()
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=st.sampled_from(STREAMS), crlf=st.booleans(), data=st.data())
+def test_any_split_gives_the_same_bytes(case: str, crlf: bool, data: st.DataObject) -> None:
+    raw = (CASES / case / "anthropic-stream.txt").read_bytes()
+    if crlf:  # CRLF line ends, which a split may cut between \r and \n
+        raw = raw.replace(b"\n", b"\r\n")
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=60)))
+    pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+    assert fed(case, pieces) == translate(case, "anthropic-stream.txt").encode()
+
+
+@pytest.mark.parametrize("case", STREAMS)
+def test_byte_by_byte(case: str) -> None:
+    raw = (CASES / case / "anthropic-stream.txt").read_bytes()
+    assert fed(case, [raw[i : i + 1] for i in range(len(raw))]) == fed(case, [raw])
+
+
+def test_nothing_after_the_end() -> None:
+    stream = stream_of("stream-text")
+    raw = (CASES / "stream-text" / "anthropic-stream.txt").read_bytes()
+    assert stream.feed(raw).endswith(b"data: [DONE]\n\n")
+    assert stream.feed(raw) == b"" and stream.finish() == b"" and stream.finish() == b""
+
+
+# ---- the openai SDK reading what the gateway answers
+
+
+def openai_client(status: int, body: bytes, content_type: str) -> openai.OpenAI:
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(status, content=body, headers={"content-type": content_type})
+
+    transport = httpx2.MockTransport(answer)
+    return openai.OpenAI(
+        api_key="test",
+        base_url="http://gateway.invalid/v1",
+        max_retries=0,
+        http_client=httpx2.Client(transport=transport),
+    )
+
+
+ASK: Any = [{"role": "user", "content": "hi"}]
+
+
+def test_sdk_assembles_streamed_tool_calls() -> None:
+    client = openai_client(200, translate("stream-tool-calls", "anthropic-stream.txt").encode(), "text/event-stream")
+    calls: dict[int, dict[str, str]] = {}
+    text, finish = "", None
+    for chunk in client.chat.completions.create(model=CLIENT_MODEL, messages=ASK, stream=True):
+        delta = chunk.choices[0].delta
+        text += delta.content or ""
+        finish = chunk.choices[0].finish_reason or finish
+        for call in delta.tool_calls or []:
+            entry = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+            entry["id"] += call.id or ""
+            entry["name"] += (call.function and call.function.name) or ""
+            entry["arguments"] += (call.function and call.function.arguments) or ""
+    assert text == "Checking both." and finish == "tool_calls"
+    assert [json.loads(calls[i]["arguments"]) for i in (0, 1)] == [
+        {"city": "Paris", "unit": "c"},
+        {"city": "Oslo", "unit": "c"},
+    ]
+    assert [calls[i]["id"] for i in (0, 1)] == ["toolu_01T1x1fJ34qAmk2tNTrN7Up6", "toolu_01U2y2gK45rBnl3uOUsO8Vq7"]
+
+
+@pytest.mark.parametrize("case", ["stream-error", "stream-truncated"])
+def test_sdk_raises_on_a_failed_stream(case: str) -> None:
+    client = openai_client(200, translate(case, "anthropic-stream.txt").encode(), "text/event-stream")
+    with pytest.raises(openai.APIError) as raised:
+        for _ in client.chat.completions.create(model=CLIENT_MODEL, messages=ASK, stream=True):
+            pass
+    assert raised.value.message in ("Overloaded", "the upstream stream ended before the answer was complete")
+
+
+def test_sdk_reads_usage_and_reasoning() -> None:
+    client = openai_client(200, translate("stream-include-usage", "anthropic-stream.txt").encode(), "text/event-stream")
+    chunks = list(client.chat.completions.create(model=CLIENT_MODEL, messages=ASK, stream=True))
+    reasoning = "".join(
+        (c.choices[0].delta.model_extra or {}).get("reasoning_content", "") for c in chunks if c.choices
+    )
+    assert reasoning == "A prime has exactly two divisors. 1 has one."
+    usage = chunks[-1].usage
+    assert usage is not None and usage.prompt_tokens_details is not None
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.prompt_tokens_details.cached_tokens) == (
+        2544,
+        311,
+        2048,
+    )
+
+    client = openai_client(
+        200, translate("response-text-tool-thinking", "anthropic-response.json").encode(), "application/json"
+    )
+    completion = client.chat.completions.create(model=CLIENT_MODEL, messages=ASK)
+    assert completion.choices[0].message.content == "I'll check the forecast for Paris. Café first, then Oslo ☕."
+
+
+def test_sdk_reads_error_envelopes() -> None:
+    client = openai_client(529, translate("error-overloaded", "anthropic-error.txt").encode(), "application/json")
+    with pytest.raises(openai.InternalServerError) as raised:
+        client.chat.completions.create(model=CLIENT_MODEL, messages=ASK)
+    assert (raised.value.status_code, raised.value.code, raised.value.type) == (529, "overloaded", "server_error")
+    assert raised.value.body == {"message": "Overloaded", "type": "server_error", "param": None, "code": "overloaded"}
+    client = openai_client(404, translate("error-model-not-found", "anthropic-error.txt").encode(), "application/json")
+    with pytest.raises(openai.NotFoundError) as not_found:
+        client.chat.completions.create(model=CLIENT_MODEL, messages=ASK)
+    assert not_found.value.code == "model_not_found"
+
+
+# ---- requests Anthropic cannot honour
+
+
+def body_with(**fields: Any) -> dict[str, Any]:
+    return {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}], **fields}
+
+
+FUNCTION = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+ASKED_F = {"role": "user", "content": "call f"}
+
+
+def calls_f(arguments: Any, **call: Any) -> dict[str, Any]:
+    function_call = {"id": "toolu_1", "type": "function", "function": {"name": "f", "arguments": arguments}, **call}
+    return body_with(messages=[ASKED_F, {"role": "assistant", "tool_calls": [function_call]}])
+
+
+def part(content: Any, role: str = "user") -> dict[str, Any]:
+    return body_with(messages=[{"role": role, "content": content}])
+
+
+def image(url: str) -> dict[str, Any]:
+    return part([{"type": "image_url", "image_url": {"url": url}}])
+
+
+REJECTED: list[tuple[str, dict[str, Any], str, str]] = [
+    ("n", body_with(n=2), "n", "unsupported_parameter"),
+    ("logprobs", body_with(logprobs=True), "logprobs", "unsupported_parameter"),
+    ("top_logprobs", body_with(top_logprobs=3), "top_logprobs", "unsupported_parameter"),
+    ("logit_bias", body_with(logit_bias={"50256": -100}), "logit_bias", "unsupported_parameter"),
+    ("presence_penalty", body_with(presence_penalty=0.5), "presence_penalty", "unsupported_parameter"),
+    ("frequency_penalty", body_with(frequency_penalty=-1), "frequency_penalty", "unsupported_parameter"),
+    ("seed", body_with(seed=7), "seed", "unsupported_parameter"),
+    ("audio", body_with(audio={"voice": "alloy", "format": "mp3"}), "audio", "unsupported_parameter"),
+    ("modalities", body_with(modalities=["text", "audio"]), "modalities", "unsupported_parameter"),
+    ("prediction", body_with(prediction={"type": "content", "content": "x"}), "prediction", "unsupported_parameter"),
+    ("verbosity", body_with(verbosity="low"), "verbosity", "unsupported_parameter"),
+    ("web_search", body_with(web_search_options={}), "web_search_options", "unsupported_parameter"),
+    ("moderation", body_with(moderation={"model": "omni-moderation-latest"}), "moderation", "unsupported_parameter"),
+    ("functions", body_with(functions=[{"name": "f"}]), "functions", "unsupported_parameter"),
+    ("function_call", body_with(function_call="auto"), "function_call", "unsupported_parameter"),
+    ("unknown", body_with(top_k=5, thinking={"type": "enabled"}), "thinking", "unknown_parameter"),
+    ("temperature>1", body_with(temperature=1.5), "temperature", "unsupported_value"),
+    ("temperature<0", body_with(temperature=-0.1), "temperature", "invalid_value"),
+    ("temperature type", body_with(temperature="hot"), "temperature", "invalid_value"),
+    ("top_p type", body_with(top_p=True), "top_p", "invalid_value"),
+    ("max_tokens", body_with(max_tokens=0), "max_tokens", "invalid_value"),
+    ("max_completion_tokens", body_with(max_completion_tokens="many"), "max_completion_tokens", "invalid_value"),
+    ("stop item", body_with(stop=["a", 1]), "stop[1]", "invalid_value"),
+    ("stream", body_with(stream="yes"), "stream", "invalid_value"),
+    ("json_object", body_with(response_format={"type": "json_object"}), "response_format.type", "unsupported_value"),
+    (
+        "json_schema without schema",
+        body_with(response_format={"type": "json_schema", "json_schema": {"name": "x"}}),
+        "response_format.json_schema.schema",
+        "invalid_value",
+    ),
+    ("effort minimal", body_with(reasoning_effort="minimal"), "reasoning_effort", "unsupported_value"),
+    ("effort none", body_with(reasoning_effort="none"), "reasoning_effort", "unsupported_value"),
+    ("no messages", {"model": "m"}, "messages", "missing_required_parameter"),
+    ("empty messages", body_with(messages=[]), "messages", "invalid_value"),
+    ("only system", body_with(messages=[{"role": "system", "content": "s"}]), "messages", "invalid_value"),
+    (
+        "function role",
+        body_with(messages=[{"role": "function", "name": "f", "content": "1"}]),
+        "messages[0].role",
+        "unsupported_value",
+    ),
+    ("unknown role", body_with(messages=[{"role": "bot", "content": "x"}]), "messages[0].role", "invalid_value"),
+    (
+        "input_audio",
+        part(
+            [{"type": "text", "text": "x"}, {"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav"}}]
+        ),
+        "messages[0].content[1].type",
+        "unsupported_value",
+    ),
+    (
+        "file",
+        part([{"type": "file", "file": {"file_id": "file-1"}}]),
+        "messages[0].content[0].type",
+        "unsupported_value",
+    ),
+    ("video", part([{"type": "video_url", "video_url": "x"}]), "messages[0].content[0].type", "invalid_value"),
+    (
+        "system image",
+        part([{"type": "image_url", "image_url": {"url": "https://x/y.png"}}], "system"),
+        "messages[0].content[0].type",
+        "invalid_value",
+    ),
+    ("svg", image("data:image/svg+xml;base64,PHN2Zz4="), "messages[0].content[0].image_url.url", "unsupported_value"),
+    ("not base64", image("data:image/png,%89PNG"), "messages[0].content[0].image_url.url", "invalid_value"),
+    ("ftp", image("ftp://example.org/a.png"), "messages[0].content[0].image_url.url", "unsupported_value"),
+    ("bad arguments", calls_f("{'city': 'Paris'"), "messages[1].tool_calls[0].function.arguments", "invalid_value"),
+    ("array arguments", calls_f("[1, 2]"), "messages[1].tool_calls[0].function.arguments", "invalid_value"),
+    ("no call id", calls_f("{}", id=None), "messages[1].tool_calls[0].id", "invalid_value"),
+    ("custom call", calls_f("{}", type="custom"), "messages[1].tool_calls[0].type", "unsupported_value"),
+    (
+        "assistant audio",
+        body_with(messages=[ASKED_F, {"role": "assistant", "audio": {"id": "audio_1"}}]),
+        "messages[1].audio",
+        "unsupported_parameter",
+    ),
+    (
+        "no tool_call_id",
+        body_with(messages=[ASKED_F, {"role": "tool", "content": "1"}]),
+        "messages[1].tool_call_id",
+        "invalid_value",
+    ),
+    (
+        "custom tool",
+        body_with(tools=[{"type": "custom", "custom": {"name": "g"}}]),
+        "tools[0].type",
+        "unsupported_value",
+    ),
+    (
+        "tool name",
+        body_with(tools=[{"type": "function", "function": {"description": "d"}}]),
+        "tools[0].function.name",
+        "invalid_value",
+    ),
+    ("required without tools", body_with(tool_choice="required"), "tool_choice", "invalid_value"),
+    (
+        "custom tool_choice",
+        body_with(tools=[FUNCTION], tool_choice={"type": "custom", "custom": {"name": "g"}}),
+        "tool_choice",
+        "unsupported_value",
+    ),
+    (
+        "allowed unknown tool",
+        body_with(
+            tools=[FUNCTION],
+            tool_choice={
+                "type": "allowed_tools",
+                "allowed_tools": {"mode": "auto", "tools": [{"type": "function", "function": {"name": "g"}}]},
+            },
+        ),
+        "tool_choice.allowed_tools.tools",
+        "invalid_value",
+    ),
+    (
+        "parallel_tool_calls",
+        body_with(tools=[FUNCTION], parallel_tool_calls="no"),
+        "parallel_tool_calls",
+        "invalid_value",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "param", "code"), [r[1:] for r in REJECTED], ids=[r[0] for r in REJECTED])
+def test_rejected(body: dict[str, Any], param: str, code: str) -> None:
+    with pytest.raises(RequestRejected) as raised:
+        chat_request(body, "claude-sonnet-4-5")
+    rejected = raised.value
+    assert (rejected.status, rejected.param, rejected.code) == (400, param, code)
+    assert rejected.message.startswith(param) and len(rejected.message) > len(param) + 5
+    envelope = orjson.loads(rejected.envelope())
+    assert envelope == {
+        "error": {"message": rejected.message, "type": "invalid_request_error", "param": param, "code": code}
+    }
+
+
+def test_unknown_fields_are_all_named() -> None:
+    with pytest.raises(RequestRejected) as raised:
+        chat_request(body_with(top_k=5, thinking={"type": "enabled"}), "m")
+    assert raised.value.message == "thinking, top_k: unknown parameters"
+
+
+def test_rejection_never_quotes_request_content() -> None:
+    with pytest.raises(RequestRejected) as raised:
+        chat_request(calls_f('{"secret": "hunter2"'), "m")
+    assert "hunter2" not in raised.value.message
+
+
+# ---- the rest of the request mapping
+
+
+@pytest.mark.parametrize("field", sorted(completion_create_params.CompletionCreateParamsStreaming.__annotations__))
+def test_every_openai_field_is_decided(field: str) -> None:
+    """Each field of OpenAI's request type is mapped, dropped on purpose or rejected; `null` always passes."""
+    if field not in ("model", "messages"):
+        chat_request(body_with(**{field: None}), "m")
+
+
+def test_dropped_fields_are_openai_fields() -> None:
+    assert set(DROPPED_FIELDS) <= set(completion_create_params.CompletionCreateParamsBase.__annotations__)
+
+
+def test_defaults_and_constants() -> None:
+    assert (ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS) == ("2023-06-01", 4096)
+    assert chat_request(body_with(), "claude-x")["max_tokens"] == DEFAULT_MAX_TOKENS
+    assert chat_request(body_with(), "claude-x", default_max_tokens=1000)["max_tokens"] == 1000
+    assert chat_request(body_with(max_tokens=10, max_completion_tokens=20), "claude-x")["max_tokens"] == 20
+    assert chat_request(body_with(), "claude-x")["model"] == "claude-x"  # the caller's, not the body's
+
+
+def test_parallel_tool_calls_only_with_tools() -> None:
+    assert "tool_choice" not in chat_request(body_with(parallel_tool_calls=False), "m")
+    assert chat_request(body_with(tools=[FUNCTION], parallel_tool_calls=True), "m").get("tool_choice") is None
+    none = chat_request(body_with(tools=[FUNCTION], tool_choice="none", parallel_tool_calls=False), "m")
+    assert none["tool_choice"] == {"type": "none"}
+    named = body_with(
+        tools=[FUNCTION], tool_choice={"type": "function", "function": {"name": "f"}}, parallel_tool_calls=False
+    )
+    assert chat_request(named, "m")["tool_choice"] == {"type": "tool", "name": "f", "disable_parallel_tool_use": True}
+
+
+@pytest.mark.parametrize("case", case_names("openai-request.json"))
+def test_the_request_is_not_changed(case: str) -> None:
+    body = client_request(case)
+    before = copy.deepcopy(body)
+    chat_request(body, "m")
+    assert body == before
+
+
+# ---- errors
+
+
+def envelope_of(status: int, body: bytes) -> dict[str, Any]:
+    return dict(orjson.loads(error_response(status, body))["error"])
+
+
+def test_non_json_error_keeps_a_bounded_prefix() -> None:
+    for text in ("x" * 10_000, "é" * 300 + "tail", "<html>" + "☕" * 1000):
+        message = envelope_of(502, text.encode())["message"]
+        assert len(message) <= 256 and text.startswith(message.removesuffix("..."))
+    assert envelope_of(503, b"\xff\xfe not utf-8")["message"].endswith("not utf-8")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "code"),
+    [
+        (
+            400,
+            b'{"type":"error","error":{"type":"invalid_request_error","message":"m"}}',
+            "invalid_request_error",
+            "invalid_request_error",
+        ),
+        (
+            403,
+            b'{"type":"error","error":{"type":"permission_error","message":"m"}}',
+            "permission_error",
+            "permission_denied",
+        ),
+        (
+            404,
+            b'{"type":"error","error":{"type":"not_found_error","message":"file not found"}}',
+            "invalid_request_error",
+            "not_found",
+        ),
+        (
+            413,
+            b'{"type":"error","error":{"type":"request_too_large","message":"m"}}',
+            "invalid_request_error",
+            "request_too_large",
+        ),
+        (500, b'{"type":"error","error":{"type":"api_error","message":"m"}}', "server_error", "internal_error"),
+        (504, b'{"type":"error","error":{"type":"timeout_error","message":"m"}}', "server_error", "timeout"),
+        (429, b"Too Many Requests", "rate_limit_error", "rate_limit_exceeded"),
+        (401, b'{"error": "a string"}', "authentication_error", "invalid_api_key"),
+        (418, b"[]", "invalid_request_error", "invalid_request_error"),
+        (599, b"", "server_error", "internal_error"),
+    ],
+)
+def test_error_table(status: int, body: bytes, kind: str, code: str) -> None:
+    error = envelope_of(status, body)
+    assert (error["type"], error["code"], error["param"]) == (kind, code, None)
