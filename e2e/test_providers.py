@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -46,6 +47,8 @@ class Providers:
         ]
         run = stack.enter_context(gateway_running(tmp_path, documents))
         self.client = openai.OpenAI(base_url=f"{run.url}/v1", api_key="client-token", max_retries=0)
+        # Anthropic's own SDK, for Anthropic's own API: its token is the gateway's business, never the provider's.
+        self.anthropic = anthropic.Anthropic(base_url=run.url, api_key="client-token", max_retries=0)
 
     def requests(self, sim: SimProcess) -> list[dict[str, Any]]:
         status, body = http_get(f"{sim.url}/debug/requests")
@@ -201,3 +204,26 @@ def test_a_stream_that_breaks_off_ends_in_an_error_the_sdk_raises(gw: Providers,
         assert isinstance(raised.value.body, dict) and raised.value.body["code"], raised.value.body
     else:
         assert "".join(received)  # the text that came before the break
+
+
+def test_anthropic_clients_speak_the_messages_api_to_an_anthropic_backend(gw: Providers) -> None:
+    """The official anthropic SDK against the gateway's /v1/messages: passed on as it is, with the backend's key."""
+    message = gw.anthropic.messages.create(
+        model="claude-sonnet-4-5", max_tokens=50, messages=[{"role": "user", "content": "Say this is a test"}]
+    )
+    assert message.type == "message" and message.stop_reason == "end_turn"
+    assert "Say this is a test" in "".join(b.text for b in message.content if b.type == "text")
+    last = gw.requests(gw.claude)[-1]
+    assert last["path"] == "/v1/messages" and last["headers"]["x-api-key"] != "client-token"
+    assert "authorization" not in last["headers"]
+    with gw.anthropic.messages.stream(
+        model="claude-sonnet-4-5", max_tokens=50, messages=[{"role": "user", "content": "Say this is a test"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert "Say this is a test" in text and final.usage.output_tokens > 0
+
+
+def test_the_messages_api_to_a_backend_of_another_api_is_a_404(gw: Providers) -> None:
+    with pytest.raises(anthropic.NotFoundError):
+        gw.anthropic.messages.create(model="gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": "x"}])

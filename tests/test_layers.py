@@ -75,8 +75,11 @@ SERVICE_PEERS: Mapping[str, frozenset[str]] = {
     ),
     # Translation between OpenAI's API and providers' own: pure, one module per schema.
     "xds_server.extproc.schemas": frozenset({"xds_server.extproc.sse"}),
+    "xds_server.extproc.sigv4": frozenset(),  # AWS Signature Version 4: pure
     # One attempt to a backend of another API (Azure OpenAI's paths, Anthropic's translation) for the service below.
-    "xds_server.extproc.providers": frozenset({"xds_server.extproc.protocol", "xds_server.extproc.schemas"}),
+    "xds_server.extproc.providers": frozenset(
+        {"xds_server.extproc.protocol", "xds_server.extproc.schemas", "xds_server.extproc.sigv4"}
+    ),
     "xds_server.extproc.upstream": frozenset({"xds_server.extproc.protocol", "xds_server.extproc.providers"}),
     "xds_server.extproc.usage_log": frozenset({"xds_server.extproc.telemetry"}),
     "xds_server.epp": frozenset({"xds_server.extproc.protocol"}),

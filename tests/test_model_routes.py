@@ -406,7 +406,8 @@ def test_the_model_filter_sets_the_headers_the_stream_metering_and_the_usage_log
     assert all(header.startswith(INTERNAL_HEADER_PREFIXES) for header in set_headers)
 
 
-def test_the_usage_filter_reads_an_openai_answers_model_and_token_counts_into_the_metering_namespace() -> None:
+def test_the_usage_filter_reads_an_answers_model_and_token_counts_into_the_metering_namespace() -> None:
+    """OpenAI's usage, and Anthropic's (a /v1/messages answer passed through from an Anthropic backend)."""
     config = usage_config()
     assert not config.request_rules.rules  # answers only
     read = [
@@ -425,6 +426,8 @@ def test_the_usage_filter_reads_an_openai_answers_model_and_token_counts_into_th
         (("usage", "prompt_tokens"), ns, "input_tokens", number),
         (("usage", "completion_tokens"), ns, "output_tokens", number),
         (("usage", "total_tokens"), ns, "total_tokens", number),
+        (("usage", "input_tokens"), ns, "input_tokens", number),
+        (("usage", "output_tokens"), ns, "output_tokens", number),
     ]
     assert {key for _, _, key, _ in read} < set(USAGE_METADATA_KEYS)  # first_token_ms is stream metering's
     for rule in config.response_rules.rules:

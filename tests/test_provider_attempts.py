@@ -153,3 +153,17 @@ def test_an_unusable_credential_is_refused_before_any_attempt_state() -> None:
     plan = _plan(SchemaIR(ApiSchema.ANTHROPIC), credential_error="BackendSecurityPolicy default/p is not usable")
     assert plan.attempt() is None  # the plan's own reply refuses the request (503), with no translation
     assert plan.headers_reply.immediate_response.status.code == 503
+
+
+def test_the_messages_api_passes_to_an_anthropic_backend_with_the_clients_version_and_the_backends_key() -> None:
+    plan = _plan(SchemaIR(ApiSchema.ANTHROPIC, "2023-06-01"), api_key=ApiKey("x-api-key", KEY))
+    attempt = plan.attempt()
+    assert attempt is not None
+    client = {**CLIENT, ":path": "/v1/messages", "anthropic-version": "2024-01-01", "anthropic-beta": "x"}
+    reply = attempt.request_headers(_headers(**client), plan.changes_body)
+    sets, removes = _mutation(reply)
+    assert sets == {"x-api-key": KEY, ":path": "/v1/messages"}  # the client's anthropic-version stays
+    assert "authorization" in removes and "anthropic-beta" not in removes
+    assert not attempt.translates  # no body or answer translation: both phases off
+    assert reply.mode_override.request_body_mode == Mode.NONE
+    assert reply.mode_override.response_header_mode == Mode.SKIP

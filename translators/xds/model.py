@@ -61,6 +61,9 @@ USAGE_FIELDS = (
     (("usage", "prompt_tokens"), "input_tokens", json_to_metadata_pb2.JsonToMetadata.NUMBER),
     (("usage", "completion_tokens"), "output_tokens", json_to_metadata_pb2.JsonToMetadata.NUMBER),
     (("usage", "total_tokens"), "total_tokens", json_to_metadata_pb2.JsonToMetadata.NUMBER),
+    # Anthropic's Messages API, passed through to Anthropic backends (an answer has one shape or the other).
+    (("usage", "input_tokens"), "input_tokens", json_to_metadata_pb2.JsonToMetadata.NUMBER),
+    (("usage", "output_tokens"), "output_tokens", json_to_metadata_pb2.JsonToMetadata.NUMBER),
 )
 
 

@@ -66,9 +66,14 @@ MODEL_HEADER = "x-ai-eg-model"
 JSON_BODY_HEADER = "x-ai-eg-body"
 # The body's `stream` as Envoy renders it ("true" for a streamed answer).
 STREAM_HEADER = "x-ai-eg-stream"
-# The OpenAI paths an AI virtual host serves requests on (any other path is answered 404 before its body is read),
-# by the GenAI operation name they are measured under.
-OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion", "/v1/embeddings": "embeddings"}
+# The paths an AI virtual host serves requests on (any other path is answered 404 before its body is read), by the
+# GenAI operation name they are measured under: OpenAI's, and Anthropic's Messages API (for Anthropic backends).
+OPERATIONS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "text_completion",
+    "/v1/embeddings": "embeddings",
+    "/v1/messages": "chat",
+}
 AI_PATHS = tuple(OPERATIONS)
 MODELS_PATH = "/v1/models"
 # Endpoint Picker protocol: request headers clients (or other filters) may send the picker, and its answers.

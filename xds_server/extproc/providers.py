@@ -44,6 +44,7 @@ _AZURE_OPERATIONS = {
     "/v1/embeddings": "embeddings",
 }
 CHAT_COMPLETIONS = "/v1/chat/completions"
+MESSAGES = "/v1/messages"  # Anthropic's Messages API, which Anthropic backends take as it is
 # Request headers a provider never gets (compared lowercase; prefixes end with "-").
 _NEVER_FORWARDED = ("authorization", "accept-encoding", "x-ai-eg-", DESTINATION_HEADER)
 
@@ -96,6 +97,12 @@ class ProviderAttempt:
         self._streamed = False
         self._client_model = ""
         self._status = 0
+        self.passthrough = False  # the request is in the backend's own API already: the plan's settings only
+
+    @property
+    def translates(self) -> bool:
+        """This attempt's body and answer go through the translation (Anthropic, from OpenAI's chat completions)."""
+        return self.schema.name is ApiSchema.ANTHROPIC and not self.passthrough
 
     def request_headers(self, request: ext_proc_pb2.HttpHeaders, changes_body: bool) -> ProcessingResponse:
         headers = _headers(request)
@@ -114,10 +121,21 @@ class ProviderAttempt:
             # Azure answers in OpenAI's format: the answer's phase off; the body only if the plan changes it.
             mode = UPSTREAM_SETTINGS_MODE if changes_body else UPSTREAM_HEADERS_ONLY_MODE
             return ProcessingResponse(request_headers=reply, mode_override=mode)
-        # Anthropic: the body comes next (the filter's mode), then the answer.
-        if path.partition("?")[0] != CHAT_COMPLETIONS:
+        route = path.partition("?")[0]
+        if route not in (CHAT_COMPLETIONS, MESSAGES):
             return _unsupported_operation(path, self.schema.name)
         mutation.set_headers.append(set_header(":path", f"/{self.schema.prefix or 'v1'}/messages".encode()))
+        if route == MESSAGES:
+            # Anthropic's own API from an Anthropic client: passed on as it is (the client's anthropic-version and
+            # anthropic-beta kept), with the backend's credential; the answer needs nothing either.
+            if "anthropic-version" not in headers:
+                version = self.schema.version or anthropic.ANTHROPIC_VERSION
+                mutation.set_headers.append(set_header("anthropic-version", version.encode()))
+            reply = ext_proc_pb2.HeadersResponse(response=ext_proc_pb2.CommonResponse(header_mutation=mutation))
+            mode = UPSTREAM_SETTINGS_MODE if changes_body else UPSTREAM_HEADERS_ONLY_MODE
+            self.passthrough = True
+            return ProcessingResponse(request_headers=reply, mode_override=mode)
+        # OpenAI's chat completions: the body comes next (the filter's mode), then the answer, both translated.
         version = self.schema.version or anthropic.ANTHROPIC_VERSION
         mutation.set_headers.append(set_header("anthropic-version", version.encode()))
         return ProcessingResponse(

@@ -18,7 +18,7 @@ import grpc
 import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 
-from translators.ir import ApiSchema, BackendSettingsIR
+from translators.ir import BackendSettingsIR
 from translators.runtime import EMPTY_TABLES, RuntimeTables
 from translators.xds.names import (
     BACKEND_ATTRIBUTE,
@@ -158,7 +158,7 @@ class UpstreamSettingsService:
                     await context.write(attempt.request_headers(request.request_headers, plan.changes_body))
                 else:
                     await context.write(plan.headers_reply if plan is not None else NO_SETTINGS)
-            elif attempt is not None and attempt.schema.name is ApiSchema.ANTHROPIC and kind != "request_trailers":
+            elif attempt is not None and attempt.translates and kind != "request_trailers":
                 await context.write(self._translate(attempt, request, kind))
             elif kind == "request_body" and plan is not None:
                 await context.write(plan.body_reply(request.request_body.body))
