@@ -18,15 +18,53 @@ import openai
 import pytest
 
 from testing.gateway_run import gateway_running
-from testing.manifests import ai_gateway_route, keyed_backend
-from testing.sims import SimProcess, start_anthropic_sim, start_azure_sim
+from testing.manifests import ai_gateway_route, ai_service_backend, keyed_backend
+from testing.sims import SimProcess, start_anthropic_sim, start_azure_sim, start_bedrock_sim
 from testing.web import eventually, http_get
+from xds_server.extproc.sigv4 import AwsCredentials
 
 AZURE_KEY = "azure-e2e-not-a-real-key-61c0"
 ANTHROPIC_KEY = "sk-ant-e2e-not-a-real-key-93b1"
 # The Anthropic simulator's error hooks are models of their own (testing/providers/anthropic_sim.py).
 HOOKS = ("claude-overloaded", "claude-midstream-error", "claude-cut")
-MODELS = {"gpt-4o-mini": "azure", "claude-sonnet-4-5": "claude", **dict.fromkeys(HOOKS, "claude")}
+BEDROCK_MODEL = "anthropic.claude-3-5-sonnet-20241022-v2:0"  # a `:` the path keeps and the signature encodes
+AWS = AwsCredentials("AKIDE2ENOTREAL", "e2e/not/a/real/secret+key", "e2e-session-token")
+MODELS = {
+    "gpt-4o-mini": "azure",
+    "claude-sonnet-4-5": "claude",
+    **dict.fromkeys(HOOKS, "claude"),
+    BEDROCK_MODEL: "bedrock",
+    "throttled": "bedrock",
+}
+
+
+def aws_backend(name: str, host: str, port: int, credentials: AwsCredentials, region: str) -> str:
+    """An AWSBedrock AIServiceBackend signed with an AWSCredentials policy whose Secret holds a credentials file."""
+    token = f"\n    aws_session_token = {credentials.session_token}" if credentials.session_token else ""
+    return (
+        ai_service_backend(name, host, port, "AWSBedrock")
+        + f"""
+---
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: BackendSecurityPolicy
+metadata: {{name: {name}}}
+spec:
+  type: AWSCredentials
+  awsCredentials:
+    region: {region}
+    credentialsFile: {{secretRef: {{name: {name}}}}}
+  targetRefs: [{{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: {name}}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: {name}}}
+stringData:
+  credentials: |
+    [default]
+    aws_access_key_id = {credentials.access_key_id}
+    aws_secret_access_key = {credentials.secret_access_key}{token}
+"""
+    )
 
 
 class Providers:
@@ -40,10 +78,14 @@ class Providers:
         stack.callback(self.azure.kill)
         self.claude = start_anthropic_sim(claude_host, tmp_path / "anthropic.log", ANTHROPIC_KEY)
         stack.callback(self.claude.kill)
+        bedrock_host = f"127.{octet}.33.3"
+        self.bedrock = start_bedrock_sim(bedrock_host, tmp_path / "bedrock.log", AWS, "us-west-2")
+        stack.callback(self.bedrock.kill)
         documents = [
             ai_gateway_route("providers", MODELS),
             keyed_backend("azure", azure_host, self.azure.port, AZURE_KEY, "AzureOpenAI", "2024-10-21", "AzureAPIKey"),
             keyed_backend("claude", claude_host, self.claude.port, ANTHROPIC_KEY, "Anthropic", None, "AnthropicAPIKey"),
+            aws_backend("bedrock", bedrock_host, self.bedrock.port, AWS, "us-west-2"),
         ]
         run = stack.enter_context(gateway_running(tmp_path, documents))
         self.client = openai.OpenAI(base_url=f"{run.url}/v1", api_key="client-token", max_retries=0)
@@ -237,3 +279,37 @@ def test_anthropic_clients_speak_the_messages_api_to_an_anthropic_backend(gw: Pr
 def test_the_messages_api_to_a_backend_of_another_api_is_a_404(gw: Providers) -> None:
     with pytest.raises(anthropic.NotFoundError):
         gw.anthropic.messages.create(model="gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+
+
+def test_bedrock_gets_converse_signed_with_sigv4_and_answers_as_openai(gw: Providers) -> None:
+    """The simulator recomputes every signature with botocore's own signer: an answer proves the gateway signed the
+    final path (the model id's `:` included), host and body."""
+    completion = gw.client.chat.completions.create(
+        model=BEDROCK_MODEL,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say this is a test"}],
+        max_tokens=50,
+    )
+    assert completion.object == "chat.completion" and completion.model == BEDROCK_MODEL
+    assert "Say this is a test" in (completion.choices[0].message.content or "")
+    assert completion.usage is not None and completion.usage.prompt_tokens > 0
+    last = gw.requests(gw.bedrock)[-1]
+    assert last["operation"] == "Converse" and last["modelId"] == BEDROCK_MODEL
+    assert "authorization" in last["headers"] and "x-amz-security-token" in last["headers"]
+    stream = gw.client.chat.completions.create(
+        model=BEDROCK_MODEL,
+        messages=[{"role": "user", "content": "Say this is a test"}],
+        max_tokens=50,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "Say this is a test" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert gw.requests(gw.bedrock)[-1]["operation"] == "ConverseStream"
+
+
+def test_a_bedrock_error_keeps_its_status_in_an_openai_envelope(gw: Providers) -> None:
+    with pytest.raises(openai.RateLimitError) as raised:
+        gw.client.chat.completions.create(model="throttled", messages=[{"role": "user", "content": "hi"}])
+    assert isinstance(raised.value.body, dict) and raised.value.body["message"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from testing.ports import free_port
 from testing.web import http_get
+from xds_server.extproc.sigv4 import AwsCredentials
 
 
 @dataclass(frozen=True)
@@ -90,3 +91,14 @@ def start_azure_sim(host: str, log: Path, api_key: str, deployments: dict[str, s
     command = [sys.executable, "-m", "testing.providers.azure_sim", "--host", host, "--port", str(port)]
     command += ["--api-key", api_key, *(f"--deployment={name}={model}" for name, model in deployments.items())]
     return _started(command, host, port, log, "the Azure OpenAI simulator")
+
+
+def start_bedrock_sim(host: str, log: Path, credentials: AwsCredentials, region: str) -> SimProcess:
+    """The Bedrock Runtime simulator (`python -m testing.providers.bedrock_sim`), accepting only requests signed
+    (SigV4) with `credentials` for `region`, on a free port of `host`."""
+    port = free_port(host)
+    command = [sys.executable, "-m", "testing.providers.bedrock_sim", "--host", host, "--port", str(port)]
+    command += ["--access-key-id", credentials.access_key_id, "--secret-access-key", credentials.secret_access_key]
+    if credentials.session_token is not None:
+        command += ["--session-token", credentials.session_token]
+    return _started([*command, "--region", region], host, port, log, "the Bedrock simulator")

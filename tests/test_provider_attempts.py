@@ -62,7 +62,7 @@ def test_an_azure_attempt_rewrites_the_path_and_forwards_no_client_credential_or
     plan = _plan(SchemaIR(ApiSchema.AZURE_OPENAI, "2024-06-01"), api_key=ApiKey("api-key", KEY))
     attempt = plan.attempt()
     assert attempt is not None
-    reply = attempt.request_headers(_headers(**CLIENT), plan.changes_body)
+    reply = attempt.request_headers(_headers(**CLIENT))
     sets, removes = _mutation(reply)
     assert sets == {"api-key": KEY, ":path": "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-06-01"}
     assert set(removes) == {"authorization", "accept-encoding", "x-ai-eg-model", "x-gateway-destination-endpoint"}
@@ -75,7 +75,7 @@ def test_the_deployment_is_the_model_name_override_when_there_is_one() -> None:
     plan = _plan(SchemaIR(ApiSchema.AZURE_OPENAI), model_name_override="prod-gpt4o")
     attempt = plan.attempt()
     assert attempt is not None
-    reply = attempt.request_headers(_headers(**CLIENT), plan.changes_body)
+    reply = attempt.request_headers(_headers(**CLIENT))
     assert _mutation(reply)[0][":path"] == "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21"
     assert reply.mode_override.request_body_mode == Mode.BUFFERED  # the override also goes into the body
 
@@ -84,7 +84,7 @@ def test_a_credential_sent_as_authorization_is_not_removed_with_the_clients() ->
     plan = _plan(SchemaIR(ApiSchema.ANTHROPIC), api_key=ApiKey("authorization", f"Bearer {KEY}"))
     attempt = plan.attempt()
     assert attempt is not None
-    sets, removes = _mutation(attempt.request_headers(_headers(**CLIENT), plan.changes_body))
+    sets, removes = _mutation(attempt.request_headers(_headers(**CLIENT)))
     assert sets["authorization"] == f"Bearer {KEY}" and "authorization" not in removes
 
 
@@ -92,7 +92,7 @@ def test_an_operation_the_provider_has_not_is_a_404_json_error() -> None:
     plan = _plan(SchemaIR(ApiSchema.ANTHROPIC))
     attempt = plan.attempt()
     assert attempt is not None
-    reply = attempt.request_headers(_headers(**{**CLIENT, ":path": "/v1/embeddings"}), plan.changes_body)
+    reply = attempt.request_headers(_headers(**{**CLIENT, ":path": "/v1/embeddings"}))
     assert reply.immediate_response.status.code == 404
     assert orjson.loads(reply.immediate_response.body)["error"]["code"] == "unsupported_operation"
 
@@ -101,7 +101,7 @@ def test_an_anthropic_attempt_translates_the_request_then_streams_the_answer() -
     plan = _plan(SchemaIR(ApiSchema.ANTHROPIC, "2023-06-01", "v2"), model_name_override="claude-sonnet-4-5")
     attempt = plan.attempt()
     assert attempt is not None
-    sets, _ = _mutation(attempt.request_headers(_headers(**CLIENT), plan.changes_body))
+    sets, _ = _mutation(attempt.request_headers(_headers(**CLIENT)))
     assert sets[":path"] == "/v2/messages" and sets["anthropic-version"] == "2023-06-01"
     body = {"model": "claude", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     reply = attempt.request_body(orjson.dumps(body)).request_body.response
@@ -127,7 +127,7 @@ def test_an_anthropic_error_answer_is_an_openai_error_with_a_matching_length() -
     plan = _plan(SchemaIR(ApiSchema.ANTHROPIC))
     attempt = plan.attempt()
     assert attempt is not None
-    attempt.request_headers(_headers(**CLIENT), plan.changes_body)
+    attempt.request_headers(_headers(**CLIENT))
     attempt.request_body(orjson.dumps({"model": "claude", "messages": [{"role": "user", "content": "hi"}]}))
     assert not attempt.response_headers(_headers(**{":status": "429"})).HasField("mode_override")  # stays buffered
     error = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
@@ -142,7 +142,7 @@ def test_a_field_anthropic_cannot_honour_is_answered_400_before_anything_is_sent
     plan = _plan(SchemaIR(ApiSchema.ANTHROPIC))
     attempt = plan.attempt()
     assert attempt is not None
-    attempt.request_headers(_headers(**CLIENT), plan.changes_body)
+    attempt.request_headers(_headers(**CLIENT))
     reply = attempt.request_body(orjson.dumps({"model": "c", "messages": [{"role": "user", "content": "x"}], "n": 3}))
     assert reply.immediate_response.status.code == 400
     error = orjson.loads(reply.immediate_response.body)["error"]
@@ -160,7 +160,7 @@ def test_the_messages_api_passes_to_an_anthropic_backend_with_the_clients_versio
     attempt = plan.attempt()
     assert attempt is not None
     client = {**CLIENT, ":path": "/v1/messages", "anthropic-version": "2024-01-01", "anthropic-beta": "x"}
-    reply = attempt.request_headers(_headers(**client), plan.changes_body)
+    reply = attempt.request_headers(_headers(**client))
     sets, removes = _mutation(reply)
     assert sets == {"x-api-key": KEY, ":path": "/v1/messages"}  # the client's anthropic-version stays
     assert "authorization" in removes and "anthropic-beta" not in removes

@@ -116,7 +116,12 @@ def _route(*rules: list[Doc]) -> Doc:
 def _policy(name: str, type_: str, secret: str | None, target: str, created: str | None = None) -> Doc:
     target_ref = {"group": "aigateway.envoyproxy.io", "kind": "AIServiceBackend", "name": target}
     spec: Doc = {"type": type_, "targetRefs": [target_ref]}
-    if secret is not None:
+    if type_ == "AWSCredentials":  # with a Secret: a credentials file; without: OIDC exchange (not supported)
+        source = (
+            {"credentialsFile": {"secretRef": {"name": secret}}} if secret is not None else {"oidcExchangeToken": {}}
+        )
+        spec["awsCredentials"] = {"region": "us-east-1", **source}
+    elif secret is not None:
         block = {"APIKey": "apiKey", "AzureAPIKey": "azureAPIKey", "AnthropicAPIKey": "anthropicAPIKey"}[type_]
         spec[block] = {"secretRef": {"name": secret}}
     policy = _doc(AIGW, "BackendSecurityPolicy", name, spec=spec)
@@ -715,10 +720,71 @@ def test_a_backend_of_another_api_is_sent_requests_through_the_service_which_see
     assert config.processing_mode == UPSTREAM_SETTINGS_MODE  # no answer phase where nothing is translated
 
 
+AWS_FILE = "[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG\n"
+
+
+def test_a_bedrock_backend_is_signed_with_the_credentials_file_of_its_aws_policy() -> None:
+    translation = _translate(
+        _route([{"name": "a"}]),
+        *_backend("a", schema={"name": "AWSBedrock"}),
+        _policy("pol", "AWSCredentials", "aws", "a"),
+        _secret("aws", string_data={"credentials": AWS_FILE + "aws_session_token = FwoGZXIvYXdzE\n"}),
+    )
+    found = _settings(translation, "a")
+    assert found.credential_error is None and found.api_key is None and found.aws is not None
+    assert (found.aws.access_key_id, found.aws.region, found.aws.service) == ("AKIDEXAMPLE", "us-east-1", "bedrock")
+    assert found.aws.session_token == "FwoGZXIvYXdzE"
+    assert "wJalrXUtnFEMI" not in repr(found) and "FwoGZXIvYXdzE" not in repr(found)
+    assert "wJalrXUtnFEMI" not in json.dumps(translation_dict(translation, (), TranslateOptions()), default=str)
+    assert _condition(translation, "BackendSecurityPolicy", "pol").status is ConditionStatus.TRUE
+    assert _clusters(translation)["aiservicebackend/default/a/upstream-settings"].translates
+
+
+@pytest.mark.parametrize(
+    ("docs", "said"),
+    [
+        ([], "speaks AWSBedrock, whose requests must be signed: it needs a policy of type AWSCredentials"),
+        ([_policy("pol", "APIKey", "key", "a"), _secret("key", string_data={"apiKey": KEY})], "AWSCredentials"),
+        (
+            [_policy("pol", "AWSCredentials", "aws", "a"), _secret("aws", string_data={"credentials": "[other]\n"})],
+            "no [default] profile",
+        ),
+        (
+            [_policy("pol", "AWSCredentials", "aws", "a"), _secret("aws", string_data={"credentials": "[default]\n"})],
+            "profile [default] lacks aws_access_key_id and aws_secret_access_key",
+        ),
+    ],
+    ids=["no-policy", "api-key-policy", "no-profile", "no-keys"],
+)
+def test_a_bedrock_backend_that_cannot_sign_is_refused_with_the_reason(docs: list[Doc], said: str) -> None:
+    translation = _translate(_route([{"name": "a"}]), *_backend("a", schema={"name": "AWSBedrock"}), *docs)
+    found = _settings(translation, "a")
+    assert found.aws is None and found.credential_error is not None
+    conditions = [
+        c.message
+        for s in translation.statuses
+        if s.ref.name in ("a", "pol") and s.ref.kind in ("AIServiceBackend", "BackendSecurityPolicy")
+        for c in s.conditions
+        if c.status is ConditionStatus.FALSE
+    ]
+    assert any(said in message for message in conditions), conditions
+
+
+def test_aws_credentials_on_a_backend_of_another_api_are_refused() -> None:
+    translation = _translate(
+        _route([{"name": "a"}]),
+        *_backend("a"),
+        _policy("pol", "AWSCredentials", "aws", "a"),
+        _secret("aws", string_data={"credentials": AWS_FILE}),
+    )
+    assert "AWSBedrock backends only" in (_settings(translation, "a").credential_error or "")
+    assert "AWSBedrock backends only" in _condition(translation, "AIServiceBackend", "a").message
+
+
 @pytest.mark.parametrize(
     ("schema", "said"),
     [
-        ({"name": "AWSBedrock"}, "schema AWSBedrock is not translated by this controller yet"),
+        ({"name": "AWSAnthropic"}, "schema AWSAnthropic is not translated by this controller yet"),
         ({"name": "GCPVertexAI"}, "schema GCPVertexAI is not translated by this controller yet"),
         ({"name": "OpenAI", "prefix": "/openai/v2"}, "schema prefix '/openai/v2' is not supported"),
         ({"name": "OpenAI", "version": "2024-10-21"}, "schema OpenAI has no version"),

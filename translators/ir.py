@@ -150,6 +150,18 @@ class ApiKey:
 
 
 @dataclass(frozen=True)
+class AwsSigningIR:
+    """What signs a backend's requests with AWS Signature Version 4: the credentials (never shown in a repr), the
+    region and the service of the credential scope."""
+
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    region: str = ""
+    service: str = "bedrock"
+
+
+@dataclass(frozen=True)
 class ClusterIR:
     name: str
     discovery: Discovery
@@ -167,6 +179,7 @@ class ApiSchema(StrEnum):
     OPENAI = "OpenAI"
     AZURE_OPENAI = "AzureOpenAI"  # OpenAI's bodies, on a deployment's path with an api-version
     ANTHROPIC = "Anthropic"  # the Messages API: requests, answers and streams translated
+    AWS_BEDROCK = "AWSBedrock"  # Converse and ConverseStream, signed with SigV4: translated both ways
 
 
 @dataclass(frozen=True)
@@ -178,7 +191,7 @@ class SchemaIR:
     @property
     def answers_translated(self) -> bool:
         """Answers come back in another API's format (Azure OpenAI's are OpenAI's already)."""
-        return self.name is ApiSchema.ANTHROPIC
+        return self.name in (ApiSchema.ANTHROPIC, ApiSchema.AWS_BEDROCK)
 
 
 @dataclass(frozen=True)
@@ -199,6 +212,7 @@ class BackendSettingsIR:
     api_key: ApiKey | None = None
     credential_error: str | None = None  # the backend's security policy is unusable: its requests are refused
     schema: SchemaIR = field(default_factory=SchemaIR)
+    aws: AwsSigningIR | None = None  # requests signed after every other change (the service's last step)
 
     @property
     def changes_body(self) -> bool:

@@ -9,14 +9,17 @@ travels in plain HTTP over the network (see UpstreamSettings).
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from translators.aws_credentials import parse_credentials_file
 from translators.backends import BackendResolver, ReferenceGrants, Unresolved, ai_backend_id, schema_of
 from translators.ir import (
     AddressKind,
     ApiKey,
     ApiSchema,
+    AwsSigningIR,
     BackendSettingsIR,
     ClusterIR,
     Endpoint,
@@ -28,9 +31,11 @@ from translators.resources import AIGatewayRoute, AIServiceBackend, BackendSecur
 from translators.resources.aigateway import (
     API_KEY_SECRET_KEY,
     API_KEY_TYPES,
+    AWS_CREDENTIALS_SECRET_KEY,
     AIGatewayRouteBackendRef,
     HTTPBodyMutation,
     HTTPHeaderMutation,
+    SecretRef,
 )
 from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP
 from translators.upstream_tls import IMPLIED_BY_PORT, UPSTREAM_TLS_CONDITION, Report
@@ -77,6 +82,11 @@ def _merge_headers(*mutations: HTTPHeaderMutation | None) -> tuple[tuple[tuple[s
 
 def _merge_fields(*mutations: HTTPBodyMutation | None) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
     return _merge(([(f.path, f.value) for f in m.set], m.remove) for m in mutations if m is not None)
+
+
+# What a BackendSecurityPolicy gives its backends: a key for a header, or what signs their requests (AWS).
+Credential = ApiKey | AwsSigningIR
+_AWS_REGION = re.compile(r"[a-z]{2}(-[a-z0-9]+)+")
 
 
 class UpstreamSettings:
@@ -135,6 +145,15 @@ class UpstreamSettings:
             if error is None and target is not None:
                 error = self._exposure(policy, target)
             if error is not None and target is not None:  # its requests are refused: say so on the backend too
+                self._report(target, "Accepted", False, "InvalidBackendSecurityPolicy", error)
+        # A Bedrock backend without AWS credentials, or AWS credentials on another backend: refused, and said.
+        for key in sorted(self.backends - self._exposed.keys()):
+            holder = self._policies.get(key)
+            if holder is not None and self._keys[(holder.namespace, holder.name)][1] is not None:
+                continue  # the policy's own problem, said above
+            error = self._credential(key)[1]
+            target = resources.get(AIServiceBackend, *key)
+            if error is not None and target is not None:
                 self._report(target, "Accepted", False, "InvalidBackendSecurityPolicy", error)
 
     def _report_implied_tls(self) -> None:
@@ -203,7 +222,8 @@ class UpstreamSettings:
         own_body = backend.spec.body_mutation if backend is not None else None
         set_headers, remove_headers = _merge_headers(own_headers, ref.header_mutation)
         set_fields, remove_fields = _merge_fields(own_body, ref.body_mutation)
-        api_key, error = self._credential(key)
+        credential, error = self._credential(key)
+        api_key = credential if isinstance(credential, ApiKey) else None
         if api_key is not None:
             set_headers = tuple(h for h in set_headers if h[0] != api_key.header)
             remove_headers = tuple(h for h in remove_headers if h != api_key.header)
@@ -218,24 +238,68 @@ class UpstreamSettings:
             api_key=api_key,
             credential_error=error,
             schema=self._schemas.get(key, SchemaIR()),
+            aws=credential if isinstance(credential, AwsSigningIR) else None,
         )
 
     def refused(self, namespace: str, name: str) -> bool:
         """The AIServiceBackend's requests are refused: its security policy is missing or unusable."""
         return self._credential((namespace, name))[1] is not None
 
-    def _credential(self, backend: tuple[str, str]) -> tuple[ApiKey | None, str | None]:
+    def _credential(self, backend: tuple[str, str]) -> tuple[Credential | None, str | None]:
         if backend in self._exposed:
             return None, self._exposed[backend]
         policy = self._policies.get(backend)
-        return self._keys[(policy.namespace, policy.name)] if policy is not None else (None, None)
+        found = self._keys[(policy.namespace, policy.name)] if policy is not None else (None, None)
+        schema = self._schemas.get(backend)
+        bedrock = schema is not None and schema.name is ApiSchema.AWS_BEDROCK
+        if found[1] is None and bedrock != isinstance(found[0], AwsSigningIR):
+            return None, _signing_mismatch(backend, bedrock)
+        return found
 
-    def _read_key(self, policy: BackendSecurityPolicy) -> tuple[ApiKey | None, str | None]:
-        """The policy's key, or why there is none (reported on the policy; requests to its backends are refused)."""
+    def _read_key(self, policy: BackendSecurityPolicy) -> tuple[Credential | None, str | None]:
+        """The policy's credential, or why there is none (reported on the policy; requests to its backends are
+        refused)."""
+        if policy.spec.type == "AWSCredentials":
+            return self._read_aws(policy)
         auth = policy.spec.key_auth
         if auth is None:
-            return self._refuse(policy, "Unsupported", f"type {policy.spec.type} is not supported (API key types only)")
-        ref = auth.secret_ref
+            supported = "API key types and AWSCredentials"
+            return self._refuse(policy, "Unsupported", f"type {policy.spec.type} is not supported ({supported})")
+        found = self._secret_value(policy, auth.secret_ref, API_KEY_SECRET_KEY)
+        if isinstance(found, tuple):
+            return found
+        value = found.strip()
+        if not value or NOT_A_HEADER_VALUE.search(value):
+            # The message never quotes the value: it is a credential.
+            return self._refuse(
+                policy, "InvalidSecret", f"Secret {auth.secret_ref.name}: {API_KEY_SECRET_KEY} is empty or unusable"
+            )
+        header, prefix = API_KEY_TYPES[policy.spec.type][1:]
+        self._report(policy, "Accepted", True, "Accepted", f"key from Secret {auth.secret_ref.name}")
+        return ApiKey(header, prefix + value), None
+
+    def _read_aws(self, policy: BackendSecurityPolicy) -> tuple[Credential | None, str | None]:
+        """Static credentials from a shared credentials file in a Secret, and the region of the signatures."""
+        aws = policy.spec.aws_credentials
+        assert aws is not None  # the spec's validator requires the block for this type
+        if aws.credentials_file is None:
+            why = "only awsCredentials.credentialsFile is supported (not oidcExchangeToken)"
+            return self._refuse(policy, "Unsupported", why)
+        if not _AWS_REGION.fullmatch(aws.region):
+            return self._refuse(policy, "InvalidRegion", f"awsCredentials.region {aws.region[:64]!r} is no AWS region")
+        ref = aws.credentials_file.secret_ref
+        found = self._secret_value(policy, ref, AWS_CREDENTIALS_SECRET_KEY)
+        if isinstance(found, tuple):
+            return found
+        try:
+            key_id, secret, token = parse_credentials_file(found, aws.credentials_file.profile)
+        except ValueError as exc:
+            return self._refuse(policy, "InvalidSecret", f"Secret {ref.name}: {AWS_CREDENTIALS_SECRET_KEY}: {exc}")
+        self._report(policy, "Accepted", True, "Accepted", f"AWS credentials from Secret {ref.name}")
+        return AwsSigningIR(key_id, secret, token, aws.region), None
+
+    def _secret_value(self, policy: BackendSecurityPolicy, ref: SecretRef, key: str) -> str | tuple[None, str]:
+        """The text of a Secret's key the policy names, or the refusal (reported) when it cannot be read."""
         namespace = ref.namespace or policy.namespace
         if not self._grants.allows(policy, "", "Secret", namespace, ref.name):
             return self._refuse(policy, "RefNotPermitted", f"Secret in namespace {namespace} needs a ReferenceGrant")
@@ -243,25 +307,24 @@ class UpstreamSettings:
         if secret is None:
             return self._refuse(policy, "SecretNotFound", f"Secret {namespace}/{ref.name} not found")
         try:
-            raw = secret.value(API_KEY_SECRET_KEY)
+            raw = secret.value(key)
             value = raw.decode() if raw is not None else None
         except ValueError:  # not base64, or (UnicodeDecodeError) not text
-            return self._refuse(policy, "InvalidSecret", f"Secret {ref.name}: key {API_KEY_SECRET_KEY} is not base64")
+            return self._refuse(policy, "InvalidSecret", f"Secret {ref.name}: key {key} is not base64")
         if value is None:
-            return self._refuse(policy, "InvalidSecret", f"Secret {ref.name} has no key {API_KEY_SECRET_KEY}")
-        value = value.strip()
-        if not value or NOT_A_HEADER_VALUE.search(value):
-            # The message never quotes the value: it is a credential.
-            return self._refuse(
-                policy, "InvalidSecret", f"Secret {ref.name}: {API_KEY_SECRET_KEY} is empty or unusable"
-            )
-        header, prefix = API_KEY_TYPES[policy.spec.type][1:]
-        self._report(policy, "Accepted", True, "Accepted", f"key from Secret {ref.name}")
-        return ApiKey(header, prefix + value), None
+            return self._refuse(policy, "InvalidSecret", f"Secret {ref.name} has no key {key}")
+        return value
 
     def _refuse(self, policy: BackendSecurityPolicy, reason: str, message: str) -> tuple[None, str]:
         self._report(policy, "Accepted", False, reason, message)
         return None, f"BackendSecurityPolicy {policy.namespace}/{policy.name} is not usable"
+
+
+def _signing_mismatch(backend: tuple[str, str], bedrock: bool) -> str:
+    where = f"AIServiceBackend {backend[0]}/{backend[1]}"
+    if bedrock:
+        return f"{where} speaks AWSBedrock, whose requests must be signed: it needs a policy of type AWSCredentials"
+    return f"{where}: AWSCredentials sign requests to AWSBedrock backends only"
 
 
 def _header_names(settings: BackendSettingsIR) -> set[str]:

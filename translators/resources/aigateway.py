@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -157,6 +157,17 @@ class APIKeyAuth(K8sModel):
     secret_ref: SecretRef
 
 
+class AWSCredentialsFile(K8sModel):
+    secret_ref: SecretRef
+    profile: str = "default"
+
+
+class AWSCredentials(K8sModel):
+    region: str
+    credentials_file: AWSCredentialsFile | None = None
+    oidc_exchange_token: dict[str, Any] | None = None  # read so it can be refused by name (not supported)
+
+
 class PolicyTargetRef(K8sModel):
     group: str = AIGATEWAY_GROUP
     kind: str = "AIServiceBackend"
@@ -170,6 +181,7 @@ API_KEY_TYPES: dict[str, tuple[str, str, str]] = {
     "AnthropicAPIKey": ("anthropic_api_key", "x-api-key", ""),
 }
 API_KEY_SECRET_KEY = "apiKey"
+AWS_CREDENTIALS_SECRET_KEY = "credentials"  # an AWS shared credentials file (INI)
 
 
 class BackendSecurityPolicySpec(K8sModel):
@@ -178,6 +190,7 @@ class BackendSecurityPolicySpec(K8sModel):
     api_key: APIKeyAuth | None = None
     azure_api_key: APIKeyAuth | None = Field(default=None, alias="azureAPIKey")
     anthropic_api_key: APIKeyAuth | None = Field(default=None, alias="anthropicAPIKey")
+    aws_credentials: AWSCredentials | None = None
 
     @model_validator(mode="after")
     def _key_block(self) -> BackendSecurityPolicySpec:
@@ -185,6 +198,8 @@ class BackendSecurityPolicySpec(K8sModel):
         if wanted is not None and getattr(self, wanted[0]) is None:
             block = type(self).model_fields[wanted[0]].alias or wanted[0]
             raise ValueError(f"type {self.type} needs the {block} block")
+        if self.type == "AWSCredentials" and self.aws_credentials is None:
+            raise ValueError("type AWSCredentials needs the awsCredentials block")
         return self
 
     @property

@@ -139,7 +139,10 @@ REDACTED = "<redacted>"
 
 def settings_dict(settings: BackendSettingsIR) -> dict[str, Any]:
     """The upstream-phase settings of a (rule, backend), with the credential's value never shown."""
-    shown = {k: v for k, v in asdict(settings).items() if v not in (None, ()) and k != "schema"}
+    shown = {k: v for k, v in asdict(settings).items() if v not in (None, ()) and k not in ("schema", "aws")}
+    if settings.aws is not None:
+        signed = {"credentials": REDACTED, "region": settings.aws.region, "service": settings.aws.service}
+        shown["aws"] = signed
     if settings.translates:
         schema = settings.schema
         shown["schema"] = {k: str(v) for k, v in (("name", schema.name), ("version", schema.version)) if v is not None}

@@ -27,6 +27,7 @@ from translators.xds.names import (
     UPSTREAM_SETTINGS_MODE,
 )
 from xds_server import metrics
+from xds_server.extproc import providers
 from xds_server.extproc.protocol import PASS_THROUGH, Context, ProcessingResponse, attribute, error, set_header
 from xds_server.extproc.providers import ProviderAttempt
 from xds_server.identity import peer_gateway
@@ -72,7 +73,7 @@ class UpstreamPlan:
         """The attempt's own state when the backend speaks another API (and its credential is usable)."""
         if not self.settings.translates or self.settings.credential_error is not None:
             return None
-        return ProviderAttempt(self.settings.schema, self.mutation, self.settings.model_name_override)
+        return providers.attempt(self.settings, self.mutation)
 
     def __repr__(self) -> str:  # the headers reply holds the credential
         return f"UpstreamPlan(fields={sorted(self.fields)}, removed={list(self.removed_fields)})"
@@ -155,7 +156,7 @@ class UpstreamSettingsService:
                     continue
                 attempt = plan.attempt() if plan is not None else None
                 if attempt is not None and plan is not None:
-                    await context.write(attempt.request_headers(request.request_headers, plan.changes_body))
+                    await context.write(attempt.request_headers(request.request_headers))
                 else:
                     await context.write(plan.headers_reply if plan is not None else NO_SETTINGS)
             elif attempt is not None and attempt.translates and kind != "request_trailers":

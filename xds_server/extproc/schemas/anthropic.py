@@ -12,12 +12,15 @@ a log.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import orjson
 
+from xds_server.extproc.schemas.errors import UNSUPPORTED, check_fields
+from xds_server.extproc.schemas.errors import RequestRejected as RequestRejected  # re-exported: callers import it here
+from xds_server.extproc.schemas.errors import fail as _fail
 from xds_server.extproc.schemas.sse import DONE, PING, ChunkWriter, error_event
 from xds_server.extproc.sse import SseParser
 
@@ -43,63 +46,16 @@ DROPPED_FIELDS: Final[Mapping[str, str]] = {
 }
 
 
-def _never(_: Any) -> bool:
-    return False
-
-
-def _zero(value: Any) -> bool:
-    return value == 0 and not isinstance(value, bool)
-
-
-# OpenAI fields a client relies on when set, with no Anthropic counterpart: rejected, unless the value asks for
-# OpenAI's default (which is what Anthropic does anyway). `null` is always fine. name -> (accepted value?, why).
-_UNSUPPORTED: Final[Mapping[str, tuple[Callable[[Any], bool], str]]] = {
-    "n": (lambda v: v == 1 and not isinstance(v, bool), "Anthropic returns one choice; n must be 1"),
-    "logprobs": (lambda v: v is False, "Anthropic returns no log probabilities"),
-    "top_logprobs": (_zero, "Anthropic returns no log probabilities"),
-    "logit_bias": (lambda v: v == {}, "Anthropic has no token biasing"),
-    "presence_penalty": (_zero, "Anthropic has no presence penalty"),
-    "frequency_penalty": (_zero, "Anthropic has no frequency penalty"),
-    "seed": (_never, "Anthropic has no seeded sampling"),
-    "audio": (_never, "Anthropic answers in text only"),
-    "modalities": (lambda v: v == ["text"], 'Anthropic answers in text only; modalities must be ["text"]'),
-    "prediction": (_never, "Anthropic has no predicted outputs"),
-    "verbosity": (lambda v: v == "medium", 'Anthropic has no verbosity setting; only the default "medium" is taken'),
-    "web_search_options": (_never, "web search is not translated to Anthropic's server tool"),
-    "moderation": (_never, "Anthropic does not run OpenAI's moderation"),
-    "functions": (_never, "the deprecated functions API is not translated; use tools"),
-    "function_call": (_never, "the deprecated functions API is not translated; use tool_choice"),
-}
 # Translated below; `model` is replaced by the caller's (after any modelNameOverride).
 _MAPPED: Final = frozenset(
     ("model", "messages", "max_completion_tokens", "max_tokens", *SAMPLING_FIELDS, "stop", "stream", "user")
 ) | {"safety_identifier", "tools", "tool_choice", "parallel_tool_calls", "response_format", "reasoning_effort"}
-_KNOWN: Final = _MAPPED | DROPPED_FIELDS.keys() | _UNSUPPORTED.keys()
+_KNOWN: Final = _MAPPED | DROPPED_FIELDS.keys() | UNSUPPORTED.keys()
 
 _IMAGE_TYPES: Final = ("image/jpeg", "image/png", "image/gif", "image/webp")
 _EFFORTS: Final = ("low", "medium", "high", "xhigh", "max")  # OpenAI's reasoning_effort values Anthropic has too
 
 Blocks = list[dict[str, Any]]
-
-
-class RequestRejected(Exception):
-    """A request this provider cannot honour: answered 400 with the OpenAI error envelope, never sent upstream."""
-
-    def __init__(self, message: str, param: str | None, code: str) -> None:
-        super().__init__(message)
-        self.status = 400
-        self.message = message  # names the field and why, e.g. "n: Anthropic returns one choice; n must be 1"
-        self.param = param  # the field path, e.g. "messages[2].content[0].type"
-        self.code = code  # unknown_parameter, unsupported_parameter, unsupported_value, invalid_value, ...
-
-    def envelope(self) -> bytes:
-        """The OpenAI error body to answer with."""
-        error = {"message": self.message, "type": "invalid_request_error", "param": self.param, "code": self.code}
-        return orjson.dumps({"error": error})
-
-
-def _fail(param: str, why: str, code: str = "invalid_value") -> RequestRejected:
-    return RequestRejected(f"{param}: {why}", param, code)
 
 
 # ---- request: OpenAI chat completion -> Anthropic Messages
@@ -108,13 +64,7 @@ def _fail(param: str, why: str, code: str = "invalid_value") -> RequestRejected:
 def chat_request(body: Mapping[str, Any], model: str, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> dict[str, Any]:
     """OpenAI /v1/chat/completions request -> Anthropic /v1/messages request. `model` is the model to send (the
     caller has applied any modelNameOverride). Raises RequestRejected."""
-    unknown = sorted(set(body) - _KNOWN)
-    if unknown:
-        why = f"unknown parameter{'s' if len(unknown) > 1 else ''}"
-        raise RequestRejected(f"{', '.join(unknown)}: {why}", unknown[0], "unknown_parameter")
-    for name, (accepted, why) in _UNSUPPORTED.items():
-        if body.get(name) is not None and not accepted(body[name]):
-            raise _fail(name, why, "unsupported_parameter")
+    check_fields(body, _KNOWN, "Anthropic")
     if body.get("messages") is None:
         raise _fail("messages", "required", "missing_required_parameter")
 

@@ -42,10 +42,11 @@ class ChunkWriter:
         self._started = True
         return self._chunk({"role": "assistant", "content": ""}, None)
 
-    def finish(self, finish_reason: str, usage: Mapping[str, Any]) -> bytes:
-        """The end of a complete answer: the finish reason, the usage chunk if asked for, [DONE]."""
+    def finish(self, finish_reason: str, usage: Mapping[str, Any] | None) -> bytes:
+        """The end of a complete answer: the finish reason, the usage chunk if asked for, [DONE]. `usage` None: the
+        upstream never told it (its stream ended right after the answer), and no usage chunk beats a made-up one."""
         out = self.start() + self._chunk({}, finish_reason)
-        if self._include_usage:
+        if self._include_usage and usage is not None:
             out += event({**self._header(), "choices": [], "usage": usage})
         return out + DONE
 

@@ -1,0 +1,830 @@
+"""`python -m testing.providers.bedrock_sim`: Amazon Bedrock Runtime's Converse API on a loopback address, for tests.
+
+`POST /model/{modelId}/converse` and `POST /model/{modelId}/converse-stream` refuse what AWS refuses, so a signing or
+translation bug in the gateway fails the test that sent it:
+- SigV4, checked as AWS checks it: botocore's own `SigV4Auth` recomputes the signature over the request as received
+  (method, Host header, raw path, query, the headers the Authorization header lists, the body) with the one key the
+  simulator knows, for service `bedrock` in its region. Errors are AWS's: 403 with `x-amzn-errortype`
+  MissingAuthenticationTokenException (no Authorization header), IncompleteSignatureException (a malformed one),
+  UnrecognizedClientException (an unknown access key, a missing or wrong session token), InvalidSignatureException
+  (a signature that does not match, a credential scoped to another region or service, a time more than 5 minutes
+  off: "Signature expired").
+- The body, against botocore's service model: the operation's input shape (modelId from the path), unknown keys
+  refused, blobs (base64 in JSON) decoded before their length is checked, lengths, ranges, enums, patterns and
+  unions (exactly one member) as the model states them (patterns match whole values, as AWS's do); then the rules
+  the model does not state (a conversation that starts with the user and alternates, non-empty contents and texts,
+  each toolResult answering a toolUse of the previous assistant message, toolUse only from the assistant, images and
+  documents only from the user, unique tool names, a toolChoice naming a given tool). A refusal is 400
+  ValidationException whose message names the field (`messages.1.content.0.toolResult.toolUseId`). JSON `null` is
+  taken as an absent member.
+- The gateway's internal headers (`x-ai-eg-*`, `x-gateway-*`) must not arrive: 400 naming the header.
+
+It answers like Bedrock, deterministically: a `ConverseResponse` (header `x-amzn-requestid`), or its event stream
+(`application/vnd.amazon.eventstream`: messageStart, per block contentBlockStart (tool use only, as Bedrock does),
+contentBlockDelta..., contentBlockStop, then messageStop and metadata; each payload carries Bedrock's `p` padding
+key; each frame is written in two pieces so frames split across reads). The answer is
+- an echo, "You said: <last user text>", cut at a stop sequence or at `maxTokens` words;
+- one toolUse block when toolChoice is `any` or `tool`, or the last user text says "call <tool name>";
+- a text naming the results when the last message carries toolResult blocks;
+- a reasoningContent block first when `additionalModelRequestFields.thinking.type` is "enabled";
+- usage in words; with a cachePoint in the request, cache reads (the system prompt says "cache") or writes.
+
+Models that choose a failure, once the request passed the checks: `throttled` (429 ThrottlingException) and, when
+streamed (otherwise they answer as usual), `stream-exception` (some events, then a modelStreamErrorException frame)
+and `stream-cut` (the connection drops before messageStop). Any other model id (an ARN's resource part) not starting
+with `anthropic.`, `amazon.`, `meta.`, `mistral.`, `us.` or `eu.` is 404 ResourceNotFoundException.
+
+`GET /debug/requests` lists what arrived (the signature and the session token redacted); `DELETE` forgets it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import signal
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
+from urllib.parse import unquote
+
+import botocore.session  # type: ignore[import-untyped]
+import structlog
+from aiohttp import web
+from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
+from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
+from botocore.credentials import Credentials  # type: ignore[import-untyped]
+from multidict import CIMultiDictProxy
+
+from xds_server.extproc.schemas.eventstream import encode
+
+DEFAULT_PORT = 8092
+SERVICE = "bedrock"  # the service model's signingName; the host says bedrock-runtime
+ALGORITHM = "AWS4-HMAC-SHA256"
+TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+CLOCK_SKEW = timedelta(minutes=5)
+SHUTDOWN_GRACE_SECONDS = 2.0
+REDACTED = "REDACTED"
+MODEL_PREFIXES = ("anthropic.", "amazon.", "meta.", "mistral.", "us.", "eu.")
+OPERATIONS = {"converse": "Converse", "converse-stream": "ConverseStream"}
+INTERNAL_HEADER_PREFIXES = ("x-ai-eg-", "x-gateway-")
+USER_ONLY_BLOCKS = ("image", "document", "video", "audio", "toolResult")
+DEFAULT_MAX_TOKENS = 4096
+WORDS_PER_TEXT_DELTA = 2
+JSON_DELTAS = 3
+PADDING = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+MISMATCH = (
+    "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key "
+    "and signing method. Consult the service documentation for details."
+)
+INVALID_TOKEN = "The security token included in the request is invalid."
+
+log = structlog.get_logger("bedrock-sim")
+
+Json = dict[str, Any]
+
+
+@dataclass
+class Settings:
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None
+    region: str
+    gap_seconds: float = 0.0
+    requests: list[Json] = field(default_factory=list)
+
+
+class AwsError(Exception):
+    """An answer in AWS's rest-json error form: the type in `x-amzn-errortype`, `{"message": ...}` as the body."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+
+    def response(self) -> web.Response:
+        headers = {"x-amzn-errortype": self.error_type, "x-amzn-requestid": str(uuid.uuid4())}
+        return web.json_response({"message": self.message}, status=self.status, headers=headers)
+
+
+def invalid(message: str) -> AwsError:
+    return AwsError(400, "ValidationException", message)
+
+
+def constraint(path: str, rule: str, value: Any = None) -> AwsError:
+    """AWS's wording for a value the model refuses; the value is shown only when it is a number."""
+    shown = f"Value '{value}' " if isinstance(value, int | float) and not isinstance(value, bool) else "Value "
+    return invalid(f"1 validation error detected: {shown}at '{path}' failed to satisfy constraint: {rule}")
+
+
+# SigV4, as AWS checks it: botocore's signer recomputes the signature of the request as received.
+
+
+def verify_signature(
+    settings: Settings, method: str, raw_target: str, headers: CIMultiDictProxy[str], body: bytes, now: datetime
+) -> None:
+    """Raises the AwsError AWS would answer with for a request received at `now` (`raw_target`: path and query as
+    they arrived)."""
+    authorization = headers.get("authorization")
+    if authorization is None:
+        raise AwsError(403, "MissingAuthenticationTokenException", "Missing Authentication Token")
+    algorithm, _, rest = authorization.strip().partition(" ")
+    if algorithm != ALGORITHM:
+        raise AwsError(403, "IncompleteSignatureException", f"Unsupported authorization type: {algorithm[:40]!r}")
+    parts = {key.strip(): value.strip() for key, _, value in (item.partition("=") for item in rest.split(","))}
+    for name in ("Credential", "SignedHeaders", "Signature"):
+        if not parts.get(name):
+            raise AwsError(403, "IncompleteSignatureException", f"Authorization header requires '{name}' parameter.")
+    scope = parts["Credential"].split("/")
+    if len(scope) != 5:
+        raise AwsError(
+            403,
+            "IncompleteSignatureException",
+            "Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got "
+            f"'{parts['Credential']}'",
+        )
+    key_id, scope_date, region, service, terminator = scope
+    if terminator != "aws4_request":
+        raise AwsError(
+            403,
+            "InvalidSignatureException",
+            f"Credential should be scoped with a valid terminator: 'aws4_request', not '{terminator}'.",
+        )
+    if service != SERVICE:
+        raise AwsError(
+            403, "InvalidSignatureException", f"Credential should be scoped to correct service: '{SERVICE}'."
+        )
+    if region != settings.region:
+        raise AwsError(
+            403, "InvalidSignatureException", f"Credential should be scoped to a valid region, not '{region}'."
+        )
+    if key_id != settings.access_key_id:
+        raise AwsError(403, "UnrecognizedClientException", INVALID_TOKEN)
+    if headers.get("x-amz-security-token") != settings.session_token:
+        raise AwsError(403, "UnrecognizedClientException", INVALID_TOKEN)
+    signed = parts["SignedHeaders"].split(";")
+    if "host" not in signed:
+        raise AwsError(
+            403,
+            "IncompleteSignatureException",
+            "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
+        )
+    stamp = headers.get("x-amz-date")
+    if stamp is None or "x-amz-date" not in signed:
+        raise AwsError(
+            403,
+            "IncompleteSignatureException",
+            "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header, signed.",
+        )
+    try:
+        when = datetime.strptime(stamp, TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        raise AwsError(
+            403, "IncompleteSignatureException", f"X-Amz-Date: '{stamp}' is not YYYYMMDD'T'HHMMSS'Z'"
+        ) from None
+    if scope_date != stamp[:8]:
+        raise AwsError(
+            403,
+            "InvalidSignatureException",
+            "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
+            f"'{scope_date}' != '{stamp[:8]}', from '{stamp}'.",
+        )
+    if when < now - CLOCK_SKEW:
+        earliest = (now - CLOCK_SKEW).strftime(TIMESTAMP_FORMAT)
+        raise AwsError(
+            403,
+            "InvalidSignatureException",
+            f"Signature expired: {stamp} is now earlier than {earliest} ({now.strftime(TIMESTAMP_FORMAT)} - 5 min.)",
+        )
+    if when > now + CLOCK_SKEW:
+        latest = (now + CLOCK_SKEW).strftime(TIMESTAMP_FORMAT)
+        raise AwsError(
+            403,
+            "InvalidSignatureException",
+            f"Signature not yet current: {stamp} is still later than {latest} ({now.strftime(TIMESTAMP_FORMAT)} "
+            "+ 5 min.)",
+        )
+    claimed_hash = headers.get("x-amz-content-sha256")
+    if claimed_hash is not None and claimed_hash != hashlib.sha256(body).hexdigest():
+        raise AwsError(
+            403,
+            "InvalidSignatureException",
+            "The provided 'x-amz-content-sha256' header does not match what was computed.",
+        )
+    expected = botocore_signature(settings, method, raw_target, signed, headers, body, stamp)
+    if expected is None or not hmac.compare_digest(expected.encode(), parts["Signature"].encode()):
+        raise AwsError(403, "InvalidSignatureException", MISMATCH)
+
+
+def botocore_signature(
+    settings: Settings,
+    method: str,
+    raw_target: str,
+    signed: list[str],
+    headers: CIMultiDictProxy[str],
+    body: bytes,
+    stamp: str,
+) -> str | None:
+    """What botocore signs for the request as received (None when a signed header did not arrive). The query is
+    given as the parameters it decodes to, which botocore encodes canonically, as AWS does with what it receives."""
+    path, _, query = raw_target.partition("?")
+    request = AWSRequest(method=method, url=f"https://{headers.get('host', '')}{path}", data=body)
+    request.params = [tuple(unquote(part) for part in item.partition("=")[::2]) for item in query.split("&") if query]
+    for name in signed:
+        values = headers.getall(name, [])
+        if not values:
+            return None
+        for value in values:
+            request.headers[name] = value  # each assignment adds a value: repeated headers are signed joined by ','
+    request.context["timestamp"] = stamp
+    auth = SigV4Auth(
+        Credentials(settings.access_key_id, settings.secret_access_key, settings.session_token),
+        SERVICE,
+        settings.region,
+    )
+    if auth.signed_headers(auth.headers_to_sign(request)) != ";".join(signed):
+        return None  # a header botocore never signs (user-agent, expect...) was listed, or the list is not sorted
+    canonical = auth.canonical_request(request)
+    signature: str = auth.signature(auth.string_to_sign(request, canonical), request)
+    return signature
+
+
+def redacted_authorization(value: str) -> str:
+    head, found, _ = value.partition("Signature=")
+    return f"{head}Signature={REDACTED}" if found else REDACTED
+
+
+# The body, against botocore's service model.
+
+
+@cache
+def operation_model(operation: str) -> Any:
+    return botocore.session.get_session().get_service_model("bedrock-runtime").operation_model(operation)
+
+
+@cache
+def _pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def check_shape(value: Any, shape: Any, path: str) -> Any:
+    """`value` (decoded JSON) without its null members, once it has `shape`; raises the ValidationException naming
+    the first field that does not."""
+    kind = shape.type_name
+    meta = shape.metadata
+    if kind == "structure" and shape.is_document_type:
+        return value  # any JSON value, nulls included
+    if kind == "structure":
+        if not isinstance(value, dict):
+            raise constraint(path, f"Member must be an object ({shape.name})")
+        members = {name: member for name, member in shape.members.items() if "location" not in member.serialization}
+        for key in value:
+            if key not in members:
+                where = f"{path}.{key}" if path else key
+                raise constraint(where, f"extraneous key [{key}] is not permitted (not a member of {shape.name})")
+        present = [name for name, member in members.items() if value.get(name) is not None]
+        for name in meta.get("required", []):
+            if name in members and name not in present:
+                raise constraint(f"{path}.{name}" if path else name, "Member must not be null")
+        if shape.is_tagged_union and len(present) != 1:
+            names = ", ".join(members)
+            raise constraint(path, f"Member must have exactly one of [{names}] set, found {len(present)}")
+        return {name: check_shape(value[name], members[name], f"{path}.{name}" if path else name) for name in present}
+    if kind == "list":
+        if not isinstance(value, list):
+            raise constraint(path, "Member must be a list")
+        check_length(len(value), meta, path)
+        if None in value:
+            raise constraint(f"{path}.{value.index(None)}", "Member must not be null")
+        return [check_shape(item, shape.member, f"{path}.{index}") for index, item in enumerate(value)]
+    if kind == "map":
+        if not isinstance(value, dict):
+            raise constraint(path, "Member must be a map")
+        check_length(len(value), meta, path)
+        return {
+            check_shape(key, shape.key, f"{path}.{key}"): check_shape(item, shape.value, f"{path}.{key}")
+            for key, item in value.items()
+        }
+    if kind == "string":
+        if not isinstance(value, str):
+            raise constraint(path, "Member must be a string")
+        check_length(len(value), meta, path)
+        if shape.enum and value not in shape.enum:
+            raise constraint(path, f"Member must satisfy enum value set: [{', '.join(shape.enum)}]")
+        if "pattern" in meta and not _pattern(meta["pattern"]).fullmatch(value):
+            raise constraint(path, f"Member must satisfy regular expression pattern: {meta['pattern']}")
+        return value
+    if kind == "blob":
+        try:
+            decoded = base64.b64decode(value, validate=True) if isinstance(value, str) else None
+        except (binascii.Error, ValueError):
+            decoded = None
+        if decoded is None:
+            raise constraint(path, "Member must be a base64-encoded blob")
+        check_length(len(decoded), meta, path)
+        return value
+    if kind == "boolean":
+        if not isinstance(value, bool):
+            raise constraint(path, "Member must be a boolean")
+        return value
+    if kind in ("integer", "long"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise constraint(path, "Member must be an integer")
+    elif kind in ("float", "double"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise constraint(path, "Member must be a number")
+    elif kind == "timestamp":
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise constraint(path, "Member must be a timestamp")
+        return value
+    else:
+        raise constraint(path, f"Member has a type the simulator does not know: {kind}")
+    if "min" in meta and value < meta["min"]:
+        raise constraint(path, f"Member must have value greater than or equal to {meta['min']}", value)
+    if "max" in meta and value > meta["max"]:
+        raise constraint(path, f"Member must have value less than or equal to {meta['max']}", value)
+    return value
+
+
+def check_length(length: int, meta: Mapping[str, Any], path: str) -> None:
+    if "min" in meta and length < meta["min"]:
+        raise constraint(path, f"Member must have length greater than or equal to {meta['min']}")
+    if "max" in meta and length > meta["max"]:
+        raise constraint(path, f"Member must have length less than or equal to {meta['max']}")
+
+
+def parse_body(raw: bytes, model_id: str, operation: str) -> Json:
+    """The request body (without null members) once it passed the operation's input shape and the value rules;
+    AwsError(400) otherwise."""
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise invalid(f"Malformed input request: the body is not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise invalid("Malformed input request: the body must be a JSON object")
+    shape = operation_model(operation).input_shape
+    check_shape(model_id, shape.members["modelId"], "modelId")
+    checked: Json = check_shape(body, shape, "")
+    check_rules(checked)
+    return checked
+
+
+def check_rules(body: Json) -> None:
+    """The value rules the service model does not state; `body` already has the input shape."""
+    messages: list[Json] = body.get("messages") or []
+    if not messages:
+        raise invalid(
+            "A conversation must start with a user message. Try again with a conversation that starts "
+            "with a user message."
+        )
+    pending: list[str] = []  # toolUse ids of the previous assistant message
+    for index, message in enumerate(messages):
+        role = message["role"]
+        if role not in ("user", "assistant"):
+            raise invalid(f"messages.{index}.role: the role of a message must be user or assistant, not {role}")
+        if index == 0 and role != "user":
+            raise invalid(
+                "A conversation must start with a user message. Try again with a conversation that starts "
+                "with a user message."
+            )
+        if index and role == messages[index - 1]["role"]:
+            raise invalid(
+                f"messages.{index}.role: A conversation must alternate between user and assistant roles. "
+                "Make sure the conversation alternates between user and assistant roles and try again."
+            )
+        content: list[Json] = message["content"]
+        if not content:
+            raise invalid(
+                f"The content field in the Message object at messages.{index} is empty. Add a ContentBlock "
+                "object to the content field and try again."
+            )
+        answered: list[str] = []
+        for number, block in enumerate(content):
+            where = f"messages.{index}.content.{number}"
+            if "text" in block and not block["text"].strip():
+                raise invalid(
+                    f"The text field in the ContentBlock object at {where} is blank. Add text to the text "
+                    "field, and try again."
+                )
+            if role == "assistant" and (kind := next((k for k in USER_ONLY_BLOCKS if k in block), None)):
+                raise invalid(f"{where}.{kind}: only a user message may carry {kind} blocks")
+            if role == "user" and "toolUse" in block:
+                raise invalid(f"{where}.toolUse: only an assistant message may carry toolUse blocks")
+            if "toolResult" in block:
+                tool_use_id = block["toolResult"]["toolUseId"]
+                if tool_use_id not in pending:
+                    raise invalid(
+                        f"{where}.toolResult.toolUseId: {tool_use_id} answers no toolUse block of the "
+                        "previous assistant message"
+                    )
+                answered.append(tool_use_id)
+        if pending and (missing := [tool_id for tool_id in pending if tool_id not in answered]):
+            raise invalid(
+                f"Expected toolResult blocks at messages.{index}.content for the following Ids: {', '.join(missing)}"
+            )
+        pending = [block["toolUse"]["toolUseId"] for block in content if "toolUse" in block]
+    check_tools(body)
+
+
+def check_tools(body: Json) -> None:
+    tool_config: Json = body.get("toolConfig") or {}
+    names = [tool["toolSpec"]["name"] for tool in tool_config.get("tools", []) if "toolSpec" in tool]
+    if len(set(names)) < len(names):
+        raise invalid("toolConfig.tools: The tool names must be unique.")
+    choice: Json = tool_config.get("toolChoice") or {}
+    if "tool" in choice and choice["tool"]["name"] not in names:
+        raise invalid(f"toolConfig.toolChoice.tool.name: {choice['tool']['name']} is not the name of a given tool")
+    blocks = [block for message in body["messages"] for block in message["content"]]
+    if not tool_config and any("toolUse" in block or "toolResult" in block for block in blocks):
+        raise invalid(
+            "toolConfig: The toolConfig field must be defined when using toolUse and toolResult content blocks."
+        )
+
+
+# The answer.
+
+
+def words(text: str) -> list[str]:
+    return text.split()
+
+
+def pieces(text: str, size: int) -> list[str]:
+    """`text` in pieces of `size` words, spaces kept, so that the pieces add up to the text."""
+    tokens = re.findall(r"\s*\S+\s*", text)
+    return ["".join(tokens[i : i + size]) for i in range(0, len(tokens), size)] or [text]
+
+
+def block_texts(blocks: list[Json]) -> list[str]:
+    """The texts a model reads in content blocks: text blocks and tool results' texts and JSON."""
+    texts: list[str] = []
+    for block in blocks:
+        if "text" in block:
+            texts.append(block["text"])
+        elif "json" in block:
+            texts.append(json.dumps(block["json"], sort_keys=True))
+        elif "toolResult" in block:
+            texts.extend(block_texts(block["toolResult"]["content"]))
+    return texts
+
+
+def last_user_text(messages: list[Json]) -> str:
+    user = next(message for message in reversed(messages) if message["role"] == "user")
+    return " ".join(block["text"] for block in user["content"] if "text" in block)
+
+
+def tool_results(message: Json) -> list[str]:
+    if message["role"] != "user":
+        return []
+    return [" ".join(block_texts(b["toolResult"]["content"])) for b in message["content"] if "toolResult" in b]
+
+
+def chosen_tool(body: Json) -> Json | None:
+    tool_config: Json = body.get("toolConfig") or {}
+    tools: list[Json] = [tool["toolSpec"] for tool in tool_config.get("tools", []) if "toolSpec" in tool]
+    choice: Json = tool_config.get("toolChoice") or {"auto": {}}
+    if not tools:
+        return None
+    if "tool" in choice:
+        return next((tool for tool in tools if tool["name"] == choice["tool"]["name"]), None)
+    if "any" in choice:
+        return tools[0]
+    if tool_results(body["messages"][-1]):
+        return None
+    text = last_user_text(body["messages"]).lower()
+    return next((tool for tool in tools if f"call {tool['name']}".lower() in text), None)
+
+
+def sample_value(schema: Any) -> Any:
+    """A value that fits a JSON schema: "x" for strings, 1 for numbers, the first enum value, required keys only."""
+    if not isinstance(schema, dict):
+        return "x"
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type", "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {name: sample_value(properties.get(name)) for name in schema.get("required", [])}
+    return {"integer": 1, "number": 1, "boolean": True, "array": [], "null": None}.get(kind, "x")
+
+
+def system_text(body: Json) -> str:
+    return " ".join(block["text"] for block in body.get("system", []) if "text" in block)
+
+
+def reply_text(body: Json) -> tuple[str, str, str | None]:
+    """(text, stopReason, the stop sequence met) of a text answer."""
+    results = tool_results(body["messages"][-1])
+    if results:
+        text = "The tool returned: " + "; ".join(results)
+    else:
+        text = "You said: " + " ".join(words(last_user_text(body["messages"])))
+    inference: Json = body.get("inferenceConfig") or {}
+    stop_reason, stop_sequence = "end_turn", None
+    found = sorted((text.find(stop), stop) for stop in inference.get("stopSequences", []) if stop and stop in text)
+    if found:
+        position, stop_sequence = found[0]
+        text, stop_reason = text[:position], "stop_sequence"
+    max_tokens = inference.get("maxTokens", DEFAULT_MAX_TOKENS)
+    if len(words(text)) > max_tokens:
+        text, stop_reason, stop_sequence = " ".join(words(text)[:max_tokens]), "max_tokens", None
+    return text, stop_reason, stop_sequence
+
+
+def has_cache_point(body: Json) -> bool:
+    blocks = [*body.get("system", []), *(body.get("toolConfig") or {}).get("tools", [])]
+    blocks += [block for message in body["messages"] for block in message["content"]]
+    return any("cachePoint" in block for block in blocks)
+
+
+def answer(body: Json, model_id: str) -> Json:
+    """The ConverseResponse, checked against the service model's output shape."""
+    digest = hashlib.sha256(json.dumps([model_id, body], sort_keys=True).encode()).hexdigest()
+    content: list[Json] = []
+    thinking = (body.get("additionalModelRequestFields") or {}).get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        thought = f"The user wrote {len(words(last_user_text(body['messages'])))} words. A short answer will do."
+        content.append({"reasoningContent": {"reasoningText": {"text": thought, "signature": "sig" + digest[:40]}}})
+    additional: Json = {}
+    tool = chosen_tool(body)
+    if tool is not None:
+        tool_input = sample_value((tool["inputSchema"].get("json") or {}) | {"type": "object"})
+        content.append({"toolUse": {"toolUseId": "tooluse_" + digest[:22], "name": tool["name"], "input": tool_input}})
+        stop_reason = "tool_use"
+    else:
+        text, stop_reason, stop_sequence = reply_text(body)
+        content.append({"text": text})
+        if "/stop_sequence" in body.get("additionalModelResponseFieldPaths", []):
+            additional["stop_sequence"] = stop_sequence
+    system = system_text(body)
+    prompt = [system, *(text for message in body["messages"] for text in block_texts(message["content"]))]
+    said = [
+        json.dumps(b["toolUse"]["input"])
+        if "toolUse" in b
+        else b.get("text", "") + b.get("reasoningContent", {}).get("reasoningText", {}).get("text", "")
+        for b in content
+    ]
+    usage: Json = {
+        "inputTokens": max(len(words(" ".join(prompt))), 1),
+        "outputTokens": max(len(words(" ".join(said))), 1),
+    }
+    if has_cache_point(body):
+        cached = len(words(system))
+        usage["inputTokens"] = max(usage["inputTokens"] - cached, 1)
+        usage["cacheReadInputTokens"] = cached if "cache" in system.lower() else 0
+        usage["cacheWriteInputTokens"] = 0 if "cache" in system.lower() else cached
+    usage["totalTokens"] = sum(usage.values())
+    response: Json = {
+        "output": {"message": {"role": "assistant", "content": content}},
+        "stopReason": stop_reason,
+        "usage": usage,
+        "metrics": {"latencyMs": 5 + usage["outputTokens"]},
+    }
+    if additional:
+        response["additionalModelResponseFields"] = additional
+    check_shape(response, operation_model("Converse").output_shape, "")
+    return response
+
+
+# The stream: AWS event-stream frames (encoded by the gateway's own encoder, checked by botocore's decoder in the
+# tests).
+
+
+def padded(payload: Json, number: int) -> bytes:
+    """The event's JSON with Bedrock's `p` key, padding of a varying length that clients must ignore."""
+    return json.dumps({**payload, "p": PADDING[: 8 + number * 7 % len(PADDING)]}, separators=(",", ":")).encode()
+
+
+def event_frame(event_type: str, payload: Json, number: int) -> bytes:
+    headers = {":event-type": event_type, ":content-type": "application/json", ":message-type": "event"}
+    return encode(headers, padded(payload, number))
+
+
+def exception_frame(exception_type: str, payload: Json) -> bytes:
+    headers = {":exception-type": exception_type, ":content-type": "application/json", ":message-type": "exception"}
+    return encode(headers, json.dumps(payload, separators=(",", ":")).encode())
+
+
+def block_events(index: int, block: Json) -> list[tuple[str, Json]]:
+    deltas: list[Json]
+    events: list[tuple[str, Json]] = []
+    if "toolUse" in block:
+        tool_use = block["toolUse"]
+        start = {"toolUse": {"toolUseId": tool_use["toolUseId"], "name": tool_use["name"]}}
+        events.append(("contentBlockStart", {"start": start, "contentBlockIndex": index}))
+        arguments = json.dumps(tool_use["input"])
+        step = -(-len(arguments) // JSON_DELTAS)  # the JSON cut mid-token, as Bedrock does
+        deltas = [{"toolUse": {"input": arguments[i : i + step]}} for i in range(0, len(arguments), step)]
+    elif "reasoningContent" in block:
+        reasoning = block["reasoningContent"]["reasoningText"]
+        deltas = [{"reasoningContent": {"text": piece}} for piece in pieces(reasoning["text"], 4)]
+        deltas.append({"reasoningContent": {"signature": reasoning["signature"]}})
+    else:
+        deltas = [{"text": piece} for piece in pieces(block["text"], WORDS_PER_TEXT_DELTA)]
+    events.extend(("contentBlockDelta", {"delta": delta, "contentBlockIndex": index}) for delta in deltas)
+    events.append(("contentBlockStop", {"contentBlockIndex": index}))
+    return events
+
+
+def stream_events(response: Json) -> list[tuple[str, Json]]:
+    """The ConverseStream events of an answer, each checked against its member of ConverseStreamOutput."""
+    events: list[tuple[str, Json]] = [("messageStart", {"role": "assistant"})]
+    for index, block in enumerate(response["output"]["message"]["content"]):
+        events.extend(block_events(index, block))
+    stop: Json = {"stopReason": response["stopReason"]}
+    if "additionalModelResponseFields" in response:
+        stop["additionalModelResponseFields"] = response["additionalModelResponseFields"]
+    events.append(("messageStop", stop))
+    events.append(("metadata", {"usage": response["usage"], "metrics": response["metrics"]}))
+    stream_shape = operation_model("ConverseStream").output_shape.members["stream"]
+    for event_type, payload in events:
+        check_shape(payload, stream_shape.members[event_type], event_type)
+    return events
+
+
+# The server.
+
+
+def model_route(raw_target: str) -> tuple[str, str] | None:
+    """(modelId decoded, operation) of `/model/{modelId}/converse[-stream]`, the id one path segment (an ARN's `/`
+    arrives as %2F)."""
+    segments = raw_target.partition("?")[0].split("/")
+    if len(segments) != 4 or segments[:2] != ["", "model"] or segments[3] not in OPERATIONS or not segments[2]:
+        return None
+    return unquote(segments[2]), OPERATIONS[segments[3]]
+
+
+def check_model(model_id: str, streaming: bool) -> str | None:
+    """The error hook the model id chooses (None for an ordinary answer); raises for throttling and unknown models."""
+    if model_id == "throttled":
+        raise AwsError(429, "ThrottlingException", "Too many requests, please wait before trying again.")
+    if model_id in ("stream-exception", "stream-cut"):
+        return model_id if streaming else None
+    resource = model_id.rsplit("/", 1)[-1] if model_id.startswith("arn:") else model_id
+    if not resource.startswith(MODEL_PREFIXES):
+        raise AwsError(
+            404,
+            "ResourceNotFoundException",
+            "Could not resolve the foundation model from the provided model identifier.",
+        )
+    return None
+
+
+class Simulator:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def record(self, request: web.Request, raw: bytes) -> Json:
+        headers: Json = {}
+        for name, value in request.headers.items():
+            name = name.lower()
+            if name == "authorization":
+                value = redacted_authorization(value)
+            elif name == "x-amz-security-token":
+                value = REDACTED
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        try:
+            body: Any = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode(errors="replace")
+        entry: Json = {"method": request.method, "path": request.raw_path, "headers": headers, "body": body}
+        self.settings.requests.append(entry)
+        return entry
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        entry = self.record(request, raw)
+        try:
+            for name in request.headers:
+                if name.lower().startswith(INTERNAL_HEADER_PREFIXES):
+                    raise invalid(f"{name.lower()}: header must not reach the upstream (the gateway leaked it)")
+            verify_signature(self.settings, request.method, request.raw_path, request.headers, raw, datetime.now(UTC))
+            route = model_route(request.raw_path) if request.method == "POST" else None
+            if route is None:
+                raise AwsError(404, "UnknownOperationException", f"Unknown operation {request.method} {request.path}")
+            model_id, operation = route
+            entry["modelId"], entry["operation"] = model_id, operation
+            body = parse_body(raw, model_id, operation)
+            hook = check_model(model_id, operation == "ConverseStream")
+        except AwsError as exc:
+            entry["status"] = exc.status
+            log.info("refused", path=request.raw_path, status=exc.status, type=exc.error_type, message=exc.message)
+            return exc.response()
+        entry["status"] = 200
+        response = answer(body, model_id)
+        request_id = str(uuid.uuid4())
+        if operation == "Converse":
+            return web.json_response(response, headers={"x-amzn-requestid": request_id})
+        return await self.stream(request, hook, response, request_id)
+
+    async def stream(
+        self, request: web.Request, hook: str | None, response: Json, request_id: str
+    ) -> web.StreamResponse:
+        events = stream_events(response)
+        frames = [event_frame(event_type, payload, number) for number, (event_type, payload) in enumerate(events)]
+        if hook == "stream-exception":
+            first_stop = next(i for i, (event_type, _) in enumerate(events) if event_type == "contentBlockStop")
+            error = {
+                "message": "The model had an error while streaming.",
+                "originalStatusCode": 500,
+                "originalMessage": "Internal server error",
+            }
+            frames = [*frames[:first_stop], exception_frame("modelStreamErrorException", error)]
+        elif hook == "stream-cut":
+            frames = frames[: next(i for i, (event_type, _) in enumerate(events) if event_type == "messageStop")]
+        headers = {"Content-Type": "application/vnd.amazon.eventstream", "x-amzn-requestid": request_id}
+        stream = web.StreamResponse(headers=headers)
+        await stream.prepare(request)
+        for number, data in enumerate(frames):
+            cut = len(data) * (number % 4 + 1) // 5  # two writes per frame, split at varying places
+            for chunk in (data[:cut], data[cut:]):
+                await stream.write(chunk)
+                if self.settings.gap_seconds:
+                    await asyncio.sleep(self.settings.gap_seconds)
+        if hook == "stream-cut" and request.transport is not None:
+            request.transport.abort()  # no final chunk: the client sees a connection that ended mid-body
+            return stream
+        await stream.write_eof()
+        return stream
+
+    async def list_requests(self, request: web.Request) -> web.Response:
+        return web.json_response(self.settings.requests)
+
+    async def clear_requests(self, request: web.Request) -> web.Response:
+        self.settings.requests.clear()
+        return web.Response(status=204)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+
+def build_app(settings: Settings) -> web.Application:
+    simulator = Simulator(settings)
+    app = web.Application()
+    app.router.add_get("/health", simulator.health)
+    app.router.add_get("/debug/requests", simulator.list_requests)
+    app.router.add_delete("/debug/requests", simulator.clear_requests)
+    app.router.add_route("*", "/{tail:.*}", simulator.handle)
+    return app
+
+
+async def serve(settings: Settings, host: str, port: int) -> int:
+    for operation in OPERATIONS.values():  # the service model loaded before /health answers, not on a request
+        operation_model(operation)
+    runner = web.AppRunner(build_app(settings), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        log.error("cannot listen", host=host, port=port, error=str(exc))
+        await runner.cleanup()
+        return 1
+    log.info(f"bedrock simulator listening on http://{host}:{port}", region=settings.region)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    return 0
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m testing.providers.bedrock_sim", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
+    parser.add_argument("--access-key-id", required=True, help="the only access key accepted")
+    parser.add_argument("--secret-access-key", required=True, help="its secret")
+    parser.add_argument("--session-token", help="the session token requests must carry (temporary credentials)")
+    parser.add_argument("--region", default="us-east-1", help="the region credentials must be scoped to")
+    parser.add_argument("--gap-ms", type=float, default=0.0, help="pause between writes of a stream (default 0)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    settings = Settings(
+        access_key_id=args.access_key_id,
+        secret_access_key=args.secret_access_key,
+        session_token=args.session_token,
+        region=args.region,
+        gap_seconds=max(args.gap_ms, 0.0) / 1000,
+    )
+    return asyncio.run(serve(settings, args.host, args.port))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
