@@ -29,13 +29,38 @@ ANTHROPIC_KEY = "sk-ant-e2e-not-a-real-key-93b1"
 HOOKS = ("claude-overloaded", "claude-midstream-error", "claude-cut")
 BEDROCK_MODEL = "anthropic.claude-3-5-sonnet-20241022-v2:0"  # a `:` the path keeps and the signature encodes
 AWS = AwsCredentials("AKIDE2ENOTREAL", "e2e/not/a/real/secret+key", "e2e-session-token")
+ENTRA = ("tenant-e2e", "app-e2e", "entra-e2e-not-a-real-secret")  # Entra ID tenant, application, client secret
 MODELS = {
     "gpt-4o-mini": "azure",
+    "gpt-4o-entra": "azure-entra",
     "claude-sonnet-4-5": "claude",
     **dict.fromkeys(HOOKS, "claude"),
     BEDROCK_MODEL: "bedrock",
     "throttled": "bedrock",
 }
+
+
+def entra_backend(name: str, host: str, port: int) -> str:
+    """An AzureOpenAI AIServiceBackend whose requests carry Entra ID tokens the control plane mints."""
+    tenant, client_id, secret = ENTRA
+    return (
+        ai_service_backend(name, host, port, "AzureOpenAI", "2024-10-21")
+        + f"""
+---
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: BackendSecurityPolicy
+metadata: {{name: {name}}}
+spec:
+  type: AzureCredentials
+  azureCredentials: {{clientID: {client_id}, tenantID: {tenant}, clientSecretRef: {{name: {name}}}}}
+  targetRefs: [{{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: {name}}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: {name}}}
+stringData: {{client-secret: "{secret}"}}
+"""
+    )
 
 
 def aws_backend(name: str, host: str, port: int, credentials: AwsCredentials, region: str) -> str:
@@ -74,7 +99,8 @@ class Providers:
     def __init__(self, tmp_path: Path, stack: contextlib.ExitStack) -> None:
         octet = random.randint(1, 254)
         azure_host, claude_host = f"127.{octet}.33.1", f"127.{octet}.33.2"
-        self.azure = start_azure_sim(azure_host, tmp_path / "azure.log", AZURE_KEY, {"gpt-4o-mini": "gpt-4o"})
+        deployments = {"gpt-4o-mini": "gpt-4o", "gpt-4o-entra": "gpt-4o"}
+        self.azure = start_azure_sim(azure_host, tmp_path / "azure.log", AZURE_KEY, deployments, ENTRA)
         stack.callback(self.azure.kill)
         self.claude = start_anthropic_sim(claude_host, tmp_path / "anthropic.log", ANTHROPIC_KEY)
         stack.callback(self.claude.kill)
@@ -86,8 +112,11 @@ class Providers:
             keyed_backend("azure", azure_host, self.azure.port, AZURE_KEY, "AzureOpenAI", "2024-10-21", "AzureAPIKey"),
             keyed_backend("claude", claude_host, self.claude.port, ANTHROPIC_KEY, "Anthropic", None, "AnthropicAPIKey"),
             aws_backend("bedrock", bedrock_host, self.bedrock.port, AWS, "us-west-2"),
+            entra_backend("azure-entra", azure_host, self.azure.port),
         ]
-        run = stack.enter_context(gateway_running(tmp_path, documents))
+        # Azure's SDKs read the Entra ID authority from AZURE_AUTHORITY_HOST; so does serve: here, the simulator's.
+        authority = {"AZURE_AUTHORITY_HOST": self.azure.url}
+        run = stack.enter_context(gateway_running(tmp_path, documents, env=authority))
         self.client = openai.OpenAI(base_url=f"{run.url}/v1", api_key="client-token", max_retries=0)
         # Anthropic's own SDK, for Anthropic's own API: its token is the gateway's business, never the provider's.
         self.anthropic = anthropic.Anthropic(base_url=run.url, api_key="client-token", max_retries=0)
@@ -313,3 +342,23 @@ def test_a_bedrock_error_keeps_its_status_in_an_openai_envelope(gw: Providers) -
     with pytest.raises(openai.RateLimitError) as raised:
         gw.client.chat.completions.create(model="throttled", messages=[{"role": "user", "content": "hi"}])
     assert isinstance(raised.value.body, dict) and raised.value.body["message"]
+
+
+def test_azure_openai_with_entra_id_gets_a_token_the_control_plane_minted(gw: Providers) -> None:
+    """AzureCredentials: serve mints an Entra ID token with the client secret (the simulator's token endpoint checks
+    tenant, client and secret), off the request path, and each request carries it as a bearer token."""
+    completion = eventually(
+        lambda: (
+            _answers(gw, "gpt-4o-entra")
+            and gw.client.chat.completions.create(
+                model="gpt-4o-entra", messages=[{"role": "user", "content": "Say this is a test"}]
+            )
+        ),
+        "a minted token accepted",
+    )
+    assert completion.choices[0].message.content == "This is a test."
+    requests = gw.requests(gw.azure)
+    assert any(r.get("grant") == "client_credentials" for r in requests)  # the token endpoint was asked
+    last = requests[-1]
+    assert last["path"].startswith("/openai/deployments/gpt-4o-entra/chat/completions")
+    assert last["headers"]["authorization"] == "<redacted>" and "api-key" not in last["headers"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,14 +22,16 @@ class GatewayRun:
     envoy: Envoy
 
 
-def _serve(directory: Path, documents: Sequence[str], serve_args: Sequence[str]) -> tuple[str, Serve, int]:
+def _serve(
+    directory: Path, documents: Sequence[str], serve_args: Sequence[str], env: Mapping[str, str] | None = None
+) -> tuple[str, Serve, int]:
     """The manifests written (the Gateway's listener first) and `serve` started: the listener's URL, the process and
     its ADS port."""
     listen_port, xds_port, admin_port = free_port(), free_port(), free_port()
     manifests = directory / "manifests"
     manifests.mkdir()
     (manifests / "gateway.yaml").write_text("---".join([gateway([listen_port]), *documents]))
-    serve = Serve(manifests, xds_port, admin_port, directory / "serve.log", serve_args)
+    serve = Serve(manifests, xds_port, admin_port, directory / "serve.log", serve_args, env)
     return f"http://127.0.0.1:{listen_port}", serve, xds_port
 
 
@@ -53,9 +55,11 @@ async def gateway_run(
 
 
 @contextlib.contextmanager
-def gateway_running(directory: Path, documents: Sequence[str], serve_args: Sequence[str] = ()) -> Iterator[GatewayRun]:
-    """`gateway_run` for synchronous tests and fixtures."""
-    url, serve, xds_port = _serve(directory, documents, serve_args)
+def gateway_running(
+    directory: Path, documents: Sequence[str], serve_args: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> Iterator[GatewayRun]:
+    """`gateway_run` for synchronous tests and fixtures; `env` adds to serve's environment."""
+    url, serve, xds_port = _serve(directory, documents, serve_args, env)
     envoy: Envoy | None = None
     try:
         asyncio.run(serve.ready())

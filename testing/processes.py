@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,15 @@ class Serve:
     is a kubeconfig file. In cluster mode the Envoys it provisions are told to find their certificate in `tls_dir`
     (`--envoy-tls-dir`), where a test runs them (testing/kube_envoy.py) instead of in a pod's /certs."""
 
-    def __init__(self, manifests: Path, xds_port: int, admin_port: int, log: Path, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        manifests: Path,
+        xds_port: int,
+        admin_port: int,
+        log: Path,
+        extra: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.admin = f"http://127.0.0.1:{admin_port}"
         self.log = log
         kubernetes = manifests.is_file() and manifests.suffix not in (".yaml", ".yml", ".json")
@@ -37,7 +45,8 @@ class Serve:
             self.tls_dir = Path(given[0]) if given else log.parent / f"{log.stem}-certs"
             if not given:
                 command += ["--envoy-tls-dir", str(self.tls_dir)]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("a"))
+        environment = {**os.environ, **env} if env is not None else None
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("a"), env=environment)
 
     async def ready(self, seconds: float = 15.0) -> str:
         """Waits for /readyz; returns its text (in a cluster it says whether this replica leads)."""

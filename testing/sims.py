@@ -84,12 +84,17 @@ def start_anthropic_sim(host: str, log: Path, api_key: str) -> SimProcess:
     return _started(command, host, port, log, "the Anthropic simulator")
 
 
-def start_azure_sim(host: str, log: Path, api_key: str, deployments: dict[str, str]) -> SimProcess:
+def start_azure_sim(
+    host: str, log: Path, api_key: str, deployments: dict[str, str], client: tuple[str, str, str] | None = None
+) -> SimProcess:
     """The Azure OpenAI simulator (`python -m testing.providers.azure_sim`) with `deployments` (name -> model),
-    accepting only `api_key`, on a free port of `host`."""
+    accepting `api_key`, or the Entra ID tokens its token endpoint issues to `client` (tenant, id, secret), on a free
+    port of `host`."""
     port = free_port(host)
     command = [sys.executable, "-m", "testing.providers.azure_sim", "--host", host, "--port", str(port)]
     command += ["--api-key", api_key, *(f"--deployment={name}={model}" for name, model in deployments.items())]
+    if client is not None:
+        command += ["--client", ":".join(client)]
     return _started(command, host, port, log, "the Azure OpenAI simulator")
 
 

@@ -53,6 +53,7 @@ LAYERS: tuple[Layer, ...] = (
             "xds_server.sources",
             "xds_server.sim",
             "xds_server.kube",
+            "xds_server.tokens",
         ),
     ),
     Layer("control plane", ("xds_server.control_plane",)),
@@ -80,7 +81,10 @@ SERVICE_PEERS: Mapping[str, frozenset[str]] = {
     "xds_server.extproc.providers": frozenset(
         {"xds_server.extproc.protocol", "xds_server.extproc.schemas", "xds_server.extproc.sigv4"}
     ),
-    "xds_server.extproc.upstream": frozenset({"xds_server.extproc.protocol", "xds_server.extproc.providers"}),
+    "xds_server.extproc.upstream": frozenset(
+        {"xds_server.extproc.protocol", "xds_server.extproc.providers", "xds_server.tokens"}
+    ),
+    "xds_server.tokens": frozenset(),  # bearer tokens minted for backends (Google, Entra ID), off the request path
     "xds_server.extproc.usage_log": frozenset({"xds_server.extproc.telemetry"}),
     "xds_server.epp": frozenset({"xds_server.extproc.protocol"}),
     "xds_server.sources": frozenset(),

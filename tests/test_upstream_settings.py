@@ -41,6 +41,7 @@ from translators.ir import (
     ForwardAction,
     RouteIR,
     SchemaIR,
+    TokenKind,
     TranslateOptions,
     Translation,
 )
@@ -116,7 +117,15 @@ def _route(*rules: list[Doc]) -> Doc:
 def _policy(name: str, type_: str, secret: str | None, target: str, created: str | None = None) -> Doc:
     target_ref = {"group": "aigateway.envoyproxy.io", "kind": "AIServiceBackend", "name": target}
     spec: Doc = {"type": type_, "targetRefs": [target_ref]}
-    if type_ == "AWSCredentials":  # with a Secret: a credentials file; without: OIDC exchange (not supported)
+    if type_ == "AzureCredentials":
+        spec["azureCredentials"] = {"clientID": "app-1", "tenantID": "tenant-1", "clientSecretRef": {"name": secret}}
+    elif type_ == "GCPCredentials":
+        spec["gcpCredentials"] = {
+            "projectName": "proj",
+            "region": "us-east5",
+            "credentialsFile": {"secretRef": {"name": secret}},
+        }
+    elif type_ == "AWSCredentials":  # with a Secret: a credentials file; without: OIDC exchange (not supported)
         source = (
             {"credentialsFile": {"secretRef": {"name": secret}}} if secret is not None else {"oidcExchangeToken": {}}
         )
@@ -779,6 +788,47 @@ def test_aws_credentials_on_a_backend_of_another_api_are_refused() -> None:
     )
     assert "AWSBedrock backends only" in (_settings(translation, "a").credential_error or "")
     assert "AWSBedrock backends only" in _condition(translation, "AIServiceBackend", "a").message
+
+
+def test_azure_credentials_give_an_azure_backend_a_token_source_never_shown() -> None:
+    translation = _translate(
+        _route([{"name": "a"}]),
+        *_backend("a", schema={"name": "AzureOpenAI"}),
+        _policy("pol", "AzureCredentials", "entra", "a"),
+        _secret("entra", string_data={"client-secret": "entra-not-a-real-secret"}),
+    )
+    found = _settings(translation, "a")
+    assert found.credential_error is None and found.token is not None and found.needs_service
+    assert (found.token.kind, found.token.key, found.token.client_id, found.token.tenant_id) == (
+        TokenKind.AZURE_CLIENT_SECRET,
+        "default/pol",
+        "app-1",
+        "tenant-1",
+    )
+    assert "entra-not-a-real-secret" not in repr(found)
+    assert "entra-not-a-real-secret" not in json.dumps(
+        translation_dict(translation, (), TranslateOptions()), default=str
+    )
+    assert "aiservicebackend/default/a/upstream-settings" in _clusters(translation)  # the service adds the token
+
+
+@pytest.mark.parametrize(
+    ("key_file", "said"),
+    [
+        ("{not json", "not JSON"),
+        ('{"type": "authorized_user"}', 'its "type" is not "service_account"'),
+        ('{"type": "service_account", "client_email": "a@b"}', "no private_key"),
+    ],
+)
+def test_a_gcp_key_file_that_cannot_mint_is_refused_with_the_reason_and_never_quoted(key_file: str, said: str) -> None:
+    translation = _translate(
+        _route([{"name": "a"}]),
+        *_backend("a", schema={"name": "AzureOpenAI"}),
+        _policy("pol", "GCPCredentials", "sa", "a"),
+        _secret("sa", string_data={"service_account.json": key_file}),
+    )
+    condition = _condition(translation, "BackendSecurityPolicy", "pol")
+    assert condition.status is ConditionStatus.FALSE and said in condition.message and key_file not in condition.message
 
 
 @pytest.mark.parametrize(

@@ -161,6 +161,34 @@ class AwsSigningIR:
     service: str = "bedrock"
 
 
+class TokenKind(StrEnum):
+    """How the control plane mints a backend's bearer token (off the request path, refreshed before it expires)."""
+
+    GCP_SERVICE_ACCOUNT = "gcp-service-account"  # a JWT signed with the key, exchanged at the key's token_uri
+    AZURE_CLIENT_SECRET = "azure-client-secret"  # OAuth client credentials at Microsoft Entra ID
+
+
+@dataclass(frozen=True)
+class TokenSourceIR:
+    """What a token is minted from. `key`: the policy (<namespace>/<name>), which tokens are kept by. The secret
+    material (a service account's key file, a client secret) is never shown in a repr."""
+
+    kind: TokenKind
+    key: str
+    secret: str = field(repr=False)
+    scope: str = ""
+    client_id: str = ""  # Azure
+    tenant_id: str = ""  # Azure
+
+
+@dataclass(frozen=True)
+class GcpLocationIR:
+    """Where Vertex AI requests go: /v1/projects/{project}/locations/{region}/..."""
+
+    project: str
+    region: str
+
+
 @dataclass(frozen=True)
 class ClusterIR:
     name: str
@@ -213,6 +241,8 @@ class BackendSettingsIR:
     credential_error: str | None = None  # the backend's security policy is unusable: its requests are refused
     schema: SchemaIR = field(default_factory=SchemaIR)
     aws: AwsSigningIR | None = None  # requests signed after every other change (the service's last step)
+    token: TokenSourceIR | None = None  # a bearer token the control plane mints (`authorization: Bearer <token>`)
+    gcp: GcpLocationIR | None = None  # Vertex AI's project and region (from the GCPCredentials policy)
 
     @property
     def changes_body(self) -> bool:
@@ -222,6 +252,12 @@ class BackendSettingsIR:
     def translates(self) -> bool:
         """The backend speaks another API: only the upstream-settings service can send it requests."""
         return self.schema.name is not ApiSchema.OPENAI
+
+    @property
+    def needs_service(self) -> bool:
+        """Only the upstream-settings service can apply these settings (Envoy applies headers and plain keys)."""
+        changes = self.changes_body or self.translates or self.credential_error is not None
+        return changes or self.token is not None or self.aws is not None
 
 
 class HeaderMatchKind(StrEnum):

@@ -9,6 +9,7 @@ travels in plain HTTP over the network (see UpstreamSettings).
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -23,8 +24,11 @@ from translators.ir import (
     BackendSettingsIR,
     ClusterIR,
     Endpoint,
+    GcpLocationIR,
     HeaderEditsIR,
     SchemaIR,
+    TokenKind,
+    TokenSourceIR,
 )
 from translators.loader import ResourceSet
 from translators.resources import AIGatewayRoute, AIServiceBackend, BackendSecurityPolicy, Secret
@@ -32,6 +36,8 @@ from translators.resources.aigateway import (
     API_KEY_SECRET_KEY,
     API_KEY_TYPES,
     AWS_CREDENTIALS_SECRET_KEY,
+    AZURE_CLIENT_SECRET_KEY,
+    GCP_CREDENTIALS_SECRET_KEY,
     AIGatewayRouteBackendRef,
     HTTPBodyMutation,
     HTTPHeaderMutation,
@@ -85,7 +91,10 @@ def _merge_fields(*mutations: HTTPBodyMutation | None) -> tuple[tuple[tuple[str,
 
 
 # What a BackendSecurityPolicy gives its backends: a key for a header, or what signs their requests (AWS).
-Credential = ApiKey | AwsSigningIR
+Credential = ApiKey | AwsSigningIR | TokenSourceIR
+GCP_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 _AWS_REGION = re.compile(r"[a-z]{2}(-[a-z0-9]+)+")
 
 
@@ -239,7 +248,14 @@ class UpstreamSettings:
             credential_error=error,
             schema=self._schemas.get(key, SchemaIR()),
             aws=credential if isinstance(credential, AwsSigningIR) else None,
+            token=credential if isinstance(credential, TokenSourceIR) else None,
+            gcp=self._gcp_location(key),
         )
+
+    def _gcp_location(self, backend: tuple[str, str]) -> GcpLocationIR | None:
+        policy = self._policies.get(backend)
+        gcp = policy.spec.gcp_credentials if policy is not None else None
+        return GcpLocationIR(gcp.project_name, gcp.region) if gcp is not None else None
 
     def refused(self, namespace: str, name: str) -> bool:
         """The AIServiceBackend's requests are refused: its security policy is missing or unusable."""
@@ -250,10 +266,9 @@ class UpstreamSettings:
             return None, self._exposed[backend]
         policy = self._policies.get(backend)
         found = self._keys[(policy.namespace, policy.name)] if policy is not None else (None, None)
-        schema = self._schemas.get(backend)
-        bedrock = schema is not None and schema.name is ApiSchema.AWS_BEDROCK
-        if found[1] is None and bedrock != isinstance(found[0], AwsSigningIR):
-            return None, _signing_mismatch(backend, bedrock)
+        schema = self._schemas.get(backend, SchemaIR()).name
+        if found[1] is None and (mismatch := _credential_mismatch(backend, schema, found[0])) is not None:
+            return None, mismatch
         return found
 
     def _read_key(self, policy: BackendSecurityPolicy) -> tuple[Credential | None, str | None]:
@@ -261,6 +276,10 @@ class UpstreamSettings:
         refused)."""
         if policy.spec.type == "AWSCredentials":
             return self._read_aws(policy)
+        if policy.spec.type == "GCPCredentials":
+            return self._read_gcp(policy)
+        if policy.spec.type == "AzureCredentials":
+            return self._read_azure(policy)
         auth = policy.spec.key_auth
         if auth is None:
             supported = "API key types and AWSCredentials"
@@ -298,6 +317,54 @@ class UpstreamSettings:
         self._report(policy, "Accepted", True, "Accepted", f"AWS credentials from Secret {ref.name}")
         return AwsSigningIR(key_id, secret, token, aws.region), None
 
+    def _read_gcp(self, policy: BackendSecurityPolicy) -> tuple[Credential | None, str | None]:
+        """A service account's key file in a Secret: the control plane mints access tokens from it."""
+        gcp = policy.spec.gcp_credentials
+        assert gcp is not None  # the spec's validator requires the block for this type
+        if gcp.credentials_file is None:
+            why = "only gcpCredentials.credentialsFile is supported (not workloadIdentityFederationConfig)"
+            return self._refuse(policy, "Unsupported", why)
+        for value, what in ((gcp.project_name, "projectName"), (gcp.region, "region")):
+            if not _PATH_SEGMENT.fullmatch(value):
+                return self._refuse(
+                    policy, "InvalidValue", f"gcpCredentials.{what} {value[:64]!r} is not a path segment"
+                )
+        ref = gcp.credentials_file.secret_ref
+        found = self._secret_value(policy, ref, GCP_CREDENTIALS_SECRET_KEY)
+        if isinstance(found, tuple):
+            return found
+        problem = _service_account_problem(found)
+        if problem is not None:
+            return self._refuse(policy, "InvalidSecret", f"Secret {ref.name}: {GCP_CREDENTIALS_SECRET_KEY}: {problem}")
+        self._report(policy, "Accepted", True, "Accepted", f"service account key from Secret {ref.name}")
+        key = f"{policy.namespace}/{policy.name}"
+        return TokenSourceIR(TokenKind.GCP_SERVICE_ACCOUNT, key, found, GCP_SCOPE), None
+
+    def _read_azure(self, policy: BackendSecurityPolicy) -> tuple[Credential | None, str | None]:
+        """An Entra ID application's client secret: the control plane mints access tokens with it."""
+        azure = policy.spec.azure_credentials
+        assert azure is not None
+        if azure.client_secret_ref is None:
+            return self._refuse(policy, "Unsupported", "only azureCredentials.clientSecretRef is supported (not OIDC)")
+        for value, what in ((azure.client_id, "clientID"), (azure.tenant_id, "tenantID")):
+            if not _PATH_SEGMENT.fullmatch(value):
+                return self._refuse(policy, "InvalidValue", f"azureCredentials.{what} {value[:64]!r} is not an id")
+        found = self._secret_value(policy, azure.client_secret_ref, AZURE_CLIENT_SECRET_KEY)
+        if isinstance(found, tuple):
+            return found
+        secret = found.strip()
+        if not secret or NOT_A_HEADER_VALUE.search(secret):
+            name = azure.client_secret_ref.name
+            return self._refuse(
+                policy, "InvalidSecret", f"Secret {name}: {AZURE_CLIENT_SECRET_KEY} is empty or unusable"
+            )
+        self._report(policy, "Accepted", True, "Accepted", f"client secret from Secret {azure.client_secret_ref.name}")
+        key = f"{policy.namespace}/{policy.name}"
+        source = TokenSourceIR(
+            TokenKind.AZURE_CLIENT_SECRET, key, secret, AZURE_SCOPE, azure.client_id, azure.tenant_id
+        )
+        return source, None
+
     def _secret_value(self, policy: BackendSecurityPolicy, ref: SecretRef, key: str) -> str | tuple[None, str]:
         """The text of a Secret's key the policy names, or the refusal (reported) when it cannot be read."""
         namespace = ref.namespace or policy.namespace
@@ -320,11 +387,52 @@ class UpstreamSettings:
         return None, f"BackendSecurityPolicy {policy.namespace}/{policy.name} is not usable"
 
 
-def _signing_mismatch(backend: tuple[str, str], bedrock: bool) -> str:
+# The credential each schema must have, and the schemas each kind of credential may go to.
+_AWS_SCHEMAS = frozenset({ApiSchema.AWS_BEDROCK})
+_GCP_SCHEMAS: frozenset[ApiSchema] = frozenset()
+_AZURE_TOKEN_SCHEMAS = frozenset({ApiSchema.AZURE_OPENAI, ApiSchema.OPENAI})
+
+
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~-]{1,128}")
+
+
+def _service_account_problem(text: str) -> str | None:
+    """What keeps a service account's key file from minting tokens (never quoting it), or None."""
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return "not JSON"
+    if not isinstance(info, dict) or info.get("type") != "service_account":
+        return 'not a service account key (its "type" is not "service_account")'
+    missing = [k for k in ("client_email", "private_key") if not isinstance(info.get(k), str) or not info[k]]
+    if missing:
+        return f"no {' or '.join(missing)}"
+    if "PRIVATE KEY-----" not in info["private_key"]:
+        return "private_key is not a PEM key"
+    token_uri = info.get("token_uri", GOOGLE_TOKEN_URI)
+    if not isinstance(token_uri, str) or not token_uri.startswith(("https://", "http://")):
+        return "token_uri is not a URL"
+    return None
+
+
+def _credential_mismatch(backend: tuple[str, str], schema: ApiSchema, credential: Credential | None) -> str | None:
+    """Why the backend cannot use its credential (or lack of one), or None."""
     where = f"AIServiceBackend {backend[0]}/{backend[1]}"
-    if bedrock:
-        return f"{where} speaks AWSBedrock, whose requests must be signed: it needs a policy of type AWSCredentials"
-    return f"{where}: AWSCredentials sign requests to AWSBedrock backends only"
+    if schema in _AWS_SCHEMAS and not isinstance(credential, AwsSigningIR):
+        return f"{where} speaks {schema}, whose requests must be signed: it needs a policy of type AWSCredentials"
+    if schema in _GCP_SCHEMAS and not (
+        isinstance(credential, TokenSourceIR) and credential.kind is TokenKind.GCP_SERVICE_ACCOUNT
+    ):
+        return f"{where} speaks {schema}, which takes Google access tokens: it needs a policy of type GCPCredentials"
+    if isinstance(credential, AwsSigningIR) and schema not in _AWS_SCHEMAS:
+        return f"{where}: AWSCredentials sign requests to AWSBedrock backends only"
+    if isinstance(credential, TokenSourceIR):
+        gcp = credential.kind is TokenKind.GCP_SERVICE_ACCOUNT
+        if gcp and schema not in _GCP_SCHEMAS:
+            return f"{where}: GCPCredentials are for Vertex AI backends (GCPVertexAI, GCPAnthropic) only"
+        if not gcp and schema not in _AZURE_TOKEN_SCHEMAS:
+            return f"{where}: AzureCredentials are for Azure OpenAI backends only"
+    return None
 
 
 def _header_names(settings: BackendSettingsIR) -> set[str]:
@@ -385,7 +493,7 @@ def place_settings(settings: tuple[BackendSettingsIR, ...], cluster: ClusterIR) 
     if not own:
         return PlacedSettings(None, replace(cluster, upstream_settings=False))
     [mine] = own
-    if mine.changes_body or mine.translates or mine.credential_error is not None:
+    if mine.needs_service:
         return PlacedSettings(
             None, replace(cluster, name=cluster.name + SERVICE_CLUSTER_SUFFIX, upstream_settings=True)
         )

@@ -53,6 +53,7 @@ from xds_server.sources.kubernetes import kinds
 from xds_server.sources.kubernetes.config import api_client, default_namespace
 from xds_server.sources.kubernetes.source import KubernetesSource
 from xds_server.tls import ServerCertificate
+from xds_server.tokens import TokenMinter
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.server import Ads
 from xds_server.xds.streams import ClientRegistry
@@ -88,7 +89,7 @@ async def start_extproc(
     `picker.scraper.close()`."""
     # Over mutual TLS, each client gets the settings (credentials) and picks of its own Gateway's routes only.
     scoped = credentials is not None
-    upstream = UpstreamSettingsService(gateway_scoped=scoped)
+    upstream = UpstreamSettingsService(gateway_scoped=scoped, tokens=TokenMinter(control_plane.stopping))
     if picker is None:
         picker = EndpointPicker(Scraper(interval=scrape_interval), debug=picker_debug)
     picker.gateway_scoped = scoped

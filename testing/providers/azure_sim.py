@@ -6,8 +6,10 @@ What it checks, as Azure does:
 - the path `/openai/deployments/{deployment}/{chat/completions|completions|embeddings}` of a known deployment (404
   DeploymentNotFound otherwise), and an `api-version` query parameter of a published version (404 "Resource not found"
   without one, 400 for an unknown one);
-- the `api-key` header (401 otherwise); an `Authorization` header, or any of the gateway's internal headers, is an
-  error naming it (a gateway must not leak them);
+- the `api-key` header, or `Authorization: Bearer <token>` with a token this simulator's Microsoft Entra ID token
+  endpoint issued (`POST /{tenant}/oauth2/v2.0/token`, the client-credentials grant, for `--client-id` and
+  `--client-secret`, scope `https://cognitiveservices.azure.com/.default`): 401 otherwise; any of the gateway's
+  internal headers is an error naming it (a gateway must not leak them);
 - a Content-Length, and a body that the official `openai` SDK's own request type accepts (`model` is optional:
   the deployment names the model).
 It answers like Azure: OpenAI's shapes, `model` the deployment's model (not the deployment's name), and
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import signal
 import sys
 import time
@@ -33,7 +36,8 @@ from openai.types.chat import completion_create_params
 API_VERSIONS = frozenset({"2024-02-01", "2024-06-01", "2024-10-21", "2024-12-01-preview", "2025-01-01-preview"})
 OPERATIONS = ("chat/completions", "completions", "embeddings")
 _REQUEST = pydantic.TypeAdapter(completion_create_params.CompletionCreateParamsBase)
-_LEAKS = ("authorization", "x-ai-eg-", "x-gateway-destination-endpoint")
+_LEAKS = ("x-ai-eg-", "x-gateway-destination-endpoint")
+SCOPE = "https://cognitiveservices.azure.com/.default"
 _FILTERED = {name: {"filtered": False, "severity": "safe"} for name in ("hate", "self_harm", "sexual", "violence")}
 
 
@@ -42,10 +46,42 @@ def _error(status: int, code: str, message: str) -> web.Response:
 
 
 class AzureSim:
-    def __init__(self, api_key: str, deployments: dict[str, str]) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        deployments: dict[str, str],
+        client: tuple[str, str, str] | None = None,
+        lifetime: int = 3599,
+    ) -> None:
         self.api_key = api_key
         self.deployments = deployments
+        self.client = client  # (tenant, client id, client secret) the token endpoint accepts
+        self.lifetime = lifetime
+        self.tokens: dict[str, float] = {}  # issued token -> expiry (monotonic)
         self.requests: list[dict[str, Any]] = []
+
+    async def token(self, request: web.Request) -> web.Response:
+        """Microsoft Entra ID's client-credentials grant, as the v2.0 token endpoint answers it."""
+        form = await request.post()
+        self.requests.append({"method": "POST", "path": request.path, "headers": {}, "grant": form.get("grant_type")})
+        tenant, client_id, secret = self.client or ("", "", "")
+        if request.match_info["tenant"] != tenant:
+            return web.json_response(
+                {"error": "invalid_request", "error_description": "AADSTS90002: Tenant"}, status=400
+            )
+        if form.get("grant_type") != "client_credentials" or form.get("scope") != SCOPE:
+            return web.json_response({"error": "invalid_request", "error_description": "grant or scope"}, status=400)
+        if form.get("client_id") != client_id or form.get("client_secret") != secret:
+            return web.json_response({"error": "invalid_client", "error_description": "AADSTS7000215"}, status=401)
+        token = secrets.token_urlsafe(24)
+        self.tokens[token] = time.monotonic() + self.lifetime
+        return web.json_response({"token_type": "Bearer", "expires_in": self.lifetime, "access_token": token})
+
+    def _authorized(self, request: web.Request) -> bool:
+        if request.headers.get("api-key") == self.api_key:
+            return True
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme == "Bearer" and self.tokens.get(token, 0.0) > time.monotonic()
 
     async def health(self, _: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -57,7 +93,8 @@ class AzureSim:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        headers = {k.lower(): ("<redacted>" if k.lower() == "api-key" else v) for k, v in request.headers.items()}
+        secret = ("api-key", "authorization")
+        headers = {k.lower(): ("<redacted>" if k.lower() in secret else v) for k, v in request.headers.items()}
         self.requests.append({"method": request.method, "path": request.path_qs, "headers": headers})
         deployment, operation = request.match_info["deployment"], request.match_info["operation"]
         version = request.query.get("api-version")
@@ -65,7 +102,7 @@ class AzureSim:
             return _error(404, "404", "Resource not found")
         if version not in API_VERSIONS:
             return _error(400, "BadRequest", f"API version not supported: {version}")
-        if request.headers.get("api-key") != self.api_key:
+        if not self._authorized(request):
             return _error(401, "401", "Access denied due to invalid subscription key or wrong API endpoint.")
         leaked = sorted(k for k in headers if k.startswith(_LEAKS))
         if leaked:
@@ -123,6 +160,7 @@ def build_app(sim: AzureSim) -> web.Application:
     app = web.Application()
     app.router.add_get("/health", sim.health)
     app.router.add_route("*", "/debug/requests", sim.debug)
+    app.router.add_post("/{tenant}/oauth2/v2.0/token", sim.token)
     operations = "|".join(OPERATIONS)
     app.router.add_post("/openai/deployments/{deployment}/{operation:" + operations + "}", sim.handle)
     return app
@@ -146,9 +184,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--deployment", action="append", default=[], help="NAME=MODEL (repeatable)")
+    parser.add_argument("--client", help="TENANT:CLIENT_ID:CLIENT_SECRET the Entra ID token endpoint accepts")
+    parser.add_argument("--token-lifetime", type=int, default=3599, help="seconds (default 3599)")
     args = parser.parse_args(argv)
     deployments = dict(d.split("=", 1) for d in args.deployment)
-    asyncio.run(serve(AzureSim(args.api_key, deployments), args.host, args.port))
+    client = tuple(args.client.split(":", 2)) if args.client else None
+    sim = AzureSim(args.api_key, deployments, client, args.token_lifetime)
+    asyncio.run(serve(sim, args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -168,6 +168,24 @@ class AWSCredentials(K8sModel):
     oidc_exchange_token: dict[str, Any] | None = None  # read so it can be refused by name (not supported)
 
 
+class GCPCredentialsFile(K8sModel):
+    secret_ref: SecretRef
+
+
+class GCPCredentials(K8sModel):
+    project_name: str
+    region: str
+    credentials_file: GCPCredentialsFile | None = None
+    workload_identity_federation_config: dict[str, Any] | None = None  # read so it can be refused by name
+
+
+class AzureCredentials(K8sModel):
+    client_id: str = Field(alias="clientID")
+    tenant_id: str = Field(alias="tenantID")
+    client_secret_ref: SecretRef | None = None
+    oidc_exchange_token: dict[str, Any] | None = None  # read so it can be refused by name
+
+
 class PolicyTargetRef(K8sModel):
     group: str = AIGATEWAY_GROUP
     kind: str = "AIServiceBackend"
@@ -182,6 +200,14 @@ API_KEY_TYPES: dict[str, tuple[str, str, str]] = {
 }
 API_KEY_SECRET_KEY = "apiKey"
 AWS_CREDENTIALS_SECRET_KEY = "credentials"  # an AWS shared credentials file (INI)
+GCP_CREDENTIALS_SECRET_KEY = "service_account.json"  # a service account's key file, as Google issues it
+AZURE_CLIENT_SECRET_KEY = "client-secret"
+# The credential types' spec blocks (the API key types' are in API_KEY_TYPES).
+CREDENTIAL_BLOCKS = {
+    "AWSCredentials": ("aws_credentials", "awsCredentials"),
+    "GCPCredentials": ("gcp_credentials", "gcpCredentials"),
+    "AzureCredentials": ("azure_credentials", "azureCredentials"),
+}
 
 
 class BackendSecurityPolicySpec(K8sModel):
@@ -191,6 +217,8 @@ class BackendSecurityPolicySpec(K8sModel):
     azure_api_key: APIKeyAuth | None = Field(default=None, alias="azureAPIKey")
     anthropic_api_key: APIKeyAuth | None = Field(default=None, alias="anthropicAPIKey")
     aws_credentials: AWSCredentials | None = None
+    gcp_credentials: GCPCredentials | None = None
+    azure_credentials: AzureCredentials | None = None
 
     @model_validator(mode="after")
     def _key_block(self) -> BackendSecurityPolicySpec:
@@ -198,8 +226,8 @@ class BackendSecurityPolicySpec(K8sModel):
         if wanted is not None and getattr(self, wanted[0]) is None:
             block = type(self).model_fields[wanted[0]].alias or wanted[0]
             raise ValueError(f"type {self.type} needs the {block} block")
-        if self.type == "AWSCredentials" and self.aws_credentials is None:
-            raise ValueError("type AWSCredentials needs the awsCredentials block")
+        if self.type in CREDENTIAL_BLOCKS and getattr(self, CREDENTIAL_BLOCKS[self.type][0]) is None:
+            raise ValueError(f"type {self.type} needs the {CREDENTIAL_BLOCKS[self.type][1]} block")
         return self
 
     @property

@@ -139,7 +139,11 @@ REDACTED = "<redacted>"
 
 def settings_dict(settings: BackendSettingsIR) -> dict[str, Any]:
     """The upstream-phase settings of a (rule, backend), with the credential's value never shown."""
-    shown = {k: v for k, v in asdict(settings).items() if v not in (None, ()) and k not in ("schema", "aws")}
+    hidden = ("schema", "aws", "token")  # shown below, without their secrets
+    shown = {k: v for k, v in asdict(settings).items() if v not in (None, ()) and k not in hidden}
+    if settings.token is not None:
+        token = settings.token
+        shown["token"] = {"kind": str(token.kind), "policy": token.key, "scope": token.scope, "secret": REDACTED}
     if settings.aws is not None:
         signed = {"credentials": REDACTED, "region": settings.aws.region, "service": settings.aws.service}
         shown["aws"] = signed

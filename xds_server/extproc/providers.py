@@ -22,7 +22,7 @@ if any, comes from its security policy), the gateway's internal headers, client-
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
@@ -104,6 +104,12 @@ def _body_reply(phase: str, body: bytes, headers: Iterable[tuple[str, str]] = ()
 
 
 _JSON = (("content-type", "application/json"),)
+# A minted token by its policy: (the token, "") or (None, why there is none). See xds_server.tokens.
+TokenLookup = Callable[[str], tuple[str | None, str]]
+
+
+def no_tokens(_: str) -> tuple[str | None, str]:
+    return None, "no token is minted by this process"
 
 
 def _streamed_headers() -> ProcessingResponse:
@@ -125,9 +131,12 @@ class ProviderAttempt:
     """One attempt's request (and answer, where `translates`). `mutation`: what the plan sets and removes on every
     attempt (its credential among them)."""
 
-    def __init__(self, settings: BackendSettingsIR, mutation: ext_proc_pb2.HeaderMutation) -> None:
+    def __init__(
+        self, settings: BackendSettingsIR, mutation: ext_proc_pb2.HeaderMutation, tokens: TokenLookup = no_tokens
+    ) -> None:
         self.settings = settings
         self._mutation = mutation
+        self._tokens = tokens
         self.translates = False  # the body and the answer come to this attempt (else the plan's body reply, if any)
 
     @property
@@ -143,6 +152,17 @@ class ProviderAttempt:
         forbidden = sorted({n for n in headers if n.startswith(_NEVER_FORWARDED) and n not in plan_sets})
         mutation.remove_headers.extend(forbidden)
         return mutation
+
+    def _bearer(self, mutation: ext_proc_pb2.HeaderMutation) -> ProcessingResponse | None:
+        """The minted token as `authorization: Bearer`, or the 503 that refuses the request without one."""
+        source = self.settings.token
+        if source is None:
+            return None
+        token, why = self._tokens(source.key)
+        if token is None:
+            return error(503, f"{self.settings.backend}: {why}", "backend_credentials_unavailable", "upstream_settings")
+        mutation.set_headers.append(set_header("authorization", f"Bearer {token}".encode()))
+        return None
 
     def request_headers(self, request: ext_proc_pb2.HttpHeaders) -> ProcessingResponse:
         raise NotImplementedError
@@ -166,8 +186,21 @@ class AzureAttempt(ProviderAttempt):
         if azure is None or not deployment:
             return _unsupported_operation(path, self.schema)
         mutation = self._base_mutation(headers)
+        if (refused := self._bearer(mutation)) is not None:
+            return refused
         mutation.set_headers.append(set_header(":path", azure.encode()))
         # Azure answers in OpenAI's format: the answer's phase off; the body only if the plan changes it.
+        mode = UPSTREAM_SETTINGS_MODE if self.settings.changes_body else UPSTREAM_HEADERS_ONLY_MODE
+        return _headers_reply(mutation, mode)
+
+
+class AzureOpenAiCompatibleAttempt(ProviderAttempt):
+    """OpenAI's API as it is (Azure's OpenAI-compatible v1 endpoint), with a minted Entra ID token."""
+
+    def request_headers(self, request: ext_proc_pb2.HttpHeaders) -> ProcessingResponse:
+        mutation = self._base_mutation(_headers(request))
+        if (refused := self._bearer(mutation)) is not None:
+            return refused
         mode = UPSTREAM_SETTINGS_MODE if self.settings.changes_body else UPSTREAM_HEADERS_ONLY_MODE
         return _headers_reply(mutation, mode)
 
@@ -175,8 +208,10 @@ class AzureAttempt(ProviderAttempt):
 class _TranslatedAttempt(ProviderAttempt):
     """An attempt whose body and answer are translated: what the request was, for the answer."""
 
-    def __init__(self, settings: BackendSettingsIR, mutation: ext_proc_pb2.HeaderMutation) -> None:
-        super().__init__(settings, mutation)
+    def __init__(
+        self, settings: BackendSettingsIR, mutation: ext_proc_pb2.HeaderMutation, tokens: TokenLookup = no_tokens
+    ) -> None:
+        super().__init__(settings, mutation, tokens)
         self.translates = True
         self._client_model = ""
         self._created = 0
@@ -205,8 +240,10 @@ class _TranslatedAttempt(ProviderAttempt):
 
 
 class AnthropicAttempt(_TranslatedAttempt):
-    def __init__(self, settings: BackendSettingsIR, mutation: ext_proc_pb2.HeaderMutation) -> None:
-        super().__init__(settings, mutation)
+    def __init__(
+        self, settings: BackendSettingsIR, mutation: ext_proc_pb2.HeaderMutation, tokens: TokenLookup = no_tokens
+    ) -> None:
+        super().__init__(settings, mutation, tokens)
         self._stream: anthropic.ChatStream | None = None
 
     def request_headers(self, request: ext_proc_pb2.HttpHeaders) -> ProcessingResponse:
@@ -265,8 +302,10 @@ class AnthropicAttempt(_TranslatedAttempt):
 
 
 class BedrockAttempt(_TranslatedAttempt):
-    def __init__(self, settings: BackendSettingsIR, mutation: ext_proc_pb2.HeaderMutation) -> None:
-        super().__init__(settings, mutation)
+    def __init__(
+        self, settings: BackendSettingsIR, mutation: ext_proc_pb2.HeaderMutation, tokens: TokenLookup = no_tokens
+    ) -> None:
+        super().__init__(settings, mutation, tokens)
         assert settings.aws is not None  # a Bedrock backend without credentials is refused before any attempt
         aws = settings.aws
         self._credentials = AwsCredentials(aws.access_key_id, aws.secret_access_key, aws.session_token)
@@ -353,7 +392,11 @@ _ATTEMPTS: dict[ApiSchema, type[ProviderAttempt]] = {
 }
 
 
-def attempt(settings: BackendSettingsIR, mutation: ext_proc_pb2.HeaderMutation) -> ProviderAttempt | None:
-    """The attempt's own state when the backend speaks another API (None for OpenAI's)."""
+def attempt(
+    settings: BackendSettingsIR, mutation: ext_proc_pb2.HeaderMutation, tokens: TokenLookup = no_tokens
+) -> ProviderAttempt | None:
+    """The attempt's own state when the backend speaks another API, or takes a minted token (None otherwise)."""
     kind = _ATTEMPTS.get(settings.schema.name)
-    return kind(settings, mutation) if kind is not None else None
+    if kind is None and settings.token is not None:
+        kind = AzureOpenAiCompatibleAttempt  # an OpenAI-schema backend (Azure's v1 API) with an Entra token
+    return kind(settings, mutation, tokens) if kind is not None else None

@@ -31,6 +31,7 @@ from xds_server.extproc import providers
 from xds_server.extproc.protocol import PASS_THROUGH, Context, ProcessingResponse, attribute, error, set_header
 from xds_server.extproc.providers import ProviderAttempt
 from xds_server.identity import peer_gateway
+from xds_server.tokens import TokenMinter
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,12 @@ class UpstreamPlan:
             self.fields["model"] = settings.model_name_override
         self.removed_fields = settings.remove_fields
 
-    def attempt(self) -> ProviderAttempt | None:
-        """The attempt's own state when the backend speaks another API (and its credential is usable)."""
-        if not self.settings.translates or self.settings.credential_error is not None:
+    def attempt(self, tokens: providers.TokenLookup = providers.no_tokens) -> ProviderAttempt | None:
+        """The attempt's own state when the backend speaks another API or takes a minted token (and its credential
+        is usable: otherwise the plan's own reply refuses the request)."""
+        if self.settings.credential_error is not None:
             return None
-        return providers.attempt(self.settings, self.mutation)
+        return providers.attempt(self.settings, self.mutation, tokens)
 
     def __repr__(self) -> str:  # the headers reply holds the credential
         return f"UpstreamPlan(fields={sorted(self.fields)}, removed={list(self.removed_fields)})"
@@ -134,12 +136,23 @@ class UpstreamSettingsService:
     Gateway whose routes use that rule; anyone else asking is answered 403 and never gets the backend's credential.
     """
 
-    def __init__(self, runtime: RuntimeTables = EMPTY_TABLES, gateway_scoped: bool = False) -> None:
+    def __init__(
+        self, runtime: RuntimeTables = EMPTY_TABLES, gateway_scoped: bool = False, tokens: TokenMinter | None = None
+    ) -> None:
         self.plans = UpstreamPlans(runtime.backend_settings, runtime.rule_gateways)
         self.gateway_scoped = gateway_scoped
+        self.tokens = tokens  # mints the bearer tokens of backends that take them (must be made on the event loop)
 
     def follow(self, runtime: RuntimeTables) -> None:
+        """Runs on the event loop (the minter starts its tasks there)."""
         self.plans = UpstreamPlans(runtime.backend_settings, runtime.rule_gateways)
+        if self.tokens is not None:
+            self.tokens.follow(s.token for s in runtime.backend_settings.values() if s.token is not None)
+
+    def _token(self, key: str) -> tuple[str | None, str]:
+        if self.tokens is None:
+            return None, "no token minter in this process"
+        return self.tokens.token(key)
 
     async def handle(self, context: Context, metadata: Mapping[str, str]) -> None:
         plan: UpstreamPlan | None = None
@@ -154,7 +167,7 @@ class UpstreamSettingsService:
                     plan = None
                     await context.write(refused)
                     continue
-                attempt = plan.attempt() if plan is not None else None
+                attempt = plan.attempt(self._token) if plan is not None else None
                 if attempt is not None and plan is not None:
                     await context.write(attempt.request_headers(request.request_headers))
                 else:
