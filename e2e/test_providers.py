@@ -19,7 +19,8 @@ import pytest
 
 from testing.gateway_run import gateway_running
 from testing.manifests import ai_gateway_route, ai_service_backend, keyed_backend
-from testing.sims import SimProcess, start_anthropic_sim, start_azure_sim, start_bedrock_sim
+from testing.providers.vertex_sim import new_service_account
+from testing.sims import SimProcess, start_anthropic_sim, start_azure_sim, start_bedrock_sim, start_vertex_sim
 from testing.web import eventually, http_get
 from xds_server.extproc.sigv4 import AwsCredentials
 
@@ -28,6 +29,7 @@ ANTHROPIC_KEY = "sk-ant-e2e-not-a-real-key-93b1"
 # The Anthropic simulator's error hooks are models of their own (testing/providers/anthropic_sim.py).
 HOOKS = ("claude-overloaded", "claude-midstream-error", "claude-cut")
 BEDROCK_MODEL = "anthropic.claude-3-5-sonnet-20241022-v2:0"  # a `:` the path keeps and the signature encodes
+BEDROCK_CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"  # through InvokeModel (AWSAnthropic), not Converse
 AWS = AwsCredentials("AKIDE2ENOTREAL", "e2e/not/a/real/secret+key", "e2e-session-token")
 ENTRA = ("tenant-e2e", "app-e2e", "entra-e2e-not-a-real-secret")  # Entra ID tenant, application, client secret
 MODELS = {
@@ -37,7 +39,36 @@ MODELS = {
     **dict.fromkeys(HOOKS, "claude"),
     BEDROCK_MODEL: "bedrock",
     "throttled": "bedrock",
+    "gemini-2.5-flash": "vertex",
+    "claude-on-vertex": "vertex-claude",
+    BEDROCK_CLAUDE: "bedrock-claude",
 }
+PROJECT, REGION = "e2e-project", "us-east5"
+
+
+def gcp_backend(name: str, schema: str, host: str, port: int, key_file: str) -> str:
+    """A Vertex AI AIServiceBackend whose requests carry Google tokens minted from a service account's key."""
+    indented = "\n".join("    " + line for line in key_file.splitlines())
+    return (
+        ai_service_backend(name, host, port, schema)
+        + f"""
+---
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: BackendSecurityPolicy
+metadata: {{name: {name}}}
+spec:
+  type: GCPCredentials
+  gcpCredentials: {{projectName: {PROJECT}, region: {REGION}, credentialsFile: {{secretRef: {{name: {name}}}}}}}
+  targetRefs: [{{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: {name}}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: {name}}}
+stringData:
+  service_account.json: |
+{indented}
+"""
+    )
 
 
 def entra_backend(name: str, host: str, port: int) -> str:
@@ -63,11 +94,13 @@ stringData: {{client-secret: "{secret}"}}
     )
 
 
-def aws_backend(name: str, host: str, port: int, credentials: AwsCredentials, region: str) -> str:
-    """An AWSBedrock AIServiceBackend signed with an AWSCredentials policy whose Secret holds a credentials file."""
+def aws_backend(
+    name: str, host: str, port: int, credentials: AwsCredentials, region: str, schema: str = "AWSBedrock"
+) -> str:
+    """An AWS AIServiceBackend signed with an AWSCredentials policy whose Secret holds a credentials file."""
     token = f"\n    aws_session_token = {credentials.session_token}" if credentials.session_token else ""
     return (
-        ai_service_backend(name, host, port, "AWSBedrock")
+        ai_service_backend(name, host, port, schema)
         + f"""
 ---
 apiVersion: aigateway.envoyproxy.io/v1beta1
@@ -107,12 +140,21 @@ class Providers:
         bedrock_host = f"127.{octet}.33.3"
         self.bedrock = start_bedrock_sim(bedrock_host, tmp_path / "bedrock.log", AWS, "us-west-2")
         stack.callback(self.bedrock.kill)
+        vertex_host = f"127.{octet}.33.4"
+        account, public_key = new_service_account("http://set-below/token", PROJECT)
+        log = tmp_path / "vertex.log"
+        self.vertex = start_vertex_sim(vertex_host, log, PROJECT, REGION, public_key, account["client_email"])
+        stack.callback(self.vertex.kill)
+        key_file = json.dumps({**account, "token_uri": f"{self.vertex.url}/token"}, indent=1)
         documents = [
             ai_gateway_route("providers", MODELS),
             keyed_backend("azure", azure_host, self.azure.port, AZURE_KEY, "AzureOpenAI", "2024-10-21", "AzureAPIKey"),
             keyed_backend("claude", claude_host, self.claude.port, ANTHROPIC_KEY, "Anthropic", None, "AnthropicAPIKey"),
             aws_backend("bedrock", bedrock_host, self.bedrock.port, AWS, "us-west-2"),
             entra_backend("azure-entra", azure_host, self.azure.port),
+            gcp_backend("vertex", "GCPVertexAI", vertex_host, self.vertex.port, key_file),
+            gcp_backend("vertex-claude", "GCPAnthropic", vertex_host, self.vertex.port, key_file),
+            aws_backend("bedrock-claude", bedrock_host, self.bedrock.port, AWS, "us-west-2", "AWSAnthropic"),
         ]
         # Azure's SDKs read the Entra ID authority from AZURE_AUTHORITY_HOST; so does serve: here, the simulator's.
         authority = {"AZURE_AUTHORITY_HOST": self.azure.url}
@@ -362,3 +404,42 @@ def test_azure_openai_with_entra_id_gets_a_token_the_control_plane_minted(gw: Pr
     last = requests[-1]
     assert last["path"].startswith("/openai/deployments/gpt-4o-entra/chat/completions")
     assert last["headers"]["authorization"] == "<redacted>" and "api-key" not in last["headers"]
+
+
+@pytest.mark.parametrize(
+    ("model", "sim", "operation"),
+    [
+        ("gemini-2.5-flash", "vertex", ":generateContent"),
+        ("claude-on-vertex", "vertex", ":rawPredict"),
+        (BEDROCK_CLAUDE, "bedrock", "/invoke"),
+    ],
+)
+def test_gemini_and_claude_on_the_clouds_answer_openai_requests(
+    gw: Providers, model: str, sim: str, operation: str
+) -> None:
+    """Vertex AI with a Google token the control plane minted from a service account's key (the simulator checks
+    the signed assertion and the token), and Claude on Bedrock signed with SigV4: one OpenAI request each, whole and
+    streamed."""
+    simulator = gw.vertex if sim == "vertex" else gw.bedrock
+    completion = eventually(
+        lambda: (
+            _answers(gw, model)
+            and gw.client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "Say this is a test"}], max_tokens=50
+            )
+        ),
+        f"{model} answering",
+    )
+    assert completion.object == "chat.completion" and completion.model == model
+    assert "Say this is a test" in (completion.choices[0].message.content or "")
+    assert operation in gw.requests(simulator)[-1]["path"]
+    stream = gw.client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Say this is a test"}],
+        max_tokens=50,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "Say this is a test" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0

@@ -107,3 +107,28 @@ def start_bedrock_sim(host: str, log: Path, credentials: AwsCredentials, region:
     if credentials.session_token is not None:
         command += ["--session-token", credentials.session_token]
     return _started([*command, "--region", region], host, port, log, "the Bedrock simulator")
+
+
+def start_vertex_sim(
+    host: str,
+    log: Path,
+    project: str,
+    region: str,
+    service_account_public_key_pem: str,
+    client_email: str,
+    *,
+    token_lifetime: int | None = None,
+) -> SimProcess:
+    """The Vertex AI simulator with Google's token endpoint (`python -m testing.providers.vertex_sim`), serving
+    `project` in `region` and granting tokens (valid `token_lifetime` seconds, 3599 by default) to the service account
+    `client_email` whose key's public half is `service_account_public_key_pem` (see `new_service_account`; the key's
+    `token_uri` is `{url}/token`), on a free port of `host`."""
+    port = free_port(host)
+    key_file = log.with_name(f"{log.name}.public-key.pem")
+    key_file.write_text(service_account_public_key_pem)
+    command = [sys.executable, "-m", "testing.providers.vertex_sim", "--host", host, "--port", str(port)]
+    command += ["--project", project, "--region", region, "--client-email", client_email]
+    command += ["--public-key-file", str(key_file)]
+    if token_lifetime is not None:
+        command += ["--token-lifetime", str(token_lifetime)]
+    return _started(command, host, port, log, "the Vertex AI simulator")

@@ -14,13 +14,13 @@ from urllib.parse import quote
 import botocore.session  # type: ignore[import-untyped]
 import pytest
 from botocore.config import Config  # type: ignore[import-untyped]
-from botocore.eventstream import EventStreamBuffer  # type: ignore[import-untyped]
 from botocore.exceptions import ClientError, EventStreamError  # type: ignore[import-untyped]
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from urllib3.exceptions import ProtocolError
 
 from testing.ports import loopback_address
+from testing.providers.aws_checks import client_error, frames, refused
 from testing.sims import SimProcess, start_bedrock_sim
 from testing.web import Response, request
 from xds_server.extproc.sigv4 import AwsCredentials, sign
@@ -110,28 +110,6 @@ def signed_post(
     return request(
         sim.url, "POST", target, data, {**dict(signed), "content-type": "application/json", **(headers or {})}
     )
-
-
-def frames(data: bytes) -> list[tuple[dict[str, Any], Any]]:
-    """The event-stream messages of a body, decoded by botocore: (headers, JSON payload)."""
-    buffer = EventStreamBuffer()
-    buffer.add_data(data)
-    return [(message.headers, json.loads(message.payload)) for message in buffer]
-
-
-def refused(response: Response, status: int, error_type: str, text: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["x-amzn-errortype"] == error_type
-    message = response.json()["message"]
-    assert text in message, message
-
-
-def client_error(caught: pytest.ExceptionInfo[Any], status: int, code: str) -> str:
-    error = caught.value.response
-    assert error["ResponseMetadata"]["HTTPStatusCode"] == status
-    assert error["Error"]["Code"] == code
-    message: str = error["Error"]["Message"]
-    return message
 
 
 # botocore's client parses every answer.
@@ -512,7 +490,8 @@ def test_an_unknown_model_or_operation_is_not_found(client: Any, sim: SimProcess
         with pytest.raises(ClientError) as caught:
             client.converse(modelId=model_id, messages=HELLO)
         client_error(caught, 404, "ResourceNotFoundException")
-    refused(signed_post(sim, SONNET, {"messages": HELLO}, "invoke"), 404, "UnknownOperationException", "invoke")
+    answer = signed_post(sim, SONNET, {"messages": HELLO}, "count-tokens")
+    refused(answer, 404, "UnknownOperationException", "count-tokens")
 
 
 def test_stream_exception(client: Any) -> None:

@@ -15,7 +15,6 @@ were written from the documented shapes, and are checked here against the SDKs' 
 from __future__ import annotations
 
 import copy
-import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,8 +32,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, completion_create_params
 from openai.types.shared import ErrorObject
-from pydantic_core import SchemaValidator
 
+from testing.strict_types import strict
 from xds_server.extproc.schemas.anthropic import (
     ANTHROPIC_VERSION,
     DEFAULT_MAX_TOKENS,
@@ -121,49 +120,9 @@ def test_golden(case: str, update: bool) -> None:
 # ---- the SDKs' types
 
 
-def _forbid_extra(schema: Any) -> None:
-    """pydantic ignores unknown keys of TypedDicts and the SDK's models allow them: forbid them everywhere a type did
-    not say otherwise, and read Iterable fields as lists (pydantic validates an iterable's items only lazily).
-
-    A model is validated by its fields alone, into a dict: for a "model" schema whose class has completed its build,
-    pydantic-core does not build a validator from the schema but reuses the class's own `__pydantic_validator__`
-    (which allows extra keys), whatever the schema says. The SDKs' models build lazily, on their first use anywhere
-    in the process (an SDK call parsing an answer), so keeping them would make the check depend on what ran before.
-    """
-    if isinstance(schema, dict):
-        if schema.get("type") == "model":
-            ref = schema.get("ref")  # what "definition-ref" schemas point at
-            fields = schema["schema"]
-            schema.clear()
-            schema.update(fields)
-            if ref is not None:
-                schema["ref"] = ref
-        kind = schema.get("type")
-        if kind == "model-fields" or (kind == "typed-dict" and schema.get("extra_behavior") in (None, "ignore")):
-            schema["extra_behavior"] = "forbid"
-        elif kind == "generator":
-            schema["type"] = "list"
-        for value in schema.values():
-            _forbid_extra(value)
-    elif isinstance(schema, list):
-        for value in schema:
-            _forbid_extra(value)
-
-
-@functools.cache
-def strict(tp: Any) -> SchemaValidator:
-    if isinstance(tp, type) and issubclass(tp, pydantic.BaseModel):
-        tp.model_rebuild()  # the SDKs' models build their schema lazily: as on their first use
-        schema = copy.deepcopy(tp.__pydantic_core_schema__)
-    else:
-        schema = copy.deepcopy(pydantic.TypeAdapter(tp).core_schema)
-    _forbid_extra(schema)
-    return SchemaValidator(schema)
-
-
 def test_strict_validation_catches_extra_keys() -> None:
-    """Also once the SDK's models have been built, as any SDK call parsing an answer builds them (see _forbid_extra),
-    and in the SDK's models themselves."""
+    """testing/strict_types.py's validation: also once the SDK's models have been built, as any SDK call parsing an
+    answer builds them, and in the SDK's models themselves."""
     good: Any = {
         "model": "m",
         "max_tokens": 1,

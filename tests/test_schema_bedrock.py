@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import functools
 import json
 import struct
 import urllib.parse
@@ -34,15 +33,14 @@ import botocore.session  # type: ignore[import-untyped]
 import httpx2
 import openai
 import orjson
-import pydantic
 import pytest
 from botocore.validate import ParamValidator  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, completion_create_params
 from openai.types.shared import ErrorObject
-from pydantic_core import SchemaValidator
 
+from testing.strict_types import strict
 from xds_server.extproc.schemas import anthropic, errors
 from xds_server.extproc.schemas.bedrock import (
     DROPPED_FIELDS,
@@ -215,36 +213,6 @@ def test_the_shape_check_catches_mistakes() -> None:
     for mistake in mistakes:
         with pytest.raises((AssertionError, ValueError)):  # binascii.Error is a ValueError
             check_shape(mistake, converse)
-
-
-def _forbid_extra(schema: Any) -> None:
-    """As in test_schema_anthropic: pydantic ignores unknown keys of TypedDicts; forbid them everywhere a type did not
-    say otherwise, and read Iterable fields as lists (pydantic validates an iterable's items only lazily)."""
-    if isinstance(schema, dict):
-        if schema.get("type") == "model":
-            ref = schema.get("ref")
-            fields = schema["schema"]
-            schema.clear()
-            schema.update(fields)
-            if ref is not None:
-                schema["ref"] = ref
-        kind = schema.get("type")
-        if kind == "model-fields" or (kind == "typed-dict" and schema.get("extra_behavior") in (None, "ignore")):
-            schema["extra_behavior"] = "forbid"
-        elif kind == "generator":
-            schema["type"] = "list"
-        for value in schema.values():
-            _forbid_extra(value)
-    elif isinstance(schema, list):
-        for value in schema:
-            _forbid_extra(value)
-
-
-@functools.cache
-def strict(tp: Any) -> SchemaValidator:
-    schema = copy.deepcopy(pydantic.TypeAdapter(tp).core_schema)
-    _forbid_extra(schema)
-    return SchemaValidator(schema)
 
 
 def openai_request_type(body: dict[str, Any]) -> Any:

@@ -786,8 +786,8 @@ def test_aws_credentials_on_a_backend_of_another_api_are_refused() -> None:
         _policy("pol", "AWSCredentials", "aws", "a"),
         _secret("aws", string_data={"credentials": AWS_FILE}),
     )
-    assert "AWSBedrock backends only" in (_settings(translation, "a").credential_error or "")
-    assert "AWSBedrock backends only" in _condition(translation, "AIServiceBackend", "a").message
+    assert "AWS backends (AWSBedrock, AWSAnthropic) only" in (_settings(translation, "a").credential_error or "")
+    assert "AWS backends (AWSBedrock, AWSAnthropic) only" in _condition(translation, "AIServiceBackend", "a").message
 
 
 def test_azure_credentials_give_an_azure_backend_a_token_source_never_shown() -> None:
@@ -834,8 +834,7 @@ def test_a_gcp_key_file_that_cannot_mint_is_refused_with_the_reason_and_never_qu
 @pytest.mark.parametrize(
     ("schema", "said"),
     [
-        ({"name": "AWSAnthropic"}, "schema AWSAnthropic is not translated by this controller yet"),
-        ({"name": "GCPVertexAI"}, "schema GCPVertexAI is not translated by this controller yet"),
+        ({"name": "Cohere"}, "schema Cohere is not translated by this controller yet"),
         ({"name": "OpenAI", "prefix": "/openai/v2"}, "schema prefix '/openai/v2' is not supported"),
         ({"name": "OpenAI", "version": "2024-10-21"}, "schema OpenAI has no version"),
         ({"name": "AzureOpenAI", "prefix": "v1"}, "schema AzureOpenAI has no prefix"),

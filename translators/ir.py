@@ -208,6 +208,9 @@ class ApiSchema(StrEnum):
     AZURE_OPENAI = "AzureOpenAI"  # OpenAI's bodies, on a deployment's path with an api-version
     ANTHROPIC = "Anthropic"  # the Messages API: requests, answers and streams translated
     AWS_BEDROCK = "AWSBedrock"  # Converse and ConverseStream, signed with SigV4: translated both ways
+    AWS_ANTHROPIC = "AWSAnthropic"  # Claude on Bedrock: InvokeModel with Anthropic's body, signed with SigV4
+    GCP_VERTEX_AI = "GCPVertexAI"  # Gemini's generateContent, with a Google access token
+    GCP_ANTHROPIC = "GCPAnthropic"  # Claude on Vertex AI: rawPredict with Anthropic's body, with a Google token
 
 
 @dataclass(frozen=True)
@@ -219,7 +222,7 @@ class SchemaIR:
     @property
     def answers_translated(self) -> bool:
         """Answers come back in another API's format (Azure OpenAI's are OpenAI's already)."""
-        return self.name in (ApiSchema.ANTHROPIC, ApiSchema.AWS_BEDROCK)
+        return self.name not in (ApiSchema.OPENAI, ApiSchema.AZURE_OPENAI)
 
 
 @dataclass(frozen=True)

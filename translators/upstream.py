@@ -388,8 +388,8 @@ class UpstreamSettings:
 
 
 # The credential each schema must have, and the schemas each kind of credential may go to.
-_AWS_SCHEMAS = frozenset({ApiSchema.AWS_BEDROCK})
-_GCP_SCHEMAS: frozenset[ApiSchema] = frozenset()
+_AWS_SCHEMAS = frozenset({ApiSchema.AWS_BEDROCK, ApiSchema.AWS_ANTHROPIC})
+_GCP_SCHEMAS = frozenset({ApiSchema.GCP_VERTEX_AI, ApiSchema.GCP_ANTHROPIC})
 _AZURE_TOKEN_SCHEMAS = frozenset({ApiSchema.AZURE_OPENAI, ApiSchema.OPENAI})
 
 
@@ -425,7 +425,7 @@ def _credential_mismatch(backend: tuple[str, str], schema: ApiSchema, credential
     ):
         return f"{where} speaks {schema}, which takes Google access tokens: it needs a policy of type GCPCredentials"
     if isinstance(credential, AwsSigningIR) and schema not in _AWS_SCHEMAS:
-        return f"{where}: AWSCredentials sign requests to AWSBedrock backends only"
+        return f"{where}: AWSCredentials sign requests to AWS backends (AWSBedrock, AWSAnthropic) only"
     if isinstance(credential, TokenSourceIR):
         gcp = credential.kind is TokenKind.GCP_SERVICE_ACCOUNT
         if gcp and schema not in _GCP_SCHEMAS:

@@ -34,6 +34,18 @@ streamed (otherwise they answer as usual), `stream-exception` (some events, then
 and `stream-cut` (the connection drops before messageStop). Any other model id (an ARN's resource part) not starting
 with `anthropic.`, `amazon.`, `meta.`, `mistral.`, `us.` or `eu.` is 404 ResourceNotFoundException.
 
+Claude through InvokeModel: `POST /model/{modelId}/invoke` and `/invoke-with-response-stream`, for model ids holding
+`anthropic.` (any other is a 400 ValidationException, the answer for a body its model cannot read). Signed as above;
+the body is Anthropic's Messages request as Bedrock takes it: `anthropic_version` "bedrock-2023-05-31" (required), an
+optional `anthropic_beta` list, no `model` and no `stream` (Bedrock refuses both as extraneous keys: the model and the
+choice of stream are in the path); the rest must pass testing/providers/anthropic_contract.py, as on api.anthropic.com
+(its refusal's message becomes the ValidationException's). The answer is the Anthropic simulator's
+(testing/providers/anthropic_sim.py) for the model the id names (`claude-3-5-sonnet-20241022` for
+`anthropic.claude-3-5-sonnet-20241022-v2:0`), with Bedrock's `msg_bdrk_` ids: the Message JSON (and Bedrock's
+`x-amzn-bedrock-*-token-count` headers), or an event stream of `chunk` events whose payload is `{"bytes": <base64 of
+one Anthropic stream event>, "p": <padding>}`, pings left out, `amazon-bedrock-invocationMetrics` in message_stop.
+The failures are chosen by `anthropic.throttled`, `anthropic.stream-exception` and `anthropic.stream-cut`, as above.
+
 `GET /debug/requests` lists what arrived (the signature and the session token redacted); `DELETE` forgets it.
 """
 
@@ -60,11 +72,13 @@ from urllib.parse import unquote
 import botocore.session  # type: ignore[import-untyped]
 import structlog
 from aiohttp import web
+from anthropic.types import Message
 from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
 from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
 from botocore.credentials import Credentials  # type: ignore[import-untyped]
 from multidict import CIMultiDictProxy
 
+from testing.providers import anthropic_contract, anthropic_sim
 from xds_server.extproc.schemas.eventstream import encode
 
 DEFAULT_PORT = 8092
@@ -87,6 +101,9 @@ MISMATCH = (
     "and signing method. Consult the service documentation for details."
 )
 INVALID_TOKEN = "The security token included in the request is invalid."
+INVOKE_OPERATIONS = {"invoke": "InvokeModel", "invoke-with-response-stream": "InvokeModelWithResponseStream"}
+BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
+CLAUDE_HOOKS = ("throttled", "stream-exception", "stream-cut")  # after `anthropic.`
 
 log = structlog.get_logger("bedrock-sim")
 
@@ -653,6 +670,109 @@ def stream_events(response: Json) -> list[tuple[str, Json]]:
     return events
 
 
+# Claude through InvokeModel: Anthropic's body, answered by the Anthropic simulator's builders.
+
+
+def malformed(detail: str) -> AwsError:
+    """Bedrock's wording for an InvokeModel body its model cannot read."""
+    return invalid(f"Malformed input request: {detail}, please reformat your input and try again.")
+
+
+def invoke_route(raw_target: str) -> tuple[str, str] | None:
+    """(modelId decoded, operation) of `/model/{modelId}/invoke[-with-response-stream]`, the id one path segment."""
+    segments = raw_target.partition("?")[0].split("/")
+    if len(segments) != 4 or segments[:2] != ["", "model"] or segments[3] not in INVOKE_OPERATIONS or not segments[2]:
+        return None
+    return unquote(segments[2]), INVOKE_OPERATIONS[segments[3]]
+
+
+def claude_resource(model_id: str) -> str:
+    """The Claude model an id names (an ARN's resource part), or the 400 Bedrock answers when the model is not one
+    that reads Anthropic's body."""
+    resource = model_id.rsplit("/", 1)[-1] if model_id.startswith("arn:") else model_id
+    if "anthropic." not in resource:
+        raise malformed(f"#: the model {resource[:80]!r} does not take the Anthropic Messages body")
+    return resource
+
+
+def claude_model_name(resource: str) -> str:
+    """What the answer's `model` says: Anthropic's name, without Bedrock's prefixes and `-v2:0` suffix."""
+    name = resource.partition("anthropic.")[2]
+    return re.sub(r"-v\d+(:\d+)?$", "", name) or name
+
+
+def parse_claude_body(raw: bytes, model: str) -> Json:
+    """The InvokeModel body for Claude once it passed Bedrock's rules and Anthropic's contract, as the Messages
+    request it stands for (with `model`, for the answer); AwsError(400) otherwise."""
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise malformed(f"the body is not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise malformed("#: expected type: JSONObject")
+    for key in ("model", "stream"):
+        if key in body:
+            raise malformed(f"#: extraneous key [{key}] is not permitted")
+    if "anthropic_version" not in body:
+        raise malformed("#: required key [anthropic_version] not found")
+    if body["anthropic_version"] != BEDROCK_ANTHROPIC_VERSION:
+        raise malformed(f"#/anthropic_version: {BEDROCK_ANTHROPIC_VERSION} is the only version taken")
+    betas = body.get("anthropic_beta")
+    if betas is not None and (not isinstance(betas, list) or not all(isinstance(beta, str) for beta in betas)):
+        raise malformed("#/anthropic_beta: expected type: JSONArray of strings")
+    request = {key: value for key, value in body.items() if key not in ("anthropic_version", "anthropic_beta")}
+    try:
+        checked: Json = anthropic_contract.parse_body(json.dumps({**request, "model": model}).encode())
+    except anthropic_contract.ApiError as exc:
+        raise invalid(exc.message) from None
+    return checked
+
+
+def claude_answer(body: Json) -> Json:
+    """The Anthropic simulator's Message for the request, with Bedrock's message id."""
+    message = anthropic_sim.answer(body).model_dump(mode="json", exclude_unset=True)
+    message["id"] = "msg_bdrk_" + message["id"].removeprefix("msg_")
+    return message
+
+
+def invocation_metrics(message: Json) -> Json:
+    usage = message["usage"]
+    return {
+        "inputTokenCount": usage["input_tokens"],
+        "outputTokenCount": usage["output_tokens"],
+        "invocationLatency": 5 + usage["output_tokens"],
+        "firstByteLatency": 5,
+    }
+
+
+def chunk_frame(event: Json, number: int) -> bytes:
+    """One Anthropic stream event as InvokeModelWithResponseStream sends it: a `chunk` event, base64 in `bytes`."""
+    data = base64.b64encode(json.dumps(event, separators=(",", ":")).encode()).decode()
+    headers = {":event-type": "chunk", ":content-type": "application/json", ":message-type": "event"}
+    return encode(headers, padded({"bytes": data}, number))
+
+
+def claude_frames(message: Json, hook: str | None) -> list[bytes]:
+    """The event stream of a Message: the Anthropic simulator's events (checked by the SDK's types) without pings,
+    Bedrock's invocation metrics in message_stop; cut short as the hook asks."""
+    events = [
+        event for event in anthropic_sim.stream_events(Message.model_validate(message)) if event["type"] != "ping"
+    ]
+    events[-1] = {**events[-1], "amazon-bedrock-invocationMetrics": invocation_metrics(message)}
+    frames = [chunk_frame(event, number) for number, event in enumerate(events)]
+    if hook == "stream-exception":
+        first_stop = next(i for i, event in enumerate(events) if event["type"] == "content_block_stop")
+        error = {
+            "message": "The model had an error while streaming.",
+            "originalStatusCode": 500,
+            "originalMessage": "Internal server error",
+        }
+        frames = [*frames[:first_stop], exception_frame("modelStreamErrorException", error)]
+    elif hook == "stream-cut":
+        frames = frames[: next(i for i, event in enumerate(events) if event["type"] == "message_delta")]
+    return frames
+
+
 # The server.
 
 
@@ -710,6 +830,8 @@ class Simulator:
                 if name.lower().startswith(INTERNAL_HEADER_PREFIXES):
                     raise invalid(f"{name.lower()}: header must not reach the upstream (the gateway leaked it)")
             verify_signature(self.settings, request.method, request.raw_path, request.headers, raw, datetime.now(UTC))
+            if request.method == "POST" and (invoke := invoke_route(request.raw_path)) is not None:
+                return await self.invoke(request, entry, raw, *invoke)
             route = model_route(request.raw_path) if request.method == "POST" else None
             if route is None:
                 raise AwsError(404, "UnknownOperationException", f"Unknown operation {request.method} {request.path}")
@@ -758,6 +880,60 @@ class Simulator:
         await stream.write_eof()
         return stream
 
+    async def invoke(
+        self, request: web.Request, entry: Json, raw: bytes, model_id: str, operation: str
+    ) -> web.StreamResponse:
+        """InvokeModel and InvokeModelWithResponseStream, for Claude; the signature is checked already."""
+        entry["modelId"], entry["operation"] = model_id, operation
+        streaming = operation == "InvokeModelWithResponseStream"
+        try:
+            check_shape(model_id, operation_model(operation).input_shape.members["modelId"], "modelId")
+            resource = claude_resource(model_id)
+            body = parse_claude_body(raw, claude_model_name(resource))
+            hook_name = resource.partition("anthropic.")[2]
+            hook = check_model(hook_name, streaming) if hook_name in CLAUDE_HOOKS else None
+        except AwsError as exc:
+            entry["status"] = exc.status
+            log.info("refused", path=request.raw_path, status=exc.status, type=exc.error_type, message=exc.message)
+            return exc.response()
+        entry["status"] = 200
+        message = claude_answer(body)
+        request_id = str(uuid.uuid4())
+        if not streaming:
+            metrics = invocation_metrics(message)
+            headers = {
+                "Content-Type": "application/json",  # as Bedrock says it: no charset parameter
+                "x-amzn-requestid": request_id,
+                "x-amzn-bedrock-invocation-latency": str(metrics["invocationLatency"]),
+                "x-amzn-bedrock-input-token-count": str(metrics["inputTokenCount"]),
+                "x-amzn-bedrock-output-token-count": str(metrics["outputTokenCount"]),
+            }
+            return web.Response(body=json.dumps(message).encode(), headers=headers)
+        headers = {
+            "Content-Type": "application/vnd.amazon.eventstream",
+            "x-amzn-requestid": request_id,
+            "X-Amzn-Bedrock-Content-Type": "application/json",
+        }
+        return await self.send_frames(request, claude_frames(message, hook), headers, hook == "stream-cut")
+
+    async def send_frames(
+        self, request: web.Request, frames: list[bytes], headers: dict[str, str], cut: bool
+    ) -> web.StreamResponse:
+        """The frames, each in two writes split at varying places; with `cut`, the connection dropped after them."""
+        stream = web.StreamResponse(headers=headers)
+        await stream.prepare(request)
+        for number, data in enumerate(frames):
+            at = len(data) * (number % 4 + 1) // 5
+            for piece in (data[:at], data[at:]):
+                await stream.write(piece)
+                if self.settings.gap_seconds:
+                    await asyncio.sleep(self.settings.gap_seconds)
+        if cut and request.transport is not None:
+            request.transport.abort()  # no final chunk: the client sees a connection that ended mid-body
+            return stream
+        await stream.write_eof()
+        return stream
+
     async def list_requests(self, request: web.Request) -> web.Response:
         return web.json_response(self.settings.requests)
 
@@ -782,6 +958,9 @@ def build_app(settings: Settings) -> web.Application:
 async def serve(settings: Settings, host: str, port: int) -> int:
     for operation in OPERATIONS.values():  # the service model loaded before /health answers, not on a request
         operation_model(operation)
+    for operation in INVOKE_OPERATIONS.values():
+        operation_model(operation)
+    anthropic_contract.request_adapter(False)  # the Anthropic contract's types too
     runner = web.AppRunner(build_app(settings), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     await runner.setup()
     try:

@@ -22,8 +22,9 @@ if any, comes from its security policy), the gateway's internal headers, client-
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 import orjson
@@ -38,7 +39,7 @@ from translators.xds.names import (
     UPSTREAM_TRANSLATION_MODE,
 )
 from xds_server.extproc.protocol import PASS_THROUGH, Mode, ProcessingResponse, error, immediate_json, set_header
-from xds_server.extproc.schemas import anthropic, bedrock
+from xds_server.extproc.schemas import anthropic, bedrock, claude_clouds, gemini
 from xds_server.extproc.schemas.errors import RequestRejected
 from xds_server.extproc.sigv4 import AwsCredentials, sign
 
@@ -205,8 +206,18 @@ class AzureOpenAiCompatibleAttempt(ProviderAttempt):
         return _headers_reply(mutation, mode)
 
 
+class _Stream(Protocol):
+    """A provider's answer stream translated to OpenAI's SSE, fed as it comes (schemas.*.ChatStream)."""
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
 class _TranslatedAttempt(ProviderAttempt):
-    """An attempt whose body and answer are translated: what the request was, for the answer."""
+    """An attempt whose body and answer are translated. The request headers are checked (and a bearer token
+    added) first; the path, the new body and any signature come with the body (they depend on it); the answer is
+    translated whole when buffered, or chunk by chunk for a 200 event stream. A provider fills in the hooks."""
 
     def __init__(
         self, settings: BackendSettingsIR, mutation: ext_proc_pb2.HeaderMutation, tokens: TokenLookup = no_tokens
@@ -218,14 +229,81 @@ class _TranslatedAttempt(ProviderAttempt):
         self._stream_asked = False
         self._include_usage = False
         self._status = 0
+        self._answer_headers: dict[str, str] = {}
+        self._stream: _Stream | None = None
+        self._host = ""
+        self._method = "POST"
 
-    def _read(self, body: bytes) -> dict[str, object] | None:
-        """The client's request (None for a body the router would have refused: never guessed at)."""
+    # --- the provider's hooks
+
+    def _request(self, payload: Mapping[str, Any]) -> tuple[str, bytes]:
+        """The path and body to send (raises RequestRejected)."""
+        raise NotImplementedError
+
+    def _signed(self, path: str, body: bytes) -> list[tuple[str, str]]:
+        """Headers signing the final request (none unless the provider signs)."""
+        return []
+
+    def _answer_stream(self) -> _Stream:
+        raise NotImplementedError
+
+    def _answer(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _error(self, status: int, body: bytes) -> bytes:
+        raise NotImplementedError
+
+    # --- the phases
+
+    def request_headers(self, request: ext_proc_pb2.HttpHeaders) -> ProcessingResponse:
+        headers = _headers(request)
+        path = headers.get(":path", "")
+        if path.partition("?")[0] != CHAT_COMPLETIONS:
+            return _unsupported_operation(path, self.schema)
+        self._host = headers.get(":authority", "")
+        self._method = headers.get(":method", "POST")
+        mutation = self._base_mutation(headers)
+        if (refused := self._bearer(mutation)) is not None:
+            return refused
+        return _headers_reply(mutation)
+
+    def request_body(self, body: bytes) -> ProcessingResponse:
+        payload = self._read(body)
+        if payload is None:
+            return PASS_THROUGH["request_body"]
         try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(payload, dict):
+            path, translated = self._request(payload)
+        except RequestRejected as rejected:
+            return _rejected(rejected)
+        # Signed last, over the final method, host, path and body: nothing after this may change them.
+        return _body_reply("request_body", translated, [*_JSON, (":path", path), *self._signed(path, translated)])
+
+    def response_headers(self, response: ext_proc_pb2.HttpHeaders) -> ProcessingResponse:
+        self._answer_headers = _headers(response)
+        status = self._answer_headers.get(":status", "0")
+        self._status = int(status) if status.isdigit() else 0
+        if self._status == 200 and self._stream_asked:
+            self._stream = self._answer_stream()
+            return _streamed_headers()
+        return PASS_THROUGH["response_headers"]  # buffered: the body's reply sets the headers
+
+    def response_body(self, body: ext_proc_pb2.HttpBody) -> ProcessingResponse:
+        if self._stream is not None:
+            out = self._stream.feed(body.body)
+            return _streamed_body(out + self._stream.finish() if body.end_of_stream else out)
+        if self._status == 200:  # BUFFERED: the whole answer at once
+            document = _json_object(body.body)
+            if document is not None:
+                return _body_reply("response_body", orjson.dumps(self._answer(document)), _JSON)
+            translated = self._error(502, body.body)  # a 200 that is no answer: said, not passed on
+        else:
+            translated = self._error(self._status, body.body)
+        return _body_reply("response_body", translated, _JSON)
+
+    def _read(self, body: bytes) -> dict[str, Any] | None:
+        """The client's request (None for a body the router would have refused: never guessed at)."""
+        payload = _json_object(body)
+        if payload is None:
             return None
         self._client_model = str(payload.get("model", ""))
         self._created = int(time.time())
@@ -240,12 +318,6 @@ class _TranslatedAttempt(ProviderAttempt):
 
 
 class AnthropicAttempt(_TranslatedAttempt):
-    def __init__(
-        self, settings: BackendSettingsIR, mutation: ext_proc_pb2.HeaderMutation, tokens: TokenLookup = no_tokens
-    ) -> None:
-        super().__init__(settings, mutation, tokens)
-        self._stream: anthropic.ChatStream | None = None
-
     def request_headers(self, request: ext_proc_pb2.HttpHeaders) -> ProcessingResponse:
         headers = _headers(request)
         path = headers.get(":path", "")
@@ -267,117 +339,111 @@ class AnthropicAttempt(_TranslatedAttempt):
         mutation.set_headers.append(set_header("anthropic-version", version.encode()))
         return _headers_reply(mutation)
 
-    def request_body(self, body: bytes) -> ProcessingResponse:
-        """The Anthropic request, with its Content-Length; a field Anthropic cannot honour is the client's 400."""
-        payload = self._read(body)
-        if payload is None:
-            return PASS_THROUGH["request_body"]
-        try:
-            translated = anthropic.chat_request(payload, self._model)
-        except RequestRejected as rejected:
-            return _rejected(rejected)
-        return _body_reply("request_body", orjson.dumps(translated), _JSON)
+    def _request(self, payload: Mapping[str, Any]) -> tuple[str, bytes]:
+        path = f"/{self.settings.schema.prefix or 'v1'}/messages"
+        return path, orjson.dumps(anthropic.chat_request(payload, self._model))
 
-    def response_headers(self, response: ext_proc_pb2.HttpHeaders) -> ProcessingResponse:
-        status = _headers(response).get(":status", "0")
-        self._status = int(status) if status.isdigit() else 0
-        if self._status == 200 and self._stream_asked:
-            self._stream = anthropic.ChatStream(self._client_model, self._created, self._include_usage)
-            return _streamed_headers()
-        return PASS_THROUGH["response_headers"]  # buffered: the body's reply sets the headers
+    def _answer_stream(self) -> _Stream:
+        return anthropic.ChatStream(self._client_model, self._created, self._include_usage)
 
-    def response_body(self, body: ext_proc_pb2.HttpBody) -> ProcessingResponse:
-        if self._stream is not None:
-            out = self._stream.feed(body.body)
-            return _streamed_body(out + self._stream.finish() if body.end_of_stream else out)
-        if self._status == 200:  # BUFFERED: the whole answer at once
-            message = _json_object(body.body)
-            if message is not None:
-                completion = anthropic.chat_response(message, self._client_model, self._created)
-                return _body_reply("response_body", orjson.dumps(completion), _JSON)
-            translated = anthropic.error_response(502, body.body)  # a 200 that is no Message: said, not passed on
-        else:
-            translated = anthropic.error_response(self._status, body.body)
-        return _body_reply("response_body", translated, _JSON)
+    def _answer(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        return anthropic.chat_response(document, self._client_model, self._created)
+
+    def _error(self, status: int, body: bytes) -> bytes:
+        return anthropic.error_response(status, body)
 
 
-class BedrockAttempt(_TranslatedAttempt):
+class _AwsSignedAttempt(_TranslatedAttempt):
+    """Bedrock: signed with SigV4 over the final request (the credentials come with the settings)."""
+
     def __init__(
         self, settings: BackendSettingsIR, mutation: ext_proc_pb2.HeaderMutation, tokens: TokenLookup = no_tokens
     ) -> None:
         super().__init__(settings, mutation, tokens)
         assert settings.aws is not None  # a Bedrock backend without credentials is refused before any attempt
-        aws = settings.aws
-        self._credentials = AwsCredentials(aws.access_key_id, aws.secret_access_key, aws.session_token)
-        self._host = ""
-        self._method = "POST"
-        self._stream: bedrock.ChatStream | None = None
-        self._request_id = ""
-        self._error_type: str | None = None
-
-    def request_headers(self, request: ext_proc_pb2.HttpHeaders) -> ProcessingResponse:
-        headers = _headers(request)
-        path = headers.get(":path", "")
-        if path.partition("?")[0] != CHAT_COMPLETIONS:
-            return _unsupported_operation(path, self.schema)
-        self._host = headers.get(":authority", "")
-        self._method = headers.get(":method", "POST")
-        # The path and the signature come with the body: both depend on it (the model, the stream flag, the hash).
-        return _headers_reply(self._base_mutation(headers))
-
-    def request_body(self, body: bytes) -> ProcessingResponse:
-        payload = self._read(body)
-        if payload is None:
-            return PASS_THROUGH["request_body"]
-        try:
-            translated = orjson.dumps(bedrock.chat_request(payload))
-            path = bedrock.converse_path(self._model, self._stream_asked)
-        except RequestRejected as rejected:
-            return _rejected(rejected)
-        aws = self.settings.aws
-        assert aws is not None
-        # Signed last, over the final method, host, path and body: nothing after this may change them.
-        signed = sign(
-            self._credentials,
-            aws.region,
-            aws.service,
-            self._method,
-            self._host,
-            path,
-            "",
-            translated,
-            datetime.now(UTC),
+        self._aws = settings.aws
+        self._credentials = AwsCredentials(
+            settings.aws.access_key_id, settings.aws.secret_access_key, settings.aws.session_token
         )
-        return _body_reply("request_body", translated, [*_JSON, (":path", path), *signed])
 
-    def response_headers(self, response: ext_proc_pb2.HttpHeaders) -> ProcessingResponse:
-        headers = _headers(response)
-        status = headers.get(":status", "0")
-        self._status = int(status) if status.isdigit() else 0
-        self._request_id = headers.get("x-amzn-requestid", "")
-        self._error_type = headers.get("x-amzn-errortype")
-        if self._status == 200 and self._stream_asked:
-            include = self._include_usage
-            self._stream = bedrock.ChatStream(self._client_model, self._created, include, self._request_id)
-            return _streamed_headers()
-        return PASS_THROUGH["response_headers"]
+    def _signed(self, path: str, body: bytes) -> list[tuple[str, str]]:
+        aws, now = self._aws, datetime.now(UTC)
+        return sign(self._credentials, aws.region, aws.service, self._method, self._host, path, "", body, now)
 
-    def response_body(self, body: ext_proc_pb2.HttpBody) -> ProcessingResponse:
-        if self._stream is not None:
-            out = self._stream.feed(body.body)
-            return _streamed_body(out + self._stream.finish() if body.end_of_stream else out)
-        if self._status == 200:
-            converse = _json_object(body.body)
-            if converse is not None:
-                completion = bedrock.chat_response(converse, self._client_model, self._created, self._request_id)
-                return _body_reply("response_body", orjson.dumps(completion), _JSON)
-            translated = bedrock.error_response(502, None, body.body)
-        else:
-            translated = bedrock.error_response(self._status, self._error_type, body.body)
-        return _body_reply("response_body", translated, _JSON)
+    def _error(self, status: int, body: bytes) -> bytes:
+        return bedrock.error_response(status, self._answer_headers.get("x-amzn-errortype"), body)
 
 
-def _json_object(body: bytes) -> dict[str, object] | None:
+class BedrockAttempt(_AwsSignedAttempt):
+    """Converse and ConverseStream."""
+
+    def _request(self, payload: Mapping[str, Any]) -> tuple[str, bytes]:
+        translated = orjson.dumps(bedrock.chat_request(payload))
+        return bedrock.converse_path(self._model, self._stream_asked), translated
+
+    def _answer_stream(self) -> _Stream:
+        request_id = self._answer_headers.get("x-amzn-requestid", "")
+        return bedrock.ChatStream(self._client_model, self._created, self._include_usage, request_id)
+
+    def _answer(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        request_id = self._answer_headers.get("x-amzn-requestid", "")
+        return bedrock.chat_response(document, self._client_model, self._created, request_id)
+
+
+class BedrockClaudeAttempt(_AwsSignedAttempt):
+    """Claude on Bedrock: InvokeModel with Anthropic's Messages body, streamed in AWS's framing."""
+
+    def _request(self, payload: Mapping[str, Any]) -> tuple[str, bytes]:
+        translated = orjson.dumps(claude_clouds.bedrock_request(payload, self.settings.schema.version))
+        return claude_clouds.bedrock_invoke_path(self._model, self._stream_asked), translated
+
+    def _answer_stream(self) -> _Stream:
+        return claude_clouds.BedrockClaudeStream(self._client_model, self._created, self._include_usage)
+
+    def _answer(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        return anthropic.chat_response(document, self._client_model, self._created)
+
+
+class _VertexAttempt(_TranslatedAttempt):
+    """Vertex AI: /v1/projects/{project}/locations/{region}/ + the publisher's model path, with a Google token."""
+
+    def _location(self) -> str:
+        gcp = self.settings.gcp
+        assert gcp is not None  # a Vertex backend without GCPCredentials is refused before any attempt
+        return f"/v1/projects/{gcp.project}/locations/{gcp.region}/"
+
+
+class GeminiAttempt(_VertexAttempt):
+    def _request(self, payload: Mapping[str, Any]) -> tuple[str, bytes]:
+        translated = orjson.dumps(gemini.chat_request(payload))
+        return self._location() + gemini.model_path(self._model, self._stream_asked), translated
+
+    def _answer_stream(self) -> _Stream:
+        return gemini.ChatStream(self._client_model, self._created, self._include_usage)
+
+    def _answer(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        return gemini.chat_response(document, self._client_model, self._created)
+
+    def _error(self, status: int, body: bytes) -> bytes:
+        return gemini.error_response(status, body)
+
+
+class VertexClaudeAttempt(_VertexAttempt):
+    def _request(self, payload: Mapping[str, Any]) -> tuple[str, bytes]:
+        translated = orjson.dumps(claude_clouds.vertex_request(payload, self.settings.schema.version))
+        return self._location() + claude_clouds.vertex_path(self._model, self._stream_asked), translated
+
+    def _answer_stream(self) -> _Stream:
+        return anthropic.ChatStream(self._client_model, self._created, self._include_usage)
+
+    def _answer(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        return anthropic.chat_response(document, self._client_model, self._created)
+
+    def _error(self, status: int, body: bytes) -> bytes:
+        return claude_clouds.vertex_error_response(status, body)
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         found = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -389,6 +455,9 @@ _ATTEMPTS: dict[ApiSchema, type[ProviderAttempt]] = {
     ApiSchema.AZURE_OPENAI: AzureAttempt,
     ApiSchema.ANTHROPIC: AnthropicAttempt,
     ApiSchema.AWS_BEDROCK: BedrockAttempt,
+    ApiSchema.AWS_ANTHROPIC: BedrockClaudeAttempt,
+    ApiSchema.GCP_VERTEX_AI: GeminiAttempt,
+    ApiSchema.GCP_ANTHROPIC: VertexClaudeAttempt,
 }
 
 
