@@ -7,8 +7,10 @@ provider answered.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import random
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,11 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+import yaml
 
 from testing.gateway_run import gateway_running
 from testing.manifests import ai_gateway_route, ai_service_backend, keyed_backend
+from testing.processes import Up
 from testing.providers.vertex_sim import new_service_account
 from testing.sims import SimProcess, start_anthropic_sim, start_azure_sim, start_bedrock_sim, start_vertex_sim
 from testing.web import eventually, http_get
@@ -132,7 +136,7 @@ class Providers:
     def __init__(self, tmp_path: Path, stack: contextlib.ExitStack) -> None:
         octet = random.randint(1, 254)
         azure_host, claude_host = f"127.{octet}.33.1", f"127.{octet}.33.2"
-        deployments = {"gpt-4o-mini": "gpt-4o", "gpt-4o-entra": "gpt-4o"}
+        deployments = {"gpt-4o-mini": "gpt-4o", "gpt-4o-entra": "gpt-4o", "gpt-4o": "gpt-4o"}  # the last: the example
         self.azure = start_azure_sim(azure_host, tmp_path / "azure.log", AZURE_KEY, deployments, ENTRA)
         stack.callback(self.azure.kill)
         self.claude = start_anthropic_sim(claude_host, tmp_path / "anthropic.log", ANTHROPIC_KEY)
@@ -146,6 +150,7 @@ class Providers:
         self.vertex = start_vertex_sim(vertex_host, log, PROJECT, REGION, public_key, account["client_email"])
         stack.callback(self.vertex.kill)
         key_file = json.dumps({**account, "token_uri": f"{self.vertex.url}/token"}, indent=1)
+        self.vertex_key_file = key_file
         documents = [
             ai_gateway_route("providers", MODELS),
             keyed_backend("azure", azure_host, self.azure.port, AZURE_KEY, "AzureOpenAI", "2024-10-21", "AzureAPIKey"),
@@ -443,3 +448,76 @@ def test_gemini_and_claude_on_the_clouds_answer_openai_requests(
     chunks = list(stream)
     assert "Say this is a test" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "providers"
+
+
+def _pointed_at_simulators(gw: Providers, directory: Path) -> list[Path]:
+    """The provider examples as a user would fill them in, but with each Backend on its simulator's loopback address
+    (plain HTTP) and each placeholder credential the simulator's own."""
+    backends = {
+        "azure-openai": gw.azure,
+        "anthropic": gw.claude,
+        "bedrock": gw.bedrock,
+        "vertex": gw.vertex,
+    }
+    secrets = {
+        "azure-openai": {"apiKey": AZURE_KEY},
+        "anthropic": {"apiKey": ANTHROPIC_KEY},
+        "bedrock": {
+            "credentials": f"[default]\naws_access_key_id = {AWS.access_key_id}\n"
+            f"aws_secret_access_key = {AWS.secret_access_key}\naws_session_token = {AWS.session_token}\n"
+        },
+        "vertex": {"service_account.json": gw.vertex_key_file},
+    }
+    written = []
+    for example in ("00-gateway", "azure-openai", "anthropic", "aws-bedrock", "gcp-vertex-ai"):
+        documents = list(yaml.safe_load_all((EXAMPLES / f"{example}.yaml").read_text()))
+        for document in documents:
+            name = document["metadata"]["name"]
+            if document["kind"] == "Backend":
+                sim = backends[name]
+                document["spec"]["endpoints"] = [{"ip": {"address": sim.host, "port": sim.port}}]
+            elif document["kind"] == "Secret":
+                document["stringData"] = secrets[name]
+            elif document["kind"] == "BackendSecurityPolicy" and document["spec"]["type"] == "AWSCredentials":
+                document["spec"]["awsCredentials"]["region"] = "us-west-2"  # the simulator's region
+            elif document["kind"] == "BackendSecurityPolicy" and document["spec"]["type"] == "GCPCredentials":
+                document["spec"]["gcpCredentials"].update(projectName=PROJECT, region=REGION)
+        path = directory / f"{example}.yaml"
+        path.write_text(yaml.safe_dump_all(documents))
+        written.append(path)
+    return written
+
+
+def test_up_serves_the_provider_examples(gw: Providers, tmp_path: Path) -> None:
+    """`xds-server up` on examples/providers (filled in with the simulators' addresses and credentials): every
+    provider answers OpenAI's API through the URL up prints, whole and streamed."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (tmp_path / "up").mkdir()
+    up = Up(_pointed_at_simulators(gw, manifests), tmp_path / "up")
+    try:
+        up.ready()
+        client = openai.OpenAI(base_url=f"{up.url}/v1", api_key="unused", max_retries=0)
+        models = ["gpt-4o", "claude-sonnet-4-5", "amazon.nova-lite-v1:0", "anthropic.claude-3-5-haiku-20241022-v1:0"]
+        models += ["gemini-2.5-flash", "claude-sonnet-4-5@20250929"]
+        for model in models:
+            completion = eventually(functools.partial(_answers_with, client, model), f"{model} answering through up")
+            assert completion.choices[0].message.content, (model, completion)
+            stream = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "Say this is a test"}], max_tokens=50, stream=True
+            )
+            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices), model
+    finally:
+        up.stop(signal.SIGTERM)
+
+
+def _answers_with(client: openai.OpenAI, model: str) -> Any:
+    try:
+        return client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Say this is a test"}], max_tokens=50
+        )
+    except openai.APIError:
+        return None

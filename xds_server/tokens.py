@@ -97,9 +97,12 @@ class TokenMinter:
         self._clock = clock
         self._tokens: dict[str, _Token] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._closer: asyncio.Task[None] | None = None
 
     def follow(self, sources: Iterable[TokenSourceIR]) -> None:
         """Mints for new or changed sources (a rotated secret mints at once), forgets removed ones."""
+        if self._closer is None:  # everything goes when the process is told to stop, the HTTP session included
+            self._closer = asyncio.get_running_loop().create_task(self._close_when_stopping())
         wanted = {source.key: source for source in sources}
         for key in list(self._tokens):
             if key not in wanted or self._tokens[key].source != wanted[key]:
@@ -118,12 +121,18 @@ class TokenMinter:
             return entry.value, ""
         return None, entry.problem or "the token expired and a new one is not minted yet"
 
+    async def _close_when_stopping(self) -> None:
+        await self._stopping.wait()
+        await self.close()
+
     async def close(self) -> None:
         for key in list(self._tokens):
             self._forget(key)
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._closer is not None and self._closer is not asyncio.current_task():
+            self._closer.cancel()
 
     def _forget(self, key: str) -> None:
         entry = self._tokens.pop(key)
