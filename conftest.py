@@ -8,5 +8,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--update-golden",
         action="store_true",
         default=False,
-        help="rewrite the golden outputs (testdata/gatewayapi/*/output.yaml, testdata/xds/*/xds.yaml), not compare",
+        help="rewrite the golden outputs (testdata/gatewayapi, testdata/xds, testdata/providers), not compare",
     )
+
+
+@pytest.fixture
+def update(request: pytest.FixtureRequest) -> bool:
+    """--update-golden was given: a golden test rewrites its outputs before comparing."""
+    return bool(request.config.getoption("--update-golden"))

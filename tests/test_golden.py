@@ -36,11 +36,6 @@ def _compare(file: Path, actual: str, update: bool, case: str) -> None:
     assert actual == file.read_text(), f"{case}: {file.name} changed; review and run --update-golden"
 
 
-@pytest.fixture
-def update(request: pytest.FixtureRequest) -> bool:
-    return bool(request.config.getoption("--update-golden"))
-
-
 # Every directory under a layer is a case, so an output left without its input fails instead of being skipped.
 @pytest.mark.parametrize("case", sorted(set(case_names()) | _dirs(GATEWAYAPI)))
 def test_gatewayapi_to_ir(case: str, update: bool) -> None:

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import botocore.session  # type: ignore[import-untyped]
-import httpx2
 import openai
 import orjson
 import pydantic
@@ -45,10 +44,22 @@ from botocore.parsers import EventStreamJSONParser  # type: ignore[import-untype
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionChunk, completion_create_params
-from openai.types.shared import ErrorObject
 from pydantic_core import SchemaValidator
 
 from testing.providers import anthropic_contract
+from testing.schema_goldens import (
+    ASK,
+    Goldens,
+    any_split,
+    check_error_object,
+    check_stream_end,
+    feed,
+    include_usage,
+    openai_client,
+    reasoning_of,
+    rendered,
+    sdk_stream_error,
+)
 from testing.strict_types import strict, strict_schema
 from xds_server.extproc.schemas import anthropic, bedrock
 from xds_server.extproc.schemas.claude_clouds import (
@@ -85,18 +96,10 @@ SERVICE = botocore.session.get_session().get_service_model("bedrock-runtime")
 RESPONSE_STREAM = SERVICE.operation_model("InvokeModelWithResponseStream").output_shape.members["body"]
 
 
-def case_names(with_file: str | None = None, cases: Path = CASES) -> list[str]:
-    names = sorted(p.name for p in cases.iterdir() if p.is_dir())
-    return [n for n in names if with_file is None or (cases / n / with_file).exists()]
-
-
-def client_request(case: str, cases: Path = CASES) -> dict[str, Any]:
-    path = cases / case / "openai-request.json"
-    return dict(orjson.loads(path.read_bytes())) if path.exists() else {}
-
-
-def rendered(document: Any) -> str:
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+GOLDENS = Goldens(CASES, OUTPUTS)
+ANTHROPIC_GOLDENS = Goldens(ANTHROPIC_CASES, {})
+case_names = GOLDENS.names
+client_request = GOLDENS.client_request
 
 
 # ---- Bedrock streams: written as lines here, or wrapped from the Anthropic cases
@@ -139,13 +142,9 @@ def wrapped(case: str) -> bytes:
     return b"".join(chunk_frame(event) for event in anthropic_events(case))
 
 
-def include_usage(request: dict[str, Any]) -> bool:
-    return bool((request.get("stream_options") or {}).get("include_usage"))
-
-
 # (where, case): every stream input, ours and the Anthropic cases wrapped.
 STREAMS = [("clouds", c) for c in case_names("bedrock-stream.jsonl")] + [
-    ("anthropic", c) for c in case_names("anthropic-stream.txt", ANTHROPIC_CASES)
+    ("anthropic", c) for c in ANTHROPIC_GOLDENS.names("anthropic-stream.txt")
 ]
 
 
@@ -154,14 +153,14 @@ def stream_input(where: str, case: str) -> tuple[bytes, BedrockClaudeStream]:
         request = client_request(case)
         raw = stream_bytes(case)
     else:
-        request = {"model": ANTHROPIC_CLIENT_MODEL, **client_request(case, ANTHROPIC_CASES)}
+        request = {"model": ANTHROPIC_CLIENT_MODEL, **ANTHROPIC_GOLDENS.client_request(case)}
         raw = wrapped(case)
     return raw, BedrockClaudeStream(request.get("model", CLIENT_MODEL), CREATED, include_usage(request))
 
 
 def fed(where: str, case: str, pieces: list[bytes] | None = None) -> bytes:
     raw, stream = stream_input(where, case)
-    return b"".join(stream.feed(piece) for piece in ([raw] if pieces is None else pieces)) + stream.finish()
+    return feed(stream, [raw] if pieces is None else pieces)
 
 
 # ---- golden cases
@@ -181,30 +180,12 @@ def translate(case: str, name: str) -> dict[str, str]:
     return {"openai-error.json": rendered(orjson.loads(vertex_error_response(int(status), body)))}
 
 
-@pytest.fixture
-def update(request: pytest.FixtureRequest) -> bool:
-    return bool(request.config.getoption("--update-golden"))
-
-
 @pytest.mark.parametrize("case", case_names())
 def test_golden(case: str, update: bool) -> None:
-    files = {p.name for p in (CASES / case).iterdir()}
-    known = set(OUTPUTS) | {output for outputs in OUTPUTS.values() for output in outputs}
-    assert not files - known, f"{case}: unexpected files; a case holds only {OUTPUTS}"
-    inputs = [name for name in OUTPUTS if name in files]
-    assert inputs, f"{case} holds no input"
-    orphans = files - set(inputs) - {output for name in inputs for output in OUTPUTS[name]}
-    assert not orphans, f"{case}: {sorted(orphans)} without their input"
-    for name in inputs:
-        for output_name, actual in translate(case, name).items():
-            output = CASES / case / output_name
-            if update:
-                output.write_text(actual)
-            assert output.exists(), f"{output} missing: run with --update-golden and review it"
-            assert actual == output.read_text(), f"{case}: {output_name} changed; review and run --update-golden"
+    GOLDENS.check(case, translate, update)
 
 
-@pytest.mark.parametrize("case", case_names("anthropic-stream.txt", ANTHROPIC_CASES))
+@pytest.mark.parametrize("case", ANTHROPIC_GOLDENS.names("anthropic-stream.txt"))
 def test_bedrock_gives_the_anthropic_cases_own_streams(case: str) -> None:
     """Wrapped in Bedrock's chunk events, each Anthropic stream gives exactly what it gives from api.anthropic.com
     (whose goldens are in testdata/providers/anthropic/)."""
@@ -258,7 +239,7 @@ def test_the_cloud_validators_catch_mistakes() -> None:
 
 # Every request input: ours, and the Anthropic cases'.
 REQUESTS = [(CASES, c) for c in case_names("openai-request.json")] + [
-    (ANTHROPIC_CASES, c) for c in case_names("openai-request.json", ANTHROPIC_CASES)
+    (ANTHROPIC_CASES, c) for c in ANTHROPIC_GOLDENS.names("openai-request.json")
 ]
 
 
@@ -273,7 +254,7 @@ def has_url_media(body: dict[str, Any]) -> bool:
 
 @pytest.mark.parametrize(("cases", "case"), REQUESTS, ids=[f"{c.name}/{n}" for c, n in REQUESTS])
 def test_requests_fit_the_sdk_types(cases: Path, case: str) -> None:
-    body = client_request(case, cases)
+    body = Goldens(cases, {}).client_request(case)
     openai_type = completion_create_params.CompletionCreateParamsStreaming
     if not body.get("stream"):
         openai_type = completion_create_params.CompletionCreateParamsNonStreaming  # type: ignore[assignment]
@@ -309,7 +290,7 @@ def test_requests_fit_the_sdk_types(cases: Path, case: str) -> None:
 
 @pytest.mark.parametrize(("cases", "case"), REQUESTS, ids=[f"{c.name}/{n}" for c, n in REQUESTS])
 def test_the_request_is_not_changed(cases: Path, case: str) -> None:
-    body = client_request(case, cases)
+    body = Goldens(cases, {}).client_request(case)
     before = copy.deepcopy(body)
     for translate_request in (vertex_request, bedrock_request):
         with contextlib.suppress(RequestRejected):
@@ -468,7 +449,7 @@ def test_provider_inputs_fit_the_types(case: str) -> None:
             assert set(status["error"]) <= {"code", "message", "status", "details"}
 
 
-@pytest.mark.parametrize("case", case_names("anthropic-stream.txt", ANTHROPIC_CASES))
+@pytest.mark.parametrize("case", ANTHROPIC_GOLDENS.names("anthropic-stream.txt"))
 def test_botocore_reads_the_wrapped_anthropic_streams(case: str) -> None:
     parsed = botocore_events(wrapped(case))
     assert [json.loads(event["chunk"]["bytes"]) for event in parsed] == list(anthropic_events(case))
@@ -479,11 +460,6 @@ def test_botocore_reads_the_wrapped_anthropic_streams(case: str) -> None:
 
 def openai_events(where: str, case: str) -> list[bytes]:
     return [event for event in fed(where, case).split(b"\n\n") if event]
-
-
-def check_error_object(error: Any) -> None:
-    assert set(error) == {"message", "type", "param", "code"}
-    ErrorObject.model_validate(error)
 
 
 @pytest.mark.parametrize(("where", "case"), STREAMS, ids=[f"{w}/{c}" for w, c in STREAMS])
@@ -500,12 +476,7 @@ def test_streams_are_well_formed(where: str, case: str) -> None:
         check_error_object(error["error"])
     for chunk in chunks:
         ChatCompletionChunk.model_validate(chunk)
-    if errors:  # an error ends the answer, without a finish reason: nothing follows but a truncation's [DONE]
-        assert len(errors) == 1 and not any(c["choices"] and c["choices"][0]["finish_reason"] for c in chunks)
-        after = events[[e.startswith(b'data: {"error"') for e in events].index(True) + 1 :]
-        assert after in ([], [b"data: [DONE]"])
-    else:
-        assert events[-1] == b"data: [DONE]"
+    check_stream_end(events, chunks, errors)
 
 
 def test_how_bedrock_streams_end() -> None:
@@ -598,18 +569,12 @@ def test_every_stream_exception_is_mapped() -> None:
 # ---- streams fed in pieces
 
 
-def split(raw: bytes, cuts: list[int]) -> list[bytes]:
-    cuts = sorted(cuts)
-    return [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
-
-
 @settings(max_examples=300, deadline=None)
 @given(stream=st.sampled_from(STREAMS), data=st.data())
 def test_any_split_gives_the_same_bytes(stream: tuple[str, str], data: st.DataObject) -> None:
     where, case = stream
     raw, _ = stream_input(where, case)
-    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=60))
-    assert fed(where, case, split(raw, cuts)) == fed(where, case)
+    assert fed(where, case, any_split(data, raw)) == fed(where, case)
 
 
 @pytest.mark.parametrize(("where", "case"), STREAMS, ids=[f"{w}/{c}" for w, c in STREAMS])
@@ -674,28 +639,11 @@ def test_errors_that_are_neither_envelope_keep_a_bounded_prefix() -> None:
 # ---- the openai SDK reading what the gateway answers
 
 
-def openai_client(status: int, body: bytes, content_type: str) -> openai.OpenAI:
-    def answer(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(status, content=body, headers={"content-type": content_type})
-
-    return openai.OpenAI(
-        api_key="test",
-        base_url="http://gateway.invalid/v1",
-        max_retries=0,
-        http_client=httpx2.Client(transport=httpx2.MockTransport(answer)),
-    )
-
-
-ASK: Any = [{"role": "user", "content": "hi"}]
-
-
 def test_sdk_reads_the_bedrock_stream() -> None:
     client = openai_client(200, fed("clouds", "bedrock-stream-metrics"), "text/event-stream")
     chunks = list(client.chat.completions.create(model=CLIENT_MODEL, messages=ASK, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    reasoning = "".join(
-        (c.choices[0].delta.model_extra or {}).get("reasoning_content", "") for c in chunks if c.choices
-    )
+    reasoning = reasoning_of(chunks)
     assert (text, reasoning) == ("No: 1 has one divisor, itself ☕.", "A prime has exactly two divisors.")
     usage = chunks[-1].usage
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (14, 27)
@@ -703,11 +651,8 @@ def test_sdk_reads_the_bedrock_stream() -> None:
 
 @pytest.mark.parametrize("case", ["bedrock-stream-exception", "bedrock-stream-cut", "bedrock-stream-corrupt"])
 def test_sdk_raises_on_a_failed_stream(case: str) -> None:
-    client = openai_client(200, fed("clouds", case), "text/event-stream")
-    with pytest.raises(openai.APIError) as raised:
-        for _ in client.chat.completions.create(model=CLIENT_MODEL, messages=ASK, stream=True):
-            pass
-    assert raised.value.message.startswith(("The model had an error", "the upstream"))
+    message = sdk_stream_error(fed("clouds", case), CLIENT_MODEL).message
+    assert message.startswith(("The model had an error", "the upstream"))
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,6 @@ import asyncio
 import hashlib
 import json
 import re
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,19 +33,26 @@ from aiohttp import web
 from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
 
+from testing.providers import common
 from testing.providers.anthropic_contract import ApiError, check_headers, parse_body, request_adapter
+from testing.providers.common import (
+    REDACTED,
+    Json,
+    Recorder,
+    arg_parser,
+    sample_value,
+    send_stream,
+    serve_app,
+    tool_named_in,
+    words,
+)
 
 DEFAULT_PORT = 8090
-# A stream being written when SIGTERM arrives gets this long to finish before the process exits.
-SHUTDOWN_GRACE_SECONDS = 2.0
-REDACTED = "REDACTED"
 WORDS_PER_TEXT_DELTA = 2
 JSON_DELTAS = 3
 EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(RawMessageStreamEvent)
 
 log = structlog.get_logger("anthropic-sim")
-
-Json = dict[str, Any]
 
 
 @dataclass
@@ -57,10 +63,6 @@ class Settings:
 
 
 # The answer.
-
-
-def words(text: str) -> list[str]:
-    return text.split()
 
 
 def block_texts(content: str | list[Json]) -> list[str]:
@@ -105,23 +107,7 @@ def chosen_tool(body: Json) -> Json | None:
         return tools[0]
     if tool_results(body["messages"][-1]):
         return None
-    text = last_user_text(body["messages"]).lower()
-    return next((tool for tool in tools if f"call {tool['name']}".lower() in text), None)
-
-
-def sample_value(schema: Any) -> Any:
-    """A value that fits a JSON schema: "x" for strings, 1 for numbers, the first enum value, required keys only."""
-    if not isinstance(schema, dict):
-        return "x"
-    if schema.get("enum"):
-        return schema["enum"][0]
-    kind = schema.get("type", "string")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object":
-        properties = schema.get("properties") or {}
-        return {name: sample_value(properties.get(name)) for name in schema.get("required", [])}
-    return {"integer": 1, "number": 1, "boolean": True, "array": [], "null": None}.get(kind, "x")
+    return tool_named_in(tools, last_user_text(body["messages"]))
 
 
 def reply_text(body: Json) -> tuple[str, str, str | None]:
@@ -251,23 +237,13 @@ def sse(event: Json) -> bytes:
 # The server.
 
 
-class Simulator:
+class Simulator(Recorder):
     def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.requests)
         self.settings = settings
 
-    def record(self, request: web.Request, raw: bytes) -> Json:
-        headers: Json = {}
-        for name, value in request.headers.items():
-            name = name.lower()
-            value = REDACTED if name == "x-api-key" else value
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        try:
-            body: Any = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode(errors="replace")
-        entry: Json = {"method": request.method, "path": request.path_qs, "headers": headers, "body": body}
-        self.settings.requests.append(entry)
-        return entry
+    def redact(self, name: str, value: str) -> str:
+        return REDACTED if name == "x-api-key" else value
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -301,32 +277,9 @@ class Simulator:
             events = [*events[:stop], error]
         elif model == "claude-cut":
             events = events[: next(i for i, event in enumerate(events) if event["type"] == "message_delta")]
-        response = web.StreamResponse(
-            headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
-        for number, event in enumerate(events):
-            data = sse(event)
-            cut = len(data) * (number % 4 + 1) // 5  # two writes per event, split mid-event at varying places
-            for chunk in (data[:cut], data[cut:]):
-                await response.write(chunk)
-                if self.settings.gap_seconds:
-                    await asyncio.sleep(self.settings.gap_seconds)
-        if model == "claude-cut" and request.transport is not None:
-            request.transport.abort()  # no final chunk: the client sees a connection that ended mid-body
-            return response
-        await response.write_eof()
-        return response
-
-    async def list_requests(self, request: web.Request) -> web.Response:
-        return web.json_response(self.settings.requests)
-
-    async def clear_requests(self, request: web.Request) -> web.Response:
-        self.settings.requests.clear()
-        return web.Response(status=204)
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok")
+        headers = {**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        data = [sse(event) for event in events]
+        return await send_stream(request, headers, data, self.settings.gap_seconds, model == "claude-cut")
 
     async def not_found(self, request: web.Request) -> web.Response:
         entry = self.record(request, await request.read())
@@ -348,10 +301,8 @@ def check_model(model: str) -> None:
 def build_app(settings: Settings) -> web.Application:
     simulator = Simulator(settings)
     app = web.Application()
-    app.router.add_get("/health", simulator.health)
+    simulator.add_routes(app)
     app.router.add_post("/v1/messages", simulator.messages)
-    app.router.add_get("/debug/requests", simulator.list_requests)
-    app.router.add_delete("/debug/requests", simulator.clear_requests)
     app.router.add_route("*", "/{tail:.*}", simulator.not_found)
     return app
 
@@ -359,38 +310,18 @@ def build_app(settings: Settings) -> web.Application:
 async def serve(settings: Settings, host: str, port: int) -> int:
     for streaming in (False, True):  # built before /health answers, not on the first request
         request_adapter(streaming)
-    runner = web.AppRunner(build_app(settings), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        log.error("cannot listen", host=host, port=port, error=str(exc))
-        await runner.cleanup()
-        return 1
-    log.info(f"anthropic simulator listening on http://{host}:{port}")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await runner.cleanup()
-    return 0
+    return await serve_app(build_app(settings), host, port, log, "anthropic")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m testing.providers.anthropic_sim", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
+    parser = arg_parser("anthropic_sim", __doc__, DEFAULT_PORT)
     parser.add_argument("--api-key", required=True, help="the only x-api-key accepted")
-    parser.add_argument("--gap-ms", type=float, default=0.0, help="pause between writes of a stream (default 0)")
-    return parser.parse_args(argv)
+    return common.parse_args(parser, argv)
 
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    settings = Settings(api_key=args.api_key, gap_seconds=max(args.gap_ms, 0.0) / 1000)
+    settings = Settings(api_key=args.api_key, gap_seconds=args.gap_seconds)
     return asyncio.run(serve(settings, args.host, args.port))
 
 

@@ -59,7 +59,6 @@ import hashlib
 import hmac
 import json
 import re
-import signal
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
@@ -78,7 +77,18 @@ from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
 from botocore.credentials import Credentials  # type: ignore[import-untyped]
 from multidict import CIMultiDictProxy
 
-from testing.providers import anthropic_contract, anthropic_sim
+from testing.providers import anthropic_contract, anthropic_sim, common
+from testing.providers.common import (
+    REDACTED,
+    Json,
+    Recorder,
+    arg_parser,
+    sample_value,
+    send_stream,
+    serve_app,
+    tool_named_in,
+    words,
+)
 from xds_server.extproc.schemas.eventstream import encode
 
 DEFAULT_PORT = 8092
@@ -86,8 +96,6 @@ SERVICE = "bedrock"  # the service model's signingName; the host says bedrock-ru
 ALGORITHM = "AWS4-HMAC-SHA256"
 TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 CLOCK_SKEW = timedelta(minutes=5)
-SHUTDOWN_GRACE_SECONDS = 2.0
-REDACTED = "REDACTED"
 MODEL_PREFIXES = ("anthropic.", "amazon.", "meta.", "mistral.", "us.", "eu.")
 OPERATIONS = {"converse": "Converse", "converse-stream": "ConverseStream"}
 INTERNAL_HEADER_PREFIXES = ("x-ai-eg-", "x-gateway-")
@@ -106,8 +114,6 @@ BEDROCK_ANTHROPIC_VERSION = "bedrock-2023-05-31"
 CLAUDE_HOOKS = ("throttled", "stream-exception", "stream-cut")  # after `anthropic.`
 
 log = structlog.get_logger("bedrock-sim")
-
-Json = dict[str, Any]
 
 
 @dataclass
@@ -471,10 +477,6 @@ def check_tools(body: Json) -> None:
 # The answer.
 
 
-def words(text: str) -> list[str]:
-    return text.split()
-
-
 def pieces(text: str, size: int) -> list[str]:
     """`text` in pieces of `size` words, spaces kept, so that the pieces add up to the text."""
     tokens = re.findall(r"\s*\S+\s*", text)
@@ -517,23 +519,7 @@ def chosen_tool(body: Json) -> Json | None:
         return tools[0]
     if tool_results(body["messages"][-1]):
         return None
-    text = last_user_text(body["messages"]).lower()
-    return next((tool for tool in tools if f"call {tool['name']}".lower() in text), None)
-
-
-def sample_value(schema: Any) -> Any:
-    """A value that fits a JSON schema: "x" for strings, 1 for numbers, the first enum value, required keys only."""
-    if not isinstance(schema, dict):
-        return "x"
-    if schema.get("enum"):
-        return schema["enum"][0]
-    kind = schema.get("type", "string")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object":
-        properties = schema.get("properties") or {}
-        return {name: sample_value(properties.get(name)) for name in schema.get("required", [])}
-    return {"integer": 1, "number": 1, "boolean": True, "array": [], "null": None}.get(kind, "x")
+    return tool_named_in(tools, last_user_text(body["messages"]))
 
 
 def system_text(body: Json) -> str:
@@ -801,26 +787,18 @@ def check_model(model_id: str, streaming: bool) -> str | None:
     return None
 
 
-class Simulator:
+class Simulator(Recorder):
     def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.requests)
         self.settings = settings
 
-    def record(self, request: web.Request, raw: bytes) -> Json:
-        headers: Json = {}
-        for name, value in request.headers.items():
-            name = name.lower()
-            if name == "authorization":
-                value = redacted_authorization(value)
-            elif name == "x-amz-security-token":
-                value = REDACTED
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        try:
-            body: Any = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode(errors="replace")
-        entry: Json = {"method": request.method, "path": request.raw_path, "headers": headers, "body": body}
-        self.settings.requests.append(entry)
-        return entry
+    def redact(self, name: str, value: str) -> str:
+        if name == "authorization":
+            return redacted_authorization(value)
+        return REDACTED if name == "x-amz-security-token" else value
+
+    def recorded_path(self, request: web.Request) -> str:
+        return request.raw_path
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -866,19 +844,7 @@ class Simulator:
         elif hook == "stream-cut":
             frames = frames[: next(i for i, (event_type, _) in enumerate(events) if event_type == "messageStop")]
         headers = {"Content-Type": "application/vnd.amazon.eventstream", "x-amzn-requestid": request_id}
-        stream = web.StreamResponse(headers=headers)
-        await stream.prepare(request)
-        for number, data in enumerate(frames):
-            cut = len(data) * (number % 4 + 1) // 5  # two writes per frame, split at varying places
-            for chunk in (data[:cut], data[cut:]):
-                await stream.write(chunk)
-                if self.settings.gap_seconds:
-                    await asyncio.sleep(self.settings.gap_seconds)
-        if hook == "stream-cut" and request.transport is not None:
-            request.transport.abort()  # no final chunk: the client sees a connection that ended mid-body
-            return stream
-        await stream.write_eof()
-        return stream
+        return await self.send_frames(request, frames, headers, hook == "stream-cut")
 
     async def invoke(
         self, request: web.Request, entry: Json, raw: bytes, model_id: str, operation: str
@@ -920,37 +886,13 @@ class Simulator:
         self, request: web.Request, frames: list[bytes], headers: dict[str, str], cut: bool
     ) -> web.StreamResponse:
         """The frames, each in two writes split at varying places; with `cut`, the connection dropped after them."""
-        stream = web.StreamResponse(headers=headers)
-        await stream.prepare(request)
-        for number, data in enumerate(frames):
-            at = len(data) * (number % 4 + 1) // 5
-            for piece in (data[:at], data[at:]):
-                await stream.write(piece)
-                if self.settings.gap_seconds:
-                    await asyncio.sleep(self.settings.gap_seconds)
-        if cut and request.transport is not None:
-            request.transport.abort()  # no final chunk: the client sees a connection that ended mid-body
-            return stream
-        await stream.write_eof()
-        return stream
-
-    async def list_requests(self, request: web.Request) -> web.Response:
-        return web.json_response(self.settings.requests)
-
-    async def clear_requests(self, request: web.Request) -> web.Response:
-        self.settings.requests.clear()
-        return web.Response(status=204)
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok")
+        return await send_stream(request, headers, frames, self.settings.gap_seconds, cut)
 
 
 def build_app(settings: Settings) -> web.Application:
     simulator = Simulator(settings)
     app = web.Application()
-    app.router.add_get("/health", simulator.health)
-    app.router.add_get("/debug/requests", simulator.list_requests)
-    app.router.add_delete("/debug/requests", simulator.clear_requests)
+    simulator.add_routes(app)
     app.router.add_route("*", "/{tail:.*}", simulator.handle)
     return app
 
@@ -961,36 +903,16 @@ async def serve(settings: Settings, host: str, port: int) -> int:
     for operation in INVOKE_OPERATIONS.values():
         operation_model(operation)
     anthropic_contract.request_adapter(False)  # the Anthropic contract's types too
-    runner = web.AppRunner(build_app(settings), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except OSError as exc:
-        log.error("cannot listen", host=host, port=port, error=str(exc))
-        await runner.cleanup()
-        return 1
-    log.info(f"bedrock simulator listening on http://{host}:{port}", region=settings.region)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await runner.cleanup()
-    return 0
+    return await serve_app(build_app(settings), host, port, log, "bedrock", region=settings.region)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m testing.providers.bedrock_sim", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
+    parser = arg_parser("bedrock_sim", __doc__, DEFAULT_PORT)
     parser.add_argument("--access-key-id", required=True, help="the only access key accepted")
     parser.add_argument("--secret-access-key", required=True, help="its secret")
     parser.add_argument("--session-token", help="the session token requests must carry (temporary credentials)")
     parser.add_argument("--region", default="us-east-1", help="the region credentials must be scoped to")
-    parser.add_argument("--gap-ms", type=float, default=0.0, help="pause between writes of a stream (default 0)")
-    return parser.parse_args(argv)
+    return common.parse_args(parser, argv)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -1000,7 +922,7 @@ def main(argv: Sequence[str]) -> int:
         secret_access_key=args.secret_access_key,
         session_token=args.session_token,
         region=args.region,
-        gap_seconds=max(args.gap_ms, 0.0) / 1000,
+        gap_seconds=args.gap_seconds,
     )
     return asyncio.run(serve(settings, args.host, args.port))
 

@@ -41,7 +41,6 @@ import hashlib
 import json
 import re
 import secrets
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -56,8 +55,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.genai import types
 
-from testing.providers import anthropic_sim
+from testing.providers import anthropic_sim, common
 from testing.providers.anthropic_contract import ApiError, parse_body, request_adapter
+from testing.providers.common import REDACTED, Json, Recorder, arg_parser, sample_value, send_stream, serve_app, words
 from testing.providers.vertex_contract import (
     GenerateContentRequest,
     GoogleError,
@@ -72,8 +72,6 @@ from testing.providers.vertex_contract import (
 
 DEFAULT_PORT = 8093
 DEFAULT_TOKEN_LIFETIME = 3599
-SHUTDOWN_GRACE_SECONDS = 2.0
-REDACTED = "REDACTED"
 VERTEX_ANTHROPIC_VERSION = "vertex-2023-10-16"
 INTERNAL_HEADER_PREFIXES = ("x-ai-eg-", "x-gateway-")
 WORDS_PER_TEXT_DELTA = 2
@@ -99,8 +97,6 @@ NOT_FOUND_HTML = (
 )
 
 log = structlog.get_logger("vertex-sim")
-
-Json = dict[str, Any]
 
 
 @dataclass
@@ -151,10 +147,6 @@ def new_service_account(token_uri: str, project: str) -> tuple[dict[str, str], s
 
 
 # The Gemini answer.
-
-
-def words(text: str) -> list[str]:
-    return text.split()
 
 
 def part_texts(content: types.Content) -> list[str]:
@@ -216,7 +208,7 @@ def function_args(declaration: types.FunctionDeclaration) -> Json:
         schema = lowered_types(declaration.parameters.model_dump(mode="json", by_alias=True, exclude_none=True))
     else:
         return {}
-    value = anthropic_sim.sample_value(schema | {"type": "object"} if isinstance(schema, dict) else schema)
+    value = sample_value(schema | {"type": "object"} if isinstance(schema, dict) else schema)
     return value if isinstance(value, dict) else {}
 
 
@@ -364,33 +356,25 @@ def sse(chunk: Json) -> bytes:
 # The server.
 
 
-class Simulator:
+class Simulator(Recorder):
     def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.requests)
         self.settings = settings
         self.claude = anthropic_sim.Simulator(anthropic_sim.Settings(api_key="", gap_seconds=settings.gap_seconds))
 
-    def record(self, request: web.Request, raw: bytes) -> Json:
-        headers: Json = {}
-        for name, value in request.headers.items():
-            name = name.lower()
-            if name == "authorization":
-                scheme, _, credential = value.partition(" ")
-                value = f"{scheme} {REDACTED}" if credential else REDACTED
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        body: Any
-        if request.path == "/token":
-            form = {key: values[-1] for key, values in parse_qs(raw.decode(errors="replace")).items()}
-            if "assertion" in form:
-                form["assertion"] = ".".join([*form["assertion"].split(".")[:2], REDACTED])
-            body = form
-        else:
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = raw.decode(errors="replace")
-        entry: Json = {"method": request.method, "path": request.path_qs, "headers": headers, "body": body}
-        self.settings.requests.append(entry)
-        return entry
+    def redact(self, name: str, value: str) -> str:
+        if name != "authorization":
+            return value
+        scheme, _, credential = value.partition(" ")
+        return f"{scheme} {REDACTED}" if credential else REDACTED
+
+    def recorded_body(self, request: web.Request, raw: bytes) -> Any:
+        if request.path != "/token":
+            return super().recorded_body(request, raw)
+        form = {key: values[-1] for key, values in parse_qs(raw.decode(errors="replace")).items()}
+        if "assertion" in form:
+            form["assertion"] = ".".join([*form["assertion"].split(".")[:2], REDACTED])
+        return form
 
     async def token(self, request: web.Request) -> web.Response:
         raw = await request.read()
@@ -520,32 +504,14 @@ class Simulator:
         if model == "gemini-stream-error":
             error = GoogleError(500, "INTERNAL", "Internal error encountered.")
             events = [*events[: max(len(events) // 2, 1)], sse(error.body())]
-        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await stream.prepare(request)
-        for number, data in enumerate(events):
-            cut = len(data) * (number % 4 + 1) // 5  # two writes per event, split at varying places
-            for piece in (data[:cut], data[cut:]):
-                await stream.write(piece)
-                if self.settings.gap_seconds:
-                    await asyncio.sleep(self.settings.gap_seconds)
-        await stream.write_eof()
-        return stream
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        return await send_stream(request, headers, events, self.settings.gap_seconds)
 
     async def not_found(self, request: web.Request, raw: bytes) -> web.Response:
         """Google's HTML 404 for a URL no API serves."""
         entry = self.record(request, raw)
         entry["status"] = 404
         return web.Response(status=404, text=NOT_FOUND_HTML.format(path=request.path), content_type="text/html")
-
-    async def list_requests(self, request: web.Request) -> web.Response:
-        return web.json_response(self.settings.requests)
-
-    async def clear_requests(self, request: web.Request) -> web.Response:
-        self.settings.requests.clear()
-        return web.Response(status=204)
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok")
 
 
 def unauthenticated(message: str, reason: str, rpc: str, challenge: str) -> GoogleError:
@@ -579,10 +545,8 @@ def parse_claude(raw: bytes, streaming: bool) -> Json:
 def build_app(settings: Settings) -> web.Application:
     simulator = Simulator(settings)
     app = web.Application()
-    app.router.add_get("/health", simulator.health)
+    simulator.add_routes(app)
     app.router.add_post("/token", simulator.token)
-    app.router.add_get("/debug/requests", simulator.list_requests)
-    app.router.add_delete("/debug/requests", simulator.clear_requests)
     app.router.add_route("*", "/{tail:.*}", simulator.predict)
     return app
 
@@ -597,34 +561,14 @@ def warm_up() -> None:
 
 async def serve(settings: Settings) -> int:
     warm_up()
-    runner = web.AppRunner(build_app(settings), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
-    except OSError as exc:
-        log.error("cannot listen", host=settings.host, port=settings.port, error=str(exc))
-        await runner.cleanup()
-        return 1
-    log.info(
-        f"vertex simulator listening on http://{settings.host}:{settings.port}",
-        project=settings.project,
-        region=settings.region,
+    app = build_app(settings)
+    return await serve_app(
+        app, settings.host, settings.port, log, "vertex", project=settings.project, region=settings.region
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await runner.cleanup()
-    return 0
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m testing.providers.vertex_sim", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
+    parser = arg_parser("vertex_sim", __doc__, DEFAULT_PORT)
     parser.add_argument("--project", required=True, help="the only project the model paths may name")
     parser.add_argument("--region", required=True, help="the only location the model paths may name")
     parser.add_argument("--client-email", required=True, help="the service account's email: the assertions' iss")
@@ -635,8 +579,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=DEFAULT_TOKEN_LIFETIME,
         help=f"seconds an access token is valid (default {DEFAULT_TOKEN_LIFETIME})",
     )
-    parser.add_argument("--gap-ms", type=float, default=0.0, help="pause between writes of a stream (default 0)")
-    return parser.parse_args(argv)
+    return common.parse_args(parser, argv)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -651,7 +594,7 @@ def main(argv: Sequence[str]) -> int:
         client_email=args.client_email,
         public_key=public_key,
         token_lifetime=max(args.token_lifetime, 1),
-        gap_seconds=max(args.gap_ms, 0.0) / 1000,
+        gap_seconds=args.gap_seconds,
     )
     return asyncio.run(serve(settings))
 

@@ -40,7 +40,7 @@ from translators.xds.names import (
 )
 from xds_server.extproc.protocol import PASS_THROUGH, Mode, ProcessingResponse, error, immediate_json, set_header
 from xds_server.extproc.schemas import anthropic, bedrock, claude_clouds, gemini
-from xds_server.extproc.schemas.errors import RequestRejected
+from xds_server.extproc.schemas.common import RequestRejected
 from xds_server.extproc.sigv4 import AwsCredentials, sign
 
 # Azure OpenAI's generally available API version, used when the backend's schema names none.
@@ -163,6 +163,10 @@ class ProviderAttempt:
         if token is None:
             return error(503, f"{self.settings.backend}: {why}", "backend_credentials_unavailable", "upstream_settings")
         mutation.set_headers.append(set_header("authorization", f"Bearer {token}".encode()))
+        # The client's own `authorization` is removed above; ours is set, never removed with it.
+        kept = [name for name in mutation.remove_headers if name != "authorization"]
+        del mutation.remove_headers[:]
+        mutation.remove_headers.extend(kept)
         return None
 
     def request_headers(self, request: ext_proc_pb2.HttpHeaders) -> ProcessingResponse:

@@ -18,9 +18,32 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from xds_server.extproc.schemas.errors import UNSUPPORTED, check_fields
-from xds_server.extproc.schemas.errors import RequestRejected as RequestRejected  # re-exported: callers import it here
-from xds_server.extproc.schemas.errors import fail as _fail
+from xds_server.extproc.schemas.common import (
+    UNSUPPORTED,
+    add_turn,
+    allowed_tools,
+    arguments,
+    bad_role,
+    bad_tool_choice,
+    check_fields,
+    finish_reason,
+    function_tool,
+    no_tools_to_call,
+    no_turns,
+    raw_error_text,
+)
+from xds_server.extproc.schemas.common import RequestRejected as RequestRejected  # re-exported: callers import it here
+from xds_server.extproc.schemas.common import array as _array
+from xds_server.extproc.schemas.common import boolean as _bool
+from xds_server.extproc.schemas.common import compact as _compact
+from xds_server.extproc.schemas.common import count as _count
+from xds_server.extproc.schemas.common import fail as _fail
+from xds_server.extproc.schemas.common import function_name as _function_name
+from xds_server.extproc.schemas.common import mapping as _mapping
+from xds_server.extproc.schemas.common import name as _name
+from xds_server.extproc.schemas.common import number as _number
+from xds_server.extproc.schemas.common import obj as _object
+from xds_server.extproc.schemas.common import string as _string
 from xds_server.extproc.schemas.sse import DONE, PING, ChunkWriter, error_event
 from xds_server.extproc.sse import SseParser
 
@@ -131,24 +154,15 @@ def _conversation(messages: Any) -> tuple[Blocks, Blocks]:
         elif role == "tool":
             # Tool results are user content in Anthropic's API: consecutive ones merge into one user turn in _add.
             _add(turns, "user", [_tool_result(message, where)])
-        elif role == "function":
-            why = "the deprecated functions API is not translated; use tool"
-            raise _fail(f"{where}.role", why, "unsupported_value")
         else:
-            raise _fail(f"{where}.role", "must be system, developer, user, assistant or tool")
+            raise bad_role(role, where)
     if not turns:
-        raise _fail("messages", "Anthropic needs at least one user or assistant message with content")
+        raise no_turns("Anthropic")
     return system, turns
 
 
 def _add(turns: Blocks, role: str, blocks: Blocks) -> None:
-    # Anthropic rejects empty turns and wants roles to alternate: empty turns go, same-role neighbours merge.
-    if not blocks:
-        return
-    if turns and turns[-1]["role"] == role:
-        turns[-1]["content"] += blocks
-    else:
-        turns.append({"role": role, "content": blocks})
+    add_turn(turns, role, blocks)
 
 
 def _parts(content: Any, where: str, kinds: tuple[str, ...]) -> Blocks:
@@ -228,17 +242,7 @@ def _assistant(message: Mapping[str, Any], where: str) -> Blocks:
 
 
 def _arguments(value: Any, param: str) -> dict[str, Any]:
-    text = _string(value, param)
-    if not text.strip():  # some clients keep a call without arguments as ""
-        return {}
-    try:
-        arguments = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        # The message does not quote the text: it is request content.
-        raise _fail(param, "is not valid JSON; Anthropic needs the tool input as a JSON object") from None
-    if not isinstance(arguments, dict):
-        raise _fail(param, "must be a JSON object")
-    return arguments
+    return arguments(value, param, "Anthropic needs the tool input as a JSON object")
 
 
 def _tool_result(message: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -254,10 +258,7 @@ def _tool_result(message: Mapping[str, Any], where: str) -> dict[str, Any]:
 def _tools(raw: Any) -> Blocks:
     tools = []
     for k, item in enumerate(_array(raw, "tools")):
-        tool = _object(item, f"tools[{k}]")
-        if tool.get("type") != "function":
-            raise _fail(f"tools[{k}].type", "only function tools translate to Anthropic", "unsupported_value")
-        function = _object(tool.get("function"), f"tools[{k}].function")
+        function = function_tool(item, k, "Anthropic")
         out: dict[str, Any] = {"name": _name(function.get("name"), f"tools[{k}].function.name")}
         if function.get("description") is not None:
             out["description"] = _string(function["description"], f"tools[{k}].function.description")
@@ -281,32 +282,21 @@ def _tool_choice(body: Mapping[str, Any], tools: Blocks) -> tuple[Blocks, dict[s
         choice = {"type": "tool", "name": _function_name(value, "tool_choice")}
     elif isinstance(value, Mapping) and value.get("type") == "allowed_tools":
         # Anthropic has no allowed subset of the tools: send only that subset, which the model sees the same way.
-        allowed = _object(value.get("allowed_tools"), "tool_choice.allowed_tools")
-        if allowed.get("mode") not in ("auto", "required"):
-            raise _fail("tool_choice.allowed_tools.mode", "must be auto or required")
-        listed = _array(allowed.get("tools"), "tool_choice.allowed_tools.tools")
-        names = {_function_name(t, f"tool_choice.allowed_tools.tools[{k}]") for k, t in enumerate(listed)}
-        if names - {tool["name"] for tool in tools}:
-            raise _fail("tool_choice.allowed_tools.tools", "names a function that is not in tools")
+        names, required = allowed_tools(value, {tool["name"] for tool in tools})
         tools = [tool for tool in tools if tool["name"] in names]
-        choice = {"type": "any" if allowed["mode"] == "required" else "auto"}
+        choice = {"type": "any" if required else "auto"}
     elif value is not None:
-        raise _fail("tool_choice", "must be none, auto, required, a function or allowed_tools", "unsupported_value")
+        raise bad_tool_choice()
     if not tools:
         # Without tools only "none" and "auto" mean anything, and they mean what Anthropic does then.
         if choice is not None and choice["type"] not in ("none", "auto"):
-            raise _fail("tool_choice", "asks for a tool call but the request has no tools")
+            raise no_tools_to_call()
         return [], None
     parallel = body.get("parallel_tool_calls")
     # Anthropic's "none" takes no such flag, nor needs one.
     if parallel is not None and not _bool(parallel, "parallel_tool_calls") and (choice or {}).get("type") != "none":
         choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
     return tools, choice
-
-
-def _function_name(value: Any, where: str) -> str:
-    function = _object(_object(value, where).get("function"), f"{where}.function")
-    return _name(function.get("name"), f"{where}.function.name")
 
 
 def _output_config(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -334,42 +324,6 @@ def _output_config(body: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _string(value: Any, param: str) -> str:
-    if not isinstance(value, str):
-        raise _fail(param, "must be a string")
-    return value
-
-
-def _name(value: Any, param: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise _fail(param, "must be a non-empty string")
-    return value
-
-
-def _number(value: Any, param: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-        raise _fail(param, "must be a number of at least 0")
-    return value
-
-
-def _bool(value: Any, param: str) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(param, "must be true or false")
-    return value
-
-
-def _object(value: Any, param: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _fail(param, "must be an object")
-    return value
-
-
-def _array(value: Any, param: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise _fail(param, "must be an array")
-    return value
-
-
 # ---- answers: Anthropic Message, stream and errors -> OpenAI
 
 _FINISH_REASONS: Final[Mapping[str, str]] = {
@@ -384,8 +338,7 @@ _FINISH_REASONS: Final[Mapping[str, str]] = {
 
 
 def _finish_reason(stop_reason: Any) -> str:
-    # A stop reason newer than this table still ends an answer: never fail on it.
-    return _FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+    return finish_reason(_FINISH_REASONS, stop_reason)
 
 
 def chat_response(message: Mapping[str, Any], model: str, created: int) -> dict[str, Any]:
@@ -426,10 +379,6 @@ def chat_response(message: Mapping[str, Any], model: str, created: int) -> dict[
     }
 
 
-def _compact(value: Any) -> str:
-    return orjson.dumps(value if value is not None else {}).decode()
-
-
 def _usage(usage: Mapping[str, Any]) -> dict[str, Any]:
     """OpenAI counts cached tokens inside prompt_tokens; Anthropic's input_tokens leaves out both cache reads and
     cache writes, so the three add up to the prompt."""
@@ -447,14 +396,6 @@ def _usage(usage: Mapping[str, Any]) -> dict[str, Any]:
     if "thinking_tokens" in details:
         out["completion_tokens_details"] = {"reasoning_tokens": _count(details["thinking_tokens"])}
     return out
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
 
 
 # Anthropic error type -> (OpenAI type, code). OpenAI's SDKs pick their exception by the HTTP status, which the
@@ -483,7 +424,6 @@ _TYPE_OF_STATUS: Final[Mapping[int, str]] = {
     504: "timeout_error",
     529: "overloaded_error",
 }
-_RAW_TEXT_LIMIT: Final = 256  # characters of a non-JSON error body kept in the message
 
 
 def error_response(status: int, body: bytes) -> bytes:
@@ -497,10 +437,7 @@ def error_response(status: int, body: bytes) -> bytes:
     if isinstance(error.get("message"), str):
         return orjson.dumps(_envelope(error.get("type"), error["message"], status))
     # Not Anthropic's envelope (a proxy's HTML page, Envoy's "upstream connect error", ...): a bounded prefix of it.
-    text = body.decode("utf-8", "replace").strip()
-    if len(text) > _RAW_TEXT_LIMIT:
-        text = text[: _RAW_TEXT_LIMIT - 3] + "..."
-    return orjson.dumps(_envelope(None, text or f"the upstream answered HTTP {status} with an empty body", status))
+    return orjson.dumps(_envelope(None, raw_error_text(status, body), status))
 
 
 def _envelope(kind: Any, message: str, status: int) -> dict[str, Any]:

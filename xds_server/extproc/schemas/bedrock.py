@@ -29,10 +29,34 @@ from urllib.parse import quote
 
 import orjson
 
-from xds_server.extproc.schemas.errors import UNSUPPORTED, check_fields
-from xds_server.extproc.schemas.errors import RequestRejected as RequestRejected  # raised here, for the caller
-from xds_server.extproc.schemas.errors import fail as _fail
-from xds_server.extproc.schemas.eventstream import Decoder, EventStreamError, Message
+from xds_server.extproc.schemas.common import (
+    UNSUPPORTED,
+    add_turn,
+    allowed_tools,
+    arguments,
+    bad_role,
+    bad_tool_choice,
+    check_fields,
+    finish_reason,
+    function_tool,
+    no_tools_to_call,
+    no_turns,
+    raw_error_text,
+    stream_exception,
+)
+from xds_server.extproc.schemas.common import RequestRejected as RequestRejected  # raised here, for the caller
+from xds_server.extproc.schemas.common import array as _array
+from xds_server.extproc.schemas.common import boolean as _bool
+from xds_server.extproc.schemas.common import compact as _compact
+from xds_server.extproc.schemas.common import count as _count
+from xds_server.extproc.schemas.common import fail as _fail
+from xds_server.extproc.schemas.common import function_name as _function_name
+from xds_server.extproc.schemas.common import mapping as _mapping
+from xds_server.extproc.schemas.common import name as _name
+from xds_server.extproc.schemas.common import number as _number
+from xds_server.extproc.schemas.common import obj as _object
+from xds_server.extproc.schemas.common import string as _string
+from xds_server.extproc.schemas.eventstream import Decoder, Message, translate_messages
 from xds_server.extproc.schemas.sse import DONE, ChunkWriter, error_event
 
 # OpenAI fields dropped on purpose: none changes the answer the client gets, and none has a Converse counterpart.
@@ -160,24 +184,15 @@ def _conversation(messages: Any) -> tuple[Blocks, Blocks]:
         elif role == "tool":
             # Converse has no tool role: results are user content, and consecutive ones merge into one turn in _add.
             _add(turns, "user", _tool_result(message, where))
-        elif role == "function":
-            why = "the deprecated functions API is not translated; use tool"
-            raise _fail(f"{where}.role", why, "unsupported_value")
         else:
-            raise _fail(f"{where}.role", "must be system, developer, user, assistant or tool")
+            raise bad_role(role, where)
     if not turns:
-        raise _fail("messages", "Converse needs at least one user or assistant message with content")
+        raise no_turns("Converse")
     return system, turns
 
 
 def _add(turns: Blocks, role: str, blocks: Blocks) -> None:
-    # Converse rejects empty turns and wants roles to alternate: empty turns go, same-role neighbours merge.
-    if not blocks:
-        return
-    if turns and turns[-1]["role"] == role:
-        turns[-1]["content"] += blocks
-    else:
-        turns.append({"role": role, "content": blocks})
+    add_turn(turns, role, blocks)
 
 
 def _parts(content: Any, where: str, kinds: tuple[str, ...]) -> Blocks:
@@ -266,17 +281,7 @@ def _assistant(message: Mapping[str, Any], where: str) -> Blocks:
 
 
 def _arguments(value: Any, param: str) -> dict[str, Any]:
-    text = _string(value, param)
-    if not text.strip():  # some clients keep a call without arguments as ""
-        return {}
-    try:
-        arguments = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        # The message does not quote the text: it is request content.
-        raise _fail(param, "is not valid JSON; Converse needs the tool input as a JSON object") from None
-    if not isinstance(arguments, dict):
-        raise _fail(param, "must be a JSON object")
-    return arguments
+    return arguments(value, param, "Converse needs the tool input as a JSON object")
 
 
 def _tool_result(message: Mapping[str, Any], where: str) -> Blocks:
@@ -299,10 +304,7 @@ def _history_has_tools(turns: Blocks) -> bool:
 def _tools(raw: Any) -> Blocks:
     tools = []
     for k, item in enumerate(_array(raw, "tools")):
-        tool = _object(item, f"tools[{k}]")
-        if tool.get("type") != "function":
-            raise _fail(f"tools[{k}].type", "only function tools translate to Converse", "unsupported_value")
-        function = _object(tool.get("function"), f"tools[{k}].function")
+        function = function_tool(item, k, "Converse")
         spec: dict[str, Any] = {"name": _name(function.get("name"), f"tools[{k}].function.name")}
         if function.get("description") is not None:
             description = _string(function["description"], f"tools[{k}].function.description")
@@ -331,20 +333,14 @@ def _tool_config(body: Mapping[str, Any], history_has_tools: bool) -> dict[str, 
         choice = {"tool": {"name": _function_name(value, "tool_choice")}}
     elif isinstance(value, Mapping) and value.get("type") == "allowed_tools":
         # Converse has no allowed subset of the tools: send only that subset, which the model sees the same way.
-        allowed = _object(value.get("allowed_tools"), "tool_choice.allowed_tools")
-        if allowed.get("mode") not in ("auto", "required"):
-            raise _fail("tool_choice.allowed_tools.mode", "must be auto or required")
-        listed = _array(allowed.get("tools"), "tool_choice.allowed_tools.tools")
-        names = {_function_name(t, f"tool_choice.allowed_tools.tools[{k}]") for k, t in enumerate(listed)}
-        if names - {tool["toolSpec"]["name"] for tool in tools}:
-            raise _fail("tool_choice.allowed_tools.tools", "names a function that is not in tools")
+        names, required = allowed_tools(value, {tool["toolSpec"]["name"] for tool in tools})
         tools = [tool for tool in tools if tool["toolSpec"]["name"] in names]
-        choice = {"any": {}} if allowed["mode"] == "required" else None
+        choice = {"any": {}} if required else None
     elif value is not None:
-        raise _fail("tool_choice", "must be none, auto, required, a function or allowed_tools", "unsupported_value")
+        raise bad_tool_choice()
     if not tools:
         if choice is not None:
-            raise _fail("tool_choice", "asks for a tool call but the request has no tools")
+            raise no_tools_to_call()
         return {}
     if value == "none":
         if history_has_tools:
@@ -362,11 +358,6 @@ def _tool_config(body: Mapping[str, Any], history_has_tools: bool) -> dict[str, 
     if choice is not None:
         config["toolChoice"] = choice
     return config
-
-
-def _function_name(value: Any, where: str) -> str:
-    function = _object(_object(value, where).get("function"), f"{where}.function")
-    return _name(function.get("name"), f"{where}.function.name")
 
 
 def _output_config(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -399,42 +390,6 @@ def _output_config(body: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _string(value: Any, param: str) -> str:
-    if not isinstance(value, str):
-        raise _fail(param, "must be a string")
-    return value
-
-
-def _name(value: Any, param: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise _fail(param, "must be a non-empty string")
-    return value
-
-
-def _number(value: Any, param: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-        raise _fail(param, "must be a number of at least 0")
-    return value
-
-
-def _bool(value: Any, param: str) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(param, "must be true or false")
-    return value
-
-
-def _object(value: Any, param: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _fail(param, "must be an object")
-    return value
-
-
-def _array(value: Any, param: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise _fail(param, "must be an array")
-    return value
-
-
 # ---- answers: ConverseResponse, stream and errors -> OpenAI
 
 _FINISH_REASONS: Final[Mapping[str, str]] = {
@@ -450,8 +405,7 @@ _FINISH_REASONS: Final[Mapping[str, str]] = {
 
 
 def _finish_reason(stop_reason: Any) -> str:
-    # A stop reason newer than this table still ends an answer: never fail on it.
-    return _FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+    return finish_reason(_FINISH_REASONS, stop_reason)
 
 
 def chat_response(converse: Mapping[str, Any], model: str, created: int, request_id: str) -> dict[str, Any]:
@@ -501,10 +455,6 @@ def chat_response(converse: Mapping[str, Any], model: str, created: int, request
     return completion
 
 
-def _compact(value: Any) -> str:
-    return orjson.dumps(value if value is not None else {}).decode()
-
-
 def _usage(usage: Mapping[str, Any]) -> dict[str, Any]:
     """OpenAI counts cached tokens inside prompt_tokens; Converse's inputTokens leaves out both cache reads and cache
     writes, so the three add up to the prompt. totalTokens is recomputed, so that the parts always add up."""
@@ -518,14 +468,6 @@ def _usage(usage: Mapping[str, Any]) -> dict[str, Any]:
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": cache_read, "cache_write_tokens": cache_write},
     }
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
 
 
 # Bedrock error type (the x-amzn-errortype header, or a stream exception's type) -> (OpenAI type, code). OpenAI's SDKs
@@ -561,7 +503,6 @@ _TYPE_OF_STATUS: Final[Mapping[int, str]] = {
     500: "InternalServerException",
     503: "ServiceUnavailableException",
 }
-_RAW_TEXT_LIMIT: Final = 256  # characters of a non-JSON error body kept in the message
 
 
 def error_response(status: int, error_type: str | None, body: bytes) -> bytes:
@@ -579,10 +520,7 @@ def error_response(status: int, error_type: str | None, body: bytes) -> bytes:
     if isinstance(message, str) and message:
         return orjson.dumps(_envelope(kind, message, status))
     # Not Bedrock's shape (a proxy's HTML page, Envoy's "upstream connect error", ...): a bounded prefix of it.
-    text = body.decode("utf-8", "replace").strip()
-    if len(text) > _RAW_TEXT_LIMIT:
-        text = text[: _RAW_TEXT_LIMIT - 3] + "..."
-    return orjson.dumps(_envelope(kind, text or f"the upstream answered HTTP {status} with an empty body", status))
+    return orjson.dumps(_envelope(kind, raw_error_text(status, body), status))
 
 
 def _envelope(kind: str | None, message: str, status: int) -> dict[str, Any]:
@@ -628,17 +566,9 @@ class ChatStream:
         return error_event({"message": why, "type": "server_error", "param": None, "code": "incomplete_stream"}) + DONE
 
     def _translate(self, messages: Iterator[Message]) -> bytes:
-        out: list[bytes] = []  # joined once: a whole answer may come in one piece
-        try:
-            for message in messages:
-                out.append(self._message(message))
-                if self._closed:
-                    break
-        except EventStreamError as error:
-            self._closed = True
-            why = f"the upstream's event stream is corrupt: {error}"
-            out.append(error_event({"message": why, "type": "server_error", "param": None, "code": "invalid_stream"}))
-        return b"".join(out)
+        out, corrupt = translate_messages(messages, self._message, lambda: self._closed)
+        self._closed = self._closed or corrupt
+        return out
 
     def _message(self, message: Message) -> bytes:
         headers = message.headers
@@ -650,19 +580,8 @@ class ChatStream:
                 return b""  # nothing to make of it; should messageStop never come, finish() says so
             return self._event(headers.get(":event-type"), event)
         if kind in ("exception", "error"):
-            # An exception names its type in lowerCamelCase, as the ConverseStreamOutput member (throttlingException);
-            # an event-stream error carries its code and message in headers.
             self._closed = True
-            if kind == "exception":
-                exception = str(headers.get(":exception-type", ""))
-                error_type = exception[:1].upper() + exception[1:]
-                try:
-                    text = _mapping(orjson.loads(message.payload)).get("message")
-                except orjson.JSONDecodeError:
-                    text = None
-            else:
-                error_type, text = str(headers.get(":error-code", "")), headers.get(":error-message")
-            text = text if isinstance(text, str) and text else "the upstream reported an error mid-stream"
+            error_type, text = stream_exception(headers, message.payload)  # named as the ConverseStreamOutput member
             return error_event(_envelope(error_type, text, 500)["error"])
         return b""  # message types added later are skipped
 

@@ -31,9 +31,11 @@ from urllib.parse import quote
 import orjson
 
 from xds_server.extproc.schemas import anthropic, bedrock
-from xds_server.extproc.schemas.errors import RequestRejected as RequestRejected  # raised here, for the caller
-from xds_server.extproc.schemas.errors import fail as _fail
-from xds_server.extproc.schemas.eventstream import Decoder, EventStreamError, Message
+from xds_server.extproc.schemas.common import RequestRejected as RequestRejected  # raised here, for the caller
+from xds_server.extproc.schemas.common import fail as _fail
+from xds_server.extproc.schemas.common import mapping as _mapping
+from xds_server.extproc.schemas.common import raw_error_text, stream_exception
+from xds_server.extproc.schemas.eventstream import Decoder, Message, translate_messages
 from xds_server.extproc.schemas.sse import error_event
 
 VERTEX_ANTHROPIC_VERSION: Final = "vertex-2023-10-16"
@@ -148,7 +150,6 @@ _GOOGLE_STATUS_OF_HTTP: Final[Mapping[int, str]] = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
-_RAW_TEXT_LIMIT: Final = 256  # characters of an error body that is neither envelope kept in the message
 
 
 def vertex_error_response(status: int, body: bytes) -> bytes:
@@ -170,12 +171,8 @@ def vertex_error_response(status: int, body: bytes) -> bytes:
         return _google_envelope(error["status"], message, status, about_model="model" in message.lower())
     if isinstance(message, str):
         return anthropic.error_response(status, orjson.dumps(document))
-    text = body.decode("utf-8", "replace").strip()
-    if len(text) > _RAW_TEXT_LIMIT:
-        text = text[: _RAW_TEXT_LIMIT - 3] + "..."
     # Not an answer about the request (its text may well name the model: it is in the path): no model_not_found.
-    text = text or f"the upstream answered HTTP {status} with an empty body"
-    return _google_envelope(None, text, status, about_model=False)
+    return _google_envelope(None, raw_error_text(status, body), status, about_model=False)
 
 
 def _google_envelope(google_status: Any, message: str, status: int, about_model: bool) -> bytes:
@@ -187,13 +184,7 @@ def _google_envelope(google_status: Any, message: str, status: int, about_model:
     return orjson.dumps({"error": {"message": message, "type": openai_type, "param": None, "code": code}})
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
 # ---- the Bedrock stream
-
-_MID_STREAM: Final = "the upstream reported an error mid-stream"
 
 
 class BedrockClaudeStream:
@@ -226,17 +217,9 @@ class BedrockClaudeStream:
         return self._claude.finish()
 
     def _translate(self, messages: Iterator[Message]) -> bytes:
-        out: list[bytes] = []  # joined once: a whole answer may come in one piece
-        try:
-            for message in messages:
-                out.append(self._message(message))
-                if self._closed:
-                    break
-        except EventStreamError as error:
-            self._closed = True
-            why = f"the upstream's event stream is corrupt: {error}"
-            out.append(error_event({"message": why, "type": "server_error", "param": None, "code": "invalid_stream"}))
-        return b"".join(out)
+        out, corrupt = translate_messages(messages, self._message, lambda: self._closed)
+        self._closed = self._closed or corrupt
+        return out
 
     def _message(self, message: Message) -> bytes:
         headers = message.headers
@@ -254,17 +237,7 @@ class BedrockClaudeStream:
             return self._claude.feed(b"event: " + name + b"\ndata: " + orjson.dumps(event) + b"\n\n")
         if kind in ("exception", "error"):
             self._closed = True
-            if kind == "exception":
-                # Named as the ResponseStream member, in lowerCamelCase: modelStreamErrorException.
-                exception = str(headers.get(":exception-type", ""))
-                error_type = exception[:1].upper() + exception[1:]
-                try:
-                    text = _mapping(orjson.loads(message.payload)).get("message")
-                except orjson.JSONDecodeError:
-                    text = None
-            else:  # an event-stream error: its code and message in headers
-                error_type, text = str(headers.get(":error-code", "")), headers.get(":error-message")
-            text = text if isinstance(text, str) and text else _MID_STREAM
+            error_type, text = stream_exception(headers, message.payload)  # named as the ResponseStream member
             envelope = orjson.loads(bedrock.error_response(500, error_type, orjson.dumps({"message": text})))
             return error_event(envelope["error"])
         return b""  # message types added later are skipped

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import struct
 from binascii import crc32
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
+
+from xds_server.extproc.schemas.sse import error_event
 
 HeaderValue = bool | int | bytes | str
 
@@ -169,3 +171,21 @@ def encode(headers: Mapping[str, HeaderValue], payload: bytes) -> bytes:
     prelude = struct.pack(">II", _OVERHEAD + len(out) + len(payload), len(out))
     message = prelude + struct.pack(">I", crc32(prelude)) + out + payload
     return message + struct.pack(">I", crc32(message))
+
+
+def translate_messages(
+    messages: Iterator[Message], translate: Callable[[Message], bytes], done: Callable[[], bool]
+) -> tuple[bytes, bool]:
+    """(the bytes `translate` makes of each message, until `done()` says the answer has ended; whether the stream
+    was corrupt, which ends it with an OpenAI-style error event). Joined once: a whole answer may come in one piece."""
+    out: list[bytes] = []
+    try:
+        for message in messages:
+            out.append(translate(message))
+            if done():
+                break
+    except EventStreamError as error:
+        why = f"the upstream's event stream is corrupt: {error}"
+        out.append(error_event({"message": why, "type": "server_error", "param": None, "code": "invalid_stream"}))
+        return b"".join(out), True
+    return b"".join(out), False

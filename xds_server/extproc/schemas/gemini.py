@@ -52,9 +52,31 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from xds_server.extproc.schemas.errors import UNSUPPORTED, check_fields
-from xds_server.extproc.schemas.errors import RequestRejected as RequestRejected  # raised here, for the caller
-from xds_server.extproc.schemas.errors import fail as _fail
+from xds_server.extproc.schemas.common import (
+    UNSUPPORTED,
+    add_turn,
+    allowed_tools,
+    arguments,
+    bad_role,
+    bad_tool_choice,
+    check_fields,
+    function_tool,
+    no_tools_to_call,
+    no_turns,
+    raw_error_text,
+)
+from xds_server.extproc.schemas.common import RequestRejected as RequestRejected  # raised here, for the caller
+from xds_server.extproc.schemas.common import array as _array
+from xds_server.extproc.schemas.common import boolean as _bool
+from xds_server.extproc.schemas.common import compact as _compact
+from xds_server.extproc.schemas.common import count as _count
+from xds_server.extproc.schemas.common import fail as _fail
+from xds_server.extproc.schemas.common import function_name as _function_name
+from xds_server.extproc.schemas.common import mapping as _mapping
+from xds_server.extproc.schemas.common import name as _name
+from xds_server.extproc.schemas.common import number as _number
+from xds_server.extproc.schemas.common import obj as _object
+from xds_server.extproc.schemas.common import string as _string
 from xds_server.extproc.schemas.sse import DONE, error_event, event
 from xds_server.extproc.sse import SseParser
 
@@ -241,24 +263,15 @@ def _conversation(messages: Any, gcs_uris: bool) -> tuple[Parts, Parts]:
         elif role == "tool":
             # Gemini has no tool role: results are user content, and consecutive ones merge into one turn in _add.
             _add(contents, "user", [_tool_result(message, where, names)])
-        elif role == "function":
-            why = "the deprecated functions API is not translated; use tool"
-            raise _fail(f"{where}.role", why, "unsupported_value")
         else:
-            raise _fail(f"{where}.role", "must be system, developer, user, assistant or tool")
+            raise bad_role(role, where)
     if not contents:
-        raise _fail("messages", "Gemini needs at least one user or assistant message with content")
+        raise no_turns("Gemini")
     return system, contents
 
 
 def _add(contents: Parts, role: str, parts: Parts) -> None:
-    # Gemini rejects empty turns and wants roles to alternate: empty turns go, same-role neighbours merge.
-    if not parts:
-        return
-    if contents and contents[-1]["role"] == role:
-        contents[-1]["parts"] += parts
-    else:
-        contents.append({"role": role, "parts": parts})
+    add_turn(contents, role, parts, "parts")
 
 
 def _parts(content: Any, where: str, kinds: tuple[str, ...], gcs_uris: bool) -> Parts:
@@ -377,17 +390,7 @@ def _signature(call: Mapping[str, Any], where: str) -> str | None:
 
 
 def _arguments(value: Any, param: str) -> dict[str, Any]:
-    text = _string(value, param)
-    if not text.strip():  # some clients keep a call without arguments as ""
-        return {}
-    try:
-        arguments = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        # The message does not quote the text: it is request content.
-        raise _fail(param, "is not valid JSON; Gemini needs the call's arguments as a JSON object") from None
-    if not isinstance(arguments, dict):
-        raise _fail(param, "must be a JSON object")
-    return arguments
+    return arguments(value, param, "Gemini needs the call's arguments as a JSON object")
 
 
 def _tool_result(message: Mapping[str, Any], where: str, names: Mapping[str, str]) -> dict[str, Any]:
@@ -404,10 +407,7 @@ def _tool_result(message: Mapping[str, Any], where: str, names: Mapping[str, str
 def _tools(raw: Any) -> Parts:
     declarations = []
     for k, item in enumerate(_array(raw, "tools")):
-        tool = _object(item, f"tools[{k}]")
-        if tool.get("type") != "function":
-            raise _fail(f"tools[{k}].type", "only function tools translate to Gemini", "unsupported_value")
-        function = _object(tool.get("function"), f"tools[{k}].function")
+        function = function_tool(item, k, "Gemini")
         declaration: dict[str, Any] = {"name": _name(function.get("name"), f"tools[{k}].function.name")}
         if function.get("description") is not None:
             description = _string(function["description"], f"tools[{k}].function.description")
@@ -439,21 +439,15 @@ def _tool_config(body: Mapping[str, Any]) -> dict[str, Any]:
         config = {"mode": "ANY", "allowedFunctionNames": [name]}
     elif isinstance(value, Mapping) and value.get("type") == "allowed_tools":
         # Send only the allowed subset of the tools, which the model sees the same way.
-        allowed = _object(value.get("allowed_tools"), "tool_choice.allowed_tools")
-        if allowed.get("mode") not in ("auto", "required"):
-            raise _fail("tool_choice.allowed_tools.mode", "must be auto or required")
-        listed = _array(allowed.get("tools"), "tool_choice.allowed_tools.tools")
-        names = {_function_name(t, f"tool_choice.allowed_tools.tools[{k}]") for k, t in enumerate(listed)}
-        if names - declared:
-            raise _fail("tool_choice.allowed_tools.tools", "names a function that is not in tools")
+        names, required = allowed_tools(value, declared)
         declarations = [declaration for declaration in declarations if declaration["name"] in names]
-        config = {"mode": "ANY" if allowed["mode"] == "required" else "AUTO"}
+        config = {"mode": "ANY" if required else "AUTO"}
     elif value is not None:
-        raise _fail("tool_choice", "must be none, auto, required, a function or allowed_tools", "unsupported_value")
+        raise bad_tool_choice()
     if not declarations:
         # Without tools only "none" and "auto" mean anything, and they mean what Gemini does then.
         if config is not None and config["mode"] == "ANY":
-            raise _fail("tool_choice", "asks for a tool call but the request has no tools")
+            raise no_tools_to_call()
         return {}
     parallel = body.get("parallel_tool_calls")
     if parallel is not None and not _bool(parallel, "parallel_tool_calls") and (config or {}).get("mode") != "NONE":
@@ -465,50 +459,9 @@ def _tool_config(body: Mapping[str, Any]) -> dict[str, Any]:
     return request
 
 
-def _function_name(value: Any, where: str) -> str:
-    function = _object(_object(value, where).get("function"), f"{where}.function")
-    return _name(function.get("name"), f"{where}.function.name")
-
-
-def _string(value: Any, param: str) -> str:
-    if not isinstance(value, str):
-        raise _fail(param, "must be a string")
-    return value
-
-
-def _name(value: Any, param: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise _fail(param, "must be a non-empty string")
-    return value
-
-
-def _number(value: Any, param: str) -> float:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-        raise _fail(param, "must be a number of at least 0")
-    return value
-
-
 def _count_of(value: Any, param: str, least: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < least:
         raise _fail(param, f"must be an integer of at least {least}")
-    return value
-
-
-def _bool(value: Any, param: str) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(param, "must be true or false")
-    return value
-
-
-def _object(value: Any, param: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _fail(param, "must be an object")
-    return value
-
-
-def _array(value: Any, param: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise _fail(param, "must be an array")
     return value
 
 
@@ -669,10 +622,6 @@ def chat_response(response: Mapping[str, Any], model: str, created: int) -> dict
     return completion
 
 
-def _compact(value: Any) -> str:
-    return orjson.dumps(value if value is not None else {}).decode()
-
-
 def _usage(usage: Mapping[str, Any]) -> dict[str, Any]:
     """Thinking is output in OpenAI's count (reasoning_tokens are part of completion_tokens), not in Gemini's
     candidatesTokenCount. promptTokenCount includes the cached tokens, as OpenAI's prompt_tokens does; the prompts of
@@ -689,14 +638,6 @@ def _usage(usage: Mapping[str, Any]) -> dict[str, Any]:
     if "thoughtsTokenCount" in usage:
         out["completion_tokens_details"] = {"reasoning_tokens": thoughts}
     return out
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
 
 
 def _list(value: Any) -> list[Any]:
@@ -737,7 +678,6 @@ _STATUS_OF_HTTP: Final[Mapping[int, str]] = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
-_RAW_TEXT_LIMIT: Final = 256  # characters of a non-JSON error body kept in the message
 
 
 def error_response(status: int, body: bytes) -> bytes:
@@ -756,11 +696,7 @@ def error_response(status: int, body: bytes) -> bytes:
     if isinstance(error.get("message"), str) and error["message"]:
         return orjson.dumps(_envelope(error.get("status"), error["message"], status, told=True))
     # Not Google's envelope (a proxy's HTML page, Envoy's "upstream connect error", ...): a bounded prefix of it.
-    text = body.decode("utf-8", "replace").strip()
-    if len(text) > _RAW_TEXT_LIMIT:
-        text = text[: _RAW_TEXT_LIMIT - 3] + "..."
-    why = text or f"the upstream answered HTTP {status} with an empty body"
-    return orjson.dumps(_envelope(None, why, status, told=False))
+    return orjson.dumps(_envelope(None, raw_error_text(status, body), status, told=False))
 
 
 def _envelope(kind: Any, message: str, status: int, told: bool) -> dict[str, Any]:
