@@ -31,6 +31,8 @@ from xds_server.extproc.schemas.common import (
     no_tools_to_call,
     no_turns,
     raw_error_text,
+    reasoning_effort,
+    structured_output,
 )
 from xds_server.extproc.schemas.common import RequestRejected as RequestRejected  # re-exported: callers import it here
 from xds_server.extproc.schemas.common import array as _array
@@ -76,7 +78,6 @@ _MAPPED: Final = frozenset(
 _KNOWN: Final = _MAPPED | DROPPED_FIELDS.keys() | UNSUPPORTED.keys()
 
 _IMAGE_TYPES: Final = ("image/jpeg", "image/png", "image/gif", "image/webp")
-_EFFORTS: Final = ("low", "medium", "high", "xhigh", "max")  # OpenAI's reasoning_effort values Anthropic has too
 
 Blocks = list[dict[str, Any]]
 
@@ -301,25 +302,9 @@ def _tool_choice(body: Mapping[str, Any], tools: Blocks) -> tuple[Blocks, dict[s
 
 def _output_config(body: Mapping[str, Any]) -> dict[str, Any]:
     config: dict[str, Any] = {}
-    if body.get("response_format") is not None:
-        response_format = _object(body["response_format"], "response_format")
-        kind = response_format.get("type")
-        if kind == "json_schema":
-            # Anthropic's structured outputs always hold to the schema (OpenAI's `strict`); `name` is only a label.
-            json_schema = _object(response_format.get("json_schema"), "response_format.json_schema")
-            schema = _object(json_schema.get("schema"), "response_format.json_schema.schema")
-            config["format"] = {"type": "json_schema", "schema": schema}
-        elif kind == "json_object":
-            why = "Anthropic has no JSON mode without a schema; use json_schema"
-            raise _fail("response_format.type", why, "unsupported_value")
-        elif kind != "text":
-            raise _fail("response_format.type", "must be text, json_schema or json_object")
-    effort = body.get("reasoning_effort")
-    if effort is not None:
-        # The same scale under the same names: how much the model may spend on thinking and answering.
-        if effort not in _EFFORTS:
-            code = "unsupported_value" if effort in ("none", "minimal") else "invalid_value"
-            raise _fail("reasoning_effort", f"Anthropic's effort is one of {', '.join(_EFFORTS)}", code)
+    if (structured := structured_output(body, "Anthropic")) is not None:
+        config["format"] = {"type": "json_schema", "schema": structured[1]}  # `name` is only a label
+    if (effort := reasoning_effort(body, "Anthropic")) is not None:
         config["effort"] = effort
     return config
 

@@ -42,7 +42,9 @@ from xds_server.extproc.schemas.common import (
     no_tools_to_call,
     no_turns,
     raw_error_text,
+    reasoning_effort,
     stream_exception,
+    structured_output,
 )
 from xds_server.extproc.schemas.common import RequestRejected as RequestRejected  # raised here, for the caller
 from xds_server.extproc.schemas.common import array as _array
@@ -87,7 +89,6 @@ _IMAGE_FORMATS: Final[Mapping[str, str]] = {
     "image/webp": "webp",
 }
 _AUDIO_FORMATS: Final = ("wav", "mp3")  # OpenAI's input_audio formats, both Converse AudioFormat values
-_EFFORTS: Final = ("low", "medium", "high", "xhigh", "max")  # OpenAI's reasoning_effort values Converse has too
 # OpenAI's service_tier -> Converse's serviceTier.type; "auto" (OpenAI's default) sends none: Bedrock's default.
 _SERVICE_TIERS: Final[Mapping[str, str]] = {
     "default": "default",
@@ -362,30 +363,14 @@ def _tool_config(body: Mapping[str, Any], history_has_tools: bool) -> dict[str, 
 
 def _output_config(body: Mapping[str, Any]) -> dict[str, Any]:
     config: dict[str, Any] = {}
-    if body.get("response_format") is not None:
-        response_format = _object(body["response_format"], "response_format")
-        kind = response_format.get("type")
-        if kind == "json_schema":
-            # Converse's structured output always holds to the schema (OpenAI's `strict`). It takes the schema as
-            # JSON text.
-            json_schema = _object(response_format.get("json_schema"), "response_format.json_schema")
-            schema = _object(json_schema.get("schema"), "response_format.json_schema.schema")
-            definition: dict[str, Any] = {"schema": orjson.dumps(schema).decode()}
-            for name in ("name", "description"):
-                if json_schema.get(name):
-                    definition[name] = _string(json_schema[name], f"response_format.json_schema.{name}")
-            config["textFormat"] = {"type": "json_schema", "structure": {"jsonSchema": definition}}
-        elif kind == "json_object":
-            why = "Converse has no JSON mode without a schema; use json_schema"
-            raise _fail("response_format.type", why, "unsupported_value")
-        elif kind != "text":
-            raise _fail("response_format.type", "must be text, json_schema or json_object")
-    effort = body.get("reasoning_effort")
-    if effort is not None:
-        # The same scale under the same names: how much the model may spend on reasoning and answering.
-        if effort not in _EFFORTS:
-            code = "unsupported_value" if effort in ("none", "minimal") else "invalid_value"
-            raise _fail("reasoning_effort", f"Converse's effort is one of {', '.join(_EFFORTS)}", code)
+    if (structured := structured_output(body, "Converse")) is not None:
+        json_schema, schema = structured
+        definition: dict[str, Any] = {"schema": orjson.dumps(schema).decode()}  # Converse takes it as JSON text
+        for name in ("name", "description"):
+            if json_schema.get(name):
+                definition[name] = _string(json_schema[name], f"response_format.json_schema.{name}")
+        config["textFormat"] = {"type": "json_schema", "structure": {"jsonSchema": definition}}
+    if (effort := reasoning_effort(body, "Converse")) is not None:
         config["effort"] = effort
     return config
 

@@ -117,6 +117,43 @@ def array(value: Any, param: str) -> list[Any]:
 # ---- OpenAI messages
 
 
+# OpenAI's reasoning_effort values that Anthropic and Converse have too, on the same scale under the same names.
+EFFORTS: Final = ("low", "medium", "high", "xhigh", "max")
+
+
+def reasoning_effort(body: Mapping[str, Any], provider: str) -> str | None:
+    """`reasoning_effort` for a provider whose effort has EFFORTS (how much the model may spend on reasoning and
+    answering); None when not given."""
+    effort = body.get("reasoning_effort")
+    if effort is None:
+        return None
+    if effort not in EFFORTS:
+        code = "unsupported_value" if effort in ("none", "minimal") else "invalid_value"
+        raise fail("reasoning_effort", f"{provider}'s effort is one of {', '.join(EFFORTS)}", code)
+    return str(effort)
+
+
+def structured_output(body: Mapping[str, Any], provider: str) -> tuple[Mapping[str, Any], Mapping[str, Any]] | None:
+    """(`response_format.json_schema`, its `schema`) for a provider whose structured output always holds to the
+    schema (OpenAI's `strict`); None for plain text or no format. JSON mode without a schema is refused."""
+    if body.get("response_format") is None:
+        return None
+    response_format = obj(body["response_format"], "response_format")
+    kind = response_format.get("type")
+    if kind == "json_schema":
+        json_schema = obj(response_format.get("json_schema"), "response_format.json_schema")
+        return json_schema, obj(json_schema.get("schema"), "response_format.json_schema.schema")
+    if kind == "json_object":
+        raise fail(
+            "response_format.type",
+            f"{provider} has no JSON mode without a schema; use json_schema",
+            "unsupported_value",
+        )
+    if kind != "text":
+        raise fail("response_format.type", "must be text, json_schema or json_object")
+    return None
+
+
 def add_turn(turns: list[dict[str, Any]], role: str, items: list[dict[str, Any]], key: str = "content") -> None:
     """Appends a turn of `role` holding `items` (under `key`). The providers reject empty turns and want roles to
     alternate: an empty turn goes, and a turn of the same role as the last merges into it."""
