@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from testing.gateway_run import gateway_running
-from testing.manifests import ai_gateway_route, ai_service_backend, keyed_backend
+from testing.manifests import ai_gateway_route, keyed_backend, secured_backend
 from testing.processes import Up
 from testing.providers.vertex_sim import new_service_account
 from testing.sims import SimProcess, start_anthropic_sim, start_azure_sim, start_bedrock_sim, start_vertex_sim
@@ -52,49 +52,25 @@ PROJECT, REGION = "e2e-project", "us-east5"
 
 def gcp_backend(name: str, schema: str, host: str, port: int, key_file: str) -> str:
     """A Vertex AI AIServiceBackend whose requests carry Google tokens minted from a service account's key."""
-    indented = "\n".join("    " + line for line in key_file.splitlines())
-    return (
-        ai_service_backend(name, host, port, schema)
-        + f"""
----
-apiVersion: aigateway.envoyproxy.io/v1beta1
-kind: BackendSecurityPolicy
-metadata: {{name: {name}}}
-spec:
-  type: GCPCredentials
-  gcpCredentials: {{projectName: {PROJECT}, region: {REGION}, credentialsFile: {{secretRef: {{name: {name}}}}}}}
-  targetRefs: [{{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: {name}}}]
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: {name}}}
-stringData:
-  service_account.json: |
-{indented}
-"""
-    )
+    block = {"projectName": PROJECT, "region": REGION, "credentialsFile": {"secretRef": {"name": name}}}
+    secret = {"service_account.json": key_file}
+    return secured_backend(name, host, port, schema, None, "GCPCredentials", block, secret)
 
 
 def entra_backend(name: str, host: str, port: int) -> str:
     """An AzureOpenAI AIServiceBackend whose requests carry Entra ID tokens the control plane mints."""
     tenant, client_id, secret = ENTRA
+    block = {"clientID": client_id, "tenantID": tenant, "clientSecretRef": {"name": name}}
+    return secured_backend(
+        name, host, port, "AzureOpenAI", "2024-10-21", "AzureCredentials", block, {"client-secret": secret}
+    )
+
+
+def aws_credentials_file(credentials: AwsCredentials) -> str:
+    token = f"aws_session_token = {credentials.session_token}\n" if credentials.session_token else ""
     return (
-        ai_service_backend(name, host, port, "AzureOpenAI", "2024-10-21")
-        + f"""
----
-apiVersion: aigateway.envoyproxy.io/v1beta1
-kind: BackendSecurityPolicy
-metadata: {{name: {name}}}
-spec:
-  type: AzureCredentials
-  azureCredentials: {{clientID: {client_id}, tenantID: {tenant}, clientSecretRef: {{name: {name}}}}}
-  targetRefs: [{{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: {name}}}]
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: {name}}}
-stringData: {{client-secret: "{secret}"}}
-"""
+        f"[default]\naws_access_key_id = {credentials.access_key_id}\n"
+        f"aws_secret_access_key = {credentials.secret_access_key}\n{token}"
     )
 
 
@@ -102,31 +78,9 @@ def aws_backend(
     name: str, host: str, port: int, credentials: AwsCredentials, region: str, schema: str = "AWSBedrock"
 ) -> str:
     """An AWS AIServiceBackend signed with an AWSCredentials policy whose Secret holds a credentials file."""
-    token = f"\n    aws_session_token = {credentials.session_token}" if credentials.session_token else ""
-    return (
-        ai_service_backend(name, host, port, schema)
-        + f"""
----
-apiVersion: aigateway.envoyproxy.io/v1beta1
-kind: BackendSecurityPolicy
-metadata: {{name: {name}}}
-spec:
-  type: AWSCredentials
-  awsCredentials:
-    region: {region}
-    credentialsFile: {{secretRef: {{name: {name}}}}}
-  targetRefs: [{{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: {name}}}]
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: {name}}}
-stringData:
-  credentials: |
-    [default]
-    aws_access_key_id = {credentials.access_key_id}
-    aws_secret_access_key = {credentials.secret_access_key}{token}
-"""
-    )
+    block = {"region": region, "credentialsFile": {"secretRef": {"name": name}}}
+    secret = {"credentials": aws_credentials_file(credentials)}
+    return secured_backend(name, host, port, schema, None, "AWSCredentials", block, secret)
 
 
 class Providers:
@@ -465,10 +419,7 @@ def _pointed_at_simulators(gw: Providers, directory: Path) -> list[Path]:
     secrets = {
         "azure-openai": {"apiKey": AZURE_KEY},
         "anthropic": {"apiKey": ANTHROPIC_KEY},
-        "bedrock": {
-            "credentials": f"[default]\naws_access_key_id = {AWS.access_key_id}\n"
-            f"aws_secret_access_key = {AWS.secret_access_key}\naws_session_token = {AWS.session_token}\n"
-        },
+        "bedrock": {"credentials": aws_credentials_file(AWS)},
         "vertex": {"service_account.json": gw.vertex_key_file},
     }
     written = []

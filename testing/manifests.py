@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+
 
 def gateway(listen_ports: list[int], name: str = "gw", listeners: list[str] | None = None) -> str:
     """GatewayClass `eg` (a controller this project serves) and Gateway `name` with one HTTP listener per port, or
@@ -57,8 +60,49 @@ spec: {{endpoints: [{{ip: {{address: {address}, port: {port}}}}}]}}
 """
 
 
-# A BackendSecurityPolicy type's block, and where the upstream-settings service puts its key.
-KEY_BLOCKS = {"APIKey": "apiKey", "AzureAPIKey": "azureAPIKey", "AnthropicAPIKey": "anthropicAPIKey"}
+# Each BackendSecurityPolicy type's spec block.
+POLICY_BLOCKS = {
+    "APIKey": "apiKey",
+    "AzureAPIKey": "azureAPIKey",
+    "AnthropicAPIKey": "anthropicAPIKey",
+    "AWSCredentials": "awsCredentials",
+    "AzureCredentials": "azureCredentials",
+    "GCPCredentials": "gcpCredentials",
+}
+
+
+def secured_backend(
+    name: str,
+    address: str,
+    port: int,
+    schema: str,
+    version: str | None,
+    policy_type: str,
+    block: Mapping[str, object],
+    secret: Mapping[str, str],
+) -> str:
+    """`ai_service_backend` with a BackendSecurityPolicy `name` of `policy_type` (its spec block `block`, which
+    names Secret `name`) and that Secret's `stringData`. The block and data are written as JSON (YAML reads it), so
+    multi-line values such as a credentials file need no indenting."""
+    spec_block = POLICY_BLOCKS[policy_type]
+    return (
+        ai_service_backend(name, address, port, schema, version)
+        + f"""
+---
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: BackendSecurityPolicy
+metadata: {{name: {name}}}
+spec:
+  type: {policy_type}
+  {spec_block}: {json.dumps(block)}
+  targetRefs: [{{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: {name}}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: {name}}}
+stringData: {json.dumps(secret)}
+"""
+    )
 
 
 def keyed_backend(
@@ -73,24 +117,8 @@ def keyed_backend(
     """`ai_service_backend` with a BackendSecurityPolicy of `policy_type` reading `api_key` from Secret `name`: the
     key goes on each attempt to it (APIKey: `authorization: Bearer <key>`; AzureAPIKey: `api-key`; AnthropicAPIKey:
     `x-api-key`)."""
-    return (
-        ai_service_backend(name, address, port, schema, version)
-        + f"""
----
-apiVersion: aigateway.envoyproxy.io/v1beta1
-kind: BackendSecurityPolicy
-metadata: {{name: {name}}}
-spec:
-  type: {policy_type}
-  {KEY_BLOCKS[policy_type]}: {{secretRef: {{name: {name}}}}}
-  targetRefs: [{{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: {name}}}]
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: {name}}}
-stringData: {{apiKey: "{api_key}"}}
-"""
-    )
+    block = {"secretRef": {"name": name}}
+    return secured_backend(name, address, port, schema, version, policy_type, block, {"apiKey": api_key})
 
 
 def ai_gateway_route(
