@@ -20,16 +20,14 @@ import orjson
 
 from xds_server.extproc.schemas.common import (
     UNSUPPORTED,
-    add_turn,
     allowed_tools,
     arguments,
-    bad_role,
     bad_tool_choice,
     check_fields,
+    conversation,
     finish_reason,
     function_tool,
     no_tools_to_call,
-    no_turns,
     raw_error_text,
     reasoning_effort,
     structured_output,
@@ -137,33 +135,10 @@ def _max_tokens(body: Mapping[str, Any], default: int) -> int:
 
 
 def _conversation(messages: Any) -> tuple[Blocks, Blocks]:
-    """(system blocks, alternating turns). System and developer messages anywhere are hoisted in order: Anthropic has
-    one system prompt, before the conversation."""
-    system: Blocks = []
-    turns: Blocks = []
-    for i, raw in enumerate(_array(messages, "messages")):
-        where = f"messages[{i}]"
-        message = _object(raw, where)
-        role = message.get("role")
-        # A message's `name` (a participant's label) has no Anthropic counterpart; the content says who speaks.
-        if role in ("system", "developer"):
-            system += _parts(message.get("content"), where, ("text",))
-        elif role == "user":
-            _add(turns, "user", _parts(message.get("content"), where, ("text", "image_url")))
-        elif role == "assistant":
-            _add(turns, "assistant", _assistant(message, where))
-        elif role == "tool":
-            # Tool results are user content in Anthropic's API: consecutive ones merge into one user turn in _add.
-            _add(turns, "user", [_tool_result(message, where)])
-        else:
-            raise bad_role(role, where)
-    if not turns:
-        raise no_turns("Anthropic")
-    return system, turns
-
-
-def _add(turns: Blocks, role: str, blocks: Blocks) -> None:
-    add_turn(turns, role, blocks)
+    """(system blocks, alternating turns): Anthropic has one system prompt, and tool results are user content."""
+    return conversation(
+        messages, "Anthropic", ("text", "image_url"), _parts, _assistant, lambda m, w: [_tool_result(m, w)]
+    )
 
 
 def _parts(content: Any, where: str, kinds: tuple[str, ...]) -> Blocks:

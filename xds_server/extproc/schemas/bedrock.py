@@ -31,16 +31,14 @@ import orjson
 
 from xds_server.extproc.schemas.common import (
     UNSUPPORTED,
-    add_turn,
     allowed_tools,
     arguments,
-    bad_role,
     bad_tool_choice,
     check_fields,
+    conversation,
     finish_reason,
     function_tool,
     no_tools_to_call,
-    no_turns,
     raw_error_text,
     reasoning_effort,
     stream_exception,
@@ -167,33 +165,8 @@ def _inference(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _conversation(messages: Any) -> tuple[Blocks, Blocks]:
-    """(system blocks, alternating turns). System and developer messages anywhere are hoisted in order: Converse has
-    one system prompt, before the conversation."""
-    system: Blocks = []
-    turns: Blocks = []
-    for i, raw in enumerate(_array(messages, "messages")):
-        where = f"messages[{i}]"
-        message = _object(raw, where)
-        role = message.get("role")
-        # A message's `name` (a participant's label) has no Converse counterpart; the content says who speaks.
-        if role in ("system", "developer"):
-            system += _parts(message.get("content"), where, ("text",))
-        elif role == "user":
-            _add(turns, "user", _parts(message.get("content"), where, ("text", "image_url", "input_audio")))
-        elif role == "assistant":
-            _add(turns, "assistant", _assistant(message, where))
-        elif role == "tool":
-            # Converse has no tool role: results are user content, and consecutive ones merge into one turn in _add.
-            _add(turns, "user", _tool_result(message, where))
-        else:
-            raise bad_role(role, where)
-    if not turns:
-        raise no_turns("Converse")
-    return system, turns
-
-
-def _add(turns: Blocks, role: str, blocks: Blocks) -> None:
-    add_turn(turns, role, blocks)
+    """(system blocks, alternating turns): Converse has one system prompt, and no tool role."""
+    return conversation(messages, "Converse", ("text", "image_url", "input_audio"), _parts, _assistant, _tool_result)
 
 
 def _parts(content: Any, where: str, kinds: tuple[str, ...]) -> Blocks:

@@ -154,6 +154,46 @@ def structured_output(body: Mapping[str, Any], provider: str) -> tuple[Mapping[s
     return None
 
 
+Items = list[dict[str, Any]]
+PartsReader = Callable[[Any, str, tuple[str, ...]], Items]  # (content, where, the part kinds allowed) -> items
+MessageReader = Callable[[Mapping[str, Any], str], Items]  # (message, where) -> items
+
+
+def conversation(
+    messages: Any,
+    provider: str,
+    user_kinds: tuple[str, ...],
+    parts: PartsReader,
+    assistant: MessageReader,
+    tool_result: MessageReader,
+    model_role: str = "assistant",
+    key: str = "content",
+) -> tuple[Items, Items]:
+    """(system items, alternating turns) of OpenAI's messages, for a provider with one system prompt before the
+    conversation and no tool role: system and developer messages anywhere are hoisted in order, tool results are
+    user content, and neighbours of one role merge into one turn (add_turn). A message's `name` (a participant's
+    label) has no counterpart at any provider: the content says who speaks."""
+    system: Items = []
+    turns: Items = []
+    for i, raw in enumerate(array(messages, "messages")):
+        where = f"messages[{i}]"
+        message = obj(raw, where)
+        role = message.get("role")
+        if role in ("system", "developer"):
+            system += parts(message.get("content"), where, ("text",))
+        elif role == "user":
+            add_turn(turns, "user", parts(message.get("content"), where, user_kinds), key)
+        elif role == "assistant":
+            add_turn(turns, model_role, assistant(message, where), key)
+        elif role == "tool":
+            add_turn(turns, "user", tool_result(message, where), key)
+        else:
+            raise bad_role(role, where)
+    if not turns:
+        raise no_turns(provider)
+    return system, turns
+
+
 def add_turn(turns: list[dict[str, Any]], role: str, items: list[dict[str, Any]], key: str = "content") -> None:
     """Appends a turn of `role` holding `items` (under `key`). The providers reject empty turns and want roles to
     alternate: an empty turn goes, and a turn of the same role as the last merges into it."""

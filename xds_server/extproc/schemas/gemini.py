@@ -54,15 +54,13 @@ import orjson
 
 from xds_server.extproc.schemas.common import (
     UNSUPPORTED,
-    add_turn,
     allowed_tools,
     arguments,
-    bad_role,
     bad_tool_choice,
     check_fields,
+    conversation,
     function_tool,
     no_tools_to_call,
-    no_turns,
     raw_error_text,
 )
 from xds_server.extproc.schemas.common import RequestRejected as RequestRejected  # raised here, for the caller
@@ -243,35 +241,19 @@ def _output_config(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _conversation(messages: Any, gcs_uris: bool) -> tuple[Parts, Parts]:
-    """(system instruction parts, contents). System and developer messages anywhere are hoisted in order: Gemini has
-    one system instruction, before the conversation."""
-    system: Parts = []
-    contents: Parts = []
-    names: dict[str, str] = {}  # tool call id -> function name, from the assistant messages so far
-    for i, raw in enumerate(_array(messages, "messages")):
-        where = f"messages[{i}]"
-        message = _object(raw, where)
-        role = message.get("role")
-        # A message's `name` (a participant's label) has no Gemini counterpart; the content says who speaks.
-        if role in ("system", "developer"):
-            system += _parts(message.get("content"), where, ("text",), gcs_uris)
-        elif role == "user":
-            kinds = ("text", "image_url", "input_audio", "file")
-            _add(contents, "user", _parts(message.get("content"), where, kinds, gcs_uris))
-        elif role == "assistant":
-            _add(contents, "model", _assistant(message, where, names))
-        elif role == "tool":
-            # Gemini has no tool role: results are user content, and consecutive ones merge into one turn in _add.
-            _add(contents, "user", [_tool_result(message, where, names)])
-        else:
-            raise bad_role(role, where)
-    if not contents:
-        raise no_turns("Gemini")
-    return system, contents
-
-
-def _add(contents: Parts, role: str, parts: Parts) -> None:
-    add_turn(contents, role, parts, "parts")
+    """(system instruction parts, contents): Gemini has one system instruction, no tool role, and calls the
+    assistant `model`. Tool results name their function, looked up by call id from the assistant messages so far."""
+    names: dict[str, str] = {}  # tool call id -> function name
+    return conversation(
+        messages,
+        "Gemini",
+        ("text", "image_url", "input_audio", "file"),
+        lambda content, where, kinds: _parts(content, where, kinds, gcs_uris),
+        lambda message, where: _assistant(message, where, names),
+        lambda message, where: [_tool_result(message, where, names)],
+        model_role="model",
+        key="parts",
+    )
 
 
 def _parts(content: Any, where: str, kinds: tuple[str, ...], gcs_uris: bool) -> Parts:
