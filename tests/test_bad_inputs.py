@@ -6,6 +6,7 @@ message), not measured here: tests assert no timings."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from translators.gatewayapi import translate
 from translators.gatewayapi.unsupported import GATEWAY_GROUPS
 from translators.loader import load_texts
 from translators.resources import split_api_version
@@ -21,28 +23,66 @@ from translators.resources.fields import has_properties
 from xds_server.sources.files import load_paths
 
 CORPUS = Path(__file__).resolve().parent / "bad-inputs"
-EXPECT = b"# expect: "
+HEADER = re.compile(rb"# (expect|expect-warning|expect-status|serves): (.*)")
 
 
-def expected(path: Path) -> str:
-    first = path.read_bytes().split(b"\n", 1)[0]
-    assert first.startswith(EXPECT), f"{path.name}: the first line must be `# expect: ...`"
-    return first.removeprefix(EXPECT).decode()
+def headers(path: Path) -> dict[str, list[str]]:
+    """The file's leading `# <key>: <value>` lines:
+    - `expect`: text the file's one error contains (several lines: all of them);
+    - `expect-warning`: the same, of the one warning of a mistake that refuses nothing;
+    - `expect-status`: a mistake only translation sees (`Kind/namespace/name Type Status Reason` of a condition);
+      the file then loads without error;
+    - `serves`: `Kind namespace/name` of an object still served despite the mistake."""
+    found: dict[str, list[str]] = {}
+    for line in path.read_bytes().split(b"\n"):
+        match = HEADER.fullmatch(line)
+        if match is None:
+            break
+        found.setdefault(match[1].decode(), []).append(match[2].decode())
+    assert found.keys() & {"expect", "expect-warning", "expect-status"}, f"{path.name}: first line: `# expect: ...`"
+    return found
 
 
 @pytest.mark.parametrize("path", sorted(CORPUS.glob("*.yaml")), ids=lambda p: p.name)
 def test_each_mistake_gives_its_message(path: Path) -> None:
+    expected = headers(path)
     loaded = load_paths([path])
-    assert len(loaded.errors) == 1, [str(e) for e in loaded.errors]
-    message = str(loaded.errors[0])
-    assert expected(path) in message, message
+    served = sorted(str(key) for key in loaded.objects)
+    if "expect-status" in expected:
+        assert loaded.errors == ()
+        conditions = [
+            f"{s.ref.kind}/{s.ref.namespace}/{s.ref.name} {c.type} {c.status.value} {c.reason}: {c.message}"
+            for s in translate(loaded).statuses
+            for c in (*s.conditions, *(c for p in s.parents for c in p.conditions))
+        ]
+        for text in expected["expect-status"]:
+            assert any(text in line for line in conditions), conditions
+        return
+    said = loaded.warnings if "expect-warning" in expected else loaded.errors
+    assert len(said) == 1 and len(loaded.errors + loaded.warnings) == 1, [str(e) for e in loaded.errors + said]
+    message = str(said[0])
+    for text in expected.get("expect", expected.get("expect-warning", [])):
+        assert text in message, message
     assert message.startswith(str(path)), message  # it names the file
-    assert loaded.objects == {}  # the broken object is not served
+    assert served == sorted(expected.get("serves", [])), served  # nothing broken is served, the rest is
 
 
 def test_the_corpus_covers_the_kinds_of_mistakes() -> None:
     names = {p.stem for p in CORPUS.glob("*.yaml")}
-    assert {"typo-field", "wrong-type", "out-of-range", "missing-required", "broken-yaml", "yaml-bomb"} <= names
+    assert {
+        "typo-field",
+        "wrong-type",
+        "out-of-range",
+        "missing-required",
+        "broken-yaml",
+        "yaml-bomb",
+        "cycle",
+        "deep-nesting",
+        "duplicate-name",
+        "reference-to-nothing",
+        "binary",
+        "huge-string",
+    } <= names
 
 
 # --- mutations of valid manifests ---

@@ -23,7 +23,7 @@ def config_map(name: str, value: str, namespace: str | None = None) -> str:
     return f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}{ns}}}\ndata: {{k: {value}}}\n"
 
 
-def test_later_object_replaces_earlier_and_namespace_defaults() -> None:
+def test_later_object_replaces_earlier_and_says_so_and_namespace_defaults() -> None:
     loaded = load_texts(
         [
             ("a.yaml", config_map("cm", "first") + "---\n" + GATEWAY_CLASS),
@@ -31,6 +31,10 @@ def test_later_object_replaces_earlier_and_namespace_defaults() -> None:
         ]
     )
     assert loaded.errors == ()
+    assert [str(w) for w in loaded.warnings] == [
+        "b.yaml document 1: ConfigMap/default/cm: field metadata.name: defined twice, differently: this one replaces "
+        "the one of a.yaml document 1, as kubectl apply would (remove one of them)"
+    ]
     cm = loaded.get(ConfigMap, "default", "cm")
     assert cm is not None and cm.data == {"k": "second"}
     assert loaded.origins[ObjectKey("ConfigMap", "default", "cm")].file == "b.yaml"
@@ -159,6 +163,8 @@ def test_directory_files_load_in_name_order(tmp_path: Path) -> None:
     loaded = load_paths([tmp_path, tmp_path / "missing.yaml"])
     cm = loaded.get(ConfigMap, "default", "cm")
     assert cm is not None and cm.data == {"k": "from-b"}
+    [twice] = loaded.warnings
+    assert twice.origin.file.endswith("b.yaml") and "a.yml document 1" in twice.reason  # b's replaces a's
     [error] = loaded.errors
     assert error.origin.file.endswith("missing.yaml") and error.reason == "no such file or directory"
     assert str(error) == f"{tmp_path / 'missing.yaml'}: no such file or directory"  # no "?/?" for no object

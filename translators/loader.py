@@ -119,6 +119,8 @@ class ResourceSet:
     errors: tuple[LoadError, ...] = ()
     # Served objects read from an API server with fields the translator does not read (see `ignored_fields`).
     ignored: Mapping[ObjectKey, tuple[str, ...]] = field(default_factory=dict)
+    # Mistakes that refuse nothing: an object defined twice, differently (the later is served).
+    warnings: tuple[LoadError, ...] = ()
 
     def of_kind(self, model: type[R]) -> list[R]:
         """Every object of one kind, in key order (namespace, name), never in document order."""
@@ -255,11 +257,48 @@ def _reason(message: str) -> str:
     return message.removeprefix("Value error, ")
 
 
+CYCLE = "a YAML alias names a node that contains it: the document would be infinite"
+
+
+def _contains_itself(root: Any) -> bool:
+    """Whether a decoded document holds itself (`a: &x {b: *x}` decodes so): each list and mapping is entered once,
+    so a shared (aliased) node costs one visit, however often it is repeated."""
+    finished: set[int] = set()
+    entered: set[int] = set()
+    stack: list[tuple[Any, Iterator[Any]]] = []
+
+    def enter(value: Any) -> bool:
+        if not isinstance(value, dict | list) or id(value) in finished:
+            return False
+        if id(value) in entered:
+            return True  # reached again from inside itself
+        entered.add(id(value))
+        stack.append((value, iter(value.values() if isinstance(value, dict) else value)))
+        return False
+
+    if enter(root):
+        return True
+    while stack:
+        value, children = stack[-1]
+        child = next(children, stack)
+        if child is stack:  # all its children done
+            stack.pop()
+            entered.discard(id(value))
+            finished.add(id(value))
+        elif enter(child):
+            return True
+    return False
+
+
 def _documents(text: str, file: str) -> Iterator[tuple[Any, Origin] | LoadError]:
     number = 0
+    aliased = "*" in text and "&" in text  # only aliases make cycles: most files need no walk
     try:
         for number, raw in enumerate(yaml.load_all(text, Loader=_YamlLoader), start=1):
             if raw is None:  # an empty document, e.g. a leading or doubled `---`
+                continue
+            if aliased and _contains_itself(raw):
+                yield LoadError(Origin(file, number), "", "", "", "", CYCLE)
                 continue
             if isinstance(raw, dict) and raw.get("kind") == "List" and isinstance(raw.get("items"), list):
                 for item in raw["items"]:
@@ -303,11 +342,15 @@ def parse_text(file: str, text: str) -> tuple[Parsed, ...]:
 
 
 def combine(parsed_files: Iterable[Sequence[Parsed]]) -> ResourceSet:
-    """Parsed files, in apply order, -> a ResourceSet (a later object with the same key replaces the earlier)."""
+    """Parsed files, in apply order, -> a ResourceSet. A later object with the same kind, namespace and name replaces
+    the earlier, as `kubectl apply -f` would (so files and a cluster serve the same), but never silently: when the two
+    differ, it is a warning naming both places (a stale copy left in another file is a mistake the user must hear of).
+    The same object again is not: tutorials apply shared objects with each step."""
     objects: dict[ObjectKey, Resource] = {}
     origins: dict[ObjectKey, Origin] = {}
     unknown: dict[tuple[str, str, str], UnknownObject] = {}
     errors: list[LoadError] = []
+    warnings: list[LoadError] = []
     for parsed_file in parsed_files:
         for item in parsed_file:
             if isinstance(item, LoadError):
@@ -316,9 +359,19 @@ def combine(parsed_files: Iterable[Sequence[Parsed]]) -> ResourceSet:
                 unknown[(item.kind, item.namespace, item.name)] = item
             else:
                 key = object_key(item[0])
+                first = origins.get(key)
+                if first is not None and objects[key] != item[0]:  # the same again is a tutorial's re-apply
+                    warnings.append(_duplicate(key, first, item[1]))
                 objects[key] = item[0]
                 origins[key] = item[1]
-    return ResourceSet(objects, origins, tuple(unknown.values()), tuple(errors))
+    return ResourceSet(objects, origins, tuple(unknown.values()), tuple(errors), warnings=tuple(warnings))
+
+
+def _duplicate(key: ObjectKey, first: Origin, again: Origin) -> LoadError:
+    place = f"{first.file} document {first.document}" if first.document else first.file
+    reason = f"defined twice, differently: this one replaces the one of {place}, as kubectl apply would"
+    reason += " (remove one of them)"
+    return LoadError(again, key.kind, key.namespace, key.name, "metadata.name", reason)
 
 
 def load_texts(sources: Iterable[tuple[str, str]]) -> ResourceSet:
@@ -348,4 +401,4 @@ def keep_last_good(previous: ResourceSet, current: ResourceSet) -> ResourceSet:
         if key not in kept and broken(key, origin):
             kept[key] = obj
             origins[key] = origin
-    return ResourceSet(kept, origins, current.unknown, current.errors)
+    return ResourceSet(kept, origins, current.unknown, current.errors, warnings=current.warnings)

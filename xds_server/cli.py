@@ -161,6 +161,8 @@ def run_translate(args: argparse.Namespace) -> int:
         yaml.safe_dump(document, sys.stdout, sort_keys=False)
     for error in resources.errors:
         print(f"error: {error}", file=sys.stderr)
+    for warning in resources.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for ref, message in unsupported_objects(translation):
         print(f"warning: {ref.kind} {ref.key}: {message}", file=sys.stderr)
     return 1 if errors else 0

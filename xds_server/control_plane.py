@@ -18,7 +18,7 @@ from typing import Any
 from translators.gatewayapi import translate
 from translators.gatewayapi.unsupported import unsupported_objects
 from translators.ir import Condition, ConditionStatus, ObjectRef, ObjectStatus, TranslateOptions, Translation
-from translators.loader import ResourceSet
+from translators.loader import LoadError, ResourceSet
 from translators.runtime import RuntimeTables, runtime_tables
 from translators.xds.gateway import gateway_resources
 from translators.xds.memo import Memo
@@ -103,6 +103,7 @@ class ControlPlane:
     # Called on the event loop with every applied build (the Endpoint Picker follows pools this way).
     build_listeners: list[Callable[[Build], None]] = field(default_factory=list)
     _unsupported_said: set[ObjectRef] = field(default_factory=set)  # objects of unsupported kinds already logged
+    _warnings_said: set[LoadError] = field(default_factory=set)
     # Set when the process is told to stop: /readyz fails, long-lived streams (the usage log) end, in-flight
     # requests' streams finish (ControlPlaneService.stop).
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -138,6 +139,10 @@ class ControlPlane:
         metrics.LOAD_ERRORS.set(len(built.resources.errors))
         for error in built.resources.errors:
             log.error("invalid object: %s", error)
+        for warning in built.resources.warnings:
+            if warning not in self._warnings_said:  # once, not at every reload
+                self._warnings_said.add(warning)
+                log.warning("%s", warning)
         for ref, message in unsupported_objects(built.translation):
             if ref not in self._unsupported_said:  # once per object, not at every reload
                 self._unsupported_said.add(ref)
@@ -190,7 +195,12 @@ class ControlPlane:
 
     def status_document(self) -> dict[str, Any]:
         errors = self.current.resources.errors if self.current else ()
-        return {"status": [status_dict(s) for s in self.statuses()], "errors": [error_dict(e) for e in errors]}
+        warnings = self.current.resources.warnings if self.current else ()
+        return {
+            "status": [status_dict(s) for s in self.statuses()],
+            "errors": [error_dict(e) for e in errors],
+            "warnings": [error_dict(w) for w in warnings],
+        }
 
     def snapshots_document(self) -> dict[str, Any]:
         """`/debug/snapshots`: per Gateway, the version and resource names of each type."""

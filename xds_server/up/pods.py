@@ -220,4 +220,4 @@ def with_pods(resources: ResourceSet, pods: Mapping[ObjectKey, tuple[Pod, Origin
         return resources
     objects = {**resources.objects, **{key: pod for key, (pod, _) in pods.items()}}
     origins = {**resources.origins, **{key: origin for key, (_, origin) in pods.items()}}
-    return ResourceSet(objects, origins, resources.unknown, resources.errors)
+    return ResourceSet(objects, origins, resources.unknown, resources.errors, warnings=resources.warnings)

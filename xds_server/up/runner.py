@@ -167,6 +167,7 @@ class Runner:
     def _apply_manifests(self, resources: ResourceSet) -> None:
         self.files = resources
         problems = [f"invalid object: {error}" for error in resources.errors]
+        problems += [f"warning: {warning}" for warning in resources.warnings]
         rbac = [o for kind in RBAC_KINDS for o in resources.of_kind(kind)]
         if rbac:
             problems.append(f"{len(rbac)} RBAC object(s) (ServiceAccount, Role, ...) have no effect on one machine")
