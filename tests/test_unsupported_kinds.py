@@ -205,6 +205,43 @@ def test_a_route_of_an_unsupported_kind_gets_an_entry_per_parent_ref_of_ours() -
     assert via.parent == ParentRefIR("ns", "extra", GATEWAY_API, "ListenerSet")
 
 
+AI_ROUTE = """apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: AIGatewayRoute
+metadata: {name: ai, namespace: ns}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{matches: [{headers: [{name: x-ai-eg-model, value: m}]}], backendRefs: [{name: used}]}]
+---
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: AIGatewayRoute
+metadata: {name: ai-foreign, namespace: ns}
+spec:
+  parentRefs: [{name: foreign}]
+  rules: [{matches: [{headers: [{name: x-ai-eg-model, value: m}]}], backendRefs: [{name: theirs}]}]
+"""
+
+
+def quota(name: str, backend: str) -> str:
+    return (
+        f"apiVersion: aigateway.envoyproxy.io/v1alpha1\nkind: QuotaPolicy\nmetadata: {{name: {name}, namespace: ns}}\n"
+        f"spec: {{targetRefs: [{{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: {backend}}}]}}\n"
+    )
+
+
+def test_a_quota_on_a_backend_our_ai_routes_use_is_unsupported_on_their_gateways_and_an_mcp_route_on_ours() -> None:
+    mcp = (
+        "apiVersion: aigateway.envoyproxy.io/v1beta1\nkind: MCPRoute\nmetadata: {name: tools, namespace: ns}\n"
+        "spec: {parentRefs: [{name: gw}]}\n"
+    )
+    found = statuses(AI_ROUTE + "---\n" + quota("q", "used") + "---\n" + quota("q2", "theirs") + "---\n" + mcp)
+    assert (
+        unsupported(found[("QuotaPolicy", "q")]) and "token quotas" in found[("QuotaPolicy", "q")].conditions[0].message
+    )
+    assert [p.parent for p in found[("QuotaPolicy", "q")].parents] == [ParentRefIR("ns", "gw")]
+    assert ("QuotaPolicy", "q2") not in found  # a backend only another controller's Gateway uses
+    assert [p.parent for p in found[("MCPRoute", "tools")].parents] == [ParentRefIR("ns", "gw")]
+
+
 def test_in_files_an_object_that_references_nothing_is_still_reported() -> None:
     found = statuses(policy("nothing", "{}") + "---\n" + grpc_route("orphan", "{}"))
     assert unsupported(found[("SecurityPolicy", "nothing")]) and found[("SecurityPolicy", "nothing")].parents == ()
@@ -247,6 +284,8 @@ def test_the_report_only_kinds_are_watched_namespaced_with_status() -> None:
         "UDPRoute",
         "ListenerSet",
         "XListenerSet",
+        "MCPRoute",
+        "QuotaPolicy",
     }
     for name in reported:
         kind = BY_NAME[name]

@@ -132,6 +132,8 @@ def test_defaults_render_a_cluster_wide_least_privilege_controller(helm: Helm) -
         ("gateway.networking.x-k8s.io", "xlistenersets"),
         ("gateway.envoyproxy.io", "securitypolicies"),
         ("gateway.envoyproxy.io", "envoypatchpolicies"),
+        ("aigateway.envoyproxy.io", "mcproutes"),
+        ("aigateway.envoyproxy.io", "quotapolicies"),
     ]:
         assert granted(rules, group, resource) == {"get", "list", "watch"}, resource
         assert granted(rules, group, f"{resource}/status") == {"update"}, resource

@@ -19,6 +19,7 @@ from translators.gatewayapi.status import StatusBook
 from translators.ir import ConditionStatus, ObjectRef, ParentRefIR, Translation
 from translators.loader import DEFAULT_NAMESPACE, Reference, UnknownObject
 from translators.resources import AIGatewayRoute, HTTPRoute, split_api_version
+from translators.resources.aigateway import AIGATEWAY_GROUP
 from translators.resources.gateway_api import GATEWAY_API_GROUP
 
 UNSUPPORTED_REASON = "Unsupported"
@@ -82,6 +83,10 @@ def _key(unknown: UnknownObject) -> _Key:
     return (group, unknown.kind, unknown.namespace or DEFAULT_NAMESPACE, unknown.name)
 
 
+def _route_key(route: HTTPRoute | AIGatewayRoute) -> _Key:
+    return (route.group, route.kind, route.namespace, route.name)
+
+
 def _target(reference: Reference) -> _Key:
     return (reference.group, reference.kind, reference.namespace, reference.name)
 
@@ -111,7 +116,15 @@ def report_unsupported(
         for parent in route.spec.parent_refs:
             key = (parent.namespace or route.namespace, parent.name)
             if (parent.group, parent.kind) == (GATEWAY_API_GROUP, "Gateway") and key in our_gateways:
-                attached.setdefault((route.group, route.kind, route.namespace, route.name), set()).add(key)
+                attached.setdefault(_route_key(route), set()).add(key)
+        # The AIServiceBackends an AI route sends to are reached through its Gateways (a QuotaPolicy targets them).
+        if isinstance(route, AIGatewayRoute) and (gateways := attached.get(_route_key(route))):
+            for rule in route.spec.rules:
+                for backend_ref in rule.backend_refs:
+                    if not backend_ref.is_inference_pool:
+                        namespace = backend_ref.namespace or route.namespace
+                        backend = (AIGATEWAY_GROUP, "AIServiceBackend", namespace, backend_ref.name)
+                        attached.setdefault(backend, set()).update(gateways)
     for _ in range(2):
         for obj in unknown:
             for reference in obj.references:

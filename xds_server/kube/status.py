@@ -62,6 +62,8 @@ SHAPES: Mapping[str, StatusShape] = {
     ),
     # Their conditions are their parent Gateway's controller's: ours when their parent is our Gateway.
     **dict.fromkeys(("ListenerSet", "XListenerSet"), StatusShape.CONDITIONS),
+    # Envoy AI Gateway's kinds keep its status layout: conditions only.
+    **dict.fromkeys(("MCPRoute", "QuotaPolicy"), StatusShape.AI_GATEWAY),
 }
 
 # Envoy AI Gateway's reasons, kept so tools written against it keep working; our reason leads the message.

@@ -120,6 +120,10 @@ KINDS: tuple[Kind, ...] = (
     # ListenerSet (v1 in the Gateway API v1.6 bundle), and XListenerSet, its predecessor in the experimental group.
     Kind(GATEWAY_API, "v1", "ListenerSet", "listenersets", status_subresource=True, report_only=True),
     Kind(GATEWAY_API_X, "v1alpha1", "XListenerSet", "xlistenersets", status_subresource=True, report_only=True),
+    # Envoy AI Gateway's MCP routes (parentRefs to Gateways) and token quotas (targetRefs to AIServiceBackends, which
+    # reach our Gateways through the AIGatewayRoutes that use them). QuotaPolicy exists in v1alpha1 only.
+    Kind(AI_GATEWAY, "v1beta1", "MCPRoute", "mcproutes", status_subresource=True, report_only=True),
+    Kind(AI_GATEWAY, "v1alpha1", "QuotaPolicy", "quotapolicies", status_subresource=True, report_only=True),
 )
 
 BY_NAME: dict[str, Kind] = {kind.kind: kind for kind in KINDS}
