@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 
 from translators.ir import (
@@ -46,6 +46,7 @@ from translators.resources import (
 from translators.resources.core import SERVICE_NAME_LABEL
 from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP
 from translators.resources.inference import INFERENCE_GROUP
+from translators.tracking import Reads
 from translators.upstream_tls import TargetTls, UpstreamTls
 from translators.xds.names import ENDPOINT_PICKER_ANNOTATION, NOT_A_HEADER_VALUE
 
@@ -151,7 +152,7 @@ class BackendResolver:
             self._objectives.setdefault(objective.namespace, []).append(objective)
         self._picker_configs = PickerConfigFinder(resources)
         # Every rule routing to a pool needs it: built once, with the Endpoint Picker it calls in reference mode.
-        self._pools: dict[tuple[str, str], tuple[PoolIR, EndpointPickerIR | None]] = {}
+        self._pools: dict[Hashable, tuple[tuple[PoolIR, EndpointPickerIR | None], Reads]] = {}
 
     def _pods(self, namespace: str, labels: dict[str, str], ready: bool = True) -> list[Pod]:
         """The Ready pods `labels` select; with `ready=False`, those with an address that are not Ready."""
@@ -281,12 +282,12 @@ class BackendResolver:
         return self._pool(pool)[0]
 
     def _pool(self, pool: InferencePool) -> tuple[PoolIR, EndpointPickerIR | None]:
-        key = (pool.namespace, pool.name)
-        if key not in self._pools:
+        def build() -> tuple[PoolIR, EndpointPickerIR | None]:
             pool_ir = self._build_pool(pool)
             referenced = self._endpoint_picker_of(pool) if pool_ir.picker is PickerMode.REFERENCE else None
-            self._pools[key] = (pool_ir, referenced)
-        return self._pools[key]
+            return pool_ir, referenced
+
+        return self._resources.cached(self._pools, (pool.namespace, pool.name), build)
 
     def _picker_mode(self, pool: InferencePool) -> PickerMode:
         """The pool's annotation, else the option. A pool without endpointPickerRef (optional since GIE v1.6) has

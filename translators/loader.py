@@ -9,9 +9,9 @@ and leaves every other object, including an earlier valid version of the same ob
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple, TypeVar
 
 import yaml
 from pydantic import ValidationError
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from translators.resources import MODELS, Resource, split_api_version
 from translators.resources.fields import TooLarge, unknown_fields
 from translators.resources.gateway_api import GATEWAY_API_GROUP
+from translators.tracking import Reads, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,12 @@ class _YamlLoader(_BaseLoader):  # type: ignore[valid-type,misc]  # CSafeLoader 
 DEFAULT_NAMESPACE = "default"
 
 R = TypeVar("R", bound=Resource)
+V = TypeVar("V")
 
 
-@dataclass(frozen=True, order=True)
-class ObjectKey:
+class ObjectKey(NamedTuple):
+    """A tuple, so that hashing and comparing it (every lookup of every object) run in C."""
+
     kind: str
     namespace: str
     name: str
@@ -121,20 +124,55 @@ class ResourceSet:
     ignored: Mapping[ObjectKey, tuple[str, ...]] = field(default_factory=dict)
     # Mistakes that refuse nothing: an object defined twice, differently (the later is served).
     warnings: tuple[LoadError, ...] = ()
+    # Sees what the translation reads (see translators.tracking); None outside a translation.
+    tracker: Tracker | None = field(default=None, compare=False, repr=False)
+
+    def tracked(self) -> ResourceSet:
+        """The same objects, with a new tracker of what is read of them."""
+        tracked = replace(self, tracker=Tracker())
+        object.__setattr__(tracked, "_kind_index", self._by_kind())  # the same objects: the same index
+        return tracked
 
     def of_kind(self, model: type[R]) -> list[R]:
         """Every object of one kind, in key order (namespace, name), never in document order."""
-        found = [
-            ((key.namespace, key.name), obj)
-            for key, obj in self.objects.items()
-            if key.kind == model.kind and isinstance(obj, model)
-        ]
-        found.sort(key=lambda item: item[0])  # plain string tuples: far cheaper than comparing ObjectKeys
-        return [obj for _, obj in found]
+        if self.tracker is not None:
+            self.tracker.kind(model.kind)
+        return self.untracked_of_kind(model)
+
+    def untracked_of_kind(self, model: type[R]) -> list[R]:
+        """`of_kind` for a caller that records, itself, which of the objects each of its answers derives from."""
+        return [obj for obj in self._by_kind().get(model.kind, ()) if isinstance(obj, model)]
+
+    def _by_kind(self) -> dict[str, list[Resource]]:
+        """Each kind's objects in key order (namespace, name), never in document order: indexed once per set."""
+        index: dict[str, list[Resource]] | None = self.__dict__.get("_kind_index")
+        if index is None:
+            index = {}
+            for key in sorted(self.objects):
+                index.setdefault(key.kind, []).append(self.objects[key])
+            object.__setattr__(self, "_kind_index", index)  # a cache of a frozen value: not a field
+        return index
 
     def get(self, model: type[R], namespace: str, name: str) -> R | None:
-        obj = self.objects.get(ObjectKey(model.kind, namespace if model.namespaced else "", name))
+        key = ObjectKey(model.kind, namespace if model.namespaced else "", name)
+        if self.tracker is not None:
+            self.tracker.key(key)
+        obj = self.objects.get(key)
         return obj if isinstance(obj, model) else None
+
+    def read(self, model: type[Resource], namespace: str, name: str) -> None:
+        """Records a read of one object an answer derives from, found without `get` (in an index of the kind)."""
+        if self.tracker is not None:
+            self.tracker.key((model.kind, namespace if model.namespaced else "", name))
+
+    def cached(self, cache: MutableMapping[Hashable, tuple[V, Reads]], key: Hashable, compute: Callable[[], V]) -> V:
+        """`compute()` once per key: a per-translation cache whose users each depend on what it read."""
+        if self.tracker is not None:
+            return self.tracker.cached(cache, key, compute)
+        found = cache.get(key)
+        if found is None:
+            found = cache[key] = (compute(), Reads())
+        return found[0]
 
 
 def ignored_fields(raw: Mapping[str, Any]) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from translators.ir import CaSource, SanKind, SubjectNameIR, UpstreamTlsIR
 from translators.loader import ResourceSet
 from translators.resources import Backend, BackendTLSPolicy, ConfigMap, Resource, Secret, Service
-from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP, BackendTLSSettings
+from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP, BackendEndpoint, BackendTLSSettings
 from translators.resources.gateway_api import SYSTEM_CAS, LocalObjectReference, PolicyTargetReference
 
 CA_KEY = "ca.crt"  # the key of a CA ConfigMap or Secret, in Gateway API and Envoy Gateway alike
@@ -86,6 +86,11 @@ def _pem_certificates(data: bytes) -> str | None:
     return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certificates)
 
 
+def _on_tls_port(endpoint: BackendEndpoint) -> bool:
+    """An fqdn endpoint on 443: TLS, implied (see UpstreamTls._implied)."""
+    return endpoint.fqdn is not None and endpoint.fqdn.port == TLS_PORT
+
+
 def _sni_hostnames(backend: Backend) -> list[str]:
     return sorted({e.fqdn.hostname for e in backend.spec.endpoints if e.fqdn is not None})
 
@@ -107,8 +112,13 @@ class UpstreamTls:
         for policy in policies:
             self._policy_tls[(policy.namespace, policy.name)] = self._resolve_policy(policy)
             self._attach(policy)
-        for backend in resources.of_kind(Backend):
-            self._backends[(backend.namespace, backend.name)] = self._resolve_backend(backend)
+        # Every Backend's TLS, read without tracking the kind: each answer (`backend`) records the one it is about.
+        # Most have none (no policy, no tls, no fqdn endpoint on 443): PLAIN, which `backend` answers for them.
+        targeted = {(namespace, name) for kind, namespace, name, _ in self._policies if kind == "Backend"}
+        for backend in resources.untracked_of_kind(Backend):
+            key = (backend.namespace, backend.name)
+            if backend.spec.tls is not None or key in targeted or any(_on_tls_port(e) for e in backend.spec.endpoints):
+                self._backends[key] = self._resolve_backend(backend)
 
     # --- answers -------------------------------------------------------------------------------------------------
 
@@ -122,6 +132,7 @@ class UpstreamTls:
 
     def backend(self, namespace: str, name: str) -> TargetTls:
         """An Envoy Gateway Backend (that exists): its policy, else its own settings, else what its port implies."""
+        self._resources.read(Backend, namespace, name)
         return self._backends.get((namespace, name), PLAIN)
 
     def report(self, report: Report) -> None:
@@ -297,7 +308,7 @@ class UpstreamTls:
     def _implied(self, backend: Backend) -> TargetTls:
         """No TLS setting: plain, unless an fqdn endpoint is on port 443 (then every endpoint must be one)."""
         endpoints = backend.spec.endpoints
-        on_443 = [e for e in endpoints if e.fqdn is not None and e.fqdn.port == TLS_PORT]
+        on_443 = [e for e in endpoints if _on_tls_port(e)]
         if not on_443:
             return PLAIN
         if len(on_443) < len(endpoints):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from translators.gatewayapi import translate
+from translators.gatewayapi.incremental import TranslationCache
 from translators.gatewayapi.unsupported import unsupported_objects
 from translators.ir import Condition, ConditionStatus, ObjectRef, ObjectStatus, TranslateOptions, Translation
 from translators.loader import LoadError, ResourceSet
@@ -49,8 +50,10 @@ def build(
     options: TranslateOptions,
     memo: Memo | None = None,
     previous: Mapping[str, Snapshot] | None = None,
+    translations: TranslationCache | None = None,
 ) -> Build:
-    """`memo` and the `previous` snapshots let a reload reuse the messages and bytes of what did not change."""
+    """`translations`, `memo` and the `previous` snapshots let a reload reuse the translation of the routes, the
+    messages and the bytes of what did not change."""
     started = time.perf_counter()
     # Translation allocates hundreds of thousands of short-lived objects and makes no reference cycles worth
     # chasing: the cyclic collector's full scans of the (large) loaded object graph would double its time.
@@ -59,7 +62,7 @@ def build(
     if memo is not None:
         memo.next_build()
     try:
-        translation = translate(resources, options)
+        translation = translate(resources, options, translations)
         snapshots: dict[str, Snapshot] = {}
         refused: dict[str, str] = {}
         for gateway in translation.gateways:
@@ -99,6 +102,7 @@ class ControlPlane:
     options: TranslateOptions = field(default_factory=TranslateOptions)
     current: Build | None = None
     memo: Memo = field(default_factory=Memo)  # used by one build at a time (builds are sequential)
+    translations: TranslationCache = field(default_factory=TranslationCache)  # the same
     rejected: dict[str, Nack] = field(default_factory=dict)  # gateway key -> latest NACK not yet superseded
     # Called on the event loop with every applied build (the Endpoint Picker follows pools this way).
     build_listeners: list[Callable[[Build], None]] = field(default_factory=list)
@@ -115,7 +119,7 @@ class ControlPlane:
     def build(self, resources: ResourceSet) -> Build:
         """The CPU part of a reload (run it in a worker thread; `apply` its result on the event loop)."""
         previous = {key: snapshot for key in self.cache.snapshot_keys() if (snapshot := self.cache.get(key))}
-        return build(resources, self.options, self.memo, previous)
+        return build(resources, self.options, self.memo, previous, self.translations)
 
     @property
     def ready(self) -> bool:

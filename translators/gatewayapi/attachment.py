@@ -66,7 +66,8 @@ class Attachment:
     def attach(
         self, gateway: Gateway, route: Route, parent: ParentReference, listeners: list[Listener]
     ) -> list[tuple[Listener, list[str]]]:
-        """The listeners a parentRef attaches the route to, each with the route's domains there."""
+        """The listeners a parentRef attaches the route to, each with the route's domains there; the verdict goes on
+        the route's parent entry."""
         entry = parent_ref(route, parent)
         candidates = [
             lis for lis in listeners if (parent.section_name in (None, lis.name)) and (parent.port in (None, lis.port))
@@ -90,9 +91,7 @@ class Attachment:
             self.book.report_parent(route, entry, refused)
             return []
         self.book.report_parent(route, entry, condition("Accepted", True, "Accepted", "attached to the Gateway"))
-        for listener, _ in attached:
-            self.book.attach(gateway, listener.name, route)
-        return attached
+        return attached  # the caller counts the route in each listener's attachedRoutes (StatusBook.attach)
 
     def _certificates(self, gateway: Gateway, listener: Listener) -> ListenerCertificates:
         """An HTTPS listener's certificates; those it can present are kept for the translator."""

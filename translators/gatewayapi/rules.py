@@ -79,7 +79,7 @@ _AI_REF_GROUPS = {"AIServiceBackend": AIGATEWAY_GROUP, "InferencePool": INFERENC
 _PATH_KINDS = {"Exact": PathKind.EXACT, "PathPrefix": PathKind.PREFIX, "RegularExpression": PathKind.REGEX}
 
 
-def _created(route: Route) -> int:
+def created_of(route: Route) -> int:
     """The route's creation time in Unix seconds (0 when it has none, or not in RFC 3339)."""
     stamp = route.metadata.creation_timestamp
     try:
@@ -124,7 +124,7 @@ class RuleTranslator:
         if is_ai and timeout_ms is None:
             timeout_ms = AI_DEFAULT_TIMEOUT_MS
         per_try_ms = parse_duration_ms(timeouts.backend_request) if timeouts and timeouts.backend_request else None
-        self.created[rule_id] = _created(route)
+        self.created[rule_id] = created_of(route)
         clusters: tuple[ClusterIR, ...] = ()
         settings: tuple[BackendSettingsIR, ...] = ()
         pool: PoolRouteIR | None = None

@@ -3,7 +3,7 @@ the way Kubernetes shows them (one condition per type; any False wins and carrie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from translators.ir import (
@@ -34,19 +34,58 @@ class _Listener:
 
 
 @dataclass
-class _Entry:
+class Entry:
+    """What has been reported of one object so far."""
+
     generation: int
     conditions: list[Condition] = field(default_factory=list)
     parents: dict[ParentRefIR, list[Condition]] = field(default_factory=dict)  # in the order added or first reported
     listeners: dict[str, _Listener] = field(default_factory=dict)  # in spec order
+
+    def copy(self) -> Entry:
+        parents = {parent: list(found) for parent, found in self.parents.items()}
+        listeners = {
+            name: _Listener(lis.supported_kinds, set(lis.routes), list(lis.conditions))
+            for name, lis in self.listeners.items()
+        }
+        return Entry(self.generation, list(self.conditions), parents, listeners)
+
+    def status(self, ref: ObjectRef) -> ObjectStatus:
+        return ObjectStatus(
+            ref,
+            merge(self.conditions),
+            self.generation,
+            tuple(ParentStatus(parent, merge(found)) for parent, found in self.parents.items()),
+            tuple(
+                ListenerStatus(name, lis.supported_kinds, len(lis.routes), merge(lis.conditions))
+                for name, lis in self.listeners.items()
+            ),
+        )
 
 
 class StatusBook:
     """What the translator says of each object. Objects never reported (or `ignore`d) get no status at all."""
 
     def __init__(self) -> None:
-        self._entries: dict[ObjectRef, _Entry] = {}
+        self._entries: dict[ObjectRef, Entry] = {}
         self._ignored: set[ObjectRef] = set()
+        # Entries taken whole from another book (a route's, translated in an earlier build), with their status: shared
+        # with that book until something is reported here (then copied), so their status needs no building.
+        self._adopted: dict[ObjectRef, ObjectStatus] = {}
+
+    def entry_of(self, obj: Resource) -> tuple[Entry | None, bool]:
+        """The object's entry (None: nothing reported), and whether it is ignored."""
+        ref = ref_of(obj)
+        return self._entries.get(ref), ref in self._ignored
+
+    def adopt(self, ref: ObjectRef, entry: Entry | None, ignored: bool, status: ObjectStatus | None) -> None:
+        """Takes an object's entry from another book, with `status`, built from it (the entry is not modified)."""
+        if ignored:
+            self._ignored.add(ref)
+        if entry is not None:
+            self._entries[ref] = entry
+            if status is not None:
+                self._adopted[ref] = status
 
     def track(self, obj: Resource) -> None:
         """The object gets a status even with nothing in it (a pool no route uses: its old parents go)."""
@@ -68,7 +107,7 @@ class StatusBook:
     ) -> None:
         """A condition on an object no model reads (an unsupported kind), known by reference only; the same condition
         goes on each of `parents` (the Gateways of this controller a route attaches to, or a policy applies to)."""
-        entry = self._entries.setdefault(ref, _Entry(generation))
+        entry = self._entries.setdefault(ref, Entry(generation))
         found = condition(type_, ok, reason, message)
         entry.conditions.append(found)
         for parent in parents:
@@ -90,15 +129,15 @@ class StatusBook:
     def report_listener(self, gateway: Resource, name: str, type_: str, ok: bool, reason: str, message: str) -> None:
         self._entry(gateway).listeners[name].conditions.append(condition(type_, ok, reason, message))
 
-    def attach(self, gateway: Resource, listener: str, route: Resource) -> None:
-        """`route` is Accepted on the listener: it counts in the listener's attachedRoutes (once per route)."""
-        self._entry(gateway).listeners[listener].routes.add(ref_of(route))
+    def attach(self, gateway: Resource, listener: str, routes: Iterable[ObjectRef]) -> None:
+        """`routes` are Accepted on the listener: they count in the listener's attachedRoutes (once per route)."""
+        self._entry(gateway).listeners[listener].routes.update(routes)
 
     def take(self, obj: Resource, type_: str) -> Condition | None:
         """Removes the object's own conditions of one type and returns them merged (None if there were none)."""
-        entry = self._entries.get(ref_of(obj))
-        if entry is None:
+        if ref_of(obj) not in self._entries:
             return None
+        entry = self._entry(obj)
         taken = [c for c in entry.conditions if c.type == type_]
         entry.conditions = [c for c in entry.conditions if c.type != type_]
         return merge(taken)[0] if taken else None
@@ -108,26 +147,20 @@ class StatusBook:
         return {parent: merge(found) for parent, found in entry.parents.items()} if entry else {}
 
     def statuses(self) -> tuple[ObjectStatus, ...]:
-        return tuple(
-            ObjectStatus(
-                ref,
-                merge(entry.conditions),
-                entry.generation,
-                tuple(ParentStatus(parent, merge(found)) for parent, found in entry.parents.items()),
-                tuple(
-                    ListenerStatus(name, lis.supported_kinds, len(lis.routes), merge(lis.conditions))
-                    for name, lis in entry.listeners.items()
-                ),
-            )
-            for ref, entry in sorted(self._entries.items())
-            if ref not in self._ignored
-        )
+        # Sorted by plain string tuples: ObjectRef's own ordering compares in Python, far slower on a large book.
+        ordered = sorted(self._entries.items(), key=lambda item: (item[0].kind, item[0].namespace, item[0].name))
+        adopted = self._adopted
+        return tuple(adopted.get(ref) or entry.status(ref) for ref, entry in ordered if ref not in self._ignored)
 
-    def _entry(self, obj: Resource) -> _Entry:
+    def _entry(self, obj: Resource) -> Entry:
         ref = ref_of(obj)
-        if ref not in self._entries:
-            self._entries[ref] = _Entry(obj.metadata.generation)
-        return self._entries[ref]
+        entry = self._entries.get(ref)
+        if entry is None:
+            entry = self._entries[ref] = Entry(obj.metadata.generation)
+        elif ref in self._adopted:  # shared with the book it came from: this one's own copy, from now on
+            del self._adopted[ref]
+            entry = self._entries[ref] = entry.copy()
+        return entry
 
 
 def merge(conditions: list[Condition]) -> tuple[Condition, ...]:

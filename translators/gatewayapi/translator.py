@@ -10,10 +10,11 @@ from collections import defaultdict
 
 from translators.backends import BackendResolver, ReferenceGrants
 from translators.gatewayapi.attachment import Attachment, parent_ref
+from translators.gatewayapi.incremental import GatewayKey, Placement, RouteFragment, TranslationCache, VhostEntry
 from translators.gatewayapi.listener_tls import ListenerTls
 from translators.gatewayapi.model_routes import leading_routes, trailing_routes
-from translators.gatewayapi.rules import Route, RuleRoutes, RuleTranslator, rule_id_of
-from translators.gatewayapi.status import StatusBook, condition
+from translators.gatewayapi.rules import Route, RuleRoutes, RuleTranslator, created_of, rule_id_of
+from translators.gatewayapi.status import StatusBook, condition, ref_of
 from translators.gatewayapi.unsupported import report_unsupported
 from translators.gatewayapi.verdicts import Verdicts
 from translators.ir import (
@@ -43,18 +44,22 @@ from translators.resources import (
     Namespace,
 )
 from translators.resources.gateway_api import GATEWAY_API_GROUP, Listener, ParentReference
+from translators.tracking import Reads
 from translators.upstream import UpstreamSettings
 from translators.xds.names import MODEL_HEADER
 
-# A route placed on a virtual host: (Gateway listener name, precedence key, route).
-_Entry = tuple[str, tuple[object, ...], RouteIR]
+_Entry = VhostEntry
 # A Gateway's TLS: the filter chains of each Envoy port, and the certificates they present by name.
 _Tls = tuple[dict[int, list[TlsChainIR]], dict[str, CertificateIR]]
 
 
 class _Translator:
-    def __init__(self, resources: ResourceSet, options: TranslateOptions) -> None:
-        self.resources = resources
+    def __init__(self, resources: ResourceSet, options: TranslateOptions, cache: TranslationCache) -> None:
+        cache.start(resources, options)
+        self.cache = cache
+        self.resources = resources = resources.tracked()
+        assert resources.tracker is not None
+        self.tracker = resources.tracker
         self.options = options
         self.book = StatusBook()
         grants = ReferenceGrants(resources)
@@ -75,61 +80,126 @@ class _Translator:
 
     def translate(self) -> Translation:
         gateways, unserved = self._gateways()
-        routes: list[Route] = [*self.resources.of_kind(AIGatewayRoute), *self.resources.of_kind(HTTPRoute)]
-        rule_cache: dict[tuple[str, str, str, int], RuleRoutes] = {}
-
-        def rules_of(route: Route) -> list[RuleRoutes]:
-            found = []
-            for index in range(len(route.spec.rules)):
-                key = (route.kind, route.namespace, route.name, index)
-                if key not in rule_cache:
-                    rule_cache[key] = self.rules.rule_routes(route, index)
-                    self._rule_routes[rule_id_of(route, index)] = route
-                found.append(rule_cache[key])
-            return found
-
-        by_gateway = self._route_parents(routes, {(g.namespace, g.name) for g in gateways}, unserved)
+        listeners = {(g.namespace, g.name): self.attachment.gateway_listeners(g) for g in gateways}
+        # Routes are the fragments' own business: listing them is no read of the whole kind.
+        routes: list[Route] = [
+            *self.resources.untracked_of_kind(AIGatewayRoute),
+            *self.resources.untracked_of_kind(HTTPRoute),
+        ]
+        context = _RouteContext(gateways, unserved, listeners, self.attachment.unserved)
+        fragments = []
+        self.cache.reused = 0
+        placed: dict[GatewayKey, list[tuple[Placement, RouteFragment]]] = defaultdict(list)
+        attached: dict[tuple[GatewayKey, str], list[ObjectRef]] = defaultdict(list)  # (Gateway, listener) -> routes
+        for route in routes:
+            fragment = self.cache.get(route)
+            if fragment is None:
+                fragment = self._fragment(route, context)
+                self.cache.put(fragment)
+            else:
+                self.cache.reused += 1
+            fragments.append(fragment)
+            self.book.adopt(fragment.ref, fragment.entry, fragment.ignored, fragment.status)
+            for rule_id in fragment.rule_ids:
+                self._rule_routes[rule_id] = route
+                self.rules.created[rule_id] = fragment.created
+            for listener_key in fragment.attached:
+                attached[listener_key].append(fragment.ref)
+            for placement in fragment.placements:
+                placed[placement.gateway].append((placement, fragment))
+        for (gateway_key, listener_name), refs in attached.items():
+            self.book.attach(context.by_key[gateway_key], listener_name, refs)
         pool_parents: dict[ObjectRef, set[ParentRefIR]] = defaultdict(set)  # pool -> Gateways of accepted routes
         gateway_irs = []
         for gateway in gateways:
-            listeners = self.attachment.gateway_listeners(gateway)
+            key = (gateway.namespace, gateway.name)
             # (port, domain) -> precedence-keyed routes; Gateway listeners sharing a port share an Envoy listener.
             vhosts: dict[int, dict[str, list[_Entry]]] = defaultdict(dict)
-            served = [
-                lis for lis in listeners if (gateway.namespace, gateway.name, lis.name) not in self.attachment.unserved
-            ]
-            for listener in served:  # a listener with no routes still listens
+            for listener in context.served[key]:  # a listener with no routes still listens
                 vhosts.setdefault(self._envoy_port(listener.port), {})
             clusters: dict[str, ClusterIR] = {}
-            for route, parent in by_gateway[(gateway.namespace, gateway.name)]:
-                for listener, domains in self.attachment.attach(gateway, route, parent, listeners):
-                    if listener not in served:
-                        continue  # attached (and counted) where nothing is served
-                    port_vhosts = vhosts[self._envoy_port(listener.port)]
-                    for rule in rules_of(route):
-                        for cluster in rule.clusters:
-                            clusters[cluster.name] = cluster
-                            if cluster.pool is not None:
-                                pool_parents[cluster.pool.pool].add(ParentRefIR(gateway.namespace, gateway.name))
-                        for domain in domains:
-                            port_vhosts.setdefault(domain, []).extend((listener.name, key, r) for key, r in rule.routes)
-            gateway_irs.append(self._gateway_ir(gateway, vhosts, clusters, self._tls(gateway, listeners)))
-            if served:
+            for placement, fragment in placed[key]:
+                port_vhosts = vhosts[self._envoy_port(placement.listener.port)]
+                for cluster in fragment.clusters:
+                    clusters[cluster.name] = cluster
+                    if cluster.pool is not None:
+                        pool_parents[cluster.pool.pool].add(ParentRefIR(gateway.namespace, gateway.name))
+                for domain in placement.domains:
+                    port_vhosts.setdefault(domain, []).extend(placement.entries)
+            gateway_irs.append(self._gateway_ir(gateway, vhosts, clusters, self._tls(gateway, listeners[key])))
+            if context.served[key]:
                 self.book.report(gateway, "Programmed", True, "Programmed", f"{len(vhosts)} Envoy listener(s)")
             else:
                 self.book.report(gateway, "Programmed", False, "Invalid", "no listener is valid")
         for route, messages in self._shadow_messages.values():
             self.book.report(route, SHADOWED, True, "ShadowedByPrecedence", "; ".join(messages))
-        for route in routes:
-            rules_of(route)  # routes attached nowhere still report their unresolved references
-            self.verdicts.route_verdict(route)
         self.verdicts.pool_statuses(pool_parents)
         self.verdicts.ai_backend_statuses()
         report_unsupported(self.book, self.resources.unknown, self._our_gateways(), routes)
         self._report_ignored_fields()
         pools = tuple(self.backends.pool(p) for p in self.resources.of_kind(InferencePool))
-        settings = sorted((s for rule in rule_cache.values() for s in rule.settings), key=lambda s: (s.rule, s.backend))
+        all_settings = (s for fragment in fragments for rule in fragment.rules for s in rule.settings)
+        settings = sorted(all_settings, key=lambda s: (s.rule, s.backend))
+        self.cache.finish(self.tracker, fragments)
         return Translation(tuple(gateway_irs), self.book.statuses(), pools, tuple(settings))
+
+    def _fragment(self, route: Route, context: _RouteContext) -> RouteFragment:
+        """Everything translated of one route, reported in a book of its own (see incremental.py)."""
+        book = StatusBook()
+        shared = self.book
+        parts = (self.rules, self.attachment, self.verdicts)
+        for part in parts:  # each reports to the book it holds: this route's, for now
+            part.book = book
+        try:
+            with self.tracker.reading() as reads:
+                self.resources.read(type(route), route.namespace, route.name)
+                return self._translate_route(route, context, book, reads)
+        finally:
+            for part in parts:
+                part.book = shared
+
+    def _translate_route(self, route: Route, context: _RouteContext, book: StatusBook, reads: Reads) -> RouteFragment:
+        parents = self._route_parents(route, context, book)
+        rules: tuple[RuleRoutes, ...] | None = None
+        placements: list[Placement] = []
+        attached: list[tuple[GatewayKey, str]] = []
+        for gateway in context.gateways:
+            key = (gateway.namespace, gateway.name)
+            served = context.served[key]
+            for parent in parents.get(key, ()):
+                for listener, domains in self.attachment.attach(gateway, route, parent, context.listeners[key]):
+                    attached.append((key, listener.name))
+                    if listener not in served:
+                        continue  # attached (and counted) where nothing is served
+                    if rules is None:
+                        rules = self._rules(route)
+                    entries = tuple((listener.name, k, r) for rule in rules for k, r in rule.routes)
+                    placements.append(Placement(key, listener, tuple(domains), entries))
+        if rules is None:  # routes attached nowhere still report their unresolved references
+            rules = self._rules(route)
+        self.verdicts.route_verdict(route)
+        entry, ignored = book.entry_of(route)
+        ref = ref_of(route)
+        status = entry.status(ref) if entry is not None and not ignored else None
+        rule_ids = tuple(rule_id_of(route, index) for index in range(len(route.spec.rules)))
+        clusters = tuple(cluster for rule in rules for cluster in rule.clusters)
+        return RouteFragment(
+            route,
+            ref,
+            created_of(route),
+            rules,
+            rule_ids,
+            clusters,
+            tuple(placements),
+            tuple(attached),
+            entry,
+            ignored,
+            status,
+            frozenset(reads.keys),
+        )
+
+    def _rules(self, route: Route) -> tuple[RuleRoutes, ...]:
+        return tuple(self.rules.rule_routes(route, index) for index in range(len(route.spec.rules)))
 
     def _gateways(self) -> tuple[list[Gateway], dict[tuple[str, str], str | None]]:
         """The Gateways this controller serves, and the others: why they are not served, or None for those of
@@ -188,28 +258,27 @@ class _Translator:
         return {(g.namespace, g.name) for g in self.resources.of_kind(Gateway) if g.spec.gateway_class_name in classes}
 
     def _route_parents(
-        self, routes: list[Route], served: set[tuple[str, str]], unserved: dict[tuple[str, str], str | None]
-    ) -> dict[tuple[str, str], list[tuple[Route, ParentReference]]]:
-        """Each served Gateway's (route, parentRef) pairs. A parentRef to a missing or unserved Gateway is a
-        condition of the route itself; a route that names none of this controller's Gateways gets no status."""
-        by_gateway: dict[tuple[str, str], list[tuple[Route, ParentReference]]] = defaultdict(list)
-        for route in routes:
-            in_scope = False
-            for parent in route.spec.parent_refs:
-                if (parent.group, parent.kind) != (GATEWAY_API_GROUP, "Gateway"):
-                    continue  # a parent of another kind (a mesh's Service) is not this controller's
-                key = (parent.namespace or route.namespace, parent.name)
-                if key in served:
-                    by_gateway[key].append((route, parent))
-                    self.book.add_parent(route, parent_ref(route, parent))  # entries in spec order
-                    in_scope = True
-                    continue
-                problem = unserved[key] if key in unserved else f"Gateway {key[0]}/{key[1]} not found"
-                if problem is not None:  # None: another controller's Gateway
-                    self.book.report(route, "Accepted", False, "NoMatchingParent", problem)
-                    in_scope = True
-            if not in_scope:
-                self.book.ignore(route)
+        self, route: Route, context: _RouteContext, book: StatusBook
+    ) -> dict[GatewayKey, list[ParentReference]]:
+        """The route's parentRefs to each served Gateway. A parentRef to a missing or unserved Gateway is a condition
+        of the route itself; a route that names none of this controller's Gateways gets no status."""
+        by_gateway: dict[GatewayKey, list[ParentReference]] = defaultdict(list)
+        in_scope = False
+        for parent in route.spec.parent_refs:
+            if (parent.group, parent.kind) != (GATEWAY_API_GROUP, "Gateway"):
+                continue  # a parent of another kind (a mesh's Service) is not this controller's
+            key = (parent.namespace or route.namespace, parent.name)
+            if key in context.by_key:
+                by_gateway[key].append(parent)
+                book.add_parent(route, parent_ref(route, parent))  # entries in spec order
+                in_scope = True
+                continue
+            problem = context.unserved[key] if key in context.unserved else f"Gateway {key[0]}/{key[1]} not found"
+            if problem is not None:  # None: another controller's Gateway
+                book.report(route, "Accepted", False, "NoMatchingParent", problem)
+                in_scope = True
+        if not in_scope:
+            book.ignore(route)
         return by_gateway
 
     def _tls(self, gateway: Gateway, listeners: list[Listener]) -> _Tls:
@@ -329,6 +398,30 @@ def _virtual_host_routes(domain: str, domains: dict[str, list[_Entry]]) -> list[
     return ordered
 
 
-def translate(resources: ResourceSet, options: TranslateOptions | None = None) -> Translation:
-    """Resources -> one GatewayIR per Gateway this project controls, plus conditions for every object involved."""
-    return _Translator(resources, options or TranslateOptions()).translate()
+class _RouteContext:
+    """What every route's translation reads of the Gateways: those served, why the others are not, their listeners
+    (valid ones) and of those, the ones served."""
+
+    def __init__(
+        self,
+        gateways: list[Gateway],
+        unserved: dict[GatewayKey, str | None],
+        listeners: dict[GatewayKey, list[Listener]],
+        unserved_listeners: set[tuple[str, str, str]],
+    ) -> None:
+        self.gateways = gateways
+        self.by_key = {(g.namespace, g.name): g for g in gateways}
+        self.unserved = unserved
+        self.listeners = listeners
+        self.served = {
+            key: [lis for lis in found if (*key, lis.name) not in unserved_listeners]
+            for key, found in listeners.items()
+        }
+
+
+def translate(
+    resources: ResourceSet, options: TranslateOptions | None = None, cache: TranslationCache | None = None
+) -> Translation:
+    """Resources -> one GatewayIR per Gateway this project controls, plus conditions for every object involved.
+    `cache` (kept by a caller that translates again and again) reuses what did not change since its last use."""
+    return _Translator(resources, options or TranslateOptions(), cache or TranslationCache()).translate()

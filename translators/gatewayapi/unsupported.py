@@ -100,6 +100,8 @@ def report_unsupported(
     """Accepted False/Unsupported on every object of an unsupported gateway kind that concerns this controller (see
     the module's docstring), with its entries per Gateway. `our_gateways`: those of this controller's classes. (The
     cluster source leaves out the objects that reference nothing: there, they may be another controller's.)"""
+    if not unknown:
+        return
 
     def gateway(reference: Reference) -> _Gateway | None:
         found = (reference.namespace, reference.name)

@@ -1,0 +1,131 @@
+"""Translation again after a change, redoing only the routes the change concerns.
+
+Most of a translation is per route: its parents, its attachment to each listener, its rules and their clusters, its
+verdict. A `RouteFragment` is that work for one route, with everything it read (see translators.tracking). The
+`TranslationCache` keeps the fragments of the last translation and, when the next one starts, drops those whose
+reads changed; the rest are reused as they are. The shared part of a translation (the Gateways, their listeners, the
+policies, whatever was read of a whole kind) is computed every time; when anything it read changed, every fragment
+goes, which is then a full translation.
+
+Reusing a fragment is only right if it is exactly what translating the route again would give: tests compare each
+translation through the cache with one from scratch, after random sequences of edits (tests/test_incremental.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from translators.gatewayapi.rules import Route, RuleRoutes
+from translators.gatewayapi.status import Entry
+from translators.ir import ClusterIR, ObjectRef, ObjectStatus, RouteIR, TranslateOptions
+from translators.loader import ObjectKey, ResourceSet
+from translators.resources import Resource
+from translators.resources.gateway_api import Listener
+from translators.tracking import Key, Tracker
+
+GatewayKey = tuple[str, str]  # (namespace, name)
+
+
+# A route placed on a virtual host: (Gateway listener name, precedence key, route).
+VhostEntry = tuple[str, tuple[object, ...], RouteIR]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A route attached to a served listener of a Gateway: its domains there, and its rules' routes as the listener's
+    virtual hosts take them."""
+
+    gateway: GatewayKey
+    listener: Listener
+    domains: tuple[str, ...]
+    entries: tuple[VhostEntry, ...]
+
+
+@dataclass(frozen=True)
+class RouteFragment:
+    route: Route
+    ref: ObjectRef
+    created: int  # the route's creation time, for /v1/models
+    rules: tuple[RuleRoutes, ...]
+    rule_ids: tuple[str, ...]
+    clusters: tuple[ClusterIR, ...]  # of every rule, in order
+    placements: tuple[Placement, ...]
+    attached: tuple[tuple[GatewayKey, str], ...]  # the listeners whose attachedRoutes count it (served or not)
+    entry: Entry | None  # its status book entry, verdict included; None: nothing reported
+    ignored: bool  # names none of this controller's Gateways: no status
+    status: ObjectStatus | None  # built from `entry`
+    reads: frozenset[Key]  # the objects it read, itself included
+
+
+def changed_keys(before: Mapping[ObjectKey, Resource], after: Mapping[ObjectKey, Resource]) -> set[Key]:
+    """The objects added, removed or replaced (a new object, even with the same content: sources replace an object
+    only when its document or its API version changed)."""
+    changed: set[Key] = {key for key, obj in after.items() if before.get(key) is not obj}
+    changed.update(before.keys() - after.keys())
+    return changed
+
+
+class TranslationCache:
+    def __init__(self) -> None:
+        self._fragments: dict[Key, RouteFragment] = {}
+        self._by_route: dict[int, RouteFragment] = {}  # by id() of the route: each holds its route, so ids are unique
+        self._readers: dict[Key, set[Key]] = {}  # object -> the routes whose fragments read it
+        self._previous: ResourceSet | None = None
+        self._options: TranslateOptions | None = None
+        self._shared: frozenset[Key] = frozenset()  # what the shared part read
+        self._shared_kinds: frozenset[str] = frozenset()  # kinds read whole
+        self.reused = 0  # fragments reused by the latest translation (for tests and benchmarks)
+
+    def start(self, resources: ResourceSet, options: TranslateOptions) -> None:
+        """Drops the fragments the change since the previous translation may have made wrong."""
+        previous, self._previous = self._previous, resources
+        if previous is None or options != self._options:
+            self._options = options
+            self.clear()
+            return
+        changed = changed_keys(previous.objects, resources.objects)
+        if not changed.isdisjoint(self._shared) or any(kind in self._shared_kinds for kind, _, _ in changed):
+            self.clear()
+            return
+        for key in changed:
+            for route in self._readers.pop(key, ()):
+                self._drop(route)
+
+    def get(self, route: Route) -> RouteFragment | None:
+        found = self._by_route.get(id(route))
+        return found if found is not None and found.route is route else None
+
+    def put(self, fragment: RouteFragment) -> None:
+        key = (fragment.ref.kind, fragment.ref.namespace, fragment.ref.name)
+        self._drop(key)
+        self._fragments[key] = fragment
+        self._by_route[id(fragment.route)] = fragment
+        for read in fragment.reads:
+            self._readers.setdefault(read, set()).add(key)
+
+    def finish(self, tracker: Tracker, used: Iterable[RouteFragment]) -> None:
+        """After a translation: what its shared part read, and only the fragments it used (of routes that exist)."""
+        self._shared = frozenset(tracker.shared.keys)
+        self._shared_kinds = frozenset(tracker.kinds)
+        kept = {id(fragment) for fragment in used}
+        if len(kept) < len(self._fragments):
+            for key, fragment in list(self._fragments.items()):
+                if id(fragment) not in kept:
+                    self._drop(key)
+
+    def clear(self) -> None:
+        self._fragments.clear()
+        self._by_route.clear()
+        self._readers.clear()
+
+    def _drop(self, key: Key) -> None:
+        fragment = self._fragments.pop(key, None)
+        if fragment is not None:
+            del self._by_route[id(fragment.route)]
+            for read in fragment.reads:
+                readers = self._readers.get(read)
+                if readers is not None:
+                    readers.discard(key)
+                    if not readers:
+                        del self._readers[read]
