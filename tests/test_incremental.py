@@ -35,7 +35,7 @@ def _gateway(name: str, variant: int) -> str:
 
 
 def _http_route(name: str, variant: int) -> str:
-    parent = ["gw-0", "gw-1", "missing"][variant % 3]
+    parent = ["gw-0", "gw-1", "gw-0", "missing"][variant * 7 % 4]  # each backend with two parents, over 0..11
     backend = [
         "{name: backend-0, group: gateway.envoyproxy.io, kind: Backend}",
         "{name: backend-1, group: gateway.envoyproxy.io, kind: Backend}",
@@ -137,7 +137,10 @@ UNIVERSE: dict[str, Callable[[str, int], str]] = {
     "policy": _policy,
 }
 START = {"eg": 0, "gw-0": 0, "r-0": 0, "r-1": 2, "a-0": 0, "backend-0": 0, "ai-0": 0, "svc-0": 0, "pod-0": 1}
-VARIANTS = st.integers(min_value=0, max_value=5)
+# A richer start: two routes on one pool whose picker is a Service (what a per-translation cache shares), pods that
+# services and the pool select, a second Gateway.
+RICH_START = {**START, "gw-1": 1, "r-2": 4, "r-3": 10, "pool-0": 1, "picker": 3, "pod-1": 4, "pod-2": 5, "svc-1": 1}
+VARIANTS = st.integers(min_value=0, max_value=11)
 # (object, variant, what): put the variant (a new object only if the variant differs), touch (the same content in a
 # new object, as a re-applied file gives), or delete.
 STEPS = st.lists(
@@ -172,11 +175,13 @@ def _xds_bytes(built: Build) -> dict[str, dict[str, dict[str, bytes]]]:
     }
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(steps=STEPS)
-def test_every_incremental_translation_equals_one_from_scratch(steps: list[tuple[str, int, str]]) -> None:
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(start=st.sampled_from([START, RICH_START]), steps=STEPS)
+def test_every_incremental_translation_equals_one_from_scratch(
+    start: dict[str, int], steps: list[tuple[str, int, str]]
+) -> None:
     manifests = Manifests()
-    for name, variant in START.items():
+    for name, variant in start.items():
         manifests.put(name, variant, fresh=True)
     cache, memo = TranslationCache(), Memo()
     previous: dict[str, Snapshot] = {}

@@ -304,9 +304,11 @@ def test_cluster_scoped_objects_have_no_namespace() -> None:
     assert store.get("GatewayClass", "", "gc") is not None
 
 
-async def test_debouncer_ends_a_burst_after_a_quiet_moment() -> None:
+async def test_an_isolated_change_is_a_burst_at_once_and_close_ones_end_after_a_quiet_moment() -> None:
     debouncer = Debouncer(quiet_s=0.05, longest_s=10.0)
     stop = asyncio.Event()
+    debouncer.changed()
+    assert await debouncer.burst(stop)  # the first change: nothing to wait for
 
     async def changes() -> None:
         for _ in range(5):
@@ -314,10 +316,30 @@ async def test_debouncer_ends_a_burst_after_a_quiet_moment() -> None:
             await asyncio.sleep(0.005)
 
     burst = asyncio.create_task(debouncer.burst(stop))
-    await changes()
+    await changes()  # right after a burst: coalesced
     assert await burst
     stop.set()
     assert not await debouncer.burst(stop), "no new change: only the stop ends the wait"
+
+
+async def test_a_change_after_a_quiet_moment_does_not_wait_for_more() -> None:
+    debouncer = Debouncer(quiet_s=0.02, longest_s=600.0)
+    stop = asyncio.Event()
+    debouncer.changed()
+    assert await debouncer.burst(stop)
+    await asyncio.sleep(0.05)  # quiet for longer than quiet_s
+    debouncer.changed()
+
+    async def keep_changing() -> None:  # a coalesced burst would never see a quiet moment, and last 600 s
+        while True:
+            await asyncio.sleep(0.005)
+            debouncer.changed()
+
+    changing = asyncio.create_task(keep_changing())
+    try:
+        assert await asyncio.wait_for(debouncer.burst(stop), timeout=300)
+    finally:
+        changing.cancel()
 
 
 async def test_debouncer_publishes_during_a_storm() -> None:

@@ -46,7 +46,7 @@ from translators.resources import (
 from translators.resources.core import SERVICE_NAME_LABEL
 from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP
 from translators.resources.inference import INFERENCE_GROUP
-from translators.tracking import Reads
+from translators.tracking import Reads, selects
 from translators.upstream_tls import TargetTls, UpstreamTls
 from translators.xds.names import ENDPOINT_PICKER_ANNOTATION, NOT_A_HEADER_VALUE
 
@@ -142,7 +142,8 @@ class BackendResolver:
         self._ready_pods: dict[str, list[Pod]] = {}
         self._standby_pods: dict[str, list[Pod]] = {}  # with an address, not Ready or terminating
         self._slices: dict[tuple[str, str], list[EndpointSlice]] | None = None  # by (namespace, Service), when asked
-        for pod in resources.of_kind(Pod):
+        # Every pod, read without tracking the kind: each answer (`_pods`) records the selection it made.
+        for pod in resources.untracked_of_kind(Pod):
             if pod.is_ready:
                 self._ready_pods.setdefault(pod.namespace, []).append(pod)
             elif pod.status.pod_ip:
@@ -158,8 +159,9 @@ class BackendResolver:
         """The Ready pods `labels` select; with `ready=False`, those with an address that are not Ready."""
         if not labels:  # a selector-less Service has no automatic endpoints
             return []
+        self._resources.read_selection(Pod, namespace, labels)
         pods = (self._ready_pods if ready else self._standby_pods).get(namespace, [])
-        return [p for p in pods if all(p.metadata.labels.get(k) == v for k, v in labels.items())]
+        return [p for p in pods if selects(p.metadata.labels, labels)]
 
     def _standby_endpoints(self, pool: InferencePool, ready: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
         """The pool's endpoints on pods that are not Ready (yet) or terminating: see EndpointHealth."""

@@ -160,6 +160,12 @@ class ResourceSet:
         obj = self.objects.get(key)
         return obj if isinstance(obj, model) else None
 
+    def read_selection(self, model: type[Resource], namespace: str, labels: Mapping[str, str]) -> None:
+        """Records that an answer derives from which objects of a kind `labels` select in `namespace` (found in an
+        index of the kind): a change to any object selected before or after invalidates it."""
+        if self.tracker is not None:
+            self.tracker.selection(model.kind, namespace, labels)
+
     def read(self, model: type[Resource], namespace: str, name: str) -> None:
         """Records a read of one object an answer derives from, found without `get` (in an index of the kind)."""
         if self.tracker is not None:
@@ -359,7 +365,15 @@ def _yaml_reason(exc: Exception) -> str:
     return f"invalid YAML: {exc}".replace("\n", " ")
 
 
-Parsed = tuple[Resource, Origin] | UnknownObject | LoadError
+class Loaded(NamedTuple):
+    """A valid object of a document, with its key computed once (a file watcher keeps a file's parse)."""
+
+    obj: Resource
+    origin: Origin
+    key: ObjectKey
+
+
+Parsed = Loaded | UnknownObject | LoadError
 
 
 def parse_text(file: str, text: str) -> tuple[Parsed, ...]:
@@ -375,7 +389,7 @@ def parse_text(file: str, text: str) -> tuple[Parsed, ...]:
         elif isinstance(parsed, UnknownObject):
             results.append(parsed)
         else:
-            results.append((parsed, item[1]))
+            results.append(Loaded(parsed, item[1], object_key(parsed)))
     return tuple(results)
 
 
@@ -396,12 +410,12 @@ def combine(parsed_files: Iterable[Sequence[Parsed]]) -> ResourceSet:
             elif isinstance(item, UnknownObject):
                 unknown[(item.kind, item.namespace, item.name)] = item
             else:
-                key = object_key(item[0])
+                key = item.key
                 first = origins.get(key)
-                if first is not None and objects[key] != item[0]:  # the same again is a tutorial's re-apply
-                    warnings.append(_duplicate(key, first, item[1]))
-                objects[key] = item[0]
-                origins[key] = item[1]
+                if first is not None and objects[key] != item.obj:  # the same again is a tutorial's re-apply
+                    warnings.append(_duplicate(key, first, item.origin))
+                objects[key] = item.obj
+                origins[key] = item.origin
     return ResourceSet(objects, origins, tuple(unknown.values()), tuple(errors), warnings=tuple(warnings))
 
 

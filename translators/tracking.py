@@ -1,9 +1,11 @@
 """What a piece of the translation read, so that its result can be reused while none of that changed.
 
-A `Tracker` attached to a ResourceSet sees every `get` (one object, by key) and every `of_kind` (a whole kind). The
-translation opens a frame per route (`reading`); reads outside any frame belong to the shared context (Gateways,
-listeners, policies...). A kind read anywhere is a shared dependency: which objects of a kind exist is an answer
-about all of them, so a change to any object of that kind may change what was derived from it.
+A `Tracker` attached to a ResourceSet sees every `get` (one object, by key), every `of_kind` (a whole kind) and the
+label selections an index answers (`selection`: the pods a Service selects). The translation opens a frame per route
+(`reading`); reads outside any frame belong to the shared context (Gateways, listeners, policies...) until
+`context_done`: what the translation reads after its routes (statuses of pools and backends...) is done again every
+time, so it is nobody's dependency. A kind read in the context or by a route is a shared dependency: which objects of
+a kind exist is an answer about all of them, so a change to any object of that kind may change what was derived.
 
 Per-build caches that hand one computation's result to another (a pool resolved once for every route that uses it)
 must hand over its reads too: `cached` keeps them with the value and adds them to the frame of each later user.
@@ -11,7 +13,7 @@ must hand over its reads too: `cached` keeps them with the value and adds them t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator, MutableMapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -26,17 +28,40 @@ class Reads:
     keys: set[Key] = field(default_factory=set)
 
 
+def selection_key(kind: str, namespace: str, labels: Mapping[str, str]) -> Key:
+    """The key a selection of `kind` objects by `labels` in `namespace` is recorded under."""
+    return (kind, namespace, "?" + "&".join(f"{k}={v}" for k, v in sorted(labels.items())))
+
+
+def selects(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    """Whether an object with `labels` is selected by `selector` (matchLabels; an empty selector selects nothing)."""
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
 class Tracker:
     def __init__(self) -> None:
         self.shared = Reads()  # the context's reads
-        self.kinds: set[str] = set()  # kinds read whole, anywhere
+        self.kinds: set[str] = set()  # kinds read whole, in the context or by a route
+        self.selectors: dict[Key, Mapping[str, str]] = {}  # every selection recorded, by its key
         self._frames: list[Reads] = [self.shared]
+        self._context = True
 
     def key(self, key: Key) -> None:
         self._frames[-1].keys.add(key)
 
     def kind(self, kind: str) -> None:
-        self.kinds.add(kind)
+        if self._context or len(self._frames) > 1:
+            self.kinds.add(kind)
+
+    def selection(self, kind: str, namespace: str, labels: Mapping[str, str]) -> None:
+        key = selection_key(kind, namespace, labels)
+        self.selectors.setdefault(key, labels)
+        self.key(key)
+
+    def context_done(self) -> None:
+        """From now on, reads outside a frame are no dependency (see the module's docstring)."""
+        self._context = False
+        self._frames[0] = Reads()
 
     @contextmanager
     def reading(self) -> Iterator[Reads]:

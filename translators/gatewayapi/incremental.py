@@ -22,7 +22,7 @@ from translators.ir import ClusterIR, ObjectRef, ObjectStatus, RouteIR, Translat
 from translators.loader import ObjectKey, ResourceSet
 from translators.resources import Resource
 from translators.resources.gateway_api import Listener
-from translators.tracking import Key, Tracker
+from translators.tracking import Key, Tracker, selects
 
 GatewayKey = tuple[str, str]  # (namespace, name)
 
@@ -74,6 +74,7 @@ class TranslationCache:
         self._previous: ResourceSet | None = None
         self._options: TranslateOptions | None = None
         self._shared: frozenset[Key] = frozenset()  # what the shared part read
+        self._selectors: dict[Key, Mapping[str, str]] = {}  # the labels of each selection someone read
         self._shared_kinds: frozenset[str] = frozenset()  # kinds read whole
         self.reused = 0  # fragments reused by the latest translation (for tests and benchmarks)
 
@@ -85,12 +86,28 @@ class TranslationCache:
             self.clear()
             return
         changed = changed_keys(previous.objects, resources.objects)
+        changed |= self._selections_changed(changed, previous, resources)
         if not changed.isdisjoint(self._shared) or any(kind in self._shared_kinds for kind, _, _ in changed):
             self.clear()
             return
         for key in changed:
             for route in self._readers.pop(key, ()):
                 self._drop(route)
+
+    def _selections_changed(self, changed: set[Key], before: ResourceSet, after: ResourceSet) -> set[Key]:
+        """The selections (see translators.tracking) that a changed object was or is now selected by."""
+        by_namespace: dict[tuple[str, str], list[tuple[Key, Mapping[str, str]]]] = {}
+        for key, labels in self._selectors.items():
+            by_namespace.setdefault((key[0], key[1]), []).append((key, labels))
+        found: set[Key] = set()
+        for kind, namespace, name in changed:
+            selections = by_namespace.get((kind, namespace))
+            if not selections:
+                continue
+            objects = [s.objects.get(ObjectKey(kind, namespace, name)) for s in (before, after)]
+            versions = [obj.metadata.labels for obj in objects if obj is not None]
+            found.update(key for key, selector in selections if any(selects(lb, selector) for lb in versions))
+        return found
 
     def get(self, route: Route) -> RouteFragment | None:
         found = self._by_route.get(id(route))
@@ -108,6 +125,7 @@ class TranslationCache:
         """After a translation: what its shared part read, and only the fragments it used (of routes that exist)."""
         self._shared = frozenset(tracker.shared.keys)
         self._shared_kinds = frozenset(tracker.kinds)
+        self._selectors.update(tracker.selectors)
         kept = {id(fragment) for fragment in used}
         if len(kept) < len(self._fragments):
             for key, fragment in list(self._fragments.items()):
@@ -118,6 +136,7 @@ class TranslationCache:
         self._fragments.clear()
         self._by_route.clear()
         self._readers.clear()
+        self._selectors.clear()
 
     def _drop(self, key: Key) -> None:
         fragment = self._fragments.pop(key, None)

@@ -87,6 +87,7 @@ class _Translator:
             *self.resources.untracked_of_kind(HTTPRoute),
         ]
         context = _RouteContext(gateways, unserved, listeners, self.attachment.unserved)
+        self.tracker.context_done()  # what follows the routes is done again every time
         fragments = []
         self.cache.reused = 0
         placed: dict[GatewayKey, list[tuple[Placement, RouteFragment]]] = defaultdict(list)

@@ -59,7 +59,7 @@ def gateway_resources(gateway: GatewayIR, options: TranslateOptions, memo: Memo 
     memo = memo or Memo()
     limit, cas = options.buffer_limit_bytes, options.system_ca_bundle
     clusters = [
-        memo.get(("cluster", c, limit, cas), lambda c=c: cluster(c, limit, cas))  # type: ignore[misc]
+        memo.of("cluster", c, (limit, cas), lambda c=c: cluster(c, limit, cas))  # type: ignore[misc]
         for c in gateway.clusters
     ]
     pickers = endpoint_pickers(gateway)
@@ -74,7 +74,7 @@ def gateway_resources(gateway: GatewayIR, options: TranslateOptions, memo: Memo 
     eds = [c for c in gateway.clusters if c.discovery is Discovery.EDS]
     eds += [endpoint_picker_cluster_ir(p) for p in reachable.values()]
     assignments = [
-        memo.get(("load_assignment", c), lambda c=c: load_assignment(c))  # type: ignore[misc]
+        memo.of("load_assignment", c, None, lambda c=c: load_assignment(c))  # type: ignore[misc]
         for c in eds
     ]
     routes = (route_configuration(lis, memo, pickers) for lis in gateway.listeners)

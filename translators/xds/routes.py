@@ -311,7 +311,7 @@ def _memo_route(
     so the EPP's pods coming and going rebuild no route."""
     picker = pickers.get(ir.pool.pool) if ir.pool is not None else None
     picker = replace(picker, endpoints=()) if picker is not None else None
-    return memo.get(("route", ir, picker_in_chain, picker), lambda: route(ir, picker_in_chain, picker))
+    return memo.of("route", ir, (picker_in_chain, picker), lambda: route(ir, picker_in_chain, picker))
 
 
 def route_configuration(

@@ -14,7 +14,11 @@ from translators.loader import LoadError, Origin, Parsed, ResourceSet, combine, 
 
 log = logging.getLogger(__name__)
 
+# A burst of file events is published STEP_MS after its last event (an editor's save is several events within a
+# millisecond or two), and at most DEBOUNCE_MS after its first however many keep coming. The watcher checks for
+# events every STEP_MS: smaller would wake it (and take the GIL) more often while nothing happens.
 DEBOUNCE_MS = 50
+STEP_MS = 5
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -79,7 +83,7 @@ class FileSource:
         """Calls `on_load` after every burst of changes, until `stop` is set."""
         watched = [p if p.is_dir() else p.parent for p in self.paths]
         async for changes in watchfiles.awatch(
-            *watched, watch_filter=self._relevant, debounce=DEBOUNCE_MS, step=10, stop_event=stop, recursive=False
+            *watched, watch_filter=self._relevant, debounce=DEBOUNCE_MS, step=STEP_MS, stop_event=stop, recursive=False
         ):
             log.info("reloading after %d file change(s)", len(changes))
             await on_load(await asyncio.to_thread(self.load))

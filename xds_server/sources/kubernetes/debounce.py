@@ -1,6 +1,7 @@
-"""Turns a stream of changes into bursts: a burst ends once no change came for `quiet_s`, or `longest_s` after it
-began however many changes keep coming, so a storm of events delays a publish by at most `longest_s` instead of
-starving it."""
+"""Turns a stream of changes into bursts. A change after a quiet moment (nothing for `quiet_s` since the last burst)
+is a burst of its own at once: an isolated edit is published without waiting. Changes that follow closely are
+coalesced: such a burst ends once no change came for `quiet_s`, or `longest_s` after it began however many changes
+keep coming, so a storm of events delays a publish by at most `longest_s` instead of starving it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ class Debouncer:
         self.quiet_s = quiet_s
         self.longest_s = longest_s
         self._changed = asyncio.Event()
+        self._last_burst: float | None = None  # loop time the last burst ended
 
     def changed(self) -> None:
         self._changed.set()
@@ -26,7 +28,12 @@ class Debouncer:
         if not await self._wait_for_change(stop):
             return False
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.longest_s
+        now = loop.time()
+        if self._last_burst is None or now - self._last_burst >= self.quiet_s:  # after a quiet moment: at once
+            self._changed.clear()
+            self._last_burst = now
+            return True
+        deadline = now + self.longest_s
         while True:
             self._changed.clear()
             wait_s = min(self.quiet_s, deadline - loop.time())
@@ -38,6 +45,7 @@ class Debouncer:
             except TimeoutError:
                 break
         self._changed.clear()
+        self._last_burst = loop.time()
         return True
 
     async def _wait_for_change(self, stop: asyncio.Event) -> bool:

@@ -26,9 +26,9 @@ from xds_server.sources.kubernetes.store import Store
 
 log = logging.getLogger(__name__)
 
-LONGEST_BURST_S = 1.0  # a steady stream of events still publishes at least this often
-# A burst ends after this long without a change, as the file watcher's (watchfiles' `step`): 50 ms of quiet was most
-# of a 10-route change's 55 ms to Envoy (BENCHMARKS.md "Cluster mode").
+LONGEST_BURST_S = 0.1  # a steady stream of events still publishes at least this often
+# A change after this long without one is published at once; closer ones are coalesced until this long passes
+# without a change (see Debouncer).
 QUIET_MS = 10
 
 
