@@ -1,10 +1,16 @@
 """Propagation: a new route written to a watched file -> real Envoy answering on it, through `xds-server serve`.
 
-    python -m bench.propagation --routes 10 1000 3000 --samples 20 [--delta]
+    python -m bench.propagation --routes 10 1000 3000 10000 --samples 20 [--delta]
+    python -m bench.propagation --flap 3000 --samples 20 [--delta]
 
 For each size: a Gateway with that many HTTPRoutes (one Backend cluster each) is served to one Envoy; then, one
 sample at a time, a file with one more route is written and the route is polled over a kept-alive connection
-until it answers 200. Also prints the control plane's resident memory once everything is in sync.
+until it answers 200. Also prints the control plane's CPU time per change (`serve`'s user + system time over the
+samples, divided by their number) and its resident memory once everything is in sync.
+
+`--flap N`: N routes, each to its own Service with one ready Pod (N EDS clusters); each sample moves one Pod to
+another address (its own file rewritten), where another upstream answers, and polls its route until the answer
+changes: an endpoint-only change.
 """
 
 from __future__ import annotations
@@ -12,12 +18,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from testing.bulk_manifests import http_routes
+from testing.bulk_manifests import http_routes, service_routes
 from testing.envoy import Envoy
 from testing.manifests import gateway
 from testing.ports import free_port
@@ -44,6 +51,33 @@ def poll_until_ok(port: int, path: str, timeout: float = 60.0) -> float:
     raise TimeoutError(f"{path} never answered 200")
 
 
+def poll_until_answer(port: int, path: str, answer: str, timeout: float = 60.0) -> float:
+    """Seconds until GET `path` answers 200 with `answer`, polling back to back on one connection."""
+    started = time.perf_counter()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    while time.perf_counter() - started < timeout:
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            if response.read().decode() == answer and response.status == 200:
+                return time.perf_counter() - started
+        except (OSError, http.client.HTTPException):
+            connection.close()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    raise TimeoutError(f"{path} never answered {answer!r}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's user + system CPU time so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    p90 = statistics.quantiles(times, n=10, method="inclusive")[-1] if len(times) > 1 else times[0]
+    return {"p50_ms": statistics.median(times) * 1000, "p90_ms": p90 * 1000, "max_ms": max(times) * 1000}
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -68,6 +102,7 @@ async def measure(routes: int, samples: int, delta: bool, upstream_port: int) ->
             await synced(serve)
             memory = rss_mib(serve.process.pid)
             builds_before = await serve.metric("xds_server_translation_seconds_sum")
+            cpu_before = cpu_seconds(serve.process.pid)
             times = []
             for sample in range(samples):
                 (manifests / f"20-new-{sample}.yaml").write_text(
@@ -76,15 +111,65 @@ async def measure(routes: int, samples: int, delta: bool, upstream_port: int) ->
                 times.append(await asyncio.to_thread(poll_until_ok, listen_port, f"/new{sample}-0/"))
                 await synced(serve)
             build_ms = (await serve.metric("xds_server_translation_seconds_sum") - builds_before) / samples * 1000
-            return {
-                "build_ms": build_ms,
-                "p50_ms": statistics.median(times) * 1000,
-                "p90_ms": statistics.quantiles(times, n=10, method="inclusive")[-1] * 1000
-                if len(times) > 1
-                else times[0] * 1000,
-                "max_ms": max(times) * 1000,
-                "rss_mib": memory,
-            }
+            cpu_ms = (cpu_seconds(serve.process.pid) - cpu_before) / samples * 1000
+            return {"build_ms": build_ms, "cpu_ms": cpu_ms, "rss_mib": memory, **summary(times)}
+        finally:
+            envoy.stop()
+            serve.terminate()
+
+
+FLAP_HOSTS = ("127.0.6.2", "127.0.6.3")  # where the flapping Pod is, in turn; each has an upstream saying so
+
+
+def flapping_pod(address: str, port: int) -> str:
+    return f"""apiVersion: v1
+kind: Service
+metadata: {{name: flap}}
+spec: {{selector: {{app: flap}}, ports: [{{port: 80, targetPort: {port}}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: flap-pod, labels: {{app: flap}}}}
+spec: {{containers: [{{name: c, image: x}}]}}
+status: {{podIP: {address}, phase: Running, conditions: [{{type: Ready, status: "True"}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: flap}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules: [{{matches: [{{path: {{type: PathPrefix, value: /flap/}}}}], backendRefs: [{{name: flap, port: 80}}]}}]
+"""
+
+
+async def measure_flap(clusters: int, samples: int, delta: bool, port: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        manifests = directory / "manifests"
+        manifests.mkdir()
+        listen_port = free_port()
+        (manifests / "00-gateway.yaml").write_text(gateway([listen_port]))
+        (manifests / "10-services.yaml").write_text(service_routes(clusters - 1))
+        (manifests / "20-flap.yaml").write_text(flapping_pod(FLAP_HOSTS[0], port))
+        serve = Serve(manifests, free_port(), free_port(), directory / "serve.log")
+        envoy = Envoy(directory, "default/gw", int(serve_port(serve, "--xds-address")), delta=delta)
+        try:
+            await serve.ready()
+            await envoy.wait_live()
+            await asyncio.to_thread(poll_until_answer, listen_port, "/flap/", FLAP_HOSTS[0])
+            await synced(serve)
+            memory = rss_mib(serve.process.pid)
+            builds_before = await serve.metric("xds_server_translation_seconds_sum")
+            cpu_before = cpu_seconds(serve.process.pid)
+            times = []
+            for sample in range(samples):
+                address = FLAP_HOSTS[(sample + 1) % 2]
+                (manifests / "20-flap.yaml").write_text(flapping_pod(address, port))
+                times.append(await asyncio.to_thread(poll_until_answer, listen_port, "/flap/", address))
+                await synced(serve)
+            build_ms = (await serve.metric("xds_server_translation_seconds_sum") - builds_before) / samples * 1000
+            cpu_ms = (cpu_seconds(serve.process.pid) - cpu_before) / samples * 1000
+            return {"build_ms": build_ms, "cpu_ms": cpu_ms, "rss_mib": memory, **summary(times)}
         finally:
             envoy.stop()
             serve.terminate()
@@ -93,18 +178,32 @@ async def measure(routes: int, samples: int, delta: bool, upstream_port: int) ->
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--routes", type=int, nargs="+", default=[10, 1000, 3000])
+    parser.add_argument("--flap", type=int, nargs="+", help="endpoint flaps at these numbers of EDS clusters")
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--delta", action="store_true", help="Envoy uses Delta ADS (default SotW)")
     args = parser.parse_args()
     server = upstream(UPSTREAM_HOST, "ok")
     port = next(server)
-    print("| routes | protocol | propagation p50 | p90 | max | of which translate + build | control-plane RSS |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
-    for routes in args.routes:
-        r = await measure(routes, args.samples, args.delta, port)
+    print(
+        "| change | size | protocol | propagation p50 | p90 | max | of which translate + build | control-plane CPU "
+        "per change | control-plane RSS |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    protocol = "Delta" if args.delta else "SotW"
+    if args.flap:
+        flap_port = free_port(FLAP_HOSTS[0])
+        flap_servers = [upstream(host, host, flap_port) for host in FLAP_HOSTS]
+        for flap_server in flap_servers:
+            next(flap_server)
+    sizes = [("endpoint flap", n) for n in args.flap] if args.flap else [("new route", n) for n in args.routes]
+    for change, size in sizes:
+        if change == "new route":
+            r = await measure(size, args.samples, args.delta, port)
+        else:
+            r = await measure_flap(size, args.samples, args.delta, flap_port)
         print(
-            f"| {routes:,} | {'delta' if args.delta else 'sotw'} | {r['p50_ms']:.0f} ms | {r['p90_ms']:.0f} ms "
-            f"| {r['max_ms']:.0f} ms | {r['build_ms']:.0f} ms | {r['rss_mib']:.0f} MiB |",
+            f"| {change} | {size:,} | {protocol} | {r['p50_ms']:.0f} ms | {r['p90_ms']:.0f} ms | {r['max_ms']:.0f} ms "
+            f"| {r['build_ms']:.1f} ms | {r['cpu_ms']:.1f} ms | {r['rss_mib']:.0f} MiB |",
             flush=True,
         )
     next(server, None)

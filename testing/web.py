@@ -19,8 +19,9 @@ from typing import Any
 SECONDS = 20.0  # how long anything may take to become true on a loaded machine; never a timing assertion
 
 
-def upstream(host: str, answer: str) -> Iterator[int]:
-    """A tiny threaded HTTP server on `host` that answers every GET with `answer`; yields its port."""
+def upstream(host: str, answer: str, port: int = 0) -> Iterator[int]:
+    """A tiny threaded HTTP server on `host` (and `port`, or any free one) that answers every GET with `answer`;
+    yields its port."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -35,7 +36,7 @@ def upstream(host: str, answer: str) -> Iterator[int]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, 0), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_address[1]

@@ -59,7 +59,14 @@ LAYERS: tuple[Layer, ...] = (
     Layer("control plane", ("xds_server.control_plane",)),
     Layer(
         "entry points",
-        ("xds_server.serve", "xds_server.up", "xds_server.admin", "xds_server.admin_grpc", "xds_server.cli"),
+        (
+            "xds_server.serve",
+            "xds_server.serve_cluster",
+            "xds_server.up",
+            "xds_server.admin",
+            "xds_server.admin_grpc",
+            "xds_server.cli",
+        ),
     ),
 )
 # Peer groups of the services layer (a module is in the group of its longest prefix) and the other groups each may

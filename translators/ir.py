@@ -7,8 +7,9 @@ and shared between threads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from typing import TypeVar
 
 
 class Discovery(StrEnum):
@@ -24,6 +25,25 @@ class AddressKind(StrEnum):
     DNS = "dns"
     UNIX = "unix"
 
+
+
+T = TypeVar("T")
+
+
+def cached_hash(cls: type[T]) -> type[T]:
+    """A frozen dataclass whose hash is computed once: the same value as the generated one (the hash of its compared
+    fields), but IR values are hashed again and again (memo keys, dict keys), deep ones at a cost each time."""
+    names = tuple(f.name for f in fields(cls) if f.compare)  # type: ignore[arg-type]
+
+    def __hash__(self: object) -> int:
+        found: int | None = self.__dict__.get("_hash")
+        if found is None:
+            found = hash(tuple(getattr(self, name) for name in names))
+            object.__setattr__(self, "_hash", found)
+        return found
+
+    cls.__hash__ = __hash__  # type: ignore[method-assign]
+    return cls
 
 @dataclass(frozen=True, order=True)
 class ObjectRef:
@@ -50,6 +70,7 @@ class EndpointHealth(StrEnum):
     TERMINATING = "terminating"  # EDS DRAINING
 
 
+@cached_hash
 @dataclass(frozen=True, order=True)
 class Endpoint:
     address: str  # IP, hostname or unix socket path
@@ -90,6 +111,7 @@ class UpstreamTlsIR:
     verify_names: tuple[SubjectNameIR, ...] = ()
 
 
+@cached_hash
 @dataclass(frozen=True)
 class EndpointGroup:
     """Endpoints of one backend inside a cluster: an Envoy locality with its own priority and weight."""
@@ -189,6 +211,7 @@ class GcpLocationIR:
     region: str
 
 
+@cached_hash
 @dataclass(frozen=True)
 class ClusterIR:
     name: str
@@ -270,6 +293,7 @@ class HeaderMatchKind(StrEnum):
     ABSENT = "absent"
 
 
+@cached_hash
 @dataclass(frozen=True)
 class HeaderMatchIR:
     name: str
@@ -284,6 +308,7 @@ class PathKind(StrEnum):
     REGEX = "regex"
 
 
+@cached_hash
 @dataclass(frozen=True)
 class PathMatchIR:
     kind: PathKind
@@ -326,6 +351,7 @@ class HeaderEditsIR:
     remove: tuple[str, ...] = ()
 
 
+@cached_hash
 @dataclass(frozen=True)
 class ForwardAction:
     cluster: str
@@ -375,6 +401,7 @@ class AiRole(StrEnum):
     REFUSAL = "refusal"  # answers a request whose body was read but names no model this host serves
 
 
+@cached_hash
 @dataclass(frozen=True)
 class RouteIR:
     name: str

@@ -260,7 +260,7 @@ def add_picker_debug_option(command: argparse.ArgumentParser) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from xds_server.logs import configure
-    from xds_server.serve import ClusterOptions, serve, serve_kubernetes
+    from xds_server.serve import serve
 
     configure(json=args.log_format == "json")
     if not args.kubernetes:
@@ -277,6 +277,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if (args.xds_address is not None and args.xds_address.unix) or (args.extproc_address and args.extproc_address.unix):
         print("error: serve --kubernetes listens on TCP (Envoys in pods cannot reach a Unix socket)", file=sys.stderr)
         return 2
+    from xds_server.serve_cluster import ClusterOptions, serve_kubernetes  # the Kubernetes client: only here
+
     cluster = ClusterOptions(
         kubeconfig=args.kubeconfig,
         namespaces=tuple(args.namespaces),
