@@ -26,7 +26,6 @@ class AddressKind(StrEnum):
     UNIX = "unix"
 
 
-
 T = TypeVar("T")
 
 
@@ -44,6 +43,7 @@ def cached_hash(cls: type[T]) -> type[T]:
 
     cls.__hash__ = __hash__  # type: ignore[method-assign]
     return cls
+
 
 @dataclass(frozen=True, order=True)
 class ObjectRef:
