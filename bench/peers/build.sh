@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds the peer programs bench/side_by_side.py runs beside ours, once: a cached binary is never rebuilt.
 #
-#   bench/peers/build.sh [aigw] [bbr] [epp]    (all when no name is given)
+#   bench/peers/build.sh [aigw] [bbr] [epp] [eg]    (all when no name is given)
 #
 # - aigw: Envoy AI Gateway v1.1.0's ext_proc, from the source tarball at $AIGW_TARBALL (default
 #   ../shared/peers/ai-gateway-v1.1.0-src.tar.gz relative to the repository; the module is not on the Go proxy).
 # - bbr: the Gateway API Inference Extension's Body-Based Router v1.0.2, from the Go module proxy.
 # - epp: the same project's Endpoint Picker v1.0.2 (cmd/epp), from the Go module proxy. e2e/kube/test_real_epp.py
 #   runs it against the test API server; its fixture runs this script (at once when the binary is cached).
+# - eg: Envoy Gateway v1.9.1's control plane (cmd/envoy-gateway), from the Go module proxy. bench/envoy_gateway.py
+#   runs it standalone (File provider, Host infrastructure) beside bench/propagation.py.
 #
 # Binaries go to $PEERS_CACHE (default ~/.cache/xds-server/peers), keyed by version. One line per peer on stdout:
 # "<name>: cached <path>", "<name>: built <path> in <N> s" or "<name>: skipped: <reason>" (exit 0); a failed build
@@ -17,6 +19,7 @@ set -euo pipefail
 AIGW_VERSION=v1.1.0
 BBR_VERSION=v1.0.2
 EPP_VERSION=v1.0.2
+EG_VERSION="${EG_VERSION:-v1.9.1}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cache="${PEERS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xds-server/peers}"
 tarball="${AIGW_TARBALL:-$repo/../shared/peers/ai-gateway-$AIGW_VERSION-src.tar.gz}"
@@ -83,14 +86,35 @@ build_epp() {
     exec 8>&-
 }
 
+build_eg() {
+    local directory="$cache/envoy-gateway-$EG_VERSION"
+    local package="github.com/envoyproxy/gateway/cmd/envoy-gateway@$EG_VERSION"
+    if [[ -x "$directory/envoy-gateway" ]]; then echo "eg: cached $directory/envoy-gateway"; return; fi
+    if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then PATH="/usr/local/go/bin:$PATH"; fi
+    if ! command -v go >/dev/null; then echo "eg: skipped: go not found"; return; fi
+    mkdir -p "$directory"
+    local start=$SECONDS staging
+    staging="$(mktemp -d "$directory/.gobin.XXXXXX")"
+    echo "eg: go install $package (cold: several minutes on 2 cores, downloads included) ..." >&2
+    # Installed beside, then renamed: an interrupted build never leaves a binary that looks complete.
+    if GOBIN="$staging" go install "$package" >&2 && mv "$staging/envoy-gateway" "$directory/envoy-gateway"; then
+        echo "eg: built $directory/envoy-gateway in $((SECONDS - start)) s"
+    else
+        echo "eg: failed: go install $package (see stderr)"
+        status=1
+    fi
+    rm -rf "$staging"
+}
+
 names=("$@")
-[[ ${#names[@]} -gt 0 ]] || names=(aigw bbr epp)
+[[ ${#names[@]} -gt 0 ]] || names=(aigw bbr epp eg)
 for name in "${names[@]}"; do
     case "$name" in
         aigw) build_aigw ;;
         bbr) build_bbr ;;
         epp) build_epp ;;
-        *) echo "unknown peer: $name (aigw, bbr, epp)" >&2; exit 2 ;;
+        eg) build_eg ;;
+        *) echo "unknown peer: $name (aigw, bbr, epp, eg)" >&2; exit 2 ;;
     esac
 done
 exit $status
