@@ -139,15 +139,18 @@ class BackendResolver:
         # (ns, name) of the AIServiceBackends with upstream-phase settings: set by the translation once
         # UpstreamSettings, which resolves backends with this very resolver, has found them.
         self.upstream_backends: frozenset[tuple[str, str]] = frozenset()
-        self._ready_pods: dict[str, list[Pod]] = {}
-        self._standby_pods: dict[str, list[Pod]] = {}  # with an address, not Ready or terminating
+        # Pods by (Ready or not, namespace, label, value), in name order: a selector's first label narrows the search
+        # to the pods that have it (a Service per pod would otherwise scan every pod for each Service). Not Ready:
+        # only those with an address (not Ready yet, or terminating).
+        self._labelled: dict[tuple[bool, str, str, str], list[Pod]] = {}
         self._slices: dict[tuple[str, str], list[EndpointSlice]] | None = None  # by (namespace, Service), when asked
         # Every pod, read without tracking the kind: each answer (`_pods`) records the selection it made.
         for pod in resources.untracked_of_kind(Pod):
-            if pod.is_ready:
-                self._ready_pods.setdefault(pod.namespace, []).append(pod)
-            elif pod.status.pod_ip:
-                self._standby_pods.setdefault(pod.namespace, []).append(pod)
+            ready = pod.is_ready
+            if ready or pod.status.pod_ip:
+                namespace = pod.namespace
+                for label, value in pod.metadata.labels.items():
+                    self._labelled.setdefault((ready, namespace, label, value), []).append(pod)
         self._objectives: dict[str, list[InferenceObjective]] = {}
         for objective in resources.of_kind(InferenceObjective):
             self._objectives.setdefault(objective.namespace, []).append(objective)
@@ -160,8 +163,8 @@ class BackendResolver:
         if not labels:  # a selector-less Service has no automatic endpoints
             return []
         self._resources.read_selection(Pod, namespace, labels)
-        pods = (self._ready_pods if ready else self._standby_pods).get(namespace, [])
-        return [p for p in pods if selects(p.metadata.labels, labels)]
+        candidates = min((self._labelled.get((ready, namespace, k, v), []) for k, v in labels.items()), key=len)
+        return [p for p in candidates if selects(p.metadata.labels, labels)]
 
     def _standby_endpoints(self, pool: InferencePool, ready: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
         """The pool's endpoints on pods that are not Ready (yet) or terminating: see EndpointHealth."""

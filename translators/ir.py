@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from functools import cached_property
 from typing import TypeVar
 
 
@@ -45,6 +46,7 @@ def cached_hash(cls: type[T]) -> type[T]:
     return cls
 
 
+@cached_hash
 @dataclass(frozen=True, order=True)
 class ObjectRef:
     """A Kubernetes object, by kind and namespace/name (namespace "" for cluster-scoped kinds)."""
@@ -463,16 +465,17 @@ class ListenerIR:
     def scheme(self) -> str:
         return "https" if self.tls else "http"
 
-    @property
+    # Computed once each (a frozen value; tens of thousands of routes are walked more than once per build).
+    @cached_property
     def routes(self) -> tuple[RouteIR, ...]:
         return tuple(route for vhost in self.virtual_hosts for route in vhost.routes)
 
-    @property
+    @cached_property
     def runs_picker(self) -> bool:
         """Some route goes to an InferencePool, so the listener's filter chain has the Endpoint Picker."""
         return any(route.pool is not None for route in self.routes)
 
-    @property
+    @cached_property
     def routes_by_model(self) -> bool:
         """Some virtual host routes by model: the filter chain reads bodies and meters usage."""
         return any(route.ai is not None for route in self.routes)
@@ -507,6 +510,7 @@ class Condition:
     message: str
 
 
+@cached_hash
 @dataclass(frozen=True, order=True)
 class ParentRefIR:
     """A parent as Kubernetes status echoes it: a route's parentRef with its defaults filled in (group, kind and

@@ -437,6 +437,8 @@ def keep_last_good(previous: ResourceSet, current: ResourceSet) -> ResourceSet:
     An object whose document now fails validation keeps its previous version; a file that no longer parses keeps
     every previous object of it that did not load again. An object whose document was removed is gone.
     """
+    if not current.errors:
+        return current  # nothing broke
     kept: dict[ObjectKey, Resource] = dict(current.objects)
     origins: dict[ObjectKey, Origin] = dict(current.origins)
     broken_files = {error.origin.file for error in current.errors if not error.kind}

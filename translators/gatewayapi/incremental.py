@@ -75,6 +75,9 @@ class TranslationCache:
         self._options: TranslateOptions | None = None
         self._shared: frozenset[Key] = frozenset()  # what the shared part read
         self._selectors: dict[Key, Mapping[str, str]] = {}  # the labels of each selection someone read
+        # The selections by each (kind, namespace, label, value) they require: an object can only be selected by
+        # those of its own labels.
+        self._by_label: dict[tuple[str, str, str, str], set[Key]] = {}
         self._shared_kinds: frozenset[str] = frozenset()  # kinds read whole
         self.reused = 0  # fragments reused by the latest translation (for tests and benchmarks)
 
@@ -96,17 +99,19 @@ class TranslationCache:
 
     def _selections_changed(self, changed: set[Key], before: ResourceSet, after: ResourceSet) -> set[Key]:
         """The selections (see translators.tracking) that a changed object was or is now selected by."""
-        by_namespace: dict[tuple[str, str], list[tuple[Key, Mapping[str, str]]]] = {}
-        for key, labels in self._selectors.items():
-            by_namespace.setdefault((key[0], key[1]), []).append((key, labels))
         found: set[Key] = set()
+        if not self._by_label:
+            return found
         for kind, namespace, name in changed:
-            selections = by_namespace.get((kind, namespace))
-            if not selections:
-                continue
-            objects = [s.objects.get(ObjectKey(kind, namespace, name)) for s in (before, after)]
-            versions = [obj.metadata.labels for obj in objects if obj is not None]
-            found.update(key for key, selector in selections if any(selects(lb, selector) for lb in versions))
+            key = ObjectKey(kind, namespace, name)
+            for version in (before.objects.get(key), after.objects.get(key)):
+                if version is None:
+                    continue
+                labels = version.metadata.labels
+                for label, value in labels.items():
+                    for selection in self._by_label.get((kind, namespace, label, value), ()):
+                        if selection not in found and selects(labels, self._selectors[selection]):
+                            found.add(selection)
         return found
 
     def get(self, route: Route) -> RouteFragment | None:
@@ -125,7 +130,11 @@ class TranslationCache:
         """After a translation: what its shared part read, and only the fragments it used (of routes that exist)."""
         self._shared = frozenset(tracker.shared.keys)
         self._shared_kinds = frozenset(tracker.kinds)
-        self._selectors.update(tracker.selectors)
+        for key, labels in tracker.selectors.items():
+            if key not in self._selectors:
+                self._selectors[key] = labels
+                for label, value in labels.items():
+                    self._by_label.setdefault((key[0], key[1], label, value), set()).add(key)
         kept = {id(fragment) for fragment in used}
         if len(kept) < len(self._fragments):
             for key, fragment in list(self._fragments.items()):
@@ -137,6 +146,7 @@ class TranslationCache:
         self._by_route.clear()
         self._readers.clear()
         self._selectors.clear()
+        self._by_label.clear()
 
     def _drop(self, key: Key) -> None:
         fragment = self._fragments.pop(key, None)
