@@ -22,6 +22,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from testing.bulk_manifests import http_routes, service_routes
@@ -34,37 +35,22 @@ from testing.web import upstream
 UPSTREAM_HOST = "127.0.6.1"
 
 
-def poll_until_ok(port: int, path: str, timeout: float = 60.0) -> float:
-    """Seconds until GET `path` answers 200, polling back to back on one connection."""
+def poll_until_ok(port: int, path: str, timeout: float = 60.0, answer: str | None = None) -> float:
+    """Seconds until GET `path` answers 200 (with the body `answer`, when given), polling back to back on one
+    connection."""
     started = time.perf_counter()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     while time.perf_counter() - started < timeout:
         try:
             connection.request("GET", path)
             response = connection.getresponse()
-            response.read()
-            if response.status == 200:
+            body = response.read().decode()
+            if response.status == 200 and (answer is None or body == answer):
                 return time.perf_counter() - started
         except (OSError, http.client.HTTPException):
             connection.close()
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    raise TimeoutError(f"{path} never answered 200")
-
-
-def poll_until_answer(port: int, path: str, answer: str, timeout: float = 60.0) -> float:
-    """Seconds until GET `path` answers 200 with `answer`, polling back to back on one connection."""
-    started = time.perf_counter()
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    while time.perf_counter() - started < timeout:
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            if response.read().decode() == answer and response.status == 200:
-                return time.perf_counter() - started
-        except (OSError, http.client.HTTPException):
-            connection.close()
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    raise TimeoutError(f"{path} never answered {answer!r}")
+    raise TimeoutError(f"{path} never answered 200" + (f" with {answer!r}" if answer is not None else ""))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -85,30 +71,38 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-async def measure(routes: int, samples: int, delta: bool, upstream_port: int) -> dict[str, float]:
+# A change a sample makes: it writes files in the manifests directory, and says which path to poll and for what body
+# (None: any 200).
+Change = Callable[[Path, int], tuple[str, str | None]]
+
+
+async def measure(
+    files: dict[str, str], first: tuple[str, str | None], change: Change, samples: int, delta: bool
+) -> dict[str, float]:
+    """Serves a Gateway and `files` (name -> text) to one Envoy, waits until `first` (path, body) answers, then makes
+    `samples` changes one at a time, timing each until its path answers."""
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         manifests = directory / "manifests"
         manifests.mkdir()
         listen_port = free_port()
         (manifests / "00-gateway.yaml").write_text(gateway([listen_port]))
-        (manifests / "10-routes.yaml").write_text(http_routes(routes, UPSTREAM_HOST, upstream_port))
+        for name, text in files.items():
+            (manifests / name).write_text(text)
         serve = Serve(manifests, free_port(), free_port(), directory / "serve.log")
         envoy = Envoy(directory, "default/gw", int(serve_port(serve, "--xds-address")), delta=delta)
         try:
             await serve.ready()
             await envoy.wait_live()
-            await asyncio.to_thread(poll_until_ok, listen_port, f"/r{routes - 1}/")
+            await asyncio.to_thread(poll_until_ok, listen_port, first[0], answer=first[1])
             await synced(serve)
             memory = rss_mib(serve.process.pid)
             builds_before = await serve.metric("xds_server_translation_seconds_sum")
             cpu_before = cpu_seconds(serve.process.pid)
             times = []
             for sample in range(samples):
-                (manifests / f"20-new-{sample}.yaml").write_text(
-                    http_routes(1, UPSTREAM_HOST, upstream_port, prefix=f"new{sample}-")
-                )
-                times.append(await asyncio.to_thread(poll_until_ok, listen_port, f"/new{sample}-0/"))
+                path, answer = change(manifests, sample)
+                times.append(await asyncio.to_thread(poll_until_ok, listen_port, path, answer=answer))
                 await synced(serve)
             build_ms = (await serve.metric("xds_server_translation_seconds_sum") - builds_before) / samples * 1000
             cpu_ms = (cpu_seconds(serve.process.pid) - cpu_before) / samples * 1000
@@ -116,6 +110,18 @@ async def measure(routes: int, samples: int, delta: bool, upstream_port: int) ->
         finally:
             envoy.stop()
             serve.terminate()
+
+
+async def measure_routes(routes: int, samples: int, delta: bool, upstream_port: int) -> dict[str, float]:
+    """`routes` HTTPRoutes, each with its own Backend; each change is a file with one more."""
+
+    def new_route(manifests: Path, sample: int) -> tuple[str, str | None]:
+        text = http_routes(1, UPSTREAM_HOST, upstream_port, prefix=f"new{sample}-")
+        (manifests / f"20-new-{sample}.yaml").write_text(text)
+        return f"/new{sample}-0/", None
+
+    files = {"10-routes.yaml": http_routes(routes, UPSTREAM_HOST, upstream_port)}
+    return await measure(files, (f"/r{routes - 1}/", None), new_route, samples, delta)
 
 
 FLAP_HOSTS = ("127.0.6.2", "127.0.6.3")  # where the flapping Pod is, in turn; each has an upstream saying so
@@ -143,36 +149,15 @@ spec:
 
 
 async def measure_flap(clusters: int, samples: int, delta: bool, port: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        manifests = directory / "manifests"
-        manifests.mkdir()
-        listen_port = free_port()
-        (manifests / "00-gateway.yaml").write_text(gateway([listen_port]))
-        (manifests / "10-services.yaml").write_text(service_routes(clusters - 1))
-        (manifests / "20-flap.yaml").write_text(flapping_pod(FLAP_HOSTS[0], port))
-        serve = Serve(manifests, free_port(), free_port(), directory / "serve.log")
-        envoy = Envoy(directory, "default/gw", int(serve_port(serve, "--xds-address")), delta=delta)
-        try:
-            await serve.ready()
-            await envoy.wait_live()
-            await asyncio.to_thread(poll_until_answer, listen_port, "/flap/", FLAP_HOSTS[0])
-            await synced(serve)
-            memory = rss_mib(serve.process.pid)
-            builds_before = await serve.metric("xds_server_translation_seconds_sum")
-            cpu_before = cpu_seconds(serve.process.pid)
-            times = []
-            for sample in range(samples):
-                address = FLAP_HOSTS[(sample + 1) % 2]
-                (manifests / "20-flap.yaml").write_text(flapping_pod(address, port))
-                times.append(await asyncio.to_thread(poll_until_answer, listen_port, "/flap/", address))
-                await synced(serve)
-            build_ms = (await serve.metric("xds_server_translation_seconds_sum") - builds_before) / samples * 1000
-            cpu_ms = (cpu_seconds(serve.process.pid) - cpu_before) / samples * 1000
-            return {"build_ms": build_ms, "cpu_ms": cpu_ms, "rss_mib": memory, **summary(times)}
-        finally:
-            envoy.stop()
-            serve.terminate()
+    """`clusters` routes to a Service with one Pod each; each change moves one Pod to the other FLAP_HOSTS address."""
+
+    def move(manifests: Path, sample: int) -> tuple[str, str | None]:
+        address = FLAP_HOSTS[(sample + 1) % 2]
+        (manifests / "20-flap.yaml").write_text(flapping_pod(address, port))
+        return "/flap/", address
+
+    files = {"10-services.yaml": service_routes(clusters - 1), "20-flap.yaml": flapping_pod(FLAP_HOSTS[0], port)}
+    return await measure(files, ("/flap/", FLAP_HOSTS[0]), move, samples, delta)
 
 
 async def main() -> None:
@@ -198,7 +183,7 @@ async def main() -> None:
     sizes = [("endpoint flap", n) for n in args.flap] if args.flap else [("new route", n) for n in args.routes]
     for change, size in sizes:
         if change == "new route":
-            r = await measure(size, args.samples, args.delta, port)
+            r = await measure_routes(size, args.samples, args.delta, port)
         else:
             r = await measure_flap(size, args.samples, args.delta, flap_port)
         print(

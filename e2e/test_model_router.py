@@ -27,6 +27,7 @@ from testing.ports import free_port
 from testing.processes import Serve
 from testing.sims import b64, start_testupstream
 from testing.web import SECONDS, Response, eventually, http_get, metric, request
+from translators.ir import TranslateOptions
 from translators.xds.ai_listener import USAGE_LOG_FLUSH
 from translators.xds.names import ECHO_LIMIT
 
@@ -362,16 +363,24 @@ def test_requests_are_routed_while_the_control_plane_is_stuck_or_restarting(tmp_
 # --- input bounds ---
 
 
-def test_a_client_sized_model_is_echoed_and_logged_bounded(ai: AiGateway) -> None:
-    """A model as large as the body limit allows is routed like any unknown one (Envoy copies it into a header
-    without complaint), and its 404 and its access log line carry at most ECHO_LIMIT characters of it."""
+def test_a_model_longer_than_the_limit_is_refused_without_an_echo_and_logged_bounded(ai: AiGateway) -> None:
+    """A model longer than the limit (256 by default), up to as large as the body limit allows, is a 400 that
+    echoes none of it, and its access log line carries at most ECHO_LIMIT characters of it; a model of exactly the
+    limit is routed like any unknown one (its 404 names it)."""
     path = "/v1/chat/completions?long-model"
-    unknown = ai.post(path, json.dumps({"model": "n" * (BUFFER_LIMIT - 1024)}).encode())
-    error = error_of(unknown, 404)
-    assert error["code"] == "model_not_found" and len(unknown.text) < 1024, unknown.text[:300]
-    assert "n" * ECHO_LIMIT in error["message"] and "n" * (ECHO_LIMIT + 1) not in error["message"]
+    for length in (TranslateOptions.max_model_length + 1, BUFFER_LIMIT - 1024):
+        refused = ai.post(path, json.dumps({"model": "n" * length}).encode())
+        error = error_of(refused, 400)
+        assert error["code"] == "invalid_model" and "nnn" not in refused.text, refused.text[:300]
+        assert error["message"] == f"'model' is longer than {TranslateOptions.max_model_length} characters"
     entry = eventually(lambda: ai.access_log(path), "the access log entry")
     assert entry["model"] == "n" * ECHO_LIMIT
+    # Characters, not bytes (Envoy's matching sees bytes: "é" is 2 of them, "模" 3, "😀" 4).
+    limit = TranslateOptions.max_model_length
+    for character in ("m", "é", "模", "😀"):
+        for length, status, code in ((limit, 404, "model_not_found"), (limit + 1, 400, "invalid_model")):
+            body = json.dumps({"model": character * length}, ensure_ascii=False).encode()
+            assert error_of(ai.post("/v1/chat/completions", body), status)["code"] == code, (character, length)
     long_path = "/v1/" + "p" * 10_000
     unsupported = error_of(ai.post(long_path, b'{"model": "model-a"}'), 404)
     assert unsupported["code"] == "unsupported_path" and len(unsupported["message"]) < 2 * ECHO_LIMIT

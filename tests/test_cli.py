@@ -134,3 +134,18 @@ def test_objects_of_unsupported_kinds_are_warned_about_and_exit_0() -> None:
 def test_version() -> None:
     result = run("--version")
     assert result.returncode == 0 and result.stdout.strip() == "xds-server 0.1.0"  # pyproject.toml's version
+
+
+def test_the_model_length_limit_is_an_option_within_what_envoys_regex_budget_allows() -> None:
+    result = run("translate", str(TUTORIAL), "-o", "json", "--max-model-length", "64")
+    assert result.returncode == 0, result.stderr
+    [gateway] = json.loads(result.stdout)["gateways"]
+    [routes] = gateway["routes"]
+    [too_long] = [r for v in routes["virtual_hosts"] for r in v["routes"] if r["name"].endswith("/model-too-long")]
+    assert too_long["match"]["headers"][0]["string_match"]["safe_regex"]["regex"].endswith("{65,}")
+    assert too_long["direct_response"]["body_format"]["json_format"]["error"]["message"] == (
+        "'model' is longer than 64 characters"
+    )
+    for out_of_range in ("0", "1000"):  # RE2 counts to 1,000 at most
+        refused = run("translate", str(TUTORIAL), "--max-model-length", out_of_range)
+        assert refused.returncode == 2 and "between 1 and 999" in refused.stderr

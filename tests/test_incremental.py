@@ -43,7 +43,8 @@ def _http_route(name: str, variant: int) -> str:
         "{name: svc-1, port: 80}",
         "{name: pool-0, group: inference.networking.k8s.io, kind: InferencePool}",
         "{name: nothing, port: 80}",
-    ][variant % 6]
+        "{name: manual, port: 80}",  # a Service without a selector: its EndpointSlices (read as a whole kind)
+    ][variant % 7]
     path = ["/a", "/b", "/a"][variant % 3]  # the same path twice: one route shadows the other
     hostnames = ["", "hostnames: [a.example.com]\n  "][variant % 2]
     return (
@@ -85,6 +86,20 @@ def _pod(name: str, variant: int) -> str:
         f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: a{variant % 2}}}}}\n"
         f"spec: {{containers: [{{name: c, image: i}}]}}\n"
         f"status: {{podIP: 127.0.8.{variant + 1}, conditions: [{{type: Ready, status: '{ready}'}}]}}\n"
+    )
+
+
+def _manual_service(name: str, variant: int) -> str:
+    return f"apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{ports: [{{port: 80}}]}}\n"
+
+
+def _endpoint_slice(name: str, variant: int) -> str:
+    ready = "true" if variant % 3 else "false"
+    return (
+        f"apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+        f"metadata: {{name: {name}, labels: {{kubernetes.io/service-name: manual}}}}\naddressType: IPv4\n"
+        f"endpoints: [{{addresses: [127.0.9.{variant + 1}], conditions: {{ready: {ready}}}}}]\n"
+        "ports: [{port: 8080}]\n"
     )
 
 
@@ -131,6 +146,8 @@ UNIVERSE: dict[str, Callable[[str, int], str]] = {
     **{f"backend-{i}": _backend for i in range(2)},
     **{f"svc-{i}": _service for i in range(2)},
     "picker": _service,  # the pool's endpointPickerRef
+    "manual": _manual_service,
+    "manual-slice": _endpoint_slice,
     **{f"pod-{i}": _pod for i in range(3)},
     **{f"ai-{i}": _ai_backend for i in range(2)},
     "pool-0": _pool,
@@ -139,7 +156,11 @@ UNIVERSE: dict[str, Callable[[str, int], str]] = {
 START = {"eg": 0, "gw-0": 0, "r-0": 0, "r-1": 2, "a-0": 0, "backend-0": 0, "ai-0": 0, "svc-0": 0, "pod-0": 1}
 # A richer start: two routes on one pool whose picker is a Service (what a per-translation cache shares), pods that
 # services and the pool select, a second Gateway.
-RICH_START = {**START, "gw-1": 1, "r-2": 4, "r-3": 10, "pool-0": 1, "picker": 3, "pod-1": 4, "pod-2": 5, "svc-1": 1}
+RICH_START = {
+    **START,
+    **{"gw-1": 1, "r-2": 4, "r-3": 10, "r-4": 6, "pool-0": 1, "picker": 3, "pod-1": 4, "pod-2": 5, "svc-1": 1},
+    **{"manual": 0, "manual-slice": 1},
+}
 VARIANTS = st.integers(min_value=0, max_value=11)
 # (object, variant, what): put the variant (a new object only if the variant differs), touch (the same content in a
 # new object, as a re-applied file gives), or delete.

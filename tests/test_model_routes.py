@@ -248,10 +248,11 @@ def test_routes_go_refusal_of_control_characters_model_routes_then_the_contract_
     translation = translated(MANIFESTS)
     everywhere = [EVERYWHERE.format(2), EVERYWHERE.format(0), EVERYWHERE.format(1)]  # more header matches first
     expected = {
-        "*": ["model-not-a-header-value", *everywhere, *(name for name, _ in TRAILING)],
+        "*": ["model-not-a-header-value", "model-too-long", *everywhere, *(name for name, _ in TRAILING)],
         # The host's own routes, then those of the wildcard that covers it.
         "*.team.example": [
             "model-not-a-header-value",
+            "model-too-long",
             TEAM.format(0),
             TEAM.format(1),
             *everywhere,
@@ -267,9 +268,11 @@ def test_routes_go_refusal_of_control_characters_model_routes_then_the_contract_
 def test_each_route_of_the_contract_answers_its_status_and_code() -> None:
     ir = vhost(translated(MANIFESTS), "*")
     by_name = {short(r.name, ir.name): r for r in ir.routes}
-    first = by_name["model-not-a-header-value"]
-    assert isinstance(first.action, DirectAction)
-    assert (first.action.status, first.action.code) == (400, "invalid_model")
+    for refusal in ("model-not-a-header-value", "model-too-long"):
+        action = by_name[refusal].action
+        assert isinstance(action, DirectAction)
+        assert (action.status, action.code) == (400, "invalid_model")
+        assert "%REQ" not in action.message  # nothing of the model is echoed
     for name, answer in TRAILING:
         action = by_name[name].action
         if answer is None:
@@ -291,6 +294,12 @@ def test_what_the_refusals_match() -> None:
         assert re.fullmatch(control.value, value) and NOT_A_HEADER_VALUE.search(value)
     for value in ["model-a", "tab\there", "é", "50%"]:
         assert not re.fullmatch(control.value, value) and not NOT_A_HEADER_VALUE.search(value)
+    # Envoy matches header values as bytes: so does this check (a Latin-1 reading of the UTF-8 bytes).
+    [too_long] = by_name["model-too-long"].headers
+    for value in ["m" * 257, "é" * 257, "模" * 257, "😀" * 257, "a\n" * 200, "m" * 100_000]:
+        assert re.fullmatch(too_long.value, value.encode().decode("latin-1"), re.DOTALL), value[:3]
+    for value in ["m" * 256, "é" * 256, "模" * 256, "😀" * 256, "model-a"]:
+        assert not re.fullmatch(too_long.value, value.encode().decode("latin-1"), re.DOTALL), value[:3]
     [not_a_string] = by_name["model-not-a-string"].headers
     assert not_a_string.value == NOT_A_STRING
     for value in ["42", "-1.5e3", "true", "false", "[1,2]", '{"a":1}', "[]"]:
@@ -315,6 +324,7 @@ def test_each_route_turns_on_the_filters_of_its_role() -> None:
     roles = {short(r.name, ir.name): r.ai for r in ir.routes}
     assert roles == {
         "model-not-a-header-value": AiRole.REFUSAL,
+        "model-too-long": AiRole.REFUSAL,
         **dict.fromkeys([EVERYWHERE.format(i) for i in range(3)], AiRole.MODEL),
         "models": None,
         "unsupported-path": None,

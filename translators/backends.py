@@ -143,7 +143,9 @@ class BackendResolver:
         # to the pods that have it (a Service per pod would otherwise scan every pod for each Service). Not Ready:
         # only those with an address (not Ready yet, or terminating).
         self._labelled: dict[tuple[bool, str, str, str], list[Pod]] = {}
-        self._slices: dict[tuple[str, str], list[EndpointSlice]] | None = None  # by (namespace, Service), when asked
+        # The EndpointSlices by (namespace, Service), indexed when first asked (a read of the whole kind, which every
+        # asker depends on: hence `cached`).
+        self._slices: dict[Hashable, tuple[dict[tuple[str, str], list[EndpointSlice]], Reads]] = {}
         # Every pod, read without tracking the kind: each answer (`_pods`) records the selection it made.
         for pod in resources.untracked_of_kind(Pod):
             ready = pod.is_ready
@@ -199,14 +201,17 @@ class BackendResolver:
     def _slice_endpoints(self, namespace: str, service: str, port_name: str | None) -> tuple[Endpoint, ...]:
         """A Service without a selector: the ready endpoints of the EndpointSlices that name it, on the slice port
         named like the Service port (Kubernetes pairs them by name; an unnamed port matches an unnamed one)."""
-        if self._slices is None:
-            self._slices = {}
+
+        def index() -> dict[tuple[str, str], list[EndpointSlice]]:
+            slices: dict[tuple[str, str], list[EndpointSlice]] = {}
             for found in self._resources.of_kind(EndpointSlice):
                 owner = found.metadata.labels.get(SERVICE_NAME_LABEL)
                 if owner is not None and found.address_type != "FQDN":
-                    self._slices.setdefault((found.namespace, owner), []).append(found)
+                    slices.setdefault((found.namespace, owner), []).append(found)
+            return slices
+
         endpoints: set[Endpoint] = set()
-        for endpoint_slice in self._slices.get((namespace, service), ()):
+        for endpoint_slice in self._resources.cached(self._slices, None, index).get((namespace, service), ()):
             port = next((p.port for p in endpoint_slice.ports if (p.name or None) == (port_name or None)), None)
             if port is None:
                 continue

@@ -633,6 +633,8 @@ class TranslateOptions:
     control_plane_tls: ControlPlaneTls | None = None  # cluster mode: Envoy presents its certificate to ext_proc
     resolve_cluster_local: bool = False  # map <svc>.<ns>.svc.cluster.local Backends to the Service's pods
     buffer_limit_bytes: int = 50 * 1024 * 1024  # buffered ext_proc bodies need room: 32 KiB is Envoy's default
+    # A longer 'model' is refused (400) before any route, log line or error echoes it (model names are short).
+    max_model_length: int = 256
     # GatewayClass controllers served: files and `up` take Envoy Gateway's (the tutorial's) and the project's own;
     # in a cluster exactly one is claimed (`--controller-name`), so another controller's classes are left alone.
     endpoint_picker: PickerMode = PickerMode.EMBEDDED  # the pool annotation xds-server.io/endpoint-picker overrides

@@ -4,8 +4,8 @@ A `Tracker` attached to a ResourceSet sees every `get` (one object, by key), eve
 label selections an index answers (`selection`: the pods a Service selects). The translation opens a frame per route
 (`reading`); reads outside any frame belong to the shared context (Gateways, listeners, policies...) until
 `context_done`: what the translation reads after its routes (statuses of pools and backends...) is done again every
-time, so it is nobody's dependency. A kind read in the context or by a route is a shared dependency: which objects of
-a kind exist is an answer about all of them, so a change to any object of that kind may change what was derived.
+time, so it is nobody's dependency. Which objects of a kind exist is an answer about all of them, so a whole kind
+read is a dependency on every object of it: the context's are shared (`kinds`), a route's are kept with its reads.
 
 Per-build caches that hand one computation's result to another (a pool resolved once for every route that uses it)
 must hand over its reads too: `cached` keeps them with the value and adds them to the frame of each later user.
@@ -26,6 +26,11 @@ V = TypeVar("V")
 @dataclass
 class Reads:
     keys: set[Key] = field(default_factory=set)
+
+
+def kind_key(kind: str) -> Key:
+    """The key a read of a whole kind is recorded under, in a route's reads: any change to the kind concerns it."""
+    return (kind, "*", "*")
 
 
 def selection_key(kind: str, namespace: str, labels: Mapping[str, str]) -> Key:
@@ -50,7 +55,9 @@ class Tracker:
         self._frames[-1].keys.add(key)
 
     def kind(self, kind: str) -> None:
-        if self._context or len(self._frames) > 1:
+        if len(self._frames) > 1:  # a route's: kept with its other reads, for as long as its result is reused
+            self._frames[-1].keys.add(kind_key(kind))
+        elif self._context:
             self.kinds.add(kind)
 
     def selection(self, kind: str, namespace: str, labels: Mapping[str, str]) -> None:

@@ -134,6 +134,19 @@ OVERLOAD_MANAGER = {
 }
 
 
+# RE2 programs Envoy accepts (its default error level is 100): the refusal of a model longer than the limit unrolls
+# the count (translators.gatewayapi.model_routes.too_long), which RE2 also caps at 1,000 repetitions: hence
+# MAX_MODEL_LENGTH (checked with Envoy's --mode validate). Routes' own regular expressions get the same room.
+RE2_MAX_PROGRAM_SIZE = 65_536
+MAX_MODEL_LENGTH = 999
+RUNTIME = {
+    "layers": [
+        {"name": "static", "static_layer": {"re2.max_program_size.error_level": RE2_MAX_PROGRAM_SIZE}},
+        {"name": "admin", "admin_layer": {}},
+    ]
+}
+
+
 def bootstrap(
     gateway: str,
     node_id: str,
@@ -173,6 +186,7 @@ def bootstrap(
         "node": {"id": node_id, "cluster": gateway},
         "admin": {"address": {"socket_address": {"address": admin[0], "port_value": admin[1]}}},
         "overload_manager": OVERLOAD_MANAGER,
+        "layered_runtime": RUNTIME,
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "DELTA_GRPC" if delta else "GRPC",

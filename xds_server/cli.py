@@ -21,7 +21,7 @@ from translators.gatewayapi import translate
 from translators.gatewayapi.unsupported import unsupported_objects
 from translators.ir import ENVOY_GATEWAY_CONTROLLER, ControlPlaneTls, PickerMode, TranslateOptions
 from translators.xds.render import translation_dict
-from xds_server.bootstrap import bootstrap
+from xds_server.bootstrap import MAX_MODEL_LENGTH, bootstrap
 from xds_server.kube.infra import DEFAULT_TLS_DIR
 from xds_server.listen import EXTPROC_SOCKET, XDS_SOCKET, Address, default_socket, default_socket_dir, parse_address
 from xds_server.sources.files import load_paths
@@ -53,6 +53,13 @@ def _seconds(value: str) -> int:
     return seconds
 
 
+def _model_length(value: str) -> int:
+    length = int(value)
+    if not 1 <= length <= MAX_MODEL_LENGTH:
+        raise argparse.ArgumentTypeError(f"{value}: between 1 and {MAX_MODEL_LENGTH}")
+    return length
+
+
 def add_translate_options(parser: argparse.ArgumentParser) -> None:
     """Options that shape the generated configuration; shared by every command that translates."""
     parser.add_argument(
@@ -80,6 +87,14 @@ def add_translate_options(parser: argparse.ArgumentParser) -> None:
         default=TranslateOptions.buffer_limit_bytes,
         metavar="N",
         help="Envoy's per-connection buffer: the largest request body AI routes accept (413 above it); default 50 MiB",
+    )
+    parser.add_argument(
+        "--max-model-length",
+        type=_model_length,
+        default=TranslateOptions.max_model_length,
+        metavar="N",
+        help="a request whose 'model' is longer than N characters gets a 400 (invalid_model) before any route, echo "
+        f"or log line sees it; 1 to {MAX_MODEL_LENGTH}, default {TranslateOptions.max_model_length}",
     )
     parser.add_argument(
         "--request-headers-timeout",
@@ -141,6 +156,7 @@ def translate_options(args: argparse.Namespace, extproc_default: Address = TCP_E
         resolve_cluster_local=args.resolve_cluster_local,
         privileged_port_offset=offset if offset is not None else (CLUSTER_PORT_OFFSET if cluster else 0),
         buffer_limit_bytes=args.buffer_limit_bytes,
+        max_model_length=args.max_model_length,
         system_ca_bundle=args.system_ca_bundle,
         request_headers_timeout_seconds=args.request_headers_timeout,
         request_timeout_seconds=args.request_timeout,

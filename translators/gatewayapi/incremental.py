@@ -22,7 +22,7 @@ from translators.ir import ClusterIR, ObjectRef, ObjectStatus, RouteIR, Translat
 from translators.loader import ObjectKey, ResourceSet
 from translators.resources import Resource
 from translators.resources.gateway_api import Listener
-from translators.tracking import Key, Tracker, selects
+from translators.tracking import Key, Tracker, kind_key, selects
 
 GatewayKey = tuple[str, str]  # (namespace, name)
 
@@ -90,6 +90,7 @@ class TranslationCache:
             return
         changed = changed_keys(previous.objects, resources.objects)
         changed |= self._selections_changed(changed, previous, resources)
+        changed |= {kind_key(kind) for kind, _, _ in changed}  # the routes that read a whole kind
         if not changed.isdisjoint(self._shared) or any(kind in self._shared_kinds for kind, _, _ in changed):
             self.clear()
             return

@@ -5,7 +5,8 @@ A request starts with no model header (clients' are stripped), so it passes the 
 route, which turns on the model filter: Envoy reads the body, sets x-ai-eg-model (and the JSON-object marker) and
 matches again. Then, in order:
 
-- a model with a control character: 400 `invalid_model` (first, so no regex model route can forward it);
+- a model with a control character, or longer than the limit (TranslateOptions.max_model_length): 400
+  `invalid_model` (first, so no regex model route can forward it, and no echo or log line carries it);
 - the model routes (the user's rules, each also requiring the JSON-object marker, so that a rule naming no model
   never takes a request before its body is read);
 - `/v1/models`: this host's models, and a path other than the OpenAI ones: 404 `unsupported_path`, and a request
@@ -63,7 +64,18 @@ def model_list(models: tuple[ModelIR, ...]) -> str:
     return json.dumps({"object": "list", "data": data}, separators=(",", ":"), ensure_ascii=False)
 
 
-def leading_routes(vhost_name: str) -> list[RouteIR]:
+# One UTF-8 character, as Envoy's header matching sees it: bytes (a `.` there is one byte, so "é" would count twice).
+# A character is a byte that is not a continuation byte, and the continuation bytes after it.
+UTF8_CHARACTER = r"[\x00-\x7f\xc0-\xff][\x80-\xbf]*"
+
+
+def too_long(max_length: int) -> str:
+    """A whole-value RE2 pattern for a value of more than `max_length` UTF-8 characters. Its program grows with the
+    limit (RE2 unrolls the count): Envoy's bootstrap raises the program size it accepts (xds_server.bootstrap)."""
+    return f"(?:{UTF8_CHARACTER}){{{max_length + 1},}}"
+
+
+def leading_routes(vhost_name: str, max_model_length: int) -> list[RouteIR]:
     return [
         RouteIR(
             name=f"{vhost_name}/model-not-a-header-value",
@@ -71,7 +83,14 @@ def leading_routes(vhost_name: str) -> list[RouteIR]:
             headers=(HeaderMatchIR(MODEL_HEADER, f"(?s).*[{HEADER_VALUE_FORBIDDEN}].*", HeaderMatchKind.REGEX),),
             action=_error(400, "'model' must not contain control characters", "invalid_model"),
             ai=AiRole.REFUSAL,
-        )
+        ),
+        RouteIR(
+            name=f"{vhost_name}/model-too-long",
+            path=EVERYTHING,
+            headers=(HeaderMatchIR(MODEL_HEADER, too_long(max_model_length), HeaderMatchKind.REGEX),),
+            action=_error(400, f"'model' is longer than {max_model_length} characters", "invalid_model"),
+            ai=AiRole.REFUSAL,
+        ),
     ]
 
 

@@ -309,7 +309,8 @@ class _Translator:
                 self._report_shadowed(ordered, domain)
                 models = self._models(ordered)
                 if any(r.ai is not None for r in ordered):
-                    ordered = [*leading_routes(vhost_name), *ordered, *trailing_routes(vhost_name, models)]
+                    leading = leading_routes(vhost_name, self.options.max_model_length)
+                    ordered = [*leading, *ordered, *trailing_routes(vhost_name, models)]
                 virtual_hosts.append(VirtualHostIR(vhost_name, (domain,), tuple(ordered), models))
             port_chains = tuple(sorted(chains.get(port, ()), key=lambda c: c.server_names))
             listeners.append(ListenerIR(name, self.options.listener_address, port, tuple(virtual_hosts), port_chains))
