@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from xds_server.bootstrap import RUNTIME
+
 
 def static_bootstrap(resources: dict[str, Any]) -> dict[str, Any]:
     """`resources` is one gateway entry of `translation_dict` (listeners, routes, clusters, endpoints)."""
@@ -39,4 +41,9 @@ def static_bootstrap(resources: dict[str, Any]) -> dict[str, Any]:
     static: dict[str, Any] = {"listeners": listeners, "clusters": clusters}
     if generic:
         static["secrets"] = generic
-    return {"node": {"id": "validate", "cluster": resources["gateway"]}, "static_resources": static}
+    # The runtime every bootstrap we write has (the model-length check's RE2 program needs its budget).
+    return {
+        "node": {"id": "validate", "cluster": resources["gateway"]},
+        "layered_runtime": RUNTIME,
+        "static_resources": static,
+    }
