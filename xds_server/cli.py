@@ -328,6 +328,7 @@ def run_up(args: argparse.Namespace) -> int:
         listen_host=args.listen_host,
         privileged_port_offset=args.privileged_port_offset,
         buffer_limit_bytes=args.buffer_limit_bytes,
+        max_model_length=args.max_model_length,
         ready_file=args.ready_file,
         log_dir=args.log_dir,
         free_ports=args.free_ports,
@@ -540,6 +541,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=TranslateOptions.buffer_limit_bytes,
         metavar="N",
         help=argparse.SUPPRESS,
+    )
+    up_cmd.add_argument(
+        "--max-model-length",
+        type=_model_length,
+        default=TranslateOptions.max_model_length,
+        metavar="N",
+        help=f"a 'model' longer than N characters is a 400 (invalid_model); 1 to {MAX_MODEL_LENGTH}, default "
+        f"{TranslateOptions.max_model_length}",
     )
     up_cmd.add_argument("--ready-file", type=Path, metavar="FILE", help="write the ready Gateways' URLs here as JSON")
     up_cmd.add_argument("--log-dir", type=Path, metavar="DIR", help="where process logs go (default: a new temp dir)")

@@ -55,6 +55,7 @@ class UpConfig:
     listen_host: str = "127.0.0.1"
     privileged_port_offset: int = 10000
     buffer_limit_bytes: int = TranslateOptions.buffer_limit_bytes
+    max_model_length: int = TranslateOptions.max_model_length
     ready_file: Path | None = None
     log_dir: Path | None = None
     # Admin ports chosen free at random and the gRPC sockets in a directory of the run's (tests, several runs).
@@ -101,6 +102,7 @@ class Runner:
             extproc_unix=self.extproc.path,
             resolve_cluster_local=True,  # Backend FQDNs <svc>.<ns>.svc.cluster.local reach the local pods
             buffer_limit_bytes=config.buffer_limit_bytes,
+            max_model_length=config.max_model_length,
         )
         self.service = ControlPlaneService(self.options, self.xds, (CONTROL_HOST, self.admin_port), config.picker_debug)
         self.source = FileSource(config.paths)
