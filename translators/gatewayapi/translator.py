@@ -48,7 +48,6 @@ from translators.tracking import Reads
 from translators.upstream import UpstreamSettings
 from translators.xds.names import MODEL_HEADER
 
-_Entry = VhostEntry
 # A Gateway's TLS: the filter chains of each Envoy port, and the certificates they present by name.
 _Tls = tuple[dict[int, list[TlsChainIR]], dict[str, CertificateIR]]
 
@@ -115,7 +114,7 @@ class _Translator:
         for gateway in gateways:
             key = (gateway.namespace, gateway.name)
             # (port, domain) -> precedence-keyed routes; Gateway listeners sharing a port share an Envoy listener.
-            vhosts: dict[int, dict[str, list[_Entry]]] = defaultdict(dict)
+            vhosts: dict[int, dict[str, list[VhostEntry]]] = defaultdict(dict)
             for listener in context.served[key]:  # a listener with no routes still listens
                 vhosts.setdefault(self._envoy_port(listener.port), {})
             clusters: dict[str, ClusterIR] = {}
@@ -296,7 +295,11 @@ class _Translator:
         return chains, certificates
 
     def _gateway_ir(
-        self, gateway: Gateway, vhosts: dict[int, dict[str, list[_Entry]]], clusters: dict[str, ClusterIR], tls: _Tls
+        self,
+        gateway: Gateway,
+        vhosts: dict[int, dict[str, list[VhostEntry]]],
+        clusters: dict[str, ClusterIR],
+        tls: _Tls,
     ) -> GatewayIR:
         chains, certificates = tls
         listeners = []
@@ -379,7 +382,7 @@ def _covers(wildcard: str, domain: str) -> bool:
     return wildcard == "*" or (wildcard.startswith("*.") and domain.endswith(wildcard[1:]))
 
 
-def _virtual_host_routes(domain: str, domains: dict[str, list[_Entry]]) -> list[RouteIR]:
+def _virtual_host_routes(domain: str, domains: dict[str, list[VhostEntry]]) -> list[RouteIR]:
     """Routes for requests to `domain`: its own first, then those of wildcard domains that also match it.
 
     Envoy picks one virtual host per request, while Gateway API merges every route whose hostname matches,
