@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
 import threading
 import time
@@ -21,29 +20,15 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.soak import rss_kib
 from testing.gateway_run import gateway_run
-from testing.manifests import ai_service_backend
+from testing.manifests import ai_gateway_route, ai_service_backend, chat_body
 from testing.ports import free_port
+from testing.processes import rss_kib
 from testing.sims import start_testupstream
 from testing.web import eventually, request
 
 UPSTREAM_HOST = "127.0.8.9"
-ROUTE = """
-apiVersion: aigateway.envoyproxy.io/v1beta1
-kind: AIGatewayRoute
-metadata: {name: big}
-spec:
-  parentRefs: [{name: gw}]
-  rules:
-  - matches: [{headers: [{type: Exact, name: x-ai-eg-model, value: big}]}]
-    backendRefs: [{name: big, modelNameOverride: big-pinned}]
-"""
-
-
-def body_of(mib: int) -> bytes:
-    content = "lorem ipsum " * (mib * 1024 * 1024 // 12)
-    return json.dumps({"model": "big", "messages": [{"role": "user", "content": content}]}).encode()
+ROUTE = ai_gateway_route("big", {"big": "big"}, model_name_overrides={"big": "big-pinned"})
 
 
 def outcome(url: str, body: bytes) -> str:
@@ -68,7 +53,7 @@ async def burst(bodies: int, mib: int) -> None:
         serve_args = ["--extproc-address", f"127.0.0.1:{free_port()}", "--buffer-limit-bytes", str((mib + 4) << 20)]
         try:
             async with gateway_run(directory, documents, serve_args) as run:
-                small = body_of(0) if mib else b""
+                small = chat_body(0) if mib else b""
                 eventually(lambda: outcome(run.url, small) == "200", "the route answers")
                 pid = run.serve.process.pid
                 baseline = rss_kib(pid)
@@ -82,7 +67,7 @@ async def burst(bodies: int, mib: int) -> None:
 
                 sampler = threading.Thread(target=sample)
                 sampler.start()
-                body = body_of(mib)
+                body = chat_body(mib)
                 started = time.monotonic()
                 with ThreadPoolExecutor(bodies) as pool:
                     outcomes = Counter(pool.map(lambda _: outcome(run.url, body), range(bodies)))

@@ -18,7 +18,8 @@ import argparse
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar, cast
 
 import orjson
 from envoy.config.core.v3 import base_pb2
@@ -34,6 +35,8 @@ from xds_server.epp.plugins.base import PickRequest
 from xds_server.epp.protocol import prompt_of
 from xds_server.epp.scheduler import schedule
 from xds_server.epp.scrape import Scraper
+
+T = TypeVar("T")
 
 SYSTEM_PROMPTS = [f"System prompt {g}: " + "you answer questions about the manual, politely. " * 40 for g in range(50)]
 
@@ -82,6 +85,16 @@ def request_messages(index: int) -> tuple[pb.ProcessingRequest, pb.ProcessingReq
     return headers, pb.ProcessingRequest(request_body=pb.HttpBody(body=chat_body(index), end_of_stream=True))
 
 
+def run_now(step: Coroutine[Any, Any, T]) -> T:
+    """A coroutine that never waits (a small body is parsed at once, on the caller's thread), run without an event
+    loop, so the numbers are the picker's own."""
+    try:
+        step.send(None)
+    except StopIteration as done:
+        return cast(T, done.value)
+    raise RuntimeError("the step waited: only bodies parsed on the spot can be measured here")
+
+
 def timed(step: Callable[[int], object], count: int) -> list[float]:
     """Microseconds per call, measured in batches of 100 (the clock's own cost stays out of the numbers)."""
     batches = []
@@ -108,8 +121,8 @@ def measure(endpoints: int, requests: int) -> tuple[list[float], list[float]]:
     def request_one(index: int) -> object:
         stream = PickerStream(picker, "default/bench")
         headers, body = messages[index]
-        stream.process(headers)
-        return stream.process(body)
+        run_now(stream.process(headers))
+        return run_now(stream.process(body))
 
     for step in (schedule_one, request_one):  # warm the prefix index and the caches
         timed(step, min(2_000, requests))

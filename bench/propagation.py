@@ -29,7 +29,7 @@ from testing.bulk_manifests import http_routes, service_routes
 from testing.envoy import Envoy
 from testing.manifests import gateway
 from testing.ports import free_port
-from testing.processes import Serve, serve_port, synced
+from testing.processes import Serve, rss_kib, serve_port, synced
 from testing.web import upstream
 
 UPSTREAM_HOST = "127.0.6.1"
@@ -65,10 +65,7 @@ def summary(times: list[float]) -> dict[str, float]:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_kib(pid) / 1024
 
 
 # A change a sample makes: it writes files in the manifests directory, and says which path to poll and for what body

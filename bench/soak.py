@@ -22,16 +22,10 @@ import time
 from pathlib import Path
 
 from bench.ai_latency import Bench
+from testing.processes import rss_kib
 
 WARM_UP_ROUNDS = 2
 FLAT_WITHIN = 0.05  # the bound: RSS after warm-up stays within 5%
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def growth(before: int, after: int, requests: int) -> str:

@@ -122,13 +122,24 @@ def keyed_backend(
 
 
 def ai_gateway_route(
-    name: str, models: dict[str, str], hostnames: tuple[str, ...] = (), gateway_name: str = "gw"
+    name: str,
+    models: dict[str, str],
+    hostnames: tuple[str, ...] = (),
+    gateway_name: str = "gw",
+    model_name_overrides: dict[str, str] | None = None,
 ) -> str:
-    """An AIGatewayRoute with one rule per model (exact x-ai-eg-model match) to the AIServiceBackend named beside it."""
+    """An AIGatewayRoute with one rule per model (exact x-ai-eg-model match) to the AIServiceBackend named beside it;
+    `model_name_overrides`: a backend's modelNameOverride, by backend name."""
+    overrides = model_name_overrides or {}
+
+    def backend_ref(backend: str) -> str:
+        override = f", modelNameOverride: {overrides[backend]}" if backend in overrides else ""
+        return f"{{name: {backend}{override}}}"
+
     rules = "".join(
         f"""
   - matches: [{{headers: [{{type: Exact, name: x-ai-eg-model, value: {model}}}]}}]
-    backendRefs: [{{name: {backend}}}]"""
+    backendRefs: [{backend_ref(backend)}]"""
         for model, backend in models.items()
     )
     return f"""
@@ -247,3 +258,9 @@ plugins:
 - type: destination-endpoint-served-verifier
 - type: max-score-picker
 """
+
+
+def chat_body(mib: int, model: str = "big") -> bytes:
+    """An OpenAI chat request of about `mib` MiB (one user message), for tests of large bodies."""
+    content = "lorem ipsum " * (mib * 1024 * 1024 // 12)
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": content}]}).encode()

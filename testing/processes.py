@@ -17,6 +17,14 @@ from testing.ports import free_port, loopback_address
 from testing.web import http_get
 
 
+def rss_kib(pid: int | str = "self") -> int:
+    """A process's resident set size (VmRSS), in KiB; this process's by default."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
 class Serve:
     """`xds-server serve` in its own process: `--resources manifests`, or `--kubernetes --kubeconfig` when `manifests`
     is a kubeconfig file. In cluster mode the Envoys it provisions are told to find their certificate in `tls_dir`

@@ -76,6 +76,8 @@ SERVICE_PEERS: Mapping[str, frozenset[str]] = {
     "xds_server.extproc": frozenset(),  # the package's own module only (see PACKAGES_ONLY)
     "xds_server.extproc.protocol": frozenset(),  # the ext_proc kernel the processors share
     "xds_server.extproc.server": frozenset({"xds_server.extproc.protocol"}),  # the generic gRPC dispatcher
+    # The request-body bytes the services hold at once (the picker's and the upstream settings' budget).
+    "xds_server.extproc.budget": frozenset({"xds_server.extproc.protocol"}),
     "xds_server.extproc.sse": frozenset(),
     "xds_server.extproc.telemetry": frozenset(),
     "xds_server.extproc.metering": frozenset(
@@ -89,11 +91,16 @@ SERVICE_PEERS: Mapping[str, frozenset[str]] = {
         {"xds_server.extproc.protocol", "xds_server.extproc.schemas", "xds_server.extproc.sigv4"}
     ),
     "xds_server.extproc.upstream": frozenset(
-        {"xds_server.extproc.protocol", "xds_server.extproc.providers", "xds_server.tokens"}
+        {
+            "xds_server.extproc.budget",
+            "xds_server.extproc.protocol",
+            "xds_server.extproc.providers",
+            "xds_server.tokens",
+        }
     ),
     "xds_server.tokens": frozenset(),  # bearer tokens minted for backends (Google, Entra ID), off the request path
     "xds_server.extproc.usage_log": frozenset({"xds_server.extproc.telemetry"}),
-    "xds_server.epp": frozenset({"xds_server.extproc.protocol"}),
+    "xds_server.epp": frozenset({"xds_server.extproc.budget", "xds_server.extproc.protocol"}),
     "xds_server.sources": frozenset(),
     "xds_server.sim": frozenset(),
     "xds_server.kube": frozenset(),  # cluster mode's writers: status, Lease (they read what they are handed)

@@ -274,17 +274,49 @@ def add_picker_debug_option(command: argparse.ArgumentParser) -> None:
     )
 
 
+def add_body_budget_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--body-budget-bytes",
+        type=int,
+        metavar="N",
+        help="request-body bytes the picker and the upstream settings may hold at once; a request that does not fit "
+        "gets a 503 (server_overloaded, retry-after: 1) before its body is sent; at least --buffer-limit-bytes, "
+        "default twice it",
+    )
+
+
+def body_budget_error(args: argparse.Namespace) -> str | None:
+    budget = args.body_budget_bytes
+    if budget is not None and budget < args.buffer_limit_bytes:
+        return (
+            f"--body-budget-bytes ({budget}) must be at least --buffer-limit-bytes ({args.buffer_limit_bytes}): "
+            "a body Envoy accepts could never be held"
+        )
+    return None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from xds_server.logs import configure
     from xds_server.serve import serve
 
     configure(json=args.log_format == "json")
+    if (problem := body_budget_error(args)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if not args.kubernetes:
         options = translate_options(args, default_socket(EXTPROC_SOCKET))
         xds = args.xds_address or default_socket(XDS_SOCKET)
         try:
             return asyncio.run(
-                serve(args.resources, options, xds, args.admin_address, args.picker_debug, args.shutdown_grace)
+                serve(
+                    args.resources,
+                    options,
+                    xds,
+                    args.admin_address,
+                    args.picker_debug,
+                    args.shutdown_grace,
+                    args.body_budget_bytes,
+                )
             )
         except OSError as error:  # a socket another server answers on, a socket directory that is not private
             print(f"error: {error}", file=sys.stderr)
@@ -313,7 +345,9 @@ def run_serve(args: argparse.Namespace) -> int:
     options = replace(options, endpoint_picker=PickerMode(args.endpoint_picker))
     xds = args.xds_address or TCP_XDS
     return asyncio.run(
-        serve_kubernetes(cluster, options, xds, args.admin_address, args.picker_debug, args.shutdown_grace)
+        serve_kubernetes(
+            cluster, options, xds, args.admin_address, args.picker_debug, args.shutdown_grace, args.body_budget_bytes
+        )
     )
 
 
@@ -322,6 +356,10 @@ def run_up(args: argparse.Namespace) -> int:
     # nothing to protect and would only log "skipping fork() handlers" (read when gRPC is first imported).
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
     from xds_server.up.runner import UpConfig, up
+
+    if (problem := body_budget_error(args)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     config = UpConfig(
         paths=[Path(p) for p in args.paths],
@@ -334,6 +372,7 @@ def run_up(args: argparse.Namespace) -> int:
         free_ports=args.free_ports,
         wait_seconds=args.wait,
         picker_debug=args.picker_debug,
+        body_budget_bytes=args.body_budget_bytes,
         xds_address=args.xds_address,
         extproc_address=args.extproc_address,
     )
@@ -521,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
         "in flight get this long to finish (a second signal stops at once); default 10",
     )
     add_picker_debug_option(serve_cmd)
+    add_body_budget_option(serve_cmd)
     add_translate_options(serve_cmd)
     serve_cmd.set_defaults(run=run_serve)
     up_cmd = commands.add_parser(
@@ -570,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"{default_socket_dir()}, or with --free-ports in a new directory of the run's; printed at start)",
         )
     add_picker_debug_option(up_cmd)
+    add_body_budget_option(up_cmd)
     up_cmd.set_defaults(run=run_up)
     status_cmd = commands.add_parser("status", help="show each connected Envoy's sync state per resource type")
     status_cmd.add_argument(

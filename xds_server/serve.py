@@ -30,6 +30,7 @@ from xds_server.api import admin_pb2_grpc
 from xds_server.control_plane import Build, ControlPlane
 from xds_server.epp.picker import EndpointPicker
 from xds_server.epp.scrape import Scraper
+from xds_server.extproc.budget import LARGEST_BODIES, BodyBudget, pin_mmap_threshold
 from xds_server.extproc.metering import UsageMeter
 from xds_server.extproc.server import ExternalProcessor, start_server
 from xds_server.extproc.upstream import UpstreamSettingsService
@@ -67,17 +68,23 @@ async def start_extproc(
     listen: Address | None = None,
     credentials: grpc.ServerCredentials | None = None,
     picker: EndpointPicker | None = None,
+    budget: BodyBudget | None = None,
 ) -> tuple[grpc.aio.Server, EndpointPicker]:
     """The per-request services on the address Envoy is told (`--extproc-address`: a port, or a Unix socket only this
     user may open), or on `listen` when Envoy is told another (a Service's name), each following every applied
-    build's runtime tables; with `credentials`, over mutual TLS. Stop the picker's scraper with
+    build's runtime tables; with `credentials`, over mutual TLS. The picker and the upstream settings hold request
+    bodies within `budget` (default: room for two of the largest). Stop the picker's scraper with
     `picker.scraper.close()`."""
     # Over mutual TLS, each client gets the settings (credentials) and picks of its own Gateway's routes only.
     scoped = credentials is not None
-    upstream = UpstreamSettingsService(gateway_scoped=scoped, tokens=TokenMinter(control_plane.stopping))
+    pin_mmap_threshold()  # large bodies' memory goes back to the system when freed (see extproc.budget)
+    if budget is None:
+        budget = BodyBudget(LARGEST_BODIES * options.buffer_limit_bytes)
+    upstream = UpstreamSettingsService(gateway_scoped=scoped, tokens=TokenMinter(control_plane.stopping), budget=budget)
     if picker is None:
         picker = EndpointPicker(Scraper(interval=scrape_interval), debug=picker_debug)
     picker.gateway_scoped = scoped
+    picker.budget = budget
     services = (upstream, picker)
 
     def follow(built: Build) -> None:
@@ -122,7 +129,10 @@ class ControlPlaneService:
         admin_address: tuple[str, int],
         picker_debug: bool = False,
         shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
+        body_budget_bytes: int | None = None,
     ) -> None:
+        """`body_budget_bytes`: request-body bytes the per-request services hold at once (default: room for
+        `LARGEST_BODIES` bodies of `options.buffer_limit_bytes`)."""
         self.control_plane = ControlPlane(SnapshotCache(), ClientRegistry(), options)
         self.options = options
         self.xds_address = xds_address
@@ -132,7 +142,8 @@ class ControlPlaneService:
         self._building = asyncio.Lock()
         self._grpc: grpc.aio.Server | None = None
         self._extproc: grpc.aio.Server | None = None
-        self.picker = EndpointPicker(Scraper(), debug=picker_debug)
+        self.budget = BodyBudget(body_budget_bytes or LARGEST_BODIES * options.buffer_limit_bytes)
+        self.picker = EndpointPicker(Scraper(), debug=picker_debug, budget=self.budget)
         self._admin: web.AppRunner | None = None
         self.cluster: ClusterView | None = None  # cluster mode: whether the source synced and who leads
         self.extproc_listen: Address | None = None  # where ext_proc listens, when not where Envoys are told
@@ -177,6 +188,7 @@ class ControlPlaneService:
             listen=self.extproc_listen,
             credentials=certificate.credentials() if certificate is not None else None,
             picker=self.picker,
+            budget=self.budget,
         )
         log.info("ADS on %s%s", address, " (mutual TLS)" if certificate is not None else "")
 
@@ -225,8 +237,11 @@ async def serve(
     admin_address: tuple[str, int],
     picker_debug: bool = False,
     shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
+    body_budget_bytes: int | None = None,
 ) -> int:
-    service = ControlPlaneService(options, xds_address, admin_address, picker_debug, shutdown_grace_seconds)
+    service = ControlPlaneService(
+        options, xds_address, admin_address, picker_debug, shutdown_grace_seconds, body_budget_bytes
+    )
     source: Source = FileSource(paths)
     await service.publish(await asyncio.to_thread(source.load))
     await service.start()

@@ -73,6 +73,7 @@ async def serve_kubernetes(
     admin_address: tuple[str, int],
     picker_debug: bool = False,
     shutdown_grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
+    body_budget_bytes: int | None = None,
 ) -> int:
     """Every replica lists and watches, translates and serves ADS and ext_proc (mutual TLS: the servers' certificate
     and the CA in Secrets of the controller namespace); the Lease's holder writes status and provisions each
@@ -90,7 +91,9 @@ async def serve_kubernetes(
     tls = ControlPlaneTls(cluster.envoy_tls_dir, certificates.server_name)
     options = replace(options, control_plane_tls=tls)
     source = KubernetesSource(api, cluster.namespaces)
-    service = ControlPlaneService(options, xds_address, admin_address, picker_debug, shutdown_grace_seconds)
+    service = ControlPlaneService(
+        options, xds_address, admin_address, picker_debug, shutdown_grace_seconds, body_budget_bytes
+    )
     service.extproc_listen = extproc_listen
     leadership: LeaderElector | AlwaysLeader
     if cluster.leader_election:

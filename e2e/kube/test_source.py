@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -28,6 +27,7 @@ from prometheus_client import REGISTRY
 
 from testing.cases import SEED
 from testing.kube_cluster import KubeCluster, read_json
+from testing.processes import rss_kib
 from translators.loader import ObjectKey, ResourceSet
 from translators.resources import AIGatewayRoute, HTTPRoute, Pod
 from xds_server.sources.kubernetes import KubernetesSource, api_client, default_namespace
@@ -484,10 +484,7 @@ async def test_a_namespace_limited_source_sees_only_its_namespaces(
 
 
 def rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return rss_kib() * 1024
 
 
 def make_pods(api_client: k8s.ApiClient, namespace: str, count: int) -> None:

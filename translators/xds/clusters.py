@@ -53,6 +53,9 @@ from translators.xds.upstream_tls import (
 
 CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+# The largest values Envoy takes (uint32; HTTP/2's window maximum): see extproc_cluster.
+LARGEST_BUFFER_LIMIT = 2**32 - 1
+LARGEST_HTTP2_WINDOW = 2**31 - 1
 
 
 def ads_config_source() -> config_source_pb2.ConfigSource:
@@ -240,7 +243,17 @@ def extproc_cluster(options: TranslateOptions) -> cluster_pb2.Cluster:
         http2=True,
     )
     built = cluster(ir, options.buffer_limit_bytes)
-    built.per_connection_buffer_limit_bytes.value = options.buffer_limit_bytes
+    # No flow-control watermark between Envoy and the services: Envoy 1.40 crashes (SIGSEGV) when the gRPC stream of
+    # an upstream ext_proc filter (the upstream settings) crosses one before its attempt has a connection, as a
+    # 45 MiB body sent while the backend's connection was being made did (bench/large_bodies.py). A stream's send
+    # buffer is bounded by its HTTP/2 window (16 MiB by default) and the connection's by its buffer limit, so both go
+    # to their largest. What goes over the connection is bounded anyway: each body by --buffer-limit-bytes, and the
+    # bodies sent at once by the services' budget, which admits a body before Envoy sends it (extproc.budget).
+    protocol = http_protocol_options_pb2.HttpProtocolOptions()
+    http2 = protocol.explicit_http_config.http2_protocol_options
+    http2.initial_stream_window_size.value = http2.initial_connection_window_size.value = LARGEST_HTTP2_WINDOW
+    built.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(pack(protocol))
+    built.per_connection_buffer_limit_bytes.value = LARGEST_BUFFER_LIMIT
     if options.control_plane_tls is not None:
         built.transport_socket.CopyFrom(control_plane_transport_socket(options.control_plane_tls))
     return built

@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import grpc
@@ -39,6 +40,7 @@ from xds_server.epp.plugins.base import Candidate, PickRequest, restrict
 from xds_server.epp.pools import PoolState
 from xds_server.epp.scheduler import Decision, SchedulingError, schedule
 from xds_server.epp.scrape import Scraper, Target
+from xds_server.extproc.budget import BodyBudget, off_the_loop
 from xds_server.extproc.protocol import (
     CONTINUE_REQUEST_HEADERS,
     PASS_THROUGH,
@@ -83,6 +85,7 @@ class EndpointPicker:
         clock: Callable[[], float] = time.monotonic,
         debug: bool = False,
         gateway_scoped: bool = False,
+        budget: BodyBudget | None = None,
     ) -> None:
         """`debug`: honour the request header asking for a pick's scores (off by default: the scores show the pool's
         endpoints and load to whoever asks). `gateway_scoped` (cluster mode, mutual TLS): a pool is picked for only
@@ -91,6 +94,7 @@ class EndpointPicker:
         self.clock = clock
         self.debug = debug
         self.gateway_scoped = gateway_scoped
+        self.budget = budget if budget is not None else BodyBudget()
         self.pools: dict[str, PoolState] = {}
         self.pool_gateways: Mapping[str, frozenset[str]] = {}
 
@@ -125,9 +129,14 @@ class EndpointPicker:
                 metrics.REFUSED_STREAMS.labels("picker", "no_identity" if peer is None else "other_gateway").inc()
                 log.warning("picks for pool %s refused to %s: not a Gateway of that pool", stream.pool_key, peer)
                 stream.pool = None  # answered as an unknown pool
-        while (request := await context.read()) is not grpc.aio.EOF:
-            for reply in stream.process(request):
-                await context.write(reply)
+        try:
+            while (request := await context.read()) is not grpc.aio.EOF:
+                replies = await stream.process(request)
+                del request  # a body can be large: not kept while the answer is awaited
+                await _write(context, replies)
+                del replies
+        finally:
+            stream.hold.close()
 
     def candidates(self, pool: PoolState) -> tuple[Candidate, ...]:
         """The pool's endpoints paired with their latest metrics (new Candidates only where a sample changed)."""
@@ -157,10 +166,16 @@ class EndpointPicker:
         return pool.document(metrics)
 
 
+async def _write(context: Context, replies: Iterable[ProcessingResponse]) -> None:
+    """A function of its own, so nothing of a reply (a rewritten body) stays referenced after it is written."""
+    for reply in replies:
+        await context.write(reply)
+
+
 class PickerStream:
     """One request's state. `process` returns the replies to one message (none, one, or several)."""
 
-    __slots__ = ("body", "decision", "full_duplex", "headers", "picker", "pool", "pool_key", "subset")
+    __slots__ = ("body", "decision", "full_duplex", "headers", "hold", "picker", "pool", "pool_key", "subset")
 
     def __init__(self, picker: EndpointPicker, pool_key: str) -> None:
         self.picker = picker
@@ -171,18 +186,22 @@ class PickerStream:
         self.subset: list[str] | None = None
         self.body: list[bytes] = []
         self.decision: Decision | None = None
+        self.hold = picker.budget.hold("endpoint_picker")
 
-    def process(self, request: ProcessingRequest) -> Iterable[ProcessingResponse]:
+    async def process(self, request: ProcessingRequest) -> Iterable[ProcessingResponse]:
         kind = request.WhichOneof("request")
         if kind == "request_headers":
             return self.request_headers(request)
         if kind == "request_body":
+            if (refused := self.hold.arrived(len(request.request_body.body))) is not None:
+                self.body = []
+                return (refused,)
             self.body.append(request.request_body.body)
             if not request.request_body.end_of_stream:
                 return ()  # buffered mode sends the body whole; full duplex waits for the rest before answering
-            return self.pick(end_of_stream=True)
+            return await self.pick(end_of_stream=True)
         if kind == "request_trailers":  # full duplex: trailers end the body
-            replies = list(self.pick(end_of_stream=False)) if self.decision is None else []
+            replies = list(await self.pick(end_of_stream=False)) if self.decision is None else []
             return [*replies, PASS_THROUGH[kind]]
         if kind == "response_headers":
             return (self.response_headers(request),)
@@ -197,6 +216,8 @@ class PickerStream:
         self.subset = protocol.subset_hint(request)
         if request.request_headers.end_of_stream:  # no body to read: any candidate will do
             return (self.pick_without_body(),)
+        if (refused := self.hold.before_body(request.request_headers)) is not None:
+            return (refused,)
         return () if self.full_duplex else (self._headers_reply(CONTINUE_REQUEST_HEADERS),)
 
     def _candidates(self) -> tuple[PoolState, Sequence[Candidate]]:
@@ -232,12 +253,13 @@ class PickerStream:
         overridden.mode_override.CopyFrom(PICKER_MODE_WITHOUT_RESPONSE)
         return overridden
 
-    def pick(self, end_of_stream: bool) -> Iterable[ProcessingResponse]:
+    async def pick(self, end_of_stream: bool) -> Iterable[ProcessingResponse]:
         started = time.perf_counter()
         body = b"".join(self.body)
         self.body = []
         try:
-            request, rewritten = self._parse(body)
+            request, rewritten = await off_the_loop(len(body), partial(self._parse, body))
+            self.hold.release()  # what the pick keeps of the body is its prompt (the rewrite goes out at once)
             pool, candidates = self._candidates()
             decision = schedule(pool.config, request, candidates, self.picker.clock())
         except BadRequestBody as bad:

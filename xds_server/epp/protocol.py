@@ -20,7 +20,7 @@ from translators.xds.names import (
     SUBSET_HINT_KEY,
     SUBSET_HINT_NAMESPACE,
 )
-from xds_server.extproc.protocol import BadRequestBody, ProcessingResponse, error, set_header
+from xds_server.extproc.protocol import BadRequestBody, ProcessingResponse, error, replaced_body, set_header
 
 BODY_CHUNK_BYTES = 62_000  # some Envoy builds cap a streamed body message at 64 KiB
 
@@ -78,14 +78,14 @@ def routed(destination: str, phase: str, body: bytes | None = None) -> Processin
     """The reply that sends the request to `destination` ("ip:port[,ip:port...]"), answering `phase`
     (`request_headers` in full-duplex mode and for bodiless requests, `request_body` when buffered).
     `body` replaces a buffered body (a model rewrite)."""
-    headers = [set_header(DESTINATION_HEADER, destination.encode())]
-    common = ext_proc_pb2.CommonResponse(clear_route_cache=True)
+    destination_header = set_header(DESTINATION_HEADER, destination.encode())
     if body is not None:
-        headers.append(set_header("content-length", str(len(body)).encode()))
-        common.body_mutation.body = body
-    common.header_mutation.set_headers.extend(headers)
-    response = ProcessingResponse(dynamic_metadata=_pick_metadata(destination))
-    getattr(response, phase).response.CopyFrom(common)
+        response = replaced_body(phase, body, [destination_header])
+    else:
+        response = ProcessingResponse()
+        getattr(response, phase).response.header_mutation.set_headers.append(destination_header)
+    getattr(response, phase).response.clear_route_cache = True
+    response.dynamic_metadata.CopyFrom(_pick_metadata(destination))
     return response
 
 

@@ -7,7 +7,7 @@ mutates a message after building it, so sharing is safe and saves an allocation 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, TypeAlias
 
 import grpc
@@ -110,6 +110,23 @@ PASS_THROUGH: Mapping[str, ProcessingResponse] = {
     "response_body": CONTINUE_RESPONSE_BODY,
     "response_trailers": ProcessingResponse(response_trailers=ext_proc_pb2.TrailersResponse()),
 }
+
+
+def replaced_body(
+    phase: str, body: bytes, headers: Iterable[base_pb2.HeaderValueOption] = (), content_length: bool = True
+) -> ProcessingResponse:
+    """A reply to a `phase` body message (`request_body`, `response_body`) replacing the body, setting `headers` and,
+    when `content_length` (a buffered body: Envoy holds the headers until then), the body's Content-Length.
+
+    Built in place, so the body is copied into the message once: nested constructors copy it again at each level
+    (a 45 MiB body took 140 ms instead of 17)."""
+    reply = ProcessingResponse()
+    common = getattr(reply, phase).response
+    if content_length:
+        common.header_mutation.set_headers.append(set_header("content-length", str(len(body)).encode()))
+    common.header_mutation.set_headers.extend(headers)
+    common.body_mutation.body = body
+    return reply
 
 
 def immediate_json(status: int, body: bytes, details: str) -> ProcessingResponse:

@@ -38,7 +38,15 @@ from translators.xds.names import (
     UPSTREAM_SETTINGS_MODE,
     UPSTREAM_TRANSLATION_MODE,
 )
-from xds_server.extproc.protocol import PASS_THROUGH, Mode, ProcessingResponse, error, immediate_json, set_header
+from xds_server.extproc.protocol import (
+    PASS_THROUGH,
+    Mode,
+    ProcessingResponse,
+    error,
+    immediate_json,
+    replaced_body,
+    set_header,
+)
 from xds_server.extproc.schemas import anthropic, bedrock, claude_clouds, gemini
 from xds_server.extproc.schemas.common import RequestRejected
 from xds_server.extproc.sigv4 import AwsCredentials, sign
@@ -95,13 +103,7 @@ def _headers_reply(mutation: ext_proc_pb2.HeaderMutation, mode: Mode | None = No
 
 def _body_reply(phase: str, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> ProcessingResponse:
     """A whole new body (BUFFERED: Envoy holds the headers, so Content-Length, and any header, can follow it)."""
-    set_headers = [set_header("content-length", str(len(body)).encode())]
-    set_headers += [set_header(name, value.encode()) for name, value in headers]
-    common = ext_proc_pb2.CommonResponse(
-        header_mutation=ext_proc_pb2.HeaderMutation(set_headers=set_headers),
-        body_mutation=ext_proc_pb2.BodyMutation(body=body),
-    )
-    return ProcessingResponse(**{phase: ext_proc_pb2.BodyResponse(response=common)})
+    return replaced_body(phase, body, [set_header(name, value.encode()) for name, value in headers])
 
 
 _JSON = (("content-type", "application/json"),)
@@ -122,10 +124,7 @@ def _streamed_headers() -> ProcessingResponse:
 
 
 def _streamed_body(out: bytes) -> ProcessingResponse:
-    mutation = ext_proc_pb2.BodyMutation(body=out)
-    return ProcessingResponse(
-        response_body=ext_proc_pb2.BodyResponse(response=ext_proc_pb2.CommonResponse(body_mutation=mutation))
-    )
+    return replaced_body("response_body", out, content_length=False)  # a chunk of the stream
 
 
 class ProviderAttempt:

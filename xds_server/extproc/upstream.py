@@ -13,6 +13,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
+from functools import partial
 
 import grpc
 import orjson
@@ -28,7 +29,17 @@ from translators.xds.names import (
 )
 from xds_server import metrics
 from xds_server.extproc import providers
-from xds_server.extproc.protocol import PASS_THROUGH, Context, ProcessingResponse, attribute, error, set_header
+from xds_server.extproc.budget import BodyBudget, BodyHold, off_the_loop
+from xds_server.extproc.protocol import (
+    PASS_THROUGH,
+    Context,
+    Mode,
+    ProcessingResponse,
+    attribute,
+    error,
+    replaced_body,
+    set_header,
+)
 from xds_server.extproc.providers import ProviderAttempt
 from xds_server.identity import peer_gateway
 from xds_server.tokens import TokenMinter
@@ -97,13 +108,7 @@ class UpstreamPlan:
             rewritten = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         else:
             rewritten = orjson.dumps(payload)
-        common = ext_proc_pb2.CommonResponse(
-            header_mutation=ext_proc_pb2.HeaderMutation(
-                set_headers=[set_header("content-length", str(len(rewritten)).encode())]
-            ),
-            body_mutation=ext_proc_pb2.BodyMutation(body=rewritten),
-        )
-        return ProcessingResponse(request_body=ext_proc_pb2.BodyResponse(response=common))
+        return replaced_body("request_body", rewritten)
 
 
 class UpstreamPlans:
@@ -137,8 +142,13 @@ class UpstreamSettingsService:
     """
 
     def __init__(
-        self, runtime: RuntimeTables = EMPTY_TABLES, gateway_scoped: bool = False, tokens: TokenMinter | None = None
+        self,
+        runtime: RuntimeTables = EMPTY_TABLES,
+        gateway_scoped: bool = False,
+        tokens: TokenMinter | None = None,
+        budget: BodyBudget | None = None,
     ) -> None:
+        self.budget = budget if budget is not None else BodyBudget()
         self.plans = UpstreamPlans(runtime.backend_settings, runtime.rule_gateways)
         self.gateway_scoped = gateway_scoped
         self.tokens = tokens  # mints the bearer tokens of backends that take them (must be made on the event loop)
@@ -158,36 +168,72 @@ class UpstreamSettingsService:
         plan: UpstreamPlan | None = None
         attempt: ProviderAttempt | None = None
         plans = self.plans
-        while (request := await context.read()) is not grpc.aio.EOF:
-            kind = request.WhichOneof("request")
-            if kind == "request_headers":
-                rule = attribute(request.attributes, RULE_ATTRIBUTE)
-                plan = plans.get((rule, attribute(request.attributes, BACKEND_ATTRIBUTE)))
-                if plan is not None and self.gateway_scoped and (refused := _refusal(context, plans, rule)):
-                    plan = None
-                    await context.write(refused)
-                    continue
-                attempt = plan.attempt(self._token) if plan is not None else None
-                if attempt is not None and plan is not None:
-                    await context.write(attempt.request_headers(request.request_headers))
+        hold = self.budget.hold("upstream_settings")
+        try:
+            while (request := await context.read()) is not grpc.aio.EOF:
+                kind = request.WhichOneof("request")
+                if kind == "request_headers":
+                    plan, attempt, reply = self._headers(context, plans, request)
+                    if _body_follows(reply) and (refused := hold.before_body(request.request_headers)):
+                        plan = attempt = None
+                        reply = refused
+                elif kind == "request_body":
+                    reply = await self._body(hold, plan, attempt, request.request_body.body)
+                elif attempt is not None and attempt.translates and kind != "request_trailers":
+                    size = request.response_body.ByteSize() if kind == "response_body" else 0
+                    reply = await off_the_loop(size, partial(self._translate, attempt, request, kind))
                 else:
-                    await context.write(plan.headers_reply if plan is not None else NO_SETTINGS)
-            elif attempt is not None and attempt.translates and kind != "request_trailers":
-                await context.write(self._translate(attempt, request, kind))
-            elif kind == "request_body" and plan is not None:
-                await context.write(plan.body_reply(request.request_body.body))
-            else:
-                await context.write(PASS_THROUGH[kind])
+                    reply = PASS_THROUGH[kind]
+                del request  # a body can be large: not kept while the answer is awaited
+                await context.write(reply)
+                del reply
+                if kind == "request_body":
+                    hold.release()
+        finally:
+            hold.close()
+
+    @staticmethod
+    async def _body(
+        hold: BodyHold, plan: UpstreamPlan | None, attempt: ProviderAttempt | None, body: bytes
+    ) -> ProcessingResponse:
+        """The reply to the request body (read from the message once: each read copies it)."""
+        if (refused := hold.arrived(len(body))) is not None:
+            return refused
+        if attempt is not None and attempt.translates:
+            return await off_the_loop(len(body), partial(attempt.request_body, body))
+        if plan is not None:
+            return await off_the_loop(len(body), partial(plan.body_reply, body))
+        return PASS_THROUGH["request_body"]
+
+    def _headers(
+        self, context: Context, plans: UpstreamPlans, request: ext_proc_pb2.ProcessingRequest
+    ) -> tuple[UpstreamPlan | None, ProviderAttempt | None, ProcessingResponse]:
+        """The attempt's plan and provider state, and the reply to its request headers."""
+        rule = attribute(request.attributes, RULE_ATTRIBUTE)
+        plan = plans.get((rule, attribute(request.attributes, BACKEND_ATTRIBUTE)))
+        if plan is None:
+            return None, None, NO_SETTINGS
+        if self.gateway_scoped and (refused := _refusal(context, plans, rule)):
+            return None, None, refused
+        attempt = plan.attempt(self._token)
+        if attempt is not None:
+            return plan, attempt, attempt.request_headers(request.request_headers)
+        return plan, None, plan.headers_reply
 
     @staticmethod
     def _translate(attempt: ProviderAttempt, request: ext_proc_pb2.ProcessingRequest, kind: str) -> ProcessingResponse:
-        if kind == "request_body":
-            return attempt.request_body(request.request_body.body)
         if kind == "response_headers":
             return attempt.response_headers(request.response_headers)
         if kind == "response_body":
             return attempt.response_body(request.response_body)
         return PASS_THROUGH[kind]
+
+
+def _body_follows(reply: ProcessingResponse) -> bool:
+    """Whether Envoy sends the request body after this reply to the headers (the filter's own mode buffers it)."""
+    if not reply.HasField("request_headers"):
+        return False
+    return not reply.HasField("mode_override") or reply.mode_override.request_body_mode != Mode.NONE
 
 
 def _refusal(context: Context, plans: UpstreamPlans, rule: str) -> ProcessingResponse | None:

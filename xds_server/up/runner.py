@@ -62,6 +62,7 @@ class UpConfig:
     free_ports: bool = False
     wait_seconds: float = 120.0  # startup gives up waiting for pods and Envoys after this long, and says why
     picker_debug: bool = False  # the picker answers x-gateway-picker-debug: true with the pick's scores
+    body_budget_bytes: int | None = None  # request-body bytes ext_proc holds at once (default: two of the largest)
     # ADS and ext_proc: by default Unix sockets in a directory of the run only this user may enter (xds_server.listen)
     xds_address: Address | None = None
     extproc_address: Address | None = None
@@ -104,7 +105,13 @@ class Runner:
             buffer_limit_bytes=config.buffer_limit_bytes,
             max_model_length=config.max_model_length,
         )
-        self.service = ControlPlaneService(self.options, self.xds, (CONTROL_HOST, self.admin_port), config.picker_debug)
+        self.service = ControlPlaneService(
+            self.options,
+            self.xds,
+            (CONTROL_HOST, self.admin_port),
+            config.picker_debug,
+            body_budget_bytes=config.body_budget_bytes,
+        )
         self.source = FileSource(config.paths)
         self.files = ResourceSet()
         self.publisher = Publisher(
