@@ -228,3 +228,41 @@ async def test_the_embedded_picker_serves_the_pools_without_the_endpoint_pickers
     # And it stays so: more requests, still no pick by the EPPs.
     await assert_three_answers(tutorial)
     assert await pickers_bypassed()
+
+
+def restart_controllers(api: k8s.ApiClient) -> None:
+    """`kubectl rollout restart`: a new pod template, so the Deployment replaces its pods one by one."""
+    stamp = {"kubectl.kubernetes.io/restartedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    patch = {"spec": {"template": {"metadata": {"annotations": stamp}}}}
+    k8s.AppsV1Api(api).patch_namespaced_deployment("xds-server", SYSTEM, patch)
+
+
+def rolled_out(api: k8s.ApiClient, generation: int) -> bool:
+    deployment = k8s.AppsV1Api(api).read_namespaced_deployment("xds-server", SYSTEM)
+    status = deployment.status
+    return bool(
+        status.observed_generation is not None
+        and status.observed_generation > generation
+        and status.updated_replicas == deployment.spec.replicas
+        and status.ready_replicas == deployment.spec.replicas
+        and (status.replicas or 0) == deployment.spec.replicas
+    )
+
+
+async def test_a_rolling_restart_of_the_controllers_fails_no_request_through_the_embedded_picker(
+    tutorial: Tutorial,
+) -> None:
+    """The pools' requests now each call a controller's ext_proc (the embedded picker): a rolling restart of the two
+    replicas, each stopping gracefully (readiness first, streams in flight finished), must fail none of them."""
+    api = tutorial.cluster.api_client
+    generation = k8s.AppsV1Api(api).read_namespaced_deployment("xds-server", SYSTEM).metadata.generation
+    with RequestLoop(tutorial.url) as loop:
+        await eventually(lambda: loop.sent >= 6, "the request loop under way")
+        start = loop.sent
+        restart_controllers(api)
+        await eventually(lambda: rolled_out(api, generation), "both controllers replaced", seconds=3 * SECONDS)
+        await eventually(lambda: loop.sent >= start + 12, "requests through the restart")
+    done = await loop.stopped()
+    assert done.failures == [], (
+        f"{len(done.failures)} of {done.sent} requests failed: {done.failures[:3]} ... {done.failures[-3:]}"
+    )
