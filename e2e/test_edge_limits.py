@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from testing.envoy import Envoy
 from testing.manifests import backend_route, gateway
 from testing.ports import free_port
-from testing.processes import Serve
+from testing.processes import Serve, serve_port
 from testing.sims import start_testupstream
 from testing.web import http_get, upstream, wait_for
 
@@ -125,3 +127,34 @@ def test_envoy_runs_with_a_cap_on_downstream_connections(edge: Edge) -> None:
     assert "no configured limit to the number of allowed active downstream connections" not in edge.envoy.log_tail(200)
     stats = asyncio.run(edge.envoy.get("/stats?filter=global_downstream_max_connections"))[1]
     assert "global_downstream_max_connections" in stats, stats
+
+
+async def test_an_envoy_past_its_heap_limit_refuses_new_requests_with_a_503(tmp_path: Path) -> None:
+    """`bootstrap --max-heap-bytes`: the overload manager's heap monitor and actions. A limit far below what Envoy
+    uses (1 MiB) puts it past 98% at once, so every new request gets Envoy's overload 503; the same Gateway served by
+    an Envoy without the limit answers (the module's other tests)."""
+    answers = upstream("127.0.4.23", "from-heap")
+    port = next(answers)
+    listen_port = free_port()
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "gw.yaml").write_text("---".join([gateway([listen_port]), backend_route("web", "127.0.4.23", port)]))
+    serve = Serve(manifests, free_port(), free_port(), tmp_path / "serve.log")
+    try:
+        await serve.ready()
+        xds_port, admin_port = serve_port(serve, "--xds-address"), free_port()
+        command = [sys.executable, "-m", "xds_server.cli", "bootstrap", "--gateway", "default/gw", "--max-heap-bytes"]
+        command += ["1048576", "--xds-address", f"127.0.0.1:{xds_port}", "--admin-address", f"127.0.0.1:{admin_port}"]
+        printed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        envoy = Envoy(tmp_path, "default/gw", int(xds_port), printed_bootstrap=(printed, admin_port))
+        try:
+            await envoy.wait_live()
+            stats = f"{envoy.admin}/stats?filter=overload_actions.stop_accepting_requests.active"
+            await wait_for(stats, (200, "overload.envoy.overload_actions.stop_accepting_requests.active: 1\n"))
+            status, body = await wait_for(f"http://127.0.0.1:{listen_port}/", (503, "envoy overloaded"))
+            assert (status, body) == (503, "envoy overloaded")
+        finally:
+            envoy.stop()
+    finally:
+        serve.terminate()
+        next(answers, None)

@@ -27,6 +27,7 @@ from xds_server.kube.infra import (
     desired_set,
     digest,
     gateway_infra,
+    heap_limit,
     infra_name,
     node_addresses,
     selector_labels,
@@ -151,6 +152,26 @@ def test_defaults_without_an_envoy_proxy() -> None:
     assert container["image"] == DEFAULT_IMAGE == "docker.io/envoyproxy/envoy:distroless-v1.40.0"
     assert container["resources"] == {"requests": {"cpu": "100m", "memory": "512Mi"}}
     assert objects["Service"]["spec"]["type"] == "LoadBalancer"
+
+
+@pytest.mark.parametrize(
+    ("limits", "heap"),
+    [
+        ({"cpu": "2"}, None),
+        ({"memory": "1Gi"}, int(0.8 * 2**30)),
+        ({"memory": "500M"}, int(0.8 * 500 * 10**6)),
+        ({"memory": "1.5Gi"}, int(0.8 * 1.5 * 2**30)),
+        ({"memory": "268435456"}, int(0.8 * 2**28)),
+    ],
+)
+def test_a_memory_limit_gives_envoy_a_heap_limit_at_80_percent_of_it(limits: dict[str, str], heap: int | None) -> None:
+    assert heap_limit({"limits": limits}) == heap
+    text = PROXY.replace('resources: {limits: {cpu: "2"}}', f"resources: {{limits: {limits}}}")
+    [proxy] = resources(text).of_kind(EnvoyProxy)
+    config = by_kind(desired_objects(one_gateway(), proxy, SETTINGS))["ConfigMap"]["data"]["bootstrap.yaml"]
+    monitors = {m["name"]: m["typed_config"] for m in yaml.safe_load(config)["overload_manager"]["resource_monitors"]}
+    assert monitors.get("envoy.resource_monitors.fixed_heap", {}).get("max_heap_size_bytes") == heap
+    assert "envoy.resource_monitors.global_downstream_max_connections" in monitors  # always
 
 
 def test_image_replicas_resources_and_service_type_come_from_the_envoy_proxy() -> None:

@@ -60,6 +60,13 @@ def _model_length(value: str) -> int:
     return length
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be positive")
+    return number
+
+
 def add_translate_options(parser: argparse.ArgumentParser) -> None:
     """Options that shape the generated configuration; shared by every command that translates."""
     parser.add_argument(
@@ -223,7 +230,9 @@ def run_bootstrap(args: argparse.Namespace) -> int:
     node_id = args.node_id or f"{namespace}-{name}"
     tls = control_plane_tls(args)
     xds = args.xds_address or default_socket(XDS_SOCKET)
-    config = bootstrap(args.gateway, node_id, xds, args.admin_address, delta=args.delta, tls=tls)
+    config = bootstrap(
+        args.gateway, node_id, xds, args.admin_address, delta=args.delta, tls=tls, max_heap_bytes=args.max_heap_bytes
+    )
     yaml.safe_dump(config, sys.stdout, sort_keys=False)
     return 0
 
@@ -373,6 +382,7 @@ def run_up(args: argparse.Namespace) -> int:
         wait_seconds=args.wait,
         picker_debug=args.picker_debug,
         body_budget_bytes=args.body_budget_bytes,
+        envoy_max_heap_bytes=args.envoy_max_heap_bytes,
         xds_address=args.xds_address,
         extproc_address=args.extproc_address,
     )
@@ -451,6 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap_cmd.add_argument("--admin-address", type=host_port, default=("127.0.0.1", 19901), metavar="HOST:PORT")
     bootstrap_cmd.add_argument("--node-id", help="Envoy node id (default NS-NAME)")
     bootstrap_cmd.add_argument("--delta", action="store_true", help="use incremental (Delta) ADS")
+    bootstrap_cmd.add_argument(
+        "--max-heap-bytes",
+        type=_positive,
+        metavar="N",
+        help="Envoy's heap limit for its overload manager: free memory returned from 95%% of it on, new requests "
+        "answered 503 from 98%% (set it to about 80%% of the container's memory limit); default none",
+    )
     add_tls_options(bootstrap_cmd)
     bootstrap_cmd.set_defaults(run=run_bootstrap, check=check_tls_options)
     certificate_cmd = commands.add_parser(
@@ -610,6 +627,12 @@ def build_parser() -> argparse.ArgumentParser:
             f"{default_socket_dir()}, or with --free-ports in a new directory of the run's; printed at start)",
         )
     add_picker_debug_option(up_cmd)
+    up_cmd.add_argument(
+        "--envoy-max-heap-bytes",
+        type=_positive,
+        metavar="N",
+        help="each Envoy's heap limit (as bootstrap --max-heap-bytes); default none",
+    )
     add_body_budget_option(up_cmd)
     up_cmd.set_defaults(run=run_up)
     status_cmd = commands.add_parser("status", help="show each connected Envoy's sync state per resource type")

@@ -16,6 +16,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -203,9 +204,31 @@ def _metadata(kind: str, name: str, settings: ProvisionSettings, labels: dict[st
     }
 
 
-def bootstrap_document(gateway: Gateway, settings: ProvisionSettings, tls: TlsPart | None = None) -> dict[str, Any]:
+# Quantity suffixes of Kubernetes (binary and decimal), as a memory limit is written.
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_MULTIPLIERS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+_MULTIPLIERS.update({f"{p}i": 1024 ** (i + 1) for i, p in enumerate(("K", "M", "G", "T", "P", "E"))})
+# Envoy's heap limit, as a share of its container's memory limit: the rest is its binary, stacks and the allocator's
+# own overhead, so the overload actions act before the OOM killer does.
+HEAP_SHARE_OF_MEMORY_LIMIT = 0.8
+
+
+def heap_limit(resources: Mapping[str, Any] | None) -> int | None:
+    """The overload manager's heap limit for a container with these resources: a share of its memory limit; None
+    without one (or with one not written as a plain Kubernetes quantity)."""
+    limit = ((resources or {}).get("limits") or {}).get("memory")
+    found = _QUANTITY.match(str(limit)) if limit is not None else None
+    if found is None:
+        return None
+    return int(float(found[1]) * _MULTIPLIERS[found[2]] * HEAP_SHARE_OF_MEMORY_LIMIT)
+
+
+def bootstrap_document(
+    gateway: Gateway, settings: ProvisionSettings, tls: TlsPart | None = None, max_heap_bytes: int | None = None
+) -> dict[str, Any]:
     """The Gateway's Envoy bootstrap: node.cluster "<ns>/<gw>" (its snapshot's key), ADS at the control plane's
-    Service, admin on loopback, the readiness listener. The node id is the pod's name (`--service-node`)."""
+    Service, admin on loopback, the readiness listener, the heap limit (see `heap_limit`). The node id is the pod's
+    name (`--service-node`)."""
     return bootstrap(
         f"{gateway.namespace}/{gateway.name}",
         "envoy",  # replaced by --service-node $(ENVOY_POD_NAME)
@@ -214,6 +237,7 @@ def bootstrap_document(gateway: Gateway, settings: ProvisionSettings, tls: TlsPa
         readiness_port=READINESS_PORT,
         drain_seconds=DRAIN_SECONDS,
         tls=tls.tls if tls is not None else None,
+        max_heap_bytes=max_heap_bytes,
     )
 
 
@@ -283,7 +307,8 @@ def desired_objects(
     name = infra_name(gateway.namespace, gateway.name)
     labels = selector_labels(gateway.namespace, gateway.name)
     kubernetes = proxy.kubernetes if proxy is not None else EnvoyProxyKubernetes()
-    bootstrap_yaml = yaml.safe_dump(bootstrap_document(gateway, settings, tls), sort_keys=False)
+    heap = heap_limit(kubernetes.envoy_deployment.container.resources)
+    bootstrap_yaml = yaml.safe_dump(bootstrap_document(gateway, settings, tls, heap), sort_keys=False)
 
     account = _metadata("ServiceAccount", name, settings, labels)
     account["automountServiceAccountToken"] = False

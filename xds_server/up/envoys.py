@@ -18,7 +18,9 @@ ADMIN_HOST = "127.0.0.1"
 
 
 class GatewayEnvoy:
-    def __init__(self, key: str, run: RunContext, xds: Address, admin_port: int) -> None:
+    def __init__(
+        self, key: str, run: RunContext, xds: Address, admin_port: int, max_heap_bytes: int | None = None
+    ) -> None:
         self.key = key
         self.run = run
         self.admin_port = admin_port
@@ -27,7 +29,8 @@ class GatewayEnvoy:
         self.log = run.directory / f"{stem}.log"
         config = run.directory / f"{stem}.yaml"
         node_id = f"up-{key.replace('/', '-')}"
-        config.write_text(yaml.safe_dump(bootstrap(key, node_id, xds, (ADMIN_HOST, admin_port)), sort_keys=False))
+        document = bootstrap(key, node_id, xds, (ADMIN_HOST, admin_port), max_heap_bytes=max_heap_bytes)
+        config.write_text(yaml.safe_dump(document, sort_keys=False))
         argv = [str(envoy_binary()), "-c", str(config), "--log-level", "info", "--drain-time-s", "1"]
         # A base id of its own, so this Envoy's shared memory never meets another's (other runs, other tests).
         argv += ["--use-dynamic-base-id", "--base-id-path", str(run.directory / f"{stem}.base-id")]
@@ -53,7 +56,10 @@ class GatewayEnvoy:
 
 
 class Envoys:
-    def __init__(self, run: RunContext, xds: Address, admin_port: Callable[[], int]) -> None:
+    def __init__(
+        self, run: RunContext, xds: Address, admin_port: Callable[[], int], max_heap_bytes: int | None = None
+    ) -> None:
+        self.max_heap_bytes = max_heap_bytes
         self.run = run
         self.xds = xds
         self._admin_port = admin_port
@@ -66,7 +72,7 @@ class Envoys:
         binds."""
         wanted = set(gateways)
         for key in sorted(wanted - self.by_gateway.keys()):
-            envoy = GatewayEnvoy(key, self.run, self.xds, self._admin_port())
+            envoy = GatewayEnvoy(key, self.run, self.xds, self._admin_port(), self.max_heap_bytes)
             self.by_gateway[key] = envoy
             envoy.process.start()
         for key in sorted(self.by_gateway.keys() - wanted):

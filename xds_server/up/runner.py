@@ -63,6 +63,7 @@ class UpConfig:
     wait_seconds: float = 120.0  # startup gives up waiting for pods and Envoys after this long, and says why
     picker_debug: bool = False  # the picker answers x-gateway-picker-debug: true with the pick's scores
     body_budget_bytes: int | None = None  # request-body bytes ext_proc holds at once (default: two of the largest)
+    envoy_max_heap_bytes: int | None = None  # each Envoy's overload-manager heap limit (none by default)
     # ADS and ext_proc: by default Unix sockets in a directory of the run only this user may enter (xds_server.listen)
     xds_address: Address | None = None
     extproc_address: Address | None = None
@@ -118,7 +119,7 @@ class Runner:
             self._publish, lambda error: self.reporter.warn(f"rebuild failed ({error}); see control-plane.log")
         )
         self.workloads = Workloads(self.run, self._changed, self._drained)
-        self.envoys = Envoys(self.run, self.xds, self._envoy_admin_port)
+        self.envoys = Envoys(self.run, self.xds, self._envoy_admin_port, config.envoy_max_heap_bytes)
         self._serving = False
         self._next_admin_port = FIRST_ENVOY_ADMIN_PORT
         self.announced: dict[str, list[str]] = {}
