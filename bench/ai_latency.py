@@ -43,7 +43,7 @@ import yaml
 
 from testing.bulk_manifests import header_route
 from testing.envoy import Envoy
-from testing.manifests import ai_gateway_route, ai_service_backend, gateway
+from testing.manifests import ai_gateway_route, ai_service_backend, gateway, inference_pool, pod, pool_route
 from testing.ports import free_port
 from testing.processes import Serve
 from testing.web import request, wait_for
@@ -56,7 +56,10 @@ AI_HOST = "ai.bench"
 PLAIN_HOST = "plain.bench"
 MODEL = "bench-model"
 PLAIN_HEADER = "x-bench-model"  # x-ai-eg-* headers are stripped from clients, so the baseline matches another name
-PATHS = {"ai": AI_HOST, "plain": PLAIN_HOST}
+POOL_HOST = "pool.bench"
+PATHS = {"ai": AI_HOST, "plain": PLAIN_HOST, "pool": POOL_HOST}
+# What the canned upstream answers on /metrics when it stands for a pool's pod: an idle vLLM, for the picker's scrape.
+IDLE_VLLM_METRICS = "vllm:num_requests_waiting 0\nvllm:num_requests_running 0\nvllm:kv_cache_usage_perc 0\n"
 REQUEST_BODY = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Say hello in one sentence."}]})
 P99_LIMIT_MS = 50.0
 # Issue 4's targets: what the AI path may add to the plain one at 500 requests/s on the 2-core machine.
@@ -143,6 +146,10 @@ def upstream_bootstrap(port: int, admin_port: int) -> dict[str, Any]:
                     "domains": ["*"],
                     "routes": [
                         {
+                            "match": {"path": "/metrics"},
+                            "direct_response": {"status": 200, "body": {"inline_string": IDLE_VLLM_METRICS}},
+                        },
+                        {
                             "match": {"prefix": "/"},
                             "direct_response": {"status": 200, "body": {"inline_string": CANNED_ANSWER.decode()}},
                             "response_headers_to_add": [
@@ -151,7 +158,7 @@ def upstream_bootstrap(port: int, admin_port: int) -> dict[str, Any]:
                                     "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
                                 }
                             ],
-                        }
+                        },
                     ],
                 }
             ]
@@ -286,8 +293,11 @@ def wrk_summary(finished: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 class Bench:
     """Upstream, `serve` and the gateway Envoy, up and routing both paths."""
 
-    def __init__(self, directory: Path, upstream_settings: str | None = None) -> None:
+    def __init__(self, directory: Path, upstream_settings: str | None = None, pool: bool = False) -> None:
+        """`pool`: also the pool path, an HTTPRoute to an InferencePool whose one pod is the upstream (each request
+        a pick by the embedded picker, which scrapes the upstream's /metrics)."""
         self.directory = directory
+        self.paths = [path for path in PATHS if pool or path != "pool"]
         self.upstream = Upstream(directory)
         self.listen_port = free_port()
         manifests = directory / "manifests"
@@ -301,6 +311,12 @@ class Bench:
         if upstream_settings is not None:
             documents[1] = settings_route(upstream_settings == "override")
             documents.append(SETTINGS_POLICY)
+        if pool:
+            documents += [
+                inference_pool("benchpool", self.upstream.port),
+                pod("benchpool-0", UPSTREAM_HOST, {"app": "benchpool"}),
+                pool_route("pool", "benchpool", POOL_HOST),
+            ]
         (manifests / "gateway.yaml").write_text("---".join(documents))
         xds_port = free_port()
         extra = ["--extproc-address", f"127.0.0.1:{free_port()}"]
@@ -317,7 +333,7 @@ class Bench:
         await self.upstream.wait_live()
         await self.serve.ready()
         await self.envoy.wait_live()
-        for path in PATHS:
+        for path in self.paths:
             deadline = time.monotonic() + 20
             while (status := self.check(path)) != 200 and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)

@@ -1,14 +1,16 @@
 """Soak: memory of `serve` and Envoy over many AI requests (issue 22: no growth per request).
 
-    python -m bench.soak --requests 1000000 --rate 4000 --round-seconds 25
-    python -m bench.soak --smoke
+    python -m bench.soak --requests 1000000 --rate 4000 --round-seconds 25 [--path ai|pool]
+    python -m bench.soak --smoke [--path pool]
 
 The `bench.ai_latency` setup (one `serve`, one Envoy, a canned upstream), loaded through the AI path
 (`ai.bench`: the body's model routes, Envoy reads the usage, the usage log brings it to `serve`, which records the
-GenAI metrics) in rounds of `--round-seconds` at `--rate`, until `--requests` have been answered. After each round
-the resident set size (VmRSS) of both processes is read from /proc. The first rounds warm up (connections, buffers,
-allocator arenas, metric series); growth is measured from the end of the warm-up to the end of the run, and printed
-per 1,000 requests, with the verdict against the issue's bound (flat within 5%).
+GenAI metrics), or with `--path pool` through an InferencePool whose one pod is the upstream (a pick by the embedded
+picker per request: an ext_proc stream to `serve` each), in rounds of `--round-seconds` at `--rate`, until
+`--requests` have been answered. After each round the resident set size (VmRSS) of both processes is read from
+/proc. The first rounds warm up (connections, buffers, allocator arenas, metric series); growth is measured from
+the end of the warm-up to the end of the run, and printed per 1,000 requests, with the verdict against the issue's
+bound (flat within 5%).
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ def growth(before: int, after: int, requests: int) -> str:
     return f"{(after - before) / before:+.1%} ({per_1k:+.0f} bytes per 1,000 requests)"
 
 
-async def soak(requests: int, rate: int, round_seconds: float) -> bool:
+async def soak(requests: int, rate: int, round_seconds: float, path: str = "ai") -> bool:
     with tempfile.TemporaryDirectory() as tmp:
-        bench = Bench(Path(tmp))
+        bench = Bench(Path(tmp), pool=path == "pool")
         try:
             await bench.start()
             pids = {"serve": bench.serve.process.pid, "envoy": bench.envoy.process.pid}
@@ -44,7 +46,7 @@ async def soak(requests: int, rate: int, round_seconds: float) -> bool:
             done, errors, index = 0, 0, 0
             rows: list[tuple[int, dict[str, int]]] = []
             while done < requests or index < WARM_UP_ROUNDS + 1:
-                run = await bench.run("ai", rate, round_seconds)
+                run = await bench.run(path, rate, round_seconds)
                 done, errors, index = done + run.requests, errors + run.errors, index + 1
                 sizes = {name: rss_kib(pid) for name, pid in pids.items()}
                 rows.append((done, sizes))
@@ -72,6 +74,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--rate", type=int, default=4000)
     parser.add_argument("--round-seconds", type=float, default=25.0)
+    parser.add_argument(
+        "--path", choices=("ai", "pool"), default="ai", help="the AI route, or an InferencePool's (a pick each)"
+    )
     parser.add_argument("--smoke", action="store_true", help="CI: three short rounds")
     args = parser.parse_args()
     if args.smoke:
@@ -79,7 +84,7 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
     started = time.monotonic()
-    ok = asyncio.run(soak(args.requests, args.rate, args.round_seconds))
+    ok = asyncio.run(soak(args.requests, args.rate, args.round_seconds, args.path))
     print(f"({time.monotonic() - started:.0f} s)")
     sys.exit(0 if ok else 1)
 
