@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -18,10 +19,13 @@ from testing.envoy import Envoy
 from testing.manifests import backend_route, gateway
 from testing.ports import free_port
 from testing.processes import Serve, serve_port
-from testing.sims import start_testupstream
-from testing.web import http_get, upstream, wait_for
+from testing.sims import start_sim, start_testupstream
+from testing.web import http_get, request, upstream, wait_for
 
-HEADERS_TIMEOUT, REQUEST_TIMEOUT = 1, 2
+HEADERS_TIMEOUT, REQUEST_TIMEOUT, IDLE_TIMEOUT = 1, 2, 3
+# A streamed answer three times as long as the request timeout, twice the idle timeout, a token every 250 ms: the
+# scaled-down form of a five-minute completion under the defaults (request 300 s, idle 300 s).
+STREAM_TOKENS, TOKEN_GAP = 24, "250ms"
 
 
 class Edge:
@@ -30,6 +34,10 @@ class Edge:
         port = next(self.answers)
         # POSTs go to a testupstream, which reads a whole body before it answers.
         self.reader = start_testupstream("reader", "127.0.4.22", tmp_path / "reader.log")
+        model_port = free_port("127.0.4.24")
+        arguments = ["--host", "127.0.4.24", "--port", str(model_port), "--model", "slow", "--seed", "1"]
+        arguments += ["--inter-token-latency", TOKEN_GAP]
+        self.model = start_sim("vllm", arguments, "127.0.4.24", model_port, tmp_path / "model.log")
         self.listen_port = free_port()
         manifests = tmp_path / "manifests"
         manifests.mkdir()
@@ -39,11 +47,13 @@ class Edge:
                     gateway([self.listen_port]),
                     backend_route("web", "127.0.4.21", port),
                     backend_route("reader", "127.0.4.22", self.reader.port, "/v1"),
+                    backend_route("model", "127.0.4.24", self.model.port, "/v1/completions"),
                 ]
             )
         )
         xds_port = free_port()
         limits = ["--request-headers-timeout", str(HEADERS_TIMEOUT), "--request-timeout", str(REQUEST_TIMEOUT)]
+        limits += ["--stream-idle-timeout", str(IDLE_TIMEOUT)]
         self.serve = Serve(manifests, xds_port, free_port(), tmp_path / "serve.log", limits)
         asyncio.run(self.serve.ready())
         self.envoy = Envoy(tmp_path, "default/gw", xds_port)
@@ -60,6 +70,7 @@ class Edge:
         self.envoy.stop()
         self.serve.terminate()
         self.reader.kill()
+        self.model.kill()
         next(self.answers, None)
 
 
@@ -121,6 +132,22 @@ def test_http_10_clients_are_served(edge: Edge) -> None:
     answer = answer_of(client)
     assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"from-edge"), answer
     client.close()
+
+
+def test_a_streamed_answer_longer_than_the_request_and_idle_timeouts_goes_on_to_its_end(edge: Edge) -> None:
+    """The request timeout bounds receiving the request, the idle timeout a silence: neither bounds an answer that
+    keeps sending, so a long completion streams to its end."""
+    body = json.dumps({"model": "slow", "prompt": "Tell a long story.", "max_tokens": STREAM_TOKENS, "stream": True})
+    answer = request(
+        edge.url.rstrip("/"), "POST", "/v1/completions", body.encode(), {"content-type": "application/json"}
+    )
+    assert answer.status_code == 200, answer.text
+    events = [line.removeprefix("data: ") for line in answer.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]", events[-3:]
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    # Every token came, 250 ms apart: the answer lasted 6 s, past both timeouts.
+    assert sum(1 for chunk in chunks if chunk["choices"][0]["text"]) >= STREAM_TOKENS - 1
 
 
 def test_envoy_runs_with_a_cap_on_downstream_connections(edge: Edge) -> None:

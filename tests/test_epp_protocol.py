@@ -222,13 +222,9 @@ async def test_mounted_config_runs_the_conformance_plugins(picker_channel) -> No
 
 async def test_debug_header_returns_the_scores_of_the_pick_only_when_enabled(picker_channel) -> None:
     channel, picker = picker_channel
-    asked = [
-        headers(x_gateway_picker_debug="true"),
-        body(chat()),
-        pb.ProcessingRequest(response_headers=pb.HttpHeaders()),
-    ]
-    ignored = await exchange(channel, "default/llama", asked, 3)
-    assert not ignored[2].response_headers.response.header_mutation.set_headers  # off by default: no scores
+    # Off by default: the header is ignored, the response phase turned off (no scores can follow), the stream ended.
+    ignored = await exchange(channel, "default/llama", [headers(x_gateway_picker_debug="true"), body(chat())], 2)
+    assert ignored[0].mode_override.response_header_mode == Mode.SKIP
     picker.debug = True  # as `serve --picker-debug` starts it
     replies = await exchange(
         channel,
@@ -255,3 +251,27 @@ async def test_health_answers_the_protocol_services(picker_channel) -> None:
     for service in ("", "envoy.service.ext_proc.v3.ExternalProcessor", "inference-extension"):
         answer = await stub.Check(health_pb2.HealthCheckRequest(service=service))
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_the_picker_ends_its_stream_once_nothing_more_will_come(picker_channel) -> None:
+    """Rather than wait for Envoy to cancel it (grpcio keeps native memory for every cancelled call): after the pick
+    when the response phase is off, after the response headers when they were asked for."""
+    channel, picker = picker_channel
+    stub = external_processor_pb2_grpc.ExternalProcessorStub(channel)
+    call = stub.Process(metadata=(("x-inference-pool", "default/llama"),))
+    await call.write(headers())
+    await call.read()
+    await call.write(body(chat()))
+    assert (await call.read()).HasField("request_body")
+    assert await call.read() is grpc.aio.EOF
+    assert await call.code() == grpc.StatusCode.OK
+
+    picker.debug = True  # the scores asked for: the response headers come, and the stream ends after them
+    call = stub.Process(metadata=(("x-inference-pool", "default/llama"),))
+    for request in (headers(x_gateway_picker_debug="true"), body(chat())):
+        await call.write(request)
+        await call.read()
+    await call.write(pb.ProcessingRequest(response_headers=pb.HttpHeaders()))
+    assert (await call.read()).HasField("response_headers")
+    assert await call.read() is grpc.aio.EOF
+    assert await call.code() == grpc.StatusCode.OK

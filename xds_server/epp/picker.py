@@ -24,12 +24,14 @@ import orjson
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from prometheus_client import Counter, Gauge, Histogram
 
+from translators.ir import PickerBodyMode
 from translators.runtime import RuntimeTables
 from translators.xds.names import (
     MODEL_REWRITE_HEADER,
     OBJECTIVE_HEADER,
     PICKER_DEBUG_HEADER,
     PICKER_MODE_WITHOUT_RESPONSE,
+    PICKER_MODES,
     PICKER_POOL_METADATA,
     PICKER_SCORES_HEADER,
     TEST_SELECTION_HEADER,
@@ -46,6 +48,7 @@ from xds_server.extproc.protocol import (
     PASS_THROUGH,
     BadRequestBody,
     Context,
+    Exchange,
     ProcessingRequest,
     ProcessingResponse,
     header_values,
@@ -132,8 +135,11 @@ class EndpointPicker:
         try:
             while (request := await context.read()) is not grpc.aio.EOF:
                 replies = await stream.process(request)
+                kind = request.WhichOneof("request")
+                phase_ended = not kind.endswith("_body") or getattr(request, kind).end_of_stream
                 del request  # a body can be large: not kept while the answer is awaited
-                await _write(context, replies)
+                if await _write(context, replies, stream.exchange, phase_ended):
+                    return  # nothing more will come: ended here rather than cancelled by Envoy (Exchange)
                 del replies
         finally:
             stream.hold.close()
@@ -166,16 +172,33 @@ class EndpointPicker:
         return pool.document(metrics)
 
 
-async def _write(context: Context, replies: Iterable[ProcessingResponse]) -> None:
-    """A function of its own, so nothing of a reply (a rewritten body) stays referenced after it is written."""
+async def _write(
+    context: Context, replies: Iterable[ProcessingResponse], exchange: Exchange, phase_ended: bool
+) -> bool:
+    """Writes the replies; whether the exchange is over. A function of its own, so nothing of a reply (a rewritten
+    body) stays referenced after it is written."""
+    over = False
     for reply in replies:
         await context.write(reply)
+        over = exchange.over_after(reply, phase_ended)
+    return over
 
 
 class PickerStream:
     """One request's state. `process` returns the replies to one message (none, one, or several)."""
 
-    __slots__ = ("body", "decision", "full_duplex", "headers", "hold", "picker", "pool", "pool_key", "subset")
+    __slots__ = (
+        "body",
+        "decision",
+        "exchange",
+        "full_duplex",
+        "headers",
+        "hold",
+        "picker",
+        "pool",
+        "pool_key",
+        "subset",
+    )
 
     def __init__(self, picker: EndpointPicker, pool_key: str) -> None:
         self.picker = picker
@@ -187,6 +210,8 @@ class PickerStream:
         self.body: list[bytes] = []
         self.decision: Decision | None = None
         self.hold = picker.budget.hold("endpoint_picker")
+        # The filter's own mode; a full-duplex route's replaces it (request_headers says).
+        self.exchange = Exchange(PICKER_MODES[PickerBodyMode.BUFFERED])
 
     async def process(self, request: ProcessingRequest) -> Iterable[ProcessingResponse]:
         kind = request.WhichOneof("request")
@@ -208,8 +233,11 @@ class PickerStream:
         return (PASS_THROUGH[kind],)
 
     def request_headers(self, request: ProcessingRequest) -> Iterable[ProcessingResponse]:
+        self.exchange.saw_request_headers(request.request_headers)
         if request.HasField("protocol_config"):
             self.full_duplex = request.protocol_config.request_body_mode == FULL_DUPLEX
+            if self.full_duplex:
+                self.exchange.mode = PICKER_MODES[PickerBodyMode.FULL_DUPLEX_STREAMED]
         self.headers = {
             k: v.decode("latin-1") for k, v in header_values(request.request_headers, _CONTROL_HEADERS).items()
         }

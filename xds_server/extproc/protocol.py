@@ -7,7 +7,7 @@ mutates a message after building it, so sharing is safe and saves an allocation 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeAlias
 
 import grpc
@@ -83,6 +83,53 @@ def parse_request_body(body: bytes) -> tuple[dict[str, Any], str]:
     if NOT_A_HEADER_VALUE.search(model):
         raise BadRequestBody("invalid_model", "'model' must not contain control characters")
     return payload, model
+
+
+# --- the end of a stream -----------------------------------------------------------------------------------------
+
+# The phases of an exchange in the order Envoy sends them, with whether a mode sends each.
+_PHASES: tuple[tuple[str, Callable[[Mode], bool]], ...] = (
+    ("request_headers", lambda m: m.request_header_mode != Mode.SKIP),
+    ("request_body", lambda m: m.request_body_mode != Mode.NONE),
+    ("request_trailers", lambda m: m.request_trailer_mode == Mode.SEND),
+    ("response_headers", lambda m: m.response_header_mode != Mode.SKIP),
+    ("response_body", lambda m: m.response_body_mode != Mode.NONE),
+    ("response_trailers", lambda m: m.response_trailer_mode == Mode.SEND),
+)
+_LATER = {phase: _PHASES[index + 1 :] for index, (phase, _) in enumerate(_PHASES)}
+
+
+class Exchange:
+    """Whether a stream's exchange is over once a reply is written: an immediate response, or a reply after which
+    the mode in effect (the filter's, as the stream's replies override it) sends no later phase (a body's phase ends
+    with its last chunk).
+
+    A service returns then instead of waiting for Envoy to end the stream: Envoy cancels a stream still open when its
+    request ends, and grpcio's asyncio server keeps about 120 bytes of native memory for every cancelled call (grpc
+    issue 43360); a pool's soak grew by that much per request. Envoy takes a server's close as the end of processing.
+    `mode` None: the filter's mode is not known, so only an immediate response or an overriding reply says."""
+
+    __slots__ = ("bodiless", "mode")
+
+    def __init__(self, mode: Mode | None) -> None:
+        self.mode = mode
+        self.bodiless = False  # the request ended with its headers: no request body or trailers will come
+
+    def saw_request_headers(self, headers: ext_proc_pb2.HttpHeaders) -> None:
+        self.bodiless = headers.end_of_stream
+
+    def over_after(self, reply: ProcessingResponse, phase_ended: bool = True) -> bool:
+        """`phase_ended`: the message answered ended its phase (a body's last chunk; always for headers)."""
+        phase = reply.WhichOneof("response")
+        if phase == "immediate_response":
+            return True
+        if reply.HasField("mode_override"):
+            self.mode = reply.mode_override
+        mode = self.mode
+        if mode is None or phase not in _LATER or not phase_ended:
+            return False
+        later = _LATER[phase]
+        return not any(sends(mode) for name, sends in later if not (self.bodiless and name.startswith("request_")))
 
 
 # --- replies -----------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from xds_server.extproc.budget import BodyBudget, BodyHold, off_the_loop
 from xds_server.extproc.protocol import (
     PASS_THROUGH,
     Context,
+    Exchange,
     Mode,
     ProcessingResponse,
     attribute,
@@ -169,10 +170,12 @@ class UpstreamSettingsService:
         attempt: ProviderAttempt | None = None
         plans = self.plans
         hold = self.budget.hold("upstream_settings")
+        exchange = Exchange(None)  # the filter's mode depends on its cluster: the replies' overrides say
         try:
             while (request := await context.read()) is not grpc.aio.EOF:
                 kind = request.WhichOneof("request")
                 if kind == "request_headers":
+                    exchange.saw_request_headers(request.request_headers)
                     plan, attempt, reply = self._headers(context, plans, request)
                     if _body_follows(reply) and (refused := hold.before_body(request.request_headers)):
                         plan = attempt = None
@@ -184,11 +187,14 @@ class UpstreamSettingsService:
                     reply = await off_the_loop(size, partial(self._translate, attempt, request, kind))
                 else:
                     reply = PASS_THROUGH[kind]
+                phase_ended = not kind.endswith("_body") or getattr(request, kind).end_of_stream
                 del request  # a body can be large: not kept while the answer is awaited
                 await context.write(reply)
-                del reply
                 if kind == "request_body":
                     hold.release()
+                if exchange.over_after(reply, phase_ended):
+                    return  # nothing more will come: ended here rather than cancelled by Envoy (Exchange)
+                del reply
         finally:
             hold.close()
 
