@@ -196,8 +196,8 @@ class BodyHold:
             self.size = 0
 
     def close(self) -> None:
-        """The stream has ended."""
+        """The stream has ended: a large body's memory is worth a trim (a small one's is reused from the heap)."""
         self.release()
-        if self.taken:
+        if self.taken >= OFF_THE_LOOP_BYTES:
             self.budget.freed(self.taken)
-            self.taken = 0
+        self.taken = 0
