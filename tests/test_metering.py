@@ -825,6 +825,7 @@ async def test_streams_are_dispatched_by_their_initial_metadata(channel: grpc.ai
         response_body(b"data: [DONE]\n\n", True),
     )
     answers = [r async for r in stub.Process(requests(*metered))]
+    assert len(answers) == 3  # and the stream ended after the last chunk: no trailers follow an end of stream
     assert answers[:2] == [STREAM_RESPONSE_BODY, CONTINUE_RESPONSE_BODY]
     found = metadata(answers[2])
     first_token_ms = found.pop("first_token_ms")
@@ -861,3 +862,20 @@ async def test_a_metered_stream_that_ends_before_its_last_body_is_answered_and_r
     answers = [r async for r in stub.Process(requests(*messages))]
     assert answers == [STREAM_RESPONSE_BODY, CONTINUE_RESPONSE_BODY]
     assert moved.delta() == {}
+
+
+async def test_stream_metering_ends_its_stream_after_the_last_chunk_of_an_event_stream(
+    channel: grpc.aio.Channel,
+) -> None:
+    """Rather than wait for Envoy to cancel it (grpcio keeps native memory for every cancelled call): the answer's
+    mode override sends no trailers, so a chunk that ends the answer is the last message."""
+    stub = external_processor_pb2_grpc.ExternalProcessorStub(channel)
+    call = stub.Process()
+    await call.write(response_headers(200, "text/event-stream"))
+    assert await call.read() == STREAM_RESPONSE_BODY
+    await call.write(response_body(b'data: {"model":"m"}\n\n', False))
+    assert await call.read() == CONTINUE_RESPONSE_BODY
+    await call.write(response_body(b"data: [DONE]\n\n", True))
+    assert (await call.read()).HasField("response_body")
+    assert await call.read() is grpc.aio.EOF
+    assert await call.code() == grpc.StatusCode.OK

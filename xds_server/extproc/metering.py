@@ -21,6 +21,7 @@ from google.protobuf import struct_pb2
 
 from translators.xds.names import (
     METERING_METADATA_NAMESPACE,
+    METERING_MODE,
     OPERATIONS,
     PATH_ATTRIBUTE,
     REQUEST_TIME_ATTRIBUTE,
@@ -29,6 +30,7 @@ from xds_server.extproc.protocol import (
     CONTINUE_RESPONSE_BODY,
     PASS_THROUGH,
     Context,
+    Exchange,
     MetadataValue,
     Mode,
     ProcessingRequest,
@@ -152,5 +154,12 @@ class UsageMeter:
 
     async def handle(self, context: Context, metadata: Mapping[str, str]) -> None:
         stream = MeteringStream()
+        exchange = Exchange(METERING_MODE)
         while (request := await context.read()) is not grpc.aio.EOF:
-            await context.write(stream.process(request))
+            reply = stream.process(request)
+            await context.write(reply)
+            # An event stream's last chunk ends it (its mode override sends no trailers): the stream ends here
+            # rather than being cancelled by Envoy (Exchange).
+            phase_ended = request.WhichOneof("request") != "response_body" or request.response_body.end_of_stream
+            if exchange.over_after(reply, phase_ended):
+                return
