@@ -51,6 +51,7 @@ from xds_server.extproc.protocol import (
     Exchange,
     ProcessingRequest,
     ProcessingResponse,
+    ends_phase,
     header_values,
     parse_request_body,
 )
@@ -135,8 +136,7 @@ class EndpointPicker:
         try:
             while (request := await context.read()) is not grpc.aio.EOF:
                 replies = await stream.process(request)
-                kind = request.WhichOneof("request")
-                phase_ended = not kind.endswith("_body") or getattr(request, kind).end_of_stream
+                phase_ended = ends_phase(request)
                 del request  # a body can be large: not kept while the answer is awaited
                 if await _write(context, replies, stream.exchange, phase_ended):
                     return  # nothing more will come: ended here rather than cancelled by Envoy (Exchange)

@@ -36,6 +36,7 @@ from xds_server.extproc.protocol import (
     ProcessingRequest,
     ProcessingResponse,
     attribute,
+    ends_phase,
     header_values,
 )
 from xds_server.extproc.sse import SseParser, Usage
@@ -160,6 +161,5 @@ class UsageMeter:
             await context.write(reply)
             # An event stream's last chunk ends it (its mode override sends no trailers): the stream ends here
             # rather than being cancelled by Envoy (Exchange).
-            phase_ended = request.WhichOneof("request") != "response_body" or request.response_body.end_of_stream
-            if exchange.over_after(reply, phase_ended):
+            if exchange.over_after(reply, ends_phase(request)):
                 return

@@ -99,6 +99,12 @@ _PHASES: tuple[tuple[str, Callable[[Mode], bool]], ...] = (
 _LATER = {phase: _PHASES[index + 1 :] for index, (phase, _) in enumerate(_PHASES)}
 
 
+def ends_phase(request: ProcessingRequest) -> bool:
+    """Whether the message ends its phase: headers and trailers always, a body with its last chunk."""
+    kind = request.WhichOneof("request")
+    return not kind.endswith("_body") or bool(getattr(request, kind).end_of_stream)
+
+
 class Exchange:
     """Whether a stream's exchange is over once a reply is written: an immediate response, or a reply after which
     the mode in effect (the filter's, as the stream's replies override it) sends no later phase (a body's phase ends

@@ -37,6 +37,7 @@ from xds_server.extproc.protocol import (
     Mode,
     ProcessingResponse,
     attribute,
+    ends_phase,
     error,
     replaced_body,
     set_header,
@@ -187,7 +188,7 @@ class UpstreamSettingsService:
                     reply = await off_the_loop(size, partial(self._translate, attempt, request, kind))
                 else:
                     reply = PASS_THROUGH[kind]
-                phase_ended = not kind.endswith("_body") or getattr(request, kind).end_of_stream
+                phase_ended = ends_phase(request)
                 del request  # a body can be large: not kept while the answer is awaited
                 await context.write(reply)
                 if kind == "request_body":
