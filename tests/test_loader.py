@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from translators.loader import ObjectKey, keep_last_good, load_texts
-from translators.resources import ConfigMap, InferencePool, Secret, parse_duration_ms
+from translators.resources import ConfigMap, EndpointSlice, InferencePool, Secret, parse_duration_ms
 from xds_server.sources.files import load_paths
 
 GATEWAY_CLASS = """
@@ -204,3 +204,21 @@ def test_reload_removes_an_object_whose_document_was_deleted() -> None:
     after = keep_last_good(before, load_texts([("a.yaml", config_map("one", "v1"))]))
     assert not after.errors
     assert list(after.objects) == [ObjectKey("ConfigMap", "default", "one")]
+
+
+def test_an_endpoint_slice_with_null_endpoints_and_ports_is_an_empty_slice() -> None:
+    """The API server writes an empty list as null (a slice created before its endpoints, as the Gateway API suite's
+    HTTPRouteServiceTypes does): an empty slice, not an invalid object."""
+    loaded = load_texts(
+        [
+            (
+                "slice.yaml",
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+                "metadata: {name: s, labels: {kubernetes.io/service-name: svc}}\n"
+                "addressType: IPv4\nendpoints: null\nports: null\n",
+            )
+        ]
+    )
+    assert not loaded.errors, [str(e) for e in loaded.errors]
+    [found] = loaded.of_kind(EndpointSlice)
+    assert (found.endpoints, found.ports) == ([], [])

@@ -7,7 +7,7 @@ import binascii
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, field_validator
 
 from translators.resources.base import K8sModel, LabelSelector, PortNumber, Resource, shown
 
@@ -78,6 +78,12 @@ class EndpointSlice(Resource):
     address_type: Literal["IPv4", "IPv6", "FQDN"]
     endpoints: list[SliceEndpoint] = Field(default_factory=list)
     ports: list[EndpointPort] = Field(default_factory=list)
+
+    @field_validator("endpoints", "ports", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any) -> Any:
+        """The API server writes an empty list as null (a slice with no endpoints yet, as a controller creates it)."""
+        return [] if value is None else value
 
 
 class ContainerPort(K8sModel):
