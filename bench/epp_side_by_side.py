@@ -90,10 +90,10 @@ from testing.envoy import Envoy
 from testing.kube_cluster import KubeCluster, binaries_present, binary_dir, build_binaries, running_cluster
 from testing.kube_objects import fresh_namespace
 from testing.manifests import TUTORIAL_PICKER_CONFIG, gateway, inference_pool, pod, pool_route
-from testing.ports import free_port, port_free_on
+from testing.ports import free_port
 from testing.processes import Serve, serve_port, stop_process
-from testing.real_epp import HOSTNAME, MODEL, POOL, start_lab
-from testing.sims import SimProcess, start_sim
+from testing.real_epp import HOSTNAME, MODEL, POOL, start_lab, start_pod, start_sims, stop_sims
+from testing.sims import SimProcess
 from testing.web import http_get, request
 from xds_server.sim.vllm.tokens import chat_prompt
 
@@ -127,24 +127,8 @@ class Row:
     other_pid: int | None = None  # `serve --kubernetes` for the EPP row: configures Envoy, out of the request path
 
 
-def start_sims(directory: Path) -> dict[str, SimProcess]:
-    octet = random.randint(1, 254)
-    hosts = {name: f"127.{octet}.94.{i + 1}" for i, name in enumerate(PODS)}
-    port = port_free_on(list(hosts.values()))
-    started: dict[str, SimProcess] = {}
-    try:
-        for name, host in hosts.items():
-            args = ["--model", MODEL, "--time-scale", SIM_TIME_SCALE]
-            started[name] = start_pod(name, host, port, directory / f"{name}.log", args)
-    except BaseException:
-        stop_sims(started)
-        raise
-    return started
-
-
-def start_pod(name: str, host: str, port: int, log: Path, args: list[str]) -> SimProcess:
-    return start_sim("vllm", ["--host", host, "--port", str(port), "--seed", "1", *args], host, port, log,
-                     env={"POD_NAME": name})  # fmt: skip
+def start_pool(directory: Path) -> dict[str, SimProcess]:
+    return start_sims(directory, PODS, ["--model", MODEL, "--time-scale", SIM_TIME_SCALE])
 
 
 def restart_sims(sims: dict[str, SimProcess], directory: Path, args: list[str], tag: str) -> None:
@@ -153,11 +137,6 @@ def restart_sims(sims: dict[str, SimProcess], directory: Path, args: list[str], 
     for name, sim in sims.items():
         sim.kill()
         sims[name] = start_pod(name, sim.host, sim.port, directory / f"{name}-{tag}.log", args)
-
-
-def stop_sims(sims: dict[str, SimProcess]) -> None:
-    for sim in sims.values():
-        sim.kill()
 
 
 def chat_through(url: str) -> tuple[int, str]:
@@ -504,7 +483,7 @@ async def start_rows(
 async def run(args: argparse.Namespace, directory: Path) -> tuple[dict[str, Result], dict[str, str], list[RateResult]]:
     script = directory / "wrk.lua"
     script.write_text(WRK_SCRIPT)
-    sims = start_sims(directory)
+    sims = start_pool(directory)
     with contextlib.ExitStack() as cleanup:  # every process stopped however the run ends
         cleanup.callback(stop_sims, sims)
         rows, skipped = await start_rows(cleanup, directory, sims, args.aigw_tarball)

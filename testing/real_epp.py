@@ -18,9 +18,11 @@ import contextlib
 import functools
 import http.client
 import json
+import random
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +37,9 @@ from testing.kube_cluster import KubeCluster
 from testing.kube_envoy import KubeEnvoy, start_provisioned_envoy
 from testing.kube_objects import apply
 from testing.manifests import TUTORIAL_PICKER_CONFIG, gateway
-from testing.ports import free_port
+from testing.ports import free_port, port_free_on
 from testing.processes import Serve, stop_process
-from testing.sims import SimProcess
+from testing.sims import SimProcess, start_sim
 from testing.web import Response, eventually_async, request
 
 POOL = "llama"
@@ -169,6 +171,33 @@ class EndpointPicker:
 
 
 # --- the objects and the processes around it ----------------------------------------------------------------------
+
+
+def start_pod(name: str, host: str, port: int, log: Path, args: Sequence[str]) -> SimProcess:
+    """One pod of the pool: a vLLM simulator on `host:port`, named `name` (its `x-inference-pod` answers)."""
+    arguments = ["--host", host, "--port", str(port), "--seed", "1", *args]
+    return start_sim("vllm", arguments, host, port, log, env={"POD_NAME": name})
+
+
+def stop_sims(sims: Mapping[str, SimProcess]) -> None:
+    for sim in sims.values():
+        sim.kill()
+
+
+def start_sims(directory: Path, names: Sequence[str], args: Sequence[str]) -> dict[str, SimProcess]:
+    """The pool's pods, one simulator each on a loopback address of its own and one port free on them all (pods of
+    a pool share their targetPort); none left running if one fails to start."""
+    octet = random.randint(1, 254)
+    hosts = {name: f"127.{octet}.93.{i + 1}" for i, name in enumerate(names)}
+    port = port_free_on(list(hosts.values()))
+    started: dict[str, SimProcess] = {}
+    try:
+        for name, host in hosts.items():
+            started[name] = start_pod(name, host, port, directory / f"{name}.log", args)
+    except BaseException:
+        stop_sims(started)
+        raise
+    return started
 
 
 def pool_manifests(target_port: int, epp_grpc_port: int, listen_port: int) -> list[dict[str, Any]]:

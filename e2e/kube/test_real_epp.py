@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import http.client
 import json
-import random
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,9 +35,8 @@ from kubernetes import client as k8s
 from kubernetes.dynamic import DynamicClient
 
 from testing.kube_cluster import KubeCluster
-from testing.ports import port_free_on
-from testing.real_epp import MODEL, POOL, POOL_GROUP, Lab, eventually, start_lab
-from testing.sims import SimProcess, start_sim
+from testing.real_epp import MODEL, POOL, POOL_GROUP, Lab, eventually, start_lab, start_sims, stop_sims
+from testing.sims import SimProcess
 from testing.web import Response
 
 PODS = ("vllm-0", "vllm-1", "vllm-2")
@@ -104,20 +102,13 @@ def load_directly(sim: SimProcess, requests: int) -> None:
 
 @pytest.fixture
 def sims(tmp_path: Path) -> Iterator[dict[str, SimProcess]]:
-    octet = random.randint(1, 254)
-    hosts = {name: f"127.{octet}.93.{i + 1}" for i, name in enumerate(PODS)}
-    port = port_free_on(list(hosts.values()))
-    started: dict[str, SimProcess] = {}
+    # One sequence at a time, default (real-time) latencies: a request of 5 tokens takes ~0.1 s, one of 4000 about
+    # 80 s, so a few of those keep a queue for the rest of the test.
+    started = start_sims(tmp_path, PODS, ["--model", MODEL, "--max-num-seqs", "1"])
     try:
-        for name, host in hosts.items():
-            # One sequence at a time, default (real-time) latencies: a request of 5 tokens takes ~0.1 s, one of
-            # 4000 about 80 s, so a few of those keep a queue for the rest of the test.
-            args = ["--host", host, "--port", str(port), "--model", MODEL, "--max-num-seqs", "1", "--seed", "1"]
-            started[name] = start_sim("vllm", args, host, port, tmp_path / f"{name}.log", env={"POD_NAME": name})
         yield started
     finally:
-        for sim in started.values():
-            sim.kill()
+        stop_sims(started)
 
 
 def picker_missing(answer: Response) -> Response | None:
