@@ -10,10 +10,11 @@ from collections.abc import Callable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from translators.combiner import Combiner
 from translators.gatewayapi import translate
 from translators.gatewayapi.incremental import TranslationCache, changed_keys
 from translators.ir import TranslateOptions
-from translators.loader import Parsed, ResourceSet, combine, parse_text
+from translators.loader import Parsed, ResourceSet, parse_text
 from translators.xds.memo import Memo
 from xds_server.control_plane import Build, build
 from xds_server.xds.cache import Snapshot
@@ -27,10 +28,16 @@ EG = "gateway.envoyproxy.io/v1alpha1"
 def _gateway(name: str, variant: int) -> str:
     hostname = ["", "hostname: '*.example.com', ", "hostname: a.example.com, "][variant % 3]
     port = 8080 if variant < 3 else 8081
+    allowed = "allowedRoutes: {namespaces: {from: All}}"
+    listeners = f"[{{name: http, protocol: HTTP, port: {port}, {hostname}{allowed}}}]"
+    if variant >= 9:  # two listeners of one port that both take a.example.com: a route there is placed twice
+        listeners = (
+            f"[{{name: http, protocol: HTTP, port: 8080, hostname: '*.example.com', {allowed}}}, "
+            f"{{name: http-a, protocol: HTTP, port: 8080, hostname: a.example.com, {allowed}}}]"
+        )
     return (
         f"apiVersion: {GW}\nkind: Gateway\nmetadata: {{name: {name}}}\nspec:\n  gatewayClassName: eg\n"
-        f"  listeners: [{{name: http, protocol: HTTP, port: {port}, {hostname}"
-        "allowedRoutes: {namespaces: {from: All}}}]\n"
+        f"  listeners: {listeners}\n"
     )
 
 
@@ -174,6 +181,8 @@ STEPS = st.lists(
 class Manifests:
     def __init__(self) -> None:
         self.documents: dict[str, tuple[int, tuple[Parsed, ...]]] = {}
+        # As the file source combines them: each set says which keys changed, so translations take that path.
+        self.combiner = Combiner()
 
     def put(self, name: str, variant: int, fresh: bool) -> None:
         current = self.documents.get(name)
@@ -184,7 +193,7 @@ class Manifests:
         self.documents.pop(name, None)
 
     def resources(self) -> ResourceSet:
-        loaded = combine(parsed for _, (_, parsed) in sorted(self.documents.items()))
+        loaded = self.combiner.combine([(name, parsed) for name, (_, parsed) in sorted(self.documents.items())])
         assert not loaded.errors, [str(e) for e in loaded.errors]
         return loaded
 

@@ -649,6 +649,10 @@ class TranslateOptions:
     request_timeout_seconds: int = 300
     stream_idle_timeout_seconds: int = 300
 
+    def envoy_port(self, port: int) -> int:
+        """Where Envoy listens for a Gateway listener's port."""
+        return port + self.privileged_port_offset if port < 1024 else port
+
 
 @dataclass(frozen=True)
 class Translation:

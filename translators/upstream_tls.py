@@ -24,13 +24,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from translators.ir import CaSource, SanKind, SubjectNameIR, UpstreamTlsIR
-from translators.loader import ResourceSet
+from translators.loader import ObjectKey, ResourceSet
 from translators.resources import Backend, BackendTLSPolicy, ConfigMap, Resource, Secret, Service
-from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP, BackendEndpoint, BackendTLSSettings
+from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP, TLS_PORT, BackendEndpoint, BackendTLSSettings
 from translators.resources.gateway_api import SYSTEM_CAS, LocalObjectReference, PolicyTargetReference
 
 CA_KEY = "ca.crt"  # the key of a CA ConfigMap or Secret, in Gateway API and Envoy Gateway alike
-TLS_PORT = 443
 IMPLIED_BY_PORT = "TLS with the system CAs, as port 443 implies"
 # A condition of this project's own on a Backend (and the AIServiceBackends using it): how its upstream is reached.
 UPSTREAM_TLS_CONDITION = "xds-server.io/UpstreamTLS"
@@ -114,11 +113,15 @@ class UpstreamTls:
             self._attach(policy)
         # Every Backend's TLS, read without tracking the kind: each answer (`backend`) records the one it is about.
         # Most have none (no policy, no tls, no fqdn endpoint on 443): PLAIN, which `backend` answers for them.
-        targeted = {(namespace, name) for kind, namespace, name, _ in self._policies if kind == "Backend"}
+        # The question is asked of thousands of Backends at each reload: the cheap part first, the key only for the few.
         for backend in resources.untracked_of_kind(Backend):
-            key = (backend.namespace, backend.name)
-            if backend.spec.tls is not None or key in targeted or any(_on_tls_port(e) for e in backend.spec.endpoints):
-                self._backends[key] = self._resolve_backend(backend)
+            spec = backend.spec
+            if spec.tls is not None or spec.fqdn_on_tls_port:
+                self._backends[(backend.namespace, backend.name)] = self._resolve_backend(backend)
+        for kind, namespace, name, _ in self._policies:  # a policy's target says nothing: no verdict, no order
+            targeted = resources.objects.get(ObjectKey(kind, namespace, name)) if kind == "Backend" else None
+            if isinstance(targeted, Backend) and (namespace, name) not in self._backends:
+                self._backends[(namespace, name)] = self._resolve_backend(targeted)
 
     # --- answers -------------------------------------------------------------------------------------------------
 

@@ -147,7 +147,8 @@ class ControlPlane:
             if warning not in self._warnings_said:  # once, not at every reload
                 self._warnings_said.add(warning)
                 log.warning("%s", warning)
-        for ref, message in unsupported_objects(built.translation):
+        # Only objects of unknown kinds are unsupported: without any, no status need be looked at (on the event loop).
+        for ref, message in unsupported_objects(built.translation) if built.resources.unknown else ():
             if ref not in self._unsupported_said:  # once per object, not at every reload
                 self._unsupported_said.add(ref)
                 log.warning("%s %s: %s", ref.kind, ref.key, message)

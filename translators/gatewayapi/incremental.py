@@ -13,14 +13,15 @@ translation through the cache with one from scratch, after random sequences of e
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from translators.gatewayapi.assembly import KIND_RANKS, Assembly
 from translators.gatewayapi.rules import Route, RuleRoutes
 from translators.gatewayapi.status import Entry
 from translators.ir import ClusterIR, ObjectRef, ObjectStatus, RouteIR, TranslateOptions
 from translators.loader import ObjectKey, ResourceSet
-from translators.resources import Resource
+from translators.resources import AIGatewayRoute, HTTPRoute, Resource
 from translators.resources.gateway_api import Listener
 from translators.tracking import Key, Tracker, kind_key, selects
 
@@ -69,7 +70,6 @@ def changed_keys(before: Mapping[ObjectKey, Resource], after: Mapping[ObjectKey,
 class TranslationCache:
     def __init__(self) -> None:
         self._fragments: dict[Key, RouteFragment] = {}
-        self._by_route: dict[int, RouteFragment] = {}  # by id() of the route: each holds its route, so ids are unique
         self._readers: dict[Key, set[Key]] = {}  # object -> the routes whose fragments read it
         self._previous: ResourceSet | None = None
         self._options: TranslateOptions | None = None
@@ -79,6 +79,9 @@ class TranslationCache:
         # those of its own labels.
         self._by_label: dict[tuple[str, str, str, str], set[Key]] = {}
         self._shared_kinds: frozenset[str] = frozenset()  # kinds read whole
+        self.assembly = Assembly(lambda port: port)
+        # The routes to translate (those without a fragment), or None: every route.
+        self._pending: set[Key] | None = None
         self.reused = 0  # fragments reused by the latest translation (for tests and benchmarks)
 
     def start(self, resources: ResourceSet, options: TranslateOptions) -> None:
@@ -88,15 +91,32 @@ class TranslationCache:
             self._options = options
             self.clear()
             return
-        changed = changed_keys(previous.objects, resources.objects)
+        known = resources.changed_since(previous)  # a source that kept track of its changes says which
+        changed: set[Key] = set(known) if known is not None else changed_keys(previous.objects, resources.objects)
+        resources.index_from(previous, changed)
         changed |= self._selections_changed(changed, previous, resources)
         changed |= {kind_key(kind) for kind, _, _ in changed}  # the routes that read a whole kind
         if not changed.isdisjoint(self._shared) or any(kind in self._shared_kinds for kind, _, _ in changed):
             self.clear()
             return
+        pending = {key for key in changed if key[0] in KIND_RANKS}  # new, edited and deleted routes
         for key in changed:
             for route in self._readers.pop(key, ()):
                 self._drop(route)
+                pending.add(route)
+        self._pending = pending
+
+    def pending(self, resources: ResourceSet) -> list[Route]:
+        """The routes to translate, in translation order: those the change since the last translation concerns, or
+        every route after a change to what every route reads."""
+        if self._pending is None:
+            return [*resources.untracked_of_kind(AIGatewayRoute), *resources.untracked_of_kind(HTTPRoute)]
+        found = []
+        for kind, namespace, name in sorted(self._pending, key=lambda key: (KIND_RANKS[key[0]], key[1], key[2])):
+            route = resources.objects.get(ObjectKey(kind, namespace, name))
+            if isinstance(route, HTTPRoute | AIGatewayRoute) and (kind, namespace, name) not in self._fragments:
+                found.append(route)
+        return found
 
     def _selections_changed(self, changed: set[Key], before: ResourceSet, after: ResourceSet) -> set[Key]:
         """The selections (see translators.tracking) that a changed object was or is now selected by."""
@@ -115,20 +135,23 @@ class TranslationCache:
                             found.add(selection)
         return found
 
-    def get(self, route: Route) -> RouteFragment | None:
-        found = self._by_route.get(id(route))
-        return found if found is not None and found.route is route else None
-
     def put(self, fragment: RouteFragment) -> None:
         key = (fragment.ref.kind, fragment.ref.namespace, fragment.ref.name)
         self._drop(key)
         self._fragments[key] = fragment
-        self._by_route[id(fragment.route)] = fragment
+        self.assembly.add(fragment)
         for read in fragment.reads:
             self._readers.setdefault(read, set()).add(key)
 
-    def finish(self, tracker: Tracker, used: Iterable[RouteFragment]) -> None:
-        """After a translation: what its shared part read, and only the fragments it used (of routes that exist)."""
+    @property
+    def size(self) -> int:
+        """How many routes' fragments it holds."""
+        return len(self._fragments)
+
+    def finish(self, tracker: Tracker) -> None:
+        """After a translation: what its shared part read. Every fragment kept is of a route that exists: a deleted
+        route's fragment went with the route (a fragment reads its route)."""
+        self._pending = set()
         self._shared = frozenset(tracker.shared.keys)
         self._shared_kinds = frozenset(tracker.kinds)
         for key, labels in tracker.selectors.items():
@@ -136,15 +159,11 @@ class TranslationCache:
                 self._selectors[key] = labels
                 for label, value in labels.items():
                     self._by_label.setdefault((key[0], key[1], label, value), set()).add(key)
-        kept = {id(fragment) for fragment in used}
-        if len(kept) < len(self._fragments):
-            for key, fragment in list(self._fragments.items()):
-                if id(fragment) not in kept:
-                    self._drop(key)
 
     def clear(self) -> None:
         self._fragments.clear()
-        self._by_route.clear()
+        self._pending = None
+        self.assembly = Assembly((self._options or TranslateOptions()).envoy_port)
         self._readers.clear()
         self._selectors.clear()
         self._by_label.clear()
@@ -152,7 +171,7 @@ class TranslationCache:
     def _drop(self, key: Key) -> None:
         fragment = self._fragments.pop(key, None)
         if fragment is not None:
-            del self._by_route[id(fragment.route)]
+            self.assembly.remove(fragment)
             for read in fragment.reads:
                 readers = self._readers.get(read)
                 if readers is not None:

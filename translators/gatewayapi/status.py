@@ -3,7 +3,8 @@ the way Kubernetes shows them (one condition per type; any False wins and carrie
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from translators.ir import (
@@ -72,6 +73,8 @@ class StatusBook:
         # Entries taken whole from another book (a route's, translated in an earlier build), with their status: shared
         # with that book until something is reported here (then copied), so their status needs no building.
         self._adopted: dict[ObjectRef, ObjectStatus] = {}
+        self._own: dict[ObjectRef, None] = {}  # entries reported here (not adopted, or adopted and then copied)
+        self._base: SortedStatuses | None = None  # the adopted statuses, kept sorted by whoever adopted them
 
     def entry_of(self, obj: Resource) -> tuple[Entry | None, bool]:
         """The object's entry (None: nothing reported), and whether it is ignored."""
@@ -86,6 +89,17 @@ class StatusBook:
             self._entries[ref] = entry
             if status is not None:
                 self._adopted[ref] = status
+
+    def adopt_all(
+        self, entries: Mapping[ObjectRef, Entry], statuses: SortedStatuses, ignored: Iterable[ObjectRef]
+    ) -> None:
+        """`adopt` of many objects at once, in C (a translation adopts every route's entry), with their statuses
+        in order: listing the statuses then sorts only what is reported here. Once per book."""
+        assert self._base is None, "adopt_all once"
+        self._ignored.update(ignored)
+        self._entries.update(entries)
+        self._adopted.update(statuses.by_ref)
+        self._base = statuses
 
     def track(self, obj: Resource) -> None:
         """The object gets a status even with nothing in it (a pool no route uses: its old parents go)."""
@@ -108,6 +122,7 @@ class StatusBook:
         """A condition on an object no model reads (an unsupported kind), known by reference only; the same condition
         goes on each of `parents` (the Gateways of this controller a route attaches to, or a policy applies to)."""
         entry = self._entries.setdefault(ref, Entry(generation))
+        self._own[ref] = None
         found = condition(type_, ok, reason, message)
         entry.conditions.append(found)
         for parent in parents:
@@ -147,20 +162,67 @@ class StatusBook:
         return {parent: merge(found) for parent, found in entry.parents.items()} if entry else {}
 
     def statuses(self) -> tuple[ObjectStatus, ...]:
+        if self._base is not None:
+            return self._merged(self._base)
         # Sorted by plain string tuples: ObjectRef's own ordering compares in Python, far slower on a large book.
         ordered = sorted(self._entries.items(), key=lambda item: (item[0].kind, item[0].namespace, item[0].name))
         adopted = self._adopted
         return tuple(adopted.get(ref) or entry.status(ref) for ref, entry in ordered if ref not in self._ignored)
+
+    def _merged(self, base: SortedStatuses) -> tuple[ObjectStatus, ...]:
+        """The adopted statuses (already in order), with this book's own entries placed among them."""
+        keys, statuses = list(base.keys), list(base.statuses)
+        for ref in self._own:
+            if ref in self._ignored:
+                continue
+            key = _sort_key(ref)
+            at = bisect_left(keys, key)
+            if ref in base.by_ref:
+                statuses[at] = self._entries[ref].status(ref)
+            else:
+                keys.insert(at, key)
+                statuses.insert(at, self._entries[ref].status(ref))
+        return tuple(statuses)
 
     def _entry(self, obj: Resource) -> Entry:
         ref = ref_of(obj)
         entry = self._entries.get(ref)
         if entry is None:
             entry = self._entries[ref] = Entry(obj.metadata.generation)
+            self._own[ref] = None
         elif ref in self._adopted:  # shared with the book it came from: this one's own copy, from now on
             del self._adopted[ref]
             entry = self._entries[ref] = entry.copy()
+            self._own[ref] = None
         return entry
+
+
+def _sort_key(ref: ObjectRef) -> tuple[str, str, str]:
+    """Statuses are listed in this order: plain string tuples, since ObjectRef's own ordering compares in Python."""
+    return (ref.kind, ref.namespace, ref.name)
+
+
+class SortedStatuses:
+    """Statuses by object, and their objects in status order, kept up to date one object at a time."""
+
+    def __init__(self) -> None:
+        self.by_ref: dict[ObjectRef, ObjectStatus] = {}
+        self.keys: list[tuple[str, str, str]] = []  # sorted
+        self.statuses: list[ObjectStatus] = []  # the status of each key
+
+    def put(self, ref: ObjectRef, status: ObjectStatus) -> None:
+        at = bisect_left(self.keys, _sort_key(ref))
+        if ref in self.by_ref:
+            self.statuses[at] = status
+        else:
+            self.keys.insert(at, _sort_key(ref))
+            self.statuses.insert(at, status)
+        self.by_ref[ref] = status
+
+    def discard(self, ref: ObjectRef) -> None:
+        if self.by_ref.pop(ref, None) is not None:
+            at = bisect_left(self.keys, _sort_key(ref))
+            del self.keys[at], self.statuses[at]
 
 
 def merge(conditions: list[Condition]) -> tuple[Condition, ...]:

@@ -7,10 +7,13 @@ precedence follows the Gateway API rules with the route's namespace/name as the 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
+from itertools import chain
 
 from translators.backends import BackendResolver, ReferenceGrants
+from translators.gatewayapi.assembly import DomainRoutes
 from translators.gatewayapi.attachment import Attachment, parent_ref
-from translators.gatewayapi.incremental import GatewayKey, Placement, RouteFragment, TranslationCache, VhostEntry
+from translators.gatewayapi.incremental import GatewayKey, Placement, RouteFragment, TranslationCache
 from translators.gatewayapi.listener_tls import ListenerTls
 from translators.gatewayapi.model_routes import leading_routes, trailing_routes
 from translators.gatewayapi.rules import Route, RuleRoutes, RuleTranslator, created_of, rule_id_of
@@ -70,62 +73,37 @@ class _Translator:
         namespace_labels = {ns.name: ns.metadata.labels for ns in resources.of_kind(Namespace)}
         self.attachment = Attachment(self.book, namespace_labels, ListenerTls(resources, grants))
         self.verdicts = Verdicts(self.book, resources, self.backends)
-        self._rule_routes: dict[str, Route] = {}  # rule id -> the route it belongs to
+        self._rule_routes: Mapping[str, Route] = {}  # rule id -> the route it belongs to
         self._shadowed: set[tuple[str, str]] = set()  # (rule id, domain) already reported
         self._shadow_messages: dict[tuple[str, str, str], tuple[Route, list[str]]] = {}  # by route
-
-    def _envoy_port(self, port: int) -> int:
-        return port + self.options.privileged_port_offset if port < 1024 else port
 
     def translate(self) -> Translation:
         gateways, unserved = self._gateways()
         listeners = {(g.namespace, g.name): self.attachment.gateway_listeners(g) for g in gateways}
-        # Routes are the fragments' own business: listing them is no read of the whole kind.
-        routes: list[Route] = [
-            *self.resources.untracked_of_kind(AIGatewayRoute),
-            *self.resources.untracked_of_kind(HTTPRoute),
-        ]
         context = _RouteContext(gateways, unserved, listeners, self.attachment.unserved)
         self.tracker.context_done()  # what follows the routes is done again every time
-        fragments = []
-        self.cache.reused = 0
-        placed: dict[GatewayKey, list[tuple[Placement, RouteFragment]]] = defaultdict(list)
-        attached: dict[tuple[GatewayKey, str], list[ObjectRef]] = defaultdict(list)  # (Gateway, listener) -> routes
-        for route in routes:
-            fragment = self.cache.get(route)
-            if fragment is None:
-                fragment = self._fragment(route, context)
-                self.cache.put(fragment)
-            else:
-                self.cache.reused += 1
-            fragments.append(fragment)
-            self.book.adopt(fragment.ref, fragment.entry, fragment.ignored, fragment.status)
-            for rule_id in fragment.rule_ids:
-                self._rule_routes[rule_id] = route
-                self.rules.created[rule_id] = fragment.created
-            for listener_key in fragment.attached:
-                attached[listener_key].append(fragment.ref)
-            for placement in fragment.placements:
-                placed[placement.gateway].append((placement, fragment))
-        for (gateway_key, listener_name), refs in attached.items():
+        # Routes are the fragments' own business: listing them is no read of the whole kind.
+        pending = self.cache.pending(self.resources)
+        for route in pending:
+            self.cache.put(self._fragment(route, context))
+        self.cache.reused = self.cache.size - len(pending)
+        assembly = self.cache.assembly
+        self.book.adopt_all(assembly.entries, assembly.statuses, assembly.ignored)
+        self._rule_routes = assembly.rule_routes
+        self.rules.created.update(assembly.created)
+        for (gateway_key, listener_name), refs in assembly.attached.items():
             self.book.attach(context.by_key[gateway_key], listener_name, refs)
         pool_parents: dict[ObjectRef, set[ParentRefIR]] = defaultdict(set)  # pool -> Gateways of accepted routes
         gateway_irs = []
         for gateway in gateways:
             key = (gateway.namespace, gateway.name)
-            # (port, domain) -> precedence-keyed routes; Gateway listeners sharing a port share an Envoy listener.
-            vhosts: dict[int, dict[str, list[VhostEntry]]] = defaultdict(dict)
-            for listener in context.served[key]:  # a listener with no routes still listens
-                vhosts.setdefault(self._envoy_port(listener.port), {})
-            clusters: dict[str, ClusterIR] = {}
-            for placement, fragment in placed[key]:
-                port_vhosts = vhosts[self._envoy_port(placement.listener.port)]
-                for cluster in fragment.clusters:
-                    clusters[cluster.name] = cluster
-                    if cluster.pool is not None:
-                        pool_parents[cluster.pool.pool].add(ParentRefIR(gateway.namespace, gateway.name))
-                for domain in placement.domains:
-                    port_vhosts.setdefault(domain, []).extend(placement.entries)
+            placed = assembly.gateways.get(key)
+            # Gateway listeners sharing a port share an Envoy listener; a listener with no routes still listens.
+            ports = {self.options.envoy_port(listener.port) for listener in context.served[key]}
+            vhosts = {port: placed.ports.get(port, {}) if placed else {} for port in ports}
+            for pool in placed.pools if placed else ():
+                pool_parents[pool].add(ParentRefIR(gateway.namespace, gateway.name))
+            clusters = placed.clusters() if placed else ()
             gateway_irs.append(self._gateway_ir(gateway, vhosts, clusters, self._tls(gateway, listeners[key])))
             if context.served[key]:
                 self.book.report(gateway, "Programmed", True, "Programmed", f"{len(vhosts)} Envoy listener(s)")
@@ -135,13 +113,14 @@ class _Translator:
             self.book.report(route, SHADOWED, True, "ShadowedByPrecedence", "; ".join(messages))
         self.verdicts.pool_statuses(pool_parents)
         self.verdicts.ai_backend_statuses()
+        routes = chain[Route](  # read only when there are objects of unsupported kinds
+            self.resources.untracked_of_kind(AIGatewayRoute), self.resources.untracked_of_kind(HTTPRoute)
+        )
         report_unsupported(self.book, self.resources.unknown, self._our_gateways(), routes)
         self._report_ignored_fields()
         pools = tuple(self.backends.pool(p) for p in self.resources.of_kind(InferencePool))
-        all_settings = (s for fragment in fragments for rule in fragment.rules for s in rule.settings)
-        settings = sorted(all_settings, key=lambda s: (s.rule, s.backend))
-        self.cache.finish(self.tracker, fragments)
-        return Translation(tuple(gateway_irs), self.book.statuses(), pools, tuple(settings))
+        self.cache.finish(self.tracker)
+        return Translation(tuple(gateway_irs), self.book.statuses(), pools, tuple(assembly.backend_settings()))
 
     def _fragment(self, route: Route, context: _RouteContext) -> RouteFragment:
         """Everything translated of one route, reported in a book of its own (see incremental.py)."""
@@ -290,15 +269,16 @@ class _Translator:
             presented = self.attachment.certificates.get((gateway.namespace, gateway.name, listener.name))
             if presented is not None:
                 names = (listener.hostname,) if listener.hostname else ()
-                chains[self._envoy_port(listener.port)].append(TlsChainIR(names, tuple(c.name for c in presented)))
+                chain = TlsChainIR(names, tuple(c.name for c in presented))
+                chains[self.options.envoy_port(listener.port)].append(chain)
                 certificates.update((c.name, c) for c in presented)
         return chains, certificates
 
     def _gateway_ir(
         self,
         gateway: Gateway,
-        vhosts: dict[int, dict[str, list[VhostEntry]]],
-        clusters: dict[str, ClusterIR],
+        vhosts: dict[int, dict[str, DomainRoutes]],
+        clusters: tuple[ClusterIR, ...],
         tls: _Tls,
     ) -> GatewayIR:
         chains, certificates = tls
@@ -308,10 +288,10 @@ class _Translator:
             virtual_hosts = []
             for domain in sorted(domains):
                 vhost_name = f"{name}/{domain}"
-                ordered = _virtual_host_routes(domain, domains)
-                self._report_shadowed(ordered, domain)
-                models = self._models(ordered)
-                if any(r.ai is not None for r in ordered):
+                ordered, contested, has_ai = _virtual_host_routes(domain, domains)
+                self._report_shadowed(contested, domain)
+                models = self._models(ordered) if has_ai else ()
+                if has_ai:
                     leading = leading_routes(vhost_name, self.options.max_model_length)
                     ordered = [*leading, *ordered, *trailing_routes(vhost_name, models)]
                 virtual_hosts.append(VirtualHostIR(vhost_name, (domain,), tuple(ordered), models))
@@ -321,7 +301,7 @@ class _Translator:
             gateway.namespace,
             gateway.name,
             tuple(listeners),
-            tuple(cluster for _, cluster in sorted(clusters.items())),
+            clusters,
             tuple(certificate for _, certificate in sorted(certificates.items())),
         )
 
@@ -382,25 +362,27 @@ def _covers(wildcard: str, domain: str) -> bool:
     return wildcard == "*" or (wildcard.startswith("*.") and domain.endswith(wildcard[1:]))
 
 
-def _virtual_host_routes(domain: str, domains: dict[str, list[VhostEntry]]) -> list[RouteIR]:
-    """Routes for requests to `domain`: its own first, then those of wildcard domains that also match it.
+def _virtual_host_routes(domain: str, domains: dict[str, DomainRoutes]) -> tuple[list[RouteIR], list[RouteIR], bool]:
+    """Routes for requests to `domain`: its own first, then those of wildcard domains that also match it; with the
+    routes another of them may shadow (in order), and whether any is an AI route.
 
     Envoy picks one virtual host per request, while Gateway API merges every route whose hostname matches,
     ranking a more specific hostname first. Only routes of the same Gateway listeners are merged: a request
     belongs to the listener with the most specific hostname, never to its neighbours on the same port.
     """
     own = domains[domain]
-    listeners = {listener for listener, _, _ in own}
     covering = sorted((w for w in domains if _covers(w, domain)), key=lambda w: (w == "*", -len(w), w))
+    if not covering and own.simple:  # the common case, kept in order from one translation to the next
+        return own.routes(), own.contested(), own.ai > 0
+    listeners = set(own.listeners)
     ordered: list[RouteIR] = []
     seen: set[str] = set()
     for source in (domain, *covering):
-        entries = [e for e in domains[source] if e[0] in listeners]
-        for _, _, route in sorted(entries, key=lambda e: e[1]):
+        for _, _, route in (e for e in domains[source].entries if e[0] in listeners):
             if route.name not in seen:
                 seen.add(route.name)
                 ordered.append(route)
-    return ordered
+    return ordered, ordered, any(r.ai is not None for r in ordered)
 
 
 class _RouteContext:
@@ -429,4 +411,6 @@ def translate(
 ) -> Translation:
     """Resources -> one GatewayIR per Gateway this project controls, plus conditions for every object involved.
     `cache` (kept by a caller that translates again and again) reuses what did not change since its last use."""
-    return _Translator(resources, options or TranslateOptions(), cache or TranslationCache()).translate()
+    return _Translator(
+        resources, options or TranslateOptions(), cache if cache is not None else TranslationCache()
+    ).translate()

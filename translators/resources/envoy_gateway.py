@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -11,6 +12,8 @@ from translators.resources.base import K8sModel, PortNumber, Resource
 from translators.resources.gateway_api import LocalObjectReference, WellKnownCas
 
 ENVOY_GATEWAY_GROUP = "gateway.envoyproxy.io"
+# The port of fqdn endpoints that are TLS without saying so (Envoy Gateway's rule, translators.upstream_tls).
+TLS_PORT = 443
 
 
 class FQDNEndpoint(K8sModel):
@@ -81,6 +84,12 @@ class BackendSpec(K8sModel):
         if len(kinds) > 1:
             raise ValueError("unix socket endpoints cannot be mixed with fqdn or ip endpoints")
         return self
+
+    @cached_property
+    def fqdn_on_tls_port(self) -> bool:
+        """An fqdn endpoint on port 443, which implies TLS (translators.upstream_tls). Kept with the object: a reload
+        asks it of every Backend, and the object outlives reloads while its file is unchanged."""
+        return any(e.fqdn is not None and e.fqdn.port == TLS_PORT for e in self.endpoints)
 
 
 class Backend(Resource):

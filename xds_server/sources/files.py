@@ -10,6 +10,7 @@ from pathlib import Path
 
 import watchfiles
 
+from translators.combiner import Combiner
 from translators.loader import LoadError, Origin, Parsed, ResourceSet, combine, keep_last_good, parse_text
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class FileSource:
         self.loaded = ResourceSet()
         # Parsing is most of a reload: a file whose modification time and size did not change is not read again.
         self._parsed: dict[Path, tuple[tuple[int, int], tuple[Parsed, ...]]] = {}
+        self._combiner = Combiner()  # a reload combines again only the objects of the files that changed
 
     def load(self) -> ResourceSet:
         """Loads every path (blocking I/O and parsing: run it in a thread)."""
@@ -72,7 +74,8 @@ class FileSource:
             cached = self._parsed.get(file)
             parsed[file] = cached if cached is not None and cached[0] == stamp else (stamp, parse_file(file))
         self._parsed = parsed
-        self.loaded = keep_last_good(self.loaded, combine(results for _, results in parsed.values()))
+        combined = self._combiner.combine([(str(file), results) for file, (_, results) in parsed.items()])
+        self.loaded = keep_last_good(self.loaded, combined)
         return self.loaded
 
     def _relevant(self, _change: watchfiles.Change, path: str) -> bool:

@@ -56,6 +56,10 @@ class Store:
         self._errors: dict[ObjectKey, tuple[LoadError, ...]] = {}
         self._unknown: dict[ObjectKey, UnknownObject] = {}  # objects of report-only kinds that reference something
         self._ignored: dict[ObjectKey, tuple[str, ...]] = {}  # served versions' fields the translator does not read
+        # The set `resource_set` last made, and the keys served differently since (a translation then need not
+        # compare every object to find them).
+        self._latest: ResourceSet | None = None
+        self._changed: set[ObjectKey] = set()
 
     def key(self, kind: Kind, raw: dict[str, Any]) -> tuple[str, str]:
         meta = metadata(raw)
@@ -101,8 +105,9 @@ class Store:
                 log.warning("%s %s/%s: fields ignored: %s", kind.kind, *key, ", ".join(ignored))
             else:
                 self._ignored.pop(object_key, None)
-        if entry.resource is not None:
+        if entry.resource is not None and self._served.get(object_key) is not entry.resource:
             self._served[object_key] = entry.resource
+            self._changed.add(object_key)
         if old is None:
             metrics.KUBE_OBJECTS.labels(kind.kind).inc()
         entries[key] = entry
@@ -114,7 +119,8 @@ class Store:
         if self._entries.get(kind.kind, {}).pop(key, None) is None:
             return False
         object_key = ObjectKey(kind.kind, *key)
-        self._served.pop(object_key, None)
+        if self._served.pop(object_key, None) is not None:
+            self._changed.add(object_key)
         self._errors.pop(object_key, None)
         self._ignored.pop(object_key, None)
         metrics.KUBE_OBJECTS.labels(kind.kind).dec()
@@ -153,4 +159,8 @@ class Store:
         objects = dict(self._served)
         errors = tuple(error for key in sorted(self._errors) for error in self._errors[key])
         unknown = tuple(self._unknown[key] for key in sorted(self._unknown))
-        return ResourceSet(objects, dict.fromkeys(objects, ORIGIN), unknown, errors, dict(self._ignored))
+        found = ResourceSet(objects, dict.fromkeys(objects, ORIGIN), unknown, errors, dict(self._ignored))
+        if self._latest is not None:
+            found = found.with_changes(self._latest, frozenset(self._changed))
+        self._latest, self._changed = found, set()
+        return found
