@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2
+from envoy.config.route.v3 import route_pb2
 
 from testing.cases import OPTIONS, translate_case
 from testing.xds_fixtures import Resources, backend_cluster, gateway
@@ -19,6 +22,7 @@ from translators.xds.names import (
     ROUTE_TYPE,
     SECRET_TYPE,
 )
+from translators.xds.serialized import SerializedResource
 from xds_server.xds.cache import InconsistentSnapshot, Snapshot, SnapshotCache
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,3 +103,75 @@ def test_cache_reports_changed_types_in_push_order_and_ignores_equal_content() -
     assert heard == ["default/gw"]
     assert cache.get("default/gw") is snapshot and cache.snapshot_keys() == ["default/gw"]
     assert cache.remove("default/gw") and cache.get("default/gw") is None and not cache.remove("default/gw")
+
+
+def serialized(config: route_pb2.RouteConfiguration) -> SerializedResource[route_pb2.RouteConfiguration]:
+    """The configuration as the translator hands it over: its bytes, and the clusters its routes name."""
+    clusters = frozenset(r.route.cluster for v in config.virtual_hosts for r in v.routes if r.route.cluster)
+    return SerializedResource(
+        config.name,
+        config.SerializeToString(deterministic=True),
+        route_pb2.RouteConfiguration,
+        {CLUSTER_TYPE: clusters},
+    )
+
+
+def test_a_version_hashes_each_resources_name_and_serialization_hash_in_name_order() -> None:
+    """The scheme, pinned: Envoys that reconnect after an upgrade are offered the versions they already hold."""
+
+    def digest(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    resources = gateway(backends=("b", "a", "c"))  # not in name order
+    snapshot = build(resources)
+    for type_url, messages in resources.by_type().items():
+        names = [m.cluster_name if type_url == ENDPOINT_TYPE else m.name for m in messages]
+        hashes = [digest(m.SerializeToString(deterministic=True)) for m in messages]
+        lines = sorted(f"{name} {hashed}" for name, hashed in zip(names, hashes, strict=True))
+        assert snapshot.version(type_url) == digest("\n".join(lines).encode())
+
+
+def test_a_serialized_resource_is_served_as_given_and_versioned_as_its_message_would_be() -> None:
+    resources = gateway()
+    as_messages = build(resources)
+    given = serialized(resources.routes[0])
+    as_given = Snapshot.build({**resources.by_type(), ROUTE_TYPE: [given]})
+    assert as_given.version(ROUTE_TYPE) == as_messages.version(ROUTE_TYPE)
+    [cached] = as_given.resources(ROUTE_TYPE).values()
+    assert cached.serialized is given.serialized and cached.message == resources.routes[0]
+
+
+def test_the_very_same_objects_again_are_the_same_cached_resources() -> None:
+    resources = gateway()
+    first = build(resources)
+    renewed, *others = resources.clusters
+    equal = cluster_pb2.Cluster()
+    equal.CopyFrom(renewed)  # another object, the same content
+    second = Snapshot.build({**resources.by_type(), CLUSTER_TYPE: [equal, *others]}, first)
+    before, after = first.resources(CLUSTER_TYPE), second.resources(CLUSTER_TYPE)
+    assert all(after[c.name] is before[c.name] for c in others)
+    assert after[renewed.name] is not before[renewed.name] and after[renewed.name].message is equal
+    assert second.version(CLUSTER_TYPE) == first.version(CLUSTER_TYPE)
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_each_inconsistency_is_explained_as_the_first_resource_with_it_says(as_bytes: bool) -> None:
+    """Found with sets of names (what each resource refers to is read once, when it is cached); said as before."""
+    resources = gateway()
+    by_type = {**resources.by_type(), ROUTE_TYPE: [serialized(resources.routes[0])] if as_bytes else resources.routes}
+    consistent = Snapshot.build(by_type)
+    cases = {
+        "EDS cluster 'backend/default/a' has no ClusterLoadAssignment 'backend/default/a'": {
+            ENDPOINT_TYPE: resources.endpoints[1:]
+        },
+        "listener 'http-10080' uses missing RouteConfiguration 'http-10080'": {ROUTE_TYPE: []},
+        "route 'to-backend/default/b' in 'http-10080' uses missing cluster 'backend/default/b'": {
+            CLUSTER_TYPE: [c for c in resources.clusters if c.name != backend_cluster("b")],
+            ENDPOINT_TYPE: [e for e in resources.endpoints if e.cluster_name != backend_cluster("b")],
+        },
+    }
+    for message, broken in cases.items():
+        # Reusing the consistent snapshot's cached resources changes nothing to what is checked.
+        with pytest.raises(InconsistentSnapshot) as raised:
+            Snapshot.build({**by_type, **broken}, consistent)
+        assert str(raised.value) == message

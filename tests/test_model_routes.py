@@ -198,7 +198,7 @@ def vhost(translation: Translation, domain: str, gateway: str = "default/gw") ->
 
 
 def xds_vhost(translation: Translation, domain: str, gateway: str = "default/gw") -> route_components_pb2.VirtualHost:
-    config: route_pb2.RouteConfiguration = route_configuration(listener(translation, gateway), Memo())
+    config: route_pb2.RouteConfiguration = route_configuration(listener(translation, gateway), Memo()).message
     return next(v for v in config.virtual_hosts if list(v.domains) == [domain])
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import compress
+from operator import attrgetter
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -85,6 +87,9 @@ def _pem_certificates(data: bytes) -> str | None:
     return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certificates)
 
 
+_WANTS_TLS = attrgetter("spec.wants_tls")
+
+
 def _on_tls_port(endpoint: BackendEndpoint) -> bool:
     """An fqdn endpoint on 443: TLS, implied (see UpstreamTls._implied)."""
     return endpoint.fqdn is not None and endpoint.fqdn.port == TLS_PORT
@@ -113,11 +118,10 @@ class UpstreamTls:
             self._attach(policy)
         # Every Backend's TLS, read without tracking the kind: each answer (`backend`) records the one it is about.
         # Most have none (no policy, no tls, no fqdn endpoint on 443): PLAIN, which `backend` answers for them.
-        # The question is asked of thousands of Backends at each reload: the cheap part first, the key only for the few.
-        for backend in resources.untracked_of_kind(Backend):
-            spec = backend.spec
-            if spec.tls is not None or spec.fqdn_on_tls_port:
-                self._backends[(backend.namespace, backend.name)] = self._resolve_backend(backend)
+        # The question is asked of thousands of Backends at each reload: in C, and the key only for the few.
+        backends = resources.untracked_of_kind(Backend)
+        for backend in compress(backends, map(_WANTS_TLS, backends)):
+            self._backends[(backend.namespace, backend.name)] = self._resolve_backend(backend)
         for kind, namespace, name, _ in self._policies:  # a policy's target says nothing: no verdict, no order
             targeted = resources.objects.get(ObjectKey(kind, namespace, name)) if kind == "Backend" else None
             if isinstance(targeted, Backend) and (namespace, name) not in self._backends:

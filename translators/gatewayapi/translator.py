@@ -286,9 +286,10 @@ class _Translator:
         for port, domains in sorted(vhosts.items()):
             name = f"{gateway.namespace}/{gateway.name}/{port}"
             virtual_hosts = []
+            wildcards = [domain for domain in domains if domain.startswith("*")]  # few: not one look at each domain
             for domain in sorted(domains):
                 vhost_name = f"{name}/{domain}"
-                ordered, contested, has_ai = _virtual_host_routes(domain, domains)
+                ordered, contested, has_ai = _virtual_host_routes(domain, domains, wildcards)
                 self._report_shadowed(contested, domain)
                 models = self._models(ordered) if has_ai else ()
                 if has_ai:
@@ -362,7 +363,9 @@ def _covers(wildcard: str, domain: str) -> bool:
     return wildcard == "*" or (wildcard.startswith("*.") and domain.endswith(wildcard[1:]))
 
 
-def _virtual_host_routes(domain: str, domains: dict[str, DomainRoutes]) -> tuple[list[RouteIR], list[RouteIR], bool]:
+def _virtual_host_routes(
+    domain: str, domains: dict[str, DomainRoutes], wildcards: list[str]
+) -> tuple[list[RouteIR], list[RouteIR], bool]:
     """Routes for requests to `domain`: its own first, then those of wildcard domains that also match it; with the
     routes another of them may shadow (in order), and whether any is an AI route.
 
@@ -371,7 +374,7 @@ def _virtual_host_routes(domain: str, domains: dict[str, DomainRoutes]) -> tuple
     belongs to the listener with the most specific hostname, never to its neighbours on the same port.
     """
     own = domains[domain]
-    covering = sorted((w for w in domains if _covers(w, domain)), key=lambda w: (w == "*", -len(w), w))
+    covering = sorted((w for w in wildcards if _covers(w, domain)), key=lambda w: (w == "*", -len(w), w))
     if not covering and own.simple:  # the common case, kept in order from one translation to the next
         return own.routes(), own.contested(), own.ai > 0
     listeners = set(own.listeners)

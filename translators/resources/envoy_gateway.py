@@ -86,6 +86,12 @@ class BackendSpec(K8sModel):
         return self
 
     @cached_property
+    def wants_tls(self) -> bool:
+        """Its settings or an endpoint ask for TLS. Kept with the object, which outlives reloads while its file is
+        unchanged: a reload asks it of every Backend (in C, `attrgetter`, once it is known)."""
+        return self.tls is not None or self.fqdn_on_tls_port
+
+    @cached_property
     def fqdn_on_tls_port(self) -> bool:
         """An fqdn endpoint on port 443, which implies TLS (translators.upstream_tls). Kept with the object: a reload
         asks it of every Backend, and the object outlives reloads while its file is unchanged."""

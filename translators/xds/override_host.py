@@ -21,17 +21,9 @@ from envoy.extensions.load_balancing_policies.override_host.v3 import override_h
 from envoy.type.metadata.v3 import metadata_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 
+from translators.xds.serialized import field_header
+
 SELECTED_HOST_KEY_NUMBER = 2
-_LENGTH_DELIMITED = 2
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def with_selected_host_key(
@@ -39,8 +31,7 @@ def with_selected_host_key(
 ) -> override_host_pb2.OverrideHost:
     """A copy of `override` that also sets selected_host_key (as an unknown field, see the module docstring)."""
     value = key.SerializeToString(deterministic=True)
-    tag = _varint(SELECTED_HOST_KEY_NUMBER << 3 | _LENGTH_DELIMITED)
-    raw = override.SerializeToString(deterministic=True) + tag + _varint(len(value)) + value
+    raw = override.SerializeToString(deterministic=True) + field_header(SELECTED_HOST_KEY_NUMBER, len(value)) + value
     return override_host_pb2.OverrideHost.FromString(raw)
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import lru_cache
+from itertools import accumulate, chain
+from operator import add, attrgetter
+from typing import NamedTuple
 
 from envoy.config.core.v3 import base_pb2, grpc_service_pb2, substitution_format_string_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -40,6 +44,7 @@ from translators.xds.model import (
     usage_config,
 )
 from translators.xds.names import (
+    CLUSTER_TYPE,
     CONTENT_LENGTH_FILTER,
     JSON_CONTENT_TYPE_FILTER,
     MODEL_FILTER,
@@ -51,6 +56,7 @@ from translators.xds.names import (
     XDS_METADATA_NAMESPACE,
     pack,
 )
+from translators.xds.serialized import SerializedResource, field_header
 
 # When a rule's backend fails, its lower-priority backends take the request: on a 5xx, a reset or refused
 # connection, and on 429 (the provider's rate limit, the commonest reason to fall back between LLM providers).
@@ -304,6 +310,19 @@ def _redirect(action: RedirectAction) -> route_components_pb2.RedirectAction:
     return built
 
 
+class _RoutePart(NamedTuple):
+    """A route as its RouteConfiguration holds it, kept between builds (Memo.each) to assemble the configuration."""
+
+    entry: bytes  # the route as an entry of VirtualHost.routes: field header and deterministic serialization
+    cluster: str  # the cluster it forwards to, "" for none (a direct response, a redirect)
+
+
+def _part(built: route_components_pb2.Route) -> _RoutePart:
+    serialized = built.SerializeToString(deterministic=True)
+    entry = field_header(route_components_pb2.VirtualHost.ROUTES_FIELD_NUMBER, len(serialized)) + serialized
+    return _RoutePart(entry, built.route.cluster if built.HasField("route") else "")
+
+
 def _memo_route(
     ir: RouteIR, picker_in_chain: bool, pickers: Mapping[ObjectRef, EndpointPickerIR], memo: Memo
 ) -> route_components_pb2.Route:
@@ -311,24 +330,65 @@ def _memo_route(
     so the EPP's pods coming and going rebuild no route."""
     picker = pickers.get(ir.pool.pool) if ir.pool is not None else None
     picker = replace(picker, endpoints=()) if picker is not None else None
-    return memo.of("route", ir, (picker_in_chain, picker), lambda: route(ir, picker_in_chain, picker))
+    return memo.get(("route", ir, (picker_in_chain, picker)), lambda: route(ir, picker_in_chain, picker))
+
+
+# Every field of a RouteConfiguration after its virtual hosts (field 2), whatever its listener: its own encoding.
+# Hostnames match without the Host header's port, which the backend still gets as the client sent it.
+_CONFIGURATION_TAIL = route_pb2.RouteConfiguration(ignore_port_in_host_matching=True).SerializeToString(
+    deterministic=True
+)
+_VIRTUAL_HOSTS = route_pb2.RouteConfiguration.VIRTUAL_HOSTS_FIELD_NUMBER
+_NAME, _DOMAINS, _ROUTES = attrgetter("name"), attrgetter("domains"), attrgetter("routes")
+_ENTRY, _CLUSTER = attrgetter("entry"), attrgetter("cluster")
+
+
+def _virtual_host_head(name_and_domains: tuple[str, tuple[str, ...]]) -> bytes:
+    """A virtual host's fields before its routes (field 3): its name and domains."""
+    name, domains = name_and_domains
+    head: bytes = route_components_pb2.VirtualHost(name=name, domains=domains).SerializeToString(deterministic=True)
+    return head
+
+
+@lru_cache(maxsize=4096)  # many virtual hosts have the same length (one route each, names alike)
+def _virtual_host_header(length: int) -> bytes:
+    return field_header(_VIRTUAL_HOSTS, length)
 
 
 def route_configuration(
     listener: ListenerIR, memo: Memo, pickers: Mapping[ObjectRef, EndpointPickerIR] | None = None
-) -> route_pb2.RouteConfiguration:
-    """`pickers`: the Endpoint Picker of each pool in reference mode; a pool not in it uses the embedded one."""
-    in_chain = listener.runs_picker
-    return route_pb2.RouteConfiguration(
-        name=listener.name,
-        virtual_hosts=[
-            route_components_pb2.VirtualHost(
-                name=v.name,
-                domains=list(v.domains),
-                routes=[_memo_route(r, in_chain, pickers or {}, memo) for r in v.routes],
-            )
-            for v in listener.virtual_hosts
-        ],
-        # Hostnames match without the Host header's port, which the backend still gets as the client sent it.
-        ignore_port_in_host_matching=True,
+) -> SerializedResource[route_pb2.RouteConfiguration]:
+    """`pickers`: the Endpoint Picker of each pool in reference mode; a pool not in it uses the embedded one.
+
+    Assembled from the bytes of each route (see serialized.py): a reload that changed one route of 10,000 builds and
+    serializes that one, and joins the bytes of the others, which it finds in bulk (Memo.each), as it does each
+    virtual host's name and domains (a listener may have a virtual host per hostname)."""
+    in_chain, pickers = listener.runs_picker, pickers or {}
+    # A route depends on its pool's picker, without the picker's endpoints (see _memo_route): a change of some
+    # picker's other fields (its Service appearing, say) builds the listener's routes again, through the memo.
+    variant = (in_chain, frozenset((pool, replace(p, endpoints=())) for pool, p in pickers.items()))
+    parts = memo.each(
+        "route_part", listener.routes, variant, lambda ir: _part(_memo_route(ir, in_chain, pickers, memo))
     )
+    hosts = listener.virtual_hosts
+    names_and_domains = list(zip(map(_NAME, hosts), map(_DOMAINS, hosts), strict=True))
+    heads = memo.each_equal("virtual_host_head", names_and_domains, _virtual_host_head)
+    layout = (listener.name, tuple(heads), tuple(map(len, map(_ROUTES, hosts))), tuple(map(_ENTRY, parts)))
+    # The same as the last build's (a reload that changed no route of it): the same object, which the snapshot
+    # cache then neither hashes nor checks again.
+    return memo.get(("route_configuration", layout), lambda: _assembled(*layout, parts))
+
+
+def _assembled(
+    name: str, heads: tuple[bytes, ...], counts: tuple[int, ...], entries: tuple[bytes, ...], parts: list[_RoutePart]
+) -> SerializedResource[route_pb2.RouteConfiguration]:
+    """The RouteConfiguration's bytes: its name, each virtual host (`counts[i]` routes of `entries` after the
+    previous ones') and its other fields. Joined by `map`s in C, as there may be thousands of virtual hosts."""
+    ends = list(accumulate(counts))
+    routes = list(map(b"".join, map(entries.__getitem__, map(slice, [0, *ends[:-1]], ends))))
+    headers = map(_virtual_host_header, map(add, map(len, heads), map(len, routes)))
+    virtual_hosts = map(b"".join, zip(headers, heads, routes, strict=True))
+    head = route_pb2.RouteConfiguration(name=name).SerializeToString(deterministic=True)
+    serialized = b"".join(chain((head,), virtual_hosts, (_CONFIGURATION_TAIL,)))
+    clusters = frozenset(map(_CLUSTER, parts)) - {""}
+    return SerializedResource(name, serialized, route_pb2.RouteConfiguration, {CLUSTER_TYPE: clusters})
