@@ -5,27 +5,34 @@ from __future__ import annotations
 from testing.manifests import backend_route
 
 
-def http_routes(count: int, address: str, port: int, prefix: str = "r") -> str:
-    """`count` HTTPRoutes, each with its own path and its own Backend (so as many clusters as routes)."""
-    return "---".join(backend_route(f"{prefix}{i}", address, port, f"/{prefix}{i}/") for i in range(count))
+def http_routes(count: int, address: str, port: int, prefix: str = "r", hostnames: bool = False) -> str:
+    """`count` HTTPRoutes, each with its own path and its own Backend (so as many clusters as routes); with
+    `hostnames`, each with its own hostname too (as many virtual hosts as routes)."""
+    return "---".join(
+        backend_route(
+            f"{prefix}{i}", address, port, f"/{prefix}{i}/", hostname=f"{prefix}{i}.example.com" if hostnames else None
+        )
+        for i in range(count)
+    )
 
 
-def ai_gateway_routes(rules: int, rules_per_route: int = 15) -> str:
-    """AIGatewayRoutes with `rules` model rules in all (15 per object, the CRD's maximum), one backend per rule."""
+def ai_gateway_routes(rules: int, rules_per_route: int = 15, prefix: str = "") -> str:
+    """AIGatewayRoutes with `rules` model rules in all (15 per object, the CRD's maximum), one backend per rule;
+    `prefix` starts every name (of objects and models), for more of them beside the first."""
     documents = []
     for route_index in range((rules + rules_per_route - 1) // rules_per_route):
         first = route_index * rules_per_route
         names = range(first, min(first + rules_per_route, rules))
         rule_text = "".join(
-            f"""  - matches: [{{headers: [{{type: Exact, name: x-ai-eg-model, value: model-{i}}}]}}]
-    backendRefs: [{{name: backend-{i}}}]
+            f"""  - matches: [{{headers: [{{type: Exact, name: x-ai-eg-model, value: {prefix}model-{i}}}]}}]
+    backendRefs: [{{name: {prefix}backend-{i}}}]
 """
             for i in names
         )
         documents.append(
             f"""apiVersion: aigateway.envoyproxy.io/v1beta1
 kind: AIGatewayRoute
-metadata: {{name: route-{route_index}}}
+metadata: {{name: {prefix}route-{route_index}}}
 spec:
   parentRefs: [{{name: gw, kind: Gateway, group: gateway.networking.k8s.io}}]
   rules:
@@ -35,15 +42,15 @@ spec:
             documents.append(
                 f"""apiVersion: aigateway.envoyproxy.io/v1beta1
 kind: AIServiceBackend
-metadata: {{name: backend-{i}}}
+metadata: {{name: {prefix}backend-{i}}}
 spec:
   schema: {{name: OpenAI}}
-  backendRef: {{name: backend-{i}, kind: Backend, group: gateway.envoyproxy.io}}
+  backendRef: {{name: {prefix}backend-{i}, kind: Backend, group: gateway.envoyproxy.io}}
 ---
 apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: Backend
-metadata: {{name: backend-{i}}}
-spec: {{endpoints: [{{fqdn: {{hostname: model-{i}.example.com, port: 443}}}}]}}
+metadata: {{name: {prefix}backend-{i}}}
+spec: {{endpoints: [{{fqdn: {{hostname: {prefix}model-{i}.example.com, port: 443}}}}]}}
 """
             )
     return "---\n".join(documents)

@@ -23,8 +23,11 @@ spec: {{gatewayClassName: eg, listeners: [{", ".join(listed)}]}}
 """
 
 
-def backend_route(name: str, address: str, port: int, path: str = "/", gateway_name: str = "gw") -> str:
-    """A Backend at address:port and an HTTPRoute sending path prefix `path` to it."""
+def backend_route(
+    name: str, address: str, port: int, path: str = "/", gateway_name: str = "gw", hostname: str | None = None
+) -> str:
+    """A Backend at address:port and an HTTPRoute sending path prefix `path` (of `hostname`, if given) to it."""
+    hostnames = f"[{hostname}]" if hostname else "[]"
     return f"""
 apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: Backend
@@ -35,6 +38,7 @@ apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: {name}}}
 spec:
+  hostnames: {hostnames}
   parentRefs: [{{name: {gateway_name}}}]
   rules:
   - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]

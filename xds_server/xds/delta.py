@@ -29,6 +29,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import is_not
 
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
@@ -51,7 +53,7 @@ WILDCARD = "*"
 
 
 @dataclass
-class _Subscription:
+class Subscription:
     """One type on one stream, beyond TypeState (which keeps the nonce, versions and what the client holds)."""
 
     wildcard: bool = False
@@ -63,13 +65,57 @@ class _Subscription:
 
 
 @dataclass
-class _Changes:
+class Changes:
     send: dict[str, CachedResource] = field(default_factory=dict)
     removed: set[str] = field(default_factory=set)
     empty_forms: set[str] = field(default_factory=set)  # names in `send` answered with the empty form
 
     def __bool__(self) -> bool:
         return bool(self.send or self.removed)
+
+
+def candidates(
+    sub: Subscription, held: Mapping[str, CachedResource], available: Mapping[str, CachedResource]
+) -> set[str]:
+    """The names whose answer may differ from what the client holds (`change` does nothing for any other): those
+    not held as the very resource now available, found in C (a wildcard CDS of 10,000 clusters of which one changed
+    is one name to look at), and every name that is asked, unanswered, gone or no longer subscribed."""
+    names = list(available)
+    found = set(compress(names, map(is_not, map(held.get, names), available.values())))
+    found |= sub.names - available.keys()
+    found |= sub.to_answer
+    found |= held.keys() - available.keys()
+    if not sub.wildcard:
+        found |= held.keys() - sub.names
+    return found
+
+
+def change(
+    type_url: str,
+    name: str,
+    sub: Subscription,
+    held: Mapping[str, CachedResource],
+    available: Mapping[str, CachedResource],
+    changes: Changes,
+) -> None:
+    """Adds what the client must be sent or told is gone of `name`, if anything."""
+    current = available.get(name)
+    holding = held.get(name)
+    if name in sub.names or (sub.wildcard and current is not None):
+        if current is not None:
+            if name in sub.to_answer or holding is None or holding.version != current.version:
+                changes.send[name] = current
+        elif name in sub.to_answer:
+            empty = empty_resource(type_url, name)
+            if empty is None:
+                changes.removed.add(name)  # delta's "does not exist"
+            else:
+                changes.send[name] = empty
+                changes.empty_forms.add(name)
+        elif holding is not None and name not in sub.placeholders:
+            changes.removed.add(name)  # held, and gone from the snapshot
+    elif holding is not None or name in sub.to_answer:
+        changes.removed.add(name)  # gone from the wildcard, or unsubscribed and not covered by it
 
 
 class DeltaSession:
@@ -79,7 +125,7 @@ class DeltaSession:
         self._stream = stream
         self._cache = cache
         self._clients = clients
-        self._subscriptions: dict[str, _Subscription] = {}
+        self._subscriptions: dict[str, Subscription] = {}
 
     def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         type_url = request.type_url
@@ -129,7 +175,7 @@ class DeltaSession:
         sub = self._subscriptions.get(type_url)
         if sub is None:
             legacy_wildcard = type_url in WILDCARD_TYPES and not subscribe and not unsubscribe
-            sub = self._subscriptions[type_url] = _Subscription(wildcard=legacy_wildcard)
+            sub = self._subscriptions[type_url] = Subscription(wildcard=legacy_wildcard)
             sub.initial_versions = dict(request.initial_resource_versions)
         held = self._stream.state(type_url).sent
         # The wildcard first, so that names unsubscribed along with it are simply forgotten.
@@ -160,7 +206,7 @@ class DeltaSession:
     def _push(self, snapshot: Snapshot, type_urls: Iterable[str]) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         """What each of `type_urls` lacks, in push order; make before break when clusters go and routing changes."""
         wanted = set(type_urls)
-        changes: dict[str, _Changes] = {}
+        changes: dict[str, Changes] = {}
         for type_url in PUSH_ORDER:
             sub = self._subscriptions.get(type_url)
             if type_url not in wanted or sub is None:
@@ -185,9 +231,9 @@ class DeltaSession:
         retained = self._stream.retention.of(type_url)
         return {**retained, **resources} if retained else resources
 
-    def _changes(self, type_url: str, sub: _Subscription, available: Mapping[str, CachedResource]) -> _Changes:
+    def _changes(self, type_url: str, sub: Subscription, available: Mapping[str, CachedResource]) -> Changes:
         held = self._stream.state(type_url).sent
-        changes = _Changes()
+        changes = Changes()
         for name, version in sub.initial_versions.items():
             current = available.get(name)
             if current is None and name in sub.names:
@@ -200,30 +246,11 @@ class DeltaSession:
                 if name not in available:
                     sub.placeholders.add(name)
         sub.initial_versions = {}
-        candidates = sub.names | sub.to_answer | held.keys()
-        if sub.wildcard:
-            candidates |= available.keys()
-        for name in candidates:
-            current = available.get(name)
-            holding = held.get(name)
-            if name in sub.names or (sub.wildcard and current is not None):
-                if current is not None:
-                    if name in sub.to_answer or holding is None or holding.version != current.version:
-                        changes.send[name] = current
-                elif name in sub.to_answer:
-                    empty = empty_resource(type_url, name)
-                    if empty is None:
-                        changes.removed.add(name)  # delta's "does not exist"
-                    else:
-                        changes.send[name] = empty
-                        changes.empty_forms.add(name)
-                elif holding is not None and name not in sub.placeholders:
-                    changes.removed.add(name)  # held, and gone from the snapshot
-            elif holding is not None or name in sub.to_answer:
-                changes.removed.add(name)  # gone from the wildcard, or unsubscribed and not covered by it
+        for name in candidates(sub, held, available):
+            change(type_url, name, sub, held, available, changes)
         return changes
 
-    def _withhold_removed_clusters(self, changes: dict[str, _Changes]) -> None:
+    def _withhold_removed_clusters(self, changes: dict[str, Changes]) -> None:
         """Keeps clusters (and their CLAs) out of this push's removals when its listeners or routes change."""
         clusters = changes.get(CLUSTER_TYPE)
         if clusters is None or not clusters.removed:
@@ -237,7 +264,7 @@ class DeltaSession:
         if ENDPOINT_TYPE in changes:
             changes[ENDPOINT_TYPE].removed -= self._stream.retention.of(ENDPOINT_TYPE).keys()
 
-    def _response(self, type_url: str, snapshot: Snapshot, changes: _Changes) -> discovery_pb2.DeltaDiscoveryResponse:
+    def _response(self, type_url: str, snapshot: Snapshot, changes: Changes) -> discovery_pb2.DeltaDiscoveryResponse:
         state = self._stream.state(type_url)
         sub = self._subscriptions[type_url]
         state.sent.update(changes.send)
