@@ -65,11 +65,13 @@ def _ai_route(name: str, variant: int) -> str:
     model = ["m-0", "m-1", "m-0"][variant % 3]
     backend = ["ai-0", "ai-1", "missing"][variant % 3]
     parent = ["gw-0", "gw-1"][variant % 2]
+    # Settings on the reference: every request to that backend then passes the upstream phase, whichever route sent it.
+    settings = ", headerMutation: {set: [{name: x-tenant, value: t}]}" if variant >= 8 else ""
     return (
         f"apiVersion: {AI}\nkind: AIGatewayRoute\nmetadata: {{name: {name}}}\nspec:\n"
         f"  parentRefs: [{{name: {parent}, kind: Gateway, group: gateway.networking.k8s.io}}]\n"
         f"  rules: [{{matches: [{{headers: [{{type: Exact, name: x-ai-eg-model, value: {model}}}]}}], "
-        f"backendRefs: [{{name: {backend}}}]}}]\n"
+        f"backendRefs: [{{name: {backend}{settings}}}]}}]\n"
     )
 
 
@@ -112,11 +114,27 @@ def _endpoint_slice(name: str, variant: int) -> str:
 
 def _ai_backend(name: str, variant: int) -> str:
     target = ["backend-0", "backend-1", "nothing"][variant % 3]
+    schema = "Anthropic" if variant in (6, 7) else "OpenAI"  # another API: its requests pass the upstream phase
+    mutation = ", headerMutation: {remove: [x-debug]}" if variant >= 9 else ""
     return (
         f"apiVersion: {AI}\nkind: AIServiceBackend\nmetadata: {{name: {name}}}\n"
-        f"spec: {{schema: {{name: OpenAI}}, "
-        f"backendRef: {{name: {target}, kind: Backend, group: gateway.envoyproxy.io}}}}\n"
+        f"spec: {{schema: {{name: {schema}}}, "
+        f"backendRef: {{name: {target}, kind: Backend, group: gateway.envoyproxy.io}}{mutation}}}\n"
     )
+
+
+def _security_policy(name: str, variant: int) -> str:
+    target = ["ai-0", "ai-1"][variant % 2]
+    secret = ["key", "missing-key"][variant // 6]  # a missing Secret: the backend's requests are refused
+    return (
+        f"apiVersion: {AI}\nkind: BackendSecurityPolicy\nmetadata: {{name: {name}}}\n"
+        f"spec: {{type: APIKey, apiKey: {{secretRef: {{name: {secret}}}}}, "
+        f"targetRefs: [{{group: aigateway.envoyproxy.io, kind: AIServiceBackend, name: {target}}}]}}\n"
+    )
+
+
+def _secret(name: str, variant: int) -> str:
+    return f"apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData: {{apiKey: sk-{variant}}}\n"
 
 
 def _pool(name: str, variant: int) -> str:
@@ -159,6 +177,8 @@ UNIVERSE: dict[str, Callable[[str, int], str]] = {
     **{f"ai-{i}": _ai_backend for i in range(2)},
     "pool-0": _pool,
     "policy": _policy,
+    "ai-policy": _security_policy,
+    "key": _secret,
 }
 START = {"eg": 0, "gw-0": 0, "r-0": 0, "r-1": 2, "a-0": 0, "backend-0": 0, "ai-0": 0, "svc-0": 0, "pod-0": 1}
 # A richer start: two routes on one pool whose picker is a Service (what a per-translation cache shares), pods that
@@ -248,10 +268,14 @@ def test_an_unrelated_route_change_reuses_every_other_route_and_a_backend_change
     }
     translate(second, OPTIONS, cache)
     assert cache.reused == 3  # r-1, r-2 and r-3
-    manifests.put("ai-0", 0, fresh=False)  # an AIServiceBackend on backend-0: the shared part reads it now
+    manifests.put("ai-0", 0, fresh=False)  # an AIServiceBackend on backend-0, which no route uses
     translate(manifests.resources(), OPTIONS, cache)
-    manifests.put("backend-0", 0, fresh=False)
+    assert cache.reused == 4
+    manifests.put("backend-0", 0, fresh=False)  # still read by r-0 only: its AIServiceBackend's statuses read no route
     translate(manifests.resources(), OPTIONS, cache)
+    assert cache.reused == 3
+    manifests.put("ai-0", 9, fresh=False)  # a header mutation: its requests now pass the upstream phase, which any
+    translate(manifests.resources(), OPTIONS, cache)  # route's settings may depend on (the upstream summary)
     assert cache.reused == 0
     manifests.put("r-3", 2, fresh=False)
     translate(manifests.resources(), OPTIONS, cache)

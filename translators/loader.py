@@ -13,6 +13,7 @@ import logging
 import weakref
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -231,6 +232,15 @@ class ResourceSet:
         """Records a read of one object an answer derives from, found without `get` (in an index of the kind)."""
         if self.tracker is not None:
             self.tracker.key((model.kind, namespace if model.namespaced else "", name))
+
+    @contextmanager
+    def no_dependency(self) -> Iterator[None]:
+        """What is read inside is no dependency of anything (a status listed again at every translation)."""
+        if self.tracker is None:
+            yield
+            return
+        with self.tracker.reading():  # a frame of its own, forgotten
+            yield
 
     def cached(self, cache: MutableMapping[Hashable, tuple[V, Reads]], key: Hashable, compute: Callable[[], V]) -> V:
         """`compute()` once per key: a per-translation cache whose users each depend on what it read."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from translators.aws_credentials import parse_credentials_file
@@ -126,7 +126,10 @@ class UpstreamSettings:
         # Backends whose every request passes the upstream phase: their own settings, or a rule's on a backendRef.
         self.backends: set[tuple[str, str]] = set()
         self._schemas: dict[tuple[str, str], SchemaIR] = {}  # the backends speaking another API than OpenAI's
-        for backend in resources.of_kind(AIServiceBackend):
+        # AIServiceBackends and AIGatewayRoutes are read here without a dependency on their whole kinds: what routes
+        # take from this reading is `summary()`, which the translation compares from one reload to the next (a
+        # change to it redoes every route), and each route depends on the backends it uses itself.
+        for backend in resources.untracked_of_kind(AIServiceBackend):
             spec = backend.spec
             if spec.header_mutation or spec.body_mutation:
                 self.backends.add((backend.namespace, backend.name))
@@ -137,7 +140,7 @@ class UpstreamSettings:
             if schema.name is not ApiSchema.OPENAI:
                 self._schemas[(backend.namespace, backend.name)] = schema
         self.backends.update(self._schemas)
-        for route in resources.of_kind(AIGatewayRoute):
+        for route in resources.untracked_of_kind(AIGatewayRoute):
             for rule in route.spec.rules:
                 for ref in rule.backend_refs:
                     if not ref.is_inference_pool and _has_settings(ref):
@@ -165,14 +168,21 @@ class UpstreamSettings:
             if error is not None and target is not None:
                 self._report(target, "Accepted", False, "InvalidBackendSecurityPolicy", error)
 
+    def summary(self) -> Hashable:
+        """What routes' settings depend on beyond the backend each names: which backends pass the upstream phase,
+        and the APIs they speak."""
+        return frozenset(self.backends), frozenset(self._schemas.items())
+
     def _report_implied_tls(self) -> None:
-        """An AIServiceBackend of a Backend that gets TLS from its port alone says so (as the Backend does)."""
-        for backend in self._resources.of_kind(AIServiceBackend):
-            ref = backend.spec.backend_ref
-            if (ref.group, ref.kind) != (ENVOY_GATEWAY_GROUP, "Backend"):
-                continue
-            if self._transports.tls.backend(ref.namespace or backend.namespace, ref.name).implied:
-                self._report(backend, UPSTREAM_TLS_CONDITION, True, "ImpliedByPort", IMPLIED_BY_PORT)
+        """An AIServiceBackend of a Backend that gets TLS from its port alone says so (as the Backend does). A status
+        only, listed again at every translation: nothing depends on what it reads."""
+        with self._resources.no_dependency():
+            for backend in self._resources.untracked_of_kind(AIServiceBackend):
+                ref = backend.spec.backend_ref
+                if (ref.group, ref.kind) != (ENVOY_GATEWAY_GROUP, "Backend"):
+                    continue
+                if self._transports.tls.backend(ref.namespace or backend.namespace, ref.name).implied:
+                    self._report(backend, UPSTREAM_TLS_CONDITION, True, "ImpliedByPort", IMPLIED_BY_PORT)
 
     def _exposure(self, policy: BackendSecurityPolicy, backend: AIServiceBackend) -> str | None:
         """Why the policy's key must not go to `backend` (reported on the policy), or None when it may: over TLS, to
@@ -224,6 +234,7 @@ class UpstreamSettings:
     def settings(self, rule: str, backend_namespace: str, ref: AIGatewayRouteBackendRef) -> BackendSettingsIR | None:
         """The settings of `ref` (an AIServiceBackend reference of `rule`), or None when there are none."""
         key = (backend_namespace, ref.name)
+        self._resources.read(AIServiceBackend, *key)  # what the route's settings derive from (see __init__)
         if key not in self.backends:
             return None
         backend = self._resources.get(AIServiceBackend, *key)

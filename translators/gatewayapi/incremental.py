@@ -13,7 +13,7 @@ translation through the cache with one from scratch, after random sequences of e
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
 from translators.gatewayapi.assembly import KIND_RANKS, Assembly
@@ -80,6 +80,7 @@ class TranslationCache:
         self._by_label: dict[tuple[str, str, str, str], set[Key]] = {}
         self._shared_kinds: frozenset[str] = frozenset()  # kinds read whole
         self.assembly = Assembly(lambda port: port)
+        self._values: dict[str, Hashable] = {}  # see shared_value
         # The routes to translate (those without a fragment), or None: every route.
         self._pending: set[Key] | None = None
         self.reused = 0  # fragments reused by the latest translation (for tests and benchmarks)
@@ -105,6 +106,13 @@ class TranslationCache:
                 self._drop(route)
                 pending.add(route)
         self._pending = pending
+
+    def shared_value(self, name: str, value: Hashable) -> None:
+        """A value the shared part computed from objects it read without a dependency (a summary of every route,
+        say): when it differs from the last translation's, every fragment goes (call it before any route)."""
+        if self._values.get(name, value) != value:
+            self.clear()
+        self._values[name] = value
 
     def pending(self, resources: ResourceSet) -> list[Route]:
         """The routes to translate, in translation order: those the change since the last translation concerns, or

@@ -68,6 +68,7 @@ class _Translator:
         self.backends = BackendResolver(resources, options.resolve_cluster_local, grants, options.endpoint_picker)
         # Settings first: where each credential would go (plain HTTP to loopback only, unless TLS) needs the backends.
         upstream = UpstreamSettings(resources, self.book.report, grants, self.backends)
+        cache.shared_value("upstream settings", upstream.summary())
         self.backends.upstream_backends = frozenset(upstream.backends)
         self.rules = RuleTranslator(self.book, upstream, self.backends)
         namespace_labels = {ns.name: ns.metadata.labels for ns in resources.of_kind(Namespace)}
