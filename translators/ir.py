@@ -365,6 +365,9 @@ class ForwardAction:
     fallback_retries: int = 0  # backends at lower priorities: a failed attempt retries on the next priority
     rewrite_hostname: str | None = None  # URLRewrite: the Host sent upstream
     rewrite_path: PathRewriteIR | None = None  # URLRewrite: the path sent upstream
+    # The cluster runs the upstream-settings service, which finds the rule in the route's metadata. Only such routes
+    # carry it: a metadata Struct on every route doubles what Envoy spends applying 10,000 routes.
+    upstream_phase: bool = False
 
 
 @dataclass(frozen=True)

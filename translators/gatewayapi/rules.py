@@ -148,7 +148,9 @@ class RuleTranslator:
                 if isinstance(route, AIGatewayRoute):
                     placed = place_settings(settings, clusters[0])
                     clusters = (placed.cluster,)
-                    action = replace(action, cluster=placed.cluster.name)
+                    action = replace(
+                        action, cluster=placed.cluster.name, upstream_phase=placed.cluster.upstream_settings
+                    )
                     filters = replace(filters, request_headers=placed.headers)
                 if filters.rewrite_hostname or filters.rewrite_path:
                     action = replace(

@@ -262,7 +262,7 @@ def route(
     if ir.response_headers is not None:
         built.response_headers_to_add.extend(_header_values(ir.response_headers))
         built.response_headers_to_remove.extend(ir.response_headers.remove)
-    if ir.rule:
+    if ir.rule and isinstance(ir.action, ForwardAction) and ir.action.upstream_phase:  # what that service reads
         built.metadata.filter_metadata[XDS_METADATA_NAMESPACE].update({"rule": ir.rule})
     return built
 
