@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from translators.combiner import Combiner
 from translators.gatewayapi.incremental import changed_keys
-from translators.loader import Parsed, combine, parse_text
+from translators.loader import ObjectKey, Parsed, combine, parse_text
+from translators.resources import ConfigMap
 
 FILES = ("a.yaml", "b.yaml", "c.yaml", "d.yaml")
 
@@ -20,6 +21,11 @@ def _document(name: str, variant: int) -> str:
     if name.startswith("broken"):
         return f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: [not, a, map]\n"
     return f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{v: '{variant}'}}\n"
+
+
+def _is_one(config_map: ConfigMap) -> bool:
+    """A test of one object alone, as ResourceSet.matching asks (a module-level callable: it keys the cache)."""
+    return config_map.data.get("v") == "1"
 
 
 NAMES = ("cm-0", "cm-1", "cm-2", "cm-3", "unknown-0", "broken-0")
@@ -50,6 +56,12 @@ def test_every_combination_equals_a_full_combine_and_names_what_changed(
         said = found.changed_since(latest)
         if said is not None:  # else the translation compares every object, as before
             assert said == changed_keys(latest.objects, found.objects), f"step {index}"
+        # What a translation then does: index the new set from the last one, and ask for the objects that pass a test.
+        latest.matching(ConfigMap, _is_one)
+        found.index_from(latest, changed_keys(latest.objects, found.objects))
+        everything = found.untracked_of_kind(ConfigMap)
+        assert found.matching(ConfigMap, _is_one) == [c for c in everything if _is_one(c)], f"step {index}"
+        assert everything == sorted(everything, key=lambda c: c.name), f"step {index}"
         latest = found
 
 
@@ -61,7 +73,7 @@ def test_a_one_file_change_among_many_combines_only_that_file() -> None:
     parsed["100.yaml"] = parse_text("100.yaml", _document("cm-100", 0))
     second = combiner.combine(sorted(parsed.items()))
     assert combiner.full == 1  # the first load only
-    assert second.changed_since(first) == {("ConfigMap", "default", "cm-10"), ("ConfigMap", "default", "cm-100")}
+    assert second.changed_since(first) == frozenset(ObjectKey("ConfigMap", "default", n) for n in ("cm-10", "cm-100"))
     assert second.changed_since(second) is None  # said only of the set it was made from
     # A file now defining what another file does: the order of files decides, so the full combine does.
     parsed["200.yaml"] = parse_text("200.yaml", _document("cm-3", 1))

@@ -274,16 +274,16 @@ def test_each_resource_set_says_which_keys_it_serves_differently_from_the_one_be
     assert first.changed_since(first) is None  # the first set was made from nothing
     store.upsert(ROUTE, route("2", status="ours"))  # not seen by translation
     second = store.resource_set()
-    assert second.changed_since(first) == set()
+    assert second.changed_since(first) == frozenset()
     store.upsert(ROUTE, route("3", generation=2, hostname="Not_A_Hostname"))  # invalid: the last good one stays
     third = store.resource_set()
-    assert third.changed_since(second) == set() and third.errors
+    assert third.changed_since(second) == frozenset() and third.errors
     store.upsert(ROUTE, route("4", generation=3, hostname="b.example"))
     fourth = store.resource_set()
-    assert fourth.changed_since(third) == {key}
+    assert fourth.changed_since(third) == frozenset({key})
     assert fourth.changed_since(second) is None  # said only of the set it was made from
     store.delete(ROUTE, "ns", "r")
-    assert store.resource_set().changed_since(fourth) == {key}
+    assert store.resource_set().changed_since(fourth) == frozenset({key})
 
 
 def test_an_invalid_new_object_is_an_error_and_nothing_else() -> None:

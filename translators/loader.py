@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from itertools import compress
 from typing import Any, NamedTuple, TypeVar, cast
 
 import yaml
@@ -118,6 +119,9 @@ class UnknownObject:
     generation: int = 0
 
 
+# A test of one object alone (ResourceSet.matching).
+Selection = Callable[[Any], object]
+
 # The models that alone have their kind: the loader makes every object of that kind with it.
 _KIND_COUNTS = Counter(model.kind for model in MODELS.values())
 _ONE_MODEL_PER_KIND = frozenset(model for model in MODELS.values() if _KIND_COUNTS[model.kind] == 1)
@@ -156,6 +160,7 @@ class ResourceSet:
         index = self._by_kind()  # the same objects: the same index
         object.__setattr__(tracked, "_kind_keys", self.__dict__["_kind_keys"])
         object.__setattr__(tracked, "_kind_index", index)
+        object.__setattr__(tracked, "_matching", self.__dict__.setdefault("_matching", {}))  # shared: kept with this
         return tracked
 
     def of_kind(self, model: type[R]) -> list[R]:
@@ -186,34 +191,46 @@ class ResourceSet:
     def index_from(self, previous: ResourceSet, changed: Iterable[tuple[str, str, str]]) -> None:
         """Indexes this set by kind from `previous`'s index, knowing which keys changed between the two: the kinds
         nothing changed of keep their lists, the others move only their changed keys (a reload of 10,000 routes
-        would otherwise sort every key again)."""
+        would otherwise sort every key again). The same for `matching`'s lists, testing only changed objects."""
         if "_kind_index" in self.__dict__:
             return
         previous._by_kind()
         keys: dict[str, list[ObjectKey]] = dict(previous.__dict__["_kind_keys"])
         index: dict[str, list[Resource]] = dict(previous.__dict__["_kind_index"])
-        copied: set[str] = set()
+        touched: dict[str, list[ObjectKey]] = {}
         for kind, namespace, name in changed:
-            key = ObjectKey(kind, namespace, name)
-            if kind not in copied:  # the previous set's lists stay as they are
-                copied.add(kind)
-                keys[kind], index[kind] = list(keys.get(kind, ())), list(index.get(kind, ()))
-            ordered, objects = keys[kind], index[kind]
-            at = bisect.bisect_left(ordered, key)
-            present = at < len(ordered) and ordered[at] == key
-            found = self.objects.get(key)
-            if found is not None and present:
-                objects[at] = found
-            elif found is not None:
-                ordered.insert(at, key)
-                objects.insert(at, found)
-            elif present:
-                del ordered[at], objects[at]
-        for kind in copied:
+            touched.setdefault(kind, []).append(ObjectKey(kind, namespace, name))
+        for kind, moved in touched.items():  # copies: the previous set's lists stay as they are
+            keys[kind], index[kind] = list(keys.get(kind, ())), list(index.get(kind, ()))
+            for key in moved:
+                _move(keys[kind], index[kind], key, self.objects.get(key))
             if not keys[kind]:
                 del keys[kind], index[kind]
+        matching: dict[tuple[str, Selection], tuple[list[ObjectKey], list[Resource]]] = {}
+        for (kind, test), (selected_keys, selected) in previous.__dict__.get("_matching", {}).items():
+            if kind in touched:
+                selected_keys, selected = list(selected_keys), list(selected)
+                for key in touched[kind]:
+                    found = self.objects.get(key)
+                    _move(selected_keys, selected, key, found if found is not None and test(found) else None)
+            matching[(kind, test)] = (selected_keys, selected)
         object.__setattr__(self, "_kind_keys", keys)  # caches of a frozen value: not fields
         object.__setattr__(self, "_kind_index", index)
+        object.__setattr__(self, "_matching", matching)
+
+    def matching(self, model: type[R], test: Selection) -> list[R]:
+        """The objects of a kind that pass `test`, in key order, for a caller that records its reads itself (as
+        `untracked_of_kind`). `test` reads each object alone (a module-level attrgetter, say: it is also the cache's
+        key), so a set indexed from this one (`index_from`) tests only the objects that changed."""
+        cache: dict[tuple[str, Selection], tuple[list[ObjectKey], list[Resource]]]
+        cache = self.__dict__.setdefault("_matching", {})
+        found = cache.get((model.kind, test))
+        if found is None:
+            objects = self.untracked_of_kind(model)
+            passed = list(map(test, objects))
+            kept_keys = list(compress(self.__dict__["_kind_keys"].get(model.kind, ()), passed))
+            found = cache[(model.kind, test)] = (kept_keys, list(compress(objects, passed)))
+        return cast(list[R], list(found[1]))
 
     def get(self, model: type[R], namespace: str, name: str) -> R | None:
         key = ObjectKey(model.kind, namespace if model.namespaced else "", name)
@@ -250,6 +267,19 @@ class ResourceSet:
         if found is None:
             found = cache[key] = (compute(), Reads())
         return found[0]
+
+
+def _move(ordered: list[ObjectKey], objects: list[Resource], key: ObjectKey, found: Resource | None) -> None:
+    """One change to a sorted list of keys and the list of their objects: `key` is now `found`, or is gone (None)."""
+    at = bisect.bisect_left(ordered, key)
+    present = at < len(ordered) and ordered[at] == key
+    if found is not None and present:
+        objects[at] = found
+    elif found is not None:
+        ordered.insert(at, key)
+        objects.insert(at, found)
+    elif present:
+        del ordered[at], objects[at]
 
 
 def ignored_fields(raw: Mapping[str, Any]) -> tuple[str, ...]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import compress
 from operator import attrgetter
 
 from cryptography import x509
@@ -119,8 +118,7 @@ class UpstreamTls:
         # Every Backend's TLS, read without tracking the kind: each answer (`backend`) records the one it is about.
         # Most have none (no policy, no tls, no fqdn endpoint on 443): PLAIN, which `backend` answers for them.
         # The question is asked of thousands of Backends at each reload: in C, and the key only for the few.
-        backends = resources.untracked_of_kind(Backend)
-        for backend in compress(backends, map(_WANTS_TLS, backends)):
+        for backend in resources.matching(Backend, _WANTS_TLS):
             self._backends[(backend.namespace, backend.name)] = self._resolve_backend(backend)
         for kind, namespace, name, _ in self._policies:  # a policy's target says nothing: no verdict, no order
             targeted = resources.objects.get(ObjectKey(kind, namespace, name)) if kind == "Backend" else None
