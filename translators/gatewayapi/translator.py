@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from itertools import chain
 
 from translators.backends import BackendResolver, ReferenceGrants
-from translators.gatewayapi.assembly import DomainRoutes
+from translators.gatewayapi.assembly import DomainRoutes, match_key
 from translators.gatewayapi.attachment import Attachment, parent_ref
 from translators.gatewayapi.incremental import GatewayKey, Placement, RouteFragment, TranslationCache
 from translators.gatewayapi.listener_tls import ListenerTls
@@ -313,8 +313,7 @@ class _Translator:
         by namespace/name). Said on the losing route, naming the winner, once per rule."""
         seen: dict[tuple[object, ...], RouteIR] = {}
         for route in routes:
-            key = (route.path, route.headers, route.method)
-            winner = seen.setdefault(key, route)
+            winner = seen.setdefault(match_key(route), route)
             owner = self._rule_routes.get(route.rule)
             if winner is route or owner is None or (route.rule, domain) in self._shadowed:
                 continue
