@@ -282,12 +282,39 @@ def wrk_command(script: Path, port: int, host: str, rate: int, seconds: float) -
     return [*command, "--", str(rate), host, REQUEST_BODY.decode(), PLAIN_HEADER, MODEL]
 
 
-def wrk_summary(finished: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    """The BENCH line WRK_SCRIPT's done() prints: requests, duration_us, p50_us ... late."""
+@dataclass(frozen=True)
+class WrkSummary:
+    """A wrk run, from the BENCH line WRK_SCRIPT's done() prints, in the units the benches report."""
+
+    requests: int
+    seconds: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int  # socket errors and non-2xx answers
+    late: int
+
+    @property
+    def achieved(self) -> float:
+        """Requests per second."""
+        return self.requests / self.seconds
+
+
+def wrk_summary(finished: subprocess.CompletedProcess[str]) -> WrkSummary:
     lines = [line for line in finished.stdout.splitlines() if line.startswith("BENCH ")]
     assert lines, finished.stdout + finished.stderr
-    summary: dict[str, Any] = json.loads(lines[-1].removeprefix("BENCH "))
-    return summary
+    found: dict[str, Any] = json.loads(lines[-1].removeprefix("BENCH "))
+    return WrkSummary(
+        requests=found["requests"],
+        seconds=found["duration_us"] / 1e6,
+        p50_ms=found["p50_us"] / 1000,
+        p90_ms=found["p90_us"] / 1000,
+        p99_ms=found["p99_us"] / 1000,
+        max_ms=found["max_us"] / 1000,
+        errors=found["errors"] + found["status_errors"],
+        late=found["late"],
+    )
 
 
 class Bench:
@@ -366,18 +393,18 @@ class Bench:
         serve_cpu = cpu_seconds(self.serve.process.pid) - serve_before
         envoy_cpu = cpu_seconds(self.envoy.process.pid) - envoy_before
         result = wrk_summary(finished)
-        done = max(result["requests"], 1)
+        done = max(result.requests, 1)
         return Run(
             path=path,
             rate=rate,
-            achieved=result["requests"] / (result["duration_us"] / 1e6),
-            requests=result["requests"],
-            p50_ms=result["p50_us"] / 1000,
-            p90_ms=result["p90_us"] / 1000,
-            p99_ms=result["p99_us"] / 1000,
-            max_ms=result["max_us"] / 1000,
-            errors=result["errors"] + result["status_errors"],
-            late=result["late"],
+            achieved=result.achieved,
+            requests=result.requests,
+            p50_ms=result.p50_ms,
+            p90_ms=result.p90_ms,
+            p99_ms=result.p99_ms,
+            max_ms=result.max_ms,
+            errors=result.errors,
+            late=result.late,
             serve_cpu_ms_per_1k=serve_cpu * 1000 / done * 1000,
             envoy_cpu_ms_per_1k=envoy_cpu * 1000 / done * 1000,
             metered_requests=await self.metered() - routed_before,

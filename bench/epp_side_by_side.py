@@ -261,13 +261,13 @@ async def measure(row: Row, script: Path, rate: int, seconds: float, idle_second
     picker, envoy, other = (a - b for a, b in zip(after, before, strict=True))
     summary = wrk_summary(finished)
     return Sample(
-        requests=summary["requests"],
-        seconds=summary["duration_us"] / 1e6,
-        p50_ms=summary["p50_us"] / 1000,
-        p90_ms=summary["p90_us"] / 1000,
-        p99_ms=summary["p99_us"] / 1000,
-        errors=summary["errors"] + summary["status_errors"],
-        late=summary["late"],
+        requests=summary.requests,
+        seconds=summary.seconds,
+        p50_ms=summary.p50_ms,
+        p90_ms=summary.p90_ms,
+        p99_ms=summary.p99_ms,
+        errors=summary.errors,
+        late=summary.late,
         picker_cpu=picker,
         envoy_cpu=envoy,
         other_cpu=other,

@@ -584,16 +584,16 @@ class Meter:
         spent = [cpu_seconds(pid) - start for pid, start in zip(pids, before, strict=True)]
         others = (machine_cpu() - machine_before) - (self.ours() - ours_before)
         result = wrk_summary(finished)
-        done = max(result["requests"], 1)
+        done = max(result.requests, 1)
         sample = Sample(
             row=row.key,
             rate=rate,
-            achieved=result["requests"] / (result["duration_us"] / 1e6),
-            requests=result["requests"],
-            p50_ms=result["p50_us"] / 1000,
-            p99_ms=result["p99_us"] / 1000,
-            errors=result["errors"] + result["status_errors"],
-            late=result["late"],
+            achieved=result.achieved,
+            requests=result.requests,
+            p50_ms=result.p50_ms,
+            p99_ms=result.p99_ms,
+            errors=result.errors,
+            late=result.late,
             envoy_cpu_ms_per_1k=spent[0] * 1e6 / done,
             extproc_cpu_ms_per_1k=spent[1] * 1e6 / done if len(spent) > 1 else None,
             other_cores=max(0.0, others) / (time.monotonic() - started),
