@@ -206,14 +206,15 @@ class ResourceSet:
                 _move(keys[kind], index[kind], key, self.objects.get(key))
             if not keys[kind]:
                 del keys[kind], index[kind]
-        matching: dict[tuple[str, Selection], tuple[list[ObjectKey], list[Resource]]] = {}
-        for (kind, test), (selected_keys, selected) in previous.__dict__.get("_matching", {}).items():
-            if kind in touched:
+        matching: dict[tuple[type[Resource], Selection], tuple[list[ObjectKey], list[Resource]]] = {}
+        for (model, test), (selected_keys, selected) in previous.__dict__.get("_matching", {}).items():
+            if model.kind in touched:
                 selected_keys, selected = list(selected_keys), list(selected)
-                for key in touched[kind]:
+                for key in touched[model.kind]:
                     found = self.objects.get(key)
-                    _move(selected_keys, selected, key, found if found is not None and test(found) else None)
-            matching[(kind, test)] = (selected_keys, selected)
+                    passes = isinstance(found, model) and test(found)
+                    _move(selected_keys, selected, key, found if passes else None)
+            matching[(model, test)] = (selected_keys, selected)
         object.__setattr__(self, "_kind_keys", keys)  # caches of a frozen value: not fields
         object.__setattr__(self, "_kind_index", index)
         object.__setattr__(self, "_matching", matching)
@@ -222,14 +223,17 @@ class ResourceSet:
         """The objects of a kind that pass `test`, in key order, for a caller that records its reads itself (as
         `untracked_of_kind`). `test` reads each object alone (a module-level attrgetter, say: it is also the cache's
         key), so a set indexed from this one (`index_from`) tests only the objects that changed."""
-        cache: dict[tuple[str, Selection], tuple[list[ObjectKey], list[Resource]]]
+        cache: dict[tuple[type[Resource], Selection], tuple[list[ObjectKey], list[Resource]]]
         cache = self.__dict__.setdefault("_matching", {})
-        found = cache.get((model.kind, test))
+        found = cache.get((model, test))
         if found is None:
-            objects = self.untracked_of_kind(model)
-            passed = list(map(test, objects))
+            objects = self._by_kind().get(model.kind, [])  # beside their keys, in the same order
+            if model in _ONE_MODEL_PER_KIND:  # in C
+                passed = list(map(test, objects))
+            else:
+                passed = [isinstance(obj, model) and bool(test(obj)) for obj in objects]
             kept_keys = list(compress(self.__dict__["_kind_keys"].get(model.kind, ()), passed))
-            found = cache[(model.kind, test)] = (kept_keys, list(compress(objects, passed)))
+            found = cache[(model, test)] = (kept_keys, list(compress(objects, passed)))
         return cast(list[R], list(found[1]))
 
     def get(self, model: type[R], namespace: str, name: str) -> R | None:

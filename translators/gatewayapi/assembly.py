@@ -156,7 +156,7 @@ class Assembly:
     def __init__(self, envoy_port: Callable[[int], int]) -> None:
         self.envoy_port = envoy_port
         self.gateways: dict[GatewayKey, GatewayRoutes] = {}
-        # The status book's part that comes from fragments (see StatusBook.adopt).
+        # The status book's part that comes from fragments (see StatusBook.adopt_all).
         self.entries: dict[ObjectRef, Entry] = {}
         self.statuses = SortedStatuses()
         self.ignored: dict[ObjectRef, None] = {}

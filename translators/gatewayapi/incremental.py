@@ -13,8 +13,9 @@ translation through the cache with one from scratch, after random sequences of e
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import chain
 
 from translators.gatewayapi.assembly import KIND_RANKS, Assembly
 from translators.gatewayapi.rules import Route, RuleRoutes
@@ -65,6 +66,12 @@ def changed_keys(before: Mapping[ObjectKey, Resource], after: Mapping[ObjectKey,
     changed: set[Key] = {key for key, obj in after.items() if before.get(key) is not obj}
     changed.update(before.keys() - after.keys())
     return changed
+
+
+def routes_in_order(resources: ResourceSet) -> Iterator[Route]:
+    """Every route, in translation order (KIND_RANKS), read without a dependency on their kinds: a route is its own
+    fragment's business."""
+    return chain[Route](resources.untracked_of_kind(AIGatewayRoute), resources.untracked_of_kind(HTTPRoute))
 
 
 class TranslationCache:
@@ -118,7 +125,7 @@ class TranslationCache:
         """The routes to translate, in translation order: those the change since the last translation concerns, or
         every route after a change to what every route reads."""
         if self._pending is None:
-            return [*resources.untracked_of_kind(AIGatewayRoute), *resources.untracked_of_kind(HTTPRoute)]
+            return list(routes_in_order(resources))
         found = []
         for kind, namespace, name in sorted(self._pending, key=lambda key: (KIND_RANKS[key[0]], key[1], key[2])):
             route = resources.objects.get(ObjectKey(kind, namespace, name))

@@ -81,20 +81,12 @@ class StatusBook:
         ref = ref_of(obj)
         return self._entries.get(ref), ref in self._ignored
 
-    def adopt(self, ref: ObjectRef, entry: Entry | None, ignored: bool, status: ObjectStatus | None) -> None:
-        """Takes an object's entry from another book, with `status`, built from it (the entry is not modified)."""
-        if ignored:
-            self._ignored.add(ref)
-        if entry is not None:
-            self._entries[ref] = entry
-            if status is not None:
-                self._adopted[ref] = status
-
     def adopt_all(
         self, entries: Mapping[ObjectRef, Entry], statuses: SortedStatuses, ignored: Iterable[ObjectRef]
     ) -> None:
-        """`adopt` of many objects at once, in C (a translation adopts every route's entry), with their statuses
-        in order: listing the statuses then sorts only what is reported here. Once per book."""
+        """Takes objects' entries from other books (each route's, translated in this build or an earlier one), in C,
+        with the statuses built from them, in order: listing the statuses then sorts only what is reported here. The
+        entries are not modified (see `_entry`). Once per book."""
         assert self._base is None, "adopt_all once"
         self._ignored.update(ignored)
         self._entries.update(entries)

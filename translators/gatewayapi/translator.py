@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from itertools import chain
 
 from translators.backends import BackendResolver, ReferenceGrants
 from translators.gatewayapi.assembly import DomainRoutes, match_key
 from translators.gatewayapi.attachment import Attachment, parent_ref
-from translators.gatewayapi.incremental import GatewayKey, Placement, RouteFragment, TranslationCache
+from translators.gatewayapi.incremental import GatewayKey, Placement, RouteFragment, TranslationCache, routes_in_order
 from translators.gatewayapi.listener_tls import ListenerTls
 from translators.gatewayapi.model_routes import leading_routes, trailing_routes
 from translators.gatewayapi.rules import Route, RuleRoutes, RuleTranslator, created_of, rule_id_of
@@ -39,7 +38,6 @@ from translators.ir import (
 )
 from translators.loader import ResourceSet
 from translators.resources import (
-    AIGatewayRoute,
     Gateway,
     GatewayClass,
     HTTPRoute,
@@ -83,7 +81,6 @@ class _Translator:
         listeners = {(g.namespace, g.name): self.attachment.gateway_listeners(g) for g in gateways}
         context = _RouteContext(gateways, unserved, listeners, self.attachment.unserved)
         self.tracker.context_done()  # what follows the routes is done again every time
-        # Routes are the fragments' own business: listing them is no read of the whole kind.
         pending = self.cache.pending(self.resources)
         for route in pending:
             self.cache.put(self._fragment(route, context))
@@ -114,10 +111,8 @@ class _Translator:
             self.book.report(route, SHADOWED, True, "ShadowedByPrecedence", "; ".join(messages))
         self.verdicts.pool_statuses(pool_parents)
         self.verdicts.ai_backend_statuses()
-        routes = chain[Route](  # read only when there are objects of unsupported kinds
-            self.resources.untracked_of_kind(AIGatewayRoute), self.resources.untracked_of_kind(HTTPRoute)
-        )
-        report_unsupported(self.book, self.resources.unknown, self._our_gateways(), routes)
+        # Every route is read only when there are objects of unsupported kinds.
+        report_unsupported(self.book, self.resources.unknown, self._our_gateways(), routes_in_order(self.resources))
         self._report_ignored_fields()
         pools = tuple(self.backends.pool(p) for p in self.resources.of_kind(InferencePool))
         self.cache.finish(self.tracker)

@@ -119,6 +119,12 @@ _LISTED = attrgetter("listed")
 _REFERENCES = attrgetter("references")
 
 
+def needed(resources: Iterable[CachedResource], target: str) -> frozenset[str]:
+    """The names of `target`'s type the resources refer to, as each recorded them when cached: gathered in C."""
+    referring = filter(None, map(_REFERENCES, resources))  # most refer to nothing (a cluster not EDS)
+    return _EMPTY.union(*map(methodcaller("get", target, _EMPTY), referring))
+
+
 def type_snapshot(type_url: str, resources: Iterable[Resource], previous: TypeSnapshot | None = None) -> TypeSnapshot:
     """`previous` resources cached from the very same objects (reused by the translator's memo) are taken as they
     are, neither serialized nor hashed nor read again. They are found in bulk (`fill_in`), and the version text is
@@ -131,11 +137,7 @@ def type_snapshot(type_url: str, resources: Iterable[Resource], previous: TypeSn
     if len(by_name) < len(cached):
         raise InconsistentSnapshot(f"duplicate {type_url.rsplit('.', 1)[-1]} {_first_repeated(map(_NAME, cached))!r}")
     listed = "\n".join(map(_LISTED, map(by_name.__getitem__, sorted(by_name))))
-    referring = list(filter(None, map(_REFERENCES, cached)))  # most refer to nothing (a cluster not EDS)
-    needs = {
-        target: _EMPTY.union(*map(methodcaller("get", target, _EMPTY), referring))
-        for target in REFERS_TO.get(type_url, ())
-    }
+    needs = {target: needed(cached, target) for target in REFERS_TO.get(type_url, ())}
     return TypeSnapshot(
         _digest(listed.encode()),
         MappingProxyType(by_name),

@@ -12,15 +12,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from operator import attrgetter, methodcaller
 
 from translators.xds.names import CLUSTER_TYPE, ENDPOINT_TYPE
 from xds_server import metrics
-from xds_server.xds.cache import CachedResource, eds_name
-
-_NO_NAMES: frozenset[str] = frozenset()
-_REFERENCES = attrgetter("references")
-_NEEDED_ASSIGNMENTS = methodcaller("get", ENDPOINT_TYPE, _NO_NAMES)  # a cached cluster's CLA name, if EDS
+from xds_server.xds.cache import CachedResource, eds_name, needed
 
 
 class XdsProtocol(StrEnum):
@@ -142,10 +137,8 @@ class ClientStream:
         clusters, assignments = self.types.get(CLUSTER_TYPE), self.types.get(ENDPOINT_TYPE)
         if clusters is None or assignments is None or clusters.answer is Answer.NACK:
             return False
-        # The CLA names the clusters need, as each recorded them when cached: gathered in C (10,000 clusters are
-        # looked at on every push).
-        needed = _NO_NAMES.union(*map(_NEEDED_ASSIGNMENTS, map(_REFERENCES, clusters.sent.values())))
-        return not needed <= assignments.sent.keys()
+        # Gathered in C: 10,000 clusters are looked at on every push.
+        return not needed(clusters.sent.values(), ENDPOINT_TYPE) <= assignments.sent.keys()
 
     def retain_removed_clusters(self, removed: Iterable[str], routing_types: Iterable[str]) -> set[str]:
         """Holds the clusters among `removed` the client has (and their CLAs) until `routing_types`' next responses
