@@ -12,37 +12,37 @@ import grpc
 import orjson
 import pytest
 from envoy.config.core.v3 import base_pb2
-from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
-from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import struct_pb2
 from hypothesis import given
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as otel_service_pb2
+from opentelemetry.proto.common.v1 import common_pb2 as otel_common_pb2
+from opentelemetry.proto.logs.v1 import logs_pb2 as otel_logs_pb2
 from prometheus_client import REGISTRY
 
 from testing.ports import free_port
 from translators.ir import TranslateOptions
+from translators.xds.ai_listener import USAGE_LOG_ATTRIBUTES
 from translators.xds.names import (
     EXTPROC_ATTRIBUTES_KEY,
     METERING_METADATA_NAMESPACE,
-    MODEL_HEADER,
     PATH_ATTRIBUTE,
     PICKER_POOL_METADATA,
     REQUEST_TIME_ATTRIBUTE,
-    STREAM_HEADER,
     UPSTREAM_SETTINGS_METADATA,
-    USAGE_LOG_NAME,
     USAGE_METADATA_KEYS,
 )
+from xds_server.api import usage_log_pb2
 from xds_server.control_plane import ControlPlane
 from xds_server.extproc import telemetry
 from xds_server.extproc.metering import STREAM_RESPONSE_BODY, MeteringStream, request_started
 from xds_server.extproc.protocol import CONTINUE_RESPONSE_BODY, PASS_THROUGH, Mode
 from xds_server.extproc.sse import SseParser, Usage
 from xds_server.extproc.upstream import NO_SETTINGS
-from xds_server.extproc.usage_log import UsageEntry
+from xds_server.extproc.usage_log import LOGS_SERVICE, UsageEntry
 from xds_server.serve import start_extproc
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.streams import ClientRegistry
@@ -477,50 +477,47 @@ def test_multi_line_data_and_an_unterminated_last_event() -> None:
     assert parser.finish() == []
 
 
-# --- the usage log: an access log entry -> GenAI metrics ---
-
-TWO_AND_A_HALF_SECONDS = duration_pb2.Duration(seconds=2, nanos=500_000_000)
+# --- the usage log: a log record's attributes -> GenAI metrics ---
 
 
 def log_entry(
     path: str = CHAT,
     status: int | None = 200,
     backend: str | None = BACKEND,
-    cluster: str = CLUSTER,
+    cluster: str | None = CLUSTER,
     model: str | None = "model-a",
     stream: str | None = None,
-    duration: duration_pb2.Duration | None = TWO_AND_A_HALF_SECONDS,
+    duration: float | None = 2.5,
+    stream_ms: int | None = None,
     usage: Mapping[str, object] | None = None,
-) -> accesslog_pb2.HTTPAccessLogEntry:
-    """An entry as Envoy's http_grpc access log sends it with the usage log's config; None leaves a part out."""
-    entry = accesslog_pb2.HTTPAccessLogEntry()
-    common = entry.common_properties
-    common.upstream_cluster = cluster
-    if backend is not None:
-        common.custom_tags["backend"] = backend
-    if duration is not None:
-        common.time_to_last_downstream_tx_byte.CopyFrom(duration)
-        common.duration.CopyFrom(duration)
-    if usage is not None:
-        common.metadata.filter_metadata[METERING_METADATA_NAMESPACE].update(usage)
-    entry.request.path = path
-    entry.request.request_method = base_pb2.POST
-    if model is not None:
-        entry.request.request_headers[MODEL_HEADER] = model
-    if stream is not None:
-        entry.request.request_headers[STREAM_HEADER] = stream
-    if status is not None:
-        entry.response.response_code.value = status
-    return entry
+) -> dict[str, str]:
+    """A record's attributes as Envoy formats USAGE_LOG_ATTRIBUTES: "-" for what it has no value of (None here);
+    numbers as it prints a double (usage); `duration` in seconds, printed in whole microseconds."""
+    rendered = {
+        "path": path,
+        "model": model,
+        "stream": stream,
+        "status": None if status is None else str(status),
+        "backend": backend,
+        "cluster": cluster,
+        "duration_us": None if duration is None else str(round(duration * 1e6)),
+        "stream_ms": None if stream_ms is None else str(stream_ms),
+        **{key: None if value is None else str(value) for key, value in (usage or {}).items()},
+    }
+    return {key: "-" if value is None else value for key, value in rendered.items()}
 
 
 FULL_USAGE = {
     "response_model": "model-a-0613",
     "input_tokens": 7,
     "output_tokens": 11,
-    "total_tokens": 18,
     "first_token_ms": 300,
 }
+
+
+def test_the_attributes_are_the_usage_logs() -> None:
+    """log_entry builds what the translator asks Envoy for: the same attribute names, every usage key but the total."""
+    assert set(log_entry(usage=FULL_USAGE)) == {key for key, _ in USAGE_LOG_ATTRIBUTES}
 
 
 def test_an_entry_says_what_was_routed_where_when_and_what_it_used() -> None:
@@ -565,7 +562,7 @@ def test_an_entry_on_a_path_that_is_not_an_openai_operation_is_none(path: str) -
 def test_an_entry_no_backend_or_cluster_answered_is_none() -> None:
     """Envoy's own answers (model_not_found, invalid_json... direct responses) have neither: no label set a client
     could grow."""
-    assert UsageEntry.of(log_entry(backend=None, cluster="")) is None
+    assert UsageEntry.of(log_entry(backend=None, cluster=None)) is None
     assert UsageEntry.of(log_entry(backend="", cluster="")) is None
 
 
@@ -574,10 +571,8 @@ def test_an_entry_without_any_timing_is_none() -> None:
 
 
 def test_an_answer_the_client_left_before_its_end_is_timed_by_the_stream() -> None:
-    """No last byte sent to the client (it went away mid-answer): the request's own duration times it."""
-    entry = log_entry(duration=None, usage=FULL_USAGE)
-    entry.common_properties.duration.CopyFrom(duration_pb2.Duration(seconds=1, nanos=500_000_000))
-    found = UsageEntry.of(entry)
+    """No last byte sent to the client (it went away mid-answer): the stream's own duration times it."""
+    found = UsageEntry.of(log_entry(duration=None, stream_ms=1500, usage=FULL_USAGE))
     assert found is not None and found.duration == 1.5 and found.output_tokens == 11
 
 
@@ -588,6 +583,8 @@ def test_the_backend_is_the_endpoints_and_the_cluster_only_when_there_is_none() 
     assert untagged is not None and untagged.backend == "cluster-x"
     empty_tag = UsageEntry.of(log_entry(backend="", cluster="cluster-x"))
     assert empty_tag is not None and empty_tag.backend == "cluster-x"
+    missing = UsageEntry.of({key: value for key, value in log_entry().items() if key not in ("backend", "status")})
+    assert missing is not None and (missing.backend, missing.status) == (CLUSTER, 0)
 
 
 @pytest.mark.parametrize(("value", "streamed"), [("true", True), ("false", False), (None, False), ("", False)])
@@ -613,27 +610,37 @@ def test_an_entry_without_usage_or_model_has_none_of_them() -> None:
     )
 
 
-def test_usage_values_of_the_wrong_kind_are_left_out() -> None:
-    """json_to_metadata writes numbers as doubles; anything else under a token key is no count."""
-    odd = {"input_tokens": "7", "output_tokens": True, "first_token_ms": None}
+def test_usage_values_that_are_not_numbers_are_left_out() -> None:
+    """Envoy prints a metadata value as it is: whatever a backend sent under a token key that is not a number (a word,
+    a boolean, a list) is no count."""
+    odd = {"input_tokens": "seven", "output_tokens": "true", "first_token_ms": "[1]"}
     found = UsageEntry.of(log_entry(usage=odd))
     assert found is not None
     assert (found.input_tokens, found.output_tokens, found.first_token) == (None, None, None)
-    doubles = UsageEntry.of(log_entry(usage={"input_tokens": 7.0, "output_tokens": 11.0, "first_token_ms": 1250.0}))
+    doubles = UsageEntry.of(log_entry(usage={"input_tokens": 7.0, "output_tokens": 11.0, "first_token_ms": 1250.5}))
     assert doubles is not None
-    assert (doubles.input_tokens, doubles.output_tokens, doubles.first_token) == (7, 11, 1.25)
+    assert (doubles.input_tokens, doubles.output_tokens, doubles.first_token) == (7, 11, 1.2505)
 
 
 def test_counts_that_are_not_counts_are_left_out() -> None:
     found = UsageEntry.of(log_entry(usage={"input_tokens": math.nan, "output_tokens": -3, "first_token_ms": math.inf}))
     assert found is not None
     assert (found.input_tokens, found.output_tokens, found.first_token) == (None, None, None)
+    assert UsageEntry.of(log_entry(duration=None, stream_ms=None)) is None
+
+
+@given(st.dictionaries(st.sampled_from([key for key, _ in USAGE_LOG_ATTRIBUTES]), st.text(max_size=12)))
+def test_any_attributes_give_an_entry_or_none(attributes: dict[str, str]) -> None:
+    """Whatever a record holds (a backend chose the usage values, a client the model), reading it never fails, and
+    what it reads is a count >= 0 or nothing."""
+    found = UsageEntry.of(attributes)
+    if found is not None:
+        assert found.duration >= 0 and found.backend and found.operation
+        assert all(count is None or count >= 0 for count in (found.input_tokens, found.output_tokens))
 
 
 def test_the_duration_is_the_time_to_the_last_byte_sent_to_the_client() -> None:
-    entry = log_entry(duration=duration_pb2.Duration(seconds=1, nanos=5_000_000))
-    entry.common_properties.duration.CopyFrom(duration_pb2.Duration(seconds=9))  # the whole stream: not this
-    found = UsageEntry.of(entry)
+    found = UsageEntry.of(log_entry(duration=1.005, stream_ms=9000))  # the whole stream: not this
     assert found is not None and found.duration == pytest.approx(1.005, abs=1e-12)
 
 
@@ -753,25 +760,58 @@ def requests(*messages: pb.ProcessingRequest) -> Iterator[pb.ProcessingRequest]:
     yield from messages
 
 
-def log_messages(*batches: list[accesslog_pb2.HTTPAccessLogEntry]) -> Iterator[als_pb2.StreamAccessLogsMessage]:
-    """One stream as Envoy sends it: the identifier on the first message only, then batches of entries."""
-    for index, batch in enumerate(batches):
-        message = als_pb2.StreamAccessLogsMessage(
-            http_logs=als_pb2.StreamAccessLogsMessage.HTTPAccessLogEntries(log_entry=batch)
-        )
-        if index == 0:
-            message.identifier.node.id = "envoy-1"
-            message.identifier.log_name = USAGE_LOG_NAME
-        yield message
+def export(*batches: list[dict[str, str]]) -> usage_log_pb2.ExportLogsServiceRequest:
+    """One export as Envoy sends it: a resource (no labels: builtin labels are off) per batch of records."""
+    return usage_log_pb2.ExportLogsServiceRequest(
+        resource_logs=[
+            usage_log_pb2.ResourceLogs(
+                scope_logs=[
+                    usage_log_pb2.ScopeLogs(
+                        log_records=[
+                            usage_log_pb2.LogRecord(
+                                attributes=[
+                                    usage_log_pb2.KeyValue(key=key, value=usage_log_pb2.AnyValue(string_value=value))
+                                    for key, value in record.items()
+                                ]
+                            )
+                            for record in batch
+                        ]
+                    )
+                ]
+            )
+            for batch in batches
+        ]
+    )
+
+
+def test_the_subset_reads_what_opentelemetrys_own_messages_encode() -> None:
+    """The usage log's messages keep OpenTelemetry's field numbers: an export encoded with the OpenTelemetry messages
+    xds-protos ships (from before ScopeLogs took the name of InstrumentationLibraryLogs, same numbers) reads the same,
+    with every field it leaves unread."""
+    record = otel_logs_pb2.LogRecord(
+        time_unix_nano=1, severity_text="INFO", body=otel_common_pb2.AnyValue(string_value="b")
+    )
+    record.attributes.add(key="model", value=otel_common_pb2.AnyValue(string_value="model-o"))
+    request = otel_service_pb2.ExportLogsServiceRequest()
+    resource = request.resource_logs.add()
+    resource.resource.attributes.add(key="node", value=otel_common_pb2.AnyValue(string_value="envoy-1"))
+    resource.instrumentation_library_logs.add(logs=[record])
+    read = usage_log_pb2.ExportLogsServiceRequest.FromString(request.SerializeToString())
+    [[[found]]] = [[list(scope.log_records) for scope in resource.scope_logs] for resource in read.resource_logs]
+    assert [(pair.key, pair.value.string_value) for pair in found.attributes] == [("model", "model-o")]
 
 
 async def test_the_usage_log_records_exactly_what_its_entries_say(channel: grpc.aio.Channel) -> None:
-    stub = als_pb2_grpc.AccessLogServiceStub(channel)
+    call = channel.unary_unary(
+        f"/{LOGS_SERVICE}/Export",
+        request_serializer=usage_log_pb2.ExportLogsServiceRequest.SerializeToString,
+        response_deserializer=usage_log_pb2.ExportLogsServiceResponse.FromString,
+    )
     moved = Metrics()
     streamed = log_entry(
         model="model-grpc",
         stream="true",
-        duration=duration_pb2.Duration(seconds=3),
+        duration=3.0,
         usage={"response_model": "grpc-1", "input_tokens": 4, "output_tokens": 21, "first_token_ms": 1000},
     )
     answered = log_entry(
@@ -779,14 +819,14 @@ async def test_the_usage_log_records_exactly_what_its_entries_say(channel: grpc.
         model="model-grpc",
         backend=None,
         cluster="cluster-grpc",
-        duration=duration_pb2.Duration(nanos=200_000_000),
+        duration=0.2,
         usage={"response_model": "grpc-1", "input_tokens": 9},
     )
-    refused = log_entry(model="model-grpc", status=404, backend=None, cluster="")  # Envoy's own reply: not recorded
-    failed = log_entry(model="model-grpc", status=503, duration=duration_pb2.Duration(nanos=50_000_000))
-    unfinished = log_entry(model="model-grpc", duration=None, usage={"input_tokens": 99})  # client gone: not recorded
-    response = await stub.StreamAccessLogs(log_messages([streamed, answered], [refused, failed, unfinished]))
-    assert response == als_pb2.StreamAccessLogsResponse()
+    refused = log_entry(model="model-grpc", status=404, backend=None, cluster=None)  # Envoy's own reply: not recorded
+    failed = log_entry(model="model-grpc", status=503, duration=0.05)
+    unfinished = log_entry(model="model-grpc", duration=None, usage={"input_tokens": 99})  # no timing: not recorded
+    response = await call(export([streamed, answered], [refused, failed, unfinished]))
+    assert response == usage_log_pb2.ExportLogsServiceResponse()
     chat = labels("model-grpc", "grpc-1")
     embeddings = labels("model-grpc", "grpc-1", backend="cluster-grpc", operation="embeddings")
     failure = labels("model-grpc", "", error_type="503")

@@ -13,7 +13,7 @@ import pytest
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.access_loggers.grpc.v3 import als_pb2
+from envoy.extensions.access_loggers.open_telemetry.v3 import logs_service_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
 from envoy.extensions.filters.http.composite.v3 import composite_pb2
@@ -47,7 +47,7 @@ from translators.ir import (
 )
 from translators.loader import load_texts
 from translators.xds import listeners
-from translators.xds.ai_listener import STDOUT_LOGGER, USAGE_LOG_FLUSH
+from translators.xds.ai_listener import STDOUT_LOGGER, USAGE_LOG_ATTRIBUTES, USAGE_LOG_FLUSH
 from translators.xds.gateway import gateway_resources
 from translators.xds.memo import Memo
 from translators.xds.model import json_content_type_config, model_config, usage_config
@@ -583,21 +583,31 @@ def test_ai_listeners_log_every_ai_request_to_the_control_plane() -> None:
     # Only requests whose body Envoy read as a JSON object (the model filter's marker), by a native header match.
     header = usage_log.filter.header_filter.header
     assert (header.name, header.present_match) == (JSON_BODY_HEADER, True)
-    config = als_pb2.HttpGrpcAccessLogConfig()
+    config = logs_service_pb2.OpenTelemetryAccessLogConfig()
     assert usage_log.typed_config.Unpack(config)
-    assert list(config.additional_request_headers_to_log) == [MODEL_HEADER, STREAM_HEADER]
+    # A few formatted attributes per record, and none of the resource labels Envoy would add to every export.
+    assert config.disable_builtin_labels
+    assert [(pair.key, pair.value.string_value) for pair in config.attributes.values] == list(USAGE_LOG_ATTRIBUTES)
+    assert not config.HasField("body") and not config.resource_attributes.values
     common = config.common_config
     assert common.log_name == USAGE_LOG_NAME
     assert common.grpc_service.envoy_grpc.cluster_name == EXTPROC_CLUSTER  # the server the usage log service is on
     assert common.transport_api_version == config_source_pb2.V3
     assert common.buffer_flush_interval == USAGE_LOG_FLUSH
     assert 0 < USAGE_LOG_FLUSH.ToMilliseconds() <= 1000
-    # The backend: a tag from the metadata of the endpoint that answered.
-    [tag] = common.custom_tags
-    assert tag.tag == "backend"
-    assert tag.metadata.kind.WhichOneof("kind") == "host"
-    assert tag.metadata.metadata_key.key == XDS_METADATA_NAMESPACE
-    assert [segment.key for segment in tag.metadata.metadata_key.path] == ["backend"]
+    # Batches flush on the interval, not on Envoy's 16 KiB default, and stay under gRPC's 4 MiB message limit.
+    assert 64 * 1024 <= common.buffer_size_bytes.value <= 2 * 1024 * 1024
+
+
+def test_the_usage_log_reads_the_routed_model_the_backend_and_the_usage() -> None:
+    formats = dict(USAGE_LOG_ATTRIBUTES)
+    assert formats["model"].startswith(f"%REQ({MODEL_HEADER})")
+    assert formats["stream"].startswith(f"%REQ({STREAM_HEADER})")
+    assert formats["backend"] == f"%UPSTREAM_METADATA({XDS_METADATA_NAMESPACE}:backend)%"
+    for key in ("response_model", "input_tokens", "output_tokens", "first_token_ms"):
+        assert formats[key].startswith(f"%DYNAMIC_METADATA({METERING_METADATA_NAMESPACE}:{key})")
+    # What a client or a backend chose is bounded.
+    assert all(formats[key].endswith(f":{ECHO_LIMIT}%") for key in ("path", "model", "stream", "response_model"))
 
 
 def test_the_endpoints_carry_the_backend_the_usage_log_and_access_log_read() -> None:

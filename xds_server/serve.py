@@ -17,7 +17,6 @@ from pathlib import Path
 
 import grpc
 from aiohttp import web
-from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from translators.ir import TranslateOptions
@@ -99,12 +98,12 @@ async def start_extproc(
     )
     address = listen or extproc_address(options)
     claim_socket(address)
-    usage_log = UsageLog(control_plane.stopping)
+    usage_log = UsageLog()
     server = await start_server(
         processor,
         address.target,
         options.buffer_limit_bytes,
-        also=[lambda grpc_server: als_pb2_grpc.add_AccessLogServiceServicer_to_server(usage_log, grpc_server)],
+        also=[usage_log.add_to],
         credentials=credentials,
     )
     restrict_socket(address)

@@ -32,8 +32,8 @@ CONTENT_LENGTH_FILTER = "envoy.filters.http.buffer/content-length"
 # open) for requests whose body asked for a stream, and nothing for the others.
 STREAM_METERING_FILTER = "envoy.filters.http.composite/stream-metering"
 STREAM_METERING_EXTPROC = "envoy.filters.http.ext_proc/stream-metering"
-# The AI requests' access log entries, streamed to the control plane (gRPC access log service), which turns them
-# into the GenAI metrics.
+# The AI requests' log records, exported to the control plane (OpenTelemetry's logs service, batched), which turns
+# them into the GenAI metrics.
 USAGE_LOG_NAME = "xds-server/usage"
 PICKER_FILTER = "envoy.filters.http.ext_proc/endpoint-picker"
 ROUTER_FILTER = "envoy.filters.http.router"

@@ -1,47 +1,46 @@
-"""The usage log: Envoy streams an access log entry for every AI request (gRPC access log service, batched on one
-stream per worker), and the GenAI metrics are recorded from it. Nothing here runs on a request's path.
+"""The usage log: Envoy exports an OpenTelemetry log record for every AI request (batched, one export per flush
+interval from each worker), and the GenAI metrics are recorded from it. Nothing here runs on a request's path.
 
-What an entry carries: the routed model and the stream flag (request headers the log is told to add), the backend (a
-custom tag from the answering endpoint's metadata; the cluster when there is none), the timings, and the usage that
-Envoy's json_to_metadata filter (JSON answers) or stream metering (event streams) wrote as dynamic metadata.
+A record's attributes are the formatted values of translators.xds.ai_listener.USAGE_LOG_ATTRIBUTES: the routed
+model and stream flag, the backend, the status, the timings, and the usage Envoy's json_to_metadata filter (JSON
+answers) or stream metering (event streams) wrote as dynamic metadata. Envoy writes "-" where it has no value.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from envoy.data.accesslog.v3 import accesslog_pb2
-from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
-from google.protobuf import duration_pb2, struct_pb2
 
-from translators.xds.names import METERING_METADATA_NAMESPACE, MODEL_HEADER, OPERATIONS, STREAM_HEADER
+from translators.xds.names import OPERATIONS
+from xds_server.api import usage_log_pb2
 from xds_server.extproc import telemetry
 
-log = logging.getLogger(__name__)
+LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
+MISSING = "-"  # Envoy's rendering of a value it does not have
 
 
-def _seconds(duration: duration_pb2.Duration) -> float:
-    return float(duration.seconds) + duration.nanos / 1e9
-
-
-def _number(fields: Mapping[str, struct_pb2.Value], key: str) -> int | None:
-    """A count: a finite number >= 0 (an upstream may send anything where a count belongs; Envoy passes it on)."""
-    value = fields.get(key)
-    if value is None or value.WhichOneof("kind") != "number_value":
+def _count(text: str | None) -> float | None:
+    """A count or a time: a finite number >= 0 (an upstream may send anything where a count belongs)."""
+    if not text or text == MISSING:
         return None
-    number = value.number_value
-    return int(number) if math.isfinite(number) and number >= 0 else None
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _text(text: str | None) -> str:
+    return "" if text is None or text == MISSING else text
 
 
 @dataclass(frozen=True)
 class UsageEntry:
-    """What one access log entry says of an AI request a backend answered."""
+    """What one usage log record says of an AI request a backend answered."""
 
     operation: str
     model: str
@@ -55,78 +54,77 @@ class UsageEntry:
     first_token: float | None  # seconds from the request's start to the first chunk of a streamed answer
 
     @classmethod
-    def of(cls, entry: accesslog_pb2.HTTPAccessLogEntry) -> UsageEntry | None:
+    def of(cls, attributes: Mapping[str, str]) -> UsageEntry | None:
         """None for a request no backend answered (Envoy's own replies) or not to an OpenAI operation."""
-        common = entry.common_properties
-        backend = common.custom_tags.get("backend") or common.upstream_cluster
-        operation = OPERATIONS.get(entry.request.path.partition("?")[0], "")
+        backend = _text(attributes.get("backend")) or _text(attributes.get("cluster"))
+        operation = OPERATIONS.get(attributes.get("path", "").partition("?")[0], "")
         # An answer the client did not wait for to the end has no last byte sent: its duration is the stream's.
-        if common.HasField("time_to_last_downstream_tx_byte"):
-            duration = _seconds(common.time_to_last_downstream_tx_byte)
-        elif common.HasField("duration"):
-            duration = _seconds(common.duration)
+        if (micros := _count(attributes.get("duration_us"))) is not None:
+            duration = micros / 1e6
+        elif (millis := _count(attributes.get("stream_ms"))) is not None:
+            duration = millis / 1e3
         else:
             return None
         if not backend or not operation:
             return None
-        headers = entry.request.request_headers
-        usage = common.metadata.filter_metadata.get(METERING_METADATA_NAMESPACE)
-        fields: Mapping[str, struct_pb2.Value] = usage.fields if usage is not None else {}
-        response_model = fields["response_model"].string_value if "response_model" in fields else ""
-        first_token_ms = _number(fields, "first_token_ms")
+        status = attributes.get("status", "")
+        input_tokens = _count(attributes.get("input_tokens"))
+        output_tokens = _count(attributes.get("output_tokens"))
+        first_token_ms = _count(attributes.get("first_token_ms"))
         return cls(
             operation=operation,
-            model=headers.get(MODEL_HEADER, ""),
-            response_model=response_model,
+            model=_text(attributes.get("model")),
+            response_model=_text(attributes.get("response_model")),
             backend=backend,
-            status=entry.response.response_code.value,
-            stream=headers.get(STREAM_HEADER) == "true",
+            status=int(status) if status.isdigit() else 0,
+            stream=attributes.get("stream") == "true",
             duration=duration,
-            input_tokens=_number(fields, "input_tokens"),
-            output_tokens=_number(fields, "output_tokens"),
+            input_tokens=int(input_tokens) if input_tokens is not None else None,
+            output_tokens=int(output_tokens) if output_tokens is not None else None,
             first_token=first_token_ms / 1000 if first_token_ms is not None else None,
         )
 
     def record(self) -> None:
         error_type = "" if 200 <= self.status < 300 else str(self.status)
         labels = (self.operation, self.model, self.response_model, self.backend, error_type)
-        telemetry.REQUEST_DURATION.labels(*labels).observe(self.duration)
+        telemetry.REQUEST_DURATION.observe(labels, self.duration)
         if self.input_tokens is not None:
-            telemetry.TOKEN_USAGE.labels(*labels, "input").observe(self.input_tokens)
+            telemetry.TOKEN_USAGE.observe((*labels, "input"), self.input_tokens)
         if self.output_tokens is not None:
-            telemetry.TOKEN_USAGE.labels(*labels, "output").observe(self.output_tokens)
+            telemetry.TOKEN_USAGE.observe((*labels, "output"), self.output_tokens)
         if self.first_token is not None:
-            telemetry.TIME_TO_FIRST_TOKEN.labels(*labels).observe(self.first_token)
+            telemetry.TIME_TO_FIRST_TOKEN.observe(labels, self.first_token)
             if self.output_tokens is not None and self.output_tokens > 1:
                 per_token = max(0.0, self.duration - self.first_token) / (self.output_tokens - 1)
-                telemetry.TIME_PER_OUTPUT_TOKEN.labels(*labels).observe(per_token)
+                telemetry.TIME_PER_OUTPUT_TOKEN.observe(labels, per_token)
 
 
-class UsageLog(als_pb2_grpc.AccessLogServiceServicer):  # type: ignore[misc]  # the generated base is untyped
-    """Envoy keeps one access-log stream open per worker for as long as it runs; `closing` (the process stopping)
-    ends them, so that stopping waits for requests in flight, not for streams that never end."""
-
-    def __init__(self, closing: asyncio.Event | None = None) -> None:
-        self._closing = closing or asyncio.Event()
-
-    async def StreamAccessLogs(  # gRPC's method name
-        self,
-        request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> als_pb2.StreamAccessLogsResponse:
-        reading = asyncio.ensure_future(self._record(request_iterator))
-        closing = asyncio.ensure_future(self._closing.wait())
-        try:
-            await asyncio.wait({reading, closing}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closing.cancel()
-            reading.cancel()
-        return als_pb2.StreamAccessLogsResponse()
-
-    @staticmethod
-    async def _record(request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage]) -> None:
-        async for message in request_iterator:
-            for entry in message.http_logs.log_entry:
-                usage = UsageEntry.of(entry)
+def record(request: usage_log_pb2.ExportLogsServiceRequest) -> int:
+    """Records every usage entry of an export; returns how many records it held."""
+    records = 0
+    for resource in request.resource_logs:
+        for scope in resource.scope_logs:
+            for entry in scope.log_records:
+                records += 1
+                usage = UsageEntry.of({pair.key: pair.value.string_value for pair in entry.attributes})
                 if usage is not None:
                     usage.record()
+    return records
+
+
+class UsageLog:
+    """OpenTelemetry's LogsService, as Envoy's OpenTelemetry access logger calls it: one unary Export per batch."""
+
+    async def export(
+        self, request: usage_log_pb2.ExportLogsServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> usage_log_pb2.ExportLogsServiceResponse:
+        record(request)
+        return usage_log_pb2.ExportLogsServiceResponse()
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        handler = grpc.unary_unary_rpc_method_handler(
+            self.export,
+            request_deserializer=usage_log_pb2.ExportLogsServiceRequest.FromString,
+            response_serializer=usage_log_pb2.ExportLogsServiceResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(LOGS_SERVICE, {"Export": handler}),))
