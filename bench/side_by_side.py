@@ -34,6 +34,12 @@ bench/peers/build.sh builds the peers once (cached under ~/.cache/xds-server/pee
 the tarball at --aigw-tarball ($AIGW_TARBALL, default ../shared/peers/ai-gateway-v1.1.0-src.tar.gz relative to the
 repository). A peer that cannot be built is skipped with the reason printed.
 
+The gateway gets one core: every row's Envoy, its ext_proc process and `serve` are pinned to the first CPU, wrk and
+the upstream to the second (`--no-pin`: all share both). On two cores, a gateway sharing them with its own load
+generator and upstream is measured by how much it leaves them: bare Envoy's max rate would cap every row at about
+twice AIGW's, whatever the rows spend. Pinned, a row's max rate is what one core of gateway serves, its CPU per
+request inverted; the Go peers run with GOMAXPROCS=1, as Go sizes itself in a pod with a one-CPU limit.
+
 A round measures every row (in an order rotated each round): first a run at --rate (500/s) for --seconds, then the
 max rate with p99 < 50 ms by geometric bisection between --max-range LOW and HIGH, --probes probes of
 --probe-seconds each, the rows taking turns probe by probe. A probe holds when wrk kept 95% of the rate, without
@@ -432,6 +438,12 @@ class Row:
             await asyncio.sleep(0.2)
 
 
+def pin(pid: int, cores: set[int]) -> None:
+    """Every thread of a process onto `cores` (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cores)
+
+
 class Lab:
     """Every row's processes, up at once for the whole run; `stops` undoes them in reverse order."""
 
@@ -440,6 +452,9 @@ class Lab:
         self.stops: list[Callable[[], None]] = []
         self.started: list[int] = []  # pids of the processes started here (besides the Bench's)
         self.bench = OneWorkerBench(directory)
+        # A Go peer sizes its runtime from the CPUs it may use when it starts; pinned later to the gateway's one
+        # core, it runs with one P, as in a pod with a one-CPU limit (Go >= 1.25 reads the limit itself).
+        self.go_env = dict(os.environ)
         self.stops.append(self.bench.stop)
         self.upstream_port = self.bench.upstream.port
 
@@ -482,7 +497,7 @@ class Lab:
             listen, target = f"127.0.0.1:{extproc_port}", address("127.0.0.1", extproc_port)
         command = [str(binary), "-configPath", str(config), "-extProcAddr", listen, "-adminPort", str(free_port())]
         # DISABLE_PPROF: no Go pprof server on its fixed port 6060 (a debugging aid, off the request path).
-        program = self.program(command, "aigw-extproc.log", {**os.environ, "DISABLE_PPROF": "1"})
+        program = self.program(command, "aigw-extproc.log", {**self.go_env, "DISABLE_PPROF": "1"})
         port, envoy = self.envoy("aigw", lambda p, a: aigw_config(p, a, self.upstream_port, target))
         deadline = time.monotonic() + 30
         while "External Processor is ready" not in program.log.read_text(errors="replace"):
@@ -502,7 +517,7 @@ class Lab:
         command += ["--grpc-health-port", str(free_port()), "--metrics-port", str(free_port())]
         if streaming:
             command.append("--streaming")
-        program = self.program(command, "bbr.log")
+        program = self.program(command, "bbr.log", self.go_env)
         port, envoy = self.envoy("bbr", lambda p, a: bbr_config(p, a, self.upstream_port, bbr_port, streaming))
         await program.wait_listening("127.0.0.1", bbr_port)  # after it made its certificate (a few seconds)
         row = Row("bbr", AI_HOST, port, envoy, program.process.pid, "bbr", " (streaming)" if streaming else "")
@@ -513,6 +528,17 @@ class Lab:
     def pids(self) -> list[int]:
         bench = self.bench
         return [bench.upstream.process.pid, bench.serve.process.pid, bench.envoy.process.pid, *self.started]
+
+    def pin(self, rows: list[Row]) -> tuple[set[int], set[int]]:
+        """Every gateway process (each row's Envoy and ext_proc process, and `serve`) onto the first core; the load
+        (this process, so wrk too) and the upstream onto the second. Returns (gateway cores, load cores)."""
+        gateway, load = {0}, {1}
+        for pid in {row.envoy.process.pid for row in rows} | {row.extproc_pid for row in rows if row.extproc_pid}:
+            pin(pid, gateway)
+        pin(self.bench.serve.process.pid, gateway)
+        pin(self.bench.upstream.process.pid, load)
+        os.sched_setaffinity(0, load)
+        return gateway, load
 
     def stop(self) -> None:
         for stop in reversed(self.stops):
@@ -710,6 +736,12 @@ async def main() -> None:
     )
     parser.add_argument("--aigw-uds", action="store_true", help="AIGW's ext_proc on a Unix socket (its deployment)")
     parser.add_argument("--bbr-streaming", action="store_true", help="BBR --streaming, FULL_DUPLEX_STREAMED body")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the gateway (Envoy, its ext_proc process, serve) on one core, the load and the upstream on the other",
+    )
     parser.add_argument("--smoke", action="store_true", help="CI: one round, 2 s at 50/s per row, no max rate")
     parser.add_argument("--workdir", type=Path, help="a new directory to keep every config and log in (default: temp)")
     args = parser.parse_args()
@@ -727,8 +759,16 @@ async def main() -> None:
         if args.workdir is not None:
             args.workdir.mkdir(parents=True)
         lab = Lab(args.workdir or Path(tmp))
+        if args.pin and len(os.sched_getaffinity(0)) < 2:
+            print("one CPU only: nothing pinned", flush=True)
+            args.pin = False
+        if args.pin:
+            lab.go_env["GOMAXPROCS"] = "1"
         try:
             rows, skipped = await start_rows(lab, peers, args)
+            if args.pin:
+                gateway, load = lab.pin(rows)
+                print(f"pinned: gateway processes on CPU {sorted(gateway)}, wrk and the upstream on {sorted(load)}")
             for name, reason in skipped.items():
                 print(f"SKIPPED {name}: {reason}", flush=True)
             print(f"rows: {', '.join(r.key for r in rows)} (up in {time.monotonic() - started:.0f} s)", flush=True)

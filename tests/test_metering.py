@@ -25,7 +25,7 @@ from prometheus_client import REGISTRY
 
 from testing.ports import free_port
 from translators.ir import TranslateOptions
-from translators.xds.ai_listener import USAGE_LOG_ATTRIBUTES
+from translators.xds.ai_listener import USAGE_LOG_ATTRIBUTE, USAGE_LOG_LINES
 from translators.xds.names import (
     EXTPROC_ATTRIBUTES_KEY,
     METERING_METADATA_NAMESPACE,
@@ -42,7 +42,7 @@ from xds_server.extproc.metering import STREAM_RESPONSE_BODY, MeteringStream, re
 from xds_server.extproc.protocol import CONTINUE_RESPONSE_BODY, PASS_THROUGH, Mode
 from xds_server.extproc.sse import SseParser, Usage
 from xds_server.extproc.upstream import NO_SETTINGS
-from xds_server.extproc.usage_log import LOGS_SERVICE, UsageEntry
+from xds_server.extproc.usage_log import LOGS_SERVICE, UsageEntry, fields
 from xds_server.serve import start_extproc
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.streams import ClientRegistry
@@ -486,22 +486,22 @@ def log_entry(
     backend: str | None = BACKEND,
     cluster: str | None = CLUSTER,
     model: str | None = "model-a",
-    stream: str | None = None,
     duration: float | None = 2.5,
     stream_ms: int | None = None,
     usage: Mapping[str, object] | None = None,
 ) -> dict[str, str]:
-    """A record's attributes as Envoy formats USAGE_LOG_ATTRIBUTES: "-" for what it has no value of (None here);
+    """A record's values as Envoy formats USAGE_LOG_LINES and USAGE_LOG_ATTRIBUTE: "-" for what it has no value of
+    (None here);
     numbers as it prints a double (usage); `duration` in seconds, printed in whole microseconds."""
     rendered = {
         "path": path,
         "model": model,
-        "stream": stream,
         "status": None if status is None else str(status),
         "backend": backend,
         "cluster": cluster,
         "duration_us": None if duration is None else str(round(duration * 1e6)),
         "stream_ms": None if stream_ms is None else str(stream_ms),
+        **dict.fromkeys(("input_tokens", "output_tokens", "first_token_ms", "response_model")),
         **{key: None if value is None else str(value) for key, value in (usage or {}).items()},
     }
     return {key: "-" if value is None else value for key, value in rendered.items()}
@@ -517,18 +517,17 @@ FULL_USAGE = {
 
 def test_the_attributes_are_the_usage_logs() -> None:
     """log_entry builds what the translator asks Envoy for: the same attribute names, every usage key but the total."""
-    assert set(log_entry(usage=FULL_USAGE)) == {key for key, _ in USAGE_LOG_ATTRIBUTES}
+    assert set(log_entry(usage=FULL_USAGE)) == {key for key, _ in USAGE_LOG_LINES} | {USAGE_LOG_ATTRIBUTE[0]}
 
 
 def test_an_entry_says_what_was_routed_where_when_and_what_it_used() -> None:
-    entry = log_entry(model="model-a", stream="true", usage=FULL_USAGE)
+    entry = log_entry(model="model-a", usage=FULL_USAGE)
     assert UsageEntry.of(entry) == UsageEntry(
         operation="chat",
         model="model-a",
         response_model="model-a-0613",
         backend=BACKEND,
         status=200,
-        stream=True,
         duration=2.5,
         input_tokens=7,
         output_tokens=11,
@@ -587,12 +586,6 @@ def test_the_backend_is_the_endpoints_and_the_cluster_only_when_there_is_none() 
     assert missing is not None and (missing.backend, missing.status) == (CLUSTER, 0)
 
 
-@pytest.mark.parametrize(("value", "streamed"), [("true", True), ("false", False), (None, False), ("", False)])
-def test_the_stream_flag_is_the_bodys_stream_as_envoy_rendered_it(value: str | None, streamed: bool) -> None:
-    found = UsageEntry.of(log_entry(stream=value))
-    assert found is not None and found.stream is streamed
-
-
 def test_an_entry_without_usage_or_model_has_none_of_them() -> None:
     """A refused or failed answer (no usage metadata), a request Envoy routed without a model header."""
     found = UsageEntry.of(log_entry(status=503, model=None, usage=None))
@@ -602,7 +595,6 @@ def test_an_entry_without_usage_or_model_has_none_of_them() -> None:
         response_model="",
         backend=BACKEND,
         status=503,
-        stream=False,
         duration=2.5,
         input_tokens=None,
         output_tokens=None,
@@ -629,9 +621,13 @@ def test_counts_that_are_not_counts_are_left_out() -> None:
     assert UsageEntry.of(log_entry(duration=None, stream_ms=None)) is None
 
 
-@given(st.dictionaries(st.sampled_from([key for key, _ in USAGE_LOG_ATTRIBUTES]), st.text(max_size=12)))
+@given(
+    st.dictionaries(
+        st.sampled_from([*(key for key, _ in USAGE_LOG_LINES), USAGE_LOG_ATTRIBUTE[0]]), st.text(max_size=12)
+    )
+)
 def test_any_attributes_give_an_entry_or_none(attributes: dict[str, str]) -> None:
-    """Whatever a record holds (a backend chose the usage values, a client the model), reading it never fails, and
+    """Whatever a record holds (a backend chose the usage values, a client the model), reading it never fails; and
     what it reads is a count >= 0 or nothing."""
     found = UsageEntry.of(attributes)
     if found is not None:
@@ -646,7 +642,7 @@ def test_the_duration_is_the_time_to_the_last_byte_sent_to_the_client() -> None:
 
 def test_record_observes_duration_tokens_first_token_and_time_per_output_token() -> None:
     moved = Metrics()
-    found = UsageEntry.of(log_entry(model="model-r", stream="true", usage={**FULL_USAGE, "response_model": "r-1"}))
+    found = UsageEntry.of(log_entry(model="model-r", usage={**FULL_USAGE, "response_model": "r-1"}))
     assert found is not None
     found.record()
     series = labels("model-r", "r-1")
@@ -760,24 +756,44 @@ def requests(*messages: pb.ProcessingRequest) -> Iterator[pb.ProcessingRequest]:
     yield from messages
 
 
+def log_record(values: Mapping[str, str]) -> usage_log_pb2.LogRecord:
+    """A record as Envoy sends it: the lines of its body, then its attribute."""
+    body = "\n".join(values[name] for name, _ in USAGE_LOG_LINES)
+    key = USAGE_LOG_ATTRIBUTE[0]
+    attribute = usage_log_pb2.KeyValue(key=key, value=usage_log_pb2.AnyValue(string_value=values[key]))
+    return usage_log_pb2.LogRecord(body=usage_log_pb2.AnyValue(string_value=body), attributes=[attribute])
+
+
+def test_a_record_reads_back_as_the_values_envoy_formatted() -> None:
+    values = log_entry(usage=FULL_USAGE)
+    assert fields(log_record(values)) == values
+
+
+def test_the_model_is_read_whole_whatever_it_holds() -> None:
+    """The client chose the model (Envoy put its body's value in a header): line breaks in it stay in it, and move
+    no other value."""
+    values = log_entry(model="a\nb\n\nc", usage=FULL_USAGE)
+    found = UsageEntry.of(fields(log_record(values)))
+    assert found is not None and found.model == "a\nb\n\nc" and (found.input_tokens, found.status) == (7, 200)
+
+
+@given(st.text(max_size=40), st.lists(st.tuples(st.text(max_size=16), st.text(max_size=16)), max_size=3))
+def test_any_record_gives_an_entry_or_none(body: str, attributes: list[tuple[str, str]]) -> None:
+    """Whatever a record holds, reading it never fails."""
+    record = usage_log_pb2.LogRecord(
+        body=usage_log_pb2.AnyValue(string_value=body),
+        attributes=[usage_log_pb2.KeyValue(key=k, value=usage_log_pb2.AnyValue(string_value=v)) for k, v in attributes],
+    )
+    found = UsageEntry.of(fields(record))
+    assert found is None or (found.duration >= 0 and found.backend != "")
+
+
 def export(*batches: list[dict[str, str]]) -> usage_log_pb2.ExportLogsServiceRequest:
     """One export as Envoy sends it: a resource (no labels: builtin labels are off) per batch of records."""
     return usage_log_pb2.ExportLogsServiceRequest(
         resource_logs=[
             usage_log_pb2.ResourceLogs(
-                scope_logs=[
-                    usage_log_pb2.ScopeLogs(
-                        log_records=[
-                            usage_log_pb2.LogRecord(
-                                attributes=[
-                                    usage_log_pb2.KeyValue(key=key, value=usage_log_pb2.AnyValue(string_value=value))
-                                    for key, value in record.items()
-                                ]
-                            )
-                            for record in batch
-                        ]
-                    )
-                ]
+                scope_logs=[usage_log_pb2.ScopeLogs(log_records=[log_record(record) for record in batch])]
             )
             for batch in batches
         ]
@@ -791,14 +807,15 @@ def test_the_subset_reads_what_opentelemetrys_own_messages_encode() -> None:
     record = otel_logs_pb2.LogRecord(
         time_unix_nano=1, severity_text="INFO", body=otel_common_pb2.AnyValue(string_value="b")
     )
-    record.attributes.add(key="model", value=otel_common_pb2.AnyValue(string_value="model-o"))
+    record.attributes.add(key="response_model", value=otel_common_pb2.AnyValue(string_value="model-o"))
     request = otel_service_pb2.ExportLogsServiceRequest()
     resource = request.resource_logs.add()
     resource.resource.attributes.add(key="node", value=otel_common_pb2.AnyValue(string_value="envoy-1"))
     resource.instrumentation_library_logs.add(logs=[record])
     read = usage_log_pb2.ExportLogsServiceRequest.FromString(request.SerializeToString())
     [[[found]]] = [[list(scope.log_records) for scope in resource.scope_logs] for resource in read.resource_logs]
-    assert [(pair.key, pair.value.string_value) for pair in found.attributes] == [("model", "model-o")]
+    assert found.body.string_value == "b"
+    assert [(pair.key, pair.value.string_value) for pair in found.attributes] == [("response_model", "model-o")]
 
 
 async def test_the_usage_log_records_exactly_what_its_entries_say(channel: grpc.aio.Channel) -> None:
@@ -810,7 +827,6 @@ async def test_the_usage_log_records_exactly_what_its_entries_say(channel: grpc.
     moved = Metrics()
     streamed = log_entry(
         model="model-grpc",
-        stream="true",
         duration=3.0,
         usage={"response_model": "grpc-1", "input_tokens": 4, "output_tokens": 21, "first_token_ms": 1000},
     )

@@ -47,7 +47,7 @@ from translators.ir import (
 )
 from translators.loader import load_texts
 from translators.xds import listeners
-from translators.xds.ai_listener import STDOUT_LOGGER, USAGE_LOG_ATTRIBUTES, USAGE_LOG_FLUSH
+from translators.xds.ai_listener import STDOUT_LOGGER, USAGE_LOG_ATTRIBUTE, USAGE_LOG_FLUSH, USAGE_LOG_LINES
 from translators.xds.gateway import gateway_resources
 from translators.xds.memo import Memo
 from translators.xds.model import json_content_type_config, model_config, usage_config
@@ -585,10 +585,11 @@ def test_ai_listeners_log_every_ai_request_to_the_control_plane() -> None:
     assert (header.name, header.present_match) == (JSON_BODY_HEADER, True)
     config = logs_service_pb2.OpenTelemetryAccessLogConfig()
     assert usage_log.typed_config.Unpack(config)
-    # A few formatted attributes per record, and none of the resource labels Envoy would add to every export.
+    # A body of formatted lines and one attribute per record, none of the resource labels Envoy would add.
     assert config.disable_builtin_labels
-    assert [(pair.key, pair.value.string_value) for pair in config.attributes.values] == list(USAGE_LOG_ATTRIBUTES)
-    assert not config.HasField("body") and not config.resource_attributes.values
+    assert config.body.string_value == "\n".join(line for _, line in USAGE_LOG_LINES)
+    assert [(pair.key, pair.value.string_value) for pair in config.attributes.values] == [USAGE_LOG_ATTRIBUTE]
+    assert not config.resource_attributes.values
     common = config.common_config
     assert common.log_name == USAGE_LOG_NAME
     assert common.grpc_service.envoy_grpc.cluster_name == EXTPROC_CLUSTER  # the server the usage log service is on
@@ -600,14 +601,17 @@ def test_ai_listeners_log_every_ai_request_to_the_control_plane() -> None:
 
 
 def test_the_usage_log_reads_the_routed_model_the_backend_and_the_usage() -> None:
-    formats = dict(USAGE_LOG_ATTRIBUTES)
+    formats = dict([*USAGE_LOG_LINES, USAGE_LOG_ATTRIBUTE])
     assert formats["model"].startswith(f"%REQ({MODEL_HEADER})")
-    assert formats["stream"].startswith(f"%REQ({STREAM_HEADER})")
+    # The client's model is the body's last line (read as the rest of the body); no other line is a request value
+    # that could hold a line break (a path cannot).
+    assert USAGE_LOG_LINES[-1][0] == "model"
+    assert [name for name, line in USAGE_LOG_LINES if "%REQ(" in line] == ["path", "model"]
     assert formats["backend"] == f"%UPSTREAM_METADATA({XDS_METADATA_NAMESPACE}:backend)%"
     for key in ("response_model", "input_tokens", "output_tokens", "first_token_ms"):
         assert formats[key].startswith(f"%DYNAMIC_METADATA({METERING_METADATA_NAMESPACE}:{key})")
     # What a client or a backend chose is bounded.
-    assert all(formats[key].endswith(f":{ECHO_LIMIT}%") for key in ("path", "model", "stream", "response_model"))
+    assert all(formats[key].endswith(f":{ECHO_LIMIT}%") for key in ("path", "model", "response_model"))
 
 
 def test_the_endpoints_carry_the_backend_the_usage_log_and_access_log_read() -> None:
@@ -628,6 +632,15 @@ def test_the_endpoints_carry_the_backend_the_usage_log_and_access_log_read() -> 
     usage = {"response_model", "input_tokens", "output_tokens", "total_tokens"}
     for key in usage:
         assert fields[key].string_value == f"%DYNAMIC_METADATA({METERING_METADATA_NAMESPACE}:{key})%"
+
+
+def test_the_access_log_writes_ai_requests_and_refused_or_failed_ones() -> None:
+    """Requests whose body Envoy read (AI requests), and answers of 400 or more: not a plain route's answered ones."""
+    [stdout] = [log for log in manager(translated(MANIFESTS)).access_log if log.name == STDOUT_LOGGER]
+    marker, status = stdout.filter.or_filter.filters
+    assert (marker.header_filter.header.name, marker.header_filter.header.present_match) == (JSON_BODY_HEADER, True)
+    comparison = status.status_code_filter.comparison
+    assert (comparison.op, comparison.value.default_value) == (accesslog_pb2.ComparisonFilter.GE, 400)
 
 
 def test_the_listener_strips_the_internal_headers_a_client_could_send() -> None:

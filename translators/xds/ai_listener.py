@@ -11,7 +11,7 @@ alone: direct responses and the services' own immediate responses already carry 
 from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2, substitution_format_string_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
@@ -27,7 +27,6 @@ from translators.xds.names import (
     JSON_BODY_HEADER,
     METERING_METADATA_NAMESPACE,
     MODEL_HEADER,
-    STREAM_HEADER,
     USAGE_LOG_NAME,
     USAGE_METADATA_KEYS,
     XDS_METADATA_NAMESPACE,
@@ -111,8 +110,18 @@ def _response_flags(*flags: str) -> accesslog_pb2.AccessLogFilter:
     return accesslog_pb2.AccessLogFilter(response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags)))
 
 
+def _refused_or_failed() -> accesslog_pb2.AccessLogFilter:
+    """An answer with a status of 400 or more, Envoy's or a backend's."""
+    at_least = base_pb2.RuntimeUInt32(default_value=400, runtime_key="xds_server.access_log.error_status")
+    comparison = accesslog_pb2.ComparisonFilter(op=accesslog_pb2.ComparisonFilter.GE, value=at_least)
+    return accesslog_pb2.AccessLogFilter(status_code_filter=accesslog_pb2.StatusCodeFilter(comparison=comparison))
+
+
 def ai_access_log() -> accesslog_pb2.AccessLog:
-    """One JSON line per request on Envoy's stdout: the routed model, the backend, and the answer's usage."""
+    """One JSON line on Envoy's stdout per AI request (the routed model, the backend, the answer's usage) and per
+    request of the listener refused or failed. A plain route's answered requests are not written: they are not AI
+    requests, the listeners without AI routes write none either, and the line would add some 5% to what Envoy
+    spends on such a request (bench.instructions)."""
     # What the client chose is written bounded (ECHO_LIMIT), so a client-sized value never makes a client-sized line.
     fields = {
         "start_time": "%START_TIME%",
@@ -134,7 +143,10 @@ def ai_access_log() -> accesslog_pb2.AccessLog:
     config = stream_pb2.StdoutAccessLog(
         log_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=log_format)
     )
-    return accesslog_pb2.AccessLog(name=STDOUT_LOGGER, typed_config=pack(config))
+    either = accesslog_pb2.OrFilter(filters=[_header_present(JSON_BODY_HEADER), _refused_or_failed()])
+    return accesslog_pb2.AccessLog(
+        name=STDOUT_LOGGER, filter=accesslog_pb2.AccessLogFilter(or_filter=either), typed_config=pack(config)
+    )
 
 
 USAGE_LOG_FLUSH = duration_pb2.Duration(nanos=250_000_000)  # metrics lag requests by at most this much
@@ -142,16 +154,16 @@ USAGE_LOG_FLUSH = duration_pb2.Duration(nanos=250_000_000)  # metrics lag reques
 # at a thousand requests a second, each costing the control plane more than the records in it). A mebibyte lets the
 # interval decide up to some 10,000 requests a second per worker, and stays well below gRPC's 4 MiB message limit.
 USAGE_LOG_BUFFER_BYTES = 1 << 20
-OTEL_LOGGER = "envoy.access_loggers.open_telemetry"
-# What the usage log says of a request: OpenTelemetry log attributes, each an Envoy format ("-" where Envoy has no
-# value). The backend is the answering endpoint's (the cluster where it has none); the duration runs to the last byte
-# sent to the client, or to the stream's end (whole milliseconds) for a client that left before it; the usage is what
-# json_to_metadata (JSON answers) or stream metering (event streams) wrote. Values a client or a backend chose are
-# bounded (ECHO_LIMIT).
-USAGE_LOG_ATTRIBUTES = (
+# What the usage log says of a request, in Envoy formats ("-" where Envoy has no value). The backend is the answering
+# endpoint's (the cluster where it has none); the duration runs to the last byte sent to the client, or to the
+# stream's end (whole milliseconds) for a client that left before it; the usage is what json_to_metadata (JSON answers)
+# or stream metering (event streams) wrote. Lines of one string, the record's body: no value but the last can hold a
+# line break (Envoy's codecs refuse one in a path; the others are numbers, or names this project gave), and the last,
+# the model the client's body named, is read as the rest of the body, whatever it holds. The answer's model, which
+# the backend chose, is the record's one attribute. (Each attribute costs Envoy some 6,000 instructions a request,
+# a line of the body a few hundred.) What a client or a backend chose is bounded (ECHO_LIMIT).
+USAGE_LOG_LINES = (
     ("path", f"%REQ(:PATH):{ECHO_LIMIT}%"),
-    ("model", f"%REQ({MODEL_HEADER}):{ECHO_LIMIT}%"),
-    ("stream", f"%REQ({STREAM_HEADER}):{ECHO_LIMIT}%"),
     ("status", "%RESPONSE_CODE%"),
     ("backend", f"%UPSTREAM_METADATA({XDS_METADATA_NAMESPACE}:backend)%"),
     ("cluster", "%UPSTREAM_CLUSTER%"),
@@ -159,15 +171,20 @@ USAGE_LOG_ATTRIBUTES = (
     ("stream_ms", "%DURATION%"),
     *(
         (key, f"%DYNAMIC_METADATA({METERING_METADATA_NAMESPACE}:{key}):{ECHO_LIMIT}%")
-        for key in USAGE_METADATA_KEYS
-        if key != "total_tokens"
+        for key in ("input_tokens", "output_tokens", "first_token_ms")
     ),
+    ("model", f"%REQ({MODEL_HEADER}):{ECHO_LIMIT}%"),
+)
+USAGE_LOG_ATTRIBUTE = (
+    "response_model",
+    f"%DYNAMIC_METADATA({METERING_METADATA_NAMESPACE}:response_model):{ECHO_LIMIT}%",
 )
 
 
 def usage_log() -> accesslog_pb2.AccessLog:
-    """Every AI request (one whose body Envoy read) to the control plane as an OpenTelemetry log record of a few
-    formatted attributes (USAGE_LOG_ATTRIBUTES), without the resource labels Envoy would add. Envoy batches records
+    """Every AI request (one whose body Envoy read) to the control plane as an OpenTelemetry log record: a body of
+    formatted lines (USAGE_LOG_LINES) and one attribute (USAGE_LOG_ATTRIBUTE), without the resource labels Envoy
+    would add. Envoy batches records
     and exports a batch per flush interval from each worker; the control plane records the GenAI metrics from them,
     so a request costs no call of its own. (The gRPC access log service would carry every common property of each
     request, its addresses, timings and all its metadata: twice Envoy's cost per request, and ten times the control
@@ -181,14 +198,13 @@ def usage_log() -> accesslog_pb2.AccessLog:
         buffer_flush_interval=USAGE_LOG_FLUSH,
         buffer_size_bytes=wrappers_pb2.UInt32Value(value=USAGE_LOG_BUFFER_BYTES),
     )
-    attributes = common_pb2.KeyValueList(
-        values=[
-            common_pb2.KeyValue(key=key, value=common_pb2.AnyValue(string_value=value))
-            for key, value in USAGE_LOG_ATTRIBUTES
-        ]
-    )
+    key, value = USAGE_LOG_ATTRIBUTE
+    attribute = common_pb2.KeyValue(key=key, value=common_pb2.AnyValue(string_value=value))
     config = logs_service_pb2.OpenTelemetryAccessLogConfig(
-        common_config=common, disable_builtin_labels=True, attributes=attributes
+        common_config=common,
+        disable_builtin_labels=True,
+        body=common_pb2.AnyValue(string_value="\n".join(line for _, line in USAGE_LOG_LINES)),
+        attributes=common_pb2.KeyValueList(values=[attribute]),
     )
     return accesslog_pb2.AccessLog(
         name=USAGE_LOG_NAME, filter=_header_present(JSON_BODY_HEADER), typed_config=pack(config)

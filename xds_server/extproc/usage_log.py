@@ -1,9 +1,10 @@
 """The usage log: Envoy exports an OpenTelemetry log record for every AI request (batched, one export per flush
 interval from each worker), and the GenAI metrics are recorded from it. Nothing here runs on a request's path.
 
-A record's attributes are the formatted values of translators.xds.ai_listener.USAGE_LOG_ATTRIBUTES: the routed
-model and stream flag, the backend, the status, the timings, and the usage Envoy's json_to_metadata filter (JSON
-answers) or stream metering (event streams) wrote as dynamic metadata. Envoy writes "-" where it has no value.
+A record's body is the formatted lines of translators.xds.ai_listener.USAGE_LOG_LINES (the path, the status, the
+backend, the timings, the usage Envoy's json_to_metadata filter (JSON answers) or stream metering (event streams)
+wrote as dynamic metadata, and last the routed model), its one attribute the answer's model. Envoy writes "-" where
+it has no value.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from typing import Any
 
 import grpc
 
+from translators.xds.ai_listener import USAGE_LOG_ATTRIBUTE, USAGE_LOG_LINES
 from translators.xds.names import OPERATIONS
 from xds_server.api import usage_log_pb2
 from xds_server.extproc import telemetry
 
 LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
 MISSING = "-"  # Envoy's rendering of a value it does not have
+LINES = tuple(name for name, _ in USAGE_LOG_LINES)
+ATTRIBUTE = USAGE_LOG_ATTRIBUTE[0]
 
 
 def _count(text: str | None) -> float | None:
@@ -47,7 +51,6 @@ class UsageEntry:
     response_model: str
     backend: str
     status: int
-    stream: bool
     duration: float  # seconds from the request's start to the last byte sent to the client
     input_tokens: int | None
     output_tokens: int | None
@@ -55,6 +58,7 @@ class UsageEntry:
 
     @classmethod
     def of(cls, attributes: Mapping[str, str]) -> UsageEntry | None:
+        """`attributes`: a record's values by name (`fields`)."""
         """None for a request no backend answered (Envoy's own replies) or not to an OpenAI operation."""
         backend = _text(attributes.get("backend")) or _text(attributes.get("cluster"))
         operation = OPERATIONS.get(attributes.get("path", "").partition("?")[0], "")
@@ -77,7 +81,6 @@ class UsageEntry:
             response_model=_text(attributes.get("response_model")),
             backend=backend,
             status=int(status) if status.isdigit() else 0,
-            stream=attributes.get("stream") == "true",
             duration=duration,
             input_tokens=int(input_tokens) if input_tokens is not None else None,
             output_tokens=int(output_tokens) if output_tokens is not None else None,
@@ -99,6 +102,16 @@ class UsageEntry:
                 telemetry.TIME_PER_OUTPUT_TOKEN.observe(labels, per_token)
 
 
+def fields(record: usage_log_pb2.LogRecord) -> dict[str, str]:
+    """A record's values by name: its body's lines (the last one whatever it holds), then its attribute."""
+    values = record.body.string_value.split("\n", len(LINES) - 1)
+    found = dict(zip(LINES, values, strict=False))  # a body cut short (not Envoy's) lacks its last names
+    for pair in record.attributes:
+        if pair.key == ATTRIBUTE:
+            found[ATTRIBUTE] = pair.value.string_value
+    return found
+
+
 def record(request: usage_log_pb2.ExportLogsServiceRequest) -> int:
     """Records every usage entry of an export; returns how many records it held."""
     records = 0
@@ -106,7 +119,7 @@ def record(request: usage_log_pb2.ExportLogsServiceRequest) -> int:
         for scope in resource.scope_logs:
             for entry in scope.log_records:
                 records += 1
-                usage = UsageEntry.of({pair.key: pair.value.string_value for pair in entry.attributes})
+                usage = UsageEntry.of(fields(entry))
                 if usage is not None:
                     usage.record()
     return records
