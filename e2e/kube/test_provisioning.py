@@ -243,6 +243,8 @@ async def test_edits_roll_the_deployment_and_objects_follow_their_gateway_also_a
         # A LoadBalancer without an ingress address: no address; once the load balancer reports one, the Gateway
         # has it, and still waits for a replica, then for an Envoy holding its configuration.
         await eventually(programmed_reason(dynamic, namespace, "gw", "AddressNotAssigned"), "AddressNotAssigned")
+        # No address is also what a Gateway whose Service is not made yet has: the load balancer needs the Service.
+        await eventually(lambda: found(dynamic, "Service", name, namespace), "the Envoy Service")
         ingress = {"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}}
         k8s.CoreV1Api(kube_cluster.api_client).patch_namespaced_service_status(name, namespace, ingress)
         status = await eventually(programmed_reason(dynamic, namespace, "gw", "NoResources"), "NoResources")
