@@ -19,8 +19,9 @@ a few hundred requests), over the requests answered. `serve` stays up for the us
 
 Variants: `bare` (bench.side_by_side's row 1: a header route and the router filter), `ours` (the translator's
 config), and with --parts `ours` less one part each, so each part's cost is the difference:
-the AI access log on stdout, the usage log, the stream-metering composite filter, use_remote_address with path
-normalization, the early header mutation that strips internal headers.
+the AI access log on stdout, the usage log, the stream-metering composite filter, json_to_metadata (which reads a
+JSON answer's usage), use_remote_address with path normalization, the early header mutation that strips internal
+headers.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from bench.ai_latency import AI_HOST, MODEL, PLAIN_HEADER, PLAIN_HOST, REQUEST_B
 from bench.side_by_side import OneWorkerBench, bare_config
 from testing.envoy import base_id
 from testing.ports import free_port
-from translators.xds.names import STREAM_METERING_FILTER
+from translators.xds.names import STREAM_METERING_FILTER, USAGE_FILTER
 from xds_server.envoy import envoy_binary
 
 Config = dict[str, Any]
@@ -148,6 +149,7 @@ PARTS: dict[str, tuple[str, Callable[[Config], None]]] = {
     "stdout_log": ("the AI access log on stdout", without_access_log("envoy.access_loggers.stdout")),
     "usage_log": ("the usage log", without_access_log("xds-server/usage")),
     "stream_metering": ("the stream-metering composite filter", without_filter(STREAM_METERING_FILTER)),
+    "usage_filter": ("json_to_metadata (the answer's usage)", without_filter(USAGE_FILTER)),
     "remote_address": (
         "use_remote_address, normalize_path, merge_slashes",
         without("use_remote_address", "normalize_path", "merge_slashes"),
