@@ -42,7 +42,7 @@ from xds_server.extproc.metering import STREAM_RESPONSE_BODY, MeteringStream, re
 from xds_server.extproc.protocol import CONTINUE_RESPONSE_BODY, PASS_THROUGH, Mode
 from xds_server.extproc.sse import SseParser, Usage
 from xds_server.extproc.upstream import NO_SETTINGS
-from xds_server.extproc.usage_log import LOGS_SERVICE, UsageEntry, fields
+from xds_server.extproc.usage_log import LOGS_SERVICE, SLICE, UsageEntry, fields
 from xds_server.serve import start_extproc
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.streams import ClientRegistry
@@ -866,6 +866,27 @@ async def test_the_usage_log_records_exactly_what_its_entries_say(channel: grpc.
             ("duration_sum", failure): 0.05,
         },
         abs=1e-9,
+    )
+
+
+async def test_an_export_larger_than_a_slice_is_recorded_whole(channel: grpc.aio.Channel) -> None:
+    """The usage log yields to the event loop between slices of an export: every record still counts, once."""
+    call = channel.unary_unary(
+        f"/{LOGS_SERVICE}/Export",
+        request_serializer=usage_log_pb2.ExportLogsServiceRequest.SerializeToString,
+        response_deserializer=usage_log_pb2.ExportLogsServiceResponse.FromString,
+    )
+    moved = Metrics()
+    many = 2 * SLICE + 3
+    await call(export([log_entry(model="model-many", usage={"input_tokens": 2})] * many))
+    series = labels("model-many", "")
+    assert moved.delta() == pytest.approx(
+        {
+            ("duration_count", series): many,
+            ("duration_sum", series): 2.5 * many,
+            ("tokens_count", (*series, "input")): many,
+            ("tokens_sum", (*series, "input")): 2 * many,
+        }
     )
 
 
