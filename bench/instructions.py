@@ -44,7 +44,8 @@ from typing import Any
 
 import yaml
 
-from bench.ai_latency import AI_HOST, MODEL, PLAIN_HEADER, PLAIN_HOST, REQUEST_BODY
+from bench.ai_latency import MODEL, PLAIN_HEADER, REQUEST_BODY
+from bench.ai_latency import PATHS as BENCH_PATHS
 from bench.side_by_side import OneWorkerBench, bare_config
 from testing.envoy import base_id
 from testing.ports import free_port
@@ -52,7 +53,7 @@ from translators.xds.names import STREAM_METERING_FILTER, USAGE_FILTER
 from xds_server.envoy import envoy_binary
 
 Config = dict[str, Any]
-PATHS = {"plain": PLAIN_HOST, "ai": AI_HOST}
+PATHS = {path: BENCH_PATHS[path] for path in ("plain", "ai")}  # ai_latency's hosts; plain first, as bare
 WARM_UP_S = 4
 LUA = """
 wrk.method = "POST"

@@ -818,12 +818,19 @@ def test_the_subset_reads_what_opentelemetrys_own_messages_encode() -> None:
     assert [(pair.key, pair.value.string_value) for pair in found.attributes] == [("response_model", "model-o")]
 
 
-async def test_the_usage_log_records_exactly_what_its_entries_say(channel: grpc.aio.Channel) -> None:
-    call = channel.unary_unary(
+def export_call(
+    channel: grpc.aio.Channel,
+) -> grpc.aio.UnaryUnaryMultiCallable[usage_log_pb2.ExportLogsServiceRequest, usage_log_pb2.ExportLogsServiceResponse]:
+    """OpenTelemetry's LogsService/Export, as Envoy's OpenTelemetry access logger calls it."""
+    return channel.unary_unary(
         f"/{LOGS_SERVICE}/Export",
         request_serializer=usage_log_pb2.ExportLogsServiceRequest.SerializeToString,
         response_deserializer=usage_log_pb2.ExportLogsServiceResponse.FromString,
     )
+
+
+async def test_the_usage_log_records_exactly_what_its_entries_say(channel: grpc.aio.Channel) -> None:
+    call = export_call(channel)
     moved = Metrics()
     streamed = log_entry(
         model="model-grpc",
@@ -871,11 +878,7 @@ async def test_the_usage_log_records_exactly_what_its_entries_say(channel: grpc.
 
 async def test_an_export_larger_than_a_slice_is_recorded_whole(channel: grpc.aio.Channel) -> None:
     """The usage log yields to the event loop between slices of an export: every record still counts, once."""
-    call = channel.unary_unary(
-        f"/{LOGS_SERVICE}/Export",
-        request_serializer=usage_log_pb2.ExportLogsServiceRequest.SerializeToString,
-        response_deserializer=usage_log_pb2.ExportLogsServiceResponse.FromString,
-    )
+    call = export_call(channel)
     moved = Metrics()
     many = 2 * SLICE + 3
     await call(export([log_entry(model="model-many", usage={"input_tokens": 2})] * many))

@@ -60,8 +60,8 @@ class UsageEntry:
 
     @classmethod
     def of(cls, attributes: Mapping[str, str]) -> UsageEntry | None:
-        """`attributes`: a record's values by name (`fields`)."""
-        """None for a request no backend answered (Envoy's own replies) or not to an OpenAI operation."""
+        """From a record's values by name (`fields`); None for a request no backend answered (Envoy's own replies)
+        or not to an OpenAI operation."""
         backend = _text(attributes.get("backend")) or _text(attributes.get("cluster"))
         operation = OPERATIONS.get(attributes.get("path", "").partition("?")[0], "")
         # An answer the client did not wait for to the end has no last byte sent: its duration is the stream's.
