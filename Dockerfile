@@ -2,13 +2,15 @@
 #   docker build -t xds-server:0.1.0 .
 #
 # Two stages: the first builds the project's wheel (setup.py compiles protos/ with grpcio-tools, which pip fetches
-# into an isolated build environment); the second installs only that wheel, its dependencies as binary wheels from
-# PyPI (--only-binary: no compiler is needed, and python:3.11-slim has none). tests/test_wheel_install.py performs the
+# into an isolated build environment, and native/ai_filter.c, the Envoy module, with gcc); the second installs only
+# that wheel, its dependencies as binary wheels from PyPI (--only-binary: no compiler is needed there). tests/test_wheel_install.py performs the
 # same steps in a fresh venv, since no container builder runs where the tests run.
 FROM python:3.11-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY protos protos
+COPY native native
 COPY translators translators
 COPY xds_server xds_server
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .

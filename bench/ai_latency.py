@@ -48,7 +48,7 @@ from testing.ports import free_port
 from testing.processes import Serve
 from testing.web import request, wait_for
 from translators.xds.ai_listener import USAGE_LOG_FLUSH
-from xds_server.envoy import envoy_binary
+from xds_server.envoy import envoy_binary, envoy_environment
 from xds_server.sim import openai
 
 UPSTREAM_HOST = "127.0.8.1"  # a loopback address of its own, as the e2e upstreams have
@@ -201,7 +201,9 @@ class Upstream:
         config.write_text(yaml.safe_dump(upstream_bootstrap(self.port, admin_port)))
         command = [str(envoy_binary()), "-c", str(config), "--concurrency", "1", "--use-dynamic-base-id"]
         command += ["-l", "warning", "--log-path", str(directory / "upstream.log")]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=envoy_environment()
+        )
 
     async def wait_live(self) -> None:
         answer = await wait_for(f"{self.admin}/ready", (200, "LIVE\n"))

@@ -19,9 +19,9 @@ a few hundred requests), over the requests answered. `serve` stays up for the us
 
 Variants: `bare` (bench.side_by_side's row 1: a header route and the router filter), `ours` (the translator's
 config), and with --parts `ours` less one part each, so each part's cost is the difference:
-the AI access log on stdout, the usage log, the stream-metering composite filter, json_to_metadata (which reads a
-JSON answer's usage), use_remote_address with path normalization, the early header mutation that strips internal
-headers.
+the AI access log on stdout, the usage log, the stream-metering composite filter, use_remote_address with path
+normalization, the early header mutation that strips internal headers. (The AI filter cannot be left out: the AI
+path's requests are routed by it.)
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from bench.ai_latency import PATHS as BENCH_PATHS
 from bench.side_by_side import OneWorkerBench, bare_config
 from testing.envoy import base_id
 from testing.ports import free_port
-from translators.xds.names import STREAM_METERING_FILTER, USAGE_FILTER
-from xds_server.envoy import envoy_binary
+from translators.xds.names import STREAM_METERING_FILTER
+from xds_server.envoy import envoy_binary, envoy_environment
 
 Config = dict[str, Any]
 PATHS = {path: BENCH_PATHS[path] for path in ("plain", "ai")}  # ai_latency's hosts; plain first, as bare
@@ -150,7 +150,6 @@ PARTS: dict[str, tuple[str, Callable[[Config], None]]] = {
     "stdout_log": ("the AI access log on stdout", without_access_log("envoy.access_loggers.stdout")),
     "usage_log": ("the usage log", without_access_log("xds-server/usage")),
     "stream_metering": ("the stream-metering composite filter", without_filter(STREAM_METERING_FILTER)),
-    "usage_filter": ("json_to_metadata (the answer's usage)", without_filter(USAGE_FILTER)),
     "remote_address": (
         "use_remote_address, normalize_path, merge_slashes",
         without("use_remote_address", "normalize_path", "merge_slashes"),
@@ -171,7 +170,7 @@ class CountedEnvoy:
         command += [str(envoy_binary()), "-c", str(path), "--concurrency", "1", "--base-id", str(base_id())]
         command += ["-l", "warning", "--log-path", str(directory / f"{name}.log")]
         with (directory / f"{name}.valgrind").open("wb") as output:
-            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=output)
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=output, env=envoy_environment())
 
     def wait_live(self, seconds: float = 180.0) -> None:
         deadline = time.monotonic() + seconds

@@ -93,7 +93,7 @@ from testing.processes import stop_process
 from testing.web import request
 from translators.xds.ai_listener import USAGE_LOG_FLUSH
 from xds_server.bootstrap import bootstrap
-from xds_server.envoy import envoy_binary
+from xds_server.envoy import envoy_binary, envoy_environment
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = Path(__file__).resolve().parent / "peers" / "build.sh"
@@ -144,7 +144,7 @@ class OneWorkerEnvoy(Envoy):
         command += ["-l", "warning", "--drain-time-s", "1", "--log-path", str(self.log)]
         command += ["--file-flush-interval-msec", "100"]
         with self.access_log.open("ab") as stdout:
-            self.process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.DEVNULL)
+            self.process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.DEVNULL, env=envoy_environment())
 
 
 class OneWorkerBench(Bench):

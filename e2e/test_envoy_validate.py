@@ -12,7 +12,7 @@ import yaml
 
 from testing.cases import xds_case_names, xds_resources
 from testing.static_bootstrap import static_bootstrap
-from xds_server.envoy import envoy_binary
+from xds_server.envoy import envoy_binary, envoy_environment
 
 
 def _validate(bootstrap: dict[str, object], path: Path, base_id: int) -> subprocess.CompletedProcess[str]:
@@ -32,6 +32,7 @@ def _validate(bootstrap: dict[str, object], path: Path, base_id: int) -> subproc
         capture_output=True,
         text=True,
         timeout=120,
+        env=envoy_environment(),
     )
 
 

@@ -16,7 +16,7 @@ from testing.ports import free_port
 from testing.processes import stop_process
 from testing.web import http_get, wait_for
 from xds_server.bootstrap import bootstrap
-from xds_server.envoy import envoy_binary
+from xds_server.envoy import envoy_binary, envoy_environment
 
 # Envoy's --base-id picks its shared-memory region: unique per Envoy so tests (and xdist workers) run side by side.
 _base_ids = itertools.count(10_000 + (os.getpid() % 5_000) * 8)
@@ -54,7 +54,7 @@ class Envoy:
         command += ["-l", "warning", "--drain-time-s", "1", "--log-path", str(self.log)]
         command += ["--file-flush-interval-msec", "100"]  # logs readable at once, not after Envoy's default 10 s
         with self.access_log.open("ab") as stdout:
-            self.process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.DEVNULL)
+            self.process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.DEVNULL, env=envoy_environment())
 
     async def wait_live(self) -> None:
         answer = await wait_for(f"{self.admin}/ready", (200, "LIVE\n"))

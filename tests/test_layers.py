@@ -37,6 +37,7 @@ LAYERS: tuple[Layer, ...] = (
             "xds_server.metrics",
             "xds_server.logs",
             "xds_server.envoy",
+            "xds_server.native",  # the AI filter module Envoy loads (a shared object; no Python code)
             "xds_server.api",
             "xds_server.bootstrap",  # Envoy's bootstrap document: pure
             "xds_server.identity",  # which Gateway a gRPC peer's client certificate names

@@ -11,21 +11,20 @@ from datetime import datetime
 
 import pytest
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.core.v3 import base_pb2, config_source_pb2
+from envoy.config.core.v3 import config_source_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.open_telemetry.v3 import logs_service_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
 from envoy.extensions.filters.http.composite.v3 import composite_pb2
+from envoy.extensions.filters.http.dynamic_modules.v3 import dynamic_modules_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
-from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
-from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
-from envoy.extensions.filters.http.transform.v3 import transform_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
     header_mutation_pb2 as early_header_mutation_pb2,
 )
 from envoy.type.matcher.v3 import http_inputs_pb2
+from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -50,16 +49,16 @@ from translators.xds import listeners
 from translators.xds.ai_listener import STDOUT_LOGGER, USAGE_LOG_ATTRIBUTE, USAGE_LOG_FLUSH, USAGE_LOG_LINES
 from translators.xds.gateway import gateway_resources
 from translators.xds.memo import Memo
-from translators.xds.model import json_content_type_config, model_config, usage_config
+from translators.xds.model import ai_filter_config, ai_filter_route_config
 from translators.xds.names import (
+    AI_FILTER,
+    AI_MODULE,
     CONTENT_LENGTH_FILTER,
     ECHO_LIMIT,
     EXTPROC_CLUSTER,
     INTERNAL_HEADER_PREFIXES,
     JSON_BODY_HEADER,
-    JSON_CONTENT_TYPE_FILTER,
     METERING_METADATA_NAMESPACE,
-    MODEL_FILTER,
     MODEL_HEADER,
     MODELS_PATH,
     NOT_A_HEADER_VALUE,
@@ -71,9 +70,7 @@ from translators.xds.names import (
     STREAM_HEADER,
     STREAM_METERING_EXTPROC,
     STREAM_METERING_FILTER,
-    USAGE_FILTER,
     USAGE_LOG_NAME,
-    USAGE_METADATA_KEYS,
     XDS_METADATA_NAMESPACE,
     Mode,
 )
@@ -345,13 +342,9 @@ def test_each_route_turns_on_the_filters_of_its_role() -> None:
             assert route_ir.headers == (
                 (HeaderMatchIR("content-length", kind=HeaderMatchKind.ABSENT),) if unsized else ()
             )
-            assert configs == {JSON_CONTENT_TYPE_FILTER, MODEL_FILTER, USAGE_FILTER} | (
-                {CONTENT_LENGTH_FILTER} if unsized else set()
-            )
-            assert unpack(route, MODEL_FILTER, transform_pb2.TransformConfig()) == model_config()
-            content_type = unpack(route, JSON_CONTENT_TYPE_FILTER, header_mutation_pb2.HeaderMutationPerRoute())
-            assert content_type == json_content_type_config()
-            assert unpack(route, USAGE_FILTER, json_to_metadata_pb2.JsonToMetadata()) == usage_config()
+            assert configs == {AI_FILTER} | ({CONTENT_LENGTH_FILTER} if unsized else set())
+            per_route = unpack(route, AI_FILTER, dynamic_modules_pb2.DynamicModuleFilterPerRoute())
+            assert per_route == ai_filter_route_config()
         elif route_ir.ai is AiRole.MODEL:
             # The filters the entry route put in the chain run on: the route itself turns nothing on.
             assert isinstance(route_ir.action, ForwardAction) and route.route.cluster == route_ir.action.cluster
@@ -383,12 +376,7 @@ def test_with_a_pool_on_the_listener_the_picker_is_off_but_where_a_route_goes_to
             if route_ir.ai not in (AiRole.ENTRY, AiRole.ENTRY_UNSIZED):
                 assert set(route.typed_per_filter_config) == {PICKER_FILTER}, route.name
     entry = routes[f"{ir.name}/entry"]
-    assert set(entry.typed_per_filter_config) == {
-        JSON_CONTENT_TYPE_FILTER,
-        MODEL_FILTER,
-        USAGE_FILTER,
-        PICKER_FILTER,
-    }
+    assert set(entry.typed_per_filter_config) == {AI_FILTER, PICKER_FILTER}
 
 
 def test_a_virtual_host_of_plain_http_routes_gets_none_of_these_routes() -> None:
@@ -400,70 +388,19 @@ def test_a_virtual_host_of_plain_http_routes_gets_none_of_these_routes() -> None
     assert not route.typed_per_filter_config and route.HasField("route")
 
 
-def test_the_model_filter_sets_the_headers_the_stream_metering_and_the_usage_log_read() -> None:
-    """The body's `model` and `stream` as Envoy renders them (`true` as "true"), and the JSON-object marker; each
-    replaces a value a client sent (the listener strips them before routing as well)."""
-    mutations = model_config().request_transformation.headers_mutations
-    set_headers = {m.append.header.key: m.append.header.value for m in mutations}
-    assert set_headers == {
-        MODEL_HEADER: "%REQUEST_BODY(model)%",
-        JSON_BODY_HEADER: "json",
-        STREAM_HEADER: "%REQUEST_BODY(stream)%",
-    }
-    overwrite = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-    assert all(m.append.append_action == overwrite for m in mutations)
-    assert model_config().clear_route_cache
-    assert all(header.startswith(INTERNAL_HEADER_PREFIXES) for header in set_headers)
-
-
-def test_the_usage_filter_reads_an_answers_model_and_token_counts_into_the_metering_namespace() -> None:
-    """OpenAI's usage, and Anthropic's (a /v1/messages answer passed through from an Anthropic backend)."""
-    config = usage_config()
-    assert not config.request_rules.rules  # answers only
-    read = [
-        (
-            tuple(s.key for s in rule.selectors),
-            rule.on_present.metadata_namespace,
-            rule.on_present.key,
-            rule.on_present.type,
-        )
-        for rule in config.response_rules.rules
-    ]
-    ns = METERING_METADATA_NAMESPACE
-    string, number = json_to_metadata_pb2.JsonToMetadata.STRING, json_to_metadata_pb2.JsonToMetadata.NUMBER
-    assert read == [
-        (("model",), ns, "response_model", string),
-        (("usage", "prompt_tokens"), ns, "input_tokens", number),
-        (("usage", "completion_tokens"), ns, "output_tokens", number),
-        (("usage", "total_tokens"), ns, "total_tokens", number),
-        (("usage", "input_tokens"), ns, "input_tokens", number),
-        (("usage", "output_tokens"), ns, "output_tokens", number),
-    ]
-    assert {key for _, _, key, _ in read} < set(USAGE_METADATA_KEYS)  # first_token_ms is stream metering's
-    for rule in config.response_rules.rules:
-        # Nothing is written for a missing or unreadable value: an answer without usage has no counts, not zeros.
-        assert not rule.HasField("on_missing") and not rule.HasField("on_error")
-        assert not rule.on_present.HasField("value") and not rule.on_present.preserve_existing_metadata_value
-    assert envoy_reads_the_usage_of("application/json")
-    assert not envoy_reads_the_usage_of("text/event-stream")  # event streams: stream metering's
-
-
-def envoy_reads_the_usage_of(content_type: str) -> bool:
-    """Envoy's json_to_metadata check of an answer's Content-Type (filter.cc, responseContentTypeAllowed): the whole
-    header value in allow_content_types, or a full match of allow_content_types_regex."""
-    rules = usage_config().response_rules
-    if not content_type:
-        return bool(rules.allow_empty_content_type)
-    if content_type in rules.allow_content_types:
-        return True
-    regex = rules.allow_content_types_regex.regex if rules.HasField("allow_content_types_regex") else None
-    return regex is not None and re.fullmatch(regex, content_type) is not None
-
-
-def test_json_answers_with_a_charset_parameter_have_their_usage_read() -> None:
-    assert envoy_reads_the_usage_of("application/json")
-    assert envoy_reads_the_usage_of("Application/JSON")
-    assert envoy_reads_the_usage_of("application/json; charset=utf-8")
+def test_the_ai_filter_is_told_the_headers_and_the_namespace_the_routes_and_logs_read() -> None:
+    """The module's config is the four names, one per line, in the order native/ai_filter.c reads them: the names
+    stay defined in names.py, and the headers it sets are all internal ones (stripped from clients before routing)."""
+    config = ai_filter_config()
+    assert config.dynamic_module_config.name == AI_MODULE and config.dynamic_module_config.do_not_close
+    names = wrappers_pb2.StringValue()
+    assert config.filter_config.Unpack(names)
+    assert names.value.split("\n") == [MODEL_HEADER, JSON_BODY_HEADER, STREAM_HEADER, METERING_METADATA_NAMESPACE]
+    headers = (MODEL_HEADER, JSON_BODY_HEADER, STREAM_HEADER)
+    assert all(header.startswith(INTERNAL_HEADER_PREFIXES) for header in headers)
+    route = ai_filter_route_config()
+    assert route.dynamic_module_config == config.dynamic_module_config
+    assert route.per_route_config_name == config.filter_name
 
 
 # --- the listener: filter chain and usage log ---
@@ -484,7 +421,7 @@ def filter_config(hcm: hcm_pb2.HttpConnectionManager, name: str, message: Messag
     return message
 
 
-AI_FILTERS = [JSON_CONTENT_TYPE_FILTER, MODEL_FILTER, CONTENT_LENGTH_FILTER, USAGE_FILTER, STREAM_METERING_FILTER]
+AI_FILTERS = [AI_FILTER, CONTENT_LENGTH_FILTER, STREAM_METERING_FILTER]
 
 
 @pytest.mark.parametrize(
@@ -498,15 +435,14 @@ AI_FILTERS = [JSON_CONTENT_TYPE_FILTER, MODEL_FILTER, CONTENT_LENGTH_FILTER, USA
 def test_an_ai_listener_runs_model_routing_usage_stream_metering_picker_and_router_in_order(
     text: str, names: list[str]
 ) -> None:
-    """Off at the listener and turned on by the entry route: JSON content type, model, usage (their work needs the
+    """Off at the listener and turned on by the entry route: the AI filter and content length (their work needs the
     body, which only AI requests have) and the picker (on where a route goes to a pool); stream metering is always
     in the chain and decides per request (its matcher), the router always last."""
     hcm = manager(translated(text))
     assert [f.name for f in hcm.http_filters] == names
-    off = {JSON_CONTENT_TYPE_FILTER, MODEL_FILTER, CONTENT_LENGTH_FILTER, USAGE_FILTER, PICKER_FILTER}
+    off = {AI_FILTER, CONTENT_LENGTH_FILTER, PICKER_FILTER}
     assert [f.disabled for f in hcm.http_filters] == [name in off for name in names]
-    assert filter_config(hcm, MODEL_FILTER, transform_pb2.TransformConfig()) == model_config()
-    assert filter_config(hcm, USAGE_FILTER, json_to_metadata_pb2.JsonToMetadata()) == usage_config()
+    assert filter_config(hcm, AI_FILTER, dynamic_modules_pb2.DynamicModuleFilter()) == ai_filter_config()
     composite = filter_config(hcm, STREAM_METERING_FILTER, extension_matcher_pb2.ExtensionWithMatcher())
     assert isinstance(composite, extension_matcher_pb2.ExtensionWithMatcher)
     assert composite.extension_config.typed_config.Is(composite_pb2.Composite.DESCRIPTOR)

@@ -14,6 +14,7 @@ from testing.cases import OPTIONS, SEED, TUTORIAL
 from translators.gatewayapi import translate
 from translators.loader import ObjectKey
 from translators.xds.gateway import gateway_resources
+from translators.xds.names import AI_FILTER
 from translators.xds.render import resources_dict
 from xds_server.sources.files import load_paths
 
@@ -56,10 +57,7 @@ def _check_tutorial_output(document: dict[str, Any]) -> None:
     assert model_matches == MODELS
     # Where AI requests start: the body's model is read there, and a body that is not JSON is answered there.
     entry = vhost["routes"][-1]
-    assert (
-        entry["direct_response"]["status"] == 400
-        and "envoy.filters.http.transform/model" in entry["typed_per_filter_config"]
-    )
+    assert entry["direct_response"]["status"] == 400 and AI_FILTER in entry["typed_per_filter_config"]
     clusters = {c["name"]: c for c in gateway["clusters"]}
     for pool in ("vllm-llama3-8b-instruct", "mistral"):
         cluster = clusters[f"inferencepool/default/{pool}"]

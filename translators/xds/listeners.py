@@ -1,10 +1,10 @@
 """ListenerIR -> Listener with an HTTP connection manager: RDS for routes, and the filter chain of docs/architecture.md.
 
-Client-supplied internal headers are removed before any route is matched. Filter order: JSON Content-Type where
-none was sent, then model (Envoy's transform filter: the body's `model` into x-ai-eg-model, then route again), then
-usage (json_to_metadata: a JSON answer's usage), then stream metering (a composite filter running the metering
-ext_proc for requests that asked for a stream), then picker ext_proc (InferencePool routes), then router. All but
-stream metering (a header match, when no AI request set the header) are disabled here and turned on by the routes
+Client-supplied internal headers are removed before any route is matched. Filter order: the AI filter (our dynamic
+module: the body's `model` into x-ai-eg-model, then route again; a JSON answer's usage into metadata), then
+content length (for chunked bodies), then stream metering (a composite filter running the metering ext_proc for
+requests that asked for a stream), then picker ext_proc (InferencePool routes), then router. All but stream
+metering (a header match, when no AI request set the header) are disabled here and turned on by the routes
 that need them, so plain routes never buffer a body or pay for a gRPC round trip. Listeners with such routes also
 get JSON local replies and, with AI routes, an access log on stdout and the usage log (`ai_listener`).
 """
@@ -16,7 +16,6 @@ from envoy.config.core.v3 import address_pb2, extension_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
 from envoy.extensions.filters.http.composite.v3 import composite_pb2
-from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
@@ -33,15 +32,14 @@ from translators.xds.ai_listener import ai_access_log, local_reply_config, usage
 from translators.xds.clusters import ads_config_source
 from translators.xds.extproc import QUICK_MESSAGE_TIMEOUT, extproc_config
 from translators.xds.listener_tls import tls_filter_chain_parts, tls_inspector
-from translators.xds.model import content_length_config, model_config, usage_config
+from translators.xds.model import ai_filter_config, content_length_config
 from translators.xds.names import (
+    AI_FILTER,
     CONTENT_LENGTH_FILTER,
     INTERNAL_HEADER_PREFIXES,
-    JSON_CONTENT_TYPE_FILTER,
     LB_METADATA_NAMESPACE,
     METERING_METADATA_NAMESPACE,
     METERING_MODE,
-    MODEL_FILTER,
     PATH_ATTRIBUTE,
     PICKER_FILTER,
     PICKER_MESSAGE_TIMEOUT_SECONDS,
@@ -53,7 +51,6 @@ from translators.xds.names import (
     STREAM_METERING_FILTER,
     STRIP_HEADERS_EXTENSION,
     SUBSET_HINT_NAMESPACE,
-    USAGE_FILTER,
     pack,
 )
 
@@ -74,21 +71,12 @@ def _strip_internal_headers() -> extension_pb2.TypedExtensionConfig:
     return extension_pb2.TypedExtensionConfig(name=STRIP_HEADERS_EXTENSION, typed_config=pack(config))
 
 
-def json_content_type_filter() -> hcm_pb2.HttpFilter:
-    config = header_mutation_pb2.HeaderMutation()
-    return hcm_pb2.HttpFilter(name=JSON_CONTENT_TYPE_FILTER, typed_config=pack(config), disabled=True)
-
-
-def model_filter() -> hcm_pb2.HttpFilter:
-    return hcm_pb2.HttpFilter(name=MODEL_FILTER, typed_config=pack(model_config()), disabled=True)
+def ai_filter() -> hcm_pb2.HttpFilter:
+    return hcm_pb2.HttpFilter(name=AI_FILTER, typed_config=pack(ai_filter_config()), disabled=True)
 
 
 def content_length_filter() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=CONTENT_LENGTH_FILTER, typed_config=pack(content_length_config()), disabled=True)
-
-
-def usage_filter() -> hcm_pb2.HttpFilter:
-    return hcm_pb2.HttpFilter(name=USAGE_FILTER, typed_config=pack(usage_config()), disabled=True)
 
 
 def stream_metering_filter() -> hcm_pb2.HttpFilter:
@@ -158,10 +146,8 @@ def http_filters(listener: ListenerIR) -> list[hcm_pb2.HttpFilter]:
     filters = []
     if listener.routes_by_model:
         filters += [
-            json_content_type_filter(),
-            model_filter(),
+            ai_filter(),
             content_length_filter(),
-            usage_filter(),
             stream_metering_filter(),
         ]
     if listener.runs_picker:

@@ -3,86 +3,47 @@ the filters sit, disabled) and the AI virtual hosts' entry routes (which turn th
 
 from __future__ import annotations
 
-from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
-from envoy.config.core.v3 import base_pb2
+from envoy.extensions.dynamic_modules.v3 import dynamic_modules_pb2 as dynamic_modules_config_pb2
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
-from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
-from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
-from envoy.extensions.filters.http.transform.v3 import transform_pb2
-from envoy.type.matcher.v3 import regex_pb2
+from envoy.extensions.filters.http.dynamic_modules.v3 import dynamic_modules_pb2
 from google.protobuf import wrappers_pb2
 
-from translators.xds.names import JSON_BODY_HEADER, METERING_METADATA_NAMESPACE, MODEL_HEADER, STREAM_HEADER
-
-
-def model_config() -> transform_pb2.TransformConfig:
-    """The body's `model` into MODEL_HEADER and a JSON_BODY_HEADER marker, then a new route match. Envoy sets neither
-    header when the body is not one JSON object (malformed, another type, or a repeated key), and no MODEL_HEADER
-    when `model` is missing, null or "": the routes after the model routes tell these cases apart."""
-    mutations = [
-        mutation_rules_pb2.HeaderMutation(
-            append=base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key=name, value=value),
-                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-            )
-        )
-        for name, value in (
-            (MODEL_HEADER, "%REQUEST_BODY(model)%"),
-            (JSON_BODY_HEADER, "json"),
-            (STREAM_HEADER, "%REQUEST_BODY(stream)%"),
-        )
-    ]
-    return transform_pb2.TransformConfig(
-        request_transformation=transform_pb2.Transformation(headers_mutations=mutations), clear_route_cache=True
-    )
-
-
-def json_content_type_config() -> header_mutation_pb2.HeaderMutationPerRoute:
-    """Envoy's transform filter reads only bodies declared `application/json`; OpenAI's API reads a body without a
-    Content-Type as JSON too, so one is added where none was sent (a declared other type is left as it is: such a
-    body is refused as not JSON)."""
-    content_type = mutation_rules_pb2.HeaderMutation(
-        append=base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key="content-type", value="application/json"),
-            append_action=base_pb2.HeaderValueOption.ADD_IF_ABSENT,
-        )
-    )
-    return header_mutation_pb2.HeaderMutationPerRoute(
-        mutations=header_mutation_pb2.Mutations(request_mutations=[content_type])
-    )
-
-
-Rule = json_to_metadata_pb2.JsonToMetadata.Rule
-# A JSON Content-Type, with parameters (a charset) and in any case: Envoy compares the whole value.
-JSON_CONTENT_TYPE = r"(?i)application/json\s*(;.*)?"
-# Where an OpenAI answer says what was used, and the metadata key each value goes to.
-USAGE_FIELDS = (
-    (("model",), "response_model", json_to_metadata_pb2.JsonToMetadata.STRING),
-    (("usage", "prompt_tokens"), "input_tokens", json_to_metadata_pb2.JsonToMetadata.NUMBER),
-    (("usage", "completion_tokens"), "output_tokens", json_to_metadata_pb2.JsonToMetadata.NUMBER),
-    (("usage", "total_tokens"), "total_tokens", json_to_metadata_pb2.JsonToMetadata.NUMBER),
-    # Anthropic's Messages API, passed through to Anthropic backends (an answer has one shape or the other).
-    (("usage", "input_tokens"), "input_tokens", json_to_metadata_pb2.JsonToMetadata.NUMBER),
-    (("usage", "output_tokens"), "output_tokens", json_to_metadata_pb2.JsonToMetadata.NUMBER),
+from translators.xds.names import (
+    AI_FILTER_NAME,
+    AI_MODULE,
+    JSON_BODY_HEADER,
+    METERING_METADATA_NAMESPACE,
+    MODEL_HEADER,
+    STREAM_HEADER,
+    pack,
 )
 
 
-def usage_config() -> json_to_metadata_pb2.JsonToMetadata:
-    """The usage of a JSON answer into METERING_METADATA_NAMESPACE, read by Envoy itself (event streams are not JSON
-    and are left to stream metering)."""
-    rules = [
-        Rule(
-            selectors=[json_to_metadata_pb2.JsonToMetadata.Selector(key=key) for key in path],
-            on_present=json_to_metadata_pb2.JsonToMetadata.KeyValuePair(
-                metadata_namespace=METERING_METADATA_NAMESPACE, key=metadata_key, type=value_type
-            ),
-        )
-        for path, metadata_key, value_type in USAGE_FIELDS
-    ]
-    return json_to_metadata_pb2.JsonToMetadata(
-        response_rules=json_to_metadata_pb2.JsonToMetadata.MatchRules(
-            rules=rules, allow_content_types_regex=regex_pb2.RegexMatcher(regex=JSON_CONTENT_TYPE)
-        )
+def ai_filter_module() -> dynamic_modules_config_pb2.DynamicModuleConfig:
+    """The shared object Envoy loads (`lib<AI_MODULE>.so`, from $ENVOY_DYNAMIC_MODULES_SEARCH_PATH: whoever starts
+    Envoy sets it, xds_server.envoy.envoy_environment). Kept loaded: a listener update never reloads it."""
+    return dynamic_modules_config_pb2.DynamicModuleConfig(name=AI_MODULE, do_not_close=True)
+
+
+def ai_filter_config() -> dynamic_modules_pb2.DynamicModuleFilter:
+    """The AI filter (native/ai_filter.c): the body's `model` into MODEL_HEADER, its `stream` into STREAM_HEADER and
+    a JSON_BODY_HEADER marker, then a new route match; and a JSON answer's model and usage into
+    METERING_METADATA_NAMESPACE. It sets no header when the body is not one JSON object (malformed, another type, a
+    repeated top-level key, or declared as another Content-Type), and no MODEL_HEADER when `model` is missing, null
+    or "": the routes after the model routes tell these cases apart. A body with no Content-Type is read as JSON
+    (OpenAI's API does) and gets one. Its config is the four names, one per line, so they stay defined here."""
+    names = "\n".join((MODEL_HEADER, JSON_BODY_HEADER, STREAM_HEADER, METERING_METADATA_NAMESPACE))
+    return dynamic_modules_pb2.DynamicModuleFilter(
+        dynamic_module_config=ai_filter_module(),
+        filter_name=AI_FILTER_NAME,
+        filter_config=pack(wrappers_pb2.StringValue(value=names)),
+    )
+
+
+def ai_filter_route_config() -> dynamic_modules_pb2.DynamicModuleFilterPerRoute:
+    """Turns the AI filter on for a route (it is disabled on the listener); it carries no settings."""
+    return dynamic_modules_pb2.DynamicModuleFilterPerRoute(
+        dynamic_module_config=ai_filter_module(), per_route_config_name=AI_FILTER_NAME
     )
 
 

@@ -19,12 +19,12 @@ ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignm
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 STRIP_HEADERS_EXTENSION = "envoy.http.early_header_mutation.header_mutation/strip-internal-headers"
-# Copies the request body's `model` into MODEL_HEADER, then has Envoy route the request again (native, no ext_proc).
-MODEL_FILTER = "envoy.filters.http.transform/model"
-# Before it: a JSON Content-Type for a body sent without one (the transform filter reads JSON bodies only).
-JSON_CONTENT_TYPE_FILTER = "envoy.filters.http.header_mutation/json-content-type"
-# Token usage of a JSON answer into dynamic metadata (Envoy's json_to_metadata filter: no Python per request).
-USAGE_FILTER = "envoy.filters.http.json_to_metadata/usage"
+# The AI filter, an Envoy dynamic module of ours (native/ai_filter.c, built as lib<AI_MODULE>.so): copies the request
+# body's `model` into MODEL_HEADER and has Envoy route the request again, and reads a JSON answer's usage into
+# dynamic metadata. No Python per request.
+AI_FILTER = "envoy.filters.http.dynamic_modules/ai"
+AI_MODULE = "xds_server_ai"
+AI_FILTER_NAME = "ai"
 # For a request body sent without Content-Length (chunked): Envoy counts the body it holds and sets Content-Length,
 # as backends that read only sized bodies want.
 CONTENT_LENGTH_FILTER = "envoy.filters.http.buffer/content-length"

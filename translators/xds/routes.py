@@ -38,21 +38,17 @@ from translators.ir import (
 )
 from translators.xds.memo import Memo
 from translators.xds.model import (
+    ai_filter_route_config,
     content_length_route_config,
-    json_content_type_config,
-    model_config,
-    usage_config,
 )
 from translators.xds.names import (
+    AI_FILTER,
     CLUSTER_TYPE,
     CONTENT_LENGTH_FILTER,
-    JSON_CONTENT_TYPE_FILTER,
-    MODEL_FILTER,
     PICKER_FILTER,
     PICKER_MODES,
     PICKER_POOL_METADATA,
     REFERENCE_PICKER_MODE,
-    USAGE_FILTER,
     XDS_METADATA_NAMESPACE,
     pack,
 )
@@ -247,9 +243,7 @@ def route(
         if ir.pool is not None and not built.route.retry_policy.retry_on:
             _retry_elsewhere_in_the_pool(built.route.retry_policy)
     if ir.ai in (AiRole.ENTRY, AiRole.ENTRY_UNSIZED):
-        built.typed_per_filter_config[JSON_CONTENT_TYPE_FILTER].CopyFrom(pack(_enable(json_content_type_config())))
-        built.typed_per_filter_config[MODEL_FILTER].CopyFrom(pack(_enable(model_config())))
-        built.typed_per_filter_config[USAGE_FILTER].CopyFrom(pack(_enable(usage_config())))
+        built.typed_per_filter_config[AI_FILTER].CopyFrom(pack(_enable(ai_filter_route_config())))
     if ir.ai is AiRole.ENTRY_UNSIZED:
         built.typed_per_filter_config[CONTENT_LENGTH_FILTER].CopyFrom(pack(_enable(content_length_route_config())))
     if ir.pool is not None and missing is None:

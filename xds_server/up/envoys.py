@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection
 import yaml
 
 from xds_server.bootstrap import bootstrap
-from xds_server.envoy import envoy_binary
+from xds_server.envoy import envoy_binary, envoy_environment
 from xds_server.listen import Address
 from xds_server.up.processes import Supervised
 from xds_server.up.readiness import Probe, probe_once
@@ -34,7 +34,7 @@ class GatewayEnvoy:
         argv = [str(envoy_binary()), "-c", str(config), "--log-level", "info", "--drain-time-s", "1"]
         # A base id of its own, so this Envoy's shared memory never meets another's (other runs, other tests).
         argv += ["--use-dynamic-base-id", "--base-id-path", str(run.directory / f"{stem}.base-id")]
-        self.process = Supervised(argv, run.child_env({}), self.log, self._started, self._exited)
+        self.process = Supervised(argv, envoy_environment(run.child_env({})), self.log, self._started, self._exited)
 
     @property
     def admin(self) -> str:

@@ -1,0 +1,763 @@
+/*
+ * The AI filter: an Envoy dynamic module (Envoy's C ABI for HTTP filters loaded from a shared object) that reads
+ * the request body's `model` and `stream` into headers for routing, and a JSON answer's model and token usage into
+ * dynamic metadata for the logs, in one pass each with no JSON tree.
+ *
+ * It replaces three of Envoy's own filters that did the same (transform, header_mutation and json_to_metadata):
+ * those build a full JSON document for every body, which callgrind showed to be the largest part of the AI path's
+ * cost (86k instructions per request for json_to_metadata alone on a 300-byte answer).
+ *
+ * The output contract is the one translators/xds/names.py documents for MODEL_HEADER, JSON_BODY_HEADER and
+ * STREAM_HEADER, so the routes that tell the error cases apart are the same whichever filter wrote the headers:
+ *  - JSON_BODY_HEADER "json" when the body is one JSON object with no repeated top-level key;
+ *  - MODEL_HEADER: `model` as a string (escapes decoded), or the JSON text of any other value (whitespace outside
+ *    strings removed); absent when `model` is missing, null or "";
+ *  - STREAM_HEADER: `stream` rendered the same way (absent when missing or null).
+ * A body declared as another Content-Type than JSON is not read (the routes refuse it as not JSON); a body sent
+ * with no Content-Type is read, and gets `content-type: application/json` (OpenAI's API reads such a body as JSON).
+ *
+ * A JSON answer (Content-Type application/json) is not held: its bytes pass to the client as they come, and a copy
+ * is read at its end. Its `model` goes to the metering namespace as response_model, and `usage`'s prompt/input,
+ * completion/output and total tokens as input_tokens, output_tokens and total_tokens.
+ *
+ * The declarations below are this module's own, of the part of the ABI it uses (Envoy 1.40's dynamic modules ABI,
+ * v0.2.0, which keeps v0.1 modules working): types, then the hooks Envoy calls, then the callbacks it exports.
+ */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+/* ---- the ABI's types ---- */
+
+typedef struct {
+  const char *ptr;
+  size_t length;
+} envoy_buffer; /* owned by Envoy */
+
+typedef struct {
+  const char *ptr;
+  size_t length;
+} module_buffer; /* owned by the module */
+
+enum header_type { REQUEST_HEADER = 0, RESPONSE_HEADER = 2 };
+enum body_type { RECEIVED_REQUEST = 0, BUFFERED_REQUEST = 1, RECEIVED_RESPONSE = 2, BUFFERED_RESPONSE = 3 };
+enum headers_status { HEADERS_CONTINUE = 0, HEADERS_STOP_ITERATION = 1 };
+enum body_status { BODY_CONTINUE = 0, BODY_STOP_AND_BUFFER = 1 };
+enum trailers_status { TRAILERS_CONTINUE = 0 };
+
+/* ---- the callbacks Envoy exports ---- */
+
+bool envoy_dynamic_module_callback_http_get_header(void *filter, int type, module_buffer key, envoy_buffer *result,
+                                                   size_t index, size_t *count);
+bool envoy_dynamic_module_callback_http_set_header(void *filter, int type, module_buffer key, module_buffer value);
+size_t envoy_dynamic_module_callback_http_get_body_chunks_size(void *filter, int type);
+bool envoy_dynamic_module_callback_http_get_body_chunks(void *filter, int type, envoy_buffer *chunks);
+void envoy_dynamic_module_callback_http_clear_route_cache(void *filter);
+void envoy_dynamic_module_callback_http_set_dynamic_metadata_number(void *filter, module_buffer ns, module_buffer key,
+                                                                    double value);
+void envoy_dynamic_module_callback_http_set_dynamic_metadata_string(void *filter, module_buffer ns, module_buffer key,
+                                                                    module_buffer value);
+
+/* ---- JSON scanning (no tree: one pass over the bytes) ---- */
+
+#define MAX_DEPTH 128
+/* The answer copy kept for reading its usage: beyond this, an answer is passed on unread. */
+#define MAX_ANSWER_BYTES (8u << 20)
+
+typedef struct {
+  const char *at;
+  size_t length;
+  bool escaped; /* a string with backslash escapes (its value differs from its bytes) */
+} span;
+
+enum value_kind { ABSENT = 0, IS_NULL, IS_STRING, IS_OTHER };
+
+typedef struct {
+  enum value_kind kind;
+  span text; /* a string's bytes without its quotes; any other value's JSON text */
+} json_value;
+
+typedef struct {
+  const char *p;
+  const char *end;
+} cursor;
+
+static void skip_space(cursor *c) {
+  while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) c->p++;
+}
+
+static bool is_hex(char ch) { return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || (ch >= 'A' && ch <= 'F'); }
+
+/* At an opening quote: past the closing one, the content in `out`. */
+static bool scan_string(cursor *c, span *out) {
+  const char *start = ++c->p;
+  bool escaped = false;
+  while (c->p < c->end) {
+    unsigned char ch = (unsigned char)*c->p;
+    if (ch == '"') {
+      out->at = start;
+      out->length = (size_t)(c->p - start);
+      out->escaped = escaped;
+      c->p++;
+      return true;
+    }
+    if (ch < 0x20) return false;
+    if (ch != '\\') {
+      c->p++;
+      continue;
+    }
+    escaped = true;
+    if (c->end - c->p < 2) return false;
+    switch (c->p[1]) {
+      case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+        c->p += 2;
+        break;
+      case 'u':
+        if (c->end - c->p < 6 || !is_hex(c->p[2]) || !is_hex(c->p[3]) || !is_hex(c->p[4]) || !is_hex(c->p[5]))
+          return false;
+        c->p += 6;
+        break;
+      default:
+        return false;
+    }
+  }
+  return false;
+}
+
+static bool scan_digits(cursor *c) {
+  const char *start = c->p;
+  while (c->p < c->end && *c->p >= '0' && *c->p <= '9') c->p++;
+  return c->p > start;
+}
+
+static bool scan_number(cursor *c) {
+  if (c->p < c->end && *c->p == '-') c->p++;
+  if (c->p < c->end && *c->p == '0') {
+    c->p++;
+  } else if (!scan_digits(c)) {
+    return false;
+  }
+  if (c->p < c->end && *c->p == '.') {
+    c->p++;
+    if (!scan_digits(c)) return false;
+  }
+  if (c->p < c->end && (*c->p == 'e' || *c->p == 'E')) {
+    c->p++;
+    if (c->p < c->end && (*c->p == '+' || *c->p == '-')) c->p++;
+    if (!scan_digits(c)) return false;
+  }
+  return true;
+}
+
+static bool scan_word(cursor *c, const char *word, size_t length) {
+  if ((size_t)(c->end - c->p) < length || memcmp(c->p, word, length) != 0) return false;
+  c->p += length;
+  return true;
+}
+
+static bool scan_value(cursor *c, int depth, json_value *out);
+
+/* At `[` or `{`: past the matching close. */
+static bool scan_container(cursor *c, int depth) {
+  if (depth >= MAX_DEPTH) return false;
+  char close = *c->p == '{' ? '}' : ']';
+  bool object = close == '}';
+  c->p++;
+  skip_space(c);
+  if (c->p < c->end && *c->p == close) {
+    c->p++;
+    return true;
+  }
+  for (;;) {
+    json_value ignored;
+    if (object) {
+      span key;
+      if (c->p >= c->end || *c->p != '"' || !scan_string(c, &key)) return false;
+      skip_space(c);
+      if (c->p >= c->end || *c->p != ':') return false;
+      c->p++;
+    }
+    if (!scan_value(c, depth + 1, &ignored)) return false;
+    skip_space(c);
+    if (c->p >= c->end) return false;
+    if (*c->p == close) {
+      c->p++;
+      return true;
+    }
+    if (*c->p != ',') return false;
+    c->p++;
+    skip_space(c);
+  }
+}
+
+/* Skips leading space, then one value; `out` says what it was and where. */
+static bool scan_value(cursor *c, int depth, json_value *out) {
+  skip_space(c);
+  if (c->p >= c->end) return false;
+  const char *start = c->p;
+  out->kind = IS_OTHER;
+  out->text.escaped = false;
+  bool ok;
+  switch (*c->p) {
+    case '"':
+      out->kind = IS_STRING;
+      return scan_string(c, &out->text);
+    case '{': case '[':
+      ok = scan_container(c, depth);
+      break;
+    case 't':
+      ok = scan_word(c, "true", 4);
+      break;
+    case 'f':
+      ok = scan_word(c, "false", 5);
+      break;
+    case 'n':
+      out->kind = IS_NULL;
+      ok = scan_word(c, "null", 4);
+      break;
+    default:
+      ok = scan_number(c);
+  }
+  out->text.at = start;
+  out->text.length = (size_t)(c->p - start);
+  return ok;
+}
+
+static unsigned hex_value(const char *p) {
+  unsigned value = 0;
+  for (int i = 0; i < 4; i++) {
+    char ch = p[i];
+    value = value * 16 + (unsigned)(ch <= '9' ? ch - '0' : (ch | 0x20) - 'a' + 10);
+  }
+  return value;
+}
+
+static size_t put_utf8(char *out, unsigned code) {
+  if (code < 0x80) {
+    out[0] = (char)code;
+    return 1;
+  }
+  if (code < 0x800) {
+    out[0] = (char)(0xc0 | (code >> 6));
+    out[1] = (char)(0x80 | (code & 0x3f));
+    return 2;
+  }
+  if (code < 0x10000) {
+    out[0] = (char)(0xe0 | (code >> 12));
+    out[1] = (char)(0x80 | ((code >> 6) & 0x3f));
+    out[2] = (char)(0x80 | (code & 0x3f));
+    return 3;
+  }
+  out[0] = (char)(0xf0 | (code >> 18));
+  out[1] = (char)(0x80 | ((code >> 12) & 0x3f));
+  out[2] = (char)(0x80 | ((code >> 6) & 0x3f));
+  out[3] = (char)(0x80 | (code & 0x3f));
+  return 4;
+}
+
+/* A valid string's value (escapes decoded, a surrogate pair into one character) into `out`, which has room for
+ * `s.length` bytes: no escape decodes longer than it is written. Returns the value's length. */
+static size_t decode_string(span s, char *out) {
+  const char *p = s.at, *end = s.at + s.length;
+  size_t n = 0;
+  while (p < end) {
+    if (*p != '\\') {
+      out[n++] = *p++;
+      continue;
+    }
+    char e = p[1];
+    p += 2;
+    switch (e) {
+      case 'b': out[n++] = '\b'; break;
+      case 'f': out[n++] = '\f'; break;
+      case 'n': out[n++] = '\n'; break;
+      case 'r': out[n++] = '\r'; break;
+      case 't': out[n++] = '\t'; break;
+      case 'u': {
+        unsigned code = hex_value(p);
+        p += 4;
+        if (code >= 0xd800 && code < 0xdc00 && end - p >= 6 && p[0] == '\\' && p[1] == 'u') {
+          unsigned low = hex_value(p + 2);
+          if (low >= 0xdc00 && low < 0xe000) {
+            code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00);
+            p += 6;
+          }
+        }
+        n += put_utf8(out + n, code);
+        break;
+      }
+      default: out[n++] = e; /* " \ / */
+    }
+  }
+  return n;
+}
+
+/* Whether a key (as written) names `name`. */
+static bool key_is(span key, const char *name, size_t length) {
+  if (!key.escaped) return key.length == length && memcmp(key.at, name, length) == 0;
+  if (key.length > 6 * length) return false;
+  char decoded[6 * 16];
+  if (key.length > sizeof decoded) return false;
+  size_t n = decode_string(key, decoded);
+  return n == length && memcmp(decoded, name, length) == 0;
+}
+
+static bool same_key(span a, span b) {
+  if (!a.escaped && !b.escaped) return a.length == b.length && memcmp(a.at, b.at, a.length) == 0;
+  char *x = malloc(a.length + 1), *y = malloc(b.length + 1);
+  bool same = false;
+  if (x && y) {
+    size_t m = a.escaped ? decode_string(a, x) : (memcpy(x, a.at, a.length), a.length);
+    size_t n = b.escaped ? decode_string(b, y) : (memcpy(y, b.at, b.length), b.length);
+    same = m == n && memcmp(x, y, m) == 0;
+  }
+  free(x);
+  free(y);
+  return same;
+}
+
+/* The top-level members of one JSON object, each handed to `visit`; false when the text is not exactly one JSON
+ * object, or repeats a top-level key. */
+typedef void (*member_visitor)(void *context, span key, const json_value *value);
+
+#define MAX_TRACKED_KEYS 256
+
+static bool scan_object(const char *text, size_t length, member_visitor visit, void *context) {
+  cursor c = {text, text + length};
+  span keys[MAX_TRACKED_KEYS];
+  size_t tracked = 0;
+  skip_space(&c);
+  if (c.p >= c.end || *c.p != '{') return false;
+  c.p++;
+  skip_space(&c);
+  if (c.p < c.end && *c.p == '}') {
+    c.p++;
+  } else {
+    for (;;) {
+      span key;
+      json_value value;
+      if (c.p >= c.end || *c.p != '"' || !scan_string(&c, &key)) return false;
+      for (size_t i = 0; i < tracked; i++)
+        if (same_key(keys[i], key)) return false;
+      /* Past MAX_TRACKED_KEYS members the later keys are not compared (no request body has that many). */
+      if (tracked < MAX_TRACKED_KEYS) keys[tracked++] = key;
+      skip_space(&c);
+      if (c.p >= c.end || *c.p != ':') return false;
+      c.p++;
+      if (!scan_value(&c, 1, &value)) return false;
+      visit(context, key, &value);
+      skip_space(&c);
+      if (c.p >= c.end) return false;
+      if (*c.p == '}') {
+        c.p++;
+        break;
+      }
+      if (*c.p != ',') return false;
+      c.p++;
+      skip_space(&c);
+    }
+  }
+  skip_space(&c);
+  return c.p == c.end;
+}
+
+/* ---- the request: model and stream ---- */
+
+typedef struct {
+  json_value model;
+  json_value stream;
+} request_fields;
+
+static void visit_request(void *context, span key, const json_value *value) {
+  request_fields *fields = context;
+  if (key_is(key, "model", 5)) fields->model = *value;
+  else if (key_is(key, "stream", 6)) fields->stream = *value;
+}
+
+/* Exported for the tests (tests/test_ai_filter.py), which hold it to Python's json module. */
+EXPORT bool xds_ai_scan_request(const char *body, size_t length, request_fields *fields) {
+  memset(fields, 0, sizeof *fields);
+  return scan_object(body, length, visit_request, fields);
+}
+
+/* A value as a header renders it, into `out` (room for value.text.length bytes); returns its length. */
+EXPORT size_t xds_ai_render(const json_value *value, char *out) {
+  if (value->kind == IS_STRING) return value->text.escaped ? decode_string(value->text, out)
+                                                           : (memcpy(out, value->text.at, value->text.length),
+                                                              value->text.length);
+  /* Any other value's JSON text, without the whitespace outside its strings. */
+  size_t n = 0;
+  bool in_string = false;
+  for (const char *p = value->text.at, *end = p + value->text.length; p < end; p++) {
+    char ch = *p;
+    if (in_string) {
+      out[n++] = ch;
+      if (ch == '\\') out[n++] = *++p;
+      else if (ch == '"') in_string = false;
+    } else if (ch == '"') {
+      in_string = true;
+      out[n++] = ch;
+    } else if (ch != ' ' && ch != '\t' && ch != '\n' && ch != '\r') {
+      out[n++] = ch;
+    }
+  }
+  return n;
+}
+
+/* ---- the answer: model and usage ---- */
+
+enum usage_field { INPUT_TOKENS, OUTPUT_TOKENS, TOTAL_TOKENS, USAGE_FIELDS };
+
+typedef struct {
+  json_value model;
+  double tokens[USAGE_FIELDS];
+  bool has[USAGE_FIELDS];
+} answer_fields;
+
+static bool number_of(const json_value *value, double *out) {
+  char text[64];
+  if (value->kind != IS_OTHER || value->text.length == 0 || value->text.length >= sizeof text) return false;
+  char first = value->text.at[0];
+  if (first != '-' && (first < '0' || first > '9')) return false;
+  memcpy(text, value->text.at, value->text.length);
+  text[value->text.length] = 0;
+  *out = strtod(text, NULL);
+  return true;
+}
+
+static void visit_usage(void *context, span key, const json_value *value) {
+  answer_fields *fields = context;
+  int field = -1;
+  if (key_is(key, "prompt_tokens", 13) || key_is(key, "input_tokens", 12)) field = INPUT_TOKENS;
+  else if (key_is(key, "completion_tokens", 17) || key_is(key, "output_tokens", 13)) field = OUTPUT_TOKENS;
+  else if (key_is(key, "total_tokens", 12)) field = TOTAL_TOKENS;
+  if (field >= 0 && number_of(value, &fields->tokens[field])) fields->has[field] = true;
+}
+
+static void visit_answer(void *context, span key, const json_value *value) {
+  answer_fields *fields = context;
+  if (key_is(key, "model", 5)) {
+    fields->model = *value;
+  } else if (key_is(key, "usage", 5) && value->kind == IS_OTHER && value->text.length && value->text.at[0] == '{') {
+    /* `usage` was already checked as JSON; its members are read in a second, shallow pass over its bytes. */
+    answer_fields usage = *fields;
+    if (scan_object(value->text.at, value->text.length, visit_usage, &usage)) *fields = usage;
+  }
+}
+
+EXPORT bool xds_ai_scan_answer(const char *body, size_t length, answer_fields *fields) {
+  memset(fields, 0, sizeof *fields);
+  return scan_object(body, length, visit_answer, fields);
+}
+
+/* ---- the filter ---- */
+
+/* What the translator configures (translators/xds/model.py): the three request headers and the metadata namespace,
+ * one per line, so every name stays in names.py. */
+typedef struct {
+  char *storage; /* the config's text, which the four names point into */
+  char *model_header, *body_header, *stream_header, *metering_namespace;
+} filter_config;
+
+typedef struct {
+  const filter_config *config;
+  bool read_request;   /* the request body is read: it is JSON (declared, or with no Content-Type) */
+  bool request_done;
+  bool read_answer;    /* the answer is JSON: a copy is kept until its end */
+  char *answer;
+  size_t answer_length, answer_capacity;
+} filter_state;
+
+static module_buffer text(const char *s) { return (module_buffer){s, strlen(s)}; }
+
+static char *next_line(char **cursor_text) {
+  char *line = *cursor_text, *newline = line ? strchr(line, '\n') : NULL;
+  if (newline) {
+    *newline = 0;
+    *cursor_text = newline + 1;
+  } else {
+    *cursor_text = NULL;
+  }
+  return line && *line ? line : NULL;
+}
+
+EXPORT const char *envoy_dynamic_module_on_program_init(void) { return "v0.2.0"; }
+
+EXPORT const void *envoy_dynamic_module_on_http_filter_config_new(void *envoy_config, envoy_buffer name,
+                                                                  envoy_buffer config) {
+  (void)envoy_config;
+  (void)name;
+  char *copy = malloc(config.length + 1);
+  filter_config *parsed = calloc(1, sizeof *parsed);
+  if (!copy || !parsed) goto fail;
+  memcpy(copy, config.ptr, config.length);
+  copy[config.length] = 0;
+  parsed->storage = copy;
+  char *rest = copy;
+  parsed->model_header = next_line(&rest);
+  parsed->body_header = next_line(&rest);
+  parsed->stream_header = next_line(&rest);
+  parsed->metering_namespace = next_line(&rest);
+  if (parsed->model_header && parsed->body_header && parsed->stream_header && parsed->metering_namespace) return parsed;
+fail:
+  free(copy);
+  free(parsed);
+  return NULL; /* Envoy rejects the config */
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_config_destroy(const void *config) {
+  filter_config *parsed = (filter_config *)config;
+  free(parsed->storage);
+  free(parsed);
+}
+
+/* The per-route config only turns the filter on for a route (it is disabled on the listener). */
+static const int per_route_marker = 1;
+
+EXPORT const void *envoy_dynamic_module_on_http_filter_per_route_config_new(envoy_buffer name, envoy_buffer config) {
+  (void)name;
+  (void)config;
+  return &per_route_marker;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_per_route_config_destroy(const void *config) { (void)config; }
+
+EXPORT const void *envoy_dynamic_module_on_http_filter_new(const void *config, void *envoy_filter) {
+  (void)envoy_filter;
+  filter_state *state = calloc(1, sizeof *state);
+  if (state) state->config = config;
+  return state;
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_destroy(const void *filter) {
+  filter_state *state = (filter_state *)filter;
+  free(state->answer);
+  free(state);
+}
+
+static bool header(void *envoy_filter, int type, const char *name, envoy_buffer *value) {
+  size_t count = 0;
+  return envoy_dynamic_module_callback_http_get_header(envoy_filter, type, text(name), value, 0, &count) &&
+         value->ptr != NULL;
+}
+
+/* `application/json`, in any case, then nothing or parameters: what OpenAI-compatible servers send and accept. */
+static bool is_json_type(envoy_buffer value) {
+  static const char json[] = "application/json";
+  size_t n = sizeof json - 1;
+  if (value.length < n || strncasecmp(value.ptr, json, n) != 0) return false;
+  while (n < value.length && (value.ptr[n] == ' ' || value.ptr[n] == '\t')) n++;
+  return n == value.length || value.ptr[n] == ';';
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_request_headers(void *envoy_filter, const void *filter,
+                                                               bool end_of_stream) {
+  filter_state *state = (filter_state *)filter;
+  if (end_of_stream) return HEADERS_CONTINUE; /* no body: the route it is on refuses it */
+  envoy_buffer content_type;
+  if (!header(envoy_filter, REQUEST_HEADER, "content-type", &content_type)) {
+    envoy_dynamic_module_callback_http_set_header(envoy_filter, REQUEST_HEADER, text("content-type"),
+                                                  text("application/json"));
+    state->read_request = true;
+  } else {
+    state->read_request = is_json_type(content_type);
+  }
+  return HEADERS_STOP_ITERATION; /* the headers wait for the body, which decides the route */
+}
+
+/* The whole body, as one piece: Envoy's own slice when it is one, else a copy in `*copy` (to be freed). */
+static bool whole_body(void *envoy_filter, int type, const char **body, size_t *length, char **copy) {
+  *copy = NULL;
+  size_t count = envoy_dynamic_module_callback_http_get_body_chunks_size(envoy_filter, type);
+  if (count == 0) {
+    *body = "";
+    *length = 0;
+    return true;
+  }
+  envoy_buffer stack_chunks[8];
+  envoy_buffer *chunks = count <= 8 ? stack_chunks : malloc(count * sizeof *chunks);
+  if (!chunks || !envoy_dynamic_module_callback_http_get_body_chunks(envoy_filter, type, chunks)) {
+    if (chunks != stack_chunks) free(chunks);
+    return false;
+  }
+  if (count == 1) {
+    *body = chunks[0].ptr;
+    *length = chunks[0].length;
+  } else {
+    size_t total = 0;
+    for (size_t i = 0; i < count; i++) total += chunks[i].length;
+    *copy = malloc(total ? total : 1);
+    if (*copy)
+      for (size_t i = 0, at = 0; i < count; at += chunks[i].length, i++) memcpy(*copy + at, chunks[i].ptr, chunks[i].length);
+    *body = *copy;
+    *length = total;
+  }
+  if (chunks != stack_chunks) free(chunks);
+  return *body != NULL;
+}
+
+static void set_rendered(void *envoy_filter, const char *name, const json_value *value) {
+  char stack_text[512];
+  char *rendered = value->text.length <= sizeof stack_text ? stack_text : malloc(value->text.length);
+  if (!rendered) return;
+  size_t n = xds_ai_render(value, rendered);
+  if (n) envoy_dynamic_module_callback_http_set_header(envoy_filter, REQUEST_HEADER, text(name),
+                                                       (module_buffer){rendered, n});
+  if (rendered != stack_text) free(rendered);
+}
+
+static void route_by_body(void *envoy_filter, filter_state *state) {
+  if (state->request_done) return;
+  state->request_done = true;
+  if (!state->read_request) return;
+  const char *body;
+  size_t length;
+  char *copy;
+  if (!whole_body(envoy_filter, BUFFERED_REQUEST, &body, &length, &copy)) return;
+  request_fields fields;
+  if (xds_ai_scan_request(body, length, &fields)) {
+    const filter_config *config = state->config;
+    envoy_dynamic_module_callback_http_set_header(envoy_filter, REQUEST_HEADER, text(config->body_header),
+                                                  text("json"));
+    if (fields.model.kind == IS_STRING || fields.model.kind == IS_OTHER)
+      set_rendered(envoy_filter, config->model_header, &fields.model);
+    if (fields.stream.kind == IS_STRING || fields.stream.kind == IS_OTHER)
+      set_rendered(envoy_filter, config->stream_header, &fields.stream);
+    envoy_dynamic_module_callback_http_clear_route_cache(envoy_filter);
+  }
+  free(copy);
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_request_body(void *envoy_filter, const void *filter,
+                                                            bool end_of_stream) {
+  if (!end_of_stream) return BODY_STOP_AND_BUFFER; /* Envoy holds it, within the connection's buffer limit (413) */
+  route_by_body(envoy_filter, (filter_state *)filter);
+  return BODY_CONTINUE;
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_request_trailers(void *envoy_filter, const void *filter) {
+  route_by_body(envoy_filter, (filter_state *)filter);
+  return TRAILERS_CONTINUE;
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_response_headers(void *envoy_filter, const void *filter,
+                                                                bool end_of_stream) {
+  filter_state *state = (filter_state *)filter;
+  envoy_buffer content_type;
+  state->read_answer =
+      !end_of_stream && header(envoy_filter, RESPONSE_HEADER, "content-type", &content_type) && is_json_type(content_type);
+  return HEADERS_CONTINUE;
+}
+
+static void meter_answer(void *envoy_filter, filter_state *state) {
+  if (!state->read_answer) return;
+  state->read_answer = false;
+  answer_fields fields;
+  if (!xds_ai_scan_answer(state->answer, state->answer_length, &fields)) return;
+  const filter_config *config = state->config;
+  module_buffer ns = text(config->metering_namespace);
+  static const char *const names[USAGE_FIELDS] = {"input_tokens", "output_tokens", "total_tokens"};
+  for (int i = 0; i < USAGE_FIELDS; i++)
+    if (fields.has[i])
+      envoy_dynamic_module_callback_http_set_dynamic_metadata_number(envoy_filter, ns, text(names[i]), fields.tokens[i]);
+  if (fields.model.kind == IS_STRING && fields.model.text.length) {
+    char stack_text[512];
+    char *model = fields.model.text.length <= sizeof stack_text ? stack_text : malloc(fields.model.text.length);
+    if (model) {
+      size_t n = xds_ai_render(&fields.model, model);
+      envoy_dynamic_module_callback_http_set_dynamic_metadata_string(envoy_filter, ns, text("response_model"),
+                                                                     (module_buffer){model, n});
+      if (model != stack_text) free(model);
+    }
+  }
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_response_body(void *envoy_filter, const void *filter,
+                                                             bool end_of_stream) {
+  filter_state *state = (filter_state *)filter;
+  if (!state->read_answer) return BODY_CONTINUE;
+  size_t count = envoy_dynamic_module_callback_http_get_body_chunks_size(envoy_filter, RECEIVED_RESPONSE);
+  envoy_buffer stack_chunks[8];
+  envoy_buffer *chunks = count <= 8 ? stack_chunks : malloc(count * sizeof *chunks);
+  if (count && chunks && envoy_dynamic_module_callback_http_get_body_chunks(envoy_filter, RECEIVED_RESPONSE, chunks)) {
+    for (size_t i = 0; i < count && state->read_answer; i++) {
+      size_t need = state->answer_length + chunks[i].length;
+      if (need > MAX_ANSWER_BYTES) {
+        state->read_answer = false; /* too large to keep: passed on unread */
+        break;
+      }
+      if (need > state->answer_capacity) {
+        size_t capacity = state->answer_capacity ? state->answer_capacity : 1024;
+        while (capacity < need) capacity *= 2;
+        char *grown = realloc(state->answer, capacity);
+        if (!grown) {
+          state->read_answer = false;
+          break;
+        }
+        state->answer = grown;
+        state->answer_capacity = capacity;
+      }
+      memcpy(state->answer + state->answer_length, chunks[i].ptr, chunks[i].length);
+      state->answer_length = need;
+    }
+  }
+  if (chunks != stack_chunks) free(chunks);
+  if (end_of_stream) meter_answer(envoy_filter, state);
+  return BODY_CONTINUE;
+}
+
+EXPORT int envoy_dynamic_module_on_http_filter_response_trailers(void *envoy_filter, const void *filter) {
+  meter_answer(envoy_filter, (filter_state *)filter);
+  return TRAILERS_CONTINUE;
+}
+
+/* The hooks Envoy requires of every HTTP filter module, for features this filter does not use. */
+EXPORT void envoy_dynamic_module_on_http_filter_stream_complete(void *envoy_filter, const void *filter) {
+  (void)envoy_filter;
+  (void)filter;
+}
+EXPORT void envoy_dynamic_module_on_http_filter_scheduled(void *envoy_filter, const void *filter, uint64_t id) {
+  (void)envoy_filter;
+  (void)filter;
+  (void)id;
+}
+EXPORT void envoy_dynamic_module_on_http_filter_http_callout_done(void *envoy_filter, const void *filter, uint64_t id,
+                                                                  int result, void *headers, size_t headers_size,
+                                                                  void *chunks, size_t chunks_size) {
+  (void)envoy_filter, (void)filter, (void)id, (void)result, (void)headers, (void)headers_size, (void)chunks,
+      (void)chunks_size;
+}
+EXPORT void envoy_dynamic_module_on_http_filter_http_stream_headers(void *envoy_filter, const void *filter,
+                                                                    uint64_t id, void *headers, size_t size,
+                                                                    bool end_stream) {
+  (void)envoy_filter, (void)filter, (void)id, (void)headers, (void)size, (void)end_stream;
+}
+EXPORT void envoy_dynamic_module_on_http_filter_http_stream_data(void *envoy_filter, const void *filter, uint64_t id,
+                                                                 const void *data, size_t count, bool end_stream) {
+  (void)envoy_filter, (void)filter, (void)id, (void)data, (void)count, (void)end_stream;
+}
+EXPORT void envoy_dynamic_module_on_http_filter_http_stream_trailers(void *envoy_filter, const void *filter,
+                                                                     uint64_t id, void *trailers, size_t size) {
+  (void)envoy_filter, (void)filter, (void)id, (void)trailers, (void)size;
+}
+EXPORT void envoy_dynamic_module_on_http_filter_http_stream_complete(void *envoy_filter, const void *filter,
+                                                                     uint64_t id) {
+  (void)envoy_filter, (void)filter, (void)id;
+}
+EXPORT void envoy_dynamic_module_on_http_filter_http_stream_reset(void *envoy_filter, const void *filter, uint64_t id,
+                                                                  int reason) {
+  (void)envoy_filter, (void)filter, (void)id, (void)reason;
+}
+EXPORT void envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(void *envoy_filter,
+                                                                                           const void *filter) {
+  (void)envoy_filter, (void)filter;
+}
+EXPORT void envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(void *envoy_filter,
+                                                                                           const void *filter) {
+  (void)envoy_filter, (void)filter;
+}
