@@ -19,6 +19,8 @@ from xds_server.kube.infra import (
     APPLIED_HASH,
     BOOTSTRAP_HASH,
     DEFAULT_IMAGE,
+    DEFAULT_MODULE_IMAGE,
+    MODULES_DIR,
     EnvoyCertificate,
     ProvisionSettings,
     bootstrap_document,
@@ -218,8 +220,26 @@ def test_the_envoy_container_runs_unprivileged_with_its_probe_and_drain() -> Non
     assert spec["automountServiceAccountToken"] is False
     assert spec["serviceAccountName"] == infra_name("default", "gw")
     assert spec["volumes"] == [
-        {"name": "bootstrap", "configMap": {"name": infra_name("default", "gw"), "defaultMode": 0o444}}
+        {"name": "bootstrap", "configMap": {"name": infra_name("default", "gw"), "defaultMode": 0o444}},
+        {"name": "modules", "emptyDir": {"sizeLimit": "16Mi"}},
     ]
+
+
+def test_an_init_container_of_the_controller_image_gives_envoy_the_ai_filter_module() -> None:
+    """The Envoy image has none of our code: the controller's image copies the module into a volume the Envoy
+    container reads (read-only), and Envoy is told to look there."""
+    settings = ProvisionSettings(SETTINGS.namespace, SETTINGS.xds, module_image="registry.example/xds-server:1.2")
+    spec = by_kind(desired_objects(one_gateway(), None, settings))["Deployment"]["spec"]["template"]["spec"]
+    [init] = spec["initContainers"]
+    [envoy] = spec["containers"]
+    assert init["image"] == "registry.example/xds-server:1.2"
+    assert init["args"] == ["envoy-module", "--into", MODULES_DIR]
+    assert init["volumeMounts"] == [{"name": "modules", "mountPath": MODULES_DIR}]
+    assert init["securityContext"] == envoy["securityContext"] and init["securityContext"]["runAsNonRoot"]
+    assert {"name": "modules", "mountPath": MODULES_DIR, "readOnly": True} in envoy["volumeMounts"]
+    assert {"name": "ENVOY_DYNAMIC_MODULES_SEARCH_PATH", "value": MODULES_DIR} in envoy["env"]
+    default = by_kind(desired_objects(one_gateway(), None, SETTINGS))["Deployment"]["spec"]["template"]["spec"]
+    assert default["initContainers"][0]["image"] == DEFAULT_MODULE_IMAGE == "xds-server:0.1.0"  # the chart's default
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import importlib
 import importlib.metadata
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,9 +21,11 @@ import yaml
 from translators.gatewayapi import translate
 from translators.gatewayapi.unsupported import unsupported_objects
 from translators.ir import ENVOY_GATEWAY_CONTROLLER, ControlPlaneTls, PickerMode, TranslateOptions
+from translators.xds.names import AI_MODULE
 from translators.xds.render import translation_dict
 from xds_server.bootstrap import MAX_MODEL_LENGTH, bootstrap
-from xds_server.kube.infra import DEFAULT_TLS_DIR
+from xds_server.envoy import MODULES_DIRECTORY, MODULES_PATH_VARIABLE
+from xds_server.kube.infra import DEFAULT_MODULE_IMAGE, DEFAULT_TLS_DIR
 from xds_server.listen import EXTPROC_SOCKET, XDS_SOCKET, Address, default_socket, default_socket_dir, parse_address
 from xds_server.sources.files import load_paths
 
@@ -237,6 +240,29 @@ def run_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_envoy_module(args: argparse.Namespace) -> int:
+    """The AI filter module: its directory (what ENVOY_DYNAMIC_MODULES_SEARCH_PATH must name for an Envoy you run
+    with AI routes), or a copy of it in --into, written aside and renamed so Envoy never loads half a file."""
+    source = MODULES_DIRECTORY / f"lib{AI_MODULE}.so"
+    if not source.is_file():
+        print(
+            f"error: {source} is missing: reinstall xds-server (its build compiles native/ai_filter.c)", file=sys.stderr
+        )
+        return 1
+    if args.into is None:
+        print(f"{MODULES_PATH_VARIABLE}={MODULES_DIRECTORY}")
+        return 0
+    directory = Path(args.into)
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / f".{source.name}.partial"
+    partial.unlink(missing_ok=True)  # a copy left by an interrupted run is read-only
+    shutil.copyfile(source, partial)
+    partial.chmod(0o555)
+    partial.replace(directory / source.name)
+    print(f"copied {source.name} into {directory}")
+    return 0
+
+
 def run_certificate(args: argparse.Namespace) -> int:
     """Issues a Gateway's client certificate from the cluster's CA into --output, with the SDS documents naming the
     files there: what `bootstrap --tls-dir` reads, for Envoys run by hand (`serve --kubernetes --no-provision`)."""
@@ -347,6 +373,7 @@ def run_serve(args: argparse.Namespace) -> int:
         provision=args.provision,
         extproc_via_service=args.extproc_address is None,
         envoy_tls_dir=args.envoy_tls_dir,
+        module_image=args.module_image,
     )
     if args.client_certificate_lifetime is not None:
         lifetime = datetime.timedelta(seconds=args.client_certificate_lifetime)
@@ -483,6 +510,14 @@ def build_parser() -> argparse.ArgumentParser:
     certificate_cmd.add_argument("--control-plane-service", default="xds-server", metavar="NAME")
     certificate_cmd.add_argument("--days", type=float, default=30.0, help="how long it is valid (default 30)")
     certificate_cmd.set_defaults(run=run_certificate)
+    module_cmd = commands.add_parser(
+        "envoy-module",
+        help="print the directory Envoy loads our AI filter module from, or copy the module into another (--into)",
+    )
+    module_cmd.add_argument(
+        "--into", metavar="DIR", help="copy lib<module>.so here (a provisioned Envoy's init container does)"
+    )
+    module_cmd.set_defaults(run=run_envoy_module)
     serve_cmd = commands.add_parser(
         "serve",
         help="serve manifests (--resources) or a cluster's objects (--kubernetes) to Envoy over ADS, following changes",
@@ -549,6 +584,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="provision",
         action="store_false",
         help="provision no Envoys and leave Gateway addresses alone (you run the Envoys: xds-server bootstrap)",
+    )
+    cluster.add_argument(
+        "--module-image",
+        default=DEFAULT_MODULE_IMAGE,
+        metavar="IMAGE",
+        help="the image a provisioned Envoy's init container copies the AI filter module from (`xds-server "
+        f"envoy-module`): this controller's own image (default {DEFAULT_MODULE_IMAGE}, the Helm chart's)",
     )
     cluster.add_argument(
         "--envoy-tls-dir",

