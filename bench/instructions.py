@@ -19,9 +19,8 @@ a few hundred requests), over the requests answered. `serve` stays up for the us
 
 Variants: `bare` (bench.side_by_side's row 1: a header route and the router filter), `ours` (the translator's
 config), and with --parts `ours` less one part each, so each part's cost is the difference:
-the AI access log on stdout, the usage log, the stream-metering composite filter, use_remote_address with path
-normalization, the early header mutation that strips internal headers. (The AI filter cannot be left out: the AI
-path's requests are routed by it.)
+the AI access log on stdout, the usage log, use_remote_address with path normalization, the early header mutation
+that strips internal headers. (The AI filter cannot be left out: the AI path's requests are routed by it.)
 """
 
 from __future__ import annotations
@@ -49,7 +48,6 @@ from bench.ai_latency import PATHS as BENCH_PATHS
 from bench.side_by_side import OneWorkerBench, bare_config
 from testing.envoy import base_id
 from testing.ports import free_port
-from translators.xds.names import STREAM_METERING_FILTER
 from xds_server.envoy import envoy_binary, envoy_environment
 
 Config = dict[str, Any]
@@ -138,18 +136,9 @@ def without(*keys: str) -> Callable[[Config], None]:
     return change
 
 
-def without_filter(name: str) -> Callable[[Config], None]:
-    def change(config: Config) -> None:
-        hcm = manager(config)
-        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != name]
-
-    return change
-
-
 PARTS: dict[str, tuple[str, Callable[[Config], None]]] = {
     "stdout_log": ("the AI access log on stdout", without_access_log("envoy.access_loggers.stdout")),
     "usage_log": ("the usage log", without_access_log("xds-server/usage")),
-    "stream_metering": ("the stream-metering composite filter", without_filter(STREAM_METERING_FILTER)),
     "remote_address": (
         "use_remote_address, normalize_path, merge_slashes",
         without("use_remote_address", "normalize_path", "merge_slashes"),

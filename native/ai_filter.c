@@ -1,24 +1,26 @@
 /*
  * The AI filter: an Envoy dynamic module (Envoy's C ABI for HTTP filters loaded from a shared object) that reads
- * the request body's `model` and `stream` into headers for routing, and a JSON answer's model and token usage into
- * dynamic metadata for the logs, in one pass each with no JSON tree.
+ * the request body's `model` into a header for routing, and the model and token usage of the answer (one JSON
+ * document, or an event stream) into dynamic metadata for the logs: one pass over the bytes, no JSON tree, no call
+ * out of Envoy.
  *
- * It replaces three of Envoy's own filters that did the same (transform, header_mutation and json_to_metadata):
- * those build a full JSON document for every body, which callgrind showed to be the largest part of the AI path's
- * cost (86k instructions per request for json_to_metadata alone on a 300-byte answer).
+ * It replaces three of Envoy's own filters (transform, header_mutation and json_to_metadata), which build a whole
+ * JSON document for every body (json_to_metadata alone cost 86k instructions per request on a 300-byte answer),
+ * and the stream-metering ext_proc, which sent every chunk of a streamed answer to `serve` over gRPC.
  *
- * The output contract is the one translators/xds/names.py documents for MODEL_HEADER, JSON_BODY_HEADER and
- * STREAM_HEADER, so the routes that tell the error cases apart are the same whichever filter wrote the headers:
+ * The request side's contract is the one translators/xds/names.py documents for MODEL_HEADER and JSON_BODY_HEADER,
+ * so the routes that tell the error cases apart are the same whichever filter wrote the headers:
  *  - JSON_BODY_HEADER "json" when the body is one JSON object with no repeated top-level key;
  *  - MODEL_HEADER: `model` as a string (escapes decoded), or the JSON text of any other value (whitespace outside
- *    strings removed); absent when `model` is missing, null or "";
- *  - STREAM_HEADER: `stream` rendered the same way (absent when missing or null).
+ *    strings removed); absent when `model` is missing, null or "".
  * A body declared as another Content-Type than JSON is not read (the routes refuse it as not JSON); a body sent
  * with no Content-Type is read, and gets `content-type: application/json` (OpenAI's API reads such a body as JSON).
  *
- * A JSON answer (Content-Type application/json) is not held: its bytes pass to the client as they come, and a copy
- * is read at its end. Its `model` goes to the metering namespace as response_model, and `usage`'s prompt/input,
- * completion/output and total tokens as input_tokens, output_tokens and total_tokens.
+ * No answer is held: its bytes pass to the client as they come. A JSON answer (uncompressed) is copied and read at
+ * its end: `model` as response_model, and `usage`'s prompt/input, completion/output and total tokens as
+ * input_tokens, output_tokens and total_tokens, each where it is a count. A 200 event stream (uncompressed) is read
+ * event by event as it passes: the last `usage` wins (input 0 and total input + output where it leaves them out),
+ * and first_token_ms says when its first chunk came after the request's headers.
  *
  * The declarations below are this module's own, of the part of the ABI it uses (Envoy 1.40's dynamic modules ABI,
  * v0.2.0, which keeps v0.1 modules working): types, then the hooks Envoy calls, then the callbacks it exports.
@@ -29,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -67,7 +70,7 @@ void envoy_dynamic_module_callback_http_set_dynamic_metadata_string(void *filter
 
 #define MAX_DEPTH 128
 /* The answer copy kept for reading its usage: beyond this, an answer is passed on unread. */
-#define MAX_ANSWER_BYTES (8u << 20)
+#define MAX_ANSWER_BYTES ((size_t)8 << 20)
 
 typedef struct {
   const char *at;
@@ -301,7 +304,7 @@ static size_t decode_string(span s, char *out) {
 static bool key_is(span key, const char *name, size_t length) {
   if (!key.escaped) return key.length == length && memcmp(key.at, name, length) == 0;
   if (key.length > 6 * length) return false;
-  char decoded[6 * 16];
+  char decoded[6 * 17]; /* the longest name, completion_tokens, with every character escaped */
   if (key.length > sizeof decoded) return false;
   size_t n = decode_string(key, decoded);
   return n == length && memcmp(decoded, name, length) == 0;
@@ -366,17 +369,15 @@ static bool scan_object(const char *text, size_t length, member_visitor visit, v
   return c.p == c.end;
 }
 
-/* ---- the request: model and stream ---- */
+/* ---- the request: its model ---- */
 
 typedef struct {
   json_value model;
-  json_value stream;
 } request_fields;
 
 static void visit_request(void *context, span key, const json_value *value) {
   request_fields *fields = context;
   if (key_is(key, "model", 5)) fields->model = *value;
-  else if (key_is(key, "stream", 6)) fields->stream = *value;
 }
 
 /* Exported for the tests (tests/test_ai_filter.py), which hold it to Python's json module. */
@@ -417,16 +418,19 @@ typedef struct {
   json_value model;
   double tokens[USAGE_FIELDS];
   bool has[USAGE_FIELDS];
+  bool usage_seen; /* `usage` is an object (whatever it holds) */
 } answer_fields;
 
-static bool number_of(const json_value *value, double *out) {
-  char text[64];
-  if (value->kind != IS_OTHER || value->text.length == 0 || value->text.length >= sizeof text) return false;
-  char first = value->text.at[0];
-  if (first != '-' && (first < '0' || first > '9')) return false;
-  memcpy(text, value->text.at, value->text.length);
-  text[value->text.length] = 0;
-  *out = strtod(text, NULL);
+/* A token count: a JSON integer, not negative (a fraction, an exponent or a sign is no count). */
+static bool count_of(const json_value *value, double *out) {
+  if (value->kind != IS_OTHER || value->text.length == 0 || value->text.length > 15) return false;
+  double count = 0;
+  for (size_t i = 0; i < value->text.length; i++) {
+    char digit = value->text.at[i];
+    if (digit < '0' || digit > '9') return false;
+    count = count * 10 + (digit - '0');
+  }
+  *out = count;
   return true;
 }
 
@@ -436,7 +440,7 @@ static void visit_usage(void *context, span key, const json_value *value) {
   if (key_is(key, "prompt_tokens", 13) || key_is(key, "input_tokens", 12)) field = INPUT_TOKENS;
   else if (key_is(key, "completion_tokens", 17) || key_is(key, "output_tokens", 13)) field = OUTPUT_TOKENS;
   else if (key_is(key, "total_tokens", 12)) field = TOTAL_TOKENS;
-  if (field >= 0 && number_of(value, &fields->tokens[field])) fields->has[field] = true;
+  if (field >= 0 && count_of(value, &fields->tokens[field])) fields->has[field] = true;
 }
 
 static void visit_answer(void *context, span key, const json_value *value) {
@@ -446,7 +450,10 @@ static void visit_answer(void *context, span key, const json_value *value) {
   } else if (key_is(key, "usage", 5) && value->kind == IS_OTHER && value->text.length && value->text.at[0] == '{') {
     /* `usage` was already checked as JSON; its members are read in a second, shallow pass over its bytes. */
     answer_fields usage = *fields;
-    if (scan_object(value->text.at, value->text.length, visit_usage, &usage)) *fields = usage;
+    if (scan_object(value->text.at, value->text.length, visit_usage, &usage)) {
+      *fields = usage;
+      fields->usage_seen = true;
+    }
   }
 }
 
@@ -457,21 +464,73 @@ EXPORT bool xds_ai_scan_answer(const char *body, size_t length, answer_fields *f
 
 /* ---- the filter ---- */
 
-/* What the translator configures (translators/xds/model.py): the three request headers and the metadata namespace,
+/* What the translator configures (translators/xds/model.py): the two request headers and the metadata namespace,
  * one per line, so every name stays in names.py. */
 typedef struct {
-  char *storage; /* the config's text, which the four names point into */
-  char *model_header, *body_header, *stream_header, *metering_namespace;
+  char *storage; /* the config's text, which the three names point into */
+  char *model_header, *body_header, *metering_namespace;
 } filter_config;
+
+/* Bytes the filter keeps, up to a limit. */
+typedef struct {
+  char *at;
+  size_t length, capacity;
+} bytes;
+
+static bool reserve(bytes *b, size_t need) {
+  if (need <= b->capacity) return true;
+  size_t capacity = b->capacity ? b->capacity : 1024;
+  while (capacity < need) capacity *= 2;
+  char *grown = realloc(b->at, capacity);
+  if (!grown) return false;
+  b->at = grown;
+  b->capacity = capacity;
+  return true;
+}
+
+static bool append(bytes *b, const char *data, size_t length, size_t limit) {
+  size_t need = b->length + length;
+  if (need > limit || !reserve(b, need)) return false;
+  if (length) memcpy(b->at + b->length, data, length);
+  b->length = need;
+  return true;
+}
+
+enum answer_kind {
+  ANSWER_UNREAD, /* not metered here (not JSON, compressed, or given up) */
+  ANSWER_JSON,   /* one JSON document: a copy is kept until its end */
+  ANSWER_EVENTS, /* a 200 event stream: its events are read as they pass */
+};
+
+/* The usage an event stream has reported so far (the last `usage` wins, as the stream goes on). */
+typedef struct {
+  bytes model;
+  double tokens[USAGE_FIELDS];
+  bool has[USAGE_FIELDS];
+} stream_usage;
+
+/* An event stream being read: the line not finished yet, the data of the event not finished yet, the usage. */
+typedef struct {
+  bytes line;
+  bytes event;
+  bool event_has_data;
+  bool failed; /* a line or event past MAX_EVENT_BYTES: read no further */
+  stream_usage usage;
+} event_reader;
 
 typedef struct {
   const filter_config *config;
-  bool read_request;   /* the request body is read: it is JSON (declared, or with no Content-Type) */
+  bool read_request; /* the request body is read: it is JSON (declared, or with no Content-Type) */
   bool request_done;
-  bool read_answer;    /* the answer is JSON: a copy is kept until its end */
-  char *answer;
-  size_t answer_length, answer_capacity;
+  struct timespec started; /* the request's headers, on the monotonic clock */
+  enum answer_kind answer_kind;
+  bytes answer; /* JSON: the answer so far */
+  event_reader events;
+  bool first_chunk_seen;
+  double first_chunk_ms; /* after the request's headers */
 } filter_state;
+
+EXPORT void xds_ai_events_free(event_reader *reader);
 
 static module_buffer text(const char *s) { return (module_buffer){s, strlen(s)}; }
 
@@ -501,9 +560,8 @@ EXPORT const void *envoy_dynamic_module_on_http_filter_config_new(void *envoy_co
   char *rest = copy;
   parsed->model_header = next_line(&rest);
   parsed->body_header = next_line(&rest);
-  parsed->stream_header = next_line(&rest);
   parsed->metering_namespace = next_line(&rest);
-  if (parsed->model_header && parsed->body_header && parsed->stream_header && parsed->metering_namespace) return parsed;
+  if (parsed->model_header && parsed->body_header && parsed->metering_namespace) return parsed;
 fail:
   free(copy);
   free(parsed);
@@ -536,7 +594,8 @@ EXPORT const void *envoy_dynamic_module_on_http_filter_new(const void *config, v
 
 EXPORT void envoy_dynamic_module_on_http_filter_destroy(const void *filter) {
   filter_state *state = (filter_state *)filter;
-  free(state->answer);
+  free(state->answer.at);
+  xds_ai_events_free(&state->events);
   free(state);
 }
 
@@ -558,6 +617,7 @@ static bool is_json_type(envoy_buffer value) {
 EXPORT int envoy_dynamic_module_on_http_filter_request_headers(void *envoy_filter, const void *filter,
                                                                bool end_of_stream) {
   filter_state *state = (filter_state *)filter;
+  clock_gettime(CLOCK_MONOTONIC, &state->started);
   if (end_of_stream) return HEADERS_CONTINUE; /* no body: the route it is on refuses it */
   envoy_buffer content_type;
   if (!header(envoy_filter, REQUEST_HEADER, "content-type", &content_type)) {
@@ -626,8 +686,6 @@ static void route_by_body(void *envoy_filter, filter_state *state) {
                                                   text("json"));
     if (fields.model.kind == IS_STRING || fields.model.kind == IS_OTHER)
       set_rendered(envoy_filter, config->model_header, &fields.model);
-    if (fields.stream.kind == IS_STRING || fields.stream.kind == IS_OTHER)
-      set_rendered(envoy_filter, config->stream_header, &fields.stream);
     envoy_dynamic_module_callback_http_clear_route_cache(envoy_filter);
   }
   free(copy);
@@ -645,74 +703,208 @@ EXPORT int envoy_dynamic_module_on_http_filter_request_trailers(void *envoy_filt
   return TRAILERS_CONTINUE;
 }
 
+static bool header_is(void *envoy_filter, const char *name, const char *value) {
+  envoy_buffer found;
+  size_t length = strlen(value);
+  return header(envoy_filter, RESPONSE_HEADER, name, &found) && found.length == length &&
+         memcmp(found.ptr, value, length) == 0;
+}
+
 EXPORT int envoy_dynamic_module_on_http_filter_response_headers(void *envoy_filter, const void *filter,
                                                                 bool end_of_stream) {
   filter_state *state = (filter_state *)filter;
-  envoy_buffer content_type;
-  state->read_answer =
-      !end_of_stream && header(envoy_filter, RESPONSE_HEADER, "content-type", &content_type) && is_json_type(content_type);
+  envoy_buffer content_type, encoding;
+  state->answer_kind = ANSWER_UNREAD;
+  /* A compressed answer is passed on unread: decoding it would cost more than its counts are worth. */
+  if (end_of_stream || header(envoy_filter, RESPONSE_HEADER, "content-encoding", &encoding) ||
+      !header(envoy_filter, RESPONSE_HEADER, "content-type", &content_type))
+    return HEADERS_CONTINUE;
+  static const char events[] = "text/event-stream";
+  if (is_json_type(content_type)) {
+    state->answer_kind = ANSWER_JSON;
+  } else if (content_type.length >= sizeof events - 1 && memcmp(content_type.ptr, events, sizeof events - 1) == 0 &&
+             header_is(envoy_filter, ":status", "200")) {
+    state->answer_kind = ANSWER_EVENTS;
+  }
   return HEADERS_CONTINUE;
 }
 
-static void meter_answer(void *envoy_filter, filter_state *state) {
-  if (!state->read_answer) return;
-  state->read_answer = false;
+static void set_number(void *envoy_filter, const filter_state *state, const char *key, double value) {
+  envoy_dynamic_module_callback_http_set_dynamic_metadata_number(envoy_filter, text(state->config->metering_namespace),
+                                                                 text(key), value);
+}
+
+static void set_string(void *envoy_filter, const filter_state *state, const char *key, const char *value,
+                       size_t length) {
+  envoy_dynamic_module_callback_http_set_dynamic_metadata_string(envoy_filter, text(state->config->metering_namespace),
+                                                                 text(key), (module_buffer){value, length});
+}
+
+static const char *const USAGE_KEYS[USAGE_FIELDS] = {"input_tokens", "output_tokens", "total_tokens"};
+
+/* A JSON answer, whole: its model and whichever counts its `usage` has (as Envoy's json_to_metadata read them). */
+static void meter_json(void *envoy_filter, filter_state *state) {
   answer_fields fields;
-  if (!xds_ai_scan_answer(state->answer, state->answer_length, &fields)) return;
-  const filter_config *config = state->config;
-  module_buffer ns = text(config->metering_namespace);
-  static const char *const names[USAGE_FIELDS] = {"input_tokens", "output_tokens", "total_tokens"};
+  if (!xds_ai_scan_answer(state->answer.at, state->answer.length, &fields)) return;
   for (int i = 0; i < USAGE_FIELDS; i++)
-    if (fields.has[i])
-      envoy_dynamic_module_callback_http_set_dynamic_metadata_number(envoy_filter, ns, text(names[i]), fields.tokens[i]);
+    if (fields.has[i]) set_number(envoy_filter, state, USAGE_KEYS[i], fields.tokens[i]);
   if (fields.model.kind == IS_STRING && fields.model.text.length) {
-    char stack_text[512];
-    char *model = fields.model.text.length <= sizeof stack_text ? stack_text : malloc(fields.model.text.length);
+    char *model = malloc(fields.model.text.length);
     if (model) {
-      size_t n = xds_ai_render(&fields.model, model);
-      envoy_dynamic_module_callback_http_set_dynamic_metadata_string(envoy_filter, ns, text("response_model"),
-                                                                     (module_buffer){model, n});
-      if (model != stack_text) free(model);
+      set_string(envoy_filter, state, "response_model", model, xds_ai_render(&fields.model, model));
+      free(model);
     }
   }
+}
+
+static bool contains(const char *haystack, size_t length, const char *needle) {
+  size_t n = strlen(needle);
+  for (size_t i = 0; i + n <= length; i++)
+    if (haystack[i] == needle[0] && memcmp(haystack + i, needle, n) == 0) return true;
+  return false;
+}
+
+/* One event's data. Only events that can change something are read: until a model is known (every chunk repeats
+ * it), then those that mention usage. A `usage` object sets all three counts: input 0 and total input + output
+ * where it leaves them out. */
+EXPORT void xds_ai_read_event(stream_usage *usage, const char *data, size_t length) {
+  if ((usage->model.length && !contains(data, length, "\"usage\"")) || (length == 6 && memcmp(data, "[DONE]", 6) == 0))
+    return;
+  answer_fields fields;
+  if (!xds_ai_scan_answer(data, length, &fields)) return;
+  if (fields.model.kind == IS_STRING && fields.model.text.length) {
+    usage->model.length = 0;
+    if (reserve(&usage->model, fields.model.text.length))
+      usage->model.length = xds_ai_render(&fields.model, usage->model.at);
+  }
+  if (!fields.usage_seen) return;
+  usage->tokens[INPUT_TOKENS] = fields.has[INPUT_TOKENS] ? fields.tokens[INPUT_TOKENS] : 0;
+  usage->has[INPUT_TOKENS] = true;
+  usage->has[OUTPUT_TOKENS] = fields.has[OUTPUT_TOKENS];
+  usage->tokens[OUTPUT_TOKENS] = fields.has[OUTPUT_TOKENS] ? fields.tokens[OUTPUT_TOKENS] : 0;
+  usage->tokens[TOTAL_TOKENS] = fields.has[TOTAL_TOKENS] ? fields.tokens[TOTAL_TOKENS]
+                                                         : usage->tokens[INPUT_TOKENS] + usage->tokens[OUTPUT_TOKENS];
+  usage->has[TOTAL_TOKENS] = true;
+}
+
+/* The longest line (and event) an event stream may have here: past it, the stream is passed on unmetered. */
+#define MAX_EVENT_BYTES (1u << 20)
+
+static void end_event(event_reader *reader) {
+  if (reader->event_has_data && reader->event.length)
+    xds_ai_read_event(&reader->usage, reader->event.at, reader->event.length);
+  reader->event.length = 0;
+  reader->event_has_data = false;
+}
+
+/* One line of the stream, without its end: a blank line ends an event; `data:` lines make its data (joined by a
+ * line feed, one space after the colon dropped); other fields and comments are skipped. */
+static bool read_line(event_reader *reader, const char *line, size_t length) {
+  if (length && line[length - 1] == '\r') length--;
+  if (length == 0) {
+    end_event(reader);
+    return true;
+  }
+  if (length < 5 || memcmp(line, "data:", 5) != 0) return true;
+  line += 5;
+  length -= 5;
+  if (length && *line == ' ') {
+    line++;
+    length--;
+  }
+  if (reader->event_has_data && !append(&reader->event, "\n", 1, MAX_EVENT_BYTES)) return false;
+  reader->event_has_data = true;
+  return append(&reader->event, line, length, MAX_EVENT_BYTES);
+}
+
+/* A chunk of the stream, cut anywhere: whole lines are read in place, the unfinished one is kept. False once the
+ * stream cannot be read (a line or an event too long): it is then passed on unread. */
+EXPORT bool xds_ai_events_feed(event_reader *reader, const char *chunk, size_t length) {
+  const char *end = chunk + length;
+  while (!reader->failed && chunk < end) {
+    const char *newline = memchr(chunk, '\n', (size_t)(end - chunk));
+    if (!newline) {
+      reader->failed = !append(&reader->line, chunk, (size_t)(end - chunk), MAX_EVENT_BYTES);
+      break;
+    }
+    if (reader->line.length) {
+      reader->failed = !append(&reader->line, chunk, (size_t)(newline - chunk), MAX_EVENT_BYTES) ||
+                       !read_line(reader, reader->line.at, reader->line.length);
+      reader->line.length = 0;
+    } else {
+      reader->failed = !read_line(reader, chunk, (size_t)(newline - chunk));
+    }
+    chunk = newline + 1;
+  }
+  return !reader->failed;
+}
+
+/* The end of the stream: a last event whose blank line never came counts too. */
+EXPORT void xds_ai_events_end(event_reader *reader) {
+  if (reader->failed) return;
+  if (reader->line.length) read_line(reader, reader->line.at, reader->line.length);
+  reader->line.length = 0;
+  end_event(reader);
+}
+
+EXPORT void xds_ai_events_free(event_reader *reader) {
+  free(reader->line.at);
+  free(reader->event.at);
+  free(reader->usage.model.at);
+  memset(reader, 0, sizeof *reader);
+}
+
+static double milliseconds_since(const struct timespec *start) {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (double)(now.tv_sec - start->tv_sec) * 1e3 + (double)(now.tv_nsec - start->tv_nsec) / 1e6;
+}
+
+/* The end of an event stream: its usage as metadata. */
+static void meter_events(void *envoy_filter, filter_state *state) {
+  xds_ai_events_end(&state->events);
+  if (state->events.failed) return;
+  const stream_usage *usage = &state->events.usage;
+  for (int i = 0; i < USAGE_FIELDS; i++)
+    if (usage->has[i]) set_number(envoy_filter, state, USAGE_KEYS[i], usage->tokens[i]);
+  if (usage->model.length) set_string(envoy_filter, state, "response_model", usage->model.at, usage->model.length);
+  if (state->first_chunk_seen) set_number(envoy_filter, state, "first_token_ms", state->first_chunk_ms);
+}
+
+static void end_answer(void *envoy_filter, filter_state *state) {
+  if (state->answer_kind == ANSWER_JSON) meter_json(envoy_filter, state);
+  else if (state->answer_kind == ANSWER_EVENTS) meter_events(envoy_filter, state);
+  state->answer_kind = ANSWER_UNREAD;
 }
 
 EXPORT int envoy_dynamic_module_on_http_filter_response_body(void *envoy_filter, const void *filter,
                                                              bool end_of_stream) {
   filter_state *state = (filter_state *)filter;
-  if (!state->read_answer) return BODY_CONTINUE;
+  if (state->answer_kind == ANSWER_UNREAD) return BODY_CONTINUE;
   size_t count = envoy_dynamic_module_callback_http_get_body_chunks_size(envoy_filter, RECEIVED_RESPONSE);
   envoy_buffer stack_chunks[8];
   envoy_buffer *chunks = count <= 8 ? stack_chunks : malloc(count * sizeof *chunks);
-  if (count && chunks && envoy_dynamic_module_callback_http_get_body_chunks(envoy_filter, RECEIVED_RESPONSE, chunks)) {
-    for (size_t i = 0; i < count && state->read_answer; i++) {
-      size_t need = state->answer_length + chunks[i].length;
-      if (need > MAX_ANSWER_BYTES) {
-        state->read_answer = false; /* too large to keep: passed on unread */
-        break;
+  bool ok = chunks != NULL;
+  if (ok && count) ok = envoy_dynamic_module_callback_http_get_body_chunks(envoy_filter, RECEIVED_RESPONSE, chunks);
+  for (size_t i = 0; ok && i < count; i++) {
+    if (state->answer_kind == ANSWER_JSON) {
+      ok = append(&state->answer, chunks[i].ptr, chunks[i].length, MAX_ANSWER_BYTES);
+    } else {
+      if (!state->first_chunk_seen && chunks[i].length) {
+        state->first_chunk_seen = true;
+        state->first_chunk_ms = (double)(long long)(milliseconds_since(&state->started) + 0.5);
       }
-      if (need > state->answer_capacity) {
-        size_t capacity = state->answer_capacity ? state->answer_capacity : 1024;
-        while (capacity < need) capacity *= 2;
-        char *grown = realloc(state->answer, capacity);
-        if (!grown) {
-          state->read_answer = false;
-          break;
-        }
-        state->answer = grown;
-        state->answer_capacity = capacity;
-      }
-      memcpy(state->answer + state->answer_length, chunks[i].ptr, chunks[i].length);
-      state->answer_length = need;
+      ok = xds_ai_events_feed(&state->events, chunks[i].ptr, chunks[i].length);
     }
   }
   if (chunks != stack_chunks) free(chunks);
-  if (end_of_stream) meter_answer(envoy_filter, state);
-  return BODY_CONTINUE;
+  if (!ok) state->answer_kind = ANSWER_UNREAD; /* too large to keep: passed on unmetered */
+  if (end_of_stream) end_answer(envoy_filter, state);
+  return BODY_CONTINUE; /* every byte goes on at once: the copy is the filter's own */
 }
 
 EXPORT int envoy_dynamic_module_on_http_filter_response_trailers(void *envoy_filter, const void *filter) {
-  meter_answer(envoy_filter, (filter_state *)filter);
+  end_answer(envoy_filter, (filter_state *)filter);
   return TRAILERS_CONTINUE;
 }
 

@@ -75,12 +75,12 @@ def b64(text: str | bytes) -> str:
     return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
 
 
-def start_anthropic_sim(host: str, log: Path, api_key: str) -> SimProcess:
+def start_anthropic_sim(host: str, log: Path, api_key: str, gap_seconds: float = 0.0) -> SimProcess:
     """The Anthropic Messages API simulator (`python -m testing.providers.anthropic_sim`), accepting only `api_key`,
-    on a free port of `host`."""
+    on a free port of `host`; `gap_seconds` between the writes of a streamed answer."""
     port = free_port(host)
     command = [sys.executable, "-m", "testing.providers.anthropic_sim", "--host", host, "--port", str(port)]
-    command += ["--api-key", api_key]
+    command += ["--api-key", api_key, "--gap-ms", str(round(gap_seconds * 1000))]
     return _started(command, host, port, log, "the Anthropic simulator")
 
 

@@ -81,9 +81,6 @@ SERVICE_PEERS: Mapping[str, frozenset[str]] = {
     "xds_server.extproc.budget": frozenset({"xds_server.extproc.protocol"}),
     "xds_server.extproc.sse": frozenset(),
     "xds_server.extproc.telemetry": frozenset(),
-    "xds_server.extproc.metering": frozenset(
-        {"xds_server.extproc.protocol", "xds_server.extproc.sse", "xds_server.extproc.telemetry"}
-    ),
     # Translation between OpenAI's API and providers' own: pure, one module per schema.
     "xds_server.extproc.schemas": frozenset({"xds_server.extproc.sse"}),
     "xds_server.extproc.sigv4": frozenset(),  # AWS Signature Version 4: pure
@@ -247,7 +244,7 @@ def test_upward_peer_and_test_code_imports_are_each_reported() -> None:
         "xds_server.xds.cache",
         "xds_server.epp.picker",
         "xds_server.extproc.protocol",
-        "xds_server.extproc.metering",
+        "xds_server.extproc.upstream",
         "xds_server.serve",
         "testing.ports",
         "tests.test_a",
@@ -257,7 +254,7 @@ def test_upward_peer_and_test_code_imports_are_each_reported() -> None:
     ]
     edges = [
         Import("xds_server.xds.cache", "xds_server.control_plane", "cache.py:1"),  # upward
-        Import("xds_server.epp.picker", "xds_server.extproc.metering", "picker.py:2"),  # peer
+        Import("xds_server.epp.picker", "xds_server.extproc.upstream", "picker.py:2"),  # peer
         Import("xds_server.epp.picker", "xds_server.extproc.protocol", "picker.py:3"),  # shared: fine
         Import("translators.ir", "xds_server.metrics", "ir.py:4"),  # upward out of translators
         Import("xds_server.serve", "xds_server.epp.picker", "serve.py:5"),  # downward: fine
@@ -271,8 +268,8 @@ def test_upward_peer_and_test_code_imports_are_each_reported() -> None:
     assert violations(modules, edges) == [
         "xds_server.xds.cache imports xds_server.control_plane (layer services -> higher layer control plane) at "
         "cache.py:1",
-        "xds_server.epp.picker imports xds_server.extproc.metering "
-        "(peer xds_server.epp -> peer xds_server.extproc.metering, not shared) at picker.py:2",
+        "xds_server.epp.picker imports xds_server.extproc.upstream "
+        "(peer xds_server.epp -> peer xds_server.extproc.upstream, not shared) at picker.py:2",
         "translators.ir imports xds_server.metrics (translators may import only translators) at ir.py:4",
         "xds_server.serve imports testing.ports (xds_server may import only translators, xds_server) at serve.py:6",
         "tests.test_a imports tests.test_b (tests may import only testing, translators, xds_server) at test_a.py:7",
@@ -308,5 +305,5 @@ def test_modules_outside_the_rules_are_reported() -> None:
 )
 def test_every_kind_of_import_is_seen(source: str, expected: list[str]) -> None:
     modules = ["xds_server", "xds_server.metrics", "xds_server.extproc.protocol", "xds_server.epp.picker"]
-    found = imports_of("xds_server.extproc.metering", source, False, modules, "router.py")
+    found = imports_of("xds_server.extproc.upstream", source, False, modules, "router.py")
     assert sorted(edge.imported for edge in found) == expected

@@ -1,21 +1,19 @@
-"""Usage metering: stream metering per message (responses only: headers with Envoy's attributes, then an event
-stream's chunks), its SSE parser, when a request started; the usage log (an access log entry -> GenAI metrics, from
-hand-built entries and over real gRPC); and the ext_proc server's dispatch of streams by their initial metadata."""
+"""Usage metering in `serve`: the usage log (a log record of an AI request -> GenAI metrics, from hand-built records
+and over real gRPC); the SSE parser the providers' translation uses; and the ext_proc server's dispatch of streams
+by their initial metadata. (Envoy reads the usage itself, with the AI filter: tests/test_ai_filter.py.)"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import grpc
-import orjson
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
-from google.protobuf import struct_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as otel_service_pb2
@@ -24,23 +22,18 @@ from opentelemetry.proto.logs.v1 import logs_pb2 as otel_logs_pb2
 from prometheus_client import REGISTRY
 
 from testing.ports import free_port
+from testing.sse import split_streams
 from translators.ir import TranslateOptions
 from translators.xds.ai_listener import USAGE_LOG_ATTRIBUTE, USAGE_LOG_LINES
 from translators.xds.names import (
-    EXTPROC_ATTRIBUTES_KEY,
-    METERING_METADATA_NAMESPACE,
-    PATH_ATTRIBUTE,
     PICKER_POOL_METADATA,
-    REQUEST_TIME_ATTRIBUTE,
     UPSTREAM_SETTINGS_METADATA,
-    USAGE_METADATA_KEYS,
 )
 from xds_server.api import usage_log_pb2
 from xds_server.control_plane import ControlPlane
 from xds_server.extproc import telemetry
-from xds_server.extproc.metering import STREAM_RESPONSE_BODY, MeteringStream, request_started
-from xds_server.extproc.protocol import CONTINUE_RESPONSE_BODY, PASS_THROUGH, Mode
-from xds_server.extproc.sse import SseParser, Usage
+from xds_server.extproc.protocol import PASS_THROUGH
+from xds_server.extproc.sse import SseParser
 from xds_server.extproc.upstream import NO_SETTINGS
 from xds_server.extproc.usage_log import LOGS_SERVICE, SLICE, UsageEntry, fields
 from xds_server.serve import start_extproc
@@ -57,67 +50,9 @@ HEADERS_AT = datetime(2026, 12, 5, 12, 0, 0, 500000, tzinfo=UTC).timestamp()
 REQUEST_TIME = "2026-12-05T12:00:00.250000+00:00"
 
 
-class Clock:
-    """The monotonic and the wall clock, moved together."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.wall_now = HEADERS_AT
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.wall_now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        self.wall_now += seconds
-
-
-def metering(clock: Clock | None = None) -> MeteringStream:
-    """A stream on a test clock (a fresh one unless given): the request started a quarter second ago."""
-    clock = clock or Clock()
-    return MeteringStream(clock.monotonic, clock.wall)
-
-
 def headers(*pairs: tuple[str, str], end_of_stream: bool = False) -> pb.HttpHeaders:
     values = [base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs]
     return pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=values), end_of_stream=end_of_stream)
-
-
-def attributes(path: str | None = CHAT, time: str | None = REQUEST_TIME) -> dict[str, struct_pb2.Struct]:
-    """The response attributes Envoy sends stream metering; None leaves one out (Envoy omits what it cannot read)."""
-    values = {PATH_ATTRIBUTE: path, REQUEST_TIME_ATTRIBUTE: time}
-    found = struct_pb2.Struct()
-    found.update({k: v for k, v in values.items() if v is not None})
-    return {EXTPROC_ATTRIBUTES_KEY: found}
-
-
-def response_headers(
-    status: int | str,
-    content_type: str | None,
-    *extra: tuple[str, str],
-    end_of_stream: bool = False,
-    found: dict[str, struct_pb2.Struct] | None = None,
-) -> pb.ProcessingRequest:
-    pairs = [(":status", str(status)), *([("content-type", content_type)] if content_type else []), *extra]
-    return pb.ProcessingRequest(
-        response_headers=headers(*pairs, end_of_stream=end_of_stream),
-        attributes=attributes() if found is None else found,
-    )
-
-
-def response_body(body: bytes, end_of_stream: bool) -> pb.ProcessingRequest:
-    return pb.ProcessingRequest(response_body=pb.HttpBody(body=body, end_of_stream=end_of_stream))
-
-
-def metadata(response: pb.ProcessingResponse) -> dict[str, object]:
-    """What the access and usage logs get (numbers come back as floats: 7.0 == 7)."""
-    if METERING_METADATA_NAMESPACE not in response.dynamic_metadata.fields:
-        return {}
-    fields = response.dynamic_metadata.fields[METERING_METADATA_NAMESPACE].struct_value.fields
-    return {k: v.string_value if v.WhichOneof("kind") == "string_value" else v.number_value for k, v in fields.items()}
 
 
 # --- the GenAI metrics, read before and after: the registry is global, so tests compare deltas ---
@@ -165,308 +100,19 @@ def labels(
     return (operation, model, response_model, backend, error_type)
 
 
-# --- when a request started ---
-
-
-@pytest.mark.parametrize(
-    ("stamp", "seconds_before"),
-    [
-        ("2026-12-05T12:00:00.250Z", 0.75),
-        ("2026-12-05T12:00:00.250000+00:00", 0.75),  # Envoy's own rendering
-        ("2026-12-05T12:00:00.250000123+00:00", 0.75),  # nanoseconds
-        ("2026-12-05T12:00:00.25+00:00", 0.75),
-        ("2026-12-05T12:00:00Z", 1.0),
-        ("2026-12-05T13:00:00.5+01:00", 0.5),  # another offset: 11:00:00.5Z
-        ("2026-12-05T11:59:00Z", 61.0),
-    ],
-)
-def test_request_time_moves_the_monotonic_start_back_by_the_time_since(stamp: str, seconds_before: float) -> None:
-    wall = datetime(2026, 12, 5, 12, 0, 1, tzinfo=UTC).timestamp()
-    started = request_started(attributes(time=stamp), wall, 500.0)
-    assert started == pytest.approx(500.0 - seconds_before, abs=1e-5)
-
-
-@pytest.mark.parametrize(
-    "stamp",
-    [None, "", "yesterday", "2026-13-05T12:00:00Z", "2026-12-05T25:00:00Z", "1733400000", "2026-12-05T12:00:05Z"],
-    ids=["absent", "empty", "words", "month-13", "hour-25", "unix-seconds", "in-the-future"],
-)
-def test_a_missing_malformed_or_future_request_time_starts_now(stamp: str | None) -> None:
-    wall = datetime(2026, 12, 5, 12, 0, 1, tzinfo=UTC).timestamp()
-    assert request_started(attributes(time=stamp), wall, 500.0) == 500.0
-
-
-def test_no_attributes_at_all_start_now() -> None:
-    assert request_started({}, HEADERS_AT, 500.0) == 500.0
-
-
-# --- event streams: read chunk by chunk ---
-
-
-def test_an_event_stream_is_streamed_chunk_by_chunk_and_keeps_the_last_usage() -> None:
-    clock = Clock()
-    stream = metering(clock)
-    moved = Metrics()
-    reply = stream.process(response_headers(200, "text/event-stream; charset=utf-8"))
-    assert reply == STREAM_RESPONSE_BODY
-    assert reply.WhichOneof("response") == "response_headers"
-    assert reply.mode_override.response_body_mode == Mode.STREAMED
-    assert not reply.dynamic_metadata.fields  # nothing to say yet
-    events = (
-        b'data: {"model":"model-s-1","choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n'
-        b'data: {"model":"model-s-1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}\n\n'
-        b'data: {"model":"model-s-1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":21,"total_tokens":24}}'
-        b"\r\n\r\ndata: [DONE]\n\n"
-    )
-    clock.advance(0.25)
-    assert stream.process(response_body(b"", False)) == CONTINUE_RESPONSE_BODY  # an empty chunk is no token yet
-    for index in range(0, len(events), 7):
-        clock.advance(0.25)
-        assert stream.process(response_body(events[index : index + 7], False)) == CONTINUE_RESPONSE_BODY
-        assert not stream.ended
-    clock.advance(0.1)
-    final = stream.process(response_body(b"", True))
-    assert final.WhichOneof("response") == "response_body" and not final.HasField("mode_override")
-    # The first chunk came half a second after the headers, which came a quarter second after request.time.
-    assert metadata(final) == {
-        "response_model": "model-s-1",
-        "input_tokens": 3,
-        "output_tokens": 21,
-        "total_tokens": 24,
-        "first_token_ms": 750,
-    }
-    assert set(metadata(final)) <= set(USAGE_METADATA_KEYS)
-    assert stream.ended
-    assert moved.delta() == {}  # stream metering records no metric: the usage log does, from the access log entry
-
-
-@pytest.mark.parametrize("path", OPENAI_PATHS)
-def test_an_event_stream_on_any_openai_path_is_streamed(path: str) -> None:
-    reply = metering().process(response_headers(200, "text/event-stream", found=attributes(path)))
-    assert reply == STREAM_RESPONSE_BODY
-
-
-def test_without_request_time_the_first_token_is_timed_from_the_response_headers() -> None:
-    clock = Clock()
-    stream = metering(clock)
-    stream.process(response_headers(200, "text/event-stream", found=attributes(time=None)))
-    clock.advance(0.4006)
-    stream.process(response_body(b'data: {"model":"m"}\n\n', False))
-    clock.advance(3.0)
-    assert metadata(stream.process(response_body(b"", True))) == {"response_model": "m", "first_token_ms": 401}
-
-
-def test_a_stream_without_usage_says_its_model_and_first_token_only() -> None:
-    clock = Clock()
-    stream = metering(clock)
-    stream.process(response_headers(200, "text/event-stream"))
-    clock.advance(0.05)
-    stream.process(response_body(b'data: {"model":"m-1","choices":[{"delta":{}}]}\n\n', False))
-    found = metadata(stream.process(response_body(b"data: [DONE]\n\n", True)))
-    assert found == {"response_model": "m-1", "first_token_ms": 300}
-
-
-def test_an_event_stream_with_an_empty_body_says_nothing() -> None:
-    stream = metering()
-    stream.process(response_headers(200, "text/event-stream"))
-    final = stream.process(response_body(b"", True))
-    assert final.WhichOneof("response") == "response_body" and metadata(final) == {}
-    assert stream.ended
-
-
-def test_an_unterminated_last_event_counts_at_the_end_of_the_body() -> None:
-    """The last event's blank line never came, and its data line was cut between the last two chunks."""
-    stream = metering()
-    stream.process(response_headers(200, "text/event-stream"))
-    stream.process(response_body(b'data: {"model":"m-u","usage":{"prompt_tokens":1,"completion_tokens":1}}\n\n', False))
-    stream.process(response_body(b'data: {"model":"m-u","usage":{"prompt_tokens":2,', False))
-    final = stream.process(response_body(b'"completion_tokens":9}}', True))
-    found = metadata(final)
-    assert (found["input_tokens"], found["output_tokens"], found["total_tokens"]) == (2, 9, 11)
-
-
-def test_trailers_end_an_answer_whose_body_never_said_end_of_stream() -> None:
-    stream = metering()
-    stream.process(response_headers(200, "text/event-stream"))
-    stream.process(response_body(b'data: {"model":"m-t","usage":{"prompt_tokens":3,"completion_tokens":4}}', False))
-    final = stream.process(pb.ProcessingRequest(response_trailers=pb.HttpTrailers()))
-    assert final.WhichOneof("response") == "response_trailers"
-    assert (metadata(final)["input_tokens"], metadata(final)["output_tokens"]) == (3, 4)
-
-
-def test_end_reads_an_unterminated_event_once() -> None:
-    stream = metering()
-    stream.process(response_headers(200, "text/event-stream"))
-    stream.process(response_body(b'data: {"model":"m-e","usage":{"prompt_tokens":4,"completion_tokens":6}}', False))
-    assert stream.metadata() == {"first_token_ms": 250} and not stream.ended  # not read yet: the event may go on
-    stream.end()
-    assert (stream.usage.input_tokens, stream.usage.output_tokens, stream.ended) == (4, 6, True)
-    assert stream.parser is not None and stream.parser.finish() == []  # nothing left over
-    stream.end()
-    assert stream.metadata() == {
-        "response_model": "m-e",
-        "input_tokens": 4,
-        "output_tokens": 6,
-        "total_tokens": 10,
-        "first_token_ms": 250,
-    }
-
-
-def test_end_without_an_event_stream_is_a_no_op() -> None:
-    stream = metering()
-    stream.end()
-    assert stream.ended and stream.metadata() == {}
-
-
-# --- answers that are not read: Envoy reads JSON answers itself (json_to_metadata) ---
-
-
-@pytest.mark.parametrize(
-    ("status", "content_type", "extra", "end_of_stream"),
-    [
-        (500, "application/json", (), False),
-        (429, "text/event-stream", (), False),
-        (404, "text/event-stream", (), False),
-        (201, "text/event-stream", (), False),
-        (200, "application/json", (), False),
-        (200, "application/json; charset=utf-8", (), False),
-        (200, "text/plain", (), False),
-        (200, None, (), False),
-        (200, "text/event-stream", (("content-encoding", "gzip"),), False),
-        (200, "text/event-stream", (("content-encoding", "br"),), False),
-        (200, "text/event-stream", (), True),  # HEAD, or a 200 without a body
-    ],
-    ids=["500", "429-stream", "404-stream", "201-stream", "json", "json-charset", "text", "no-type", "gzip-stream",
-         "br-stream", "no-body"],
-)  # fmt: skip
-def test_other_answers_finish_at_their_headers_with_nothing_to_say(
-    status: int, content_type: str | None, extra: tuple[tuple[str, str], ...], end_of_stream: bool
-) -> None:
-    moved = Metrics()
-    stream = metering()
-    reply = stream.process(response_headers(status, content_type, *extra, end_of_stream=end_of_stream))
-    assert reply.WhichOneof("response") == "response_headers" and not reply.HasField("mode_override")
-    assert metadata(reply) == {}
-    assert stream.ended and stream.parser is None
-    # Envoy sends no body after that; were it to, the body would pass unread.
-    assert stream.process(response_body(b'{"usage":{"prompt_tokens":1}}', True)) == CONTINUE_RESPONSE_BODY
-    assert moved.delta() == {}
-
-
-@pytest.mark.parametrize("path", ["/v1/models", "/v1/responses", "/healthz", "/v1/chat/completions/", "", None])
-def test_an_event_stream_on_a_path_that_is_not_an_openai_operation_is_not_read(path: str | None) -> None:
-    stream = metering()
-    reply = stream.process(response_headers(200, "text/event-stream", found=attributes(path)))
-    assert reply.WhichOneof("response") == "response_headers" and not reply.HasField("mode_override")
-    assert metadata(reply) == {} and stream.parser is None
-
-
-def test_messages_it_never_asks_for_are_answered_unchanged() -> None:
-    stream = metering()
-    trailers = pb.ProcessingRequest(response_trailers=pb.HttpTrailers())
-    assert stream.process(trailers) == PASS_THROUGH["response_trailers"]
-    request = pb.ProcessingRequest(request_headers=headers((":path", CHAT)))
-    assert stream.process(request) == PASS_THROUGH["request_headers"]
-
-
 # --- SSE parsing ---
 
-usages = st.fixed_dictionaries(
-    {"prompt_tokens": st.integers(0, 10**6), "completion_tokens": st.integers(0, 10**6)},
-    optional={"total_tokens": st.integers(0, 10**6)},
-)
-chunks = st.fixed_dictionaries(
-    {"model": st.sampled_from(["m", "m-2024"]), "choices": st.just([])},
-    optional={"usage": st.none() | usages, "note": st.text(max_size=20)},
-)
-
-
-def sse_stream(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
-    """A valid event stream (with comments, other fields, LF or CRLF endings) and the data of its events."""
-    newline = draw(st.sampled_from([b"\n", b"\r\n"]))
-    stream = b""
-    expected: list[bytes] = []
-    for chunk in draw(st.lists(chunks, max_size=8)):
-        data = orjson.dumps(chunk)
-        if draw(st.booleans()):
-            stream += b": keep-alive" + newline
-        if draw(st.booleans()):
-            stream += b"event: message" + newline + b"id: 7" + newline
-        separator = draw(st.sampled_from([b"data: ", b"data:"]))
-        stream += separator + data + newline + newline
-        expected.append(data)
-    if draw(st.booleans()):
-        stream += b"data: [DONE]" + newline + newline
-        expected.append(b"[DONE]")
-    return stream, expected
-
-
-@st.composite
-def split_streams(draw: st.DrawFn) -> tuple[bytes, list[bytes], list[bytes]]:
-    stream, expected = sse_stream(draw)
-    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=12)))
-    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
-    return stream, expected, pieces
-
-
-def last_usage(events: list[bytes]) -> dict[str, int] | None:
-    found = None
-    for data in events:
-        if data != b"[DONE]" and isinstance(usage := orjson.loads(data).get("usage"), dict):
-            found = usage
-    return found
-
-
 @given(split_streams())
-def test_any_split_of_an_event_stream_gives_the_same_events_and_last_usage(
-    case: tuple[bytes, list[bytes], list[bytes]],
-) -> None:
+def test_any_split_of_an_event_stream_gives_the_same_events(case: tuple[bytes, list[bytes], list[bytes]]) -> None:
+    """The parser the providers' translation reads event streams with (the AI filter has its own, in C:
+    tests/test_ai_filter.py holds it to the same cases)."""
     _, expected, pieces = case
     parser = SseParser()
-    usage = Usage()
     events: list[bytes] = []
     for piece in pieces:
         events += parser.feed(piece)
     events += parser.finish()
     assert events == expected
-    for data in events:
-        usage.read_event(data)
-    want = last_usage(expected)
-    if want is None:
-        assert not usage.known
-    else:
-        assert (usage.input_tokens, usage.output_tokens) == (want["prompt_tokens"], want["completion_tokens"])
-        assert usage.total_tokens == want.get("total_tokens", want["prompt_tokens"] + want["completion_tokens"])
-    if expected and expected != [b"[DONE]"]:
-        assert usage.response_model in ("m", "m-2024")
-
-
-@given(split_streams())
-def test_any_split_of_an_event_stream_meters_the_same_last_usage(case: tuple[bytes, list[bytes], list[bytes]]) -> None:
-    """The same through MeteringStream, as Envoy hands it the chunks: the logs get the last usage."""
-    stream_bytes, expected, pieces = case
-    clock = Clock()
-    stream = metering(clock)
-    stream.process(response_headers(200, "text/event-stream"))
-    for piece in pieces:
-        clock.advance(0.01)
-        assert stream.process(response_body(piece, False)) == CONTINUE_RESPONSE_BODY
-    found = metadata(stream.process(response_body(b"", True)))
-    want = last_usage(expected)
-    if want is None:
-        assert "input_tokens" not in found and "output_tokens" not in found
-    else:
-        total = want.get("total_tokens", want["prompt_tokens"] + want["completion_tokens"])
-        assert (found["input_tokens"], found["output_tokens"], found["total_tokens"]) == (
-            want["prompt_tokens"],
-            want["completion_tokens"],
-            total,
-        )
-    assert stream.ended
-    # The first non-empty piece is the first token: 10 ms per piece, after the 250 ms before the headers.
-    first = next((i for i, piece in enumerate(pieces) if piece), None)
-    assert found.get("first_token_ms") == (None if first is None else 250 + 10 * (first + 1))
-    assert bool(stream_bytes) == ("first_token_ms" in found)
 
 
 def test_multi_line_data_and_an_unterminated_last_event() -> None:
@@ -896,22 +542,11 @@ async def test_an_export_larger_than_a_slice_is_recorded_whole(channel: grpc.aio
 async def test_streams_are_dispatched_by_their_initial_metadata(channel: grpc.aio.Channel) -> None:
     stub = external_processor_pb2_grpc.ExternalProcessorStub(channel)
 
-    # No metadata: stream metering, the default handler. The request started a fifth of a second ago.
-    moved = Metrics()
-    started = (datetime.now(UTC) - timedelta(seconds=0.2)).isoformat()
-    metered = (
-        response_headers(200, "text/event-stream", found=attributes(time=started)),
-        response_body(b'data: {"model":"model-g","usage":{"prompt_tokens":2,"completion_tokens":3}}\n\n', False),
-        response_body(b"data: [DONE]\n\n", True),
-    )
-    answers = [r async for r in stub.Process(requests(*metered))]
-    assert len(answers) == 3  # and the stream ended after the last chunk: no trailers follow an end of stream
-    assert answers[:2] == [STREAM_RESPONSE_BODY, CONTINUE_RESPONSE_BODY]
-    found = metadata(answers[2])
-    first_token_ms = found.pop("first_token_ms")
-    assert isinstance(first_token_ms, float) and 200 <= first_token_ms < 10_000
-    assert found == {"response_model": "model-g", "input_tokens": 2, "output_tokens": 3, "total_tokens": 5}
-    assert moved.delta() == {}
+    # No metadata names no service: refused (no filter we configure opens such a stream).
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        [r async for r in stub.Process(requests(pb.ProcessingRequest(request_headers=headers((":path", CHAT)))))]
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert PICKER_POOL_METADATA in (refused.value.details() or "")
 
     # The picker's stream: headers pass, and the body is answered by the picker (this pool is unknown to it).
     picker = (
@@ -928,34 +563,3 @@ async def test_streams_are_dispatched_by_their_initial_metadata(channel: grpc.ai
     attempt = pb.ProcessingRequest(request_headers=headers((":path", CHAT)))
     answers = [r async for r in stub.Process(requests(attempt), metadata=((UPSTREAM_SETTINGS_METADATA, "1"),))]
     assert answers == [NO_SETTINGS]
-
-
-async def test_a_metered_stream_that_ends_before_its_last_body_is_answered_and_records_nothing(
-    channel: grpc.aio.Channel,
-) -> None:
-    """The client went away, or the answer ended with trailers: every message was answered, and no metric is
-    recorded here (the usage log has no entry to record for an answer that never ended)."""
-    stub = external_processor_pb2_grpc.ExternalProcessorStub(channel)
-    moved = Metrics()
-    partial = b'data: {"model":"model-gone","usage":{"prompt_tokens":5,"completion_tokens":8}}\n\n'
-    messages = (response_headers(200, "text/event-stream"), response_body(partial, False))
-    answers = [r async for r in stub.Process(requests(*messages))]
-    assert answers == [STREAM_RESPONSE_BODY, CONTINUE_RESPONSE_BODY]
-    assert moved.delta() == {}
-
-
-async def test_stream_metering_ends_its_stream_after_the_last_chunk_of_an_event_stream(
-    channel: grpc.aio.Channel,
-) -> None:
-    """Rather than wait for Envoy to cancel it (grpcio keeps native memory for every cancelled call): the answer's
-    mode override sends no trailers, so a chunk that ends the answer is the last message."""
-    stub = external_processor_pb2_grpc.ExternalProcessorStub(channel)
-    call = stub.Process()
-    await call.write(response_headers(200, "text/event-stream"))
-    assert await call.read() == STREAM_RESPONSE_BODY
-    await call.write(response_body(b'data: {"model":"m"}\n\n', False))
-    assert await call.read() == CONTINUE_RESPONSE_BODY
-    await call.write(response_body(b"data: [DONE]\n\n", True))
-    assert (await call.read()).HasField("response_body")
-    assert await call.read() is grpc.aio.EOF
-    assert await call.code() == grpc.StatusCode.OK

@@ -1,7 +1,7 @@
 """The routes a virtual host that routes by model is translated to: the request-side error contract in Envoy's own
 routes (order, AI roles, the per-route filter configs each turns on) and `/v1/models` per host; and the listener
-around them: its filter chain (model routing, usage from JSON answers, stream metering of event streams only) and
-its usage log to the control plane. End to end (with Envoy answering) in e2e/test_model_router.py."""
+around them: its filter chain (the AI filter: model routing and usage, of JSON answers and event streams alike)
+and its usage log to the control plane. End to end (with Envoy answering) in e2e/test_model_router.py."""
 
 from __future__ import annotations
 
@@ -15,20 +15,16 @@ from envoy.config.core.v3 import config_source_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.access_loggers.open_telemetry.v3 import logs_service_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
-from envoy.extensions.common.matching.v3 import extension_matcher_pb2
-from envoy.extensions.filters.http.composite.v3 import composite_pb2
 from envoy.extensions.filters.http.dynamic_modules.v3 import dynamic_modules_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
     header_mutation_pb2 as early_header_mutation_pb2,
 )
-from envoy.type.matcher.v3 import http_inputs_pb2
 from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from xds.type.matcher.v3 import matcher_pb2
 
 from translators.gatewayapi import translate
 from translators.gatewayapi.model_routes import NOT_A_STRING
@@ -62,17 +58,11 @@ from translators.xds.names import (
     MODEL_HEADER,
     MODELS_PATH,
     NOT_A_HEADER_VALUE,
-    PATH_ATTRIBUTE,
     PICKER_FILTER,
     PICKER_POOL_METADATA,
-    REQUEST_TIME_ATTRIBUTE,
     ROUTER_FILTER,
-    STREAM_HEADER,
-    STREAM_METERING_EXTPROC,
-    STREAM_METERING_FILTER,
     USAGE_LOG_NAME,
     XDS_METADATA_NAMESPACE,
-    Mode,
 )
 from translators.xds.routes import route_configuration
 
@@ -389,18 +379,18 @@ def test_a_virtual_host_of_plain_http_routes_gets_none_of_these_routes() -> None
 
 
 def test_the_ai_filter_is_told_the_headers_and_the_namespace_the_routes_and_logs_read() -> None:
-    """The module's config is the four names, one per line, in the order native/ai_filter.c reads them: the names
+    """The module's config is the three names, one per line, in the order native/ai_filter.c reads them: the names
     stay defined in names.py, and the headers it sets are all internal ones (stripped from clients before routing)."""
     config = ai_filter_config()
     assert config.dynamic_module_config.name == AI_MODULE and config.dynamic_module_config.do_not_close
     names = wrappers_pb2.StringValue()
     assert config.filter_config.Unpack(names)
-    assert names.value.split("\n") == [MODEL_HEADER, JSON_BODY_HEADER, STREAM_HEADER, METERING_METADATA_NAMESPACE]
-    headers = (MODEL_HEADER, JSON_BODY_HEADER, STREAM_HEADER)
+    assert names.value.split("\n") == [MODEL_HEADER, JSON_BODY_HEADER, METERING_METADATA_NAMESPACE]
+    headers = (MODEL_HEADER, JSON_BODY_HEADER)
     assert all(header.startswith(INTERNAL_HEADER_PREFIXES) for header in headers)
     route = ai_filter_route_config()
     assert route.dynamic_module_config == config.dynamic_module_config
-    assert route.per_route_config_name == config.filter_name
+    assert not route.per_route_config_name  # deprecated in Envoy 1.40: a warning on every load
 
 
 # --- the listener: filter chain and usage log ---
@@ -421,7 +411,7 @@ def filter_config(hcm: hcm_pb2.HttpConnectionManager, name: str, message: Messag
     return message
 
 
-AI_FILTERS = [AI_FILTER, CONTENT_LENGTH_FILTER, STREAM_METERING_FILTER]
+AI_FILTERS = [AI_FILTER, CONTENT_LENGTH_FILTER]
 
 
 @pytest.mark.parametrize(
@@ -432,20 +422,17 @@ AI_FILTERS = [AI_FILTER, CONTENT_LENGTH_FILTER, STREAM_METERING_FILTER]
     ],
     ids=["ai", "ai-with-pool"],
 )
-def test_an_ai_listener_runs_model_routing_usage_stream_metering_picker_and_router_in_order(
+def test_an_ai_listener_runs_the_ai_filter_content_length_picker_and_router_in_order(
     text: str, names: list[str]
 ) -> None:
     """Off at the listener and turned on by the entry route: the AI filter and content length (their work needs the
-    body, which only AI requests have) and the picker (on where a route goes to a pool); stream metering is always
-    in the chain and decides per request (its matcher), the router always last."""
+    body, which only AI requests have) and the picker (on where a route goes to a pool); the router always last. No
+    ext_proc meters answers: the AI filter reads JSON answers and event streams alike."""
     hcm = manager(translated(text))
     assert [f.name for f in hcm.http_filters] == names
     off = {AI_FILTER, CONTENT_LENGTH_FILTER, PICKER_FILTER}
     assert [f.disabled for f in hcm.http_filters] == [name in off for name in names]
     assert filter_config(hcm, AI_FILTER, dynamic_modules_pb2.DynamicModuleFilter()) == ai_filter_config()
-    composite = filter_config(hcm, STREAM_METERING_FILTER, extension_matcher_pb2.ExtensionWithMatcher())
-    assert isinstance(composite, extension_matcher_pb2.ExtensionWithMatcher)
-    assert composite.extension_config.typed_config.Is(composite_pb2.Composite.DESCRIPTOR)
 
 
 def test_a_plain_http_listener_runs_only_the_router_and_logs_no_usage() -> None:
@@ -453,61 +440,6 @@ def test_a_plain_http_listener_runs_only_the_router_and_logs_no_usage() -> None:
     assert [f.name for f in hcm.http_filters] == [ROUTER_FILTER]
     assert not hcm.access_log
     assert not hcm.HasField("local_reply_config")
-
-
-def stream_metering(
-    hcm: hcm_pb2.HttpConnectionManager,
-) -> tuple[matcher_pb2.Matcher.MatcherList.Predicate, ext_proc_pb2.ExternalProcessor]:
-    """The composite's one matcher: its predicate, and the ext_proc filter its action runs."""
-    composite = filter_config(hcm, STREAM_METERING_FILTER, extension_matcher_pb2.ExtensionWithMatcher())
-    assert isinstance(composite, extension_matcher_pb2.ExtensionWithMatcher)
-    assert not composite.HasField("matcher")  # the deprecated matcher: only xds_matcher is read
-    matcher = composite.xds_matcher
-    assert not matcher.HasField("on_no_match")  # any other request: the composite does nothing
-    [field_matcher] = matcher.matcher_list.matchers
-    execute = composite_pb2.ExecuteFilterAction()
-    assert field_matcher.on_match.action.typed_config.Unpack(execute)
-    assert execute.typed_config.name == STREAM_METERING_EXTPROC
-    extproc_filter = ext_proc_pb2.ExternalProcessor()
-    assert execute.typed_config.typed_config.Unpack(extproc_filter)
-    return field_matcher.predicate, extproc_filter
-
-
-def test_stream_metering_runs_the_metering_ext_proc_only_for_a_body_that_asked_for_a_stream() -> None:
-    predicate, _ = stream_metering(manager(translated(MANIFESTS)))
-    assert predicate.WhichOneof("match_type") == "single_predicate"
-    single = predicate.single_predicate
-    header = http_inputs_pb2.HttpRequestHeaderMatchInput()
-    assert single.input.typed_config.Unpack(header)
-    assert header.header_name == STREAM_HEADER
-    assert single.WhichOneof("matcher") == "value_match"
-    assert single.value_match.WhichOneof("match_pattern") == "exact"
-    assert single.value_match.exact == "true" and not single.value_match.ignore_case
-
-
-def test_the_stream_metering_ext_proc_reads_answers_only_fails_open_and_is_told_when_the_request_started() -> None:
-    _, metering = stream_metering(manager(translated(MANIFESTS)))
-    mode = metering.processing_mode
-    # Nothing of the request: the stream opens at the answer's headers, so no request waits on the control plane.
-    assert (mode.request_header_mode, mode.request_body_mode, mode.request_trailer_mode) == (
-        Mode.SKIP,
-        Mode.NONE,
-        Mode.SKIP,
-    )
-    # The answer's headers, then a body only when the reply to them asks for it (an event stream), and trailers:
-    # an answer that ends with them never says end of stream in its body.
-    assert (mode.response_header_mode, mode.response_body_mode, mode.response_trailer_mode) == (
-        Mode.SEND,
-        Mode.NONE,
-        Mode.SEND,
-    )
-    assert metering.allow_mode_override
-    assert metering.failure_mode_allow  # the control plane away: answers pass unmetered
-    assert metering.grpc_service.envoy_grpc.cluster_name == EXTPROC_CLUSTER
-    assert not metering.grpc_service.initial_metadata  # the ext_proc server's default handler: stream metering
-    assert set(metering.response_attributes) == {PATH_ATTRIBUTE, REQUEST_TIME_ATTRIBUTE}
-    assert not metering.request_attributes
-    assert list(metering.metadata_options.receiving_namespaces.untyped) == [METERING_METADATA_NAMESPACE]
 
 
 def test_ai_listeners_log_every_ai_request_to_the_control_plane() -> None:
@@ -580,14 +512,14 @@ def test_the_access_log_writes_ai_requests_and_refused_or_failed_ones() -> None:
 
 
 def test_the_listener_strips_the_internal_headers_a_client_could_send() -> None:
-    """A client's x-ai-eg-stream (or model, or marker) never reaches the matchers or the logs."""
+    """A client's x-ai-eg-model (or marker) never reaches the matchers or the logs."""
     hcm = manager(translated(MANIFESTS))
     [extension] = hcm.early_header_mutation_extensions
     config = early_header_mutation_pb2.HeaderMutation()
     assert extension.typed_config.Unpack(config)
     prefixes = [m.remove_on_match.key_matcher.prefix for m in config.mutations]
     assert prefixes == list(INTERNAL_HEADER_PREFIXES)
-    for header in (MODEL_HEADER, JSON_BODY_HEADER, STREAM_HEADER):
+    for header in (MODEL_HEADER, JSON_BODY_HEADER):
         assert header.startswith(tuple(prefixes)), header
 
 

@@ -30,7 +30,6 @@ from xds_server.control_plane import Build, ControlPlane
 from xds_server.epp.picker import EndpointPicker
 from xds_server.epp.scrape import Scraper
 from xds_server.extproc.budget import LARGEST_BODIES, BodyBudget, pin_mmap_threshold
-from xds_server.extproc.metering import UsageMeter
 from xds_server.extproc.server import ExternalProcessor, start_server
 from xds_server.extproc.upstream import UpstreamSettingsService
 from xds_server.extproc.usage_log import UsageLog
@@ -93,9 +92,7 @@ async def start_extproc(
     control_plane.build_listeners.append(follow)
     if control_plane.current is not None:
         follow(control_plane.current)
-    processor = ExternalProcessor(
-        default=UsageMeter(), by_metadata={PICKER_POOL_METADATA: picker, UPSTREAM_SETTINGS_METADATA: upstream}
-    )
+    processor = ExternalProcessor({PICKER_POOL_METADATA: picker, UPSTREAM_SETTINGS_METADATA: upstream})
     address = listen or extproc_address(options)
     claim_socket(address)
     usage_log = UsageLog()
@@ -118,7 +115,7 @@ def extproc_address(options: TranslateOptions) -> Address:
 
 
 class ControlPlaneService:
-    """A `ControlPlane` and its servers: ADS and the gRPC admin API, ext_proc (metering, upstream settings, picker),
+    """A `ControlPlane` and its servers: ADS and the gRPC admin API, ext_proc (upstream settings, picker),
     admin HTTP."""
 
     def __init__(

@@ -1,10 +1,9 @@
 """ListenerIR -> Listener with an HTTP connection manager: RDS for routes, and the filter chain of docs/architecture.md.
 
 Client-supplied internal headers are removed before any route is matched. Filter order: the AI filter (our dynamic
-module: the body's `model` into x-ai-eg-model, then route again; a JSON answer's usage into metadata), then
-content length (for chunked bodies), then stream metering (a composite filter running the metering ext_proc for
-requests that asked for a stream), then picker ext_proc (InferencePool routes), then router. All but stream
-metering (a header match, when no AI request set the header) are disabled here and turned on by the routes
+module: the body's `model` into x-ai-eg-model, then route again; the usage of a JSON answer or an event stream
+into metadata), then content length (for chunked bodies), then picker ext_proc (InferencePool routes), then router.
+All but the router are disabled here and turned on by the routes
 that need them, so plain routes never buffer a body or pay for a gRPC round trip. Listeners with such routes also
 get JSON local replies and, with AI routes, an access log on stdout and the usage log (`ai_listener`).
 """
@@ -14,23 +13,18 @@ from __future__ import annotations
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import address_pb2, extension_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.extensions.common.matching.v3 import extension_matcher_pb2
-from envoy.extensions.filters.http.composite.v3 import composite_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (
     header_mutation_pb2 as early_header_mutation_pb2,
 )
-from envoy.type.matcher.v3 import http_inputs_pb2, string_pb2
+from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
-from xds.core.v3 import extension_pb2 as xds_extension_pb2
-from xds.type.matcher.v3 import matcher_pb2
-from xds.type.matcher.v3 import string_pb2 as xds_string_pb2
 
 from translators.ir import ListenerIR, PickerBodyMode, TranslateOptions
 from translators.xds.ai_listener import ai_access_log, local_reply_config, usage_log
 from translators.xds.clusters import ads_config_source
-from translators.xds.extproc import QUICK_MESSAGE_TIMEOUT, extproc_config
+from translators.xds.extproc import extproc_config
 from translators.xds.listener_tls import tls_filter_chain_parts, tls_inspector
 from translators.xds.model import ai_filter_config, content_length_config
 from translators.xds.names import (
@@ -38,17 +32,10 @@ from translators.xds.names import (
     CONTENT_LENGTH_FILTER,
     INTERNAL_HEADER_PREFIXES,
     LB_METADATA_NAMESPACE,
-    METERING_METADATA_NAMESPACE,
-    METERING_MODE,
-    PATH_ATTRIBUTE,
     PICKER_FILTER,
     PICKER_MESSAGE_TIMEOUT_SECONDS,
     PICKER_MODES,
-    REQUEST_TIME_ATTRIBUTE,
     ROUTER_FILTER,
-    STREAM_HEADER,
-    STREAM_METERING_EXTPROC,
-    STREAM_METERING_FILTER,
     STRIP_HEADERS_EXTENSION,
     SUBSET_HINT_NAMESPACE,
     pack,
@@ -79,48 +66,6 @@ def content_length_filter() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=CONTENT_LENGTH_FILTER, typed_config=pack(content_length_config()), disabled=True)
 
 
-def stream_metering_filter() -> hcm_pb2.HttpFilter:
-    """For a request whose body asked for a stream (and only then), the metering ext_proc follows the answer's
-    events for the last usage and when the first token came. Never on the request path, and it fails open: when the
-    control plane is away, answers pass unmetered. Its response attributes say when the request started."""
-    metering = extproc_config(
-        METERING_MODE,
-        [METERING_METADATA_NAMESPACE],
-        [],
-        allow_mode_override=True,
-        message_timeout=QUICK_MESSAGE_TIMEOUT,
-    )
-    metering.failure_mode_allow = True
-    metering.response_attributes.extend([PATH_ATTRIBUTE, REQUEST_TIME_ATTRIBUTE])
-    header = http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=STREAM_HEADER)
-    streamed = matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
-        input=xds_extension_pb2.TypedExtensionConfig(name=STREAM_HEADER, typed_config=pack(header)),
-        value_match=xds_string_pb2.StringMatcher(exact="true"),
-    )
-    run_metering = composite_pb2.ExecuteFilterAction(
-        typed_config=extension_pb2.TypedExtensionConfig(name=STREAM_METERING_EXTPROC, typed_config=pack(metering))
-    )
-    matcher = matcher_pb2.Matcher(
-        matcher_list=matcher_pb2.Matcher.MatcherList(
-            matchers=[
-                matcher_pb2.Matcher.MatcherList.FieldMatcher(
-                    predicate=matcher_pb2.Matcher.MatcherList.Predicate(single_predicate=streamed),
-                    on_match=matcher_pb2.Matcher.OnMatch(
-                        action=xds_extension_pb2.TypedExtensionConfig(name="meter", typed_config=pack(run_metering))
-                    ),
-                )
-            ]
-        )
-    )
-    config = extension_matcher_pb2.ExtensionWithMatcher(
-        extension_config=extension_pb2.TypedExtensionConfig(
-            name="composite", typed_config=pack(composite_pb2.Composite())
-        ),
-        xds_matcher=matcher,
-    )
-    return hcm_pb2.HttpFilter(name=STREAM_METERING_FILTER, typed_config=pack(config))
-
-
 def picker_filter() -> hcm_pb2.HttpFilter:
     """Picks the pool endpoint; the route names the pool (gRPC metadata), may fail open and may stream the body.
 
@@ -148,7 +93,6 @@ def http_filters(listener: ListenerIR) -> list[hcm_pb2.HttpFilter]:
         filters += [
             ai_filter(),
             content_length_filter(),
-            stream_metering_filter(),
         ]
     if listener.runs_picker:
         filters.append(picker_filter())

@@ -14,7 +14,6 @@ from translators.xds.names import (
     JSON_BODY_HEADER,
     METERING_METADATA_NAMESPACE,
     MODEL_HEADER,
-    STREAM_HEADER,
     pack,
 )
 
@@ -26,13 +25,14 @@ def ai_filter_module() -> dynamic_modules_config_pb2.DynamicModuleConfig:
 
 
 def ai_filter_config() -> dynamic_modules_pb2.DynamicModuleFilter:
-    """The AI filter (native/ai_filter.c): the body's `model` into MODEL_HEADER, its `stream` into STREAM_HEADER and
-    a JSON_BODY_HEADER marker, then a new route match; and a JSON answer's model and usage into
-    METERING_METADATA_NAMESPACE. It sets no header when the body is not one JSON object (malformed, another type, a
-    repeated top-level key, or declared as another Content-Type), and no MODEL_HEADER when `model` is missing, null
-    or "": the routes after the model routes tell these cases apart. A body with no Content-Type is read as JSON
-    (OpenAI's API does) and gets one. Its config is the four names, one per line, so they stay defined here."""
-    names = "\n".join((MODEL_HEADER, JSON_BODY_HEADER, STREAM_HEADER, METERING_METADATA_NAMESPACE))
+    """The AI filter (native/ai_filter.c): the body's `model` into MODEL_HEADER and a JSON_BODY_HEADER marker, then a
+    new route match; and the model and usage of a JSON answer or of a 200 event stream (its last `usage`, and when
+    its first chunk came) into METERING_METADATA_NAMESPACE. It sets no header when the body is not one JSON object
+    (malformed, another type, a repeated top-level key, or declared as another Content-Type), and no MODEL_HEADER
+    when `model` is missing, null or "": the routes after the model routes tell these cases apart. A body with no
+    Content-Type is read as JSON (OpenAI's API does) and gets one. Its config is the three names, one per line, so
+    they stay defined here."""
+    names = "\n".join((MODEL_HEADER, JSON_BODY_HEADER, METERING_METADATA_NAMESPACE))
     return dynamic_modules_pb2.DynamicModuleFilter(
         dynamic_module_config=ai_filter_module(),
         filter_name=AI_FILTER_NAME,
@@ -42,9 +42,9 @@ def ai_filter_config() -> dynamic_modules_pb2.DynamicModuleFilter:
 
 def ai_filter_route_config() -> dynamic_modules_pb2.DynamicModuleFilterPerRoute:
     """Turns the AI filter on for a route (it is disabled on the listener); it carries no settings."""
-    return dynamic_modules_pb2.DynamicModuleFilterPerRoute(
-        dynamic_module_config=ai_filter_module(), per_route_config_name=AI_FILTER_NAME
-    )
+    # No per_route_config_name: Envoy 1.40 deprecates it (for filter_name, which xds-protos 1.85 lacks), and the
+    # module reads no name.
+    return dynamic_modules_pb2.DynamicModuleFilterPerRoute(dynamic_module_config=ai_filter_module())
 
 
 def content_length_config() -> buffer_pb2.Buffer:

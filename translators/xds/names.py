@@ -28,10 +28,6 @@ AI_FILTER_NAME = "ai"
 # For a request body sent without Content-Length (chunked): Envoy counts the body it holds and sets Content-Length,
 # as backends that read only sized bodies want.
 CONTENT_LENGTH_FILTER = "envoy.filters.http.buffer/content-length"
-# Token usage of a streamed answer: a composite filter that runs the metering ext_proc (response phase only, fails
-# open) for requests whose body asked for a stream, and nothing for the others.
-STREAM_METERING_FILTER = "envoy.filters.http.composite/stream-metering"
-STREAM_METERING_EXTPROC = "envoy.filters.http.ext_proc/stream-metering"
 # The AI requests' log records, exported to the control plane (OpenTelemetry's logs service, batched), which turns
 # them into the GenAI metrics.
 USAGE_LOG_NAME = "xds-server/usage"
@@ -64,8 +60,6 @@ DESTINATION_HEADER = "x-gateway-destination-endpoint"
 MODEL_HEADER = "x-ai-eg-model"
 # Set by the model filter whenever the request body parsed as a JSON object: tells "no model" from "not JSON".
 JSON_BODY_HEADER = "x-ai-eg-body"
-# The body's `stream` as Envoy renders it ("true" for a streamed answer).
-STREAM_HEADER = "x-ai-eg-stream"
 # The paths an AI virtual host serves requests on (any other path is answered 404 before its body is read), by the
 # GenAI operation name they are measured under: OpenAI's, and Anthropic's Messages API (for Anthropic backends).
 OPERATIONS = {
@@ -104,9 +98,6 @@ USAGE_METADATA_KEYS = ("response_model", "input_tokens", "output_tokens", "total
 # Ext_proc request attribute (CEL) of the upstream phase: the backend an attempt goes to (endpoint metadata names it
 # even inside a weighted cluster).
 BACKEND_ATTRIBUTE = f"xds.upstream_host_metadata.filter_metadata['{XDS_METADATA_NAMESPACE}']['backend']"
-# Ext_proc response attributes stream metering asks for: the path (the operation), when the request started.
-PATH_ATTRIBUTE = "request.url_path"
-REQUEST_TIME_ATTRIBUTE = "request.time"
 # The rule ("<kind>/<ns>/<name>/rule/<i>") of the route a request took, from the route's metadata.
 RULE_ATTRIBUTE = f"xds.route_metadata.filter_metadata['{XDS_METADATA_NAMESPACE}']['rule']"
 # Envoy puts ext_proc attributes in ProcessingRequest.attributes under the filter's canonical name.
@@ -136,15 +127,6 @@ def _mode(
     )
 
 
-# Stream metering: the response headers (and trailers); the response body mode is chosen per answer.
-METERING_MODE = Mode(
-    request_header_mode=Mode.SKIP,
-    request_body_mode=Mode.NONE,
-    request_trailer_mode=Mode.SKIP,
-    response_header_mode=Mode.SEND,
-    response_body_mode=Mode.NONE,
-    response_trailer_mode=Mode.SEND,  # an answer that ends with trailers: its last body chunk is not the end
-)
 # The picker, buffered (its default) and full duplex (route override): it reads the body as it streams in and
 # answers the headers once it has all of it; Envoy requires trailers in full-duplex mode (the end of a body the
 # request ends without).

@@ -2,8 +2,9 @@
 
 Envoy opens one stream per request and ext_proc filter (per attempt for the upstream filters). The filters say
 whose stream it is through its initial metadata: the picker's routes add `x-inference-pool`, AI clusters' upstream
-filters `x-ai-eg-upstream-settings`, everything else belongs to the default handler (usage metering). Handlers
-are registered by metadata key by the composition root, so this module knows none of them. The same server answers
+filters `x-ai-eg-upstream-settings`; a stream that names neither is refused (INVALID_ARGUMENT: no filter we
+configure opens one). Handlers are registered by metadata key by the composition root, so this module knows none
+of them. The same server answers
 `grpc.health.v1` for the services a gateway may probe (the Endpoint Picker protocol's names among them).
 """
 
@@ -26,15 +27,18 @@ HEALTH_SERVICES = ("", "liveness", "readiness", "inference-extension", "envoy.se
 
 
 class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]  # untyped stub
-    def __init__(self, default: StreamHandler, by_metadata: Mapping[str, StreamHandler]) -> None:
-        """Streams whose initial metadata has one of `by_metadata`'s keys go to its handler, others to `default`."""
-        self._default = default
+    def __init__(self, by_metadata: Mapping[str, StreamHandler]) -> None:
+        """Streams whose initial metadata has one of `by_metadata`'s keys go to its handler."""
         self._by_metadata = dict(by_metadata)
 
     async def Process(self, request_iterator: object, context: Context) -> None:  # gRPC's method name
         # Read and written through `context`: one coroutine per stream, no iterator or generator between.
         metadata = {key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)}
-        handler = next((h for key, h in self._by_metadata.items() if key in metadata), self._default)
+        handler = next((h for key, h in self._by_metadata.items() if key in metadata), None)
+        if handler is None:
+            names = " or ".join(self._by_metadata)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the stream names no service: send {names}")
+            return
         await handler.handle(context, metadata)
 
 

@@ -1,16 +1,13 @@
-"""Incremental server-sent events parsing and OpenAI usage extraction, for responses that pass through in chunks.
+"""Incremental server-sent events parsing, for responses that pass through in chunks (the providers' schema
+translation reads a provider's event stream with it).
 
-Envoy hands metering the response body in whatever pieces the upstream wrote: an event, a line, even a
+Envoy hands an ext_proc service the response body in whatever pieces the upstream wrote: an event, a line, even a
 `\\r\\n` may be split anywhere. The parser keeps only the unfinished line between chunks, so each byte is scanned
 once. Lines end with LF or CRLF (a lone CR, allowed by the SSE spec, is not used by any OpenAI-style server).
 Only `data` fields matter for usage; `event`, `id`, `retry` and comments are skipped.
 """
 
 from __future__ import annotations
-
-from typing import Any
-
-import orjson
 
 
 class SseParser:
@@ -59,52 +56,3 @@ class SseParser:
         elif line.startswith(b"data:"):
             value = line[5:]
             self._data.append(value[1:] if value.startswith(b" ") else value)
-
-
-class Usage:
-    """Token counts and response model of one response: the last `usage` seen wins, as the stream goes on."""
-
-    __slots__ = ("input_tokens", "output_tokens", "response_model", "total_tokens")
-
-    def __init__(self) -> None:
-        self.input_tokens: int | None = None
-        self.output_tokens: int | None = None
-        self.total_tokens: int | None = None
-        self.response_model = ""
-
-    @property
-    def known(self) -> bool:
-        return self.input_tokens is not None
-
-    def read_json(self, document: Any) -> None:
-        """A whole response (or one stream chunk) already decoded."""
-        if not isinstance(document, dict):
-            return
-        model = document.get("model")
-        if isinstance(model, str) and model:
-            self.response_model = model
-        usage = document.get("usage")
-        if isinstance(usage, dict):
-            prompt = _count(usage.get("prompt_tokens"))
-            completion = _count(usage.get("completion_tokens"))
-            total = _count(usage.get("total_tokens"))
-            self.input_tokens = prompt or 0
-            self.output_tokens = completion
-            self.total_tokens = total if total is not None else (prompt or 0) + (completion or 0)
-
-    def read_event(self, data: bytes) -> None:
-        """One SSE event's data. Only events that can change something are decoded: the first one with a model
-        (every chunk repeats it) and those that mention usage."""
-        if self.response_model and b'"usage"' not in data:
-            return
-        if data == b"[DONE]":
-            return
-        try:
-            self.read_json(orjson.loads(data))
-        except orjson.JSONDecodeError:
-            return
-
-
-def _count(value: object) -> int | None:
-    # bool is an int in Python; a token count is not.
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
