@@ -1,6 +1,6 @@
 """`xds-server serve` stopping gracefully under a request in flight, with real Envoy and the Anthropic simulator:
-/readyz fails at once, the ext_proc stream translating a streamed answer (OpenAI chunks from Anthropic's events) is waited
-for (not cut after a second), and the process exits once it is done. (An ordinary backend's answers need no
+/readyz fails at once, the ext_proc stream translating a streamed answer (OpenAI chunks from Anthropic's events) is
+waited for (not cut after a second), and the process exits once it is done. (An ordinary backend's answers need no
 ext_proc at all: Envoy routes and meters them itself.)"""
 
 from __future__ import annotations
