@@ -326,7 +326,7 @@ static bool same_key(span a, span b) {
 
 /* The top-level members of one JSON object, each handed to `visit`; false when the text is not exactly one JSON
  * object, or repeats a top-level key. */
-typedef void (*member_visitor)(void *context, span key, const json_value *value);
+typedef bool (*member_visitor)(void *context, span key, const json_value *value); /* false: refuse the object */
 
 #define MAX_TRACKED_KEYS 256
 
@@ -347,13 +347,14 @@ static bool scan_object(const char *text, size_t length, member_visitor visit, v
       if (c.p >= c.end || *c.p != '"' || !scan_string(&c, &key)) return false;
       for (size_t i = 0; i < tracked; i++)
         if (same_key(keys[i], key)) return false;
-      /* Past MAX_TRACKED_KEYS members the later keys are not compared (no request body has that many). */
+      /* Past MAX_TRACKED_KEYS members the later keys are compared no more (a quadratic cost an attacker could
+       * choose): the visitors still refuse a second member of each name they read (`model`, `usage`, ...). */
       if (tracked < MAX_TRACKED_KEYS) keys[tracked++] = key;
       skip_space(&c);
       if (c.p >= c.end || *c.p != ':') return false;
       c.p++;
       if (!scan_value(&c, 1, &value)) return false;
-      visit(context, key, &value);
+      if (!visit(context, key, &value)) return false;
       skip_space(&c);
       if (c.p >= c.end) return false;
       if (*c.p == '}') {
@@ -375,9 +376,12 @@ typedef struct {
   json_value model;
 } request_fields;
 
-static void visit_request(void *context, span key, const json_value *value) {
+static bool visit_request(void *context, span key, const json_value *value) {
   request_fields *fields = context;
-  if (key_is(key, "model", 5)) fields->model = *value;
+  if (!key_is(key, "model", 5)) return true;
+  if (fields->model.kind != ABSENT) return false; /* a second `model` */
+  fields->model = *value;
+  return true;
 }
 
 /* Exported for the tests (tests/test_ai_filter.py), which hold it to Python's json module. */
@@ -418,7 +422,7 @@ typedef struct {
   json_value model;
   double tokens[USAGE_FIELDS];
   bool has[USAGE_FIELDS];
-  bool usage_seen; /* `usage` is an object (whatever it holds) */
+  bool usage_seen; /* `usage` is an object that reads as one (no repeated key), whatever it holds */
 } answer_fields;
 
 /* A token count: a JSON integer, not negative (a fraction, an exponent or a sign is no count). */
@@ -434,16 +438,17 @@ static bool count_of(const json_value *value, double *out) {
   return true;
 }
 
-static void visit_usage(void *context, span key, const json_value *value) {
+static bool visit_usage(void *context, span key, const json_value *value) {
   answer_fields *fields = context;
   int field = -1;
   if (key_is(key, "prompt_tokens", 13) || key_is(key, "input_tokens", 12)) field = INPUT_TOKENS;
   else if (key_is(key, "completion_tokens", 17) || key_is(key, "output_tokens", 13)) field = OUTPUT_TOKENS;
   else if (key_is(key, "total_tokens", 12)) field = TOTAL_TOKENS;
   if (field >= 0 && count_of(value, &fields->tokens[field])) fields->has[field] = true;
+  return true;
 }
 
-static void visit_answer(void *context, span key, const json_value *value) {
+static bool visit_answer(void *context, span key, const json_value *value) {
   answer_fields *fields = context;
   if (key_is(key, "model", 5)) {
     fields->model = *value;
@@ -455,6 +460,7 @@ static void visit_answer(void *context, span key, const json_value *value) {
       fields->usage_seen = true;
     }
   }
+  return true; /* an answer is only read: a member repeated past MAX_TRACKED_KEYS counts as its last */
 }
 
 EXPORT bool xds_ai_scan_answer(const char *body, size_t length, answer_fields *fields) {
@@ -765,7 +771,7 @@ static bool contains(const char *haystack, size_t length, const char *needle) {
 }
 
 /* One event's data. Only events that can change something are read: until a model is known (every chunk repeats
- * it), then those that mention usage. A `usage` object sets all three counts: input 0 and total input + output
+ * it), then those that mention usage (written as `"usage"`: a key spelled with escapes is missed there). A `usage` object sets all three counts: input 0 and total input + output
  * where it leaves them out. */
 EXPORT void xds_ai_read_event(stream_usage *usage, const char *data, size_t length) {
   if ((usage->model.length && !contains(data, length, "\"usage\"")) || (length == 6 && memcmp(data, "[DONE]", 6) == 0))
