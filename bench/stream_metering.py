@@ -104,8 +104,8 @@ async def main() -> None:
     per_request = runs["ai", False]["envoy_ms_per_request"] - runs["plain", False]["envoy_ms_per_request"]
     streamed = runs["ai", True]["envoy_ms_per_request"] - runs["plain", True]["envoy_ms_per_request"]
     print(
-        f"\nthe AI path over the plain route, Envoy CPU per request: JSON +{per_request * 1000:.0f} µs, event stream "
-        f"+{streamed * 1000:.0f} µs; reading the stream: {(streamed - per_request) * 1000 / chunks:+.1f} µs per chunk "
+        f"\nthe AI path over the plain route, Envoy CPU per request: JSON {per_request * 1000:+.0f} µs, event stream "
+        f"{streamed * 1000:+.0f} µs; reading the stream: {(streamed - per_request) * 1000 / chunks:+.1f} µs per chunk "
         f"({chunks:.0f} chunks per request)"
     )
 

@@ -102,6 +102,7 @@ def labels(
 
 # --- SSE parsing ---
 
+
 @given(split_streams())
 def test_any_split_of_an_event_stream_gives_the_same_events(case: tuple[bytes, list[bytes], list[bytes]]) -> None:
     """The parser the providers' translation reads event streams with (the AI filter has its own, in C:
