@@ -600,6 +600,7 @@ EXPORT const void *envoy_dynamic_module_on_http_filter_new(const void *config, v
 
 EXPORT void envoy_dynamic_module_on_http_filter_destroy(const void *filter) {
   filter_state *state = (filter_state *)filter;
+  if (!state) return;
   free(state->answer.at);
   xds_ai_events_free(&state->events);
   free(state);
@@ -636,10 +637,14 @@ EXPORT int envoy_dynamic_module_on_http_filter_request_headers(void *envoy_filte
   return HEADERS_STOP_ITERATION; /* the headers wait for the body, which decides the route */
 }
 
-/* The whole body, as one piece: Envoy's own slice when it is one, else a copy in `*copy` (to be freed). */
-static bool whole_body(void *envoy_filter, int type, const char **body, size_t *length, char **copy) {
+/* The whole request body, as one piece: what Envoy holds (the earlier chunks it buffered for this filter, and the
+ * last one, which it moves there too when it holds any) then the chunk of this call (the whole body when it came in
+ * one). Envoy's own slice when there is one, else a copy in `*copy` (to be freed). */
+static bool whole_body(void *envoy_filter, const char **body, size_t *length, char **copy) {
   *copy = NULL;
-  size_t count = envoy_dynamic_module_callback_http_get_body_chunks_size(envoy_filter, type);
+  size_t held = envoy_dynamic_module_callback_http_get_body_chunks_size(envoy_filter, BUFFERED_REQUEST);
+  size_t received = envoy_dynamic_module_callback_http_get_body_chunks_size(envoy_filter, RECEIVED_REQUEST);
+  size_t count = held + received;
   if (count == 0) {
     *body = "";
     *length = 0;
@@ -647,24 +652,24 @@ static bool whole_body(void *envoy_filter, int type, const char **body, size_t *
   }
   envoy_buffer stack_chunks[8];
   envoy_buffer *chunks = count <= 8 ? stack_chunks : malloc(count * sizeof *chunks);
-  if (!chunks || !envoy_dynamic_module_callback_http_get_body_chunks(envoy_filter, type, chunks)) {
-    if (chunks != stack_chunks) free(chunks);
-    return false;
-  }
-  if (count == 1) {
+  bool ok = chunks != NULL;
+  if (ok && held) ok = envoy_dynamic_module_callback_http_get_body_chunks(envoy_filter, BUFFERED_REQUEST, chunks);
+  if (ok && received)
+    ok = envoy_dynamic_module_callback_http_get_body_chunks(envoy_filter, RECEIVED_REQUEST, chunks + held);
+  if (ok && count == 1) {
     *body = chunks[0].ptr;
     *length = chunks[0].length;
-  } else {
+  } else if (ok) {
     size_t total = 0;
     for (size_t i = 0; i < count; i++) total += chunks[i].length;
     *copy = malloc(total ? total : 1);
-    if (*copy)
-      for (size_t i = 0, at = 0; i < count; at += chunks[i].length, i++) memcpy(*copy + at, chunks[i].ptr, chunks[i].length);
+    for (size_t i = 0, at = 0; *copy && i < count; at += chunks[i].length, i++)
+      memcpy(*copy + at, chunks[i].ptr, chunks[i].length);
     *body = *copy;
     *length = total;
   }
   if (chunks != stack_chunks) free(chunks);
-  return *body != NULL;
+  return ok && *body != NULL;
 }
 
 static void set_rendered(void *envoy_filter, const char *name, const json_value *value) {
@@ -684,7 +689,7 @@ static void route_by_body(void *envoy_filter, filter_state *state) {
   const char *body;
   size_t length;
   char *copy;
-  if (!whole_body(envoy_filter, BUFFERED_REQUEST, &body, &length, &copy)) return;
+  if (!whole_body(envoy_filter, &body, &length, &copy)) return;
   request_fields fields;
   if (xds_ai_scan_request(body, length, &fields)) {
     const filter_config *config = state->config;
