@@ -776,11 +776,11 @@ static bool contains(const char *haystack, size_t length, const char *needle) {
 }
 
 /* One event's data. Only events that can change something are read: until a model is known (every chunk repeats
- * it), then those that mention usage (written as `"usage"`: a key spelled with escapes is missed there). A `usage` object sets all three counts: input 0 and total input + output
+ * it), then those that may mention usage (the word, or any \u escape: a key may be spelled with escapes). A `usage` object sets all three counts: input 0 and total input + output
  * where it leaves them out. */
 EXPORT void xds_ai_read_event(stream_usage *usage, const char *data, size_t length) {
-  if ((usage->model.length && !contains(data, length, "\"usage\"")) || (length == 6 && memcmp(data, "[DONE]", 6) == 0))
-    return;
+  bool may_name_usage = contains(data, length, "usage") || contains(data, length, "\\u"); /* or spelled escaped */
+  if ((usage->model.length && !may_name_usage) || (length == 6 && memcmp(data, "[DONE]", 6) == 0)) return;
   answer_fields fields;
   if (!xds_ai_scan_answer(data, length, &fields)) return;
   if (fields.model.kind == IS_STRING && fields.model.text.length) {

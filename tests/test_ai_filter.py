@@ -403,7 +403,8 @@ def test_any_split_of_an_event_stream_gives_the_last_usage_and_model(
     case: tuple[bytes, list[bytes], list[bytes]],
 ) -> None:
     """The same streams the Python parser is held to (testing/sse.py): the last `usage` wins, its total is input +
-    output where it has none; the model is the first event's, then that of each event mentioning usage."""
+    output where it has none; the model is the first event's, then that of each event that may mention usage (the
+    word, or a \\u escape that could spell it)."""
     _, expected, pieces = case
     fed, counts, model = read_stream(pieces)
     assert fed
@@ -415,7 +416,7 @@ def test_any_split_of_an_event_stream_gives_the_last_usage_and_model(
         assert counts == {0: want["prompt_tokens"], 1: want["completion_tokens"], 2: total}
     wanted_model = b""
     for data in expected:
-        if data != b"[DONE]" and (not wanted_model or b'"usage"' in data):
+        if data != b"[DONE]" and (not wanted_model or b"usage" in data or b"\\u" in data):
             wanted_model = json.loads(data)["model"].encode()
     assert model == wanted_model
 
@@ -425,6 +426,12 @@ def test_a_usage_without_counts_sets_input_zero_and_its_total() -> None:
     assert read_stream([b'data: {"model":"m","usage":{"completion_tokens":4}}\n\n'])[1] == {0: 0, 1: 4, 2: 4}
     assert read_stream([b'data: {"model":"m","usage":{}}\n\n'])[1] == {0: 0, 2: 0}
     assert read_stream([b'data: {"model":"m","usage":null}\n\n'])[1] == {}  # no usage object: nothing
+
+
+def test_a_usage_key_spelled_with_escapes_is_read_after_the_model_is_known() -> None:
+    first = b'data: {"model":"m","choices":[]}\n\n'
+    escaped = b'data: {"model":"m","\\u0075sage":{"prompt_tokens":2,"completion_tokens":3}}\n\n'
+    assert read_stream([first, escaped])[1] == {0: 2, 1: 3, 2: 5}
 
 
 def test_an_unterminated_last_event_counts_and_multi_line_data_is_joined() -> None:
