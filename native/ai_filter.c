@@ -637,39 +637,44 @@ EXPORT int envoy_dynamic_module_on_http_filter_request_headers(void *envoy_filte
   return HEADERS_STOP_ITERATION; /* the headers wait for the body, which decides the route */
 }
 
+#define STACK_CHUNKS 8
+
+/* The chunks of one of a request's or an answer's bodies: in `stack` (STACK_CHUNKS long) when they fit, else in an
+ * array of the heap, which the caller frees (what is not `stack`). NULL when Envoy gives none or memory is short;
+ * `*count` 0 (and `stack`) when there are none. */
+static envoy_buffer *body_chunks(void *envoy_filter, int type, envoy_buffer *stack, size_t *count) {
+  *count = envoy_dynamic_module_callback_http_get_body_chunks_size(envoy_filter, type);
+  if (*count == 0) return stack;
+  envoy_buffer *chunks = *count <= STACK_CHUNKS ? stack : malloc(*count * sizeof *chunks);
+  if (chunks && !envoy_dynamic_module_callback_http_get_body_chunks(envoy_filter, type, chunks)) {
+    if (chunks != stack) free(chunks);
+    return NULL;
+  }
+  return chunks;
+}
+
 /* The whole request body, as one piece: what Envoy holds (the earlier chunks it buffered for this filter, and the
  * last one, which it moves there too when it holds any) then the chunk of this call (the whole body when it came in
- * one). Envoy's own slice when there is one, else a copy in `*copy` (to be freed). */
-static bool whole_body(void *envoy_filter, const char **body, size_t *length, char **copy) {
-  *copy = NULL;
-  size_t held = envoy_dynamic_module_callback_http_get_body_chunks_size(envoy_filter, BUFFERED_REQUEST);
-  size_t received = envoy_dynamic_module_callback_http_get_body_chunks_size(envoy_filter, RECEIVED_REQUEST);
-  size_t count = held + received;
-  if (count == 0) {
-    *body = "";
-    *length = 0;
-    return true;
-  }
-  envoy_buffer stack_chunks[8];
-  envoy_buffer *chunks = count <= 8 ? stack_chunks : malloc(count * sizeof *chunks);
-  bool ok = chunks != NULL;
-  if (ok && held) ok = envoy_dynamic_module_callback_http_get_body_chunks(envoy_filter, BUFFERED_REQUEST, chunks);
-  if (ok && received)
-    ok = envoy_dynamic_module_callback_http_get_body_chunks(envoy_filter, RECEIVED_REQUEST, chunks + held);
-  if (ok && count == 1) {
-    *body = chunks[0].ptr;
-    *length = chunks[0].length;
+ * one). Envoy's own slice when there is one, else a copy in `copy` (the caller frees its bytes). */
+static bool whole_body(void *envoy_filter, const char **body, size_t *length, bytes *copy) {
+  envoy_buffer held_stack[STACK_CHUNKS], received_stack[STACK_CHUNKS];
+  size_t held_count, received_count;
+  envoy_buffer *held = body_chunks(envoy_filter, BUFFERED_REQUEST, held_stack, &held_count);
+  envoy_buffer *received = body_chunks(envoy_filter, RECEIVED_REQUEST, received_stack, &received_count);
+  bool ok = held != NULL && received != NULL;
+  if (ok && held_count + received_count == 1) {
+    envoy_buffer only = held_count ? held[0] : received[0];
+    *body = only.ptr;
+    *length = only.length;
   } else if (ok) {
-    size_t total = 0;
-    for (size_t i = 0; i < count; i++) total += chunks[i].length;
-    *copy = malloc(total ? total : 1);
-    for (size_t i = 0, at = 0; *copy && i < count; at += chunks[i].length, i++)
-      memcpy(*copy + at, chunks[i].ptr, chunks[i].length);
-    *body = *copy;
-    *length = total;
+    for (size_t i = 0; ok && i < held_count; i++) ok = append(copy, held[i].ptr, held[i].length, SIZE_MAX);
+    for (size_t i = 0; ok && i < received_count; i++) ok = append(copy, received[i].ptr, received[i].length, SIZE_MAX);
+    *body = copy->at ? copy->at : "";
+    *length = copy->length;
   }
-  if (chunks != stack_chunks) free(chunks);
-  return ok && *body != NULL;
+  if (held != held_stack) free(held);
+  if (received != received_stack) free(received);
+  return ok;
 }
 
 static void set_rendered(void *envoy_filter, const char *name, const json_value *value) {
@@ -688,8 +693,11 @@ static void route_by_body(void *envoy_filter, filter_state *state) {
   if (!state->read_request) return;
   const char *body;
   size_t length;
-  char *copy;
-  if (!whole_body(envoy_filter, &body, &length, &copy)) return;
+  bytes copy = {0};
+  if (!whole_body(envoy_filter, &body, &length, &copy)) {
+    free(copy.at);
+    return;
+  }
   request_fields fields;
   if (xds_ai_scan_request(body, length, &fields)) {
     const filter_config *config = state->config;
@@ -699,7 +707,7 @@ static void route_by_body(void *envoy_filter, filter_state *state) {
       set_rendered(envoy_filter, config->model_header, &fields.model);
     envoy_dynamic_module_callback_http_clear_route_cache(envoy_filter);
   }
-  free(copy);
+  free(copy.at);
 }
 
 EXPORT int envoy_dynamic_module_on_http_filter_request_body(void *envoy_filter, const void *filter,
@@ -892,11 +900,10 @@ EXPORT int envoy_dynamic_module_on_http_filter_response_body(void *envoy_filter,
                                                              bool end_of_stream) {
   filter_state *state = (filter_state *)filter;
   if (state->answer_kind == ANSWER_UNREAD) return BODY_CONTINUE;
-  size_t count = envoy_dynamic_module_callback_http_get_body_chunks_size(envoy_filter, RECEIVED_RESPONSE);
-  envoy_buffer stack_chunks[8];
-  envoy_buffer *chunks = count <= 8 ? stack_chunks : malloc(count * sizeof *chunks);
+  envoy_buffer stack[STACK_CHUNKS];
+  size_t count;
+  envoy_buffer *chunks = body_chunks(envoy_filter, RECEIVED_RESPONSE, stack, &count);
   bool ok = chunks != NULL;
-  if (ok && count) ok = envoy_dynamic_module_callback_http_get_body_chunks(envoy_filter, RECEIVED_RESPONSE, chunks);
   for (size_t i = 0; ok && i < count; i++) {
     if (state->answer_kind == ANSWER_JSON) {
       ok = append(&state->answer, chunks[i].ptr, chunks[i].length, MAX_ANSWER_BYTES);
@@ -908,7 +915,7 @@ EXPORT int envoy_dynamic_module_on_http_filter_response_body(void *envoy_filter,
       ok = xds_ai_events_feed(&state->events, chunks[i].ptr, chunks[i].length);
     }
   }
-  if (chunks != stack_chunks) free(chunks);
+  if (chunks != stack) free(chunks);
   if (!ok) state->answer_kind = ANSWER_UNREAD; /* too large to keep: passed on unmetered */
   if (end_of_stream) end_answer(envoy_filter, state);
   return BODY_CONTINUE; /* every byte goes on at once: the copy is the filter's own */
