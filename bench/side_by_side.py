@@ -12,8 +12,8 @@ POST /v1/chat/completions: the tutorial's chat completion body, `content-type: a
 1. `bare`: a static Envoy, one HTTP connection manager, one route matching `x-bench-model`, router filter only.
    The floor: what any Envoy-based gateway pays.
 2. `plain`: `xds-server serve` + Envoy, an HTTPRoute matching `x-bench-model` (ai_latency's `plain` path).
-3. `ai`: an AIGatewayRoute on the same Gateway (ai_latency's `ai` path): Envoy's transform filter routes by the
-   body's `model`, json_to_metadata reads the answer's usage, a batched OpenTelemetry log carries it to `serve`.
+3. `ai`: an AIGatewayRoute on the same Gateway (ai_latency's `ai` path): our AI filter (an Envoy dynamic module)
+   routes by the body's `model` and reads the answer's usage, a batched OpenTelemetry log carries it to `serve`.
 4. `aigw`: Envoy AI Gateway v1.1.0's ext_proc (Go), configured the way AIGW configures Envoy (its
    tests/data-plane/envoy.yaml and its extension server): a router-level ext_proc in the HCM (request headers and
    buffered body, response headers and buffered body, metadata namespace io.envoy.ai_gateway, mode override

@@ -338,7 +338,7 @@ def test_one_output_token_has_a_first_token_but_no_time_per_output_token() -> No
 
 
 def test_without_a_first_token_there_is_no_ttft_nor_tpot() -> None:
-    """A JSON answer (json_to_metadata has no first_token_ms): its tokens, but no streaming timings."""
+    """A JSON answer (the AI filter writes no first_token_ms for one): its tokens, but no streaming timings."""
     moved = Metrics()
     usage = {"response_model": "json-1", "input_tokens": 5, "output_tokens": 40}
     found = UsageEntry.of(log_entry(model="model-json", usage=usage))
@@ -374,7 +374,7 @@ def test_a_first_token_without_output_tokens_has_no_time_per_output_token() -> N
 
 
 def test_a_first_token_after_the_last_byte_gives_no_negative_time_per_token() -> None:
-    """Clocks of two processes: stream metering's first token may seem later than Envoy's last byte."""
+    """Two clocks (the AI filter's for the first token, Envoy's for the last byte): the first may seem later."""
     moved = Metrics()
     usage = {"output_tokens": 5, "first_token_ms": 3000}
     found = UsageEntry.of(log_entry(model="model-skew", usage=usage))

@@ -156,8 +156,8 @@ USAGE_LOG_FLUSH = duration_pb2.Duration(nanos=250_000_000)  # metrics lag reques
 USAGE_LOG_BUFFER_BYTES = 1 << 20
 # What the usage log says of a request, in Envoy formats ("-" where Envoy has no value). The backend is the answering
 # endpoint's (the cluster where it has none); the duration runs to the last byte sent to the client, or to the
-# stream's end (whole milliseconds) for a client that left before it; the usage is what json_to_metadata (JSON answers)
-# or stream metering (event streams) wrote. Lines of one string, the record's body: no value but the last can hold a
+# stream's end (whole milliseconds) for a client that left before it; the usage is what the AI filter (JSON answers and
+# event streams alike) wrote. Lines of one string, the record's body: no value but the last can hold a
 # line break (Envoy's codecs refuse one in a path; the others are numbers, or names this project gave), and the last,
 # the model the client's body named, is read as the rest of the body, whatever it holds. The answer's model, which
 # the backend chose, is the record's one attribute. (Each attribute costs Envoy some 5,500 instructions a request,

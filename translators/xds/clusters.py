@@ -225,8 +225,8 @@ def cluster(ir: ClusterIR, buffer_limit_bytes: int, system_ca_bundle: str = SYST
 
 
 def extproc_cluster(options: TranslateOptions) -> cluster_pb2.Cluster:
-    """The control plane's ext_proc server (picker, upstream settings, metering on one gRPC server), over HTTP/2: at
-    a Unix socket (a pipe address), an IP, or a name re-resolved (a Service's, in a cluster, with mutual TLS)."""
+    """The control plane's ext_proc server (picker, upstream settings, the usage log on one gRPC server), over HTTP/2:
+    at a Unix socket (a pipe address), an IP, or a name re-resolved (a Service's, in a cluster, with mutual TLS)."""
     if options.extproc_unix is not None:
         endpoint = Endpoint(options.extproc_unix, 0, AddressKind.UNIX)
     else:

@@ -92,7 +92,7 @@ SUBSET_HINT_NAMESPACE = "envoy.lb.subset_hint"
 SUBSET_HINT_KEY = "x-gateway-destination-endpoint-subset"
 # xDS metadata (routes, endpoints) read back through ext_proc request attributes.
 XDS_METADATA_NAMESPACE = "aigateway.envoy.io"
-# Dynamic metadata the usage filters write (access logs, the usage log): keys of USAGE_METADATA_KEYS.
+# Dynamic metadata the AI filter writes (access logs, the usage log): keys of USAGE_METADATA_KEYS.
 METERING_METADATA_NAMESPACE = "io.envoy.ai_gateway"
 USAGE_METADATA_KEYS = ("response_model", "input_tokens", "output_tokens", "total_tokens", "first_token_ms")
 # Ext_proc request attribute (CEL) of the upstream phase: the backend an attempt goes to (endpoint metadata names it

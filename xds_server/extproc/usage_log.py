@@ -2,8 +2,8 @@
 interval from each worker), and the GenAI metrics are recorded from it. Nothing here runs on a request's path.
 
 A record's body is the formatted lines of translators.xds.ai_listener.USAGE_LOG_LINES (the path, the status, the
-backend, the timings, the usage Envoy's json_to_metadata filter (JSON answers) or stream metering (event streams)
-wrote as dynamic metadata, and last the routed model), its one attribute the answer's model. Envoy writes "-" where
+backend, the timings, the usage the AI filter (native/ai_filter.c: JSON answers and event streams) wrote as
+dynamic metadata, and last the routed model), its one attribute the answer's model. Envoy writes "-" where
 it has no value.
 """
 
