@@ -31,8 +31,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from testing.sse import last_usage, split_streams
-from translators.xds.names import AI_MODULE
-from xds_server.envoy import MODULES_DIRECTORY
+from xds_server.envoy import AI_MODULE_FILE
 
 SOURCE = Path(__file__).parents[1] / "native" / "ai_filter.c"
 MAX_DEPTH = int(re.findall(r"#define MAX_DEPTH (\d+)", SOURCE.read_text())[0])
@@ -62,7 +61,7 @@ class AnswerFields(ctypes.Structure):
 
 
 # Lazy binding: the scanners never call the Envoy callbacks, which are undefined outside Envoy.
-LIB = ctypes.CDLL(str(MODULES_DIRECTORY / f"lib{AI_MODULE}.so"), mode=os.RTLD_LAZY | os.RTLD_LOCAL)
+LIB = ctypes.CDLL(str(AI_MODULE_FILE), mode=os.RTLD_LAZY | os.RTLD_LOCAL)
 LIB.xds_ai_scan_request.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(RequestFields)]
 LIB.xds_ai_scan_answer.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(AnswerFields)]
 LIB.xds_ai_scan_request.restype = LIB.xds_ai_scan_answer.restype = ctypes.c_bool

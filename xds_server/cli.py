@@ -21,10 +21,9 @@ import yaml
 from translators.gatewayapi import translate
 from translators.gatewayapi.unsupported import unsupported_objects
 from translators.ir import ENVOY_GATEWAY_CONTROLLER, ControlPlaneTls, PickerMode, TranslateOptions
-from translators.xds.names import AI_MODULE
 from translators.xds.render import translation_dict
 from xds_server.bootstrap import MAX_MODEL_LENGTH, bootstrap
-from xds_server.envoy import MODULES_DIRECTORY, MODULES_PATH_VARIABLE
+from xds_server.envoy import AI_MODULE_FILE, MODULES_DIRECTORY, MODULES_PATH_VARIABLE
 from xds_server.kube.infra import DEFAULT_MODULE_IMAGE, DEFAULT_TLS_DIR
 from xds_server.listen import EXTPROC_SOCKET, XDS_SOCKET, Address, default_socket, default_socket_dir, parse_address
 from xds_server.sources.files import load_paths
@@ -243,7 +242,7 @@ def run_bootstrap(args: argparse.Namespace) -> int:
 def run_envoy_module(args: argparse.Namespace) -> int:
     """The AI filter module: its directory (what ENVOY_DYNAMIC_MODULES_SEARCH_PATH must name for an Envoy you run
     with AI routes), or a copy of it in --into, written aside and renamed so Envoy never loads half a file."""
-    source = MODULES_DIRECTORY / f"lib{AI_MODULE}.so"
+    source = AI_MODULE_FILE
     if not source.is_file():
         print(
             f"error: {source} is missing: reinstall xds-server (its build compiles native/ai_filter.c)", file=sys.stderr

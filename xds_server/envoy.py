@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import xds_server.native
+from translators.xds.names import AI_MODULE
 
-# Where the AI filter module (lib<AI_MODULE>.so) is installed; Envoy looks there when told by this variable.
+# Where the AI filter module is installed (setup.py builds it there); Envoy looks there when told by this variable.
 MODULES_DIRECTORY = Path(xds_server.native.__file__).parent
+AI_MODULE_FILE = MODULES_DIRECTORY / f"lib{AI_MODULE}.so"  # the file name Envoy looks for, given the module's name
 MODULES_PATH_VARIABLE = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH"
 
 
