@@ -41,8 +41,8 @@ def compile_module() -> None:
     """The AI filter, a C shared object Envoy loads (no Python headers or libraries: it uses only Envoy's ABI)."""
     compiler = shlex.split(os.environ.get("CC", "cc"))
     flags = ["-O2", "-std=c11", "-D_DEFAULT_SOURCE", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared"]
-    flags += ["-fvisibility=hidden"]  # only the ABI's hooks and the scanner entry points the tests call
-    command = [*compiler, *flags, "-o", str(MODULE), str(NATIVE / "ai_filter.c")]
+    flags += ["-fvisibility=hidden", "-pthread"]  # only the ABI's hooks and the entry points the tests call
+    command = [*compiler, *flags, "-o", str(MODULE), *(str(source) for source in sorted(NATIVE.glob("*.c")))]
     try:
         subprocess.run(command, check=True)
     except (OSError, subprocess.CalledProcessError) as error:

@@ -47,7 +47,7 @@ from testing.manifests import ai_gateway_route, ai_service_backend, gateway, inf
 from testing.ports import free_port
 from testing.processes import Serve
 from testing.web import request, wait_for
-from translators.xds.ai_listener import USAGE_LOG_FLUSH
+from translators.xds.model import USAGE_LOG_FLUSH_MS
 from xds_server.envoy import envoy_binary, envoy_environment
 from xds_server.sim import openai
 
@@ -391,7 +391,7 @@ class Bench:
         serve_before, envoy_before = cpu_seconds(self.serve.process.pid), cpu_seconds(self.envoy.process.pid)
         finished = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, check=True)
         # Usage reaches `serve` in Envoy's usage-log batches: the last one lands within a flush interval.
-        await asyncio.sleep(3 * USAGE_LOG_FLUSH.nanos / 1e9)
+        await asyncio.sleep(3 * USAGE_LOG_FLUSH_MS / 1e3)
         serve_cpu = cpu_seconds(self.serve.process.pid) - serve_before
         envoy_cpu = cpu_seconds(self.envoy.process.pid) - envoy_before
         result = wrk_summary(finished)

@@ -91,14 +91,14 @@ from testing.envoy import Envoy, base_id
 from testing.ports import free_port
 from testing.processes import stop_process
 from testing.web import request
-from translators.xds.ai_listener import USAGE_LOG_FLUSH
+from translators.xds.model import USAGE_LOG_FLUSH_MS
 from xds_server.bootstrap import bootstrap
 from xds_server.envoy import envoy_binary, envoy_environment
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = Path(__file__).resolve().parent / "peers" / "build.sh"
 AIGW_TARBALL = REPO.parent / "shared" / "peers" / "ai-gateway-v1.1.0-src.tar.gz"
-SETTLE_S = 3 * USAGE_LOG_FLUSH.nanos / 1e9  # after every run: the AI path's last usage-log batch reaches `serve`
+SETTLE_S = 3 * USAGE_LOG_FLUSH_MS / 1e3  # after every run: the AI path's last usage-log batch reaches `serve`
 OTHERS_LIMIT = 0.15  # cores other processes may take during a probe before a failed probe is made again
 HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 EXT_PROC = "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"

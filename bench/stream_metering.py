@@ -29,7 +29,7 @@ from testing.gateway_run import GatewayRun, gateway_run
 from testing.manifests import ai_gateway_route, ai_service_backend
 from testing.sims import start_testupstream
 from testing.web import eventually, request
-from translators.xds.ai_listener import USAGE_LOG_FLUSH
+from translators.xds.model import USAGE_LOG_FLUSH_MS
 
 UPSTREAM_HOST = "127.0.8.7"
 MODEL = "bench-stream"
@@ -52,7 +52,7 @@ async def measure(gw: GatewayRun, host: str, stream: bool, requests: int, concur
     with ThreadPoolExecutor(concurrency) as pool:
         sizes = list(pool.map(lambda _: chat(url, host, stream), range(requests)))
     elapsed = time.monotonic() - started
-    await asyncio.sleep(3 * USAGE_LOG_FLUSH.nanos / 1e9)  # the last usage-log batch reaches serve
+    await asyncio.sleep(3 * USAGE_LOG_FLUSH_MS / 1e3)  # the last usage-log batch reaches serve
     serve_cpu = cpu_seconds(serve.process.pid) - serve_before
     envoy_cpu = cpu_seconds(envoy.process.pid) - envoy_before
     messages = await envoy.stat_total("ext_proc.stream_msgs_sent") - messages_before

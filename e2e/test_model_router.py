@@ -28,7 +28,7 @@ from testing.processes import Serve
 from testing.sims import b64, start_testupstream
 from testing.web import SECONDS, Response, eventually, http_get, metric, request
 from translators.ir import TranslateOptions
-from translators.xds.ai_listener import USAGE_LOG_FLUSH
+from translators.xds.model import USAGE_LOG_FLUSH_MS
 from translators.xds.names import ECHO_LIMIT
 
 UPSTREAMS = {"a": "127.0.7.1", "b": "127.0.7.2"}
@@ -104,7 +104,7 @@ class AiGateway:
 
         _, previous = genai()
         while True:
-            time.sleep(2 * USAGE_LOG_FLUSH.nanos / 1e9)
+            time.sleep(2 * USAGE_LOG_FLUSH_MS / 1e3)
             text, current = genai()
             if current == previous:
                 return text

@@ -22,8 +22,11 @@
  * event by event as it passes: the last `usage` wins (input 0 and total input + output where it leaves them out),
  * and first_token_ms says when its first chunk came after the request's headers.
  *
- * The declarations below are this module's own, of the part of the ABI it uses (Envoy 1.40's dynamic modules ABI,
- * v0.2.0, which keeps v0.1 modules working): types, then the hooks Envoy calls, then the callbacks it exports.
+ * At the request's end, the filter writes what the control plane's GenAI metrics need of it (the path, the status,
+ * the backend, the durations, the usage, the models) to the usage log (usage_log.c), which the module exports in
+ * batches from Envoy's main thread.
+ *
+ * abi.h declares the part of Envoy's ABI the module uses.
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -33,38 +36,9 @@
 #include <strings.h>
 #include <time.h>
 
-#define EXPORT __attribute__((visibility("default")))
-
-/* ---- the ABI's types ---- */
-
-typedef struct {
-  const char *ptr;
-  size_t length;
-} envoy_buffer; /* owned by Envoy */
-
-typedef struct {
-  const char *ptr;
-  size_t length;
-} module_buffer; /* owned by the module */
-
-enum header_type { REQUEST_HEADER = 0, RESPONSE_HEADER = 2 };
-enum body_type { RECEIVED_REQUEST = 0, BUFFERED_REQUEST = 1, RECEIVED_RESPONSE = 2, BUFFERED_RESPONSE = 3 };
-enum headers_status { HEADERS_CONTINUE = 0, HEADERS_STOP_ITERATION = 1 };
-enum body_status { BODY_CONTINUE = 0, BODY_STOP_AND_BUFFER = 1 };
-enum trailers_status { TRAILERS_CONTINUE = 0 };
-
-/* ---- the callbacks Envoy exports ---- */
-
-bool envoy_dynamic_module_callback_http_get_header(void *filter, int type, module_buffer key, envoy_buffer *result,
-                                                   size_t index, size_t *count);
-bool envoy_dynamic_module_callback_http_set_header(void *filter, int type, module_buffer key, module_buffer value);
-size_t envoy_dynamic_module_callback_http_get_body_chunks_size(void *filter, int type);
-bool envoy_dynamic_module_callback_http_get_body_chunks(void *filter, int type, envoy_buffer *chunks);
-void envoy_dynamic_module_callback_http_clear_route_cache(void *filter);
-void envoy_dynamic_module_callback_http_set_dynamic_metadata_number(void *filter, module_buffer ns, module_buffer key,
-                                                                    double value);
-void envoy_dynamic_module_callback_http_set_dynamic_metadata_string(void *filter, module_buffer ns, module_buffer key,
-                                                                    module_buffer value);
+#include "abi.h"
+#include "bytes.h"
+#include "usage_log.h"
 
 /* ---- JSON scanning (no tree: one pass over the bytes) ---- */
 
@@ -470,37 +444,16 @@ EXPORT bool xds_ai_scan_answer(const char *body, size_t length, answer_fields *f
 
 /* ---- the filter ---- */
 
-/* What the translator configures (translators/xds/model.py): the two request headers and the metadata namespace,
- * one per line, so every name stays in names.py. */
+/* What the translator configures (translators/xds/model.py), one value per line, so every name and limit stays in
+ * the translator: the two request headers, the metadata namespace of the usage, the endpoint metadata namespace
+ * that names an endpoint's backend, the bound on a client's or a backend's value in the usage log, and the usage
+ * log's cluster, flush interval (ms) and batch size that exports at once (bytes). */
 typedef struct {
-  char *storage; /* the config's text, which the three names point into */
-  char *model_header, *body_header, *metering_namespace;
+  char *storage; /* the config's text, which the names point into */
+  char *model_header, *body_header, *metering_namespace, *backend_namespace;
+  size_t echo_limit;
+  usage_exporter *exporter;
 } filter_config;
-
-/* Bytes the filter keeps, up to a limit. */
-typedef struct {
-  char *at;
-  size_t length, capacity;
-} bytes;
-
-static bool reserve(bytes *b, size_t need) {
-  if (need <= b->capacity) return true;
-  size_t capacity = b->capacity ? b->capacity : 1024;
-  while (capacity < need) capacity *= 2;
-  char *grown = realloc(b->at, capacity);
-  if (!grown) return false;
-  b->at = grown;
-  b->capacity = capacity;
-  return true;
-}
-
-static bool append(bytes *b, const char *data, size_t length, size_t limit) {
-  size_t need = b->length + length;
-  if (need > limit || !reserve(b, need)) return false;
-  if (length) memcpy(b->at + b->length, data, length);
-  b->length = need;
-  return true;
-}
 
 enum answer_kind {
   ANSWER_UNREAD, /* not metered here (not JSON, compressed, or given up) */
@@ -534,6 +487,12 @@ typedef struct {
   event_reader events;
   bool first_chunk_seen;
   double first_chunk_ms; /* after the request's headers */
+  bool json_body;        /* the body was one JSON object: an AI request, which the usage log records */
+  bytes model;           /* the routed model, as the model header has it (up to the config's echo_limit) */
+  stream_usage usage;    /* the answer's, once it ended */
+  enum answer_kind metered; /* what the usage was read from (ANSWER_UNREAD: it was not) */
+  bool answered;         /* its last byte passed */
+  struct timespec answered_at;
 } filter_state;
 
 EXPORT void xds_ai_events_free(event_reader *reader);
@@ -553,9 +512,16 @@ static char *next_line(char **cursor_text) {
 
 EXPORT const char *envoy_dynamic_module_on_program_init(void) { return "v0.2.0"; }
 
+/* A count of a config line: digits only, at most 9 of them. */
+static bool count_line(const char *line, size_t *out) {
+  size_t digits = line ? strspn(line, "0123456789") : 0;
+  if (digits == 0 || digits > 9 || line[digits]) return false;
+  *out = (size_t)strtoul(line, NULL, 10);
+  return true;
+}
+
 EXPORT const void *envoy_dynamic_module_on_http_filter_config_new(void *envoy_config, envoy_buffer name,
                                                                   envoy_buffer config) {
-  (void)envoy_config;
   (void)name;
   char *copy = malloc(config.length + 1);
   filter_config *parsed = calloc(1, sizeof *parsed);
@@ -567,7 +533,16 @@ EXPORT const void *envoy_dynamic_module_on_http_filter_config_new(void *envoy_co
   parsed->model_header = next_line(&rest);
   parsed->body_header = next_line(&rest);
   parsed->metering_namespace = next_line(&rest);
-  if (parsed->model_header && parsed->body_header && parsed->metering_namespace) return parsed;
+  parsed->backend_namespace = next_line(&rest);
+  const char *echo_limit = next_line(&rest), *usage_cluster = next_line(&rest);
+  const char *flush_ms = next_line(&rest), *flush_bytes = next_line(&rest);
+  size_t flush_ms_count, flush_bytes_count;
+  if (!parsed->model_header || !parsed->body_header || !parsed->metering_namespace || !parsed->backend_namespace ||
+      !usage_cluster || !count_line(echo_limit, &parsed->echo_limit) || !count_line(flush_ms, &flush_ms_count) ||
+      !count_line(flush_bytes, &flush_bytes_count) || (rest && *rest))
+    goto fail;
+  parsed->exporter = usage_log_start(envoy_config, usage_cluster, (unsigned)flush_ms_count, flush_bytes_count);
+  if (parsed->exporter) return parsed;
 fail:
   free(copy);
   free(parsed);
@@ -576,8 +551,26 @@ fail:
 
 EXPORT void envoy_dynamic_module_on_http_filter_config_destroy(const void *config) {
   filter_config *parsed = (filter_config *)config;
+  usage_log_stop(parsed->exporter);
   free(parsed->storage);
   free(parsed);
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_config_scheduled(void *envoy_config, const void *config,
+                                                                 uint64_t event) {
+  (void)envoy_config;
+  (void)event;
+  usage_log_export(((const filter_config *)config)->exporter);
+}
+
+EXPORT void envoy_dynamic_module_on_http_filter_config_http_callout_done(void *envoy_config, const void *config,
+                                                                         uint64_t callout, int result,
+                                                                         const http_header *headers,
+                                                                         size_t headers_size,
+                                                                         const envoy_buffer *chunks,
+                                                                         size_t chunks_size) {
+  (void)envoy_config, (void)config, (void)callout, (void)chunks, (void)chunks_size;
+  usage_log_exported(result, headers, headers_size);
 }
 
 /* The per-route config only turns the filter on for a route (it is disabled on the listener). */
@@ -602,6 +595,8 @@ EXPORT void envoy_dynamic_module_on_http_filter_destroy(const void *filter) {
   filter_state *state = (filter_state *)filter;
   if (!state) return;
   free(state->answer.at);
+  free(state->model.at);
+  free(state->usage.model.at);
   xds_ai_events_free(&state->events);
   free(state);
 }
@@ -677,13 +672,18 @@ static bool whole_body(void *envoy_filter, const char **body, size_t *length, by
   return ok;
 }
 
-static void set_rendered(void *envoy_filter, const char *name, const json_value *value) {
+/* The model header, and the usage log's copy of it (bounded). */
+static void set_model(void *envoy_filter, filter_state *state, const json_value *value) {
   char stack_text[512];
   char *rendered = value->text.length <= sizeof stack_text ? stack_text : malloc(value->text.length);
   if (!rendered) return;
   size_t n = xds_ai_render(value, rendered);
-  if (n) envoy_dynamic_module_callback_http_set_header(envoy_filter, REQUEST_HEADER, text(name),
-                                                       (module_buffer){rendered, n});
+  if (n) {
+    envoy_dynamic_module_callback_http_set_header(envoy_filter, REQUEST_HEADER, text(state->config->model_header),
+                                                  (module_buffer){rendered, n});
+    size_t kept = n < state->config->echo_limit ? n : state->config->echo_limit;
+    append(&state->model, rendered, kept, kept);
+  }
   if (rendered != stack_text) free(rendered);
 }
 
@@ -703,8 +703,8 @@ static void route_by_body(void *envoy_filter, filter_state *state) {
     const filter_config *config = state->config;
     envoy_dynamic_module_callback_http_set_header(envoy_filter, REQUEST_HEADER, text(config->body_header),
                                                   text("json"));
-    if (fields.model.kind == IS_STRING || fields.model.kind == IS_OTHER)
-      set_rendered(envoy_filter, config->model_header, &fields.model);
+    state->json_body = true;
+    if (fields.model.kind == IS_STRING || fields.model.kind == IS_OTHER) set_model(envoy_filter, state, &fields.model);
     envoy_dynamic_module_callback_http_clear_route_cache(envoy_filter);
   }
   free(copy.at);
@@ -729,13 +729,19 @@ static bool header_is(void *envoy_filter, const char *name, const char *value) {
          memcmp(found.ptr, value, length) == 0;
 }
 
+static void end_answer(void *envoy_filter, filter_state *state);
+
 EXPORT int envoy_dynamic_module_on_http_filter_response_headers(void *envoy_filter, const void *filter,
                                                                 bool end_of_stream) {
   filter_state *state = (filter_state *)filter;
   envoy_buffer content_type, encoding;
   state->answer_kind = ANSWER_UNREAD;
+  if (end_of_stream) {
+    end_answer(envoy_filter, state);
+    return HEADERS_CONTINUE;
+  }
   /* A compressed answer is passed on unread: decoding it would cost more than its counts are worth. */
-  if (end_of_stream || header(envoy_filter, RESPONSE_HEADER, "content-encoding", &encoding) ||
+  if (header(envoy_filter, RESPONSE_HEADER, "content-encoding", &encoding) ||
       !header(envoy_filter, RESPONSE_HEADER, "content-type", &content_type))
     return HEADERS_CONTINUE;
   static const char events[] = "text/event-stream";
@@ -762,18 +768,17 @@ static void set_string(void *envoy_filter, const filter_state *state, const char
 static const char *const USAGE_KEYS[USAGE_FIELDS] = {"input_tokens", "output_tokens", "total_tokens"};
 
 /* A JSON answer, whole: its model and whichever counts its `usage` has (as Envoy's json_to_metadata read them). */
-static void meter_json(void *envoy_filter, filter_state *state) {
+static bool meter_json(filter_state *state) {
   answer_fields fields;
-  if (!xds_ai_scan_answer(state->answer.at, state->answer.length, &fields)) return;
-  for (int i = 0; i < USAGE_FIELDS; i++)
-    if (fields.has[i]) set_number(envoy_filter, state, USAGE_KEYS[i], fields.tokens[i]);
-  if (fields.model.kind == IS_STRING && fields.model.text.length) {
-    char *model = malloc(fields.model.text.length);
-    if (model) {
-      set_string(envoy_filter, state, "response_model", model, xds_ai_render(&fields.model, model));
-      free(model);
-    }
+  if (!xds_ai_scan_answer(state->answer.at, state->answer.length, &fields)) return false;
+  stream_usage *usage = &state->usage;
+  for (int i = 0; i < USAGE_FIELDS; i++) {
+    usage->has[i] = fields.has[i];
+    usage->tokens[i] = fields.tokens[i];
   }
+  if (fields.model.kind == IS_STRING && fields.model.text.length && reserve(&usage->model, fields.model.text.length))
+    usage->model.length = xds_ai_render(&fields.model, usage->model.at);
+  return true;
 }
 
 static bool contains(const char *haystack, size_t length, const char *needle) {
@@ -879,27 +884,40 @@ static double milliseconds_since(const struct timespec *start) {
   return (double)(now.tv_sec - start->tv_sec) * 1e3 + (double)(now.tv_nsec - start->tv_nsec) / 1e6;
 }
 
-/* The end of an event stream: its usage as metadata. */
-static void meter_events(void *envoy_filter, filter_state *state) {
+/* The end of an event stream: its usage is the last it reported (the reader's, taken over). */
+static bool meter_events(filter_state *state) {
   xds_ai_events_end(&state->events);
-  if (state->events.failed) return;
-  const stream_usage *usage = &state->events.usage;
+  if (state->events.failed) return false;
+  free(state->usage.model.at);
+  state->usage = state->events.usage;
+  state->events.usage = (stream_usage){0};
+  return true;
+}
+
+/* The answer's last byte passed: its usage into the metadata (the access log's), when it was read. */
+static void end_answer(void *envoy_filter, filter_state *state) {
+  if (state->answered) return;
+  state->answered = true;
+  clock_gettime(CLOCK_MONOTONIC, &state->answered_at);
+  enum answer_kind kind = state->answer_kind;
+  state->answer_kind = ANSWER_UNREAD;
+  if (!(kind == ANSWER_JSON ? meter_json(state) : kind == ANSWER_EVENTS && meter_events(state))) return;
+  state->metered = kind;
+  const stream_usage *usage = &state->usage;
   for (int i = 0; i < USAGE_FIELDS; i++)
     if (usage->has[i]) set_number(envoy_filter, state, USAGE_KEYS[i], usage->tokens[i]);
   if (usage->model.length) set_string(envoy_filter, state, "response_model", usage->model.at, usage->model.length);
-  if (state->first_chunk_seen) set_number(envoy_filter, state, "first_token_ms", state->first_chunk_ms);
-}
-
-static void end_answer(void *envoy_filter, filter_state *state) {
-  if (state->answer_kind == ANSWER_JSON) meter_json(envoy_filter, state);
-  else if (state->answer_kind == ANSWER_EVENTS) meter_events(envoy_filter, state);
-  state->answer_kind = ANSWER_UNREAD;
+  if (state->metered == ANSWER_EVENTS && state->first_chunk_seen)
+    set_number(envoy_filter, state, "first_token_ms", state->first_chunk_ms);
 }
 
 EXPORT int envoy_dynamic_module_on_http_filter_response_body(void *envoy_filter, const void *filter,
                                                              bool end_of_stream) {
   filter_state *state = (filter_state *)filter;
-  if (state->answer_kind == ANSWER_UNREAD) return BODY_CONTINUE;
+  if (state->answer_kind == ANSWER_UNREAD) {
+    if (end_of_stream) end_answer(envoy_filter, state);
+    return BODY_CONTINUE;
+  }
   envoy_buffer stack[STACK_CHUNKS];
   size_t count;
   envoy_buffer *chunks = body_chunks(envoy_filter, RECEIVED_RESPONSE, stack, &count);
@@ -926,11 +944,69 @@ EXPORT int envoy_dynamic_module_on_http_filter_response_trailers(void *envoy_fil
   return TRAILERS_CONTINUE;
 }
 
-/* The hooks Envoy requires of every HTTP filter module, for features this filter does not use. */
-EXPORT void envoy_dynamic_module_on_http_filter_stream_complete(void *envoy_filter, const void *filter) {
-  (void)envoy_filter;
-  (void)filter;
+/* Whole `per_second` units (1000: milliseconds) from `from` to `to`. */
+static uint64_t elapsed(const struct timespec *from, const struct timespec *to, long per_second) {
+  int64_t nanos = (int64_t)(to->tv_sec - from->tv_sec) * 1000000000 + (to->tv_nsec - from->tv_nsec);
+  return nanos > 0 ? (uint64_t)nanos / (uint64_t)(1000000000 / per_second) : 0;
 }
+
+/* `value` in decimal, into `out` (20 bytes at least). */
+static module_buffer decimal(char *out, uint64_t value) {
+  char digits[20];
+  size_t n = 0;
+  do digits[n++] = (char)('0' + value % 10);
+  while ((value /= 10) != 0);
+  for (size_t i = 0; i < n; i++) out[i] = digits[n - 1 - i];
+  return (module_buffer){out, n};
+}
+
+static module_buffer bounded(const char *at, size_t length, size_t limit) {
+  return (module_buffer){at, length < limit ? length : limit};
+}
+
+/* The request is over: an AI request's record joins the usage log. The values Envoy holds (the path, the status, the
+ * answering endpoint's backend) are read now, the filter's own (the durations, the usage, the models) were kept. */
+EXPORT void envoy_dynamic_module_on_http_filter_stream_complete(void *envoy_filter, const void *filter) {
+  filter_state *state = (filter_state *)filter;
+  if (!state->json_body) return; /* not an AI request: nothing of it is metered */
+  const filter_config *config = state->config;
+  usage_record record = {0};
+  char numbers[USAGE_LINES][24];
+  envoy_buffer value;
+  if (header(envoy_filter, REQUEST_HEADER, ":path", &value))
+    record.lines[LINE_PATH] = bounded(value.ptr, value.length, config->echo_limit);
+  uint64_t status;
+  if (envoy_dynamic_module_callback_http_filter_get_attribute_int(envoy_filter, ATTRIBUTE_RESPONSE_CODE, &status))
+    record.lines[LINE_STATUS] = decimal(numbers[LINE_STATUS], status);
+  if (envoy_dynamic_module_callback_http_get_metadata_string(envoy_filter, METADATA_HOST,
+                                                             text(config->backend_namespace), text("backend"),
+                                                             &value) &&
+      value.ptr) {
+    record.lines[LINE_BACKEND] = (module_buffer){value.ptr, value.length};
+  } else if (envoy_dynamic_module_callback_http_filter_get_attribute_string(envoy_filter, ATTRIBUTE_XDS_CLUSTER_NAME,
+                                                                            &value) &&
+             value.ptr) {
+    record.lines[LINE_CLUSTER] = (module_buffer){value.ptr, value.length}; /* an endpoint that names no backend */
+  }
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  if (state->answered)
+    record.lines[LINE_DURATION_US] = decimal(numbers[LINE_DURATION_US], elapsed(&state->started, &state->answered_at,
+                                                                                1000000));
+  record.lines[LINE_STREAM_MS] = decimal(numbers[LINE_STREAM_MS], elapsed(&state->started, &now, 1000));
+  const stream_usage *usage = &state->usage;
+  if (usage->has[INPUT_TOKENS])
+    record.lines[LINE_INPUT_TOKENS] = decimal(numbers[LINE_INPUT_TOKENS], (uint64_t)usage->tokens[INPUT_TOKENS]);
+  if (usage->has[OUTPUT_TOKENS])
+    record.lines[LINE_OUTPUT_TOKENS] = decimal(numbers[LINE_OUTPUT_TOKENS], (uint64_t)usage->tokens[OUTPUT_TOKENS]);
+  if (state->metered == ANSWER_EVENTS && state->first_chunk_seen)
+    record.lines[LINE_FIRST_TOKEN_MS] = decimal(numbers[LINE_FIRST_TOKEN_MS], (uint64_t)state->first_chunk_ms);
+  if (state->model.length) record.lines[LINE_MODEL] = (module_buffer){state->model.at, state->model.length};
+  if (usage->model.length) record.response_model = bounded(usage->model.at, usage->model.length, config->echo_limit);
+  usage_log_add(&record);
+}
+
+/* The hooks Envoy requires of every HTTP filter module, for features this filter does not use. */
 EXPORT void envoy_dynamic_module_on_http_filter_scheduled(void *envoy_filter, const void *filter, uint64_t id) {
   (void)envoy_filter;
   (void)filter;

@@ -24,10 +24,11 @@ from prometheus_client import REGISTRY
 from testing.ports import free_port
 from testing.sse import split_streams
 from translators.ir import TranslateOptions
-from translators.xds.ai_listener import USAGE_LOG_ATTRIBUTE, USAGE_LOG_LINES
 from translators.xds.names import (
     PICKER_POOL_METADATA,
     UPSTREAM_SETTINGS_METADATA,
+    USAGE_RECORD_ATTRIBUTE,
+    USAGE_RECORD_LINES,
 )
 from xds_server.api import usage_log_pb2
 from xds_server.control_plane import ControlPlane
@@ -137,9 +138,8 @@ def log_entry(
     stream_ms: int | None = None,
     usage: Mapping[str, object] | None = None,
 ) -> dict[str, str]:
-    """A record's values as Envoy formats USAGE_LOG_LINES and USAGE_LOG_ATTRIBUTE: "-" for what it has no value of
-    (None here);
-    numbers as it prints a double (usage); `duration` in seconds, printed in whole microseconds."""
+    """A record's values as the AI filter writes USAGE_RECORD_LINES and USAGE_RECORD_ATTRIBUTE: "-" for what it has
+    no value of (None here); counts in decimal (usage); `duration` in seconds, written in whole microseconds."""
     rendered = {
         "path": path,
         "model": model,
@@ -163,8 +163,8 @@ FULL_USAGE = {
 
 
 def test_the_attributes_are_the_usage_logs() -> None:
-    """log_entry builds what the translator asks Envoy for: the same attribute names, every usage key but the total."""
-    assert set(log_entry(usage=FULL_USAGE)) == {key for key, _ in USAGE_LOG_LINES} | {USAGE_LOG_ATTRIBUTE[0]}
+    """log_entry builds what the filter writes: the same names, every usage key but the total."""
+    assert set(log_entry(usage=FULL_USAGE)) == {*USAGE_RECORD_LINES, USAGE_RECORD_ATTRIBUTE}
 
 
 def test_an_entry_says_what_was_routed_where_when_and_what_it_used() -> None:
@@ -268,11 +268,7 @@ def test_counts_that_are_not_counts_are_left_out() -> None:
     assert UsageEntry.of(log_entry(duration=None, stream_ms=None)) is None
 
 
-@given(
-    st.dictionaries(
-        st.sampled_from([*(key for key, _ in USAGE_LOG_LINES), USAGE_LOG_ATTRIBUTE[0]]), st.text(max_size=12)
-    )
-)
+@given(st.dictionaries(st.sampled_from([*USAGE_RECORD_LINES, USAGE_RECORD_ATTRIBUTE]), st.text(max_size=12)))
 def test_any_attributes_give_an_entry_or_none(attributes: dict[str, str]) -> None:
     """Whatever a record holds (a backend chose the usage values, a client the model), reading it never fails; and
     what it reads is a count >= 0 or nothing."""
@@ -404,29 +400,29 @@ def requests(*messages: pb.ProcessingRequest) -> Iterator[pb.ProcessingRequest]:
 
 
 def log_record(values: Mapping[str, str]) -> usage_log_pb2.LogRecord:
-    """A record as Envoy sends it: the lines of its body, then its attribute."""
-    body = "\n".join(values[name] for name, _ in USAGE_LOG_LINES)
-    key = USAGE_LOG_ATTRIBUTE[0]
-    attribute = usage_log_pb2.KeyValue(key=key, value=usage_log_pb2.AnyValue(string_value=values[key]))
+    """A record as the filter sends it: the lines of its body, then its attribute."""
+    body = "\n".join(values[name] for name in USAGE_RECORD_LINES).encode()
+    key = USAGE_RECORD_ATTRIBUTE
+    attribute = usage_log_pb2.KeyValue(key=key, value=usage_log_pb2.AnyValue(string_value=values[key].encode()))
     return usage_log_pb2.LogRecord(body=usage_log_pb2.AnyValue(string_value=body), attributes=[attribute])
 
 
-def test_a_record_reads_back_as_the_values_envoy_formatted() -> None:
+def test_a_record_reads_back_as_the_values_the_filter_wrote() -> None:
     values = log_entry(usage=FULL_USAGE)
     assert fields(log_record(values)) == values
 
 
 def test_the_model_is_read_whole_whatever_it_holds() -> None:
-    """The client chose the model (Envoy put its body's value in a header): line breaks in it stay in it, and move
-    no other value."""
+    """The client chose the model (the filter put its body's value in a header): line breaks in it stay in it, and
+    move no other value."""
     values = log_entry(model="a\nb\n\nc", usage=FULL_USAGE)
     found = UsageEntry.of(fields(log_record(values)))
     assert found is not None and found.model == "a\nb\n\nc" and (found.input_tokens, found.status) == (7, 200)
 
 
-@given(st.text(max_size=40), st.lists(st.tuples(st.text(max_size=16), st.text(max_size=16)), max_size=3))
-def test_any_record_gives_an_entry_or_none(body: str, attributes: list[tuple[str, str]]) -> None:
-    """Whatever a record holds, reading it never fails."""
+@given(st.binary(max_size=40), st.lists(st.tuples(st.text(max_size=16), st.binary(max_size=16)), max_size=3))
+def test_any_record_gives_an_entry_or_none(body: bytes, attributes: list[tuple[str, bytes]]) -> None:
+    """Whatever a record holds, bytes that are not UTF-8 included, reading it never fails."""
     record = usage_log_pb2.LogRecord(
         body=usage_log_pb2.AnyValue(string_value=body),
         attributes=[usage_log_pb2.KeyValue(key=k, value=usage_log_pb2.AnyValue(string_value=v)) for k, v in attributes],
@@ -436,7 +432,7 @@ def test_any_record_gives_an_entry_or_none(body: str, attributes: list[tuple[str
 
 
 def export(*batches: list[dict[str, str]]) -> usage_log_pb2.ExportLogsServiceRequest:
-    """One export as Envoy sends it: a resource (no labels: builtin labels are off) per batch of records."""
+    """One export: a resource (with no labels) per batch of records."""
     return usage_log_pb2.ExportLogsServiceRequest(
         resource_logs=[
             usage_log_pb2.ResourceLogs(
@@ -461,8 +457,8 @@ def test_the_subset_reads_what_opentelemetrys_own_messages_encode() -> None:
     resource.instrumentation_library_logs.add(logs=[record])
     read = usage_log_pb2.ExportLogsServiceRequest.FromString(request.SerializeToString())
     [[[found]]] = [[list(scope.log_records) for scope in resource.scope_logs] for resource in read.resource_logs]
-    assert found.body.string_value == "b"
-    assert [(pair.key, pair.value.string_value) for pair in found.attributes] == [("response_model", "model-o")]
+    assert found.body.string_value == b"b"
+    assert [(pair.key, pair.value.string_value) for pair in found.attributes] == [("response_model", b"model-o")]
 
 
 def export_call(

@@ -11,9 +11,7 @@ from datetime import datetime
 
 import pytest
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.core.v3 import config_source_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
-from envoy.extensions.access_loggers.open_telemetry.v3 import logs_service_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.dynamic_modules.v3 import dynamic_modules_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
@@ -42,10 +40,10 @@ from translators.ir import (
 )
 from translators.loader import load_texts
 from translators.xds import listeners
-from translators.xds.ai_listener import STDOUT_LOGGER, USAGE_LOG_ATTRIBUTE, USAGE_LOG_FLUSH, USAGE_LOG_LINES
+from translators.xds.ai_listener import STDOUT_LOGGER
 from translators.xds.gateway import gateway_resources
 from translators.xds.memo import Memo
-from translators.xds.model import ai_filter_config, ai_filter_route_config
+from translators.xds.model import USAGE_LOG_BATCH_BYTES, USAGE_LOG_FLUSH_MS, ai_filter_config, ai_filter_route_config
 from translators.xds.names import (
     AI_FILTER,
     AI_MODULE,
@@ -61,7 +59,8 @@ from translators.xds.names import (
     PICKER_FILTER,
     PICKER_POOL_METADATA,
     ROUTER_FILTER,
-    USAGE_LOG_NAME,
+    USAGE_RECORD_ATTRIBUTE,
+    USAGE_RECORD_LINES,
     XDS_METADATA_NAMESPACE,
 )
 from translators.xds.routes import route_configuration
@@ -379,13 +378,14 @@ def test_a_virtual_host_of_plain_http_routes_gets_none_of_these_routes() -> None
 
 
 def test_the_ai_filter_is_told_the_headers_and_the_namespace_the_routes_and_logs_read() -> None:
-    """The module's config is the three names, one per line, in the order native/ai_filter.c reads them: the names
-    stay defined in names.py, and the headers it sets are all internal ones (stripped from clients before routing)."""
+    """The module's config starts with the two headers and the namespace, one per line, in the order
+    native/ai_filter.c reads them: the names stay defined in names.py, and the headers it sets are all internal ones
+    (stripped from clients before routing)."""
     config = ai_filter_config()
     assert config.dynamic_module_config.name == AI_MODULE and config.dynamic_module_config.do_not_close
     names = wrappers_pb2.StringValue()
     assert config.filter_config.Unpack(names)
-    assert names.value.split("\n") == [MODEL_HEADER, JSON_BODY_HEADER, METERING_METADATA_NAMESPACE]
+    assert names.value.split("\n")[:3] == [MODEL_HEADER, JSON_BODY_HEADER, METERING_METADATA_NAMESPACE]
     headers = (MODEL_HEADER, JSON_BODY_HEADER)
     assert all(header.startswith(INTERNAL_HEADER_PREFIXES) for header in headers)
     route = ai_filter_route_config()
@@ -442,44 +442,36 @@ def test_a_plain_http_listener_runs_only_the_router_and_logs_no_usage() -> None:
     assert not hcm.HasField("local_reply_config")
 
 
-def test_ai_listeners_log_every_ai_request_to_the_control_plane() -> None:
+def test_ai_listeners_log_ai_requests_on_stdout_and_the_ai_filter_exports_the_usage_log() -> None:
+    """Envoy's one access log is the JSON line on stdout; the usage log is the AI filter's, exported to the control
+    plane's server (EXTPROC_CLUSTER) by the module, which its config names with the batch's interval and size."""
     for text in (MANIFESTS, GATEWAY + POOL):
         hcm = manager(translated(text))
-        assert [log.name for log in hcm.access_log] == [STDOUT_LOGGER, USAGE_LOG_NAME]
-    [usage_log] = [log for log in hcm.access_log if log.name == USAGE_LOG_NAME]
-    assert isinstance(usage_log, accesslog_pb2.AccessLog)
-    # Only requests whose body Envoy read as a JSON object (the model filter's marker), by a native header match.
-    header = usage_log.filter.header_filter.header
-    assert (header.name, header.present_match) == (JSON_BODY_HEADER, True)
-    config = logs_service_pb2.OpenTelemetryAccessLogConfig()
-    assert usage_log.typed_config.Unpack(config)
-    # A body of formatted lines and one attribute per record, none of the resource labels Envoy would add.
-    assert config.disable_builtin_labels
-    assert config.body.string_value == "\n".join(line for _, line in USAGE_LOG_LINES)
-    assert [(pair.key, pair.value.string_value) for pair in config.attributes.values] == [USAGE_LOG_ATTRIBUTE]
-    assert not config.resource_attributes.values
-    common = config.common_config
-    assert common.log_name == USAGE_LOG_NAME
-    assert common.grpc_service.envoy_grpc.cluster_name == EXTPROC_CLUSTER  # the server the usage log service is on
-    assert common.transport_api_version == config_source_pb2.V3
-    assert common.buffer_flush_interval == USAGE_LOG_FLUSH
-    assert 0 < USAGE_LOG_FLUSH.ToMilliseconds() <= 1000
-    # Batches flush on the interval, not on Envoy's 16 KiB default, and stay under gRPC's 4 MiB message limit.
-    assert 64 * 1024 <= common.buffer_size_bytes.value <= 2 * 1024 * 1024
+        assert [log.name for log in hcm.access_log] == [STDOUT_LOGGER]
+    config = wrappers_pb2.StringValue()
+    assert ai_filter_config().filter_config.Unpack(config)
+    lines = config.value.split("\n")
+    assert lines == [
+        MODEL_HEADER,
+        JSON_BODY_HEADER,
+        METERING_METADATA_NAMESPACE,
+        XDS_METADATA_NAMESPACE,  # where an endpoint names its backend
+        str(ECHO_LIMIT),
+        EXTPROC_CLUSTER,
+        str(USAGE_LOG_FLUSH_MS),
+        str(USAGE_LOG_BATCH_BYTES),
+    ]
+    assert 0 < USAGE_LOG_FLUSH_MS <= 1000
+    # Batches flush on the interval, and stay under gRPC's 4 MiB message limit.
+    assert 64 * 1024 <= USAGE_LOG_BATCH_BYTES <= 2 * 1024 * 1024
 
 
-def test_the_usage_log_reads_the_routed_model_the_backend_and_the_usage() -> None:
-    formats = dict([*USAGE_LOG_LINES, USAGE_LOG_ATTRIBUTE])
-    assert formats["model"].startswith(f"%REQ({MODEL_HEADER})")
-    # The client's model is the body's last line (read as the rest of the body); no other line is a request value
-    # that could hold a line break (a path cannot).
-    assert USAGE_LOG_LINES[-1][0] == "model"
-    assert [name for name, line in USAGE_LOG_LINES if "%REQ(" in line] == ["path", "model"]
-    assert formats["backend"] == f"%UPSTREAM_METADATA({XDS_METADATA_NAMESPACE}:backend)%"
-    for key in ("response_model", "input_tokens", "output_tokens", "first_token_ms"):
-        assert formats[key].startswith(f"%DYNAMIC_METADATA({METERING_METADATA_NAMESPACE}:{key})")
-    # What a client or a backend chose is bounded.
-    assert all(formats[key].endswith(f":{ECHO_LIMIT}%") for key in ("path", "model", "response_model"))
+def test_the_usage_records_last_line_is_the_routed_model() -> None:
+    """The client's model is the body's last line (read as the rest of the body, whatever it holds); the answer's
+    model, the backend's choice, is the attribute: no other line is a value a client or a backend chose."""
+    assert USAGE_RECORD_LINES[-1] == "model"
+    assert USAGE_RECORD_ATTRIBUTE not in USAGE_RECORD_LINES
+    assert len(set(USAGE_RECORD_LINES)) == len(USAGE_RECORD_LINES)
 
 
 def test_the_endpoints_carry_the_backend_the_usage_log_and_access_log_read() -> None:

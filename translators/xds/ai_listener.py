@@ -11,23 +11,18 @@ alone: direct responses and the services' own immediate responses already carry 
 from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
-from envoy.extensions.access_loggers.grpc.v3 import als_pb2
-from envoy.extensions.access_loggers.open_telemetry.v3 import logs_service_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from google.protobuf import duration_pb2, struct_pb2, wrappers_pb2
-from opentelemetry.proto.common.v1 import common_pb2
+from google.protobuf import struct_pb2, wrappers_pb2
 
 from translators.xds.names import (
     ECHO_LIMIT,
-    EXTPROC_CLUSTER,
     JSON_BODY_HEADER,
     METERING_METADATA_NAMESPACE,
     MODEL_HEADER,
-    USAGE_LOG_NAME,
     USAGE_METADATA_KEYS,
     XDS_METADATA_NAMESPACE,
     pack,
@@ -146,66 +141,4 @@ def ai_access_log() -> accesslog_pb2.AccessLog:
     either = accesslog_pb2.OrFilter(filters=[_header_present(JSON_BODY_HEADER), _refused_or_failed()])
     return accesslog_pb2.AccessLog(
         name=STDOUT_LOGGER, filter=accesslog_pb2.AccessLogFilter(or_filter=either), typed_config=pack(config)
-    )
-
-
-USAGE_LOG_FLUSH = duration_pb2.Duration(nanos=250_000_000)  # metrics lag requests by at most this much
-# Envoy also exports a batch once it holds this much (16 KiB by default: some 50 records, dozens of calls a second
-# at a thousand requests a second, each costing the control plane more than the records in it). A mebibyte lets the
-# interval decide up to some 10,000 requests a second per worker, and stays well below gRPC's 4 MiB message limit.
-USAGE_LOG_BUFFER_BYTES = 1 << 20
-# What the usage log says of a request, in Envoy formats ("-" where Envoy has no value). The backend is the answering
-# endpoint's (the cluster where it has none); the duration runs to the last byte sent to the client, or to the
-# stream's end (whole milliseconds) for a client that left before it; the usage is what the AI filter (JSON answers and
-# event streams alike) wrote. Lines of one string, the record's body: no value but the last can hold a
-# line break (Envoy's codecs refuse one in a path; the others are numbers, or names this project gave), and the last,
-# the model the client's body named, is read as the rest of the body, whatever it holds. The answer's model, which
-# the backend chose, is the record's one attribute. (Each attribute costs Envoy some 5,500 instructions a request,
-# a line of the body some 1,500: bench.instructions variants.) What a client or a backend chose is bounded
-# (ECHO_LIMIT).
-USAGE_LOG_LINES = (
-    ("path", f"%REQ(:PATH):{ECHO_LIMIT}%"),
-    ("status", "%RESPONSE_CODE%"),
-    ("backend", f"%UPSTREAM_METADATA({XDS_METADATA_NAMESPACE}:backend)%"),
-    ("cluster", "%UPSTREAM_CLUSTER%"),
-    ("duration_us", "%COMMON_DURATION(DS_RX_BEG:DS_TX_END:us)%"),
-    ("stream_ms", "%DURATION%"),
-    *(
-        (key, f"%DYNAMIC_METADATA({METERING_METADATA_NAMESPACE}:{key}):{ECHO_LIMIT}%")
-        for key in ("input_tokens", "output_tokens", "first_token_ms")
-    ),
-    ("model", f"%REQ({MODEL_HEADER}):{ECHO_LIMIT}%"),
-)
-USAGE_LOG_ATTRIBUTE = (
-    "response_model",
-    f"%DYNAMIC_METADATA({METERING_METADATA_NAMESPACE}:response_model):{ECHO_LIMIT}%",
-)
-
-
-def usage_log() -> accesslog_pb2.AccessLog:
-    """Every AI request (one whose body Envoy read) to the control plane as an OpenTelemetry log record: a body of
-    formatted lines (USAGE_LOG_LINES) and one attribute (USAGE_LOG_ATTRIBUTE), without the resource labels Envoy
-    would add. Envoy batches records and exports a batch per flush interval from each worker; the control plane
-    records the GenAI metrics from them, so a request costs no call of its own. (The gRPC access log service would
-    carry every common property of each request, its addresses, timings and all its metadata, for Envoy to build
-    and the control plane to read: 25 µs a record there against 13 µs for this one.)"""
-    common = als_pb2.CommonGrpcAccessLogConfig(
-        log_name=USAGE_LOG_NAME,
-        grpc_service=grpc_service_pb2.GrpcService(
-            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=EXTPROC_CLUSTER)
-        ),
-        transport_api_version=config_source_pb2.V3,
-        buffer_flush_interval=USAGE_LOG_FLUSH,
-        buffer_size_bytes=wrappers_pb2.UInt32Value(value=USAGE_LOG_BUFFER_BYTES),
-    )
-    key, value = USAGE_LOG_ATTRIBUTE
-    attribute = common_pb2.KeyValue(key=key, value=common_pb2.AnyValue(string_value=value))
-    config = logs_service_pb2.OpenTelemetryAccessLogConfig(
-        common_config=common,
-        disable_builtin_labels=True,
-        body=common_pb2.AnyValue(string_value="\n".join(line for _, line in USAGE_LOG_LINES)),
-        attributes=common_pb2.KeyValueList(values=[attribute]),
-    )
-    return accesslog_pb2.AccessLog(
-        name=USAGE_LOG_NAME, filter=_header_present(JSON_BODY_HEADER), typed_config=pack(config)
     )

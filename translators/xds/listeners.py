@@ -22,7 +22,7 @@ from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 
 from translators.ir import ListenerIR, PickerBodyMode, TranslateOptions
-from translators.xds.ai_listener import ai_access_log, local_reply_config, usage_log
+from translators.xds.ai_listener import ai_access_log, local_reply_config
 from translators.xds.clusters import ads_config_source
 from translators.xds.extproc import extproc_config
 from translators.xds.listener_tls import tls_filter_chain_parts, tls_inspector
@@ -124,7 +124,7 @@ def listener(ir: ListenerIR, options: TranslateOptions) -> listener_pb2.Listener
     if uses_extproc(ir):
         manager.local_reply_config.CopyFrom(local_reply_config(options.buffer_limit_bytes))
     if ir.routes_by_model:
-        manager.access_log.extend([ai_access_log(), usage_log()])
+        manager.access_log.append(ai_access_log())
     network_filter = listener_components_pb2.Filter(
         name="envoy.filters.network.http_connection_manager", typed_config=pack(manager)
     )

@@ -11,11 +11,19 @@ from google.protobuf import wrappers_pb2
 from translators.xds.names import (
     AI_FILTER_NAME,
     AI_MODULE,
+    ECHO_LIMIT,
+    EXTPROC_CLUSTER,
     JSON_BODY_HEADER,
     METERING_METADATA_NAMESPACE,
     MODEL_HEADER,
+    XDS_METADATA_NAMESPACE,
     pack,
 )
+
+USAGE_LOG_FLUSH_MS = 250  # the usage log's export interval: metrics lag requests by at most this much
+# The module also exports a batch as soon as it holds this much: at 250 ms, some 10,000 requests a second, well below
+# gRPC's 4 MiB message limit. (Fewer, larger exports cost the control plane less than the records in them.)
+USAGE_LOG_BATCH_BYTES = 1 << 20
 
 
 def ai_filter_module() -> dynamic_modules_config_pb2.DynamicModuleConfig:
@@ -30,9 +38,14 @@ def ai_filter_config() -> dynamic_modules_pb2.DynamicModuleFilter:
     its first chunk came) into METERING_METADATA_NAMESPACE. It sets no header when the body is not one JSON object
     (malformed, another type, a repeated top-level key, or declared as another Content-Type), and no MODEL_HEADER
     when `model` is missing, null or "": the routes after the model routes tell these cases apart. A body with no
-    Content-Type is read as JSON (OpenAI's API does) and gets one. Its config is the three names, one per line, so
-    they stay defined here."""
-    names = "\n".join((MODEL_HEADER, JSON_BODY_HEADER, METERING_METADATA_NAMESPACE))
+    Content-Type is read as JSON (OpenAI's API does) and gets one. At each AI request's end it writes the usage log's
+    record (USAGE_RECORD_LINES), which the module exports to the control plane in batches. Its config is one value a
+    line (the order native/ai_filter.c reads), so every name and limit stays defined here."""
+    values = (
+        *(MODEL_HEADER, JSON_BODY_HEADER, METERING_METADATA_NAMESPACE, XDS_METADATA_NAMESPACE, ECHO_LIMIT),
+        *(EXTPROC_CLUSTER, USAGE_LOG_FLUSH_MS, USAGE_LOG_BATCH_BYTES),
+    )
+    names = "\n".join(str(value) for value in values)
     return dynamic_modules_pb2.DynamicModuleFilter(
         dynamic_module_config=ai_filter_module(),
         filter_name=AI_FILTER_NAME,

@@ -28,9 +28,6 @@ AI_FILTER_NAME = "ai"
 # For a request body sent without Content-Length (chunked): Envoy counts the body it holds and sets Content-Length,
 # as backends that read only sized bodies want.
 CONTENT_LENGTH_FILTER = "envoy.filters.http.buffer/content-length"
-# The AI requests' log records, exported to the control plane (OpenTelemetry's logs service, batched), which turns
-# them into the GenAI metrics.
-USAGE_LOG_NAME = "xds-server/usage"
 PICKER_FILTER = "envoy.filters.http.ext_proc/endpoint-picker"
 ROUTER_FILTER = "envoy.filters.http.router"
 # A cluster's upstream filters: the backend settings ext_proc (per attempt), then the codec Envoy requires last.
@@ -95,6 +92,27 @@ XDS_METADATA_NAMESPACE = "aigateway.envoy.io"
 # Dynamic metadata the AI filter writes (access logs, the usage log): keys of USAGE_METADATA_KEYS.
 METERING_METADATA_NAMESPACE = "io.envoy.ai_gateway"
 USAGE_METADATA_KEYS = ("response_model", "input_tokens", "output_tokens", "total_tokens", "first_token_ms")
+# The usage log: the AI filter's record of each AI request (an OpenTelemetry log record, exported in batches to the
+# control plane's logs service on EXTPROC_CLUSTER), which `serve` turns into the GenAI metrics. Its body is these
+# lines, in this order (native/usage_log.h's enum usage_line), "-" where the filter has no value: the request's path
+# and status; the answering endpoint's backend (its metadata, BACKEND_ATTRIBUTE's), or the cluster for an endpoint
+# that names none; from the request's headers to the last byte of the answer (µs: none when the client left before
+# it) and to the stream's end (whole ms); the answer's input and output tokens; an event stream's first chunk (ms
+# after the request's headers); last the routed model, read as the rest of the body whatever it holds. The one
+# attribute is the answer's model. What a client or a backend chose is bounded (ECHO_LIMIT).
+USAGE_RECORD_LINES = (
+    "path",
+    "status",
+    "backend",
+    "cluster",
+    "duration_us",
+    "stream_ms",
+    "input_tokens",
+    "output_tokens",
+    "first_token_ms",
+    "model",
+)
+USAGE_RECORD_ATTRIBUTE = "response_model"
 # Ext_proc request attribute (CEL) of the upstream phase: the backend an attempt goes to (endpoint metadata names it
 # even inside a weighted cluster).
 BACKEND_ATTRIBUTE = f"xds.upstream_host_metadata.filter_metadata['{XDS_METADATA_NAMESPACE}']['backend']"

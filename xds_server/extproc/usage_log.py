@@ -1,10 +1,10 @@
-"""The usage log: Envoy exports an OpenTelemetry log record for every AI request (batched, one export per flush
-interval from each worker), and the GenAI metrics are recorded from it. Nothing here runs on a request's path.
+"""The usage log: the AI filter (native/ai_filter.c, an Envoy dynamic module) writes an OpenTelemetry log record for
+every AI request, and the module exports them in batches (one export per flush interval, native/usage_log.c); the
+GenAI metrics are recorded from them. Nothing here runs on a request's path.
 
-A record's body is the formatted lines of translators.xds.ai_listener.USAGE_LOG_LINES (the path, the status, the
-backend, the timings, the usage the AI filter (native/ai_filter.c: JSON answers and event streams) wrote as
-dynamic metadata, and last the routed model), its one attribute the answer's model. Envoy writes "-" where
-it has no value.
+A record's body is the lines of translators.xds.names.USAGE_RECORD_LINES (the path, the status, the backend, the
+timings, the answer's usage, and last the routed model), its one attribute (USAGE_RECORD_ATTRIBUTE) the answer's
+model. The filter writes "-" where it has no value.
 """
 
 from __future__ import annotations
@@ -17,15 +17,12 @@ from typing import Any
 
 import grpc
 
-from translators.xds.ai_listener import USAGE_LOG_ATTRIBUTE, USAGE_LOG_LINES
-from translators.xds.names import OPERATIONS
+from translators.xds.names import OPERATIONS, USAGE_RECORD_ATTRIBUTE, USAGE_RECORD_LINES
 from xds_server.api import usage_log_pb2
 from xds_server.extproc import telemetry
 
 LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
-MISSING = "-"  # Envoy's rendering of a value it does not have
-LINES = tuple(name for name, _ in USAGE_LOG_LINES)
-ATTRIBUTE = USAGE_LOG_ATTRIBUTE[0]
+MISSING = "-"  # the filter's rendering of a value it does not have (Envoy's word for it)
 SLICE = 256  # records recorded between two turns of the event loop: a few milliseconds
 
 
@@ -105,12 +102,13 @@ class UsageEntry:
 
 
 def fields(record: usage_log_pb2.LogRecord) -> dict[str, str]:
-    """A record's values by name: its body's lines (the last one whatever it holds), then its attribute."""
-    values = record.body.string_value.split("\n", len(LINES) - 1)
-    found = dict(zip(LINES, values, strict=False))  # a body cut short (not Envoy's) lacks its last names
+    """A record's values by name: its body's lines (the last one whatever it holds), then its attribute. Bytes that are
+    not UTF-8 are read as replacement characters."""
+    values = record.body.string_value.decode(errors="replace").split("\n", len(USAGE_RECORD_LINES) - 1)
+    found = dict(zip(USAGE_RECORD_LINES, values, strict=False))  # a body cut short (not the filter's) lacks its last
     for pair in record.attributes:
-        if pair.key == ATTRIBUTE:
-            found[ATTRIBUTE] = pair.value.string_value
+        if pair.key == USAGE_RECORD_ATTRIBUTE:
+            found[USAGE_RECORD_ATTRIBUTE] = pair.value.string_value.decode(errors="replace")
     return found
 
 
@@ -121,7 +119,8 @@ def records(request: usage_log_pb2.ExportLogsServiceRequest) -> Iterator[usage_l
 
 
 class UsageLog:
-    """OpenTelemetry's LogsService, as Envoy's OpenTelemetry access logger calls it: one unary Export per batch."""
+    """OpenTelemetry's LogsService, as the AI filter's module calls it (and Envoy's OpenTelemetry access logger would):
+    one unary Export per batch."""
 
     async def export(
         self, request: usage_log_pb2.ExportLogsServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
