@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "bytes.h"
+#include "protobuf.h"
 
 /* Room before the records for what encloses them: the gRPC frame (5 bytes) and the tags and lengths of the
  * request's ResourceLogs and ScopeLogs (at most 5 each for a batch under 256 MiB). */
@@ -30,16 +31,16 @@
 #define EXPORT_PATH "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 #define RESPONSE_MODEL_KEY "response_model"
 
-/* Protocol buffer tags (field number << 3 | 2: length-delimited) of the messages a batch nests. */
+/* The tags of the messages a batch nests. */
 enum {
-  TAG_REQUEST_RESOURCE_LOGS = 0x0a, /* ExportLogsServiceRequest.resource_logs = 1 */
-  TAG_RESOURCE_SCOPE_LOGS = 0x12,   /* ResourceLogs.scope_logs = 2 */
-  TAG_SCOPE_LOG_RECORDS = 0x12,     /* ScopeLogs.log_records = 2 */
-  TAG_RECORD_BODY = 0x2a,           /* LogRecord.body = 5 */
-  TAG_RECORD_ATTRIBUTES = 0x32,     /* LogRecord.attributes = 6 */
-  TAG_KEY_VALUE_KEY = 0x0a,         /* KeyValue.key = 1 */
-  TAG_KEY_VALUE_VALUE = 0x12,       /* KeyValue.value = 2 */
-  TAG_ANY_VALUE_STRING = 0x0a,      /* AnyValue.string_value = 1 */
+  TAG_REQUEST_RESOURCE_LOGS = LENGTH_DELIMITED(1), /* ExportLogsServiceRequest.resource_logs */
+  TAG_RESOURCE_SCOPE_LOGS = LENGTH_DELIMITED(2),   /* ResourceLogs.scope_logs */
+  TAG_SCOPE_LOG_RECORDS = LENGTH_DELIMITED(2),     /* ScopeLogs.log_records */
+  TAG_RECORD_BODY = LENGTH_DELIMITED(5),           /* LogRecord.body */
+  TAG_RECORD_ATTRIBUTES = LENGTH_DELIMITED(6),     /* LogRecord.attributes */
+  TAG_KEY_VALUE_KEY = LENGTH_DELIMITED(1),         /* KeyValue.key */
+  TAG_KEY_VALUE_VALUE = LENGTH_DELIMITED(2),       /* KeyValue.value */
+  TAG_ANY_VALUE_STRING = LENGTH_DELIMITED(1),      /* AnyValue.string_value */
 };
 
 struct usage_exporter {
@@ -61,32 +62,6 @@ static struct {
   unsigned long long dropped; /* records no batch could take since the last export */
   bool failing;               /* the last export failed (the main thread's: it alone exports) */
 } usage = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
-
-static size_t varint_size(size_t value) {
-  size_t size = 1;
-  for (; value >= 0x80; value >>= 7) size++;
-  return size;
-}
-
-static char *put_varint(char *out, size_t value) {
-  for (; value >= 0x80; value >>= 7) *out++ = (char)(value | 0x80);
-  *out++ = (char)value;
-  return out;
-}
-
-/* A length-delimited field holding `content` bytes: its size, and its head (tag and length) written. */
-static size_t field_size(size_t content) { return 1 + varint_size(content) + content; }
-
-static char *put_head(char *out, int tag, size_t content) {
-  *out++ = (char)tag;
-  return put_varint(out, content);
-}
-
-static char *put_bytes(char *out, int tag, const char *data, size_t length) {
-  out = put_head(out, tag, length);
-  memcpy(out, data, length);
-  return out + length;
-}
 
 static module_buffer line_of(const usage_record *record, int line) {
   module_buffer value = record->lines[line];

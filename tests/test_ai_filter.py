@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -30,66 +29,22 @@ import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
+from testing.ai_module import (
+    ABSENT,
+    IS_NULL,
+    IS_OTHER,
+    IS_STRING,
+    LIB,
+    AnswerFields,
+    EventReader,
+    JsonValue,
+    RequestFields,
+)
 from testing.sse import last_usage, split_streams
-from xds_server.envoy import AI_MODULE_FILE
 
 SOURCE = Path(__file__).parents[1] / "native" / "ai_filter.c"
 MAX_DEPTH = int(re.findall(r"#define MAX_DEPTH (\d+)", SOURCE.read_text())[0])
-ABSENT, IS_NULL, IS_STRING, IS_OTHER = range(4)  # enum value_kind
 FIELDS = {"prompt_tokens": 0, "input_tokens": 0, "completion_tokens": 1, "output_tokens": 1, "total_tokens": 2}
-
-
-class Span(ctypes.Structure):
-    _fields_ = [("at", ctypes.c_void_p), ("length", ctypes.c_size_t), ("escaped", ctypes.c_bool)]
-
-
-class JsonValue(ctypes.Structure):
-    _fields_ = [("kind", ctypes.c_int), ("text", Span)]
-
-
-class RequestFields(ctypes.Structure):
-    _fields_ = [("model", JsonValue)]
-
-
-class AnswerFields(ctypes.Structure):
-    _fields_ = [
-        ("model", JsonValue),
-        ("tokens", ctypes.c_double * 3),
-        ("has", ctypes.c_bool * 3),
-        ("usage_seen", ctypes.c_bool),
-    ]
-
-
-# Lazy binding: the scanners never call the Envoy callbacks, which are undefined outside Envoy.
-LIB = ctypes.CDLL(str(AI_MODULE_FILE), mode=os.RTLD_LAZY | os.RTLD_LOCAL)
-LIB.xds_ai_scan_request.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(RequestFields)]
-LIB.xds_ai_scan_answer.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(AnswerFields)]
-LIB.xds_ai_scan_request.restype = LIB.xds_ai_scan_answer.restype = ctypes.c_bool
-LIB.xds_ai_render.argtypes = [ctypes.POINTER(JsonValue), ctypes.c_char_p]
-LIB.xds_ai_render.restype = ctypes.c_size_t
-
-
-class Bytes(ctypes.Structure):
-    _fields_ = [("at", ctypes.c_void_p), ("length", ctypes.c_size_t), ("capacity", ctypes.c_size_t)]
-
-
-class StreamUsage(ctypes.Structure):
-    _fields_ = [("model", Bytes), ("tokens", ctypes.c_double * 3), ("has", ctypes.c_bool * 3)]
-
-
-class EventReader(ctypes.Structure):
-    _fields_ = [
-        ("line", Bytes),
-        ("event", Bytes),
-        ("event_has_data", ctypes.c_bool),
-        ("failed", ctypes.c_bool),
-        ("usage", StreamUsage),
-    ]
-
-
-LIB.xds_ai_events_feed.argtypes = [ctypes.POINTER(EventReader), ctypes.c_char_p, ctypes.c_size_t]
-LIB.xds_ai_events_feed.restype = ctypes.c_bool
-LIB.xds_ai_events_end.argtypes = LIB.xds_ai_events_free.argtypes = [ctypes.POINTER(EventReader)]
 
 
 class Field(NamedTuple):

@@ -9,29 +9,14 @@ value comes back under its name, "-" where the record had none, whatever bytes a
 from __future__ import annotations
 
 import ctypes
-import os
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from testing.ai_module import LIB, ModuleBuffer, UsageRecord
 from translators.xds.names import USAGE_RECORD_ATTRIBUTE, USAGE_RECORD_LINES
 from xds_server.api import usage_log_pb2
-from xds_server.envoy import AI_MODULE_FILE
 from xds_server.extproc.usage_log import fields, records
-
-
-class ModuleBuffer(ctypes.Structure):
-    _fields_ = [("ptr", ctypes.c_char_p), ("length", ctypes.c_size_t)]
-
-
-class UsageRecord(ctypes.Structure):
-    _fields_ = [("lines", ModuleBuffer * len(USAGE_RECORD_LINES)), ("response_model", ModuleBuffer)]
-
-
-# Lazy binding: the encoder never calls the Envoy callbacks, which are undefined outside Envoy.
-LIB = ctypes.CDLL(str(AI_MODULE_FILE), mode=os.RTLD_LAZY | os.RTLD_LOCAL)
-LIB.xds_ai_usage_message.argtypes = [ctypes.POINTER(UsageRecord), ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
-LIB.xds_ai_usage_message.restype = ctypes.c_size_t
 
 Record = dict[str, bytes | None]
 
