@@ -35,7 +35,13 @@ enum headers_status { HEADERS_CONTINUE = 0, HEADERS_STOP_ITERATION = 1 };
 enum body_status { BODY_CONTINUE = 0, BODY_STOP_AND_BUFFER = 1 };
 enum trailers_status { TRAILERS_CONTINUE = 0 };
 enum metadata_source { METADATA_DYNAMIC = 0, METADATA_ROUTE = 1, METADATA_CLUSTER = 2, METADATA_HOST = 3 };
-enum attribute_id { ATTRIBUTE_RESPONSE_CODE = 15, ATTRIBUTE_XDS_CLUSTER_NAME = 57 };
+enum attribute_id {
+  ATTRIBUTE_RESPONSE_CODE = 15,
+  ATTRIBUTE_RESPONSE_CODE_DETAILS = 16,
+  ATTRIBUTE_UPSTREAM_ADDRESS = 41,
+  ATTRIBUTE_XDS_CLUSTER_NAME = 57,
+  ATTRIBUTE_XDS_ROUTE_NAME = 61,
+};
 enum callout_result { CALLOUT_SUCCESS = 0 };
 enum log_level { LOG_INFO = 2, LOG_WARN = 3 };
 
@@ -54,6 +60,14 @@ bool envoy_dynamic_module_callback_http_get_metadata_string(void *filter, int so
                                                             module_buffer key, envoy_buffer *result);
 bool envoy_dynamic_module_callback_http_filter_get_attribute_int(void *filter, int id, uint64_t *result);
 bool envoy_dynamic_module_callback_http_filter_get_attribute_string(void *filter, int id, envoy_buffer *result);
+/* The stream's timings: 19 int64 values (the first the start, in ns since the epoch), then 19 flags saying which are
+ * set (Envoy 1.40's envoy_dynamic_module_type_timing_info_v2, 176 bytes). */
+typedef struct {
+  int64_t start_time_unix_ns;
+  int64_t others[18];
+  bool has[19];
+} timing_info;
+void envoy_dynamic_module_callback_http_get_timing_info(void *filter, timing_info *out);
 
 /* A filter config's (Envoy's main thread, but for the scheduler's commit, which any thread may call) */
 void *envoy_dynamic_module_callback_http_filter_config_scheduler_new(void *config);

@@ -37,6 +37,7 @@
 #include <time.h>
 
 #include "abi.h"
+#include "access_log.h"
 #include "bytes.h"
 #include "usage_log.h"
 
@@ -964,6 +965,78 @@ static module_buffer bounded(const char *at, size_t length, size_t limit) {
   return (module_buffer){at, length < limit ? length : limit};
 }
 
+/* A request header's value, bounded; no bytes when it has none. */
+static module_buffer request_header(void *envoy_filter, const char *name, size_t limit) {
+  envoy_buffer value;
+  return header(envoy_filter, REQUEST_HEADER, name, &value) ? bounded(value.ptr, value.length, limit)
+                                                            : (module_buffer){0};
+}
+
+static module_buffer attribute(void *envoy_filter, int id) {
+  envoy_buffer value;
+  return envoy_dynamic_module_callback_http_filter_get_attribute_string(envoy_filter, id, &value) && value.ptr
+             ? (module_buffer){value.ptr, value.length}
+             : (module_buffer){0};
+}
+
+static char *put_digits(char *out, long value, int width) {
+  for (int i = width - 1; i >= 0; i--, value /= 10) out[i] = (char)('0' + value % 10);
+  return out + width;
+}
+
+/* Envoy's %START_TIME% (the request's first byte): RFC 3339 in UTC, to the millisecond ("2026-12-06T19:25:00.123Z"),
+ * into `out` (24 bytes). */
+static module_buffer start_time(void *envoy_filter, char *out) {
+  timing_info timings;
+  envoy_dynamic_module_callback_http_get_timing_info(envoy_filter, &timings);
+  if (!timings.has[0]) return (module_buffer){0};
+  struct tm utc;
+  time_t seconds = (time_t)(timings.start_time_unix_ns / 1000000000);
+  if (!gmtime_r(&seconds, &utc)) return (module_buffer){0};
+  char *end = put_digits(out, utc.tm_year + 1900L, 4);
+  *end++ = '-';
+  end = put_digits(end, utc.tm_mon + 1L, 2);
+  *end++ = '-';
+  end = put_digits(end, utc.tm_mday, 2);
+  *end++ = 'T';
+  end = put_digits(end, utc.tm_hour, 2);
+  *end++ = ':';
+  end = put_digits(end, utc.tm_min, 2);
+  *end++ = ':';
+  end = put_digits(end, utc.tm_sec, 2);
+  *end++ = '.';
+  end = put_digits(end, (long)(timings.start_time_unix_ns % 1000000000 / 1000000), 3);
+  *end++ = 'Z';
+  return (module_buffer){out, (size_t)(end - out)};
+}
+
+/* The access log's line of an AI request: the usage record's values, and what only the log prints. */
+static void log_access(void *envoy_filter, const filter_state *state, const usage_record *record) {
+  const filter_config *config = state->config;
+  const stream_usage *usage = &state->usage;
+  char started[32], total[24];
+  access_values line = {{
+      [ACCESS_START_TIME] = start_time(envoy_filter, started),
+      [ACCESS_METHOD] = request_header(envoy_filter, ":method", config->echo_limit),
+      [ACCESS_PATH] = record->lines[LINE_PATH],
+      [ACCESS_AUTHORITY] = request_header(envoy_filter, ":authority", config->echo_limit),
+      [ACCESS_STATUS] = record->lines[LINE_STATUS],
+      [ACCESS_DETAILS] = attribute(envoy_filter, ATTRIBUTE_RESPONSE_CODE_DETAILS),
+      [ACCESS_DURATION_MS] = record->lines[LINE_STREAM_MS],
+      [ACCESS_ROUTE] = attribute(envoy_filter, ATTRIBUTE_XDS_ROUTE_NAME),
+      [ACCESS_UPSTREAM_HOST] = attribute(envoy_filter, ATTRIBUTE_UPSTREAM_ADDRESS),
+      [ACCESS_REQUEST_ID] = request_header(envoy_filter, "x-request-id", config->echo_limit),
+      [ACCESS_MODEL] = record->lines[LINE_MODEL],
+      [ACCESS_BACKEND] = record->lines[LINE_BACKEND],
+      [ACCESS_INPUT_TOKENS] = record->lines[LINE_INPUT_TOKENS],
+      [ACCESS_OUTPUT_TOKENS] = record->lines[LINE_OUTPUT_TOKENS],
+  }};
+  if (usage->model.length) line.values[ACCESS_RESPONSE_MODEL] = (module_buffer){usage->model.at, usage->model.length};
+  if (usage->has[TOTAL_TOKENS])
+    line.values[ACCESS_TOTAL_TOKENS] = decimal(total, (uint64_t)usage->tokens[TOTAL_TOKENS]);
+  access_log_add(&line);
+}
+
 /* The request is over: an AI request's record joins the usage log. The values Envoy holds (the path, the status, the
  * answering endpoint's backend) are read now, the filter's own (the durations, the usage, the models) were kept. */
 EXPORT void envoy_dynamic_module_on_http_filter_stream_complete(void *envoy_filter, const void *filter) {
@@ -1004,6 +1077,7 @@ EXPORT void envoy_dynamic_module_on_http_filter_stream_complete(void *envoy_filt
   if (state->model.length) record.lines[LINE_MODEL] = (module_buffer){state->model.at, state->model.length};
   if (usage->model.length) record.response_model = bounded(usage->model.at, usage->model.length, config->echo_limit);
   usage_log_add(&record);
+  log_access(envoy_filter, state, &record);
 }
 
 /* The hooks Envoy requires of every HTTP filter module, for features this filter does not use. */

@@ -1,5 +1,5 @@
 """The AI filter module's entry points for tests (native/*.c's EXPORTed xds_ai_* functions), through ctypes: its
-JSON scanners, its event-stream reader and the usage log's encoder. The structures
+JSON scanners, its event-stream reader, the usage log's encoder and the access log's line. The structures
 mirror the C ones field for field."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from xds_server.envoy import AI_MODULE_FILE
 # Lazy binding: these functions never call the Envoy callbacks, which are undefined outside Envoy.
 LIB = ctypes.CDLL(str(AI_MODULE_FILE), mode=os.RTLD_LAZY | os.RTLD_LOCAL)
 ABSENT, IS_NULL, IS_STRING, IS_OTHER = range(4)  # enum value_kind
+ACCESS_FIELDS = 16  # enum access_field
 
 
 class Span(ctypes.Structure):
@@ -76,3 +77,11 @@ class UsageRecord(ctypes.Structure):
 
 LIB.xds_ai_usage_message.argtypes = [ctypes.POINTER(UsageRecord), ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]
 LIB.xds_ai_usage_message.restype = ctypes.c_size_t
+
+
+class AccessValues(ctypes.Structure):
+    _fields_ = [("values", ModuleBuffer * ACCESS_FIELDS)]
+
+
+LIB.xds_ai_access_line.argtypes = [ctypes.POINTER(AccessValues), ctypes.POINTER(Bytes)]
+LIB.xds_ai_access_line.restype = ctypes.c_bool

@@ -495,10 +495,12 @@ def test_the_endpoints_carry_the_backend_the_usage_log_and_access_log_read() -> 
 
 
 def test_the_access_log_writes_ai_requests_and_refused_or_failed_ones() -> None:
-    """Requests whose body Envoy read (AI requests), and answers of 400 or more: not a plain route's answered ones."""
+    """Envoy writes the requests that are not AI requests (no JSON body marker: the AI filter writes those) answered
+    400 or more: not a plain route's answered ones."""
     [stdout] = [log for log in manager(translated(MANIFESTS)).access_log if log.name == STDOUT_LOGGER]
-    marker, status = stdout.filter.or_filter.filters
-    assert (marker.header_filter.header.name, marker.header_filter.header.present_match) == (JSON_BODY_HEADER, True)
+    marker, status = stdout.filter.and_filter.filters
+    header = marker.header_filter.header
+    assert (header.name, header.present_match, header.invert_match) == (JSON_BODY_HEADER, True, True)
     comparison = status.status_code_filter.comparison
     assert (comparison.op, comparison.value.default_value) == (accesslog_pb2.ComparisonFilter.GE, 400)
 

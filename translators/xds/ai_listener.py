@@ -46,15 +46,6 @@ def _cel(expression: str) -> accesslog_pb2.AccessLogFilter:
     )
 
 
-def _header_present(name: str) -> accesslog_pb2.AccessLogFilter:
-    """A native header match (cheaper than a CEL expression, and evaluated for every request of the listener)."""
-    return accesslog_pb2.AccessLogFilter(
-        header_filter=accesslog_pb2.HeaderFilter(
-            header=route_components_pb2.HeaderMatcher(name=name, present_match=True)
-        )
-    )
-
-
 def local_reply_config(buffer_limit_bytes: int) -> hcm_pb2.LocalReplyConfig:
     return hcm_pb2.LocalReplyConfig(
         mappers=[
@@ -112,33 +103,44 @@ def _refused_or_failed() -> accesslog_pb2.AccessLogFilter:
     return accesslog_pb2.AccessLogFilter(status_code_filter=accesslog_pb2.StatusCodeFilter(comparison=comparison))
 
 
+# The access log's JSON keys and what Envoy writes for each. The AI filter writes the same line for AI requests
+# (native/access_log.c, AI_ACCESS_LOG_FIELDS's keys, sorted as Envoy's JSON formatter writes them); Envoy, for the
+# listener's other requests refused or failed. What the client chose is written bounded (ECHO_LIMIT), so a
+# client-sized value never makes a client-sized line.
+AI_ACCESS_LOG_FIELDS = {
+    "start_time": "%START_TIME%",
+    "method": f"%REQ(:METHOD):{ECHO_LIMIT}%",
+    "path": f"%REQ(:PATH):{ECHO_LIMIT}%",
+    "authority": f"%REQ(:AUTHORITY):{ECHO_LIMIT}%",
+    "status": "%RESPONSE_CODE%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "duration_ms": "%DURATION%",
+    "route": "%ROUTE_NAME%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "request_id": f"%REQ(X-REQUEST-ID):{ECHO_LIMIT}%",
+    "model": f"%REQ({MODEL_HEADER}):{ECHO_LIMIT}%",
+    "backend": f"%UPSTREAM_METADATA({XDS_METADATA_NAMESPACE}:backend)%",
+    **{key: f"%DYNAMIC_METADATA({METERING_METADATA_NAMESPACE}:{key})%" for key in LOGGED_USAGE_KEYS},
+}
+
+
 def ai_access_log() -> accesslog_pb2.AccessLog:
-    """One JSON line on Envoy's stdout per AI request (the routed model, the backend, the answer's usage) and per
-    request of the listener refused or failed. A plain route's answered requests are not written: they are not AI
-    requests, the listeners without AI routes write none either, and the line would add some 5% to what Envoy
-    spends on such a request (bench.instructions)."""
-    # What the client chose is written bounded (ECHO_LIMIT), so a client-sized value never makes a client-sized line.
-    fields = {
-        "start_time": "%START_TIME%",
-        "method": f"%REQ(:METHOD):{ECHO_LIMIT}%",
-        "path": f"%REQ(:PATH):{ECHO_LIMIT}%",
-        "authority": f"%REQ(:AUTHORITY):{ECHO_LIMIT}%",
-        "status": "%RESPONSE_CODE%",
-        "details": "%RESPONSE_CODE_DETAILS%",
-        "duration_ms": "%DURATION%",
-        "route": "%ROUTE_NAME%",
-        "upstream_host": "%UPSTREAM_HOST%",
-        "request_id": f"%REQ(X-REQUEST-ID):{ECHO_LIMIT}%",
-        "model": f"%REQ({MODEL_HEADER}):{ECHO_LIMIT}%",
-        "backend": f"%UPSTREAM_METADATA({XDS_METADATA_NAMESPACE}:backend)%",
-    }
-    fields.update({key: f"%DYNAMIC_METADATA({METERING_METADATA_NAMESPACE}:{key})%" for key in LOGGED_USAGE_KEYS})
+    """The listener's JSON access log on Envoy's stdout: one line per AI request (the routed model, the backend, the
+    answer's usage), which the AI filter writes, and one per other request of the listener refused or failed, which
+    Envoy writes here (not the AI requests: those have JSON_BODY_HEADER). A plain route's answered requests are not
+    written: they are not AI requests, the listeners without AI routes write none either, and the line would add
+    some 5% to what Envoy spends on such a request (bench.instructions)."""
     log_format = struct_pb2.Struct()
-    log_format.update(fields)
+    log_format.update(AI_ACCESS_LOG_FIELDS)
     config = stream_pb2.StdoutAccessLog(
         log_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=log_format)
     )
-    either = accesslog_pb2.OrFilter(filters=[_header_present(JSON_BODY_HEADER), _refused_or_failed()])
+    not_ai = accesslog_pb2.AccessLogFilter(
+        header_filter=accesslog_pb2.HeaderFilter(
+            header=route_components_pb2.HeaderMatcher(name=JSON_BODY_HEADER, present_match=True, invert_match=True)
+        )
+    )
+    both = accesslog_pb2.AndFilter(filters=[not_ai, _refused_or_failed()])
     return accesslog_pb2.AccessLog(
-        name=STDOUT_LOGGER, filter=accesslog_pb2.AccessLogFilter(or_filter=either), typed_config=pack(config)
+        name=STDOUT_LOGGER, filter=accesslog_pb2.AccessLogFilter(and_filter=both), typed_config=pack(config)
     )
