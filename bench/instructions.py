@@ -19,9 +19,10 @@ a few hundred requests), over the requests answered. `serve` stays up for the us
 
 Variants: `bare` (bench.side_by_side's row 1: a header route and the router filter), `ours` (the translator's
 config), and with --parts `ours` less one part each, so each part's cost is the difference:
-the AI access log on stdout, use_remote_address with path normalization, the early header mutation that strips
-internal headers. (The AI filter cannot be left out: the AI path's requests are routed by it; the usage log is its
-own, so it is counted with it.)
+Envoy's access log on stdout (the listener's requests answered 400 or more that are not AI requests: the AI filter
+writes the AI requests' lines itself), use_remote_address with path normalization, the early header mutation that
+strips internal headers. (The AI filter cannot be left out: the AI path's requests are routed by it; its usage log
+and access log lines are counted with it.)
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def without(*keys: str) -> Callable[[Config], None]:
 
 
 PARTS: dict[str, tuple[str, Callable[[Config], None]]] = {
-    "stdout_log": ("the AI access log on stdout", without_access_log("envoy.access_loggers.stdout")),
+    "stdout_log": ("Envoy's access log on stdout", without_access_log("envoy.access_loggers.stdout")),
     "remote_address": (
         "use_remote_address, normalize_path, merge_slashes",
         without("use_remote_address", "normalize_path", "merge_slashes"),
