@@ -1048,9 +1048,10 @@ EXPORT void envoy_dynamic_module_on_http_filter_stream_complete(void *envoy_filt
   envoy_buffer value;
   if (header(envoy_filter, REQUEST_HEADER, ":path", &value))
     record.lines[LINE_PATH] = bounded(value.ptr, value.length, config->echo_limit);
-  uint64_t status;
-  if (envoy_dynamic_module_callback_http_filter_get_attribute_int(envoy_filter, ATTRIBUTE_RESPONSE_CODE, &status))
-    record.lines[LINE_STATUS] = decimal(numbers[LINE_STATUS], status);
+  uint64_t status = 0; /* no answer (the client left first): 0, as Envoy's %RESPONSE_CODE% writes it */
+  if (!envoy_dynamic_module_callback_http_filter_get_attribute_int(envoy_filter, ATTRIBUTE_RESPONSE_CODE, &status))
+    status = 0;
+  record.lines[LINE_STATUS] = decimal(numbers[LINE_STATUS], status);
   if (envoy_dynamic_module_callback_http_get_metadata_string(envoy_filter, METADATA_HOST,
                                                              text(config->backend_namespace), text("backend"),
                                                              &value) &&
