@@ -879,10 +879,15 @@ EXPORT void xds_ai_events_free(event_reader *reader) {
   memset(reader, 0, sizeof *reader);
 }
 
+/* Nanoseconds from `from` to `to` (monotonic clock readings). */
+static int64_t nanos_between(const struct timespec *from, const struct timespec *to) {
+  return (int64_t)(to->tv_sec - from->tv_sec) * 1000000000 + (to->tv_nsec - from->tv_nsec);
+}
+
 static double milliseconds_since(const struct timespec *start) {
   struct timespec now;
   clock_gettime(CLOCK_MONOTONIC, &now);
-  return (double)(now.tv_sec - start->tv_sec) * 1e3 + (double)(now.tv_nsec - start->tv_nsec) / 1e6;
+  return (double)nanos_between(start, &now) / 1e6;
 }
 
 /* The end of an event stream: its usage is the last it reported (the reader's, taken over). */
@@ -947,7 +952,7 @@ EXPORT int envoy_dynamic_module_on_http_filter_response_trailers(void *envoy_fil
 
 /* Whole `per_second` units (1000: milliseconds) from `from` to `to`. */
 static uint64_t elapsed(const struct timespec *from, const struct timespec *to, long per_second) {
-  int64_t nanos = (int64_t)(to->tv_sec - from->tv_sec) * 1000000000 + (to->tv_nsec - from->tv_nsec);
+  int64_t nanos = nanos_between(from, to);
   return nanos > 0 ? (uint64_t)nanos / (uint64_t)(1000000000 / per_second) : 0;
 }
 
@@ -1045,23 +1050,19 @@ EXPORT void envoy_dynamic_module_on_http_filter_stream_complete(void *envoy_filt
   const filter_config *config = state->config;
   usage_record record = {0};
   char numbers[USAGE_LINES][24];
-  envoy_buffer value;
-  if (header(envoy_filter, REQUEST_HEADER, ":path", &value))
-    record.lines[LINE_PATH] = bounded(value.ptr, value.length, config->echo_limit);
+  record.lines[LINE_PATH] = request_header(envoy_filter, ":path", config->echo_limit);
   uint64_t status = 0; /* no answer (the client left first): 0, as Envoy's %RESPONSE_CODE% writes it */
   if (!envoy_dynamic_module_callback_http_filter_get_attribute_int(envoy_filter, ATTRIBUTE_RESPONSE_CODE, &status))
     status = 0;
   record.lines[LINE_STATUS] = decimal(numbers[LINE_STATUS], status);
+  envoy_buffer backend;
   if (envoy_dynamic_module_callback_http_get_metadata_string(envoy_filter, METADATA_HOST,
                                                              text(config->backend_namespace), text("backend"),
-                                                             &value) &&
-      value.ptr) {
-    record.lines[LINE_BACKEND] = (module_buffer){value.ptr, value.length};
-  } else if (envoy_dynamic_module_callback_http_filter_get_attribute_string(envoy_filter, ATTRIBUTE_XDS_CLUSTER_NAME,
-                                                                            &value) &&
-             value.ptr) {
-    record.lines[LINE_CLUSTER] = (module_buffer){value.ptr, value.length}; /* an endpoint that names no backend */
-  }
+                                                             &backend) &&
+      backend.ptr)
+    record.lines[LINE_BACKEND] = (module_buffer){backend.ptr, backend.length};
+  else
+    record.lines[LINE_CLUSTER] = attribute(envoy_filter, ATTRIBUTE_XDS_CLUSTER_NAME); /* no backend named */
   struct timespec now;
   clock_gettime(CLOCK_MONOTONIC, &now);
   if (state->answered)

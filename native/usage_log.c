@@ -85,14 +85,11 @@ static record_sizes sizes_of(const usage_record *record) {
   return sizes;
 }
 
-/* The record as one ScopeLogs.log_records field, into `out` (usage_record_size bytes). */
-static size_t usage_record_size(const usage_record *record) { return field_size(sizes_of(record).record); }
-
-static char *put_record(char *out, const usage_record *record) {
-  record_sizes sizes = sizes_of(record);
-  out = put_head(out, TAG_SCOPE_LOG_RECORDS, sizes.record);
-  out = put_head(out, TAG_RECORD_BODY, sizes.any_value);
-  out = put_head(out, TAG_ANY_VALUE_STRING, sizes.body);
+/* The record as one ScopeLogs.log_records field, into `out` (field_size(sizes->record) bytes, sizes_of(record)). */
+static char *put_record(char *out, const usage_record *record, const record_sizes *sizes) {
+  out = put_head(out, TAG_SCOPE_LOG_RECORDS, sizes->record);
+  out = put_head(out, TAG_RECORD_BODY, sizes->any_value);
+  out = put_head(out, TAG_ANY_VALUE_STRING, sizes->body);
   for (int line = 0; line < USAGE_LINES; line++) {
     module_buffer value = line_of(record, line);
     memcpy(out, value.ptr, value.length);
@@ -100,7 +97,7 @@ static char *put_record(char *out, const usage_record *record) {
     if (line + 1 < USAGE_LINES) *out++ = '\n';
   }
   if (record->response_model.ptr) {
-    out = put_head(out, TAG_RECORD_ATTRIBUTES, sizes.attribute);
+    out = put_head(out, TAG_RECORD_ATTRIBUTES, sizes->attribute);
     out = put_bytes(out, TAG_KEY_VALUE_KEY, RESPONSE_MODEL_KEY, sizeof RESPONSE_MODEL_KEY - 1);
     out = put_head(out, TAG_KEY_VALUE_VALUE, field_size(record->response_model.length));
     out = put_bytes(out, TAG_ANY_VALUE_STRING, record->response_model.ptr, record->response_model.length);
@@ -126,10 +123,13 @@ static char *frame(char *batch, size_t records) {
  * its length, or 0 when it does not fit. */
 EXPORT size_t xds_ai_usage_message(const usage_record *records, size_t count, char *out, size_t capacity) {
   size_t length = FRAME_ROOM;
-  for (size_t i = 0; i < count; i++) length += usage_record_size(&records[i]);
+  for (size_t i = 0; i < count; i++) length += field_size(sizes_of(&records[i]).record);
   if (length > capacity) return 0;
   char *end = out + FRAME_ROOM;
-  for (size_t i = 0; i < count; i++) end = put_record(end, &records[i]);
+  for (size_t i = 0; i < count; i++) {
+    record_sizes sizes = sizes_of(&records[i]);
+    end = put_record(end, &records[i], &sizes);
+  }
   char *message = frame(out, length - FRAME_ROOM);
   size_t message_length = (size_t)(end - message);
   memmove(out, message, message_length);
@@ -229,13 +229,14 @@ void usage_log_stop(usage_exporter *exporter) {
 }
 
 void usage_log_add(const usage_record *record) {
-  size_t size = usage_record_size(record);
+  record_sizes sizes = sizes_of(record);
+  size_t size = field_size(sizes.record);
   pthread_mutex_lock(&usage.lock);
   size_t start = usage.batch.length ? usage.batch.length : FRAME_ROOM;
   if (!usage.exporters || start + size > MAX_BATCH_BYTES || !reserve(&usage.batch, start + size)) {
     usage.dropped++;
   } else {
-    put_record(usage.batch.at + start, record);
+    put_record(usage.batch.at + start, record, &sizes);
     usage.batch.length = start + size;
     if (usage.batch.length - FRAME_ROOM >= usage.exporters->flush_bytes) request_export();
   }
