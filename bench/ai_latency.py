@@ -4,8 +4,8 @@
     python -m bench.ai_latency --smoke
 
 One `xds-server serve` and one Envoy for a Gateway with one HTTP listener and two hostnames:
-- `ai.bench`: an AIGatewayRoute. the AI filter (our Envoy dynamic module) reads `model` from the buffered body
-  into the routing header and routes again, and reads the usage of the JSON answer; and the usage log
+- `ai.bench`: an AIGatewayRoute. The AI filter (our Envoy dynamic module) reads `model` from the buffered body
+  into the routing header and routes again, and reads the usage of the JSON answer; its usage log
   (OpenTelemetry log records, batched) brings it to `serve`, which records the metrics: no gRPC call per request;
 - `plain.bench`: an HTTPRoute matching a request header, straight to the same Backend, no ext_proc.
 Both get the same POST (same body, same headers but Host). The upstream is a second Envoy with one worker answering
