@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include "json_run.h"
+
 /* The module's buffer never holds more than this (lines past it are dropped and counted, as a stdout that does not
  * drain would otherwise hold the gateway's memory). */
 #define MAX_BUFFERED_BYTES ((size_t)8 << 20)
@@ -76,11 +78,13 @@ static char *put_string(char *end, module_buffer value) {
   *end++ = '"';
   const unsigned char *at = (const unsigned char *)value.ptr, *stop = at + value.length;
   while (at < stop) {
+    size_t run = json_run((const char *)at, (size_t)(stop - at), true);
+    memcpy(end, at, run);
+    end += run;
+    at += run;
+    if (at == stop) break;
     unsigned char c = *at;
-    if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
-      *end++ = (char)c;
-      at++;
-    } else if (c == '"' || c == '\\') {
+    if (c == '"' || c == '\\') {
       *end++ = '\\';
       *end++ = (char)c;
       at++;

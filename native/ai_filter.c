@@ -39,6 +39,7 @@
 #include "abi.h"
 #include "access_log.h"
 #include "bytes.h"
+#include "json_run.h"
 #include "usage_log.h"
 
 /* ---- JSON scanning (no tree: one pass over the bytes) ---- */
@@ -76,6 +77,8 @@ static bool scan_string(cursor *c, span *out) {
   const char *start = ++c->p;
   bool escaped = false;
   while (c->p < c->end) {
+    c->p += json_run(c->p, (size_t)(c->end - c->p), false);
+    if (c->p >= c->end) break;
     unsigned char ch = (unsigned char)*c->p;
     if (ch == '"') {
       out->at = start;
@@ -85,11 +88,7 @@ static bool scan_string(cursor *c, span *out) {
       return true;
     }
     if (ch < 0x20) return false;
-    if (ch != '\\') {
-      c->p++;
-      continue;
-    }
-    escaped = true;
+    escaped = true; /* the run stopped at a backslash */
     if (c->end - c->p < 2) return false;
     switch (c->p[1]) {
       case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':

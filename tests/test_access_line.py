@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -74,3 +75,15 @@ def test_bytes_that_are_not_utf8_become_replacement_characters() -> None:
     surrogate = b"\xed\xa0\x80"  # a lone surrogate's bytes: not UTF-8
     found = json.loads(line({"model": cut, "path": surrogate}).decode("utf-8"))
     assert found["model"] == "模模\ufffd\ufffd" and found["path"] == "\ufffd\ufffd\ufffd"
+
+
+# The module copies a value eight bytes at a time up to what it must escape or check (native/json_run.h): each such
+# byte at every offset of a value longer than a word, and 0x7f, which is copied as it is.
+@pytest.mark.parametrize("at", range(18))
+def test_a_byte_to_escape_or_check_is_found_at_any_offset(at: int) -> None:
+    for stop in b'"\\\x00\x1f\x7f\x80\xc3\xff':
+        value = b"a" * at + bytes([stop]) + b"b" * (17 - at)
+        found = json.loads(line({"model": value}).decode("utf-8"))
+        assert found["model"] == value.decode("utf-8", errors="replace")
+    accented = b"a" * at + "é".encode() + b"b" * 17
+    assert json.loads(line({"model": accented}).decode("utf-8"))["model"] == accented.decode()

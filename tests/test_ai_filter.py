@@ -326,6 +326,14 @@ def test_malformed_answer(n: int, data: st.DataObject) -> None:
     assert not scan_answer(body[:-1] + b',"model":"n"}').ok  # a repeated top-level key
 
 
+# The scanner looks at a string eight bytes at a time (native/json_run.h): what ends or escapes it, at every offset.
+@pytest.mark.parametrize("at", range(18))
+def test_a_string_is_read_whatever_offset_its_escape_or_end_is_at(at: int) -> None:
+    for inner in (b"", b'\\"', b"\\\\", b"\\n", b"\\u0041", b"\x00", b"\x1f", b"\x7f", b"\xc3\xa9"):
+        assert_agrees(b'{"model":"' + b"a" * at + inner + b"b" * (17 - at) + b'"}')
+        assert_agrees(b'{"' + b"k" * at + inner + b'":1,"model":"' + b"m" * at + b'"}')
+
+
 @pytest.mark.parametrize("byte", range(0x20))
 def test_control_characters(byte: int) -> None:
     assert not assert_agrees(b'{"model":"a%cb"}' % byte)
