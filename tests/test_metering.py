@@ -36,7 +36,7 @@ from xds_server.extproc import telemetry
 from xds_server.extproc.protocol import PASS_THROUGH
 from xds_server.extproc.sse import SseParser
 from xds_server.extproc.upstream import NO_SETTINGS
-from xds_server.extproc.usage_log import LOGS_SERVICE, SLICE, UsageEntry, fields
+from xds_server.extproc.usage_log import LOGS_SERVICE, SLICE, UsageEntry, UsageLog, fields
 from xds_server.serve import start_extproc
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.streams import ClientRegistry
@@ -429,6 +429,46 @@ def test_any_record_gives_an_entry_or_none(body: bytes, attributes: list[tuple[s
     )
     found = UsageEntry.of(fields(record))
     assert found is None or (found.duration >= 0 and found.backend != "")
+
+
+# A line as the filter writes it, or as another sender might: counts, "-", numbers that are not counts, any bytes.
+LINE_VALUES = st.sampled_from([b"-", b"", b"0", b"7", b"1250", b"1.5", b"-3", b"nan", b"1e3", b"\xff", b"200", b"404"])
+PATHS = st.sampled_from([b"/v1/chat/completions", b"/v1/embeddings?x=1", b"/v2/other", b"-"])
+NAMES = st.sampled_from([b"-", b"", b"m", b"aiservicebackend/default/a", b"\xe6\xa8\xa1"]) | st.binary(max_size=6)
+
+
+@st.composite
+def filter_records(draw: st.DrawFn) -> usage_log_pb2.LogRecord:
+    """A record with the filter's lines (sometimes one short, or a model with line breaks) and any attributes."""
+    lines = [draw(PATHS), draw(LINE_VALUES), draw(NAMES), draw(NAMES), *(draw(LINE_VALUES) for _ in range(5))]
+    lines.append(draw(NAMES | st.just(b"a\nb")))
+    if draw(st.booleans()) and draw(st.booleans()):
+        del lines[draw(st.integers(0, len(lines) - 1)) :]
+    keys = st.sampled_from([USAGE_RECORD_ATTRIBUTE, "other"])
+    attributes = draw(st.lists(st.tuples(keys, NAMES), max_size=2))
+    return usage_log_pb2.LogRecord(
+        body=usage_log_pb2.AnyValue(string_value=b"\n".join(lines)),
+        attributes=[usage_log_pb2.KeyValue(key=k, value=usage_log_pb2.AnyValue(string_value=v)) for k, v in attributes],
+    )
+
+
+@given(st.lists(filter_records(), min_size=1, max_size=4))
+def test_the_export_records_what_each_records_entry_says(batch: list[usage_log_pb2.LogRecord]) -> None:
+    """The export's quick reading of the filter's lines (by position, a record's labels looked up from the records
+    before it) records what reading each record by name does: twice over, so looked-up labels are checked too."""
+    expected = Metrics()
+    for record in batch * 2:
+        entry = UsageEntry.of(fields(record))
+        if entry is not None:
+            entry.record()
+    by_name = expected.delta()
+    found = Metrics()
+    usage_log = UsageLog()
+    for record in batch * 2:
+        usage_log.add(record)
+    # A sum that moved by 0 shows in a delta only for a series new to it: the second reading finds them all made.
+    moved = {key: value for key, value in found.delta().items() if value}
+    assert moved == pytest.approx({key: value for key, value in by_name.items() if value})  # sums: to rounding
 
 
 def export(*batches: list[dict[str, str]]) -> usage_log_pb2.ExportLogsServiceRequest:

@@ -13,7 +13,8 @@ import asyncio
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -23,7 +24,13 @@ from xds_server.extproc import telemetry
 
 LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
 MISSING = "-"  # the filter's rendering of a value it does not have (Envoy's word for it)
-SLICE = 256  # records recorded between two turns of the event loop: a few milliseconds
+SLICE = 256  # records recorded between two turns of the event loop: about a millisecond
+# A record's lines that make its Request, and those that make its Measures.
+REQUEST_LINES = ("path", "status", "backend", "cluster", "model")
+MEASURE_LINES = ("duration_us", "stream_ms", "input_tokens", "output_tokens", "first_token_ms")
+REQUEST_ITEMS = itemgetter(*(USAGE_RECORD_LINES.index(name) for name in REQUEST_LINES))
+MEASURE_ITEMS = itemgetter(*(USAGE_RECORD_LINES.index(name) for name in MEASURE_LINES))
+MAX_SERIES = 4096
 
 
 def _count(text: str | None) -> float | None:
@@ -37,68 +44,122 @@ def _count(text: str | None) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
+def _line_count(line: bytes) -> float | None:
+    """_count of a record's line: the filter writes its counts and times as digits, read the quickest way."""
+    return int(line) if line.isdigit() else _count(line.decode(errors="replace"))
+
+
 def _text(text: str | None) -> str:
     return "" if text is None or text == MISSING else text
 
 
-@dataclass(frozen=True)
-class UsageEntry:
-    """What one usage log record says of an AI request a backend answered."""
+class Request(NamedTuple):
+    """What a record says of the request apart from its numbers: what the metrics' labels are made of."""
 
     operation: str
     model: str
     response_model: str
     backend: str
     status: int
+
+    @classmethod
+    def of(cls, values: Mapping[str, str]) -> Request | None:
+        """None for a request no backend answered (Envoy's own replies) or not to an OpenAI operation."""
+        backend = _text(values.get("backend")) or _text(values.get("cluster"))
+        operation = OPERATIONS.get(values.get("path", "").partition("?")[0], "")
+        if not backend or not operation:
+            return None
+        status = values.get("status", "")
+        model, response_model = _text(values.get("model")), _text(values.get("response_model"))
+        return cls(operation, model, response_model, backend, int(status) if status.isdigit() else 0)
+
+
+class Series(NamedTuple):
+    """The label values a Request's measures are observed under."""
+
+    labels: tuple[str, ...]
+    input_tokens: tuple[str, ...]
+    output_tokens: tuple[str, ...]
+
+    @classmethod
+    def of(cls, request: Request) -> Series:
+        error_type = "" if 200 <= request.status < 300 else str(request.status)
+        labels = (request.operation, request.model, request.response_model, request.backend, error_type)
+        return cls(labels, (*labels, "input"), (*labels, "output"))
+
+
+class Measures(NamedTuple):
+    """What a record measured of the request."""
+
     duration: float  # seconds from the request's start to the last byte sent to the client
     input_tokens: int | None
     output_tokens: int | None
     first_token: float | None  # seconds from the request's start to the first chunk of a streamed answer
 
     @classmethod
-    def of(cls, attributes: Mapping[str, str]) -> UsageEntry | None:
-        """From a record's values by name (`fields`); None for a request no backend answered (Envoy's own replies)
-        or not to an OpenAI operation."""
-        backend = _text(attributes.get("backend")) or _text(attributes.get("cluster"))
-        operation = OPERATIONS.get(attributes.get("path", "").partition("?")[0], "")
+    def of(
+        cls,
+        duration_us: float | None,
+        stream_ms: float | None,
+        input_tokens: float | None,
+        output_tokens: float | None,
+        first_token_ms: float | None,
+    ) -> Measures | None:
+        """From the record's numbers of those names (_count's); None without a time."""
         # An answer the client did not wait for to the end has no last byte sent: its duration is the stream's.
-        if (micros := _count(attributes.get("duration_us"))) is not None:
-            duration = micros / 1e6
-        elif (millis := _count(attributes.get("stream_ms"))) is not None:
-            duration = millis / 1e3
+        if duration_us is not None:
+            duration = duration_us / 1e6
+        elif stream_ms is not None:
+            duration = stream_ms / 1e3
         else:
             return None
-        if not backend or not operation:
-            return None
-        status = attributes.get("status", "")
-        input_tokens = _count(attributes.get("input_tokens"))
-        output_tokens = _count(attributes.get("output_tokens"))
-        first_token_ms = _count(attributes.get("first_token_ms"))
         return cls(
-            operation=operation,
-            model=_text(attributes.get("model")),
-            response_model=_text(attributes.get("response_model")),
-            backend=backend,
-            status=int(status) if status.isdigit() else 0,
-            duration=duration,
-            input_tokens=int(input_tokens) if input_tokens is not None else None,
-            output_tokens=int(output_tokens) if output_tokens is not None else None,
-            first_token=first_token_ms / 1000 if first_token_ms is not None else None,
+            duration,
+            int(input_tokens) if input_tokens is not None else None,
+            int(output_tokens) if output_tokens is not None else None,
+            first_token_ms / 1000 if first_token_ms is not None else None,
         )
 
-    def record(self) -> None:
-        error_type = "" if 200 <= self.status < 300 else str(self.status)
-        labels = (self.operation, self.model, self.response_model, self.backend, error_type)
+    def record(self, series: Series) -> None:
+        labels = series.labels
         telemetry.REQUEST_DURATION.observe(labels, self.duration)
         if self.input_tokens is not None:
-            telemetry.TOKEN_USAGE.observe((*labels, "input"), self.input_tokens)
+            telemetry.TOKEN_USAGE.observe(series.input_tokens, self.input_tokens)
         if self.output_tokens is not None:
-            telemetry.TOKEN_USAGE.observe((*labels, "output"), self.output_tokens)
+            telemetry.TOKEN_USAGE.observe(series.output_tokens, self.output_tokens)
         if self.first_token is not None:
             telemetry.TIME_TO_FIRST_TOKEN.observe(labels, self.first_token)
             if self.output_tokens is not None and self.output_tokens > 1:
                 per_token = max(0.0, self.duration - self.first_token) / (self.output_tokens - 1)
                 telemetry.TIME_PER_OUTPUT_TOKEN.observe(labels, per_token)
+
+
+@dataclass(frozen=True)
+class UsageEntry:
+    """What one usage log record says of an AI request a backend answered: its Request and its Measures."""
+
+    operation: str
+    model: str
+    response_model: str
+    backend: str
+    status: int
+    duration: float
+    input_tokens: int | None
+    output_tokens: int | None
+    first_token: float | None
+
+    @classmethod
+    def of(cls, values: Mapping[str, str]) -> UsageEntry | None:
+        """From a record's values by name (`fields`); None where Request.of or Measures.of is."""
+        request = Request.of(values)
+        measures = Measures.of(*(_count(values.get(name)) for name in MEASURE_LINES))
+        if request is None or measures is None:
+            return None
+        return cls(*request, *measures)
+
+    def record(self) -> None:
+        request = Request(self.operation, self.model, self.response_model, self.backend, self.status)
+        Measures(self.duration, self.input_tokens, self.output_tokens, self.first_token).record(Series.of(request))
 
 
 def fields(record: usage_log_pb2.LogRecord) -> dict[str, str]:
@@ -122,15 +183,43 @@ class UsageLog:
     """OpenTelemetry's LogsService, as the AI filter's module calls it (and Envoy's OpenTelemetry access logger would):
     one unary Export per batch."""
 
+    def __init__(self) -> None:
+        # A record's Series (None: no metrics) by the lines its Request is made of: most records of a batch share a
+        # few, so a record costs its numbers and a look-up (some 4 µs, where reading it whole by name cost 9).
+        self._series: dict[tuple[tuple[bytes, ...], bytes], Series | None] = {}
+
+    def add(self, record: usage_log_pb2.LogRecord) -> None:
+        """Records one record's metrics."""
+        lines = record.body.string_value.split(b"\n", len(USAGE_RECORD_LINES) - 1)
+        if len(lines) != len(USAGE_RECORD_LINES):  # not the filter's: read by name, what it has
+            entry = UsageEntry.of(fields(record))
+            if entry is not None:
+                entry.record()
+            return
+        response_model = b""
+        for pair in record.attributes:
+            if pair.key == USAGE_RECORD_ATTRIBUTE:
+                response_model = pair.value.string_value
+        key = (REQUEST_ITEMS(lines), response_model)
+        try:
+            series = self._series[key]
+        except KeyError:
+            if len(self._series) >= MAX_SERIES:  # client-chosen models among them: bounded
+                self._series.clear()
+            values = dict(zip(REQUEST_LINES, (value.decode(errors="replace") for value in key[0]), strict=True))
+            values[USAGE_RECORD_ATTRIBUTE] = response_model.decode(errors="replace")
+            request = Request.of(values)
+            series = self._series[key] = None if request is None else Series.of(request)
+        if series is not None and (measures := Measures.of(*map(_line_count, MEASURE_ITEMS(lines)))) is not None:
+            measures.record(series)
+
     async def export(
         self, request: usage_log_pb2.ExportLogsServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> usage_log_pb2.ExportLogsServiceResponse:
-        for index, entry in enumerate(records(request), 1):
-            usage = UsageEntry.of(fields(entry))
-            if usage is not None:
-                usage.record()
+        for index, record in enumerate(records(request), 1):
+            self.add(record)
             if index % SLICE == 0:
-                await asyncio.sleep(0)  # picks and xDS between slices of a large export (some 13 µs a record)
+                await asyncio.sleep(0)  # picks and xDS between slices of a large export (some 4 µs a record)
         return usage_log_pb2.ExportLogsServiceResponse()
 
     def add_to(self, server: grpc.aio.Server) -> None:
