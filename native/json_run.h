@@ -12,8 +12,8 @@
 #define JSON_RUN_ONES 0x0101010101010101ULL
 #define JSON_RUN_HIGHS 0x8080808080808080ULL
 
-/* A word whose high bits are set for bytes below `n` (n <= 0x80): exact as to whether any byte is, which is all the
- * run needs (a flag above the first such byte may be spurious: the bytes are then looked at one by one). */
+/* A word whose high bits are set for bytes below `n` (n <= 0x80). A flag above the lowest one may be spurious (a
+ * borrow), the lowest one never is: it marks the first such byte. */
 static inline uint64_t json_run_below(uint64_t word, unsigned char n) {
   return (word - JSON_RUN_ONES * n) & ~word & JSON_RUN_HIGHS;
 }
@@ -30,13 +30,15 @@ static inline bool json_run_plain(unsigned char c, bool ascii_only) {
  * `ascii_only`, past 0x7f, which the access line checks as UTF-8). */
 static inline size_t json_run(const char *at, size_t left, bool ascii_only) {
   size_t n = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
   for (; left - n >= 8; n += 8) {
     uint64_t word;
     memcpy(&word, at + n, 8); /* an unaligned load, as compilers make of it */
     uint64_t stops = json_run_equal(word, '"') | json_run_equal(word, '\\') | json_run_below(word, 0x20);
     if (ascii_only) stops |= word & JSON_RUN_HIGHS;
-    if (stops) break;
+    if (stops) return n + (size_t)(__builtin_ctzll(stops) >> 3); /* the lowest flag: the first byte that stops */
   }
+#endif
   while (n < left && json_run_plain((unsigned char)at[n], ascii_only)) n++;
   return n;
 }
