@@ -16,6 +16,10 @@ from typing import Any
 import openai
 import pytest
 from kubernetes import client as k8s
+from openai.types import CompletionUsage
+from openai.types.chat import ChatCompletion
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from testing.cluster_tutorial import (
     SECONDS,
@@ -29,11 +33,12 @@ from testing.cluster_tutorial import (
 from testing.helm import Helm
 from testing.kube_cluster import KubeCluster
 from testing.local_cluster import CONTROLLER_CHART, SYSTEM, local_cluster
-from testing.web import request
+from testing.web import http_get, request
 
 from .conftest import _ensure_binaries
 
 LLAMA, MISTRAL, BASIC = "meta-llama/Llama-3.1-8B-Instruct", "mistral:latest", "some-cool-self-hosted-model"
+CONTROLLERS = "app.kubernetes.io/name=xds-server"  # the controller pods, in SYSTEM
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +81,9 @@ POOLS = {"vllm-llama3-8b-instruct": LLAMA, "mistral-upstream": MISTRAL}
 PICKERS = {"vllm-llama3-8b-instruct": "vllm-llama3-8b-instruct-epp", "mistral-upstream": "mistral-epp"}
 
 
-async def assert_three_answers(tutorial: Tutorial) -> None:
-    """The seed README's three requests, each from a pod of the right Deployment, and a 404 for an unknown model."""
+async def assert_three_answers(tutorial: Tutorial) -> CompletionUsage | None:
+    """The seed README's three requests, each from a pod of the right Deployment, and a 404 for an unknown model.
+    Each model answers 200 exactly once; returns the basic backend's usage."""
     api, url = tutorial.cluster.api_client, tutorial.url
     # The ordinary backend, through the official SDK: Backend FQDN -> cluster DNS -> Service -> its one pod.
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -91,7 +97,7 @@ async def assert_three_answers(tutorial: Tutorial) -> None:
             return None  # the Gateway's routes may still be on their way
 
     raw = await eventually(basic, "the basic backend answering through the Gateway")
-    completion = raw.parse()
+    completion: ChatCompletion = raw.parse()
     assert completion.choices[0].message.content and completion.model == BASIC
     assert raw.headers["x-inference-pod"] in ready_pod_names(api, "default", "app=envoy-ai-gateway-basic-testupstream")
     for deployment, model in POOLS.items():
@@ -103,18 +109,72 @@ async def assert_three_answers(tutorial: Tutorial) -> None:
         assert headers["x-inference-pod"] in ready_pod_names(api, "default", f"app={deployment}")
     unknown = chat(url, "no-such-model")
     assert unknown[0] == 404 and json.loads(unknown[2])["error"]["code"] == "model_not_found", unknown
+    return completion.usage
+
+
+def controller_samples(api: k8s.ApiClient) -> list[Sample]:
+    """Every sample of every ready controller pod's /metrics, read at its pod address on its admin port: each replica
+    counts only the usage records exported to it, and an Envoy's exports may reach any of them (the ext_proc Service
+    balances connections), so a total is a sum over the replicas."""
+    ready = ready_pod_names(api, SYSTEM, CONTROLLERS)
+    samples: list[Sample] = []
+    for pod in pods_of(api, SYSTEM, CONTROLLERS):
+        if pod.metadata.name not in ready:
+            continue
+        [port] = [p.container_port for c in pod.spec.containers for p in c.ports or [] if p.name == "admin"]
+        status, text = http_get(f"http://{pod.status.pod_ip}:{port}/metrics", timeout=10.0)
+        assert status == 200, (pod.metadata.name, status, text[:300])
+        samples += (sample for family in text_string_to_metric_families(text) for sample in family.samples)
+    return samples
+
+
+def metered(api: k8s.ApiClient) -> dict[str, float]:
+    """What the controllers metered so far from the Envoys' usage records: the answered requests (error_type "") per
+    model, and the basic model's output tokens (the answers that counted them, and their total)."""
+    samples = controller_samples(api)
+
+    def total(name: str, **labels: str) -> float:
+        """The sum over the series with `labels`, whatever their other labels (response model, backend)."""
+        return sum((s.value for s in samples if s.name == name and labels.items() <= s.labels.items()), 0.0)
+
+    answered = {
+        f"{model} requests": total("gen_ai_server_request_duration_count", gen_ai_request_model=model, error_type="")
+        for model in (LLAMA, MISTRAL, BASIC)
+    }
+    output = {"gen_ai_request_model": BASIC, "error_type": "", "gen_ai_token_type": "output"}
+    return answered | {
+        f"{BASIC} output counts": total("gen_ai_client_token_usage_count", **output),
+        f"{BASIC} output tokens": total("gen_ai_client_token_usage_sum", **output),
+    }
 
 
 async def test_the_tutorial_answers_in_cluster_mode_through_the_real_endpoint_picker(tutorial: Tutorial) -> None:
     cluster, api = tutorial.cluster, tutorial.cluster.api_client
     before = {picker: len(epp_picks(cluster, api, picker)) for picker in PICKERS.values()}
-    await assert_three_answers(tutorial)
+    metered_before = await asyncio.to_thread(metered, api)
+    usage = await assert_three_answers(tutorial)
     # Each pool's request went through its own real Endpoint Picker, which chose one of the pool's pods.
     for deployment, picker in PICKERS.items():
         picks = epp_picks(cluster, api, picker)
         assert len(picks) > before[picker], (picker, picks)
         pod_ips = {p.status.pod_ip for p in pods_of(api, "default", f"app={deployment}")}
         assert picks[-1].split(":")[0] in pod_ips, (picks, pod_ips)
+    # The provisioned Envoys' AI filter exports each request's usage record to a controller (OpenTelemetry Export on
+    # its ext_proc port, mutual TLS), which turns it into the GenAI metrics: one more answered request per model,
+    # and the basic backend's output tokens as its answer counted them (the test upstream's canned usage).
+    assert usage is not None and usage.completion_tokens > 0, usage
+    growth = {key: 1.0 for key in metered_before} | {f"{BASIC} output tokens": float(usage.completion_tokens)}
+    wanted = {key: metered_before[key] + grown for key, grown in growth.items()}
+    last: dict[str, float] = {}
+
+    def reached() -> bool:
+        last.update(metered(api))
+        return all(last[key] >= value for key, value in wanted.items())
+
+    try:
+        await eventually(reached, f"the controllers' GenAI metrics at least {wanted}", seconds=30.0)
+    except AssertionError as short:
+        raise AssertionError(f"{short}\nmetered before the requests {metered_before}, last {last}") from None
 
 
 class RequestLoop:
@@ -178,7 +238,6 @@ def leader(api: k8s.ApiClient) -> str | None:
 
 async def test_pods_come_and_go_and_the_controller_rolls_without_a_failed_request(tutorial: Tutorial) -> None:
     api = tutorial.cluster.api_client
-    controllers = "app.kubernetes.io/name=xds-server"
     with RequestLoop(tutorial.url) as loop:
         await eventually(lambda: loop.sent >= 6, "the request loop under way")
         sent = [loop.sent]  # at the start of each disruption, and at the end: requests ran through every one
@@ -197,7 +256,7 @@ async def test_pods_come_and_go_and_the_controller_rolls_without_a_failed_reques
         first = await eventually(lambda: leader(api), "a controller holding the Lease")
         k8s.CoreV1Api(api).delete_namespaced_pod(first, SYSTEM, grace_period_seconds=0)
         await eventually(lambda: (now := leader(api)) not in (None, first) and now, "another controller leading")
-        await eventually(lambda: len(ready_pod_names(api, SYSTEM, controllers)) == 2, "two ready controllers again")
+        await eventually(lambda: len(ready_pod_names(api, SYSTEM, CONTROLLERS)) == 2, "two ready controllers again")
         sent.append(loop.sent)
         await eventually(lambda: loop.sent >= sent[-1] + 6, "requests after the leader changed")
     done = await loop.stopped()
