@@ -8,10 +8,12 @@ the official `openai` SDK works through the gateway; requests keep being routed 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import http.client
 import json
 import os
 import signal
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +31,7 @@ from testing.sims import b64, start_testupstream
 from testing.web import SECONDS, Response, eventually, http_get, metric, request
 from translators.ir import TranslateOptions
 from translators.xds.model import USAGE_LOG_FLUSH_MS
-from translators.xds.names import ECHO_LIMIT
+from translators.xds.names import AI_FILTER, ECHO_LIMIT
 
 UPSTREAMS = {"a": "127.0.7.1", "b": "127.0.7.2"}
 # A backend whose Service has no endpoints at all (no selector, no EndpointSlice).
@@ -50,7 +52,7 @@ BUFFER_LIMIT = 1024 * 1024
 class AiGateway:
     """Two testupstreams, `serve` with the manifests, and an Envoy for the Gateway, ready to route."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, stdout_pipe: bool = False) -> None:
         self.tmp_path = tmp_path
         self.upstreams = {
             name: start_testupstream(name, host, tmp_path / f"{name}.log") for name, host in UPSTREAMS.items()
@@ -72,7 +74,7 @@ class AiGateway:
         self.manifests = manifests
         self.xds_port, self.admin_port, self.extproc_port = free_port(), free_port(), free_port()
         self.serve = self.start_serve("serve.log")
-        self.envoy = Envoy(tmp_path, "default/gw", self.xds_port)
+        self.envoy = Envoy(tmp_path, "default/gw", self.xds_port, stdout_pipe=stdout_pipe)
         asyncio.run(self.envoy.wait_live())
         eventually(lambda: self.chat("model-a").status_code == 200, "routes served")
 
@@ -355,6 +357,54 @@ def test_requests_are_routed_while_the_control_plane_is_stuck_or_restarting(tmp_
             lambda: metric(environment.metrics(), "gen_ai_server_request_duration_count", **labels) >= 1,
             "metering again after the restart",
         )
+    finally:
+        environment.close()
+
+
+def test_a_stdout_that_does_not_drain_holds_back_neither_metering_nor_config_changes(tmp_path: Path) -> None:
+    """The AI filter writes the access log's lines to Envoy's stdout from a thread of its own: when nobody reads
+    stdout (a full pipe), that thread waits alone. The usage log's exports go on, and a config change that ends the
+    last AI filter config (which joins the usage log's ticker on Envoy's main thread) completes."""
+    environment = AiGateway(tmp_path, stdout_pipe=True)
+    try:
+        pipe = environment.envoy.process.stdout
+        assert pipe is not None
+        capacity = fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ)
+        labels = {"gen_ai_request_model": "model-a", "backend": "aiservicebackend/default/a", "error_type": ""}
+        before = metric(environment.settled_metrics(), "gen_ai_server_request_duration_count", **labels)
+        sent = 0
+
+        def unread() -> int:
+            return int.from_bytes(fcntl.ioctl(pipe.fileno(), termios.FIONREAD, b"\0\0\0\0"), "little")
+
+        # Lines until the pipe is full (it grows no more: a write of whole lines waits for room a page at a time),
+        # then the module's writer waits in write() on the rest.
+        held = -1
+        while unread() != held or held < capacity // 2:
+            held = unread()
+            for _ in range(100):
+                assert environment.chat("model-a").status_code == 200
+            sent += 100
+            time.sleep(3 * USAGE_LOG_FLUSH_MS / 1e3)  # the writer's next turn
+            assert sent < 5_000, f"stdout never filled: {unread()} of {capacity} bytes"
+        for _ in range(100):
+            assert environment.chat("model-a").status_code == 200
+        sent += 100
+        eventually(
+            lambda: metric(environment.metrics(), "gen_ai_server_request_duration_count", **labels) == before + sent,
+            "every request metered while stdout does not drain",
+        )
+        # The AI routes go: the listener is replaced by one without the AI filter, and once the old one has drained,
+        # the last AI filter config ends on Envoy's main thread, which must not wait on stdout.
+        (environment.manifests / "gateway.yaml").write_text(gateway([environment.listen_port]))
+
+        def without_ai_filter() -> bool:
+            status, dump = http_get(f"{environment.envoy.admin}/config_dump?resource=dynamic_listeners", 5.0)
+            return status == 200 and "DynamicListener" in dump and AI_FILTER not in dump
+
+        eventually(without_ai_filter, "the listener replaced by one without the AI filter")
+        time.sleep(3)  # Envoy's --drain-time-s is 1: the old listener and its filter config are gone by then
+        assert http_get(f"{environment.envoy.admin}/ready", 5.0) == (200, "LIVE\n"), environment.envoy.log_tail()
     finally:
         environment.close()
 

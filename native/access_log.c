@@ -3,7 +3,9 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "json_run.h"
@@ -42,9 +44,13 @@ static const struct {
 
 static struct {
   pthread_mutex_t lock;
+  pthread_cond_t wake; /* the writer's: its interval, or the process's exit */
   bytes buffer;
   unsigned long long dropped;
-} pending = {.lock = PTHREAD_MUTEX_INITIALIZER};
+  unsigned flush_ms;   /* the newest config's */
+  bool writer_started; /* the writer: a thread of its own for the process's life, never joined */
+  bool writing;        /* the writer is in write(): stdout may not drain */
+} pending = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
 
 /* The length of the UTF-8 sequence at `at` (at most `left` bytes), 0 when it is not one: RFC 3629's, so no overlong
  * form, no surrogate, nothing past U+10FFFF. */
@@ -163,13 +169,8 @@ static bool write_all(const char *data, size_t length) {
   return true;
 }
 
-void access_log_flush(void) {
-  pthread_mutex_lock(&pending.lock);
-  bytes taken = pending.buffer;
-  pending.buffer = (bytes){0};
-  unsigned long long dropped = pending.dropped;
-  pending.dropped = 0;
-  pthread_mutex_unlock(&pending.lock);
+/* What the buffer held, to stdout, in writes of whole lines; false when stdout fails. */
+static void write_lines(bytes taken, unsigned long long dropped) {
   const char *at = taken.at, *stop = taken.at + taken.length;
   bool ok = true;
   while (ok && at < stop) {
@@ -190,5 +191,79 @@ void access_log_flush(void) {
   }
 }
 
-/* The process exits (Envoy's shutdown, or the module unloaded): the last lines are written. */
-__attribute__((destructor)) static void flush_at_exit(void) { access_log_flush(); }
+/* With the lock held: the buffer and the count of dropped lines, taken. */
+static bytes take(unsigned long long *dropped) {
+  bytes taken = pending.buffer;
+  pending.buffer = (bytes){0};
+  *dropped = pending.dropped;
+  pending.dropped = 0;
+  return taken;
+}
+
+/* The writer: the buffer to stdout every flush interval. Stdout may block (a pipe nobody reads): only this thread
+ * waits then, never a worker, the usage log's ticker or Envoy's main thread, and lines past the buffer's limit are
+ * dropped and counted. */
+static void *write_every_interval(void *unused) {
+  (void)unused;
+  pthread_mutex_lock(&pending.lock);
+  for (;;) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until); /* the condition variable's clock */
+    until.tv_sec += pending.flush_ms / 1000;
+    until.tv_nsec += (long)(pending.flush_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+      until.tv_sec++;
+      until.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&pending.wake, &pending.lock, &until);
+    unsigned long long dropped;
+    bytes taken = take(&dropped);
+    pending.writing = true;
+    pthread_mutex_unlock(&pending.lock);
+    write_lines(taken, dropped);
+    pthread_mutex_lock(&pending.lock);
+    pending.writing = false;
+    pthread_cond_broadcast(&pending.wake);
+  }
+  return NULL;
+}
+
+void access_log_start(unsigned flush_ms) {
+  pthread_mutex_lock(&pending.lock);
+  pending.flush_ms = flush_ms ? flush_ms : 1;
+  if (!pending.writer_started) {
+    /* The writer takes no signal: Envoy's threads handle them. */
+    sigset_t all, before;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &before);
+    pthread_t writer;
+    pending.writer_started = pthread_create(&writer, NULL, write_every_interval, NULL) == 0;
+    if (pending.writer_started) pthread_detach(writer);
+    pthread_sigmask(SIG_SETMASK, &before, NULL);
+  }
+  pthread_mutex_unlock(&pending.lock);
+}
+
+void access_log_flush(void) {
+  pthread_mutex_lock(&pending.lock);
+  unsigned long long dropped;
+  bytes taken = take(&dropped);
+  pthread_mutex_unlock(&pending.lock);
+  write_lines(taken, dropped);
+}
+
+/* The process exits (Envoy's shutdown): the last lines are written, after the writer's write in progress, unless
+ * stdout does not drain (a second blocked write would hold the exit). */
+__attribute__((destructor)) static void flush_at_exit(void) {
+  pthread_mutex_lock(&pending.lock);
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += 1;
+  while (pending.writing && pthread_cond_timedwait(&pending.wake, &pending.lock, &until) == 0) {
+  }
+  bool stuck = pending.writing;
+  unsigned long long dropped;
+  bytes taken = stuck ? (bytes){0} : take(&dropped);
+  pthread_mutex_unlock(&pending.lock);
+  if (!stuck) write_lines(taken, dropped);
+}

@@ -4,9 +4,10 @@
  * are those of translators/xds/ai_listener.py's AI_ACCESS_LOG_FIELDS, which Envoy's own access logger still writes
  * for the listener's other requests answered 400 or more: the two writers make one log.
  *
- * A worker formats its line into a buffer of its own thread and appends it to the module's; the usage log's ticker
- * thread writes the module's buffer to stdout every flush interval (a worker never waits on stdout), and the process
- * writes what is left when it exits.
+ * A worker formats its line into a buffer of its own thread and appends it to the module's; a writer thread of the
+ * module's own writes that buffer to stdout every flush interval (a worker never waits on stdout, nor does the usage
+ * log's ticker or Envoy's main thread when stdout does not drain), and the process writes what is left when it
+ * exits.
  */
 #ifndef XDS_SERVER_ACCESS_LOG_H
 #define XDS_SERVER_ACCESS_LOG_H
@@ -44,7 +45,9 @@ typedef struct {
 bool xds_ai_access_line(const access_values *values, bytes *out);
 /* Any worker: the line joins the module's buffer (dropped past its limit). */
 void access_log_add(const access_values *values);
-/* The ticker (or the process's exit): the buffer to stdout. */
+/* A filter config (any thread): the writer runs, every `flush_ms` (the newest config's). */
+void access_log_start(unsigned flush_ms);
+/* The tests' way to write the buffer now, on the calling thread. */
 void access_log_flush(void);
 
 #endif

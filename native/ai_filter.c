@@ -541,6 +541,7 @@ EXPORT const void *envoy_dynamic_module_on_http_filter_config_new(void *envoy_co
       !usage_cluster || !count_line(echo_limit, &parsed->echo_limit) || !count_line(flush_ms, &flush_ms_count) ||
       !count_line(flush_bytes, &flush_bytes_count) || (rest && *rest))
     goto fail;
+  access_log_start((unsigned)flush_ms_count);
   parsed->exporter = usage_log_start(envoy_config, usage_cluster, (unsigned)flush_ms_count, flush_bytes_count);
   if (parsed->exporter) return parsed;
 fail:

@@ -6,10 +6,10 @@
  * record here is a few hundred bytes written once. The wire format is the same (a batch is an
  * ExportLogsServiceRequest with one ResourceLogs and one ScopeLogs), so `serve` reads it as it read Envoy's.
  *
- * Threads: the workers add records under `usage.lock`; a ticker thread of the module wakes every flush interval,
- * writes the access log's lines (access_log.c) and, when the batch holds records, commits the newest exporting
- * config's scheduler, which runs the export on
- * Envoy's main thread (the only thread where a config may call out). A config that goes away while its event is
+ * Threads: the workers add records under `usage.lock`; a ticker thread of the module wakes every flush interval and,
+ * when the batch holds records, commits the newest exporting config's scheduler, which runs the export on Envoy's
+ * main thread (the only thread where a config may call out). The ticker never writes to stdout (the access log has
+ * a writer of its own), so a stdout that does not drain holds back neither the exports nor the ticker's join. A config that goes away while its event is
  * pending leaves the batch to the next tick and the next config; with no config left, the ticker stops.
  */
 #include "usage_log.h"
@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <time.h>
 
-#include "access_log.h"
 #include "bytes.h"
 #include "protobuf.h"
 
@@ -164,9 +163,6 @@ static void *tick(void *unused) {
     pthread_cond_timedwait(&usage.wake, &usage.lock, &until);
     if (usage.stopping) break;
     request_export();
-    pthread_mutex_unlock(&usage.lock);
-    access_log_flush(); /* stdout may block: never with the usage log's lock held */
-    pthread_mutex_lock(&usage.lock);
   }
   pthread_mutex_unlock(&usage.lock);
   return NULL;
@@ -221,7 +217,6 @@ void usage_log_stop(usage_exporter *exporter) {
     pthread_mutex_lock(&usage.lock);
     usage.ticking = false;
     pthread_mutex_unlock(&usage.lock);
-    access_log_flush(); /* the lines the ticker had not written yet */
   }
   envoy_dynamic_module_callback_http_filter_config_scheduler_delete(exporter->scheduler);
   free(exporter->cluster);

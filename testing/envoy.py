@@ -38,6 +38,7 @@ class Envoy:
         node_id: str = "e2e",
         delta: bool = False,
         printed_bootstrap: tuple[str, int] | None = None,  # (bootstrap YAML, its admin port), as a user has them
+        stdout_pipe: bool = False,  # stdout to a pipe the caller reads (or leaves full), not to `access_log`
     ) -> None:
         config = tmp_path / f"bootstrap-{node_id}.yaml"
         if printed_bootstrap is None:
@@ -53,6 +54,11 @@ class Envoy:
         command = [str(envoy_binary()), "-c", str(config), "--base-id", str(base_id())]
         command += ["-l", "warning", "--drain-time-s", "1", "--log-path", str(self.log)]
         command += ["--file-flush-interval-msec", "100"]  # logs readable at once, not after Envoy's default 10 s
+        if stdout_pipe:
+            self.process = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=envoy_environment()
+            )
+            return
         with self.access_log.open("ab") as stdout:
             self.process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.DEVNULL, env=envoy_environment())
 
