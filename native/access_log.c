@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "deadline.h"
 #include "json_run.h"
 
 /* The module's buffer never holds more than this (lines past it are dropped and counted, as a stdout that does not
@@ -169,7 +170,7 @@ static bool write_all(const char *data, size_t length) {
   return true;
 }
 
-/* What the buffer held, to stdout, in writes of whole lines; false when stdout fails. */
+/* What the buffer held, to stdout, in writes of whole lines (given up when stdout fails). */
 static void write_lines(bytes taken, unsigned long long dropped) {
   const char *at = taken.at, *stop = taken.at + taken.length;
   bool ok = true;
@@ -207,14 +208,7 @@ static void *write_every_interval(void *unused) {
   (void)unused;
   pthread_mutex_lock(&pending.lock);
   for (;;) {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until); /* the condition variable's clock */
-    until.tv_sec += pending.flush_ms / 1000;
-    until.tv_nsec += (long)(pending.flush_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-      until.tv_sec++;
-      until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = realtime_after_ms(pending.flush_ms);
     pthread_cond_timedwait(&pending.wake, &pending.lock, &until);
     unsigned long long dropped;
     bytes taken = take(&dropped);
@@ -244,21 +238,11 @@ void access_log_start(unsigned flush_ms) {
   pthread_mutex_unlock(&pending.lock);
 }
 
-void access_log_flush(void) {
-  pthread_mutex_lock(&pending.lock);
-  unsigned long long dropped;
-  bytes taken = take(&dropped);
-  pthread_mutex_unlock(&pending.lock);
-  write_lines(taken, dropped);
-}
-
 /* The process exits (Envoy's shutdown): the last lines are written, after the writer's write in progress, unless
  * stdout does not drain (a second blocked write would hold the exit). */
 __attribute__((destructor)) static void flush_at_exit(void) {
   pthread_mutex_lock(&pending.lock);
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += 1;
+  struct timespec until = realtime_after_ms(1000);
   while (pending.writing && pthread_cond_timedwait(&pending.wake, &pending.lock, &until) == 0) {
   }
   bool stuck = pending.writing;

@@ -47,7 +47,5 @@ bool xds_ai_access_line(const access_values *values, bytes *out);
 void access_log_add(const access_values *values);
 /* A filter config (any thread): the writer runs, every `flush_ms` (the newest config's). */
 void access_log_start(unsigned flush_ms);
-/* The tests' way to write the buffer now, on the calling thread. */
-void access_log_flush(void);
 
 #endif

@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "bytes.h"
+#include "deadline.h"
 #include "protobuf.h"
 
 /* Room before the records for what encloses them: the gRPC frame (5 bytes) and the tags and lengths of the
@@ -152,14 +153,7 @@ static void *tick(void *unused) {
   pthread_mutex_lock(&usage.lock);
   while (!usage.stopping) {
     unsigned flush_ms = usage.exporters ? usage.exporters->flush_ms : 1000;
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until); /* the condition variable's clock */
-    until.tv_sec += flush_ms / 1000;
-    until.tv_nsec += (long)(flush_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-      until.tv_sec++;
-      until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = realtime_after_ms(flush_ms);
     pthread_cond_timedwait(&usage.wake, &usage.lock, &until);
     if (usage.stopping) break;
     request_export();
