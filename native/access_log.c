@@ -3,13 +3,11 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "deadline.h"
 #include "json_run.h"
+#include "threads.h"
 
 /* The module's buffer never holds more than this (lines past it are dropped and counted, as a stdout that does not
  * drain would otherwise hold the gateway's memory). */
@@ -226,14 +224,9 @@ void access_log_start(unsigned flush_ms) {
   pthread_mutex_lock(&pending.lock);
   pending.flush_ms = flush_ms ? flush_ms : 1;
   if (!pending.writer_started) {
-    /* The writer takes no signal: Envoy's threads handle them. */
-    sigset_t all, before;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &before);
     pthread_t writer;
-    pending.writer_started = pthread_create(&writer, NULL, write_every_interval, NULL) == 0;
-    if (pending.writer_started) pthread_detach(writer);
-    pthread_sigmask(SIG_SETMASK, &before, NULL);
+    pending.writer_started = start_thread(&writer, write_every_interval);
+    if (pending.writer_started) pthread_detach(writer); /* never joined: it lives as long as the process */
   }
   pthread_mutex_unlock(&pending.lock);
 }

@@ -9,19 +9,18 @@
  * Threads: the workers add records under `usage.lock`; a ticker thread of the module wakes every flush interval and,
  * when the batch holds records, commits the newest exporting config's scheduler, which runs the export on Envoy's
  * main thread (the only thread where a config may call out). The ticker never writes to stdout (the access log has
- * a writer of its own), so a stdout that does not drain holds back neither the exports nor the ticker's join. A config that goes away while its event is
- * pending leaves the batch to the next tick and the next config; with no config left, the ticker stops.
+ * a writer of its own), so a stdout that does not drain holds back neither the exports nor the ticker's join. A
+ * config that goes away while its event is pending leaves the batch to the next tick and the next config; with no
+ * config left, the ticker stops.
  */
 #include "usage_log.h"
 
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
-#include <time.h>
 
 #include "bytes.h"
-#include "deadline.h"
 #include "protobuf.h"
+#include "threads.h"
 
 /* Room before the records for what encloses them: the gRPC frame (5 bytes) and the tags and lengths of the
  * request's ResourceLogs and ScopeLogs (at most 5 each for a batch under 256 MiB). */
@@ -172,13 +171,8 @@ usage_exporter *usage_log_start(void *envoy_config, const char *cluster, unsigne
   exporter->next = usage.exporters;
   usage.exporters = exporter;
   if (!usage.ticking) {
-    /* The ticker takes no signal: Envoy's threads handle them. */
-    sigset_t all, before;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &before);
     usage.stopping = false;
-    usage.ticking = pthread_create(&usage.ticker, NULL, tick, NULL) == 0;
-    pthread_sigmask(SIG_SETMASK, &before, NULL);
+    usage.ticking = start_thread(&usage.ticker, tick);
     if (!usage.ticking) log_message(LOG_WARN, "usage log: no thread to export it; the GenAI metrics get nothing");
   }
   pthread_mutex_unlock(&usage.lock);

@@ -54,12 +54,8 @@ class Envoy:
         command = [str(envoy_binary()), "-c", str(config), "--base-id", str(base_id())]
         command += ["-l", "warning", "--drain-time-s", "1", "--log-path", str(self.log)]
         command += ["--file-flush-interval-msec", "100"]  # logs readable at once, not after Envoy's default 10 s
-        if stdout_pipe:
-            self.process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=envoy_environment()
-            )
-            return
-        with self.access_log.open("ab") as stdout:
+        with self.access_log.open("ab") as log:
+            stdout = subprocess.PIPE if stdout_pipe else log
             self.process = subprocess.Popen(command, stdout=stdout, stderr=subprocess.DEVNULL, env=envoy_environment())
 
     async def wait_live(self) -> None:
