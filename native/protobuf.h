@@ -1,14 +1,13 @@
-/* Protocol buffer wire format, written by hand for the few messages the module sends: the usage log's records and
- * the usage metadata (a google.protobuf.Struct). Sizes first, then bytes, so a message is written once, in place. */
+/* Protocol buffer wire format, written by hand for the one message the module sends: the usage log's export of its
+ * records. Sizes first, then bytes, so a message is written once, in place. */
 #ifndef XDS_SERVER_PROTOBUF_H
 #define XDS_SERVER_PROTOBUF_H
 
-#include <stdint.h>
+#include <stddef.h>
 #include <string.h>
 
-/* A tag byte: a field number under 16 and its wire type. */
+/* A tag byte: a field number under 16 and the wire type of length-delimited fields. */
 #define LENGTH_DELIMITED(field) ((char)((field) << 3 | 2))
-#define FIXED64(field) ((char)((field) << 3 | 1))
 
 static inline size_t varint_size(size_t value) {
   size_t size = 1;
@@ -34,14 +33,6 @@ static inline char *put_bytes(char *out, char tag, const char *data, size_t leng
   out = put_head(out, tag, length);
   memcpy(out, data, length);
   return out + length;
-}
-
-static inline char *put_double(char *out, char tag, double value) {
-  uint64_t bits;
-  memcpy(&bits, &value, sizeof bits);
-  *out++ = tag;
-  for (int i = 0; i < 8; i++) *out++ = (char)((bits >> (8 * i)) & 0xff); /* little-endian, whatever the host */
-  return out;
 }
 
 #endif

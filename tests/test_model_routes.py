@@ -230,25 +230,54 @@ def short(name: str, vhost_name: str) -> str:
 # --- order and answers ---
 
 
-def test_routes_go_refusal_of_control_characters_model_routes_then_the_contract_and_the_entry_last() -> None:
+def test_routes_go_exact_models_refusals_other_model_routes_then_the_contract_and_the_entry_last() -> None:
     translation = translated(MANIFESTS)
-    everywhere = [EVERYWHERE.format(2), EVERYWHERE.format(0), EVERYWHERE.format(1)]  # more header matches first
+    refusals = ["model-not-a-header-value", "model-too-long"]
+    # More header matches first; the refusals before the regex rule, the first that could take a model they refuse.
+    everywhere = [EVERYWHERE.format(2), EVERYWHERE.format(0), *refusals, EVERYWHERE.format(1)]
     expected = {
-        "*": ["model-not-a-header-value", "model-too-long", *everywhere, *(name for name, _ in TRAILING)],
+        "*": [*everywhere, *(name for name, _ in TRAILING)],
         # The host's own routes, then those of the wildcard that covers it.
-        "*.team.example": [
-            "model-not-a-header-value",
-            "model-too-long",
-            TEAM.format(0),
-            TEAM.format(1),
-            *everywhere,
-            *(name for name, _ in TRAILING),
-        ],
+        "*.team.example": [TEAM.format(0), TEAM.format(1), *everywhere, *(name for name, _ in TRAILING)],
     }
     for domain, names in expected.items():
         ir = vhost(translation, domain)
         assert [short(r.name, ir.name) for r in ir.routes] == names
         assert [short(r.name, ir.name) for r in xds_vhost(translation, domain).routes] == names  # kept in xDS
+
+
+@pytest.mark.parametrize(
+    ("match", "refused_first"),
+    [
+        ("[{type: Exact, name: x-ai-eg-model, value: model-a}]", False),
+        ("[{type: Exact, name: X-AI-EG-Model, value: model-a}]", False),
+        (f"[{{type: Exact, name: x-ai-eg-model, value: {'m' * 256}}}]", False),
+        (f"[{{type: Exact, name: x-ai-eg-model, value: {'m' * 257}}}]", True),  # longer than the refusal's limit
+        (f"[{{type: Exact, name: x-ai-eg-model, value: {'é' * 257}}}]", True),  # characters, not bytes
+        ("[{type: RegularExpression, name: x-ai-eg-model, value: model-a}]", True),
+        ("[{type: Exact, name: x-tier, value: gold}]", True),  # takes any model
+    ],
+)
+def test_the_refusals_come_before_a_rule_that_could_take_a_model_they_refuse(match: str, refused_first: bool) -> None:
+    manifests = (
+        GATEWAY
+        + f"""
+---
+apiVersion: aigateway.envoyproxy.io/v1beta1
+kind: AIGatewayRoute
+metadata: {{name: one}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - matches: [{{headers: {match}}}]
+    backendRefs: [{{name: a}}]
+"""
+    )
+    ir = vhost(translated(manifests), "*")
+    names = [short(r.name, ir.name) for r in ir.routes]
+    rule = "aigatewayroute/default/one/rule/0/match/0"
+    refusals = ["model-not-a-header-value", "model-too-long"]
+    assert names[:3] == ([*refusals, rule] if refused_first else [rule, *refusals])
 
 
 def test_each_route_of_the_contract_answers_its_status_and_code() -> None:

@@ -5,10 +5,12 @@ A request starts with no model header (clients' are stripped), so it passes the 
 route, which turns on the model filter: Envoy reads the body, sets x-ai-eg-model (and the JSON-object marker) and
 matches again. Then, in order:
 
-- a model with a control character, or longer than the limit (TranslateOptions.max_model_length): 400
-  `invalid_model` (first, so no regex model route can forward it, and no echo or log line carries it);
 - the model routes (the user's rules, each also requiring the JSON-object marker, so that a rule naming no model
-  never takes a request before its body is read);
+  never takes a request before its body is read), and among them, before the first that could take it (a rule that
+  is not one exact, valid model: a regex, another header only), a model with a control character or longer than the
+  limit (TranslateOptions.max_model_length): 400 `invalid_model`, so no model route forwards it and no echo or log
+  line carries it. The rules ahead of these two never match such a model, and a request naming theirs is routed
+  without two regex matches (one of them RE2's program unrolled to the limit, bench.instructions: 3k instructions);
 - `/v1/models`: this host's models, and a path other than the OpenAI ones: 404 `unsupported_path`, and a request
   declaring an empty body: 400 `missing_model`, all three answered before any body is read;
 - a model that is not a JSON string (rendered as JSON text: a number, true/false, an array or object): 400
@@ -43,6 +45,7 @@ from translators.xds.names import (
     JSON_BODY_HEADER,
     MODEL_HEADER,
     MODELS_PATH,
+    NOT_A_HEADER_VALUE,
 )
 
 OWNED_BY = "xds-server"
@@ -92,6 +95,24 @@ def leading_routes(vhost_name: str, max_model_length: int) -> list[RouteIR]:
             ai=AiRole.REFUSAL,
         ),
     ]
+
+
+def names_one_valid_model(route: RouteIR, max_model_length: int) -> bool:
+    """Whether the route takes only a model it names exactly, a model the leading routes never refuse."""
+    return any(
+        match.name.lower() == MODEL_HEADER
+        and match.kind is HeaderMatchKind.EXACT
+        and not match.invert
+        and len(match.value) <= max_model_length  # characters, as too_long counts them
+        and not NOT_A_HEADER_VALUE.search(match.value)
+        for match in route.headers
+    )
+
+
+def guarded_routes(vhost_name: str, routes: list[RouteIR], max_model_length: int) -> list[RouteIR]:
+    """The host's routes with the leading routes before the first that could take a model they refuse."""
+    at = next((i for i, route in enumerate(routes) if not names_one_valid_model(route, max_model_length)), len(routes))
+    return [*routes[:at], *leading_routes(vhost_name, max_model_length), *routes[at:]]
 
 
 def trailing_routes(vhost_name: str, models: tuple[ModelIR, ...]) -> list[RouteIR]:

@@ -14,7 +14,7 @@ from translators.gatewayapi.assembly import DomainRoutes, match_key
 from translators.gatewayapi.attachment import Attachment, parent_ref
 from translators.gatewayapi.incremental import GatewayKey, Placement, RouteFragment, TranslationCache, routes_in_order
 from translators.gatewayapi.listener_tls import ListenerTls
-from translators.gatewayapi.model_routes import leading_routes, trailing_routes
+from translators.gatewayapi.model_routes import guarded_routes, trailing_routes
 from translators.gatewayapi.rules import Route, RuleRoutes, RuleTranslator, created_of, rule_id_of
 from translators.gatewayapi.status import StatusBook, condition, ref_of
 from translators.gatewayapi.unsupported import report_unsupported
@@ -289,8 +289,8 @@ class _Translator:
                 self._report_shadowed(contested, domain)
                 models = self._models(ordered) if has_ai else ()
                 if has_ai:
-                    leading = leading_routes(vhost_name, self.options.max_model_length)
-                    ordered = [*leading, *ordered, *trailing_routes(vhost_name, models)]
+                    guarded = guarded_routes(vhost_name, ordered, self.options.max_model_length)
+                    ordered = [*guarded, *trailing_routes(vhost_name, models)]
                 virtual_hosts.append(VirtualHostIR(vhost_name, (domain,), tuple(ordered), models))
             port_chains = tuple(sorted(chains.get(port, ()), key=lambda c: c.server_names))
             listeners.append(ListenerIR(name, self.options.listener_address, port, tuple(virtual_hosts), port_chains))
