@@ -253,8 +253,7 @@ def test_models_lists_the_gateway_models_for_the_requested_host(ai: AiGateway) -
 
 def test_streamed_usage_reaches_the_metrics_and_the_access_log(ai: AiGateway) -> None:
     labels = {"gen_ai_request_model": "model-b", "backend": "aiservicebackend/default/b", "gen_ai_token_type": "output"}
-    before = ai.settled_metrics()
-    before = metric(before, "gen_ai_client_token_usage_sum", **labels)
+    before = metric(ai.settled_metrics(), "gen_ai_client_token_usage_sum", **labels)
     ttft_before = metric(ai.metrics(), "gen_ai_server_time_to_first_token_count", gen_ai_request_model="model-b")
     path = "/v1/chat/completions?case=streamed-usage"
     body = json.dumps({"model": "model-b", "stream": True, "messages": []}).encode()

@@ -71,7 +71,7 @@ class PickerGateway:
         octet = random.randint(1, 254)
         self.hosts = [f"127.{octet}.90.{i}" for i in (1, 2, 3, 4)]
         self.port = port_free_on(self.hosts)
-        fast = ("--max-num-seqs", "2", "--inter-token-latency", "2ms", "--prefill-overhead", "2ms")
+        fast: tuple[str, ...] = ("--max-num-seqs", "2", "--inter-token-latency", "2ms", "--prefill-overhead", "2ms")
         fast += ("--prefill-time-per-token", "0.01ms", "--max-model-len", "60000", "--kv-cache-blocks", "8192")
         self.sims = [
             start_vllm(f"llama-{i}", host, self.port, tmp_path / f"sim-{i}.log", *fast)

@@ -94,7 +94,7 @@ def _set(key: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, raw_value=value.encode()))
 
 
-class StandInPicker(external_processor_pb2_grpc.ExternalProcessorServicer):
+class StandInPicker(external_processor_pb2_grpc.ExternalProcessorServicer):  # type: ignore[misc]  # untyped stub
     """A stand-in for the Inference Extension's EPP (see the module docstring); one stream per HTTP request."""
 
     def __init__(self, default_endpoint: str) -> None:

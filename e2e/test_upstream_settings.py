@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,7 @@ API_KEY = "sk-e2e-not-a-real-key-5f2a9c"
 FALLBACK_REQUEST = {"model": "fallback", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def compact(document: dict[str, object]) -> bytes:
+def compact(document: Mapping[str, object]) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 

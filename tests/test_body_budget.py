@@ -169,8 +169,19 @@ async def channel() -> AsyncIterator[grpc.aio.Channel]:
     await server.stop(grace=None)
 
 
-async def _open(channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]]) -> grpc.aio.StreamStreamCall:
-    return external_processor_pb2_grpc.ExternalProcessorStub(channel).Process(metadata=metadata)
+ExtProcCall = grpc.aio.StreamStreamCall[pb.ProcessingRequest, pb.ProcessingResponse]
+
+
+async def _open(channel: grpc.aio.Channel, metadata: Sequence[tuple[str, str]]) -> ExtProcCall:
+    call: ExtProcCall = external_processor_pb2_grpc.ExternalProcessorStub(channel).Process(metadata=metadata)
+    return call
+
+
+async def _read(call: ExtProcCall) -> pb.ProcessingResponse:
+    """The next reply, which the service must send before it ends the stream."""
+    reply = await call.read()
+    assert reply is not grpc.aio.EOF, "the stream ended"
+    return reply
 
 
 async def test_the_upstream_settings_refuse_a_body_past_the_budget_before_it_is_sent(channel: grpc.aio.Channel) -> None:
@@ -179,23 +190,23 @@ async def test_the_upstream_settings_refuse_a_body_past_the_budget_before_it_is_
     body = b'{"model": "big", "n": 1}'
     first = await _open(channel, settings)
     await first.write(_request_headers(80, **attributes))
-    accepted = await first.read()
+    accepted = await _read(first)
     assert accepted.WhichOneof("response") == "request_headers"
 
     second = await _open(channel, settings)
     await second.write(_request_headers(80, **attributes))
-    refused = await second.read()
+    refused = await _read(second)
     assert _error(refused) == (503, "server_overloaded")
     await second.done_writing()
 
     await first.write(pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True)))
-    rewritten = await first.read()
+    rewritten = await _read(first)
     assert orjson.loads(rewritten.request_body.response.body_mutation.body)["model"] == "pinned"
     await first.done_writing()
 
     third = await _open(channel, settings)  # the first gave its share back with its body's answer
     await third.write(_request_headers(80, **attributes))
-    assert (await third.read()).WhichOneof("response") == "request_headers"
+    assert (await _read(third)).WhichOneof("response") == "request_headers"
     await third.done_writing()
 
 
@@ -205,10 +216,10 @@ async def test_the_picker_refuses_a_body_past_the_budget_and_a_settings_free_att
     pool = ((PICKER_POOL_METADATA, "default/llama"),)
     first = await _open(channel, pool)
     await first.write(_request_headers(90))
-    assert (await first.read()).WhichOneof("response") == "request_headers"
+    assert (await _read(first)).WhichOneof("response") == "request_headers"
     second = await _open(channel, pool)
     await second.write(_request_headers(20))
-    refused = await second.read()
+    refused = await _read(second)
     assert _error(refused) == (503, "server_overloaded")
     assert refused.immediate_response.details == "endpoint_picker_server_overloaded"
     await second.done_writing()
@@ -216,14 +227,14 @@ async def test_the_picker_refuses_a_body_past_the_budget_and_a_settings_free_att
     # An attempt whose backend has no settings gets no body: it takes nothing from the budget.
     unknown = await _open(channel, ((UPSTREAM_SETTINGS_METADATA, "1"),))
     await unknown.write(_request_headers(90, **{RULE_ATTRIBUTE: "aigatewayroute/default/other/rule/0"}))
-    assert (await unknown.read()).WhichOneof("response") == "request_headers"
+    assert (await _read(unknown)).WhichOneof("response") == "request_headers"
     await unknown.done_writing()
 
     first.cancel()  # a stream that ends without its body (Envoy reset it) gives its share back too
     third = await _open(channel, pool)
     for _ in range(100):
         await third.write(_request_headers(90))
-        if (await third.read()).WhichOneof("response") == "request_headers":
+        if (await _read(third)).WhichOneof("response") == "request_headers":
             break
         third = await _open(channel, pool)
         await asyncio.sleep(0.01)

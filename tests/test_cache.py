@@ -83,12 +83,13 @@ def test_inconsistent_snapshots_are_refused(breakage: str, message: str) -> None
 def test_a_listener_presenting_a_certificate_the_snapshot_lacks_is_refused() -> None:
     """Envoy would keep such a listener warming, never serving it: the snapshot carries each certificate it names."""
     [https_gateway] = translate_case("https-listeners").gateways
-    resources = gateway_resources(https_gateway, OPTIONS).by_type()
+    https_resources = gateway_resources(https_gateway, OPTIONS)
+    resources = https_resources.by_type()
     assert set(Snapshot.build(resources).resources(SECRET_TYPE)) == {
         "secret/certs/shared-cert",
         "secret/default/default-cert",
     }
-    resources[SECRET_TYPE] = tuple(s for s in resources[SECRET_TYPE] if s.name != "secret/default/default-cert")
+    resources[SECRET_TYPE] = tuple(s for s in https_resources.secrets if s.name != "secret/default/default-cert")
     with pytest.raises(InconsistentSnapshot, match="uses missing Secret 'secret/default/default-cert'"):
         Snapshot.build(resources)
 
@@ -125,7 +126,8 @@ def test_a_version_hashes_each_resources_name_and_serialization_hash_in_name_ord
     resources = gateway(backends=("b", "a", "c"))  # not in name order
     snapshot = build(resources)
     for type_url, messages in resources.by_type().items():
-        names = [m.cluster_name if type_url == ENDPOINT_TYPE else m.name for m in messages]
+        name_field = "cluster_name" if type_url == ENDPOINT_TYPE else "name"  # by_type() gives them as Message
+        names = [getattr(m, name_field) for m in messages]
         hashes = [digest(m.SerializeToString(deterministic=True)) for m in messages]
         lines = sorted(f"{name} {hashed}" for name, hashed in zip(names, hashes, strict=True))
         assert snapshot.version(type_url) == digest("\n".join(lines).encode())

@@ -8,6 +8,7 @@ covers the same picker behind real Envoy.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import TypedDict
 
 import grpc
 import orjson
@@ -48,8 +49,11 @@ def manifests() -> str:
     )
 
 
+PickerChannel = tuple[grpc.aio.Channel, EndpointPicker]  # the picker_channel fixture's value
+
+
 @pytest.fixture
-async def picker_channel() -> AsyncIterator[tuple[grpc.aio.Channel, EndpointPicker]]:
+async def picker_channel() -> AsyncIterator[PickerChannel]:
     options = TranslateOptions(extproc_port=free_port())
     control_plane = ControlPlane(SnapshotCache(), ClientRegistry(), options)
     control_plane.apply(control_plane.build(load_texts([("pools.yaml", manifests())])))
@@ -72,7 +76,7 @@ def headers(
             ),
             end_of_stream=end_of_stream,
         ),
-        protocol_config=pb.ProtocolConfiguration(request_body_mode=mode),  # type: ignore[arg-type]
+        protocol_config=pb.ProtocolConfiguration(request_body_mode=mode),
     )
     for namespace, values_list in (metadata or {}).items():
         request.metadata_context.filter_metadata[namespace].update(
@@ -102,15 +106,17 @@ async def exchange(
 
 
 def destination(common: pb.CommonResponse) -> str:
-    values = {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers}
+    values: dict[str, str] = {h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers}
     return values["x-gateway-destination-endpoint"]
 
 
 def lb_metadata(reply: pb.ProcessingResponse) -> str:
-    return reply.dynamic_metadata.fields["envoy.lb"].struct_value.fields["x-gateway-destination-endpoint"].string_value
+    fields = reply.dynamic_metadata.fields["envoy.lb"].struct_value.fields
+    endpoint: str = fields["x-gateway-destination-endpoint"].string_value
+    return endpoint
 
 
-async def test_buffered_body_reply_carries_the_pick_as_header_and_metadata(picker_channel) -> None:
+async def test_buffered_body_reply_carries_the_pick_as_header_and_metadata(picker_channel: PickerChannel) -> None:
     channel, _ = picker_channel
     first, reply = await exchange(channel, "default/llama", [headers(), body(chat())], 2)
     assert first.WhichOneof("response") == "request_headers" and not first.request_headers.HasField("response")
@@ -123,7 +129,9 @@ async def test_buffered_body_reply_carries_the_pick_as_header_and_metadata(picke
     assert not common.HasField("body_mutation")  # nothing rewritten: the body goes on untouched
 
 
-async def test_full_duplex_answers_headers_after_the_whole_body_then_streams_it_back_in_chunks(picker_channel) -> None:
+async def test_full_duplex_answers_headers_after_the_whole_body_then_streams_it_back_in_chunks(
+    picker_channel: PickerChannel,
+) -> None:
     channel, _ = picker_channel
     payload = chat("x" * 150_000)
     parts = [payload[:70_000], payload[70_000:]]
@@ -142,7 +150,7 @@ async def test_full_duplex_answers_headers_after_the_whole_body_then_streams_it_
     assert [c.end_of_stream for c in chunks] == [False, False, True]
 
 
-async def test_model_rewrite_header_rewrites_the_body_and_its_length(picker_channel) -> None:
+async def test_model_rewrite_header_rewrites_the_body_and_its_length(picker_channel: PickerChannel) -> None:
     channel, _ = picker_channel
     _, reply = await exchange(
         channel, "default/llama", [headers(x_gateway_model_name_rewrite="llama-v2"), body(chat())], 2
@@ -151,6 +159,12 @@ async def test_model_rewrite_header_rewrites_the_body_and_its_length(picker_chan
     assert orjson.loads(common.body_mutation.body)["model"] == "llama-v2"
     lengths = [h.header.raw_value for h in common.header_mutation.set_headers if h.header.key == "content-length"]
     assert lengths == [str(len(common.body_mutation.body)).encode()]
+
+
+class MoreHeaders(TypedDict, total=False):
+    """The keywords a case below adds to `headers`; typed, so that `**more` is not read as its other parameters."""
+
+    x_gateway_inference_objective: str
 
 
 @pytest.mark.parametrize(
@@ -164,7 +178,9 @@ async def test_model_rewrite_header_rewrites_the_body_and_its_length(picker_chan
         ("default/llama", chat(), {"x_gateway_inference_objective": "batch"}, 429),  # no fresh metrics: saturated
     ],
 )
-async def test_errors_are_openai_json_immediate_responses(picker_channel, pool, request_body, more, status) -> None:
+async def test_errors_are_openai_json_immediate_responses(
+    picker_channel: PickerChannel, pool: str, request_body: bytes, more: MoreHeaders, status: int
+) -> None:
     channel, _ = picker_channel
     replies = await exchange(channel, pool, [headers(**more), body(request_body)], 2)
     immediate = replies[1].immediate_response
@@ -172,7 +188,9 @@ async def test_errors_are_openai_json_immediate_responses(picker_channel, pool, 
     assert set(orjson.loads(immediate.body)["error"]) == {"message", "type", "code"}
 
 
-async def test_a_known_objective_with_positive_priority_is_scheduled_on_the_same_pool(picker_channel) -> None:
+async def test_a_known_objective_with_positive_priority_is_scheduled_on_the_same_pool(
+    picker_channel: PickerChannel,
+) -> None:
     channel, _ = picker_channel
     _, reply = await exchange(
         channel, "default/llama", [headers(x_gateway_inference_objective="interactive"), body(chat())], 2
@@ -180,7 +198,7 @@ async def test_a_known_objective_with_positive_priority_is_scheduled_on_the_same
     assert destination(reply.request_body.response).endswith(":8000")
 
 
-async def test_subset_hint_restricts_the_choice_and_an_empty_match_is_503(picker_channel) -> None:
+async def test_subset_hint_restricts_the_choice_and_an_empty_match_is_503(picker_channel: PickerChannel) -> None:
     channel, _ = picker_channel
     hint = {"envoy.lb.subset_hint": [f"{POD_IPS[1]}:8000"]}
     for _ in range(5):
@@ -191,13 +209,13 @@ async def test_subset_hint_restricts_the_choice_and_an_empty_match_is_503(picker
     assert refused.immediate_response.status.code == 503
 
 
-async def test_bodiless_request_is_routed_at_once(picker_channel) -> None:
+async def test_bodiless_request_is_routed_at_once(picker_channel: PickerChannel) -> None:
     channel, _ = picker_channel
     (reply,) = await exchange(channel, "default/llama", [headers(end_of_stream=True)], 1)
     assert destination(reply.request_headers.response).endswith(":8000")
 
 
-async def test_mounted_config_runs_the_conformance_plugins(picker_channel) -> None:
+async def test_mounted_config_runs_the_conformance_plugins(picker_channel: PickerChannel) -> None:
     channel, picker = picker_channel
     assert picker.pools["default/conformance"].config.origin.startswith("ConfigMap default/conformance-plugins")
     served = pb.ProcessingRequest(response_headers=pb.HttpHeaders())
@@ -220,7 +238,7 @@ async def test_mounted_config_runs_the_conformance_plugins(picker_channel) -> No
     assert refused.immediate_response.status.code == 429
 
 
-async def test_debug_header_returns_the_scores_of_the_pick_only_when_enabled(picker_channel) -> None:
+async def test_debug_header_returns_the_scores_of_the_pick_only_when_enabled(picker_channel: PickerChannel) -> None:
     channel, picker = picker_channel
     # Off by default: the header is ignored, the response phase turned off (no scores can follow), the stream ended.
     ignored = await exchange(channel, "default/llama", [headers(x_gateway_picker_debug="true"), body(chat())], 2)
@@ -245,15 +263,16 @@ async def test_debug_header_returns_the_scores_of_the_pick_only_when_enabled(pic
     assert picker.pool_document("default/llama")["lastPick"]["picked"] == explained["picked"]
 
 
-async def test_health_answers_the_protocol_services(picker_channel) -> None:
+async def test_health_answers_the_protocol_services(picker_channel: PickerChannel) -> None:
     channel, _ = picker_channel
     stub = health_pb2_grpc.HealthStub(channel)
     for service in ("", "envoy.service.ext_proc.v3.ExternalProcessor", "inference-extension"):
-        answer = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+        # The stubs' HealthStub declares no methods.
+        answer = await stub.Check(health_pb2.HealthCheckRequest(service=service))  # type: ignore[attr-defined]
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_the_picker_ends_its_stream_once_nothing_more_will_come(picker_channel) -> None:
+async def test_the_picker_ends_its_stream_once_nothing_more_will_come(picker_channel: PickerChannel) -> None:
     """Rather than wait for Envoy to cancel it (grpcio keeps native memory for every cancelled call): after the pick
     when the response phase is off, after the response headers when they were asked for."""
     channel, picker = picker_channel

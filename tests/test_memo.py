@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from envoy.config.route.v3 import route_components_pb2
 
 from testing.bulk_manifests import http_routes
 from testing.manifests import gateway
-from translators.ir import TranslateOptions
+from translators.ir import EndpointPickerIR, RouteIR, TranslateOptions
 from translators.loader import load_texts
 from translators.xds import routes as xds_routes
 from translators.xds.memo import Memo
@@ -66,8 +67,19 @@ def test_a_one_route_reload_builds_and_serializes_only_what_changed(monkeypatch:
     routes_built: list[str] = []
     cached: list[str] = []
     build_route, cache_resource = xds_routes.route, cache._cached
-    monkeypatch.setattr(xds_routes, "route", lambda ir, *args: routes_built.append(ir.name) or build_route(ir, *args))
-    monkeypatch.setattr(cache, "_cached", lambda t, r: cached.append(t.rsplit(".", 1)[-1]) or cache_resource(t, r))
+
+    def route_noted(
+        ir: RouteIR, picker_in_chain: bool = False, picker: EndpointPickerIR | None = None
+    ) -> route_components_pb2.Route:
+        routes_built.append(ir.name)
+        return build_route(ir, picker_in_chain, picker)
+
+    def cached_noted(type_url: str, resource: cache.Resource) -> cache.CachedResource:
+        cached.append(type_url.rsplit(".", 1)[-1])
+        return cache_resource(type_url, resource)
+
+    monkeypatch.setattr(xds_routes, "route", route_noted)
+    monkeypatch.setattr(cache, "_cached", cached_noted)
     edited = load_texts([*BASE, ("new.yaml", http_routes(1, "127.0.6.2", 9090, prefix="new"))])
     control_plane.build(edited)
     assert routes_built == ["httproute/default/new0/rule/0/match/0"]

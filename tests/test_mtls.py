@@ -103,7 +103,8 @@ async def servers(authority: Authority) -> AsyncIterator[Servers]:
 
 
 def refused(server: str, reason: str) -> float:
-    return metrics.REFUSED_STREAMS.labels(server, reason)._value.get()
+    count: float = metrics.REFUSED_STREAMS.labels(server, reason)._value.get()
+    return count
 
 
 async def test_the_forged_upstream_settings_call_gets_the_key_only_with_its_own_gateways_certificate(

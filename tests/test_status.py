@@ -174,7 +174,7 @@ def test_the_backend_verdict_is_on_every_parent_entry() -> None:
 
 
 def test_a_missing_gateway_is_a_condition_of_the_route_and_no_parent_entry() -> None:
-    parents = [{"name": "gone"}, {"name": "gw"}, {"name": "gw", "port": 9}]
+    parents: list[Doc] = [{"name": "gone"}, {"name": "gw"}, {"name": "gw", "port": 9}]
     translation = _translate([_class(), _gateway(), _backend(), _route("r", parents)])
     route = _status(translation, "HTTPRoute", "r")
     assert [p.parent.name for p in route.parents] == ["gw", "gw"]

@@ -56,7 +56,8 @@ def api_client(kube_cluster: KubeCluster) -> k8s.ApiClient:
 @pytest.fixture
 def dynamic_client(kube_cluster: KubeCluster) -> DynamicClient:
     # Its discovery cache goes to the cluster's work dir, not a shared file in /tmp named after the (random) URL.
-    return DynamicClient(kube_cluster.api_client, cache_file=str(kube_cluster.workdir / "discovery-cache.json"))
+    cache_file = str(kube_cluster.workdir / "discovery-cache.json")
+    return DynamicClient(kube_cluster.api_client, cache_file=cache_file)  # type: ignore[no-untyped-call]  # unannotated
 
 
 @pytest.fixture

@@ -120,7 +120,7 @@ def test_seed_tutorial_objects_are_stored(api_client: k8s.ApiClient, dynamic_cli
     for doc in documents:
         resource = dynamic_client.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
         namespace = doc["metadata"].get("namespace", "default") if resource.namespaced else None
-        dynamic_client.server_side_apply(
+        dynamic_client.server_side_apply(  # type: ignore[no-untyped-call]  # the kubernetes client is unannotated
             resource, body=doc, namespace=namespace, field_manager="xds-server-e2e", force_conflicts=True
         )
         last[(doc["apiVersion"], doc["kind"], namespace, doc["metadata"]["name"])] = doc

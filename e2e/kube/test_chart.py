@@ -11,9 +11,9 @@ import copy
 import functools
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import yaml
@@ -309,6 +309,7 @@ def service_account_kubeconfig(cluster: KubeCluster, namespace: str, account: st
     kubelet mounts into the controller's pod)."""
     request = k8s.AuthenticationV1TokenRequest(spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
     answer = k8s.CoreV1Api(cluster.api_client).create_namespaced_service_account_token(account, namespace, request)
+    assert answer.status is not None
     ca = base64.b64encode(cluster.ca_file.read_bytes()).decode()
     config = {
         "apiVersion": "v1",
@@ -337,12 +338,8 @@ def can(api_client: k8s.ApiClient, user: str, verb: str, resource: str, namespac
     )
     review = k8s.V1SubjectAccessReview(spec=k8s.V1SubjectAccessReviewSpec(user=user, resource_attributes=attributes))
     answer = k8s.AuthorizationV1Api(api_client).create_subject_access_review(review)
+    assert answer.status is not None
     return bool(answer.status.allowed)
-
-
-@pytest.fixture
-def dynamic(kube_cluster: KubeCluster) -> DynamicClient:
-    return DynamicClient(kube_cluster.api_client, cache_file=str(kube_cluster.workdir / "discovery-cache.json"))
 
 
 @pytest.fixture
@@ -362,8 +359,17 @@ def test_the_crd_chart_installs_and_upgrades_over_the_crds_in_place(
     api = k8s.ApiextensionsV1Api(kube_cluster.api_client)
     for doc in crd_documents(CRDS):
         crd = api.read_custom_resource_definition(doc["metadata"]["name"])
+        assert crd.metadata is not None and crd.metadata.labels is not None
+        assert crd.status is not None and crd.status.conditions is not None
         assert crd.metadata.labels.get("app.kubernetes.io/managed-by") == "Helm"
         assert any(c.type == "Established" and c.status == "True" for c in crd.status.conditions)
+
+
+class _Listing(Protocol):
+    """What the client's list_* methods answer (V1SecretList, V1DeploymentList...)."""
+
+    @property
+    def items(self) -> Sequence[object]: ...
 
 
 async def install_and_run(
@@ -381,9 +387,12 @@ async def install_and_run(
     helm.run("install", "xds-server", str(CONTROLLER_CHART), "--namespace", release_namespace, values=values)
     apps = k8s.AppsV1Api(cluster.api_client)
     deployment = apps.read_namespaced_deployment("xds-server", release_namespace)
+    assert deployment.spec.template.spec is not None
     [container] = deployment.spec.template.spec.containers
+    assert container.args is not None
     args = [a for a in container.args if a not in ("serve", "--kubernetes") and not a.startswith(ADDRESS_FLAGS)]
     account = deployment.spec.template.spec.service_account_name
+    assert account is not None
     kubeconfig = service_account_kubeconfig(cluster, release_namespace, account, tmp_path / "sa-kubeconfig")
 
     class_name = f"tutorial-{uuid.uuid4().hex[:8]}"
@@ -411,7 +420,7 @@ async def install_and_run(
         [gateway] = [d for d in docs if d["kind"] == "Gateway"]
         selector = f"{PROVISIONED_BY},gateway.envoyproxy.io/owning-gateway-namespace={gateway['metadata']['namespace']}"
         core = k8s.CoreV1Api(cluster.api_client)
-        listers = {
+        listers: dict[str, Callable[..., _Listing]] = {
             "ServiceAccount": core.list_namespaced_service_account,
             "Secret": core.list_namespaced_secret,
             "ConfigMap": core.list_namespaced_config_map,
@@ -443,13 +452,13 @@ async def install_and_run(
 
 
 async def test_a_cluster_wide_install_grants_every_permission_the_controller_uses(
-    kube_cluster: KubeCluster, cluster_helm: Helm, dynamic: DynamicClient, tmp_path: Path
+    kube_cluster: KubeCluster, cluster_helm: Helm, dynamic_client: DynamicClient, tmp_path: Path
 ) -> None:
     release = create_namespace(kube_cluster.api_client, "xs")
     tutorial_namespace = create_namespace(kube_cluster.api_client, "tut")
     values = {"networkPolicy": {"enabled": True}}  # also proves the API server accepts the policy as rendered
     log = await install_and_run(
-        kube_cluster, cluster_helm, dynamic, tmp_path, release, values, tutorial_namespace, tutorial_namespace
+        kube_cluster, cluster_helm, dynamic_client, tmp_path, release, values, tutorial_namespace, tutorial_namespace
     )
     assert not FORBIDDEN.findall(log), [line for line in log.splitlines() if FORBIDDEN.search(line)]
 
@@ -464,14 +473,14 @@ async def test_a_cluster_wide_install_grants_every_permission_the_controller_use
 
 
 async def test_a_namespaced_install_grants_every_permission_the_controller_uses_and_no_more(
-    kube_cluster: KubeCluster, cluster_helm: Helm, dynamic: DynamicClient, tmp_path: Path
+    kube_cluster: KubeCluster, cluster_helm: Helm, dynamic_client: DynamicClient, tmp_path: Path
 ) -> None:
     release = create_namespace(kube_cluster.api_client, "xs")
     tutorial_namespace = create_namespace(kube_cluster.api_client, "tut")
     parameters_namespace = create_namespace(kube_cluster.api_client, "params")
     values = {"watchNamespaces": [tutorial_namespace, parameters_namespace]}
     log = await install_and_run(
-        kube_cluster, cluster_helm, dynamic, tmp_path, release, values, tutorial_namespace, parameters_namespace
+        kube_cluster, cluster_helm, dynamic_client, tmp_path, release, values, tutorial_namespace, parameters_namespace
     )
     assert not FORBIDDEN.findall(log), [line for line in log.splitlines() if FORBIDDEN.search(line)]
 

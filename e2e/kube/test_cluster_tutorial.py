@@ -101,9 +101,11 @@ async def assert_three_answers(tutorial: Tutorial) -> CompletionUsage | None:
     assert completion.choices[0].message.content and completion.model == BASIC
     assert raw.headers["x-inference-pod"] in ready_pod_names(api, "default", "app=envoy-ai-gateway-basic-testupstream")
     for deployment, model in POOLS.items():
-        _, headers, text = await eventually(
-            lambda m=model: (answer := chat(url, m))[0] == 200 and answer, f"{model} answering 200"
-        )
+
+        def answering(m: str = model) -> tuple[int, dict[str, str], str] | bool:
+            return (answer := chat(url, m))[0] == 200 and answer
+
+        _, headers, text = await eventually(answering, f"{model} answering 200")
         body = json.loads(text)
         assert body["object"] == "chat.completion" and body["model"] == model, body
         assert headers["x-inference-pod"] in ready_pod_names(api, "default", f"app={deployment}")
@@ -232,6 +234,7 @@ def leader(api: k8s.ApiClient) -> str | None:
         lease = k8s.CoordinationV1Api(api).read_namespaced_lease("xds-server", SYSTEM)
     except k8s.ApiException:
         return None
+    assert lease.spec is not None
     holder = lease.spec.holder_identity or ""
     return holder.split("_", 1)[0] or None
 
@@ -299,6 +302,7 @@ def restart_controllers(api: k8s.ApiClient) -> None:
 def rolled_out(api: k8s.ApiClient, generation: int) -> bool:
     deployment = k8s.AppsV1Api(api).read_namespaced_deployment("xds-server", SYSTEM)
     status = deployment.status
+    assert status is not None
     return bool(
         status.observed_generation is not None
         and status.observed_generation > generation
@@ -314,7 +318,9 @@ async def test_a_rolling_restart_of_the_controllers_fails_no_request_through_the
     """The pools' requests now each call a controller's ext_proc (the embedded picker): a rolling restart of the two
     replicas, each stopping gracefully (readiness first, streams in flight finished), must fail none of them."""
     api = tutorial.cluster.api_client
-    generation = k8s.AppsV1Api(api).read_namespaced_deployment("xds-server", SYSTEM).metadata.generation
+    metadata = k8s.AppsV1Api(api).read_namespaced_deployment("xds-server", SYSTEM).metadata
+    assert metadata is not None and metadata.generation is not None
+    generation = metadata.generation
     with RequestLoop(tutorial.url) as loop:
         await eventually(lambda: loop.sent >= 6, "the request loop under way")
         start = loop.sent

@@ -22,7 +22,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -49,6 +49,31 @@ wait_for = functools.partial(eventually, seconds=WAIT_SECONDS)
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+T = TypeVar("T")
+
+
+def _present(value: T | None) -> T:
+    """`value`, a field the client's models declare optional but the API server always fills in; for where an
+    `assert ... is not None` statement cannot go (lambdas, comprehensions)."""
+    assert value is not None
+    return value
+
+
+class _Stored(Protocol):
+    """An object as the API server answers it."""
+
+    @property
+    def metadata(self) -> k8s.V1ObjectMeta | None: ...
+
+
+def _name(obj: _Stored) -> str:
+    return _present(_present(obj.metadata).name)
+
+
+def _uid(obj: _Stored) -> str:
+    return _present(_present(obj.metadata).uid)
 
 
 # --- fixtures -----------------------------------------------------------------------------------------------------
@@ -92,7 +117,9 @@ def namespace(core: k8s.CoreV1Api) -> str:
 def _heartbeat(leases: k8s.CoordinationV1Api, node: str) -> Iterator[None]:
     """The node's Lease in kube-node-lease, renewed from a thread as a kubelet renews it."""
     spec = {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": _now()}
-    leases.create_namespaced_lease("kube-node-lease", {"metadata": {"name": node}, "spec": spec})
+    body = {"metadata": {"name": node}, "spec": spec}
+    # The client validates a dict argument into this very model; validating it here types the call.
+    leases.create_namespaced_lease("kube-node-lease", k8s.V1Lease.model_validate(body))
     stop = threading.Event()
 
     def renew() -> None:
@@ -133,7 +160,7 @@ def node(control_plane: KubeCluster, network: ClusterNetwork) -> Iterator[k8s.V1
         },
     }
     core = k8s.CoreV1Api(control_plane.api_client)
-    created = core.create_node(body)
+    created = core.create_node(k8s.V1Node.model_validate(body))
     try:
         with _heartbeat(k8s.CoordinationV1Api(control_plane.api_client), name):
             yield created
@@ -144,9 +171,9 @@ def node(control_plane: KubeCluster, network: ClusterNetwork) -> Iterator[k8s.V1
 # --- helpers ------------------------------------------------------------------------------------------------------
 
 
-def _deployment(name: str, replicas: int, node_selector: dict[str, str]) -> dict[str, Any]:
+def _deployment(name: str, replicas: int, node_selector: dict[str, str]) -> k8s.V1Deployment:
     labels = {"app": name}
-    return {
+    body = {
         "metadata": {"name": name},
         "spec": {
             "replicas": replicas,
@@ -162,6 +189,7 @@ def _deployment(name: str, replicas: int, node_selector: dict[str, str]) -> dict
             },
         },
     }
+    return k8s.V1Deployment.model_validate(body)
 
 
 def _owned_by(items: list[Any], owner_uid: str) -> list[Any]:
@@ -170,9 +198,9 @@ def _owned_by(items: list[Any], owner_uid: str) -> list[Any]:
 
 def _replica_set_of(apps: k8s.AppsV1Api, namespace: str, deployment: k8s.V1Deployment) -> k8s.V1ReplicaSet:
     def owned() -> list[k8s.V1ReplicaSet]:
-        return _owned_by(apps.list_namespaced_replica_set(namespace).items, deployment.metadata.uid)
+        return _owned_by(apps.list_namespaced_replica_set(namespace).items, _uid(deployment))
 
-    found: list[k8s.V1ReplicaSet] = wait_for(owned, f"a ReplicaSet of Deployment {deployment.metadata.name}")
+    found: list[k8s.V1ReplicaSet] = wait_for(owned, f"a ReplicaSet of Deployment {_name(deployment)}")
     assert len(found) == 1
     return found[0]
 
@@ -190,10 +218,10 @@ def _bound_pods(core: k8s.CoreV1Api, namespace: str, replica_set: k8s.V1ReplicaS
     """The ReplicaSet's Pods (as many as it wants), once the scheduler has bound every one of them to `node`."""
 
     def bound() -> list[k8s.V1Pod]:
-        pods = _owned_by(core.list_namespaced_pod(namespace).items, replica_set.metadata.uid)
+        pods = _owned_by(core.list_namespaced_pod(namespace).items, _uid(replica_set))
         return pods if len(pods) == replica_set.spec.replicas and all(p.spec.node_name == node for p in pods) else []
 
-    found: list[k8s.V1Pod] = wait_for(bound, f"the Pods of {replica_set.metadata.name} bound to {node}")
+    found: list[k8s.V1Pod] = wait_for(bound, f"the Pods of {_name(replica_set)} bound to {node}")
     return found
 
 
@@ -217,6 +245,7 @@ def _mark_running(core: k8s.CoreV1Api, pod: k8s.V1Pod, ip: str, host_ip: str, re
             ]
         ],
     }
+    assert pod.metadata is not None and pod.metadata.name is not None and pod.metadata.namespace is not None
     core.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status})
 
 
@@ -225,7 +254,8 @@ def _root_ca(core: k8s.CoreV1Api, namespace: str) -> str:
 
     def published() -> str | None:
         for config_map in core.list_namespaced_config_map(namespace).items:
-            if config_map.metadata.name == "kube-root-ca.crt":
+            if _name(config_map) == "kube-root-ca.crt":
+                assert config_map.data is not None
                 assert list(config_map.data) == ["ca.crt"]
                 return str(config_map.data["ca.crt"])
         return None
@@ -252,7 +282,7 @@ def test_new_namespace_gets_default_service_account_and_root_ca(
 ) -> None:
     # The serviceaccount controller creates the account, the root-ca-certificate-publisher the ConfigMap.
     wait_for(
-        lambda: any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(namespace).items),
+        lambda: any(_name(sa) == "default" for sa in core.list_namespaced_service_account(namespace).items),
         "the default ServiceAccount",
     )
     assert _root_ca(core, namespace) == control_plane.ca_file.read_text()
@@ -267,20 +297,27 @@ def test_deployment_makes_pods_and_deleting_it_collects_them(
     wait_for(lambda: core.list_namespaced_service_account(namespace).items, "the default ServiceAccount")
     deployment = apps.create_namespaced_deployment(namespace, _deployment("web", 2, NOWHERE))
     replica_set = _replica_set_of(apps, namespace, deployment)
+    assert replica_set.metadata is not None and replica_set.metadata.owner_references is not None
     owner = replica_set.metadata.owner_references[0]
     assert (owner.kind, owner.name, owner.controller) == ("Deployment", "web", True)
-    pods = _pods_of(core, namespace, replica_set.metadata.uid, 2)
+    pods = _pods_of(core, namespace, _uid(replica_set), 2)
 
     for pod in pods:
+        assert pod.spec is not None and pod.spec.volumes is not None
         assert pod.spec.service_account_name == "default"
         # The ServiceAccount admission plugin's projected volume: a bound token, the cluster CA, the namespace.
         [volume] = [v for v in pod.spec.volumes if v.name.startswith("kube-api-access-")]
+        assert volume.projected is not None and volume.projected.sources is not None
         sources = volume.projected.sources
         token = next(s.service_account_token for s in sources if s.service_account_token)
         assert token.path == "token"
         assert [s.config_map.name for s in sources if s.config_map] == ["kube-root-ca.crt"]
         downward = next(s.downward_api for s in sources if s.downward_api)
-        assert [(i.path, i.field_ref.field_path) for i in downward.items] == [("namespace", "metadata.namespace")]
+        assert downward.items is not None
+        assert [(i.path, _present(i.field_ref).field_path) for i in downward.items] == [
+            ("namespace", "metadata.namespace")
+        ]
+        assert pod.spec.containers[0].volume_mounts is not None
         [mount] = [m for m in pod.spec.containers[0].volume_mounts if m.name == volume.name]
         assert (mount.mount_path, mount.read_only) == (SERVICE_ACCOUNT_MOUNT, True)
 
@@ -288,6 +325,7 @@ def test_deployment_makes_pods_and_deleting_it_collects_them(
     def unschedulable() -> bool:
         pods = core.list_namespaced_pod(namespace).items
         for pod in pods:
+            assert pod.status is not None and pod.spec is not None
             conditions = {c.type: c for c in pod.status.conditions or []}
             scheduled = conditions.get("PodScheduled")
             if pod.spec.node_name or scheduled is None or scheduled.reason != "Unschedulable":
@@ -301,7 +339,7 @@ def test_deployment_makes_pods_and_deleting_it_collects_them(
     # the garbage collector removes the whole chain.
     wait_for(lambda: _gone(lambda: apps.read_namespaced_deployment("web", namespace)), "the Deployment deleted")
     wait_for(
-        lambda: _gone(lambda: apps.read_namespaced_replica_set(replica_set.metadata.name, namespace)),
+        lambda: _gone(lambda: apps.read_namespaced_replica_set(_name(replica_set), namespace)),
         "the ReplicaSet collected",
     )
     wait_for(lambda: not core.list_namespaced_pod(namespace).items, "the Pods collected")
@@ -310,21 +348,24 @@ def test_deployment_makes_pods_and_deleting_it_collects_them(
 def test_scheduler_binds_pods_to_a_ready_node(
     apps: k8s.AppsV1Api, core: k8s.CoreV1Api, namespace: str, node: k8s.V1Node, network: ClusterNetwork
 ) -> None:
-    name = node.metadata.name
+    name = _name(node)
     # The API server's TaintNodesByCondition admission marks every new Node not-ready; the node lifecycle
     # controller lifts the taint once it sees the Ready condition (and the Lease), and only then may Pods land.
+    assert node.spec is not None
     assert [(t.key, t.effect) for t in node.spec.taints or []] == [("node.kubernetes.io/not-ready", "NoSchedule")]
-    wait_for(lambda: not core.read_node(name).spec.taints, "the not-ready taint lifted")
+    wait_for(lambda: not _present(core.read_node(name).spec).taints, "the not-ready taint lifted")
 
     wait_for(lambda: core.list_namespaced_service_account(namespace).items, "the default ServiceAccount")
     deployment = apps.create_namespaced_deployment(namespace, _deployment("web", 2, {"kubernetes.io/hostname": name}))
     replica_set = _replica_set_of(apps, namespace, deployment)
     for pod in _bound_pods(core, namespace, replica_set, name):
+        assert pod.status is not None and pod.status.conditions is not None
         conditions = {c.type: c.status for c in pod.status.conditions}
         assert conditions["PodScheduled"] == "True"
         # Nothing but a kubelet moves a Pod past Pending.
         assert pod.status.phase == "Pending"
     stored = core.read_node(name)
+    assert stored.status is not None and stored.status.addresses is not None
     assert [(a.type, a.address) for a in stored.status.addresses if a.type == "InternalIP"] == [
         ("InternalIP", network.node_ip)
     ]
@@ -333,12 +374,12 @@ def test_scheduler_binds_pods_to_a_ready_node(
     # Pods stay, marked for deletion, until their node's kubelet confirms with a zero grace period.
     apps.delete_namespaced_deployment("web", namespace, propagation_policy="Background")
     wait_for(
-        lambda: _gone(lambda: apps.read_namespaced_replica_set(replica_set.metadata.name, namespace)),
+        lambda: _gone(lambda: apps.read_namespaced_replica_set(_name(replica_set), namespace)),
         "the ReplicaSet collected",
     )
     terminating = wait_for(
         lambda: (
-            all(p.metadata.deletion_timestamp for p in core.list_namespaced_pod(namespace).items)
+            all(_present(p.metadata).deletion_timestamp for p in core.list_namespaced_pod(namespace).items)
             and core.list_namespaced_pod(namespace).items
         ),
         "both Pods marked for deletion",
@@ -357,29 +398,30 @@ def test_service_gets_endpoint_slice_of_its_pods(
     node: k8s.V1Node,
     network: ClusterNetwork,
 ) -> None:
-    name = node.metadata.name
+    name = _name(node)
     wait_for(lambda: core.list_namespaced_service_account(namespace).items, "the default ServiceAccount")
     deployment = apps.create_namespaced_deployment(namespace, _deployment("web", 2, {"kubernetes.io/hostname": name}))
     service = {
         "metadata": {"name": "web"},
         "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
     }
-    created = core.create_namespaced_service(namespace, service)
+    created = core.create_namespaced_service(namespace, k8s.V1Service.model_validate(service))
+    assert created.spec is not None and created.spec.cluster_ip is not None
     assert ipaddress.ip_address(created.spec.cluster_ip) in ipaddress.ip_network(network.service_cidr)
 
     replica_set = _replica_set_of(apps, namespace, deployment)
-    ready_pod, unready_pod = sorted(_bound_pods(core, namespace, replica_set, name), key=lambda p: p.metadata.name)
+    ready_pod, unready_pod = sorted(_bound_pods(core, namespace, replica_set, name), key=_name)
     # Real addresses on the pod network, as a kubelet's sandbox would get them.
-    ips = {pod.metadata.name: network.add_pod(pod.metadata.uid).ip for pod in (ready_pod, unready_pod)}
+    ips = {_name(pod): network.add_pod(_uid(pod)).ip for pod in (ready_pod, unready_pod)}
     try:
-        _mark_running(core, ready_pod, ips[ready_pod.metadata.name], network.node_ip, ready=True)
-        _mark_running(core, unready_pod, ips[unready_pod.metadata.name], network.node_ip, ready=False)
+        _mark_running(core, ready_pod, ips[_name(ready_pod)], network.node_ip, ready=True)
+        _mark_running(core, unready_pod, ips[_name(unready_pod)], network.node_ip, ready=False)
 
         # Both are listed (a not-ready Pod is an endpoint with ready: false, not left out), each with its Pod, its
         # Node and the Service's target port.
         expected = {
-            (ips[ready_pod.metadata.name], True, ready_pod.metadata.name, name),
-            (ips[unready_pod.metadata.name], False, unready_pod.metadata.name, name),
+            (ips[_name(ready_pod)], True, _name(ready_pod), name),
+            (ips[_name(unready_pod)], False, _name(unready_pod), name),
         }
 
         def endpoints() -> Any:
@@ -387,7 +429,7 @@ def test_service_gets_endpoint_slice_of_its_pods(
                 namespace, label_selector="kubernetes.io/service-name=web"
             )
             found = {
-                (address, e.conditions.ready, e.target_ref.name, e.node_name)
+                (address, _present(e.conditions).ready, _present(e.target_ref).name, e.node_name)
                 for s in slices.items
                 for e in s.endpoints or []
                 for address in e.addresses
@@ -399,7 +441,7 @@ def test_service_gets_endpoint_slice_of_its_pods(
         assert [(p.name, p.port, p.protocol) for p in endpoint_slice.ports] == [("http", 8080, "TCP")]
     finally:
         for pod in (ready_pod, unready_pod):
-            network.remove_pod(pod.metadata.uid)
+            network.remove_pod(_uid(pod))
 
 
 def test_kubernetes_service_leads_to_the_api_server(
@@ -408,11 +450,13 @@ def test_kubernetes_service_leads_to_the_api_server(
     server = urlsplit(control_plane.server)
     assert (server.scheme, server.hostname) == ("https", network.node_ip)
     service = core.read_namespaced_service("kubernetes", "default")
+    assert service.spec is not None
     assert service.spec.cluster_ip == network.kubernetes_service_ip
     # Written by the API server's endpoint reconciler: its advertised address and port.
     endpoint_slice = k8s.DiscoveryV1Api(control_plane.api_client).read_namespaced_endpoint_slice(
         "kubernetes", "default"
     )
+    assert endpoint_slice.endpoints is not None and endpoint_slice.ports is not None
     assert [e.addresses for e in endpoint_slice.endpoints] == [[network.node_ip]]
     assert [(p.name, p.port, p.protocol) for p in endpoint_slice.ports] == [("https", server.port, "TCP")]
 
@@ -454,7 +498,9 @@ def test_pod_network_reaches_the_api_server_as_its_service_account(
     wait_for(lambda: core.list_namespaced_service_account(namespace).items, "the default ServiceAccount")
     ca = _root_ca(core, namespace)
     # The token a kubelet would project into the pod (it asks the API server the same way).
-    request = core.create_namespaced_service_account_token("default", namespace, {"spec": {"expirationSeconds": 600}})
+    body = k8s.AuthenticationV1TokenRequest.model_validate({"spec": {"expirationSeconds": 600}})
+    request = core.create_namespaced_service_account_token("default", namespace, body)
+    assert request.status is not None
     pod = network.add_pod(f"probe-{namespace}")
     try:
         given = json.dumps({"server": control_plane.server, "token": request.status.token, "ca": ca})

@@ -47,7 +47,9 @@ def apply(dynamic: DynamicClient, docs: list[dict[str, Any]], namespace: str | N
         if resource.namespaced:
             target = namespace or doc["metadata"].get("namespace", "default")
             doc = {**doc, "metadata": {**doc["metadata"], "namespace": target}}
-        dynamic.server_side_apply(resource, body=doc, namespace=target, field_manager="e2e", force_conflicts=True)
+        dynamic.server_side_apply(  # type: ignore[no-untyped-call]  # the kubernetes client is unannotated
+            resource, body=doc, namespace=target, field_manager="e2e", force_conflicts=True
+        )
 
 
 def delete(dynamic: DynamicClient, api_version: str, kind: str, name: str, namespace: str | None) -> None:
@@ -83,8 +85,9 @@ def controller(
 
 
 @pytest.fixture
-def dynamic(kube_cluster: KubeCluster) -> DynamicClient:
-    return DynamicClient(kube_cluster.api_client, cache_file=str(kube_cluster.workdir / "discovery-cache.json"))
+def dynamic(dynamic_client: DynamicClient) -> DynamicClient:
+    """The conftest's `dynamic_client`, under the short name this module's tests use."""
+    return dynamic_client
 
 
 @pytest.fixture

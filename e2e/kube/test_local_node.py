@@ -52,8 +52,10 @@ def namespace(core: k8s.CoreV1Api) -> str:
     return fresh_namespace(core)
 
 
-def pod(name: str, container: dict[str, Any], **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"containers": [container], **spec}}
+def pod(name: str, container: dict[str, Any], **spec: Any) -> k8s.V1Pod:
+    # The client validates a dict argument into this very model; validating it here types the call.
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {"containers": [container], **spec}}
+    return k8s.V1Pod.model_validate(body)
 
 
 def status(core: k8s.CoreV1Api, namespace: str, name: str) -> Any:
@@ -107,8 +109,10 @@ async def test_the_process_sees_its_downward_api_env_volumes_and_secret_updates(
 ) -> None:
     """An Envoy whose bootstrap comes from a ConfigMap volume answers with a file from a Secret volume: both mounts
     at their mountPath inside the pod; the vLLM simulator names itself from a downward-API env variable."""
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "answer"}, "data": {"text": b64("first")}})
-    core.create_namespaced_config_map(namespace, {"metadata": {"name": "boot"}, "data": {"envoy.yaml": BOOTSTRAP}})
+    secret = {"metadata": {"name": "answer"}, "data": {"text": b64("first")}}
+    core.create_namespaced_secret(namespace, k8s.V1Secret.model_validate(secret))
+    config_map = {"metadata": {"name": "boot"}, "data": {"envoy.yaml": BOOTSTRAP}}
+    core.create_namespaced_config_map(namespace, k8s.V1ConfigMap.model_validate(config_map))
     envoy = {
         "name": "envoy",
         "image": ENVOY,
@@ -164,7 +168,8 @@ async def test_a_deleted_pod_stops_its_process_and_loses_its_network(core: k8s.C
         try:
             core.read_namespaced_pod("up", namespace)
         except k8s.ApiException as error:
-            return error.status == 404
+            missing: bool = error.status == 404
+            return missing
         return False
 
     await eventually(gone, "the pod deleted after its containers stopped")

@@ -307,6 +307,7 @@ async def test_the_ca_and_server_certificate_are_made_once_and_shared_by_replica
         ca = core.read_namespaced_secret("xds-server-ca", cluster.namespace)
         server = core.read_namespaced_secret("xds-server-server-tls", cluster.namespace)
         assert ca.type == "xds-server.io/ca" and server.type == "kubernetes.io/tls"
+        assert ca.metadata is not None and ca.metadata.labels is not None and server.data is not None
         assert ca.metadata.labels["app.kubernetes.io/component"] == "control-plane-tls"
         assert "app.kubernetes.io/managed-by" not in ca.metadata.labels  # no provisioning pass deletes it
         stored = x509.load_pem_x509_certificate(base64.b64decode(server.data["tls.crt"]))

@@ -73,8 +73,12 @@ async def requests_follow_the_picks(lab: Lab, count: int, stream: bool = False) 
         else:
             assert answer.json()["choices"], answer.text
         pod = answer.headers["x-inference-pod"]
+
         # The record is written before the EPP answers Envoy; polled only in case the file lags.
-        picks = await eventually(lambda b=before: len(p := lab.epp.picks()) > b and p, "the EPP's pick", seconds=30)
+        def picked(before: int = before) -> list[str] | bool:
+            return len(p := lab.epp.picks()) > before and p
+
+        picks = await eventually(picked, "the EPP's pick", seconds=30)
         assert len(picks) == before + 1, picks[before:]
         assert picks[before] == lab.endpoints[pod], (pod, picks[before])
         served.append(pod)
@@ -125,8 +129,8 @@ async def test_the_real_endpoint_picker_chooses_and_envoy_follows(
     namespace: str,
     tmp_path: Path,
     sims: dict[str, SimProcess],
+    dynamic_client: DynamicClient,
 ) -> None:
-    dynamic = DynamicClient(api_client, cache_file=str(kube_cluster.workdir / "discovery-cache.json"))
     core = k8s.CoreV1Api(api_client)
 
     with contextlib.ExitStack() as cleanup:  # every process stopped however the test ends
@@ -151,8 +155,9 @@ async def test_the_real_endpoint_picker_chooses_and_envoy_follows(
 
         # 3. Our controller wrote the pool's status: an Accepted parent for our Gateway, its refs resolved.
         def parent() -> dict[str, Any] | None:
-            pool = read(dynamic, f"{POOL_GROUP}/v1", "InferencePool", POOL, namespace)
-            for entry in (pool.get("status") or {}).get("parents") or []:
+            pool = read(dynamic_client, f"{POOL_GROUP}/v1", "InferencePool", POOL, namespace)
+            parents: list[dict[str, Any]] = (pool.get("status") or {}).get("parents") or []
+            for entry in parents:
                 ref = entry["parentRef"]
                 if ref.get("name") == "gw" and ref.get("namespace", namespace) == namespace:
                     return entry

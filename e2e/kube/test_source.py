@@ -205,7 +205,7 @@ async def test_tutorial_objects_are_listed_and_parsed(
     for doc in documents:
         resource = dynamic_client.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
         scope = namespace if resource.namespaced else None
-        dynamic_client.server_side_apply(
+        dynamic_client.server_side_apply(  # type: ignore[no-untyped-call]  # the kubernetes client is unannotated
             resource, body=doc, namespace=scope, field_manager="xds-server-e2e", force_conflicts=True
         )
         applied.add(ObjectKey(doc["kind"], scope or "", doc["metadata"]["name"]))

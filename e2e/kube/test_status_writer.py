@@ -67,7 +67,8 @@ def route_verdict(namespace: str) -> ObjectStatus:
 
 
 def conflicts() -> float:
-    return metrics.STATUS_WRITES.labels("HTTPRoute", "conflict")._value.get()
+    count: float = metrics.STATUS_WRITES.labels("HTTPRoute", "conflict")._value.get()
+    return count
 
 
 async def test_a_stale_copy_conflicts_is_read_again_and_written_once(

@@ -98,16 +98,15 @@ def ours(entries: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
 
 
 async def test_routes_and_policies_of_unsupported_kinds_on_our_gateway_are_told_so_in_their_status(
-    kube_cluster: KubeCluster, security_policy_crd: None, tmp_path: Path, namespace: str
+    kube_cluster: KubeCluster, security_policy_crd: None, tmp_path: Path, namespace: str, dynamic_client: DynamicClient
 ) -> None:
-    dynamic = DynamicClient(kube_cluster.api_client, cache_file=str(kube_cluster.workdir / "discovery-cache.json"))
     objects = k8s.CustomObjectsApi(kube_cluster.api_client)
 
     def get(api: tuple[str, str, str], name: str) -> dict[str, Any]:
         return cast(dict[str, Any], objects.get_namespaced_custom_object(api[0], api[1], namespace, api[2], name))
 
-    apply(dynamic, documents(gateway([free_port()]) + "---" + foreign_gateway()), namespace)
-    apply(dynamic, documents(grpc_route("mine", "gw") + "---" + grpc_route("theirs", "foreign")), namespace)
+    apply(dynamic_client, documents(gateway([free_port()]) + "---" + foreign_gateway()), namespace)
+    apply(dynamic_client, documents(grpc_route("mine", "gw") + "---" + grpc_route("theirs", "foreign")), namespace)
     for name, target in (("jwt", "gw"), ("their-jwt", "foreign")):
         objects.create_namespaced_custom_object(*EG[:2], namespace, EG[2], security_policy(name, target))
     # The other controller has already written its entry on `jwt` (as if it also targeted its Gateway).
