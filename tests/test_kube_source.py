@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import logging
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,6 +19,7 @@ from translators.gatewayapi import translate
 from translators.ir import ConditionStatus, TranslateOptions
 from translators.loader import ObjectKey
 from translators.resources import MODELS, HTTPRoute, Pod, Secret
+from xds_server import metrics
 from xds_server.sources.kubernetes import config
 from xds_server.sources.kubernetes.client import ApiError, Gone, NotFound, RawApi
 from xds_server.sources.kubernetes.debounce import Debouncer
@@ -509,6 +511,35 @@ async def test_a_kind_that_is_not_served_counts_as_listed_and_empty() -> None:
     finally:
         await reflector.stop()
     assert api.list_calls == 1
+
+
+async def test_a_translated_kind_the_rbac_does_not_grant_holds_the_sync_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Forbidden(ScriptedApi):
+        async def get_json(self, path: str, query: Any, timeout_s: float) -> dict[str, Any]:
+            self.list_calls += 1
+            raise ApiError.from_status(403, b'{"kind":"Status","code":403,"reason":"Forbidden","message":"no"}')
+
+    api = Forbidden([], [])
+    forbidden = metrics.KUBE_WATCH_RESTARTS.labels(ROUTE.kind, "forbidden")
+    before = forbidden._value.get()
+    timing = Timing(backoff_initial_s=0.001, backoff_max_s=0.01)
+    reflector = Reflector(cast(RawApi, api), ROUTE, None, Store(), timing)
+    with caplog.at_level(logging.ERROR, logger="xds_server.sources.kubernetes.reflector"):
+        reflector.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 30
+            while api.list_calls < 3:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.01)
+        finally:
+            await reflector.stop()
+    assert not reflector.synced.is_set()  # an empty HTTPRoute list would take every route away
+    assert forbidden._value.get() - before >= 2
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert said and all("RBAC lacks list and watch" in m and "nothing is served until it is" in m for m in said)
+    assert said[0].startswith("HTTPRoute (all namespaces): ")
 
 
 def test_api_errors_by_code() -> None:

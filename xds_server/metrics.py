@@ -33,7 +33,7 @@ LEADER_TRANSITIONS = Counter(
 KUBE_WATCH_RESTARTS = Counter(
     "xds_server_kube_watch_restarts_total",
     "Kubernetes watches reopened, per kind and reason (gone: 410, error, inactivity, not_found: kind not served, "
-    "forbidden: a report-only kind the RBAC lacks)",
+    "forbidden: a kind the RBAC lacks)",
     ["kind", "reason"],
 )
 KUBE_RELISTS = Counter("xds_server_kube_relists_total", "Kubernetes LISTs after the first one, per kind", ["kind"])

@@ -9,7 +9,8 @@ LIST, and the store is diffed against it: objects deleted meanwhile go (syntheti
 A watch that stays silent for twice the server's timeout is taken for stuck (kubernetes_asyncio #360) and
 reopened. A kind whose CRD is not installed counts as listed and empty, and is looked for again now and then; so
 does a report-only kind (a SecurityPolicy, ...) the controller may not read (403: an older chart's RBAC), and the
-absence of these, common and harmless, is said once at INFO, then only at DEBUG.
+absence of these, common and harmless, is said once at INFO, then only at DEBUG. A kind the translator reads that
+the controller may not read (403) is an ERROR at every retry: the source does not count as synced without it.
 """
 
 from __future__ import annotations
@@ -129,7 +130,14 @@ class Reflector:
                 if error.status == 403 and self.kind.report_only:
                     await self._absent(f"not readable ({error}); the controller's RBAC lacks it", "forbidden")
                     continue
-                reason, level, detail = "error", logging.WARNING, error
+                if error.status == 403:
+                    # A kind we translate: serving without it would serve a wrong config (its routes gone, ...),
+                    # so the source stays unsynced until the RBAC grants it; once synced, what was read stays.
+                    held = "served as last read" if self.synced.is_set() else "nothing is served until it is"
+                    reason, level = "forbidden", logging.ERROR
+                    detail = f"not readable ({error}); the controller's RBAC lacks list and watch on it: {held}"
+                else:
+                    reason, level, detail = "error", logging.WARNING, error
             except Exception as error:  # connection reset, bad JSON, a bug: never stop reflecting
                 reason, level, detail = "error", logging.WARNING, repr(error)
             self.version = ""
