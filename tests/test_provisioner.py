@@ -141,6 +141,48 @@ def test_every_object_is_labelled_with_its_gateway_and_the_selector_is_only_stab
     assert objects["ServiceAccount"]["automountServiceAccountToken"] is False
 
 
+INFRASTRUCTURE_GATEWAY = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  gatewayClassName: eg
+  infrastructure:
+    labels: {team: search, app.kubernetes.io/name: mine}
+    annotations: {example.com/owner: search-team}
+  listeners: [{name: a, protocol: HTTP, port: 80}]
+"""
+
+
+def test_every_object_and_pod_carries_the_gateways_infrastructure_labels_and_annotations() -> None:
+    settings = replace(SETTINGS, tls=TLS)
+    gateway = one_gateway(INFRASTRUCTURE_GATEWAY)
+    objects = by_kind(desired_objects(gateway, None, settings, tls_part(gateway, settings, CERTIFICATE)))
+    assert set(objects) == {"ServiceAccount", "Secret", "ConfigMap", "Service", "Deployment"}
+    selector = selector_labels("default", "gw")
+    carried = {"team": "search", **selector}  # the selector's own labels win: app.kubernetes.io/name stays envoy
+    for document in objects.values():
+        assert document["metadata"]["labels"] == carried, document["kind"]
+        assert document["metadata"]["annotations"]["example.com/owner"] == "search-team", document["kind"]
+        assert APPLIED_HASH in document["metadata"]["annotations"]
+    deployment = objects["Deployment"]["spec"]
+    assert deployment["selector"] == {"matchLabels": selector}  # immutable: never the Gateway's labels
+    assert objects["Service"]["spec"]["selector"] == selector
+    pod = deployment["template"]["metadata"]
+    assert pod["labels"] == carried
+    assert pod["annotations"]["example.com/owner"] == "search-team" and BOOTSTRAP_HASH in pod["annotations"]
+
+
+def test_a_changed_infrastructure_annotation_changes_what_is_applied() -> None:
+    before = by_kind(desired_objects(one_gateway(INFRASTRUCTURE_GATEWAY), None, SETTINGS))
+    changed = INFRASTRUCTURE_GATEWAY.replace("search-team", "ads-team")
+    after = by_kind(desired_objects(one_gateway(changed), None, SETTINGS))
+    for kind, document in after.items():
+        assert (
+            document["metadata"]["annotations"][APPLIED_HASH] != before[kind]["metadata"]["annotations"][APPLIED_HASH]
+        )
+
+
 def test_a_long_gateway_name_makes_a_valid_label_value() -> None:
     value = selector_labels("default", "g" * 100)["gateway.envoyproxy.io/owning-gateway-name"]
     assert len(value) <= 63 and value.startswith("g" * 50)

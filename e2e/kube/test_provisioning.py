@@ -263,6 +263,24 @@ async def test_edits_roll_the_deployment_and_objects_follow_their_gateway_also_a
 
         await eventually(edited, "replicas 2 and the new image")
 
+        # The Gateway's infrastructure labels and annotations reach its objects and its pods.
+        labelled = gateway(namespace, "gw")
+        labelled["spec"]["infrastructure"] = {"labels": {"team": "search"}, "annotations": {"example.com/a": "b"}}
+        apply(dynamic, [labelled])
+
+        def carried(kind: str) -> Callable[[], Any]:
+            def probe() -> Any:
+                meta = (found(dynamic, kind, name, namespace) or {}).get("metadata") or {}
+                wanted = (meta.get("labels") or {}).get("team") == "search"
+                return meta if wanted and (meta.get("annotations") or {}).get("example.com/a") == "b" else None
+
+            return probe
+
+        for kind in ("ServiceAccount", "ConfigMap", "Service", "Deployment"):
+            await eventually(carried(kind), f"the {kind} labelled and annotated")
+        template = (found(dynamic, "Deployment", name, namespace) or {})["spec"]["template"]["metadata"]
+        assert template["labels"]["team"] == "search" and template["annotations"]["example.com/a"] == "b"
+
         # A deleted Deployment comes back.
         uid = deployment["metadata"]["uid"]
         delete(dynamic, "apps/v1", "Deployment", name, namespace)

@@ -84,6 +84,9 @@ class LocalParametersReference(K8sModel):
 
 
 class GatewayInfrastructure(K8sModel):
+    # What the objects made for the Gateway (its Envoys' Deployment, Service, ...) carry besides their own.
+    labels: dict[str, str] = Field(default_factory=dict, max_length=8)
+    annotations: dict[str, str] = Field(default_factory=dict, max_length=8)
     parameters_ref: LocalParametersReference | None = None
 
 

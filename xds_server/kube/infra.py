@@ -121,7 +121,7 @@ def tls_part(gateway: Gateway, settings: ProvisionSettings, certificate: EnvoyCe
     certificate changes the Secret only: the kubelet swaps the mounted files and Envoy reloads them, no pod rolls."""
     assert settings.tls is not None
     name = tls_secret_name(gateway.namespace, gateway.name)
-    secret = _metadata("Secret", name, settings, selector_labels(gateway.namespace, gateway.name))
+    secret = _metadata("Secret", name, settings, gateway_labels(gateway))
     secret["type"] = "kubernetes.io/tls"
     files = envoy_tls_files(certificate, settings.tls)
     secret["data"] = {file: base64.b64encode(content).decode() for file, content in sorted(files.items())}
@@ -146,6 +146,20 @@ def _label_value(value: str) -> str:
     if len(value) <= LABEL_VALUE_LIMIT:
         return value
     return f"{value[: LABEL_VALUE_LIMIT - 9].rstrip('-.')}-{_hash8(value)}"
+
+
+def gateway_labels(gateway: Gateway) -> dict[str, str]:
+    """The labels of every object and pod made for a Gateway: its spec.infrastructure.labels, then the selector's,
+    which win a key both have (the selector must stay the Gateway's)."""
+    infrastructure = gateway.spec.infrastructure
+    own = infrastructure.labels if infrastructure is not None else {}
+    return {**own, **selector_labels(gateway.namespace, gateway.name)}
+
+
+def gateway_annotations(gateway: Gateway) -> dict[str, str]:
+    """The Gateway's spec.infrastructure.annotations, which every object and pod made for it carries too."""
+    infrastructure = gateway.spec.infrastructure
+    return dict(infrastructure.annotations) if infrastructure is not None else {}
 
 
 def selector_labels(namespace: str, name: str) -> dict[str, str]:
@@ -335,15 +349,16 @@ def desired_objects(
     them, each annotated with its own hash."""
     name = infra_name(gateway.namespace, gateway.name)
     labels = selector_labels(gateway.namespace, gateway.name)
+    carried, annotations = gateway_labels(gateway), gateway_annotations(gateway)
     kubernetes = proxy.kubernetes if proxy is not None else EnvoyProxyKubernetes()
     heap = heap_limit(kubernetes.envoy_deployment.container.resources)
     bootstrap_yaml = yaml.safe_dump(bootstrap_document(gateway, settings, tls, heap), sort_keys=False)
 
-    account = _metadata("ServiceAccount", name, settings, labels)
+    account = _metadata("ServiceAccount", name, settings, carried)
     account["automountServiceAccountToken"] = False
-    config = _metadata("ConfigMap", name, settings, labels)
+    config = _metadata("ConfigMap", name, settings, carried)
     config["data"] = {BOOTSTRAP_FILE: bootstrap_yaml}
-    service = _metadata("Service", name, settings, labels)
+    service = _metadata("Service", name, settings, carried)
     service["spec"] = {
         "type": kubernetes.envoy_service.type,
         "selector": dict(labels),
@@ -366,13 +381,16 @@ def desired_objects(
     }
     if tls is not None:
         pod_security["fsGroup"] = RUN_AS  # the certificate's files belong to Envoy's group
-    deployment = _metadata("Deployment", name, settings, labels)
+    deployment = _metadata("Deployment", name, settings, carried)
     replicas = kubernetes.envoy_deployment.replicas
     deployment["spec"] = {
         "replicas": DEFAULT_REPLICAS if replicas is None else replicas,
         "selector": {"matchLabels": dict(labels)},
         "template": {
-            "metadata": {"labels": dict(labels), "annotations": {BOOTSTRAP_HASH: digest(bootstrap_yaml)}},
+            "metadata": {
+                "labels": dict(carried),
+                "annotations": {**annotations, BOOTSTRAP_HASH: digest(bootstrap_yaml)},
+            },
             "spec": {
                 "serviceAccountName": name,
                 "automountServiceAccountToken": False,
@@ -386,7 +404,9 @@ def desired_objects(
     }
     objects = [account, *([dict(tls.secret)] if tls is not None else []), config, service, deployment]
     for document in objects:
-        document["metadata"]["annotations"] = {APPLIED_HASH: digest(document)}
+        if annotations:  # before the hash, so that a change of them is applied
+            document["metadata"]["annotations"] = dict(annotations)
+        document["metadata"]["annotations"] = {**annotations, APPLIED_HASH: digest(document)}
     return objects
 
 
