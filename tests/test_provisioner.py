@@ -69,13 +69,21 @@ def resources(text: str) -> ResourceSet:
     return loaded
 
 
-def gateway_yaml(name: str = "gw", namespace: str = "default", ports: tuple[int, ...] = (80,), cls: str = "eg") -> str:
+def gateway_yaml(
+    name: str = "gw",
+    namespace: str = "default",
+    ports: tuple[int, ...] = (80,),
+    cls: str = "eg",
+    infrastructure: str = "",
+) -> str:
+    """A Gateway; `infrastructure`, when given, is its spec.infrastructure as a YAML flow mapping."""
     listeners = ", ".join(f"{{name: l{p}, protocol: HTTP, port: {p}}}" for p in ports)
+    infra = f", infrastructure: {infrastructure}" if infrastructure else ""
     return f"""
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: {name}, namespace: {namespace}}}
-spec: {{gatewayClassName: {cls}, listeners: [{listeners}]}}
+spec: {{gatewayClassName: {cls}, listeners: [{listeners}]{infra}}}
 """
 
 
@@ -141,17 +149,10 @@ def test_every_object_is_labelled_with_its_gateway_and_the_selector_is_only_stab
     assert objects["ServiceAccount"]["automountServiceAccountToken"] is False
 
 
-INFRASTRUCTURE_GATEWAY = """
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: default}
-spec:
-  gatewayClassName: eg
-  infrastructure:
-    labels: {team: search, app.kubernetes.io/name: mine}
-    annotations: {example.com/owner: search-team}
-  listeners: [{name: a, protocol: HTTP, port: 80}]
-"""
+INFRASTRUCTURE_GATEWAY = gateway_yaml(
+    infrastructure="{labels: {team: search, app.kubernetes.io/name: mine}, "
+    "annotations: {example.com/owner: search-team}}"
+)
 
 
 def test_every_object_and_pod_carries_the_gateways_infrastructure_labels_and_annotations() -> None:
@@ -472,15 +473,9 @@ kind: EnvoyProxy
 metadata: {name: small, namespace: team}
 spec: {provider: {type: Kubernetes, kubernetes: {envoyDeployment: {replicas: 1}}}}
 """
-    with_own = """
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: b, namespace: team}
-spec:
-  gatewayClassName: eg
-  listeners: [{name: l80, protocol: HTTP, port: 80}]
-  infrastructure: {parametersRef: {group: gateway.envoyproxy.io, kind: EnvoyProxy, name: small}}
-"""
+    with_own = gateway_yaml(
+        "b", "team", infrastructure="{parametersRef: {group: gateway.envoyproxy.io, kind: EnvoyProxy, name: small}}"
+    )
     text = "---".join([PROXY, own, class_yaml("eg", proxy="proxy"), gateway_yaml("a", "team"), with_own])
     wanted = desired_set(resources(text), OURS, SETTINGS)
     assert wanted[("Deployment", infra_name("team", "a"))]["spec"]["replicas"] == 3  # the class's EnvoyProxy

@@ -121,7 +121,7 @@ def tls_part(gateway: Gateway, settings: ProvisionSettings, certificate: EnvoyCe
     certificate changes the Secret only: the kubelet swaps the mounted files and Envoy reloads them, no pod rolls."""
     assert settings.tls is not None
     name = tls_secret_name(gateway.namespace, gateway.name)
-    secret = _metadata("Secret", name, settings, gateway_labels(gateway))
+    secret = _metadata("Secret", name, settings, gateway_labels(gateway), gateway_annotations(gateway))
     secret["type"] = "kubernetes.io/tls"
     files = envoy_tls_files(certificate, settings.tls)
     secret["data"] = {file: base64.b64encode(content).decode() for file, content in sorted(files.items())}
@@ -217,12 +217,13 @@ def digest(document: Any) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def _metadata(kind: str, name: str, settings: ProvisionSettings, labels: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": API_VERSIONS[kind],
-        "kind": kind,
-        "metadata": {"name": name, "namespace": settings.namespace, "labels": dict(labels)},
-    }
+def _metadata(
+    kind: str, name: str, settings: ProvisionSettings, labels: dict[str, str], annotations: dict[str, str]
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "namespace": settings.namespace, "labels": dict(labels)}
+    if annotations:  # none: no key, so that the applied hash of a Gateway without any stays what it was
+        metadata["annotations"] = dict(annotations)
+    return {"apiVersion": API_VERSIONS[kind], "kind": kind, "metadata": metadata}
 
 
 # Quantity suffixes of Kubernetes (binary and decimal), as a memory limit is written.
@@ -354,11 +355,11 @@ def desired_objects(
     heap = heap_limit(kubernetes.envoy_deployment.container.resources)
     bootstrap_yaml = yaml.safe_dump(bootstrap_document(gateway, settings, tls, heap), sort_keys=False)
 
-    account = _metadata("ServiceAccount", name, settings, carried)
+    account = _metadata("ServiceAccount", name, settings, carried, annotations)
     account["automountServiceAccountToken"] = False
-    config = _metadata("ConfigMap", name, settings, carried)
+    config = _metadata("ConfigMap", name, settings, carried, annotations)
     config["data"] = {BOOTSTRAP_FILE: bootstrap_yaml}
-    service = _metadata("Service", name, settings, carried)
+    service = _metadata("Service", name, settings, carried, annotations)
     service["spec"] = {
         "type": kubernetes.envoy_service.type,
         "selector": dict(labels),
@@ -381,7 +382,7 @@ def desired_objects(
     }
     if tls is not None:
         pod_security["fsGroup"] = RUN_AS  # the certificate's files belong to Envoy's group
-    deployment = _metadata("Deployment", name, settings, carried)
+    deployment = _metadata("Deployment", name, settings, carried, annotations)
     replicas = kubernetes.envoy_deployment.replicas
     deployment["spec"] = {
         "replicas": DEFAULT_REPLICAS if replicas is None else replicas,
@@ -403,10 +404,9 @@ def desired_objects(
         },
     }
     objects = [account, *([dict(tls.secret)] if tls is not None else []), config, service, deployment]
-    for document in objects:
-        if annotations:  # before the hash, so that a change of them is applied
-            document["metadata"]["annotations"] = dict(annotations)
-        document["metadata"]["annotations"] = {**annotations, APPLIED_HASH: digest(document)}
+    for document in objects:  # the hash covers the Gateway's annotations, so that a change of them is applied
+        metadata = document["metadata"]
+        metadata["annotations"] = {**metadata.get("annotations", {}), APPLIED_HASH: digest(document)}
     return objects
 
 
